@@ -1,0 +1,265 @@
+"""One frozen run configuration, declared once, read from the command line or a file.
+
+Every option of adheat is a field of one of the section dataclasses below
+(:class:`ExecutionOptions`, :class:`PreprocessingOptions`, ...). Each field
+carries its help text, so the command-line parser (:mod:`adheat_app.cli.parser`)
+is generated from these declarations and a ``--config-file`` (TOML or JSON, one
+table per section) uses the same names. Adding an option to a later stage is one
+field here; the parser, the config file and the saved run configuration follow.
+
+Precedence: built-in defaults < ``--config-file`` < command-line flags.
+The resolved configuration is written to ``output_dir/logs/`` with every run,
+and can be passed back with ``--config-file`` to repeat a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+import tomli_w
+
+from adheat_app.errors import InputError
+
+
+def option(default: Any, help: str, *, choices: tuple | None = None, metavar: str | None = None,
+           short: str | None = None, type: Any = None) -> Any:
+    """Declare a configuration field with its command-line help.
+
+    Parameters
+    ----------
+    default
+        Default value (a tuple for options that take several values).
+    help : str
+        Help text shown by ``adheat --help``; ``%(default)s`` is expanded.
+    choices : tuple, optional
+        Allowed values.
+    metavar, short
+        Command-line metavariable and short flag (e.g. ``"-w"``).
+    type : callable, optional
+        Element type when ``default`` is None or an empty tuple.
+    """
+    meta = {"help": help, "choices": choices, "metavar": metavar, "short": short, "type": type}
+    if isinstance(default, (list, tuple)):
+        return field(default=tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    """Which data to process, and with which resources."""
+
+    participant_label: tuple[str, ...] = option(
+        (), "Subjects to process (with or without 'sub-'); default: all.", metavar="LABEL", type=str)
+    session_label: tuple[str, ...] = option(
+        (), "Sessions to process (with or without 'ses-'); default: all.", metavar="LABEL", type=str)
+    skip_bids_validation: bool = option(False, "Do not run the BIDS validator on the input dataset.")
+    work_dir: str | None = option(
+        None, "Folder for caches and intermediate files (default: OUTPUT_DIR/work). "
+        "On a cluster, point it at node-local scratch.", short="-w", metavar="DIR", type=str)
+    nprocs: int = option(0, "Subjects (or folds) processed in parallel; 0 = number of CPUs.", type=int)
+    omp_nthreads: int = option(0, "Threads per process (ANTs, torch); 0 = CPUs / nprocs.", type=int)
+    mem_gb: float = option(0.0, "Memory budget in GB used to size batches; 0 = no limit.", type=float)
+    seed: int = option(42, "Random seed for every stochastic step (registration sampling, "
+                       "folds, weights, augmentation, simulation). Default: %(default)s.", type=int)
+    device: str = option("auto", "Compute device for the CNN: auto (CUDA when available), cpu or cuda.",
+                         choices=("auto", "cpu", "cuda"))
+    overwrite: bool = option(False, "Recompute outputs that already exist instead of skipping them.")
+    resolution: float = option(
+        2.0, "Voxel size of the analysis grid in mm (isotropic). The default 2 mm (97x115x97) "
+        "keeps CPU-only runs practical; 1 mm (193x229x193) matches the papers.", type=float)
+    verbose: int = option(0, "More log output (-v info, -vv debug).", short="-v")
+
+
+@dataclass(frozen=True)
+class PreprocessingOptions:
+    """T1w to template space."""
+
+    registration: str = option("syn", "Registration to the template: 'syn' (rigid, affine, then SyN) "
+                               "or 'affine' (rigid then affine).", choices=("affine", "syn"))
+    skull_strip: str = option("auto", "Brain extraction with deepbet: 'auto' skips inputs that are "
+                              "already skull-stripped.", choices=("auto", "force", "skip"))
+    intensity_norm: str = option("zscore", "Intensity normalisation inside the brain mask.",
+                                 choices=("zscore", "histogram"))
+    anat_derivatives: str | None = option(
+        None, "Reuse an fMRIPrep/sMRIPrep output folder "
+        "(space-MNI152NLin2009cAsym desc-preproc_T1w + desc-brain_mask) instead of registering.",
+        metavar="DIR", type=str)
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """Cohort labels, CNN and cross-validation."""
+
+    label_column: str = option("diagnosis", "participants.tsv column holding the diagnosis.", type=str)
+    positive_label: str = option("AD", "Label of the positive (disease) class.", type=str)
+    negative_label: str = option("CN", "Label of the negative (control) class.", type=str)
+    model: str = option("rieke2018", "CNN architecture (see 'Models' in README).", type=str)
+    folds: int = option(5, "Number of cross-validation folds (split by subject, stratified).", type=int)
+    fold: int | None = option(None, "Train only this fold (0-based), e.g. one scheduler job per fold.",
+                              type=int)
+    epochs: int = option(30, "Maximum training epochs per fold.", type=int)
+    batch_size: int = option(5, "Training batch size.", type=int)
+    learning_rate: float = option(1e-4, "Adam learning rate.", type=float)
+    weight_decay: float = option(1e-4, "Adam weight decay.", type=float)
+    patience: int = option(10, "Early stopping: epochs without validation-loss improvement.", type=int)
+    val_fraction: float = option(0.2, "Fraction of each training fold's subjects held out for "
+                                 "early stopping.", type=float)
+    augment: bool = option(False, "Light augmentation (random flips of the left-right axis "
+                           "are NOT used; small shifts and intensity jitter).")
+    amp: bool = option(True, "Mixed precision on CUDA (ignored on CPU); --no-amp disables it.")
+
+
+@dataclass(frozen=True)
+class HeatmapOptions:
+    """Heatmap (attribution) methods and their parameters."""
+
+    methods: tuple[str, ...] = option(
+        ("IG", "LRP", "GGC", "Saliency", "GuidedBackprop"),
+        "Heatmap methods. Default: all but the slow ones (Occlusion, AreaOcclusion, "
+        "NoiseImportance). 'all' selects every method.", metavar="METHOD", type=str)
+    models: str | None = option(None, "Folder of trained models (default: OUTPUT_DIR/models).",
+                                metavar="DIR", type=str)
+    target: str = option("true", "Class explained: the subject's true class (as Wang et al.), the "
+                         "predicted class, or always the positive class.",
+                         choices=("true", "predicted", "positive"))
+    ig_steps: int = option(32, "Integrated Gradients: integration steps.", type=int)
+    ig_baseline: str = option("zero", "Integrated Gradients baseline image.", choices=("zero", "mean"))
+    lrp_rule: str = option("alphabeta", "LRP rule on conv/linear layers (BatchNorm is folded first): "
+                           "alphabeta (alpha=1.5, beta=0.5, as Wang et al.), epsilon, or zplus.",
+                           choices=("alphabeta", "epsilon", "zplus"))
+    lrp_epsilon: float = option(1e-6, "LRP epsilon (epsilon rule, and stabiliser of the others).",
+                                type=float)
+    occlusion_size: float = option(20.0, "Occlusion patch edge in mm (Rieke et al.: 40).", type=float)
+    occlusion_stride: float = option(10.0, "Occlusion stride in mm.", type=float)
+    noise_lambda: float = option(1e-3, "NoiseImportance: weight of the noise-maximising term.",
+                                 type=float)
+    noise_steps: int = option(100, "NoiseImportance: optimisation steps per subject.", type=int)
+    native_space: bool = option(False, "Also write heatmaps mapped back to each subject's T1w grid.")
+    sanity_check: bool = option(False, "Adebayo et al. model-randomisation check of every method.")
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """Group maps, reference map and scores."""
+
+    reference_map: str | None = option(
+        None, "Reference map of AD atrophy in MNI space (default: the built-in meta-analysis map).",
+        metavar="NIFTI", type=str)
+    reference_threshold: float | None = option(
+        None, "Threshold binarising the reference map (default: its own documented threshold).",
+        type=float)
+    atlas: str = option("AAL3", "Atlas for the region table.", choices=("AAL3",))
+    n_bootstrap: int = option(1000, "Bootstrap resamples (over subjects) for confidence intervals.",
+                              type=int)
+
+
+SECTIONS: dict[str, type] = {
+    "execution": ExecutionOptions,
+    "preprocessing": PreprocessingOptions,
+    "training": TrainingOptions,
+    "heatmaps": HeatmapOptions,
+    "evaluation": EvaluationOptions,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The complete, immutable configuration of one invocation."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: tuple[str, ...]
+    execution: ExecutionOptions = field(default_factory=ExecutionOptions)
+    preprocessing: PreprocessingOptions = field(default_factory=PreprocessingOptions)
+    training: TrainingOptions = field(default_factory=TrainingOptions)
+    heatmaps: HeatmapOptions = field(default_factory=HeatmapOptions)
+    evaluation: EvaluationOptions = field(default_factory=EvaluationOptions)
+
+    @property
+    def work_dir(self) -> Path:
+        """Folder for caches (``--work-dir`` or ``OUTPUT_DIR/work``)."""
+        wd = self.execution.work_dir
+        return Path(wd).absolute() if wd else self.output_dir / "work"
+
+    @property
+    def models_dir(self) -> Path:
+        """Folder of trained models (``--models`` or ``OUTPUT_DIR/models``)."""
+        md = self.heatmaps.models
+        return Path(md).absolute() if md else self.output_dir / "models"
+
+    def replace(self, section: str, **changes: Any) -> RunConfig:
+        """Return a copy with fields of one section changed."""
+        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **changes)})
+
+    def to_dict(self) -> dict:
+        """Sections as plain dicts (None values dropped, as TOML has no null)."""
+        out: dict[str, Any] = {
+            "bids_dir": str(self.bids_dir),
+            "output_dir": str(self.output_dir),
+            "analysis_level": list(self.analysis_level),
+        }
+        for name in SECTIONS:
+            values = dataclasses.asdict(getattr(self, name))
+            out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if v is not None}
+        return out
+
+    def to_toml(self) -> str:
+        """The configuration as TOML, loadable with ``--config-file``."""
+        return tomli_w.dumps(self.to_dict())
+
+
+def load_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a TOML or JSON config file into ``{section: {field: value}}``.
+
+    Keys may use ``-`` or ``_``. Unknown sections or keys are input errors, so a
+    typo never silently falls back to a default.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read config file {path}: {exc.strerror}; check the path") from exc
+    try:
+        raw = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(f"config file {path} is not valid {path.suffix.lstrip('.').upper() or 'TOML'}: "
+                         f"{exc}") from exc
+    out: dict[str, dict[str, Any]] = {}
+    for section, values in raw.items():
+        if section in ("bids_dir", "output_dir", "analysis_level"):
+            continue  # positional arguments always come from the command line
+        if section not in SECTIONS or not isinstance(values, dict):
+            raise InputError(f"config file {path}: unknown section [{section}]; "
+                             f"valid sections: {', '.join(SECTIONS)}")
+        names = {f.name for f in dataclasses.fields(SECTIONS[section])}
+        clean = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise InputError(f"config file {path}: unknown option '{key}' in [{section}]")
+            clean[name] = tuple(value) if isinstance(value, list) else value
+        out[section] = clean
+    return out
+
+
+def build_config(bids_dir: Path, output_dir: Path, analysis_level: tuple[str, ...],
+                 file_values: dict[str, dict[str, Any]], cli_values: dict[str, dict[str, Any]]) -> RunConfig:
+    """Merge defaults, config-file values and command-line values into a :class:`RunConfig`."""
+    sections = {}
+    for name, cls in SECTIONS.items():
+        merged = {**file_values.get(name, {}), **cli_values.get(name, {})}
+        try:
+            sections[name] = cls(**merged)
+        except TypeError as exc:  # pragma: no cover - names are checked before
+            raise InputError(f"invalid options for [{name}]: {exc}") from exc
+    return RunConfig(Path(bids_dir).absolute(), Path(output_dir).absolute(), tuple(analysis_level), **sections)

