@@ -1,0 +1,135 @@
+"""The analysed cohort: preprocessed scans in template space and their diagnoses.
+
+Training, the SVM baseline, heatmaps and evaluation all start from a
+:class:`Cohort`: one :class:`Scan` per subject and session with its
+template-space T1w, its brain mask and its diagnosis from ``participants.tsv``.
+Scans whose diagnosis is neither the positive nor the negative label (e.g. MCI)
+stay in the cohort (they get heatmaps) but are not used for training.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adheat_app.bids import Derivatives, T1wInput, read_participants
+from adheat_app.config import RunConfig
+from adheat_app.errors import InputError
+
+LOGGER = logging.getLogger(__name__)
+
+_PREPROC_RE = re.compile(r"_space-(?P<space>[A-Za-z0-9]+)_res-(?P<res>[0-9p]+)_desc-preproc_T1w\.nii\.gz$")
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One preprocessed T1w scan.
+
+    Attributes
+    ----------
+    subject, session : str, str or None
+        BIDS labels (without prefixes).
+    image, mask : Path
+        Template-space preprocessed T1w and brain mask.
+    diagnosis : str or None
+        Value of the label column in ``participants.tsv``.
+    target : int or None
+        1 for the positive label, 0 for the negative label, None otherwise.
+    """
+
+    subject: str
+    session: str | None
+    image: Path
+    mask: Path
+    diagnosis: str | None
+    target: int | None
+
+    @property
+    def key(self) -> str:
+        """``sub-01`` or ``sub-01_ses-02``."""
+        return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """All preprocessed scans of a run, on one template grid."""
+
+    scans: tuple[Scan, ...]
+    space: str
+    res_label: str
+    positive_label: str
+    negative_label: str
+
+    @property
+    def labelled(self) -> tuple[Scan, ...]:
+        """Scans with a positive or negative diagnosis (used for training)."""
+        return tuple(s for s in self.scans if s.target is not None)
+
+    def targets(self, scans: tuple[Scan, ...] | None = None) -> np.ndarray:
+        """Targets (0/1) of ``scans`` (default: the labelled scans)."""
+        return np.array([s.target for s in (self.labelled if scans is None else scans)], dtype=np.int64)
+
+    def groups(self, scans: tuple[Scan, ...] | None = None) -> np.ndarray:
+        """Subject label of each scan: sessions of one subject share a group."""
+        return np.array([s.subject for s in (self.labelled if scans is None else scans)])
+
+
+def preproc_paths(derivs: Derivatives, t1w: T1wInput, space: str, res_label: str) -> tuple[Path, Path]:
+    """Paths of the preprocessed T1w and brain mask of one input."""
+    image = derivs.subject_path(t1w.subject, t1w.session, "T1w", space=space, res=res_label, desc="preproc")
+    mask = derivs.subject_path(t1w.subject, t1w.session, "mask", space=space, res=res_label, desc="brain")
+    return image, mask
+
+
+def _find_preproc(derivs: Derivatives, t1w: T1wInput) -> list[tuple[Path, str, str]]:
+    folder = derivs.root / f"sub-{t1w.subject}" / (f"ses-{t1w.session}" if t1w.session else "") / "anat"
+    found = []
+    for path in sorted(folder.glob(f"{t1w.key}_space-*_desc-preproc_T1w.nii.gz")):
+        match = _PREPROC_RE.search(path.name)
+        if match:
+            found.append((path, match["space"], match["res"]))
+    return found
+
+
+def load_cohort(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> Cohort:
+    """Collect the preprocessed scans of ``inputs`` with their diagnoses.
+
+    Raises
+    ------
+    InputError
+        When a selected input has not been preprocessed, when preprocessed
+        images of different spaces or resolutions are mixed, or when the label
+        column is missing.
+    """
+    tr = config.training
+    participants = read_participants(config.bids_dir, tr.label_column)
+    found = {t.key: _find_preproc(derivs, t) for t in inputs}
+    missing = [k for k, f in found.items() if not f]
+    if missing:
+        raise InputError(f"{len(missing)} scan(s) have no preprocessed T1w in {derivs.root} (e.g. {missing[0]}); "
+                         "run the participant level first")
+    grids = {(space, res) for f in found.values() for _, space, res in f}
+    if len(grids) > 1:
+        raise InputError(f"preprocessed images in {derivs.root} mix spaces/resolutions "
+                         f"{sorted(grids)}; rerun the participant level with one --resolution "
+                         "(--overwrite) or use a fresh output folder")
+    space, res_label = grids.pop()
+    scans = []
+    for t in inputs:
+        image, mask = preproc_paths(derivs, t, space, res_label)
+        diagnosis = participants[tr.label_column].get(t.subject) if t.subject in participants.index else None
+        diagnosis = None if diagnosis is None or (isinstance(diagnosis, float) and np.isnan(diagnosis)) \
+            else str(diagnosis)
+        target = {tr.positive_label: 1, tr.negative_label: 0}.get(diagnosis)
+        scans.append(Scan(t.subject, t.session, image, mask, diagnosis, target))
+    cohort = Cohort(tuple(scans), space, res_label, tr.positive_label, tr.negative_label)
+    others = sorted({s.diagnosis or "n/a" for s in scans if s.target is None})
+    if others:
+        LOGGER.info("%d scan(s) with diagnosis %s are not used for training (heatmaps only): %s",
+                    len(scans) - len(cohort.labelled), "/".join(others),
+                    ", ".join(s.key for s in scans if s.target is None))
+    return cohort

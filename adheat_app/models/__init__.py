@@ -1,0 +1,11 @@
+"""CNN architectures, registered by name (``--model NAME``).
+
+Each submodule defines one architecture and registers a builder with
+``@MODELS.register("name")``; a builder takes the input grid shape
+``(X, Y, Z)`` and returns an ``nn.Module`` mapping ``(N, 1, X, Y, Z)`` volumes to
+``(N, 2)`` logits (index 1 = positive class). Adding a model is adding a file.
+"""
+
+from adheat_app.registry import Registry
+
+MODELS = Registry("adheat_app.models", "model")

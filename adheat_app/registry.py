@@ -1,0 +1,68 @@
+"""Name-keyed registries, filled by the modules of a package.
+
+Models (:mod:`adheat_app.models`) and heatmap methods
+(:mod:`adheat_app.attribution`) are each a package whose submodules register
+one entry with :meth:`Registry.register`. The registry imports every submodule
+of its package on first use, so adding a model or a method is adding one file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterator, Mapping
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Mapping[str, T], Generic[T]):
+    """A read-only mapping from names to registered objects.
+
+    Parameters
+    ----------
+    package : str
+        Dotted name of the package whose submodules register entries.
+    kind : str
+        What is registered (for error messages), e.g. ``"model"``.
+    """
+
+    def __init__(self, package: str, kind: str):
+        self._package = package
+        self._kind = kind
+        self._entries: dict[str, T] = {}
+        self._loaded = False
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator registering an object under ``name``."""
+
+        def decorate(obj: T) -> T:
+            if name in self._entries and self._entries[name] is not obj:
+                raise ValueError(f"{self._kind} {name!r} is registered twice")
+            self._entries[name] = obj
+            return obj
+
+        return decorate
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            package = importlib.import_module(self._package)
+            for info in pkgutil.iter_modules(package.__path__):
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{self._package}.{info.name}")
+
+    def __getitem__(self, name: str) -> T:
+        self._load()
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise KeyError(f"unknown {self._kind} {name!r}; available: {', '.join(self)}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        self._load()
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        self._load()
+        return len(self._entries)
