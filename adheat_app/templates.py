@@ -348,3 +348,8 @@ def prefetch(space: str = DEFAULT_SPACE) -> list[str]:
             found = api.get(space, resolution=res, **query)
             fetched.extend(str(f) for f in (found if isinstance(found, list) else [found]))
     return sorted(set(fetched))
+
+
+def parse_resolution(label: str) -> float:
+    """Inverse of :func:`format_resolution` (``"1p5"`` -> ``1.5``)."""
+    return float(str(label).replace("p", "."))

@@ -1,0 +1,1 @@
+"""Cross-validated CNN training: folds, cached volumes, the training loop, metrics."""
