@@ -1,0 +1,81 @@
+"""``logs/CITATION.md`` and ``logs/CITATION.bib``: methods text for the steps actually run.
+
+The templates live in the top-level ``boilerplate/`` folder (installed to
+``share/adheat/boilerplate``). ``CITATION.md`` holds one section per step,
+marked ``<!-- step: NAME -->``; a section is kept when the output dataset
+contains that step's outputs, and its ``${placeholders}`` are filled from the
+run configuration and software versions. Citations are written ``[@key]``;
+``CITATION.bib`` receives exactly the entries the kept text cites.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import sys
+from pathlib import Path
+
+from adheat_app.bids import Derivatives, software_versions
+from adheat_app.config import RunConfig
+from adheat_app.io import write_text
+
+_SECTION_RE = re.compile(r"<!-- step: (?P<step>\w+) -->\n(?P<body>.*?)<!-- end -->\n?", re.S)
+_BIB_RE = re.compile(r"^@\w+\{(?P<key>[^,]+),.*?^\}\n?", re.S | re.M)
+
+
+def boilerplate_dir() -> Path:
+    """The folder of citation templates (source checkout or installed copy)."""
+    for candidate in (Path(__file__).resolve().parents[1] / "boilerplate",
+                      Path(sys.prefix) / "share" / "adheat" / "boilerplate"):
+        if (candidate / "CITATION.md").is_file():
+            return candidate
+    raise FileNotFoundError("adheat's boilerplate/ folder is missing from this installation")
+
+
+def steps_present(derivs: Derivatives, model: str) -> set[str]:
+    """The processing steps whose outputs exist in the derivatives dataset."""
+    root = derivs.root
+    steps = {"always"}
+    if any(root.glob("sub-*/**/*_desc-preproc_T1w.nii.gz")):
+        steps.add("preprocessing")
+    if any((root / "models" / model).glob("fold-*/model.json")):
+        steps.add("training")
+    if any(root.glob("sub-*/**/*_heatmap.nii.gz")):
+        steps.add("heatmaps")
+    if (root / "group" / "overlap.tsv").is_file():
+        steps.add("evaluation")
+    return steps
+
+
+def render_citation(config: RunConfig, steps: set[str]) -> tuple[str, str]:
+    """Render the Markdown methods text and the BibTeX of the given steps."""
+    folder = boilerplate_dir()
+    versions = software_versions()
+    ex, pre, tr, hm = config.execution, config.preprocessing, config.training, config.heatmaps
+    values = {
+        **{k.replace("-", "_"): v for k, v in versions.items()},
+        "resolution": f"{ex.resolution:g}",
+        "registration": {"syn": "rigid, affine and symmetric normalisation (SyN)",
+                         "affine": "rigid and affine"}[pre.registration],
+        "intensity_norm": {"zscore": "z-scored within the brain mask",
+                           "histogram": "normalised by histogram matching within the brain mask"}[pre.intensity_norm],
+        "model": tr.model, "folds": tr.folds, "epochs": tr.epochs, "batch_size": tr.batch_size,
+        "learning_rate": f"{tr.learning_rate:g}", "patience": tr.patience, "seed": ex.seed,
+        "positive": tr.positive_label, "negative": tr.negative_label,
+        "methods": ", ".join(hm.methods), "ig_steps": hm.ig_steps, "lrp_rule": hm.lrp_rule,
+        "target": hm.target, "n_bootstrap": config.evaluation.n_bootstrap,
+    }
+    text = (folder / "CITATION.md").read_text(encoding="utf-8")
+    kept = _SECTION_RE.sub(lambda m: m["body"] if m["step"] in steps else "", text)
+    markdown = string.Template(kept).substitute(values)
+    cited = set(re.findall(r"@([A-Za-z0-9_:-]+)", markdown))
+    bib = (folder / "CITATION.bib").read_text(encoding="utf-8")
+    entries = [m.group(0).rstrip() + "\n" for m in _BIB_RE.finditer(bib) if m["key"].strip() in cited]
+    return markdown, "\n".join(entries)
+
+
+def write_citation(config: RunConfig, derivs: Derivatives) -> None:
+    """Write ``logs/CITATION.md`` and ``logs/CITATION.bib`` for the steps present."""
+    markdown, bib = render_citation(config, steps_present(derivs, config.training.model))
+    write_text(derivs.root / "logs" / "CITATION.md", markdown)
+    write_text(derivs.root / "logs" / "CITATION.bib", bib)

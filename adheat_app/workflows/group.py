@@ -1,0 +1,52 @@
+"""Group level: cross-validated CNN, SVM baseline, out-of-fold heatmaps, scores and report.
+
+After one participant pass this level gives the complete result: it trains the
+folds that are missing (or only ``--fold K``, for one scheduler job per fold),
+fits the linear SVM on the same folds, derives any heatmap the participant level
+did not, averages and scores them, and writes ``group.html``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from adheat_app.bids import Derivatives, T1wInput
+from adheat_app.cohort import load_cohort
+from adheat_app.config import RunConfig
+from adheat_app.errors import InputError
+from adheat_app.templates import get_template, parse_resolution
+
+LOGGER = logging.getLogger(__name__)
+
+
+def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
+    """Run the group level; return the number of failed items (0: failures raise)."""
+    from adheat_app.attribution.runner import run_heatmaps
+    from adheat_app.baseline import run_svm
+    from adheat_app.evaluation import run_evaluation
+    from adheat_app.report import write_group_report, write_subject_report
+    from adheat_app.training import make_folds, run_training
+
+    cohort = load_cohort(config, derivs, inputs)
+    resolution = parse_resolution(cohort.res_label)
+    if resolution != config.execution.resolution:
+        LOGGER.info("using the preprocessed grid of %s mm (not --resolution %s)", resolution,
+                    config.execution.resolution)
+    template = get_template(resolution, space=cohort.space)
+    if template.space != cohort.space:
+        raise InputError(f"the images in {derivs.root} are in {cohort.space}, but that template is not available "
+                         f"here (got {template.space}); pre-fetch it into $TEMPLATEFLOW_HOME")
+    completed = run_training(config, derivs, cohort)
+    if config.training.fold is not None:
+        LOGGER.info("fold %d done; run 'group' without --fold to collect all folds", config.training.fold)
+        return 0
+    LOGGER.info("%d fold model(s) available", len(completed))
+    tr = config.training
+    folds = make_folds(cohort, tr.folds, config.execution.seed, tr.val_fraction)
+    run_svm(config, derivs, cohort, folds)
+    run_heatmaps(config, derivs, cohort)
+    run_evaluation(config, derivs, cohort, template)
+    for subject in sorted({s.subject for s in cohort.scans}):
+        write_subject_report(config, derivs, subject)
+    write_group_report(config, derivs, cohort, template)
+    return 0
