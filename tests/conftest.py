@@ -1,0 +1,127 @@
+"""Shared test fixtures: offline templates, real data location, tiny BIDS datasets.
+
+Every test session runs offline. When the shared real data (``../shared/data``
+beside the repository) is present, a TemplateFlow home is built from its copy of
+the 2009c template and ``TEMPLATEFLOW_HOME`` points at it for the whole session,
+so the real TemplateFlow code path is exercised; otherwise ``get_template``
+falls back to nilearn's bundled template, as it does for users.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+TEMPLATE_FILES = {
+    "tpl-MNI152NLin2009cAsym_res-01_desc-brain_T1w.nii.gz": "MNI152NLin2009cAsym_AFNI_T1w_brain_1mm.nii.gz",
+    "tpl-MNI152NLin2009cAsym_res-01_desc-brain_mask.nii.gz": "MNI152NLin2009cAsym_AFNI_brainmask_1mm.nii.gz",
+}
+
+
+def shared_data_or_skip() -> Path:
+    """The shared real data folder, or skip the test saying why."""
+    if not (SHARED_DATA / "templates").is_dir():
+        pytest.skip(f"real data not available: {SHARED_DATA} is absent (it sits beside the repository in CI)")
+    return SHARED_DATA
+
+
+def build_templateflow_home(folder: Path) -> Path:
+    """Lay out the shared 2009c template as TemplateFlow names it (the container's offline cache)."""
+    tpl = folder / "tpl-MNI152NLin2009cAsym"
+    tpl.mkdir(parents=True, exist_ok=True)
+    for name, source in TEMPLATE_FILES.items():
+        shutil.copyfile(SHARED_DATA / "templates" / source, tpl / name)
+    return folder
+
+
+def _clear_template_caches() -> None:
+    from adheat_app import templates
+
+    templates.get_template.cache_clear()
+    templates.get_atlas.cache_clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline_templateflow(tmp_path_factory):
+    """Point TemplateFlow at an offline home for the whole session."""
+    home = tmp_path_factory.mktemp("templateflow")
+    if (SHARED_DATA / "templates").is_dir():
+        build_templateflow_home(home)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TEMPLATEFLOW_HOME", str(home))
+        mp.setenv("TEMPLATEFLOW_AUTOUPDATE", "0")
+        _clear_template_caches()
+        yield home
+    _clear_template_caches()
+
+
+@pytest.fixture(scope="session")
+def tf_home(_offline_templateflow) -> Path:
+    """The TemplateFlow home holding the real 2009c template (skips where the shared data is absent)."""
+    shared_data_or_skip()
+    return _offline_templateflow
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Make any attempt to open a network connection fail at once."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def write_tiny_bids(root: Path, subjects: dict[str, str], sessions: tuple[str, ...] = (),
+                    shape=(20, 24, 20)) -> Path:
+    """A minimal valid BIDS dataset with random T1w images and a diagnosis column.
+
+    Parameters
+    ----------
+    subjects : dict
+        Subject label -> diagnosis.
+    sessions : tuple of str
+        Session labels (none: no session level).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "tiny", "BIDSVersion": "1.10.0"}))
+    (root / "README").write_text("A tiny dataset for tests.\n")
+    rows = ["participant_id\tdiagnosis"] + [f"sub-{s}\t{d}" for s, d in subjects.items()]
+    (root / "participants.tsv").write_text("\n".join(rows) + "\n")
+    rng = np.random.default_rng(0)
+    for sub in subjects:
+        for ses in sessions or (None,):
+            folder = root / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat"
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"sub-{sub}" + (f"_ses-{ses}" if ses else "") + "_T1w.nii.gz"
+            img = nib.Nifti1Image(rng.random(shape, dtype=np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+            img.set_qform(img.affine, code=1)
+            nib.save(img, folder / name)
+            (folder / name.replace(".nii.gz", ".json")).write_text(json.dumps({"MagneticFieldStrength": 3}))
+    return root
+
+
+def tree_digest(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes (to prove a folder was not touched)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def tiny_bids(tmp_path) -> Path:
+    """Two subjects (AD, CN), no sessions."""
+    return write_tiny_bids(tmp_path / "bids", {"01": "AD", "02": "CN"})
+
+
+def pytest_report_header(config):
+    return [f"shared real data: {SHARED_DATA if SHARED_DATA.is_dir() else 'absent (real-data tests skip)'}",
+            f"TEMPLATEFLOW_HOME (before session fixture): {os.environ.get('TEMPLATEFLOW_HOME', 'unset')}"]
