@@ -117,8 +117,8 @@ def prepare(argv: list[str] | None):
     if sorted(set(config.analysis_level), key=["participant", "group"].index) != list(config.analysis_level):
         raise InputError("analysis levels must be 'participant', 'group' or 'participant group'")
     check_dataset_paths(config.bids_dir, config.output_dir)
-    _check_options(config)
     _precheck_inputs(config)
+    _check_options(config)
     if not config.execution.skip_bids_validation:
         run_bids_validator(config.bids_dir)
     return config

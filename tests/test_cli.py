@@ -1,0 +1,185 @@
+"""The BIDS-App command line: options, exit codes and one-line errors that write nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adheat_app import __version__, bids
+from adheat_app.cli.parser import build_parser
+from adheat_app.cli.run import main, prepare
+from conftest import tree_digest, write_tiny_bids
+
+ISSUE_OPTIONS = ["--participant-label", "--session-label", "--skip-bids-validation", "--work-dir", "-w",
+                 "--nprocs", "--omp-nthreads", "--mem-gb", "--seed", "--device", "--overwrite", "--config-file",
+                 "--verbose", "-v", "--version", "--resolution", "--registration", "--anat-derivatives",
+                 "--label-column", "--positive-label", "--negative-label", "--model", "--folds", "--fold",
+                 "--epochs", "--batch-size", "--learning-rate", "--patience", "--methods", "--models",
+                 "--ig-steps", "--ig-baseline", "--lrp-rule", "--occlusion-size", "--occlusion-stride",
+                 "--noise-lambda", "--native-space", "--sanity-check", "--reference-map",
+                 "--reference-threshold", "--n-bootstrap"]
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_help_lists_every_option():
+    text = build_parser().format_help()
+    missing = [opt for opt in ISSUE_OPTIONS if opt not in text]
+    assert not missing
+    assert "default 2 mm" in text.replace("The default 2 mm", "default 2 mm")
+    assert "Exit codes: 0 success, 1 run failure, 2 usage or input error" in text
+
+
+def test_version_and_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "adheat_app", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"adheat {__version__}"
+
+
+def test_kebab_and_snake_spellings_and_prefix_stripping(tiny_bids, tmp_path):
+    config = prepare([str(tiny_bids), str(tmp_path / "out"), "participant", "--participant_label", "sub-01",
+                      "--participant-label", "02", "--skip-bids-validation", "--omp_nthreads", "3"])
+    assert config.execution.participant_label == ("02",)  # the last occurrence wins, as in argparse
+    assert config.execution.omp_nthreads == 3
+    config = prepare([str(tiny_bids), str(tmp_path / "out"), "participant", "--participant-label", "sub-01",
+                      "02", "--skip-bids-validation", "--no-amp", "--methods", "IG", "LRP"])
+    assert config.execution.participant_label == ("sub-01", "02")
+    assert config.training.amp is False
+    assert config.heatmaps.methods == ("IG", "LRP")
+    assert not (tmp_path / "out").exists()
+
+
+def test_both_levels_in_one_call(tiny_bids, tmp_path):
+    config = prepare([str(tiny_bids), str(tmp_path / "out"), "participant", "group", "--skip-bids-validation"])
+    assert config.analysis_level == ("participant", "group")
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda b, o: [b.parent / "missing", o, "participant"], "does not exist or is not a folder"),
+        (lambda b, o: [b, b / "out", "participant"], "is inside bids_dir"),
+        (lambda b, o: [b, b, "participant"], "is inside bids_dir"),
+        (lambda b, o: [b, o, "participant", "--participant-label", "07"], "sub-07 not found"),
+        (lambda b, o: [b, o, "participant", "--participant-label", "../01"], "invalid sub label"),
+        (lambda b, o: [b, o, "participant", "--participant-label", "0 1"], "invalid sub label"),
+        (lambda b, o: [b, o, "participant", "--participant-label", "a/b"], "invalid sub label"),
+        (lambda b, o: [b, o, "participant", "--session-label", "x_y"], "invalid ses label"),
+        (lambda b, o: [b, o, "participant", "--folds", "1"], "--folds 1"),
+        (lambda b, o: [b, o, "participant", "--fold", "5"], "--fold 5"),
+        (lambda b, o: [b, o, "participant", "--model", "nosuchnet"], "--model nosuchnet: unknown model"),
+        (lambda b, o: [b, o, "participant", "--methods", "Magic"], "--methods Magic: unknown method"),
+        (lambda b, o: [b, o, "participant", "--resolution", "0"], "--resolution 0"),
+        (lambda b, o: [b, o, "participant", "--reference-map", b / "none.nii.gz"], "--reference-map"),
+        (lambda b, o: [b, o, "participant", "--anat-derivatives", b / "none"], "--anat-derivatives"),
+        (lambda b, o: [b, o, "participant", "--config-file", b / "none.toml"], "cannot read config file"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, tiny_bids, tmp_path, make_args, message):
+    before = tree_digest(tiny_bids)
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, *make_args(tiny_bids, out), "--skip-bids-validation")
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("adheat: error:") and message in lines[0]
+    assert not out.exists()
+    assert tree_digest(tiny_bids) == before
+
+
+def test_missing_dataset_description(capsys, tiny_bids, tmp_path):
+    (tiny_bids / "dataset_description.json").unlink()
+    code, err = run_cli(capsys, tiny_bids, tmp_path / "out", "participant")
+    assert code == 2 and "dataset_description.json is missing" in err
+
+
+def test_subject_without_t1w(capsys, tmp_path):
+    root = write_tiny_bids(tmp_path / "bids", {"01": "AD", "02": "CN"})
+    for f in (root / "sub-02" / "anat").iterdir():
+        f.unlink()
+    code, err = run_cli(capsys, root, tmp_path / "out", "participant", "--participant-label", "02",
+                        "--skip-bids-validation")
+    assert code == 2 and "sub-02 has no T1w image" in err and "anat/sub-02_T1w.nii.gz" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_errors_exit_2(capsys, tiny_bids, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main([str(tiny_bids), str(tmp_path / "out"), "everything"])
+    assert exc.value.code == 2
+    code, err = run_cli(capsys, tiny_bids, tmp_path / "out", "group", "participant", "--skip-bids-validation")
+    assert code == 2 and "analysis levels" in err
+
+
+def test_output_under_bids_derivatives_is_allowed(tiny_bids):
+    config = prepare([str(tiny_bids), str(tiny_bids / "derivatives" / "adheat"), "participant",
+                      "--skip-bids-validation"])
+    assert config.output_dir == tiny_bids / "derivatives" / "adheat"
+
+
+def test_config_file_precedence_and_errors(capsys, tiny_bids, tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('[execution]\nseed = 7\nresolution = 3.0\n[training]\nfolds = 4\nepochs = 2\n'
+                   '[heatmaps]\nmethods = ["IG"]\n')
+    config = prepare([str(tiny_bids), str(tmp_path / "out"), "participant", "--config-file", str(cfg),
+                      "--epochs", "9", "--skip-bids-validation"])
+    assert (config.execution.seed, config.execution.resolution) == (7, 3.0)
+    assert (config.training.folds, config.training.epochs) == (4, 9)
+    assert config.heatmaps.methods == ("IG",)
+    as_json = tmp_path / "run.json"
+    as_json.write_text(json.dumps({"training": {"batch-size": 3}}))
+    assert prepare([str(tiny_bids), str(tmp_path / "o"), "group", "--config-file", str(as_json),
+                    "--skip-bids-validation"]).training.batch_size == 3
+    cfg.write_text("[training]\nfoldz = 4\n")
+    code, err = run_cli(capsys, tiny_bids, tmp_path / "out", "participant", "--config-file", cfg)
+    assert code == 2 and "unknown option 'foldz' in [training]" in err
+    cfg.write_text("[training\n")
+    code, err = run_cli(capsys, tiny_bids, tmp_path / "out", "participant", "--config-file", cfg)
+    assert code == 2 and "is not valid TOML" in err
+
+
+def test_saved_config_round_trips(tiny_bids, tmp_path):
+    config = prepare([str(tiny_bids), str(tmp_path / "out"), "participant", "--seed", "3", "--methods", "IG",
+                      "GGC", "--skip-bids-validation"])
+    saved = tmp_path / "saved.toml"
+    saved.write_text(config.to_toml())
+    again = prepare([str(tiny_bids), str(tmp_path / "out"), "participant", "--config-file", str(saved)])
+    assert again == config
+
+
+@pytest.mark.skipif(bids.validator_command() is None, reason="bids-validator-deno is not installed")
+def test_bids_validator_errors_are_shown_in_one_block(capsys, tiny_bids, tmp_path):
+    (tiny_bids / "sub-01" / "anat" / "sub-01_T1w.json").write_text("{not json")
+    (tiny_bids / "sub-01" / "anat" / "sub-01_bold.nii.gz").write_bytes(b"\x00")
+    code, err = run_cli(capsys, tiny_bids, tmp_path / "out", "participant")
+    assert code == 2
+    assert "is not a valid BIDS dataset" in err and "--skip-bids-validation" in err
+    assert "\n  " in err  # the validator's issues, one indented line each
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(bids.validator_command() is None, reason="bids-validator-deno is not installed")
+def test_bids_validator_passes_a_valid_dataset(tiny_bids):
+    bids.run_bids_validator(tiny_bids)
+
+
+def test_missing_validator_warns_and_continues(monkeypatch, caplog, tiny_bids):
+    monkeypatch.setattr(bids, "validator_command", lambda: None)
+    with caplog.at_level("WARNING"):
+        bids.run_bids_validator(tiny_bids)
+    assert "bids-validator-deno is not installed" in caplog.text
+
+
+def test_console_script_help():
+    exe = Path(sys.executable).parent / "adheat"
+    if not exe.exists():
+        pytest.skip("the adheat console script is not installed in this environment (pip install -e .)")
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--participant-label" in out.stdout
