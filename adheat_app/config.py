@@ -66,7 +66,7 @@ class ExecutionOptions:
     work_dir: str | None = option(
         None, "Folder for caches and intermediate files (default: OUTPUT_DIR/work). "
         "On a cluster, point it at node-local scratch.", short="-w", metavar="DIR", type=str)
-    nprocs: int = option(0, "Subjects (or folds) processed in parallel; 0 = number of CPUs.", type=int)
+    nprocs: int = option(0, "Subjects processed in parallel; 0 = number of CPUs.", type=int)
     omp_nthreads: int = option(0, "Threads per process (ANTs, torch); 0 = CPUs / nprocs.", type=int)
     mem_gb: float = option(0.0, "Memory budget in GB used to size batches; 0 = no limit.", type=float)
     seed: int = option(42, "Random seed for every stochastic step (registration sampling, "
@@ -77,7 +77,7 @@ class ExecutionOptions:
     resolution: float = option(
         2.0, "Voxel size of the analysis grid in mm (isotropic). The default 2 mm (97x115x97) "
         "keeps CPU-only runs practical; 1 mm (193x229x193) matches the papers.", type=float)
-    verbose: int = option(0, "More log output (-v info, -vv debug).", short="-v")
+    verbose: int = option(0, "More console output (-v adds debug messages; the log file always has them).", short="-v")
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,8 @@ class TrainingOptions:
     patience: int = option(10, "Early stopping: epochs without validation-loss improvement.", type=int)
     val_fraction: float = option(0.2, "Fraction of each training fold's subjects held out for "
                                  "early stopping.", type=float)
-    augment: bool = option(False, "Light augmentation (random flips of the left-right axis "
-                           "are NOT used; small shifts and intensity jitter).")
+    augment: bool = option(False, "Light augmentation: small random shifts and intensity jitter "
+                           "(no left-right flips: atrophy in AD is asymmetric).")
     amp: bool = option(True, "Mixed precision on CUDA (ignored on CPU); --no-amp disables it.")
 
 
