@@ -1,0 +1,92 @@
+# adheat: BIDS App container image (see docs/containers.md).
+#
+#   docker build -t adheat/adheat:0.1.0 .
+#   docker run --rm --gpus all --user "$(id -u):$(id -g)" \
+#       -v /data/bids:/data/bids:ro -v /data/derivatives:/out \
+#       adheat/adheat:0.1.0 /data/bids /out/adheat participant
+#
+# Base: the official PyTorch runtime image whose torch equals the pin in
+# requirements.lock (torch==2.13.0). CUDA 12.6 is the "legacy" stable line of
+# torch 2.13 and runs on the widest range of drivers (>= 525) and GPUs
+# (Maxwell to Hopper). For Blackwell GPUs build with
+#   --build-arg BASE_IMAGE=pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime
+# (driver >= 580). The build stops if the base's torch differs from the lock.
+# For bit-for-bit rebuilds, append the digest: pytorch/pytorch:<tag>@sha256:<digest>.
+ARG BASE_IMAGE=pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime
+
+# ---------------------------------------------------------------------------
+# builder: a virtual environment with adheat and its pinned dependencies
+# ---------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS builder
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+WORKDIR /src
+
+# Constraints = requirements.lock with its torch line replaced by the exact
+# torch of the base image (e.g. 2.13.0+cu126). torch stays the base's CUDA
+# build: the venv sees it through --system-site-packages, and the only torch
+# the constraints allow is the one already installed, so pip cannot swap in a
+# PyPI build. All other packages are pinned exactly as in the lock.
+COPY requirements.lock setup.cfg ./
+RUN lock_torch="$(sed -n 's/^torch==//p' requirements.lock)" \
+    && base_torch="$(python -c 'import torch; print(torch.__version__)')" \
+    && if [ "${base_torch%%+*}" != "${lock_torch}" ]; then \
+         echo "base image has torch ${base_torch}; requirements.lock pins torch==${lock_torch}" >&2; exit 1; \
+       fi \
+    && sed "s/^torch==.*/torch==${base_torch}/" requirements.lock > constraints.txt \
+    && python -c 'import configparser; c = configparser.ConfigParser(); c.read("setup.cfg"); print(c["options"]["install_requires"])' > requirements.txt \
+    && python -m venv --system-site-packages /opt/venv \
+    && /opt/venv/bin/python -m pip install --no-cache-dir -c constraints.txt -r requirements.txt
+
+# The package itself: the context is an allowlist (.dockerignore), so this
+# copies adheat_app/, boilerplate/ and the build files only. Dependencies are
+# already satisfied by the layer above, which is rebuilt only when setup.cfg
+# or the lock change.
+COPY . .
+RUN /opt/venv/bin/python -m pip install --no-cache-dir -c constraints.txt . \
+    && /opt/venv/bin/python -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, "from", torch.__file__); assert not torch.__file__.startswith("/opt/venv/"), "pip installed a second torch into the venv"'
+
+# ---------------------------------------------------------------------------
+# runtime: same base, the venv, offline templates; no sources, no pip cache
+# ---------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS runtime
+ARG BASE_IMAGE
+
+LABEL org.opencontainers.image.title="adheat" \
+      org.opencontainers.image.description="BIDS App: where a 3D CNN looks when it separates Alzheimer's disease from controls on T1w MRI, and whether that is where the disease is" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.source="https://github.com/adheat/adheat" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
+
+# HOME and every cache live under /tmp so that any UID (docker --user,
+# Singularity) can write them; templates are read-only and never updated.
+ENV PATH=/opt/venv/bin:${PATH} \
+    HOME=/tmp \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    TORCH_HOME=/tmp/torch \
+    XDG_CACHE_HOME=/tmp/.cache \
+    TEMPLATEFLOW_HOME=/opt/templateflow \
+    TEMPLATEFLOW_AUTOUPDATE=0 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    ADHEAT_CONTAINER_TYPE=docker \
+    ADHEAT_CONTAINER_IMAGE=adheat/adheat:0.1.0
+
+COPY --from=builder /opt/venv /opt/venv
+
+# Prefetch every TemplateFlow file adheat uses (needs network at build time
+# only), make it readable by any UID, add an unprivileged user, smoke-test.
+RUN python -c "from adheat_app.templates import prefetch; import os; files = prefetch(); empty = [f for f in files if os.path.getsize(f) == 0]; assert files and not empty, empty; print(len(files), 'template files in', os.environ['TEMPLATEFLOW_HOME'])" \
+    && chmod -R a+rX /opt/templateflow /opt/venv \
+    && groupadd --gid 10001 adheat \
+    && useradd --no-log-init --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin adheat \
+    && adheat --version \
+    && rm -rf /tmp/* /root/.cache
+
+USER 10001:10001
+WORKDIR /tmp
+ENTRYPOINT ["adheat"]
+CMD ["--help"]

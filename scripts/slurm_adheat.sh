@@ -1,0 +1,144 @@
+#!/bin/bash
+#SBATCH --job-name=adheat
+#SBATCH --cpus-per-task=8
+#SBATCH --mem=32G
+#SBATCH --time=24:00:00
+#SBATCH --output=adheat-%x-%A_%a.log
+#
+# Run adheat from its Singularity/Apptainer image under SLURM.
+#
+#   sbatch --array=1-N           slurm_adheat.sh participant [ADHEAT OPTIONS]
+#       one subject per array task: task N takes the N-th participant_id of
+#       participants.tsv (1-based, header excluded)
+#   sbatch --array=0-4 --gres=gpu:1 slurm_adheat.sh fold [ADHEAT OPTIONS]
+#       one cross-validation fold per array task: task K runs
+#       'group --fold K' (folds are 0-based, as adheat's --fold)
+#   sbatch --gres=gpu:1          slurm_adheat.sh group [ADHEAT OPTIONS]
+#       collects the folds: SVM baseline, group heatmaps, scores, report
+#
+# scripts/submit_all.sh submits all three, chained with --dependency=afterok.
+#
+# Settings (environment variables; sbatch passes the caller's environment):
+#   ADHEAT_SIF         path to adheat-<version>.sif                    (required)
+#   BIDS_DIR           input BIDS dataset, bound read-only            (required)
+#   OUTPUT_DIR         output derivatives dataset (created if absent)  (required)
+#   ADHEAT_FOLDS       number of cross-validation folds               (default 5)
+#   ADHEAT_DEVICE      cpu, cuda or auto; default: cuda when SLURM gave
+#                      this job a GPU (CUDA_VISIBLE_DEVICES), else cpu
+#   ADHEAT_WORK_DIR    work folder; default: a fresh folder on node-local
+#                      scratch ($SLURM_TMPDIR or $TMPDIR), deleted at the end
+#   ADHEAT_PARTICIPANTS_TSV  subject list; default BIDS_DIR/participants.tsv
+#   ADHEAT_RUNTIME     apptainer or singularity; default: the one on PATH
+#   ADHEAT_DRY_RUN=1   print the container command instead of running it
+#
+# Exit code: adheat's (0 ok, 1 run failure, 2 usage or input error).
+
+set -euo pipefail
+
+die() {
+    echo "slurm_adheat.sh: error: $*" >&2
+    exit 2
+}
+
+usage="usage: sbatch [--array=...] slurm_adheat.sh participant|fold|group [ADHEAT OPTIONS]"
+[ "$#" -ge 1 ] || die "$usage"
+mode="$1"
+shift
+
+: "${ADHEAT_SIF:?set ADHEAT_SIF to the adheat .sif image}"
+: "${BIDS_DIR:?set BIDS_DIR to the input BIDS dataset}"
+: "${OUTPUT_DIR:?set OUTPUT_DIR to the output folder}"
+[ -f "$ADHEAT_SIF" ] || die "ADHEAT_SIF=$ADHEAT_SIF is not a file"
+[ -d "$BIDS_DIR" ] || die "BIDS_DIR=$BIDS_DIR is not a folder"
+folds="${ADHEAT_FOLDS:-5}"
+case "$folds" in '' | *[!0-9]*) die "ADHEAT_FOLDS=$folds is not a whole number" ;; esac
+
+# The N-th participant_id (first column) of a participants.tsv, N >= 1.
+nth_participant() {
+    awk -F '\t' -v n="$2" 'NR > 1 { sub(/\r$/, "", $1) } NR > 1 && $1 != "" && ++i == n { print $1; exit }' "$1"
+}
+
+task="${SLURM_ARRAY_TASK_ID:-}"
+case "$mode" in
+    participant)
+        [ -n "$task" ] || die "participant: submit as an array job, e.g. sbatch --array=1-N"
+        tsv="${ADHEAT_PARTICIPANTS_TSV:-$BIDS_DIR/participants.tsv}"
+        [ -f "$tsv" ] || die "$tsv not found"
+        label="$(nth_participant "$tsv" "$task")"
+        [ -n "$label" ] || die "array task $task: $tsv has fewer than $task participants"
+        level=(participant --participant-label "${label#sub-}" --nprocs 1)
+        ;;
+    fold)
+        [ -n "$task" ] || die "fold: submit as an array job, e.g. sbatch --array=0-$((folds - 1))"
+        [ "$task" -lt "$folds" ] || die "array task $task: folds are numbered 0 to $((folds - 1))"
+        level=(group --folds "$folds" --fold "$task" --nprocs 1)
+        ;;
+    group)
+        level=(group --folds "$folds")
+        ;;
+    *)
+        die "unknown mode '$mode'; $usage"
+        ;;
+esac
+
+# GPU or CPU: a GPU job (sbatch --gres=gpu:1 or --gpus=1) gets --nv and cuda.
+gpus="${CUDA_VISIBLE_DEVICES:-}"
+[ "$gpus" = "NoDevFiles" ] && gpus=""
+if [ -n "${ADHEAT_DEVICE:-}" ]; then
+    device="$ADHEAT_DEVICE"
+elif [ -n "$gpus" ]; then
+    device=cuda
+else
+    device=cpu
+fi
+case "$device" in cpu | cuda | auto) ;; *) die "ADHEAT_DEVICE=$device: use cpu, cuda or auto" ;; esac
+
+runtime="${ADHEAT_RUNTIME:-}"
+if [ -z "$runtime" ]; then
+    if command -v apptainer > /dev/null; then
+        runtime=apptainer
+    elif command -v singularity > /dev/null; then
+        runtime=singularity
+    else
+        die "neither apptainer nor singularity is on PATH (module load apptainer?)"
+    fi
+fi
+container_opts=(--cleanenv)
+if [ "$device" != cpu ]; then
+    container_opts+=(--nv)
+    # --cleanenv drops the host environment: hand over the GPUs SLURM assigned.
+    if [ -n "$gpus" ]; then
+        export SINGULARITYENV_CUDA_VISIBLE_DEVICES="$gpus" APPTAINERENV_CUDA_VISIBLE_DEVICES="$gpus"
+    fi
+fi
+
+# Work folder: node-local scratch, one per task, removed when the job ends
+# (the results are in OUTPUT_DIR; the work folder holds caches only).
+if [ -n "${ADHEAT_WORK_DIR:-}" ]; then
+    work="$ADHEAT_WORK_DIR"
+else
+    scratch="${SLURM_TMPDIR:-${TMPDIR:-/tmp}}"
+    work="$scratch/adheat-work-${SLURM_JOB_ID:-$$}-${task:-0}"
+    trap 'rm -rf -- "$work"' EXIT
+fi
+mkdir -p -- "$work" "$OUTPUT_DIR"
+
+threads="${SLURM_CPUS_PER_TASK:-1}"
+resources=(--omp-nthreads "$threads")
+if [ -n "${SLURM_MEM_PER_NODE:-}" ]; then
+    resources+=(--mem-gb "$((SLURM_MEM_PER_NODE / 1024))")
+fi
+
+cmd=("$runtime" run "${container_opts[@]}"
+    -B "$BIDS_DIR:/data/bids:ro" -B "$OUTPUT_DIR:/out" -B "$work:/work"
+    "$ADHEAT_SIF" /data/bids /out "${level[@]}"
+    --work-dir /work --device "$device" "${resources[@]}" "$@")
+
+echo "[$(date '+%F %T')] $(hostname): ${cmd[*]}" >&2
+if [ "${ADHEAT_DRY_RUN:-0}" = 1 ]; then
+    printf '%q ' "${cmd[@]}"
+    printf '\n'
+    exit 0
+fi
+# Not exec: the EXIT trap must still clean the scratch folder.
+"${cmd[@]}"

@@ -1,0 +1,147 @@
+"""The whole product on a simulated cohort: simulate -> participant -> group -> rerun -> participant with models.
+
+One small cohort at 4 mm runs through the real command line in a subprocess,
+as a user runs it. The test checks that every file of DESIGN.md §4 exists,
+that the input dataset is untouched, that the outputs are a valid
+BIDS-Derivatives dataset, that a rerun skips everything, and that the
+participant level with trained models writes the same heatmaps the group
+level wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from adheat_app import bids as adheat_bids
+from adheat_app.simulate import simulate_cohort
+from conftest import tree_digest
+
+pytestmark = pytest.mark.slow
+
+METHODS = ("IG", "LRP", "GGC", "Saliency", "GuidedBackprop", "Occlusion", "AreaOcclusion", "NoiseImportance")
+COMMON = ["--resolution", "4", "--skip-bids-validation", "--nprocs", "2", "--omp-nthreads", "1", "--seed", "3"]
+GROUP = ["--model", "resnet3d", "--folds", "3", "--epochs", "12", "--patience", "12", "--batch-size", "4",
+         "--learning-rate", "1e-3", "--methods", *METHODS, "--noise-steps", "20", "--occlusion-size", "16",
+         "--occlusion-stride", "16", "--n-bootstrap", "50"]
+
+
+def adheat(*args: str | Path, expect: int = 0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "adheat_app", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=900)
+    assert proc.returncode == expect, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Simulate 12 subjects, then run both levels once (shared by the tests below)."""
+    root = tmp_path_factory.mktemp("e2e")
+    bids_dir = simulate_cohort(root / "bids", n_subjects=12, resolution=4.0, seed=5, effect_size=0.4, nprocs=2)
+    before = tree_digest(bids_dir)
+    out = root / "out"
+    participant = adheat(bids_dir, out, "participant", *COMMON)
+    group = adheat(bids_dir, out, "group", *COMMON, *GROUP)
+    return {"bids": bids_dir, "out": out, "before": before, "logs": participant.stderr + group.stderr}
+
+
+def _space_res(out: Path) -> tuple[str, str]:
+    name = next(out.glob("sub-*/anat/*_desc-preproc_T1w.nii.gz")).name
+    entities = dict(part.split("-", 1) for part in name.split("_")[1:-1])
+    return entities["space"], entities["res"]
+
+
+def test_every_design_output_exists(run):
+    out = run["out"]
+    space, res = _space_res(out)
+    assert res == "4"
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "adheat"
+    for name in ("CITATION.md", "CITATION.bib"):
+        assert (out / "logs" / name).stat().st_size > 200
+    assert list((out / "logs").glob("config-*.toml")) and list((out / "logs").glob("adheat-*.log"))
+    citation = (out / "logs" / "CITATION.md").read_text()
+    for step in ("Anatomical preprocessing", "Classification", "Heatmaps", "Evaluation"):
+        assert step in citation
+    subjects = sorted(p.name for p in out.glob("sub-*") if p.is_dir())
+    assert len(subjects) == 12
+    for sub in subjects:
+        anat = out / sub / "anat"
+        prefix = f"{sub}_space-{space}_res-{res}"
+        for name in (f"{prefix}_desc-preproc_T1w", f"{prefix}_desc-brain_mask",
+                     *(f"{prefix}_desc-{m}_heatmap" for m in METHODS)):
+            assert (anat / f"{name}.nii.gz").is_file(), name
+            assert (anat / f"{name}.json").is_file(), name
+        assert (anat / f"{sub}_from-T1w_to-{space}_mode-image_xfm.h5").is_file()
+        assert (out / f"{sub}.html").is_file()
+    for k in range(3):
+        fold = out / "models" / "resnet3d" / f"fold-{k}"
+        for name in ("model.pt", "model.json", "split.tsv"):
+            assert (fold / name).is_file()
+    group = out / "group"
+    for name in ("cv_metrics.tsv", "predictions.tsv", "overlap.tsv", "regions.tsv", "distances.tsv",
+                 "preproc_qc.tsv"):
+        assert (group / name).is_file(), name
+    for method in METHODS:
+        for label in ("AD", "CN"):
+            assert (group / f"space-{space}_res-{res}_label-{label}_desc-{method}_stat-mean_heatmap.nii.gz").is_file()
+    assert (group / f"space-{space}_res-{res}_desc-SVM_pattern.nii.gz").is_file()
+    assert (out / "group.html").stat().st_size > 10_000
+
+
+def test_tables_hold_both_models_and_every_method(run):
+    group = run["out"] / "group"
+    metrics = pd.read_csv(group / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
+    assert set(metrics["model"]) == {"resnet3d", "SVM"}
+    assert set(metrics["fold"]) >= {"0", "1", "2", "mean", "sd"}
+    predictions = pd.read_csv(group / "predictions.tsv", sep="\t", dtype={"subject": str})
+    assert len(predictions[predictions["model"] == "resnet3d"]) == 12
+    overlap = pd.read_csv(group / "overlap.tsv", sep="\t")
+    assert set(METHODS) <= set(overlap["method"])
+
+
+def test_bids_dir_is_untouched(run):
+    assert tree_digest(run["bids"]) == run["before"]
+
+
+@pytest.mark.skipif(adheat_bids.validator_command() is None, reason="bids-validator-deno is not installed")
+def test_outputs_are_valid_bids_derivatives(run):
+    proc = subprocess.run([*adheat_bids.validator_command(), "--format", "json", "--ignoreWarnings",
+                           "--datasetTypes", "derivative", str(run["out"])], capture_output=True, text=True)
+    issues = json.loads(proc.stdout)["issues"]["issues"]
+    errors = [i for i in issues if i.get("severity") == "error"]
+    assert not errors, errors[:5]
+
+
+def test_progress_is_logged(run):
+    assert "sub-" in run["logs"] and "fold" in run["logs"].lower()
+
+
+def test_rerun_skips_everything_and_changes_nothing(run):
+    out = run["out"]
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
+    adheat(run["bids"], out, "participant", "group", *COMMON, *GROUP)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")} == stamps
+
+
+def test_participant_level_with_models_writes_the_same_heatmaps(run, tmp_path):
+    """A fresh output folder: preprocess one subject, then derive its heatmaps from the trained models."""
+    out2 = tmp_path / "out2"
+    sub = "01"
+    adheat(run["bids"], out2, "participant", "--participant-label", sub, "--models", run["out"] / "models",
+           *COMMON, *GROUP)
+    space, res = _space_res(run["out"])
+    for method in ("IG", "LRP", "GGC"):
+        name = f"sub-{sub}/anat/sub-{sub}_space-{space}_res-{res}_desc-{method}_heatmap.nii.gz"
+        first = np.asarray(nib.load(run["out"] / name).dataobj)
+        second = np.asarray(nib.load(out2 / name).dataobj)
+        assert np.array_equal(first, second), method
