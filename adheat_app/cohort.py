@@ -101,18 +101,23 @@ def load_cohort(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) 
     Raises
     ------
     InputError
-        When a selected input has not been preprocessed, when preprocessed
-        images of different spaces or resolutions are mixed, or when the label
-        column is missing.
+        When no selected input has been preprocessed, when preprocessed images
+        of different spaces or resolutions are mixed, or when the label column
+        is missing. Inputs whose preprocessing failed or has not run yet are
+        left out with a warning, so one broken scan does not block the group.
     """
     tr = config.training
     participants = read_participants(config.bids_dir, tr.label_column)
     found = {t.key: _find_preproc(derivs, t) for t in inputs}
     missing = [k for k, f in found.items() if not f]
+    if len(missing) == len(found):
+        raise InputError(f"no preprocessed T1w in {derivs.root} (e.g. for {missing[0]}); run the participant "
+                         "level first")
     if missing:
-        raise InputError(f"{len(missing)} scan(s) have no preprocessed T1w in {derivs.root} (e.g. {missing[0]}); "
-                         "run the participant level first")
-    grids = {(space, res) for f in found.values() for _, space, res in f}
+        LOGGER.warning("%d scan(s) have no preprocessed T1w and are left out (rerun the participant level for "
+                       "them): %s", len(missing), ", ".join(missing))
+        inputs = [t for t in inputs if found[t.key]]
+    grids = {(space, res) for t in inputs for _, space, res in found[t.key]}
     if len(grids) > 1:
         raise InputError(f"preprocessed images in {derivs.root} mix spaces/resolutions "
                          f"{sorted(grids)}; rerun the participant level with one --resolution "

@@ -52,16 +52,16 @@ def _add_field(group: argparse._ArgumentGroup, section: str, fld: dataclasses.Fi
     common: dict[str, Any] = {"dest": f"{section}.{fld.name}", "default": argparse.SUPPRESS,
                               "help": meta["help"]}
     default = fld.default
+    metavar = meta.get("metavar") or (None if meta.get("choices") else fld.name.upper())
     if fld.name == "verbose":
         group.add_argument(*flags, action="count", **common)
     elif isinstance(default, bool):
         group.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
     elif isinstance(default, tuple):
-        group.add_argument(*flags, nargs="+", type=_scalar_type(fld), metavar=meta.get("metavar"),
+        group.add_argument(*flags, nargs="+", type=_scalar_type(fld), metavar=metavar,
                            choices=meta.get("choices"), **common)
     else:
-        group.add_argument(*flags, type=_scalar_type(fld), metavar=meta.get("metavar"),
-                           choices=meta.get("choices"), **common)
+        group.add_argument(*flags, type=_scalar_type(fld), metavar=metavar, choices=meta.get("choices"), **common)
 
 
 def _default_text(fld: dataclasses.Field) -> str:
