@@ -94,6 +94,8 @@ DEFAULT_REGIONS: tuple[str, ...] = ("Hippocampus", "Amygdala", "ParaHippocampal"
 ORIENTATIONS: tuple[str, ...] = ("RAS", "LAS", "LPS", "LIA", "PIL", "ASR")
 #: Largest effect size accepted (the most severe subject then loses 75 % of R's intensity).
 MAX_EFFECT_SIZE = 0.5
+#: Analysis-grid voxel sizes accepted (mm).
+MIN_RESOLUTION, MAX_RESOLUTION = 0.5, 8.0
 
 BIDS_VERSION = "1.10.0"
 REGION_SIGMA_MM = 3.0
@@ -662,8 +664,9 @@ def _check_arguments(out_dir: Path, n_subjects: int, resolution: float, effect_s
         raise InputError(f"{out_dir} exists and is not an empty folder; choose a new output folder")
     if n_subjects < 2:
         raise InputError(f"--n-subjects {n_subjects}: need at least 2 (one AD, one CN)")
-    if not 0 < resolution <= 8:
-        raise InputError(f"--resolution {resolution}: use a voxel size between 0.5 and 8 mm")
+    if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
+        raise InputError(f"--resolution {resolution}: use a voxel size between {MIN_RESOLUTION:g} and "
+                         f"{MAX_RESOLUTION:g} mm")
     if not 0 <= effect_size <= MAX_EFFECT_SIZE:
         raise InputError(f"--effect-size {effect_size}: use a value between 0 and {MAX_EFFECT_SIZE}")
     if not regions:
@@ -803,9 +806,16 @@ def simulate_cohort(out_dir: str | os.PathLike, n_subjects: int = 40, resolution
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are :class:`InputError` (one line, exit 2), not a usage dump."""
+
+    def error(self, message: str):
+        raise InputError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``adheat-simulate`` command-line parser."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="adheat-simulate",
         description="Write a simulated BIDS cohort (AD, CN, optional MCI) with atrophy planted in AAL3 regions, "
                     "and its ground truth under OUT/derivatives/simulation.")
@@ -832,8 +842,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``adheat-simulate``; return the exit code (0 done, 2 bad arguments)."""
     try:
         args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on bad arguments, 0 after --help
+    except SystemExit as exc:  # after --help
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except InputError as exc:
+        print(f"adheat-simulate: error: {exc} (see adheat-simulate --help)", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
