@@ -1,0 +1,165 @@
+"""Subject-level cross-validation folds, their split files and the leakage guard.
+
+A :class:`Fold` holds the training, validation (early stopping) and test scans
+of one outer fold. :func:`make_folds` derives every fold from the seed and the
+labelled scans of the whole cohort only, so training one fold alone
+(``--fold K``) gives exactly the split of a full run. Folds are stratified by
+diagnosis and grouped by subject: all sessions of a subject fall in one set,
+which :func:`check_no_leakage` asserts before any model sees the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from adheat_app.bids import read_participants
+from adheat_app.cohort import Cohort, Scan
+from adheat_app.config import RunConfig
+from adheat_app.errors import InputError
+from adheat_app.io import write_tsv
+
+SETS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One outer cross-validation fold.
+
+    Attributes
+    ----------
+    index : int
+        0-based fold number.
+    train, val, test : tuple of Scan
+        Scans used for fitting, for early stopping, and held out for testing.
+    """
+
+    index: int
+    train: tuple[Scan, ...]
+    val: tuple[Scan, ...]
+    test: tuple[Scan, ...]
+
+    def sets(self) -> dict[str, tuple[Scan, ...]]:
+        """The three sets by name (``train``, ``val``, ``test``)."""
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def check_no_leakage(fold: Fold) -> None:
+    """Raise RuntimeError when a subject appears in two of train/val/test (the leakage guard)."""
+    subjects = {name: {s.subject for s in scans} for name, scans in fold.sets().items()}
+    for i, first in enumerate(SETS):
+        for second in SETS[i + 1:]:
+            shared = subjects[first] & subjects[second]
+            if shared:
+                raise RuntimeError(f"data leakage in fold {fold.index}: subject(s) {', '.join(sorted(shared))} "
+                                   f"in both {first} and {second}")
+
+
+def _split(targets: np.ndarray, groups: np.ndarray, n_splits: int, seed: int):
+    """Stratified, grouped splits (sklearn warns when a class has fewer scans than splits; harmless here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        return list(splitter.split(np.zeros(len(targets)), targets, groups))
+
+
+def make_folds(cohort: Cohort, n_folds: int, seed: int, val_fraction: float) -> list[Fold]:
+    """Stratified folds grouped by subject, with a grouped validation split inside each.
+
+    Parameters
+    ----------
+    cohort : Cohort
+        Only its labelled scans are split (sorted by subject and session first,
+        so the input order does not matter).
+    n_folds : int
+        Number of outer folds.
+    seed : int
+        Seeds the outer split; fold ``k``'s validation split uses ``seed + k``.
+    val_fraction : float
+        Fraction of each training fold's subjects held out for early stopping
+        (the inner split uses ``round(1 / val_fraction)`` groups, but at most
+        as many as the smaller class has subjects, so small cohorts hold out
+        a larger fraction).
+
+    Returns
+    -------
+    list of Fold
+        ``n_folds`` folds, each checked by :func:`check_no_leakage`.
+    """
+    scans = tuple(sorted(cohort.labelled, key=lambda s: (s.subject, s.session or "")))
+    targets, groups = cohort.targets(scans), cohort.groups(scans)
+    folds = []
+    for k, (rest, test) in enumerate(_split(targets, groups, n_folds, seed)):
+        per_class = min(len(set(groups[rest][targets[rest] == c])) for c in (0, 1))
+        n_inner = max(2, min(round(1 / val_fraction), per_class))
+        train, val = _split(targets[rest], groups[rest], n_inner, seed + k)[0]
+        fold = Fold(k, tuple(scans[rest[i]] for i in train), tuple(scans[rest[i]] for i in val),
+                    tuple(scans[i] for i in test))
+        check_no_leakage(fold)
+        folds.append(fold)
+    return folds
+
+
+def check_labels(config: RunConfig, cohort: Cohort) -> None:
+    """Reject cohorts that cannot be cross-validated, with a one-line fix.
+
+    Raises
+    ------
+    InputError
+        When ``participants.tsv`` has no subject with the positive or the
+        negative label (listing the labels it has), when the selected scans
+        hold one class only, or when a class has fewer subjects than ``--folds``.
+    """
+    tr = config.training
+    path = config.bids_dir / "participants.tsv"
+    options = {tr.positive_label: "--positive-label", tr.negative_label: "--negative-label"}
+    in_table = set(read_participants(config.bids_dir, tr.label_column)[tr.label_column].dropna())
+    absent = [f"{option} {label!r}" for label, option in options.items() if label not in in_table]
+    if absent:
+        raise InputError(f"{path}: no subject has {' or '.join(absent)} in column {tr.label_column!r} "
+                         f"(labels found: {', '.join(sorted(in_table)) or 'none'}); "
+                         "set --positive-label/--negative-label")
+    selected = {s.diagnosis for s in cohort.labelled}
+    if len(selected) < 2:
+        missing = next(label for label in options if label not in selected)
+        raise InputError(f"no selected scan has {options[missing]} {missing!r} (one-class cohort); training "
+                         "needs both classes: select subjects of both with --participant-label")
+    for label, target in ((tr.positive_label, 1), (tr.negative_label, 0)):
+        n = len({s.subject for s in cohort.labelled if s.target == target})
+        if n < tr.folds:
+            fix = f"use --folds {n} or fewer, or add subjects" if n >= 2 else "add subjects"
+            raise InputError(f"--folds {tr.folds}: only {n} {label} subject(s) selected from {path}; {fix}")
+
+
+def split_table(fold: Fold) -> pd.DataFrame:
+    """The subjects of a fold as a table: subject, session, diagnosis, set."""
+    rows = [{"subject": s.subject, "session": s.session, "diagnosis": s.diagnosis, "set": name}
+            for name, scans in fold.sets().items() for s in scans]
+    return pd.DataFrame(rows, columns=["subject", "session", "diagnosis", "set"])
+
+
+def split_hash(fold: Fold) -> str:
+    """Hash of a fold's split table (recorded in the model card; a changed cohort changes it)."""
+    text = split_table(fold).to_csv(sep="\t", index=False, na_rep="n/a")
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def write_split(path: Path, fold: Fold) -> Path:
+    """Write ``split.tsv`` of a fold atomically."""
+    return write_tsv(path, split_table(fold))
+
+
+def read_split(fold_dir: Path) -> pd.DataFrame:
+    """``split.tsv`` of a fold folder: columns subject, session, diagnosis, set (train/val/test).
+
+    Subject and session labels stay strings; a missing session reads as None.
+    """
+    table = pd.read_csv(Path(fold_dir) / "split.tsv", sep="\t", dtype=str, na_values=["n/a"],
+                        keep_default_na=False)
+    return table.astype(object).where(table.notna(), None)

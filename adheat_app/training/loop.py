@@ -1,0 +1,232 @@
+"""The training loop of one fold: batches from the volume cache, early stopping, resumable epochs.
+
+:func:`train_fold` fits a model on a fold's training scans with Adam and a
+class-weighted cross-entropy, scores the validation scans after each epoch,
+stops after ``patience`` epochs without a lower validation loss and restores
+the weights of the best epoch. After every epoch it writes a checkpoint; a
+later call with the same checkpoint and :class:`TrainSettings` resumes after
+the last saved epoch. Each epoch reseeds every generator from
+:func:`adheat_app.training.device.epoch_seed`, so a resumed run ends with the
+same weights as an uninterrupted one.
+
+Batches are read from the float16 memory-mapped volume cache
+(:func:`adheat_app.volumes.load_volumes`), never from the NIfTI files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from adheat_app.training.checkpoint import load_checkpoint, save_checkpoint
+from adheat_app.training.device import epoch_seed, seed_everything
+
+LOGGER = logging.getLogger(__name__)
+
+#: Largest random shift of the augmentation, in voxels per axis.
+MAX_SHIFT_VOXELS = 2
+#: Standard deviation of the augmentation's intensity scale and offset (z-score units).
+INTENSITY_JITTER = 0.05
+#: Columns of the training curve, in order.
+CURVE_COLUMNS = ("train_loss", "val_loss", "val_accuracy", "seconds")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that shapes a fold's training (the checkpoint is resumed only when it matches)."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    patience: int
+    augment: bool
+    amp: bool
+    seed: int
+
+
+@dataclass
+class FoldResult:
+    """Outcome of :func:`train_fold` (the model itself holds the best epoch's weights)."""
+
+    history: dict[str, list[float]]
+    best_epoch: int
+    epochs_run: int
+    early_stopped: bool
+    class_weights: list[float]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ScanSet:
+    """Scans of one set as rows of the volume cache, with their targets."""
+
+    rows: np.ndarray
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def read_batch(volumes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows of the volume cache as a float32 array ``(N, 1, X, Y, Z)``."""
+    return np.asarray(volumes[rows], dtype=np.float32)[:, None]
+
+
+def augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Shift each volume by up to :data:`MAX_SHIFT_VOXELS` voxels per axis and jitter its intensities.
+
+    The shift wraps around the grid border (background there); the intensity
+    jitter ``x * (1 + a) + b`` (``a, b ~ N(0, INTENSITY_JITTER)``) touches only
+    non-zero (brain) voxels. No left-right flips: AD atrophy is asymmetric.
+    """
+    out = np.empty_like(batch)
+    for i, volume in enumerate(batch):
+        shift = rng.integers(-MAX_SHIFT_VOXELS, MAX_SHIFT_VOXELS + 1, size=3)
+        shifted = np.roll(volume, tuple(shift), axis=(1, 2, 3))
+        scale, offset = rng.normal(0.0, INTENSITY_JITTER, size=2)
+        out[i] = np.where(shifted != 0, shifted * (1 + scale) + offset, 0)
+    return out
+
+
+def batches(order: np.ndarray, size: int) -> list[np.ndarray]:
+    """Consecutive batches of ``order``; a last batch of one joins the previous one (BatchNorm needs two)."""
+    chunks = [order[i:i + size] for i in range(0, len(order), size)]
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks[-2:] = [np.concatenate(chunks[-2:])]
+    return chunks
+
+
+def class_weights(targets: np.ndarray) -> torch.Tensor:
+    """Cross-entropy weights ``n / (2 n_c)`` from the class balance of the training targets."""
+    counts = np.bincount(targets, minlength=2).astype(float)
+    return torch.tensor(len(targets) / (2 * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, volumes: np.ndarray, rows: np.ndarray, device: torch.device,
+                   batch_size: int, amp: bool = False) -> torch.Tensor:
+    """Logits ``(N, 2)`` (float32, on CPU) of the cached volumes ``rows``, in eval mode."""
+    model.eval()
+    out = []
+    for start in range(0, len(rows), batch_size):
+        x = torch.from_numpy(read_batch(volumes, rows[start:start + batch_size])).to(device)
+        with _autocast(device, amp):
+            out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.zeros((0, 2))
+
+
+def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 criterion: nn.Module, volumes: np.ndarray, train: ScanSet, settings: TrainSettings,
+                 device: torch.device, rng: np.random.Generator) -> float:
+    """One pass over the training scans in a random order; returns the mean training loss."""
+    model.train()
+    total = 0.0
+    for idx in batches(rng.permutation(len(train)), settings.batch_size):
+        batch = read_batch(volumes, train.rows[idx])
+        if settings.augment:
+            batch = augment(batch, rng)
+        x = torch.from_numpy(batch).to(device, non_blocking=True)
+        y = torch.from_numpy(train.targets[idx]).to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device, settings.amp):
+            loss = criterion(model(x).float(), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += float(loss.detach()) * len(idx)
+    return total / len(train)
+
+
+def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def train_fold(model: nn.Module, volumes: np.ndarray, train: ScanSet, val: ScanSet, settings: TrainSettings,
+               fold: int, device: torch.device, checkpoint: Path, key: str, label: str = "") -> FoldResult:
+    """Train ``model`` on ``train`` with early stopping on ``val``; resume from ``checkpoint``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Freshly built (initialised from ``epoch_seed(seed, fold, 0)``) and on ``device``.
+    volumes : numpy.ndarray
+        The volume cache ``(N, X, Y, Z)``; ``train.rows``/``val.rows`` index it.
+    settings : TrainSettings
+        Optimiser, schedule and augmentation settings.
+    fold : int
+        Fold index (part of every epoch's seed).
+    checkpoint : Path
+        Per-epoch checkpoint file (resumed when it exists and records ``key``).
+    key : str
+        Identity of this fold's training (settings, split and data); a
+        checkpoint with another key is ignored and overwritten.
+    label : str
+        Prefix of the progress messages (e.g. ``"fold 2/5"``).
+
+    Returns
+    -------
+    FoldResult
+        Learning curves and early-stopping facts; ``model`` ends in eval mode
+        with the weights of the epoch of lowest validation loss.
+    """
+    weights = class_weights(train.targets)
+    criterion = nn.CrossEntropyLoss(weight=weights.to(device))
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=settings.amp and device.type == "cuda")
+    val_targets = torch.from_numpy(val.targets)
+    state = load_checkpoint(checkpoint, device)
+    if state is not None and state["key"] != key:
+        LOGGER.info("%s: ignoring checkpoint %s of other settings or data", label, checkpoint)
+        state = None
+    if state is None:
+        state = {"key": key, "epoch": 0, "best_epoch": 0, "best_val_loss": math.inf, "bad_epochs": 0,
+                 "history": {c: [] for c in CURVE_COLUMNS}, "best_model": _copy_state(model)}
+    else:
+        LOGGER.info("%s: resuming after epoch %d from %s", label, state["epoch"], checkpoint)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+    start = time.perf_counter()
+    epochs = range(state["epoch"], settings.epochs)
+    progress = tqdm(epochs, desc=label, unit="epoch", disable=not sys.stderr.isatty(), leave=False)
+    for epoch in progress:
+        if state["bad_epochs"] >= settings.patience:
+            break
+        tic = time.perf_counter()
+        rng = seed_everything(epoch_seed(settings.seed, fold, epoch + 1))
+        train_loss = _train_epoch(model, optimizer, scaler, criterion, volumes, train, settings, device, rng)
+        logits = predict_logits(model, volumes, val.rows, device, settings.batch_size, settings.amp)
+        val_loss = float(nn.functional.cross_entropy(logits, val_targets, weight=weights))
+        val_accuracy = float((logits.argmax(1) == val_targets).float().mean())
+        improved = val_loss < state["best_val_loss"]
+        if improved:
+            state.update(best_epoch=epoch + 1, best_val_loss=val_loss, bad_epochs=0, best_model=_copy_state(model))
+        else:
+            state["bad_epochs"] += 1
+        for name, value in zip(CURVE_COLUMNS, (train_loss, val_loss, val_accuracy, time.perf_counter() - tic)):
+            state["history"][name].append(value)
+        state.update(epoch=epoch + 1, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                     scaler=scaler.state_dict())
+        save_checkpoint(checkpoint, state)
+        LOGGER.info("%s epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.3f%s", label, epoch + 1,
+                    settings.epochs, train_loss, val_loss, val_accuracy, " (best)" if improved else "")
+    model.load_state_dict(state["best_model"])
+    model.eval()
+    return FoldResult(history=state["history"], best_epoch=state["best_epoch"], epochs_run=state["epoch"],
+                      early_stopped=state["epoch"] < settings.epochs, class_weights=weights.tolist(),
+                      seconds=time.perf_counter() - start)
+

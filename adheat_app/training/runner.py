@@ -1,0 +1,256 @@
+"""Cross-validated CNN training of the group level: one model per fold, group tables and figures.
+
+:func:`run_training` trains, for every fold of :func:`make_folds` that has no
+completed model (or only ``--fold K``), one ``--model`` network and writes its
+fold folder ``models/<model>/fold-<k>/``:
+
+- ``split.tsv`` (subjects and sets; written first),
+- ``checkpoint.pt`` while training (removed when the fold completes),
+- ``model.pt`` (state dict of the best validation-loss epoch),
+- ``training_curve.tsv`` / ``training_curve.png``, ``predictions.tsv`` (the
+  fold's test scans),
+- ``model.json`` (model card), written last: it marks a completed fold and
+  records ``TrainingKey``, a hash of everything that shapes the result
+  (model, settings, seed, split, image content), so a rerun with other
+  settings or data retrains instead of reusing.
+
+Without ``--fold`` it then writes ``group/cv_metrics.tsv`` and
+``group/predictions.tsv`` (rows of this model replaced) and
+``group/desc-<model>_roc.png``. :func:`fold_dir` and :func:`load_fold_model`
+give later steps (heatmaps) the fold models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from adheat_app.bids import Derivatives, is_complete, software_versions
+from adheat_app.cohort import Cohort, Scan
+from adheat_app.config import RunConfig
+from adheat_app.errors import InputError
+from adheat_app.io import atomic_path, read_json, write_json, write_tsv
+from adheat_app.models import MODELS
+from adheat_app.templates import parse_resolution
+from adheat_app.training.device import deterministic, epoch_seed, resolve_device, seed_everything
+from adheat_app.training.figures import plot_roc, plot_training_curve
+from adheat_app.training.folds import Fold, check_labels, check_no_leakage, make_folds, split_hash, write_split
+from adheat_app.training.loop import CURVE_COLUMNS, FoldResult, ScanSet, TrainSettings, predict_logits, train_fold
+from adheat_app.training.metrics import classification_metrics, summarize_folds, update_table
+from adheat_app.volumes import cache_key, load_volumes
+
+LOGGER = logging.getLogger(__name__)
+
+NORMALISATION = "z-score inside the brain mask, per image (preprocessing); no further transform"
+PREDICTION_COLUMNS = ("model", "fold", "subject", "session", "diagnosis", "target", "probability", "predicted")
+
+
+def fold_dir(config: RunConfig, k: int) -> Path:
+    """Folder of fold ``k`` of ``--model``: ``models_dir/<model>/fold-<k>``."""
+    return config.models_dir / config.training.model / f"fold-{k}"
+
+
+def load_fold_model(fold_dir: Path, device: torch.device) -> tuple[nn.Module, dict]:
+    """The trained model of a completed fold folder (eval mode, on ``device``) and its model card."""
+    card = read_json(Path(fold_dir) / "model.json")
+    model = MODELS[card["Model"]](tuple(card["Input"]["Shape"]))
+    model.load_state_dict(torch.load(Path(fold_dir) / "model.pt", map_location=device, weights_only=True))
+    return model.to(device).eval(), card
+
+
+def train_settings(config: RunConfig) -> TrainSettings:
+    """The :class:`TrainSettings` of a run configuration."""
+    tr = config.training
+    return TrainSettings(epochs=tr.epochs, batch_size=tr.batch_size, learning_rate=tr.learning_rate,
+                         weight_decay=tr.weight_decay, patience=tr.patience, augment=tr.augment, amp=tr.amp,
+                         seed=config.execution.seed)
+
+
+def training_key(config: RunConfig, fold: Fold, data_hash: str) -> str:
+    """Hash of everything that determines a fold's model (device and AMP aside)."""
+    tr = config.training
+    identity = {"model": tr.model, "settings": dataclasses.asdict(train_settings(config)), "folds": tr.folds,
+                "val_fraction": tr.val_fraction, "labels": [tr.negative_label, tr.positive_label],
+                "fold": fold.index, "split": split_hash(fold), "data": data_hash}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _scan_set(scans: tuple[Scan, ...], rows: dict[str, int]) -> ScanSet:
+    return ScanSet(np.array([rows[s.key] for s in scans], dtype=np.int64),
+                   np.array([s.target for s in scans], dtype=np.int64))
+
+
+def _build_model(name: str, shape: tuple[int, ...]) -> nn.Module:
+    try:
+        return MODELS[name](shape)
+    except ValueError as exc:
+        raise InputError(f"--model {name}: {exc}") from exc
+
+
+def _predictions(model_name: str, fold: Fold, probability: np.ndarray) -> pd.DataFrame:
+    rows = [{"model": model_name, "fold": fold.index, "subject": s.subject, "session": s.session,
+             "diagnosis": s.diagnosis, "target": s.target, "probability": float(p), "predicted": int(p >= 0.5)}
+            for s, p in zip(fold.test, probability)]
+    return pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
+
+
+def _write_state_dict(path: Path, model: nn.Module) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+
+
+def _model_card(config: RunConfig, cohort: Cohort, fold: Fold, model: nn.Module, shape: tuple[int, ...],
+                result: FoldResult, metrics: dict, key: str, data_hash: str, device: torch.device) -> dict:
+    tr = config.training
+    builder = MODELS[tr.model]
+    return {
+        "Model": tr.model,
+        "Architecture": str(model),
+        "ArchitectureNotes": (sys.modules[builder.__module__].__doc__ or "").strip(),
+        "Parameters": sum(p.numel() for p in model.parameters()),
+        "Input": {"Space": cohort.space, "Resolution": parse_resolution(cohort.res_label),
+                  "ResLabel": cohort.res_label, "Shape": list(shape), "Layout": "N,1,X,Y,Z", "DType": "float32",
+                  "Normalisation": NORMALISATION},
+        "Output": "logits (N, 2); softmax index 1 = probability of the positive label",
+        "Labels": {"0": tr.negative_label, "1": tr.positive_label},
+        "LabelColumn": tr.label_column,
+        "Fold": fold.index,
+        "Folds": tr.folds,
+        "NScans": {name: len(scans) for name, scans in fold.sets().items()},
+        "NSubjects": {name: len({s.subject for s in scans}) for name, scans in fold.sets().items()},
+        "SubjectsHash": split_hash(fold),
+        "DataHash": data_hash,
+        "TrainingKey": key,
+        "Metrics": metrics,
+        "Seed": config.execution.seed,
+        "Training": {**dataclasses.asdict(train_settings(config)), "val_fraction": tr.val_fraction,
+                     "optimizer": "Adam", "loss": "cross-entropy, class-weighted",
+                     "class_weights": result.class_weights, "device": device.type,
+                     "amp": bool(tr.amp and device.type == "cuda")},
+        "EpochsRun": result.epochs_run,
+        "BestEpoch": result.best_epoch,
+        "EarlyStopped": result.early_stopped,
+        "WallTimeSeconds": round(result.seconds, 2),
+        "Software": software_versions(),
+    }
+
+
+def _train_one(config: RunConfig, cohort: Cohort, fold: Fold, volumes: np.ndarray, rows: dict[str, int],
+               data_hash: str, key: str, device: torch.device) -> None:
+    """Train, test and write the outputs of one fold (model card last)."""
+    tr = config.training
+    folder = fold_dir(config, fold.index)
+    check_no_leakage(fold)
+    (folder / "model.json").unlink(missing_ok=True)  # a stale fold is incomplete until retrained
+    write_split(folder / "split.tsv", fold)
+    shape = tuple(volumes.shape[1:])
+    settings = train_settings(config)
+    with deterministic(device, config.execution.omp_nthreads):
+        seed_everything(epoch_seed(settings.seed, fold.index, 0))
+        model = _build_model(tr.model, shape).to(device)
+        result = train_fold(model, volumes, _scan_set(fold.train, rows), _scan_set(fold.val, rows), settings,
+                            fold.index, device, folder / "checkpoint.pt", key,
+                            label=f"{tr.model} fold {fold.index + 1}/{tr.folds}")
+        test = _scan_set(fold.test, rows)
+        logits = predict_logits(model, volumes, test.rows, device, settings.batch_size, settings.amp)
+    probability = torch.softmax(logits, 1)[:, 1].numpy()
+    metrics = classification_metrics(test.targets, probability)
+    _write_state_dict(folder / "model.pt", model)
+    curve = pd.DataFrame({"epoch": np.arange(1, result.epochs_run + 1), **result.history})
+    write_tsv(folder / "training_curve.tsv", curve[["epoch", *CURVE_COLUMNS]])
+    plot_training_curve(curve, result.best_epoch, f"{tr.model} fold {fold.index}", folder / "training_curve.png")
+    write_tsv(folder / "predictions.tsv", _predictions(tr.model, fold, probability))
+    write_json(folder / "model.json", _model_card(config, cohort, fold, model, shape, result, metrics, key,
+                                                  data_hash, device))
+    (folder / "checkpoint.pt").unlink(missing_ok=True)
+    LOGGER.info("%s fold %d done: best epoch %d of %d, test accuracy %.3f, balanced accuracy %.3f, AUC %.3f",
+                tr.model, fold.index, result.best_epoch, result.epochs_run, metrics["accuracy"],
+                metrics["balanced_accuracy"], metrics["roc_auc"])
+
+
+def write_group_results(config: RunConfig, derivs: Derivatives) -> pd.DataFrame:
+    """Collect every fold's test predictions into the group tables and the ROC figure.
+
+    Returns
+    -------
+    pandas.DataFrame
+        This model's rows of ``group/cv_metrics.tsv`` (per fold, mean, sd).
+    """
+    tr = config.training
+    predictions = pd.concat([pd.read_csv(fold_dir(config, k) / "predictions.tsv", sep="\t",
+                                         dtype={"subject": str, "session": str}) for k in range(tr.folds)],
+                            ignore_index=True)
+    fold_rows = [{"fold": k, "n_test": len(rows), **classification_metrics(rows["target"], rows["probability"])}
+                 for k, rows in predictions.groupby("fold", sort=True)]
+    table = summarize_folds(tr.model, fold_rows)
+    group = derivs.root / "group"
+    update_table(group / "cv_metrics.tsv", table, tr.model)
+    update_table(group / "predictions.tsv", predictions, tr.model)
+    plot_roc(predictions, tr.model, derivs.group_path("roc", ".png", desc=tr.model))
+    mean, sd = table.iloc[-2], table.iloc[-1]
+    LOGGER.info("%s cross-validation (%d folds): balanced accuracy %.3f +- %.3f, AUC %.3f +- %.3f", tr.model,
+                tr.folds, mean["balanced_accuracy"], sd["balanced_accuracy"], mean["roc_auc"], sd["roc_auc"])
+    return table
+
+
+def run_training(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> list[int]:
+    """Train the missing fold models (or only ``--fold K``) and, for a full run, write the group results.
+
+    Parameters
+    ----------
+    config : RunConfig
+        Uses the ``training`` section, ``execution.seed``, ``device``,
+        ``omp_nthreads``, ``overwrite`` and ``work_dir``.
+    derivs : Derivatives
+        The output dataset (group tables go to ``group/``).
+    cohort : Cohort
+        Scans with targets; only labelled scans are used.
+
+    Returns
+    -------
+    list of int
+        Indices of the completed folds handled by this run.
+
+    Raises
+    ------
+    InputError
+        For cohorts that cannot be cross-validated (see
+        :func:`adheat_app.training.folds.check_labels`) or a grid too small for the model.
+    """
+    tr = config.training
+    check_labels(config, cohort)
+    labelled = sorted(cohort.labelled, key=lambda s: s.key)
+    subjects = {s.subject for s in labelled}
+    LOGGER.info("training %s on %d scan(s) of %d subject(s) (%s %d, %s %d scans), %d folds", tr.model,
+                len(labelled), len(subjects), tr.positive_label, sum(s.target == 1 for s in labelled),
+                tr.negative_label, sum(s.target == 0 for s in labelled), tr.folds)
+    folds = make_folds(cohort, tr.folds, config.execution.seed, tr.val_fraction)
+    data_hash = cache_key([s.image for s in labelled])
+    wanted = [tr.fold] if tr.fold is not None else list(range(tr.folds))
+    keys = {k: training_key(config, folds[k], data_hash) for k in wanted}
+    missing = [k for k in wanted if config.execution.overwrite
+               or not is_complete(fold_dir(config, k) / "model.pt", TrainingKey=keys[k])]
+    for k in sorted(set(wanted) - set(missing)):
+        LOGGER.info("%s fold %d: complete model found in %s, skipping", tr.model, k, fold_dir(config, k))
+    if missing:
+        device = resolve_device(config)
+        volumes = load_volumes([s.image for s in cohort.scans], config.work_dir)
+        rows = {s.key: i for i, s in enumerate(cohort.scans)}
+        LOGGER.info("training fold(s) %s on %s", ", ".join(map(str, missing)), device)
+        for k in missing:
+            tic = time.perf_counter()
+            _train_one(config, cohort, folds[k], volumes, rows, data_hash, keys[k], device)
+            LOGGER.info("%s fold %d took %.1f s", tr.model, k, time.perf_counter() - tic)
+    if tr.fold is None:
+        write_group_results(config, derivs)
+    return wanted

@@ -1,0 +1,316 @@
+"""Cross-validated training: subject-level folds, leakage guard, reproducibility, resume, per-fold jobs, errors.
+
+Split logic is tested on in-memory cohorts (no images). Training runs on the
+simulated, oracle-preprocessed cohort of ``conftest.make_preprocessed_cohort``
+at 4 mm with a few epochs. The two slow tests check the point of the leakage
+guard on real numbers: labels without signal give chance-level balanced
+accuracy, planted atrophy gives a high one.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from adheat_app.bids import read_participants
+from adheat_app.cohort import Cohort, Scan, load_cohort
+from adheat_app.config import build_config
+from adheat_app.errors import InputError
+from adheat_app.io import read_json
+from adheat_app.training import (Fold, fold_dir, load_fold_model, make_folds, read_split, resolve_device,
+                                 run_training)
+from adheat_app.training import loop
+from adheat_app.training.folds import check_labels, check_no_leakage
+from adheat_app.volumes import load_volumes
+from conftest import make_preprocessed_cohort
+
+#: Small, fast training used by the functional tests (not meant to learn much).
+QUICK = {"training__model": "resnet3d", "training__folds": 2, "training__epochs": 3, "training__patience": 3,
+         "training__batch_size": 4, "training__learning_rate": 1e-3, "training__augment": True}
+#: Settings of the accuracy tests (24 subjects, 3 folds).
+ACCURACY = {"training__model": "resnet3d", "training__folds": 3, "training__epochs": 10, "training__patience": 10,
+            "training__batch_size": 4, "training__learning_rate": 1e-3}
+
+
+def fake_cohort(n_subjects: int, sessions: int = 1, n_mci: int = 0) -> Cohort:
+    """A cohort of scans without images (enough for splitting): alternating AD/CN, then MCI."""
+    scans = []
+    for i in range(n_subjects + n_mci):
+        diagnosis = "MCI" if i >= n_subjects else ("AD" if i % 2 else "CN")
+        for ses in range(sessions):
+            session = f"{ses + 1:02d}" if sessions > 1 else None
+            scans.append(Scan(f"{i:03d}", session, Path(f"/x/{i}_{ses}.nii.gz"), Path(f"/x/{i}_{ses}_mask.nii.gz"),
+                              diagnosis, {"AD": 1, "CN": 0}.get(diagnosis)))
+    return Cohort(tuple(scans), "MNI152NLin2009cAsym", "4", "AD", "CN")
+
+
+def subjects(scans) -> set[str]:
+    return {s.subject for s in scans}
+
+
+def state_dicts_equal(first: Path, second: Path) -> bool:
+    a = torch.load(first, weights_only=True)
+    b = torch.load(second, weights_only=True)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- folds -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sessions", [1, 2])
+def test_folds_are_grouped_by_subject_stratified_and_complete(sessions):
+    cohort = fake_cohort(30, sessions=sessions, n_mci=4)
+    folds = make_folds(cohort, 5, seed=1, val_fraction=0.2)
+    assert [f.index for f in folds] == list(range(5))
+    tested = [s for f in folds for s in f.test]
+    assert sorted(s.key for s in tested) == sorted(s.key for s in cohort.labelled)  # each scan tested once
+    for fold in folds:
+        train, val, test = subjects(fold.train), subjects(fold.val), subjects(fold.test)
+        assert not (train & val) and not (train & test) and not (val & test)
+        assert len(fold.train) + len(fold.val) + len(fold.test) == len(cohort.labelled)
+        assert {s.target for s in fold.test} == {0, 1} and {s.target for s in fold.val} == {0, 1}
+        assert all(s.diagnosis != "MCI" for s in fold.train + fold.val + fold.test)
+        assert len(val) == pytest.approx(0.2 * (len(train) + len(val)), abs=1)
+        # sessions of a subject travel together
+        for name, scans in fold.sets().items():
+            assert all(sum(s.subject == sub for s in scans) == sessions for sub in subjects(scans)), name
+
+
+def test_folds_depend_only_on_seed_and_cohort():
+    cohort = fake_cohort(20, sessions=2)
+    shuffled = Cohort(tuple(reversed(cohort.scans)), cohort.space, cohort.res_label, "AD", "CN")
+    first = make_folds(cohort, 4, seed=7, val_fraction=0.25)
+    assert first == make_folds(shuffled, 4, seed=7, val_fraction=0.25)
+    assert first != make_folds(cohort, 4, seed=8, val_fraction=0.25)
+
+
+def test_leakage_guard_raises():
+    cohort = fake_cohort(6)
+    a, b, c = cohort.labelled[:2], cohort.labelled[2:4], cohort.labelled[4:]
+    check_no_leakage(Fold(0, a, b, c))
+    with pytest.raises(RuntimeError, match="leakage in fold 3.*subject\\(s\\) 000 in both train and test"):
+        check_no_leakage(Fold(3, a, b, c + a[:1]))
+
+
+# --- errors ------------------------------------------------------------------------------------------------------
+
+def _config(tmp_path: Path, labels: dict[str, str], **training):
+    bids = tmp_path / "bids"
+    bids.mkdir(exist_ok=True)
+    rows = ["participant_id\tdiagnosis"] + [f"sub-{s}\t{d}" for s, d in labels.items()]
+    (bids / "participants.tsv").write_text("\n".join(rows) + "\n")
+    return build_config(bids, tmp_path / "out", ("group",), {}, {"training": training})
+
+
+def _cohort(config, labels: dict[str, str]) -> Cohort:
+    tr = config.training
+    scans = tuple(Scan(s, None, Path(f"/x/{s}.nii.gz"), Path(f"/x/{s}_m.nii.gz"), d,
+                       {tr.positive_label: 1, tr.negative_label: 0}.get(d)) for s, d in labels.items())
+    return Cohort(scans, "MNI152NLin2009cAsym", "4", tr.positive_label, tr.negative_label)
+
+
+def test_labels_not_found_lists_the_labels_of_participants_tsv(tmp_path):
+    labels = {f"{i:02d}": d for i, d in enumerate(["Dementia", "Control", "MCI"] * 4)}
+    config = _config(tmp_path, labels)
+    with pytest.raises(InputError, match=r"participants.tsv: no subject has --positive-label 'AD' or "
+                                         r"--negative-label 'CN'.*labels found: Control, Dementia, MCI"):
+        check_labels(config, _cohort(config, labels))
+    fixed = _config(tmp_path, labels, positive_label="Dementia", negative_label="Control", folds=4)
+    check_labels(fixed, _cohort(fixed, labels))
+
+
+def test_one_class_cohort_is_an_input_error(tmp_path):
+    labels = {f"{i:02d}": d for i, d in enumerate(["AD", "CN"] * 5)}
+    config = _config(tmp_path, labels)
+    only_ad = {s: d for s, d in labels.items() if d == "AD"}
+    with pytest.raises(InputError, match="no selected scan has --negative-label 'CN' \\(one-class cohort\\)"):
+        check_labels(config, _cohort(config, only_ad))
+
+
+def test_fewer_subjects_per_class_than_folds(tmp_path):
+    labels = {f"{i:02d}": d for i, d in enumerate(["AD", "CN", "CN", "CN", "CN", "AD", "CN", "CN"])}
+    config = _config(tmp_path, labels, folds=3)
+    with pytest.raises(InputError, match="--folds 3: only 2 AD subject\\(s\\).*use --folds 2 or fewer"):
+        check_labels(config, _cohort(config, labels))
+
+
+def test_missing_label_column(tmp_path):
+    config = _config(tmp_path, {"01": "AD", "02": "CN"}, label_column="group")
+    with pytest.raises(InputError, match="has no column 'group'.*set --label-column"):
+        read_participants(config.bids_dir, config.training.label_column)
+    with pytest.raises(InputError, match="has no column 'group'"):
+        load_cohort(config, None, [])
+
+
+def test_resolve_device(tmp_path):
+    config = _config(tmp_path, {"01": "AD"})
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device(config).type == expected
+    assert resolve_device(config.replace("execution", device="cpu")) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="--device cuda"):
+            resolve_device(config.replace("execution", device="cuda"))
+
+
+# --- training loop pieces ----------------------------------------------------------------------------------------
+
+def test_augment_is_small_seeded_and_keeps_background():
+    volume = np.zeros((1, 1, 12, 12, 12), np.float32)
+    volume[0, 0, 4:8, 4:8, 4:8] = 1.0
+    first = loop.augment(volume, np.random.default_rng(0))
+    assert np.array_equal(first, loop.augment(volume, np.random.default_rng(0)))
+    assert np.count_nonzero(first) == 64  # shifted, not resized
+    assert 0.8 < first[first != 0].mean() < 1.2
+
+
+def test_batches_never_leave_a_single_scan():
+    sizes = [len(b) for b in loop.batches(np.arange(9), 4)]
+    assert sizes == [4, 5] and [len(b) for b in loop.batches(np.arange(8), 4)] == [4, 4]
+
+
+def test_class_weights_balance_the_classes():
+    weights = loop.class_weights(np.array([1, 0, 0, 0]))
+    assert weights.tolist() == pytest.approx([4 / 6, 2.0])
+
+
+# --- training on a simulated cohort ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """12 subjects (2 MCI more) at 4 mm, trained once with QUICK settings."""
+    root = tmp_path_factory.mktemp("train")
+    config, derivs, cohort, _ = make_preprocessed_cohort(root, n_subjects=12, seed=2, effect_size=0.4, n_mci=2,
+                                                         **QUICK)
+    completed = run_training(config, derivs, cohort)
+    return config, derivs, cohort, completed
+
+
+def _rerun(small, root: Path, **training):
+    """The small cohort's configuration with another output folder (and training changes)."""
+    config, derivs, cohort, _ = small
+    other = config.replace("training", **training) if training else config
+    other = type(config)(config.bids_dir, root / "out", config.analysis_level, other.execution,
+                         other.preprocessing, other.training, other.heatmaps, other.evaluation)
+    return other, type(derivs)(other.output_dir, config.bids_dir), cohort
+
+
+def test_outputs_of_a_full_run(small):
+    config, derivs, cohort, completed = small
+    assert completed == [0, 1]
+    for k in completed:
+        folder = fold_dir(config, k)
+        assert folder == config.output_dir / "models" / "resnet3d" / f"fold-{k}"
+        assert not (folder / "checkpoint.pt").exists()
+        card = read_json(folder / "model.json")
+        model, loaded_card = load_fold_model(folder, torch.device("cpu"))
+        assert loaded_card == card and not model.training
+        assert card["Parameters"] == sum(p.numel() for p in model.parameters())
+        assert card["Model"] == "resnet3d" and card["Fold"] == k and card["Seed"] == 2
+        assert card["Input"]["Shape"] == list(nib_shape(cohort)) and card["Input"]["ResLabel"] == "4"
+        assert card["Labels"] == {"0": "CN", "1": "AD"} and "torch" in card["Software"]
+        assert 1 <= card["BestEpoch"] <= card["EpochsRun"] <= 3
+        curve = pd.read_csv(folder / "training_curve.tsv", sep="\t")
+        assert list(curve["epoch"]) == list(range(1, card["EpochsRun"] + 1))
+        assert (folder / "training_curve.png").stat().st_size > 5000
+        split = read_split(folder)
+        assert list(split.columns) == ["subject", "session", "diagnosis", "set"]
+        assert set(split["set"]) == {"train", "val", "test"} and "MCI" not in set(split["diagnosis"])
+        assert split["subject"].map(type).eq(str).all() and split["session"].isna().all()
+        # the model card's metrics are those of the saved model on the fold's test scans
+        test = [s for s in cohort.labelled if s.subject in set(split.loc[split["set"] == "test", "subject"])]
+        volumes = load_volumes([s.image for s in test], config.work_dir)
+        with torch.no_grad():
+            prob = torch.softmax(model(torch.from_numpy(np.asarray(volumes, np.float32)[:, None])), 1)[:, 1]
+        predicted = pd.read_csv(folder / "predictions.tsv", sep="\t", dtype={"subject": str})
+        assert predicted["probability"].to_numpy() == pytest.approx(prob.numpy(), abs=1e-5)
+        assert card["Metrics"]["accuracy"] == pytest.approx(np.mean((prob.numpy() >= 0.5) == [s.target for s in test]))
+    group = derivs.root / "group"
+    metrics = pd.read_csv(group / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
+    assert list(metrics["fold"]) == ["0", "1", "mean", "sd"] and set(metrics["model"]) == {"resnet3d"}
+    predictions = pd.read_csv(group / "predictions.tsv", sep="\t", dtype={"subject": str})
+    assert list(predictions.columns) == ["model", "fold", "subject", "session", "diagnosis", "target",
+                                         "probability", "predicted"]
+    assert sorted(predictions["subject"]) == sorted(s.subject for s in cohort.labelled)
+    assert (predictions["predicted"] == (predictions["probability"] >= 0.5)).all()
+    assert (group / "desc-resnet3d_roc.png").stat().st_size > 5000
+
+
+def nib_shape(cohort: Cohort) -> tuple[int, ...]:
+    import nibabel as nib
+
+    return nib.load(cohort.scans[0].image).shape
+
+
+def test_same_seed_gives_same_split_and_weights(small, tmp_path):
+    config, derivs, cohort = _rerun(small, tmp_path)
+    run_training(config, derivs, cohort)
+    for k in (0, 1):
+        first, second = fold_dir(small[0], k), fold_dir(config, k)
+        assert (first / "split.tsv").read_bytes() == (second / "split.tsv").read_bytes()
+        assert state_dicts_equal(first / "model.pt", second / "model.pt")
+
+
+def test_resume_after_a_kill_gives_the_same_weights(small, tmp_path, monkeypatch, caplog):
+    config, derivs, cohort = _rerun(small, tmp_path)
+    real_save = loop.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt("killed after epoch 2")
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config, derivs, cohort)
+    assert (fold_dir(config, 0) / "checkpoint.pt").is_file() and not (fold_dir(config, 0) / "model.json").exists()
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    with caplog.at_level(logging.INFO, logger="adheat_app.training"):
+        run_training(config, derivs, cohort)
+    assert "resuming after epoch 2" in caplog.text
+    for k in (0, 1):
+        assert state_dicts_equal(fold_dir(small[0], k) / "model.pt", fold_dir(config, k) / "model.pt")
+
+
+def test_one_fold_job_then_a_group_run_trains_the_rest(small, tmp_path, caplog):
+    config, derivs, cohort = _rerun(small, tmp_path)
+    assert run_training(config.replace("training", fold=1), derivs, cohort) == [1]
+    assert (fold_dir(config, 1) / "model.json").is_file() and not fold_dir(config, 0).exists()
+    assert not (derivs.root / "group" / "cv_metrics.tsv").exists()
+    assert (fold_dir(config, 1) / "split.tsv").read_bytes() == (fold_dir(small[0], 1) / "split.tsv").read_bytes()
+    stamp = (fold_dir(config, 1) / "model.pt").stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="adheat_app.training"):
+        assert run_training(config, derivs, cohort) == [0, 1]
+    assert "fold 1: complete model found" in caplog.text and "fold 0: complete" not in caplog.text
+    assert (fold_dir(config, 1) / "model.pt").stat().st_mtime_ns == stamp
+    assert (derivs.root / "group" / "cv_metrics.tsv").is_file()
+    # other settings make the completed folds stale: they are trained again
+    changed, _, _ = _rerun(small, tmp_path, epochs=2, patience=2)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="adheat_app.training"):
+        run_training(changed, derivs, cohort)
+    assert "complete model found" not in caplog.text
+    assert read_json(fold_dir(config, 1) / "model.json")["EpochsRun"] <= 2
+
+
+# --- the point of the leakage guard: chance without signal, high accuracy with it -------------------------------
+
+def _cv_balanced_accuracy(root: Path, seed: int, null: bool) -> float:
+    config, derivs, cohort, _ = make_preprocessed_cohort(root, n_subjects=24, seed=seed, effect_size=0.35,
+                                                         null=null, **ACCURACY)
+    run_training(config, derivs, cohort)
+    table = pd.read_csv(derivs.root / "group" / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
+    return float(table.loc[table["fold"] == "mean", "balanced_accuracy"].iloc[0])
+
+
+@pytest.mark.slow
+def test_labels_without_signal_give_chance_accuracy(tmp_path):
+    assert abs(_cv_balanced_accuracy(tmp_path, seed=1, null=True) - 0.5) <= 0.15
+
+
+@pytest.mark.slow
+def test_planted_atrophy_is_learned(tmp_path):
+    assert _cv_balanced_accuracy(tmp_path, seed=1, null=False) >= 0.85
