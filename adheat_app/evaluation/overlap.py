@@ -1,0 +1,150 @@
+"""Overlap of relevance maps with a binary reference, with bootstrap confidence intervals over subjects.
+
+For a relevance map ``m`` (non-negative, brain voxels only) and a binary
+reference ``R`` (plus its continuous values ``r``):
+
+* ``dice`` and ``overlap_fraction`` at the top ``k`` % of brain voxels
+  (:data:`TOP_PERCENT`): ``T`` = voxels whose relevance is at least the
+  ``ceil(k/100 * V)``-th largest value (ties included); Dice
+  ``2 |T & R| / (|T| + |R|)``, overlap fraction ``|T & R| / |T|``;
+* ``roc_auc``: probability that a reference voxel outranks a non-reference
+  voxel (Mann-Whitney, ties counted half);
+* ``average_precision``: mean over reference voxels of the precision at their
+  relevance (tied values share one threshold, as in scikit-learn);
+* ``mass_inside``: fraction of the total relevance inside ``R``;
+* ``spearman``: rank correlation of ``m`` with the continuous ``r``.
+
+:func:`bootstrap` resamples subjects with replacement, recomputes the mean
+map of each resample as one matrix product (counts x maps) and the metrics
+from one sort per resample map, in batches. The Spearman correlation needs
+the rank of every voxel per resample and is reported without interval.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+TOP_PERCENT: tuple[float, ...] = (1.0, 5.0, 10.0, 20.0)
+#: Metrics with a confidence interval from :func:`bootstrap`.
+BOOTSTRAPPED = ("dice", "overlap_fraction", "roc_auc", "average_precision", "mass_inside")
+BATCH = 32
+
+
+def _top_count(n_voxels: int, percent: float) -> int:
+    return max(1, math.ceil(percent / 100.0 * n_voxels))
+
+
+def sorted_metrics(maps: np.ndarray, references: list[np.ndarray],
+                   percents=TOP_PERCENT) -> list[dict[str, np.ndarray]]:
+    """Every bootstrapped metric for each row of ``maps`` against each reference (one sort per row).
+
+    Parameters
+    ----------
+    maps : numpy.ndarray
+        Relevance maps, ``(b, V)`` (brain voxels).
+    references : list of numpy.ndarray
+        Binary references, each ``(V,)`` bool.
+    percents : sequence of float
+        Top-``k`` percentages.
+
+    Returns
+    -------
+    list of dict
+        Per reference: ``dice`` and ``overlap_fraction`` of shape ``(b, len(percents))``;
+        ``roc_auc``, ``average_precision`` and ``mass_inside`` of shape ``(b,)``.
+    """
+    maps = np.atleast_2d(maps)
+    n_rows, n_voxels = maps.shape
+    ordered = np.sort(maps, axis=1)
+    counts = [_top_count(n_voxels, p) for p in percents]
+    thresholds = ordered[:, [n_voxels - c for c in counts]]
+    top = np.stack([n_voxels - np.searchsorted(ordered[i], thresholds[i], side="left") for i in range(n_rows)])
+    total = maps.sum(axis=1)
+    results = []
+    for reference in references:
+        reference = np.asarray(reference, dtype=bool)
+        n_pos = int(reference.sum())
+        n_neg = n_voxels - n_pos
+        inside = np.empty((n_rows, len(percents)))
+        auc = np.full(n_rows, np.nan)
+        precision = np.full(n_rows, np.nan)
+        for i in range(n_rows):
+            positives = np.sort(maps[i, reference])
+            inside[i] = n_pos - np.searchsorted(positives, thresholds[i], side="left")
+            if n_pos and n_neg:
+                left = np.searchsorted(ordered[i], positives, side="left")
+                right = np.searchsorted(ordered[i], positives, side="right")
+                rank_sum = float(np.sum((left + right + 1) / 2.0))
+                auc[i] = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+                at_least_pos = n_pos - np.searchsorted(positives, positives, side="left")
+                precision[i] = float(np.mean(at_least_pos / (n_voxels - left)))
+        mass = np.where(total > 0, maps[:, reference].sum(axis=1) / np.where(total > 0, total, 1), np.nan)
+        results.append({"dice": 2.0 * inside / (top + n_pos), "overlap_fraction": inside / top, "roc_auc": auc,
+                        "average_precision": precision, "mass_inside": mass})
+    return results
+
+
+def overlap_metrics(relevance: np.ndarray, reference: np.ndarray, reference_values: np.ndarray,
+                    percents=TOP_PERCENT) -> dict[str, np.ndarray | float]:
+    """Every metric of one relevance map (see the module docstring).
+
+    Parameters
+    ----------
+    relevance : numpy.ndarray
+        Relevance per brain voxel ``(V,)`` (absolute values are used).
+    reference : numpy.ndarray
+        Binary reference ``(V,)``.
+    reference_values : numpy.ndarray
+        Continuous reference ``(V,)`` for the Spearman correlation.
+    """
+    relevance = np.abs(np.asarray(relevance, dtype=np.float64))
+    out = {k: v[0] for k, v in sorted_metrics(relevance[None], [reference], percents)[0].items()}
+    out["spearman"] = float(stats.spearmanr(relevance, reference_values).statistic) \
+        if np.ptp(relevance) > 0 and np.ptp(reference_values) > 0 else float("nan")
+    return out
+
+
+def bootstrap(maps: np.ndarray, references: list[np.ndarray], n_resamples: int, seed: int,
+              percents=TOP_PERCENT) -> list[dict[str, np.ndarray]]:
+    """Metrics of the mean map of ``n_resamples`` resamples of subjects (with replacement).
+
+    Parameters
+    ----------
+    maps : numpy.ndarray
+        Per-subject relevance maps ``(n, V)`` (non-negative, float32).
+    references : list of numpy.ndarray
+        Binary references, each ``(V,)``.
+    n_resamples : int
+        Number of resamples (0: none).
+    seed : int
+        Seed of the resampling.
+
+    Returns
+    -------
+    list of dict
+        Per reference, as :func:`sorted_metrics`, one row per resample.
+    """
+    n = maps.shape[0]
+    rng = np.random.default_rng(seed)
+    results: list[dict[str, list[np.ndarray]]] = [{k: [] for k in BOOTSTRAPPED} for _ in references]
+    for start in range(0, n_resamples, BATCH):
+        size = min(BATCH, n_resamples - start)
+        draws = rng.integers(0, n, size=(size, n))
+        weights = np.zeros((size, n), dtype=np.float32)
+        np.add.at(weights, (np.repeat(np.arange(size), n), draws.ravel()), np.float32(1.0 / n))
+        for collected, metrics in zip(results, sorted_metrics(weights @ maps, references, percents)):
+            for key, value in metrics.items():
+                collected[key].append(value)
+    return [{k: np.concatenate(v) if v else np.empty((0,)) for k, v in collected.items()} for collected in results]
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile confidence interval over the first axis (NaN when there are no samples)."""
+    if samples.shape[0] == 0:
+        shape = samples.shape[1:]
+        return np.full(shape, np.nan), np.full(shape, np.nan)
+    alpha = (1.0 - level) / 2.0
+    return np.nanquantile(samples, alpha, axis=0), np.nanquantile(samples, 1.0 - alpha, axis=0)

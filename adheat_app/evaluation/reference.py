@@ -1,0 +1,200 @@
+"""Reference maps of Alzheimer's-disease atrophy that heatmaps are scored against.
+
+Three sources, in this order:
+
+* ``--reference-map PATH``: any NIfTI in MNI space (e.g. a published ALE map),
+  resampled linearly onto the analysis grid and binarised at
+  ``--reference-threshold`` (default: the ``Threshold`` of its JSON sidecar
+  when it has one, else 0: voxels above 0, the convention of thresholded
+  meta-analysis maps). It replaces the built-in map.
+* The built-in map (:func:`builtin_reference_path`), shipped in
+  ``adheat_app/data/``: an activation likelihood estimation (ALE) map computed
+  by ``adheat_app/data/make_reference_map.py`` with :func:`ale_map` from a
+  curated list of **anatomically defined foci**: the centroids of the AAL3
+  regions that coordinate-based meta-analyses of voxel-based morphometry
+  repeatedly report as sites of grey-matter loss in AD. It is *not* computed
+  from published peak coordinates; its sidecar and the foci table beside it
+  (``reference_ad_atrophy_foci.tsv``) say exactly how it was made.
+* On simulated cohorts (``bids_dir/derivatives/simulation`` holds the
+  planted-atrophy map of the analysis grid), the planted ground truth, named
+  ``simulation`` and binarised at 0.5 (the border of the planted regions,
+  which the simulator smooths by a Gaussian of sigma 3 mm).
+
+ALE (Eickhoff et al. 2009, 2012; Turkeltaub et al. 2012): each focus becomes
+a 3D Gaussian probability distribution whose FWHM combines between-template
+(5.7 mm) and between-subject (11.6 mm / sqrt(N)) uncertainty for an experiment
+of ``N`` subjects; an experiment's modelled activation (MA) map is the voxel-wise
+maximum over its foci; ALE = 1 - prod over experiments of (1 - MA).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from adheat_app.config import RunConfig
+from adheat_app.errors import InputError
+from adheat_app.io import read_json
+from adheat_app.templates import Template, resample
+
+LOGGER = logging.getLogger(__name__)
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+BUILTIN_MAP = "reference_ad_atrophy_ale.nii.gz"
+SIMULATION_THRESHOLD = 0.5
+#: Spatial uncertainty of ALE (Eickhoff et al. 2009), as FWHM in mm.
+TEMPLATE_FWHM_MM = 5.7
+SUBJECT_FWHM_MM = 11.6
+
+
+@dataclass(frozen=True, eq=False)
+class Reference:
+    """A reference map on the analysis grid.
+
+    Attributes
+    ----------
+    name : str
+        Short name used in tables (``builtin``, ``custom`` or ``simulation``).
+    values : numpy.ndarray
+        Continuous map on the analysis grid (float32, 0 outside the brain).
+    threshold : float
+        Voxels with ``values > threshold`` form the binary reference.
+    description : str
+        How the map was made (for sidecars and the report).
+    source : str
+        File it was read from.
+    """
+
+    name: str
+    values: np.ndarray
+    threshold: float
+    description: str
+    source: str
+
+    def binary(self) -> np.ndarray:
+        """The binarised reference (bool, analysis grid)."""
+        return self.values > self.threshold
+
+    def describe(self) -> dict:
+        """JSON-serialisable summary for sidecars."""
+        return {"Name": self.name, "Source": self.source, "Threshold": self.threshold,
+                "Voxels": int(self.binary().sum()), "Description": self.description}
+
+
+def ale_fwhm(sample_size: float) -> float:
+    """FWHM (mm) of the ALE kernel of an experiment with ``sample_size`` subjects (Eickhoff et al. 2009)."""
+    scale = np.sqrt(8.0 * np.log(2.0)) / (2.0 * np.sqrt(2.0 / np.pi))
+    template = TEMPLATE_FWHM_MM * scale
+    subjects = SUBJECT_FWHM_MM * scale / np.sqrt(sample_size)
+    return float(np.sqrt(template**2 + subjects**2))
+
+
+def _world_grid(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
+    index = np.indices(shape, dtype=np.float64).reshape(3, -1)
+    return (affine[:3, :3] @ index + affine[:3, 3:]).T.reshape(*shape, 3)
+
+
+def ale_map(experiments: Sequence[tuple[np.ndarray, float]], shape: Sequence[int],
+            affine: np.ndarray) -> np.ndarray:
+    """Activation likelihood estimation map of coordinate-based experiments.
+
+    Parameters
+    ----------
+    experiments : sequence of (foci, sample_size)
+        ``foci`` is a ``(k, 3)`` array of world coordinates (mm); each is moved
+        to its nearest voxel centre, as in GingerALE.
+    shape, affine
+        Output grid.
+
+    Returns
+    -------
+    numpy.ndarray
+        ALE values in [0, 1) (float64). Each focus's kernel is a Gaussian
+        normalised to sum 1 over the grid, so MA values are probabilities per voxel.
+    """
+    points = _world_grid(shape, affine)
+    inverse = np.linalg.inv(affine)
+    product = np.ones(tuple(shape))
+    for foci, sample_size in experiments:
+        sigma = ale_fwhm(sample_size) / np.sqrt(8.0 * np.log(2.0))
+        modelled = np.zeros(tuple(shape))
+        for focus in np.atleast_2d(np.asarray(foci, dtype=float)):
+            voxel = np.rint(inverse[:3, :3] @ focus + inverse[:3, 3])
+            centre = affine[:3, :3] @ voxel + affine[:3, 3]
+            kernel = np.exp(-np.sum((points - centre) ** 2, axis=-1) / (2.0 * sigma**2))
+            np.maximum(modelled, kernel / kernel.sum(), out=modelled)
+        product *= 1.0 - modelled
+    return 1.0 - product
+
+
+def builtin_reference_path() -> Path:
+    """Path of the built-in AD atrophy reference map shipped with adheat."""
+    return DATA_DIR / BUILTIN_MAP
+
+
+def _sidecar(path: Path) -> dict:
+    name = path.name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            side = path.with_name(name[: -len(ext)] + ".json")
+            return read_json(side) if side.is_file() else {}
+    return {}
+
+
+def load_map(path: Path, template: Template, name: str, threshold: float | None, option: str) -> Reference:
+    """Read a reference NIfTI, resample it to the analysis grid and pick its threshold.
+
+    Raises
+    ------
+    InputError
+        When the file is missing, not a NIfTI image or not 3D.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{option} {path}: file not found; pass a NIfTI map in MNI space")
+    try:
+        img = nib.load(path)
+    except Exception as exc:  # nibabel raises several types for unreadable files
+        raise InputError(f"{option} {path}: not a readable NIfTI image ({exc})") from exc
+    if len(img.shape) > 3 and any(n > 1 for n in img.shape[3:]):
+        raise InputError(f"{option} {path}: a 3D map is needed, got shape {img.shape}")
+    if len(img.shape) > 3:
+        img = nib.Nifti1Image(np.asarray(img.dataobj).reshape(img.shape[:3]), img.affine)
+    data = np.nan_to_num(np.asarray(img.dataobj, dtype=np.float32))
+    img = nib.Nifti1Image(data, img.affine)
+    values = np.asarray(resample(img, template.shape, template.affine).dataobj, dtype=np.float32)
+    values = values * template.mask_array()
+    sidecar = _sidecar(path)
+    if threshold is None:
+        threshold = float(sidecar.get("Threshold", 0.0))
+    description = str(sidecar.get("Description", f"user-supplied map {path.name}"))
+    return Reference(name, values, float(threshold), description, str(path))
+
+
+def simulation_truth_path(config: RunConfig, template: Template) -> Path:
+    """Where a simulated cohort keeps its planted-atrophy map for the analysis grid."""
+    return (config.bids_dir / "derivatives" / "simulation"
+            / f"space-{template.space}_res-{template.res_label}_desc-atrophy_probseg.nii.gz")
+
+
+def load_references(config: RunConfig, template: Template) -> list[Reference]:
+    """The reference maps of this run (user or built-in map, plus the simulated truth when present)."""
+    ev = config.evaluation
+    if ev.reference_map:
+        references = [load_map(Path(ev.reference_map), template, "custom", ev.reference_threshold,
+                               "--reference-map")]
+    else:
+        references = [load_map(builtin_reference_path(), template, "builtin", ev.reference_threshold,
+                               "built-in reference")]
+    truth = simulation_truth_path(config, template)
+    if truth.is_file():
+        references.append(load_map(truth, template, "simulation", SIMULATION_THRESHOLD, "simulated truth"))
+    for ref in references:
+        LOGGER.info("reference map %s: %d voxels above %g (%s)", ref.name, int(ref.binary().sum()), ref.threshold,
+                    ref.source)
+    return references

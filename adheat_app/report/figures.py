@@ -1,0 +1,187 @@
+"""Every figure adheat draws: overlap curves, ROC curves, distance matrices, brain mosaics and glass brains.
+
+Figures are rendered off-screen (matplotlib's Agg backend) to PNG bytes;
+:func:`data_uri` embeds them in the self-contained HTML reports, and
+:func:`save_png` writes them atomically where a figure is an output file
+(``group/figures/``). Brain images over the template use nilearn
+(``plot_stat_map`` slice mosaics, ``plot_glass_brain``); the per-subject
+mosaics use plain matplotlib, which is several times faster for the many
+small panels of a cohort.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from adheat_app.io import atomic_path  # noqa: E402
+
+DPI = 90
+
+
+def figure_png(fig) -> bytes:
+    """Render a matplotlib figure to PNG bytes and release it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    """A ``data:`` URI embedding PNG bytes in HTML."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def save_png(png: bytes, path: Path) -> Path:
+    """Write PNG bytes atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(png)
+    return Path(path)
+
+
+def overlap_curves(method: str, percents: Sequence[float], curves: Mapping[str, Mapping[str, np.ndarray]],
+                   intervals: Mapping[str, Mapping[str, tuple]] | None = None) -> bytes:
+    """Dice and overlap fraction against the top-k % of voxels, one line per reference.
+
+    Parameters
+    ----------
+    method : str
+        Method name (title).
+    percents : sequence of float
+        The k values of ``curves``.
+    curves : mapping
+        ``{reference: {"dice": array, "overlap_fraction": array}}``.
+    intervals : mapping, optional
+        ``{reference: {metric: (k values, low, high)}}``: bootstrap intervals drawn as error bars.
+    """
+    fig = plt.figure(figsize=(8, 3.2))
+    axes = fig.subplots(1, 2)
+    for ax, metric, label in zip(axes, ("dice", "overlap_fraction"), ("Dice", "overlap fraction")):
+        for i, (reference, values) in enumerate(curves.items()):
+            color = f"C{i}"
+            ax.plot(percents, values[metric], color=color, label=reference)
+            if intervals and reference in intervals and metric in intervals[reference]:
+                ks, low, high = intervals[reference][metric]
+                mid = np.interp(ks, percents, values[metric])
+                ax.errorbar(ks, mid, yerr=[np.clip(mid - low, 0, None), np.clip(high - mid, 0, None)], fmt="none",
+                            ecolor=color, capsize=3)
+        ax.set_xlabel("top k % of brain voxels")
+        ax.set_ylabel(label)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].legend(title="reference", fontsize=8)
+    fig.suptitle(f"{method}: overlap with the reference maps (95 % bootstrap intervals)")
+    return figure_png(fig)
+
+
+def roc_curves(predictions: pd.DataFrame) -> bytes:
+    """Pooled out-of-fold ROC curve of every model in ``group/predictions.tsv``."""
+    fig = plt.figure(figsize=(4.2, 4))
+    ax = fig.subplots()
+    for model, rows in predictions.groupby("model"):
+        target = rows["target"].astype(int).to_numpy()
+        if len(set(target)) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(target, rows["probability"].astype(float))
+        ax.plot(fpr, tpr, label=str(model))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.legend()
+    ax.set_title("Out-of-fold ROC curves")
+    return figure_png(fig)
+
+
+def matrix_heatmap(matrix: pd.DataFrame, title: str) -> bytes:
+    """A labelled square matrix (e.g. distances between methods' mean maps)."""
+    n = len(matrix)
+    fig = plt.figure(figsize=(1.0 + 0.7 * n, 0.8 + 0.6 * n))
+    ax = fig.subplots()
+    image = ax.imshow(matrix.to_numpy(dtype=float), cmap="viridis")
+    ax.set_xticks(range(n), matrix.columns, rotation=45, ha="right")
+    ax.set_yticks(range(n), matrix.index)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{matrix.iat[i, j]:.2f}", ha="center", va="center", color="white", fontsize=7)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.set_title(title)
+    return figure_png(fig)
+
+
+def stat_mosaic(img: nib.Nifti1Image, background: nib.Nifti1Image, title: str, signed: bool = False) -> bytes:
+    """Axial slice mosaic of a map over the template (nilearn ``plot_stat_map``)."""
+    from nilearn import plotting
+
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    vmax = float(np.percentile(np.abs(data[data != 0]), 99.5)) if np.any(data) else 1.0
+    fig = plt.figure(figsize=(11, 2.4))
+    display = plotting.plot_stat_map(
+        img, bg_img=background, display_mode="z", cut_coords=7, title=title, figure=fig, colorbar=True,
+        cmap="RdBu_r" if signed else "hot", vmax=vmax or 1.0, symmetric_cbar=signed, threshold=vmax * 0.05,
+        annotate=False, draw_cross=False, black_bg=False)
+    png = figure_png(fig)
+    display.close()
+    return png
+
+
+def glass_brain(img: nib.Nifti1Image, title: str, signed: bool = False) -> bytes:
+    """Glass-brain projection of a map (nilearn ``plot_glass_brain``)."""
+    from nilearn import plotting
+
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    vmax = float(np.percentile(np.abs(data[data != 0]), 99.5)) if np.any(data) else 1.0
+    fig = plt.figure(figsize=(7, 2.4))
+    display = plotting.plot_glass_brain(img, title=title, figure=fig, colorbar=True, plot_abs=not signed,
+                                        cmap="RdBu_r" if signed else "hot", vmax=vmax or 1.0,
+                                        threshold=vmax * 0.05, annotate=False, black_bg=False)
+    png = figure_png(fig)
+    display.close()
+    return png
+
+
+def quick_mosaic(maps: Mapping[str, np.ndarray], background: np.ndarray, n_slices: int = 6) -> bytes:
+    """Rows of axial slices, one row per map, over a background volume (plain matplotlib, fast).
+
+    Parameters
+    ----------
+    maps : mapping of str to numpy.ndarray
+        Volumes on the background's grid (absolute values are shown, scaled to their 99.5th percentile).
+    background : numpy.ndarray
+        Anatomical volume (the template or the subject's preprocessed T1w).
+    n_slices : int
+        Axial slices per row, evenly spaced over the brain.
+    """
+    brain = np.argwhere(background != 0)
+    low, high = (brain[:, 2].min(), brain[:, 2].max()) if len(brain) else (0, background.shape[2] - 1)
+    slices = np.linspace(low, high, n_slices + 2)[1:-1].round().astype(int)
+    rows = max(1, len(maps))
+    fig = Figure(figsize=(1.6 * n_slices, 1.8 * rows))
+    axes = np.atleast_2d(fig.subplots(rows, n_slices))
+    vmin_bg, vmax_bg = (np.percentile(background[background != 0], (1, 99)) if len(brain) else (0, 1))
+    for r, (name, volume) in enumerate(maps.items()):
+        values = np.abs(np.asarray(volume, dtype=np.float32))
+        top = float(np.percentile(values[values > 0], 99.5)) if np.any(values > 0) else 1.0
+        for c, z in enumerate(slices):
+            ax = axes[r, c]
+            ax.imshow(background[:, :, z].T, origin="lower", cmap="gray", vmin=vmin_bg, vmax=vmax_bg)
+            overlay = np.ma.masked_less_equal(values[:, :, z].T, 0.05 * top)
+            ax.imshow(overlay, origin="lower", cmap="hot", vmin=0, vmax=top, alpha=0.8)
+            ax.set_axis_off()
+            if c == 0:
+                ax.set_title(name, loc="left", fontsize=9)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    return buffer.getvalue()

@@ -1,0 +1,210 @@
+"""Evaluation: overlap metrics on toy maps, ALE, reference maps, and the full step on a simulated cohort."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from adheat_app.errors import InputError
+from adheat_app.evaluation import run_evaluation
+from adheat_app.evaluation.distances import distance_matrix, map_distances
+from adheat_app.evaluation.overlap import bootstrap, overlap_metrics, percentile_interval
+from adheat_app.evaluation.reference import ale_fwhm, ale_map, builtin_reference_path, load_map
+from conftest import make_preprocessed_cohort
+
+V = 200
+REFERENCE = np.arange(V) < 20  # 10 % of the voxels
+RANK = np.arange(V, dtype=float) / V  # distinct values: no ties
+
+
+def test_perfect_overlap():
+    relevance = np.where(REFERENCE, 10 + RANK, RANK)
+    m = overlap_metrics(relevance, REFERENCE, REFERENCE.astype(float))
+    # top 1/5/10/20 %: 2/10/20/40 voxels, all of the first three inside the 20-voxel reference
+    assert np.allclose(m["dice"], [2 * 2 / 22, 2 * 10 / 30, 1.0, 2 * 20 / 60])
+    assert np.allclose(m["overlap_fraction"], [1, 1, 1, 0.5])
+    assert m["roc_auc"] == 1.0 and m["average_precision"] == 1.0
+    assert m["mass_inside"] == pytest.approx(relevance[REFERENCE].sum() / relevance.sum())
+
+
+def test_no_overlap():
+    relevance = np.where(REFERENCE, 0.0, 1 + RANK)
+    m = overlap_metrics(relevance, REFERENCE, REFERENCE.astype(float))
+    assert np.allclose(m["dice"][:3], 0) and np.allclose(m["overlap_fraction"][:3], 0)
+    assert m["roc_auc"] == 0.0 and m["mass_inside"] == 0.0
+    assert m["average_precision"] == pytest.approx(0.1)  # every voxel ties or outranks the reference
+
+
+def test_half_overlap():
+    inside_top = np.arange(V) < 10
+    outside_top = (np.arange(V) >= 100) & (np.arange(V) < 110)
+    relevance = np.where(inside_top | outside_top, 10 + RANK, RANK)
+    m = overlap_metrics(relevance, REFERENCE, REFERENCE.astype(float))
+    assert m["dice"][2] == pytest.approx(0.5) and m["overlap_fraction"][2] == pytest.approx(0.5)
+
+
+def test_auc_ap_match_sklearn_with_ties_and_random_maps_score_half():
+    rng = np.random.default_rng(0)
+    relevance = np.round(rng.random(5000), 2)
+    reference = rng.random(5000) < 0.1
+    m = overlap_metrics(relevance, reference, reference.astype(float))
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(reference, relevance), abs=1e-12)
+    assert m["average_precision"] == pytest.approx(average_precision_score(reference, relevance), abs=1e-12)
+    assert abs(m["roc_auc"] - 0.5) < 0.03
+    assert abs(m["spearman"]) < 0.05
+
+
+def test_bootstrap_is_reproducible_and_degenerate_for_identical_subjects():
+    rng = np.random.default_rng(1)
+    maps = rng.random((6, V)).astype(np.float32)
+    first = bootstrap(maps, [REFERENCE], 40, seed=3)[0]
+    second = bootstrap(maps, [REFERENCE], 40, seed=3)[0]
+    assert first["roc_auc"].shape == (40,) and first["dice"].shape == (40, 4)
+    assert np.array_equal(first["roc_auc"], second["roc_auc"])
+    same = bootstrap(np.repeat(maps[:1], 6, axis=0), [REFERENCE], 20, seed=0)[0]
+    low, high = percentile_interval(same["mass_inside"])
+    assert low == pytest.approx(high)
+
+
+def test_ale_kernel_width_sum_and_union():
+    affine = np.eye(4)
+    shape = (41, 41, 41)
+    focus = np.array([[20.0, 20.0, 20.0]])
+    one = ale_map([(focus, 20)], shape, affine)
+    assert one.sum() == pytest.approx(1.0, rel=1e-6)
+    profile = one[:, 20, 20] / one.max()
+    width = np.sum(profile >= 0.5)  # voxels (1 mm) at or above half maximum
+    assert abs(width - ale_fwhm(20)) <= 1.0
+    assert ale_fwhm(20) == pytest.approx(9.24, abs=0.05)  # NiMARE/GingerALE kernel for N = 20
+    two = ale_map([(focus, 20), (focus, 20)], shape, affine)
+    assert two.max() == pytest.approx(1 - (1 - one.max()) ** 2)
+
+
+def test_builtin_reference_is_documented_and_small():
+    path = builtin_reference_path()
+    assert path.is_file() and path.stat().st_size < 500_000
+    sidecar = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+    assert "NOT computed from published peak coordinates" in sidecar["Description"]
+    foci = pd.read_csv(path.with_name(sidecar["Foci"]), sep="\t")
+    assert len(foci) == 20 and set(foci["hemisphere"]) == {"L", "R"}
+    img = nib.load(path)
+    values = np.asarray(img.get_fdata())
+    inverse = np.linalg.inv(img.affine)
+    for row in foci.itertuples():
+        i, j, k = np.rint(inverse[:3, :3] @ [row.x, row.y, row.z] + inverse[:3, 3]).astype(int)
+        assert values[i, j, k] > sidecar["Threshold"]
+
+
+def test_user_reference_map_is_resampled_and_checked(tmp_path):
+    from adheat_app.templates import get_template
+
+    template = get_template(4.0)
+    data = np.zeros((40, 40, 40), np.float32)
+    data[10:30, 10:30, 10:30] = 2.0
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    affine[:3, 3] = -80
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "ref.nii.gz")
+    ref = load_map(tmp_path / "ref.nii.gz", template, "custom", 1.0, "--reference-map")
+    assert ref.values.shape == template.shape and ref.binary().sum() > 100
+    assert not (ref.binary() & ~template.mask_array()).any()
+    with pytest.raises(InputError, match="--reference-map"):
+        load_map(tmp_path / "missing.nii.gz", template, "custom", None, "--reference-map")
+
+
+def test_distances():
+    a = np.array([1.0, 0, 0, 1])
+    table = map_distances({"A": a, "B": 2 * a, "C": np.array([0, 1.0, 1, 0])})
+    row = table.set_index(["method_a", "method_b"])
+    assert row.loc[("A", "B"), "euclidean"] == pytest.approx(0) and row.loc[("A", "B"), "correlation_distance"] == \
+        pytest.approx(0)
+    assert row.loc[("A", "C"), "euclidean"] == pytest.approx(np.sqrt(2))
+    assert row.loc[("A", "C"), "correlation_distance"] == pytest.approx(2)
+    matrix = distance_matrix(table)
+    assert matrix.loc["C", "A"] == matrix.loc["A", "C"] and matrix.loc["B", "B"] == 0
+
+
+def write_synthetic_heatmaps(derivs, cohort, truth, methods=("IG", "Saliency"), seed=0):
+    """Heatmaps = planted truth map + noise (IG signed, Saliency absolute), with attribution-style sidecars."""
+    rng = np.random.default_rng(seed)
+    mask = truth.template.mask_array()
+    for scan in cohort.scans:
+        for method in methods:
+            signed = method == "IG"
+            data = (truth.probseg + rng.normal(0, 0.15, truth.probseg.shape)).astype(np.float32) * mask
+            data = data if signed else np.abs(data)
+            path = derivs.subject_path(scan.subject, scan.session, "heatmap", space=cohort.space,
+                                       res=cohort.res_label, desc=method)
+            derivs.write_image(path, nib.Nifti1Image(data, truth.template.affine),
+                               {"Method": method, "Signed": signed, "Fold": 0, "TrueLabel": scan.target,
+                                "PredictedProbability": 0.5})
+
+
+def write_synthetic_predictions(derivs, cohort, model):
+    """CNN predictions: every scan right except the first AD scan."""
+    rows = []
+    first_ad = next(s for s in cohort.labelled if s.target == 1)
+    for s in cohort.labelled:
+        predicted = s.target if s is not first_ad else 1 - s.target
+        rows.append({"model": model, "fold": "0", "subject": s.subject, "session": s.session,
+                     "diagnosis": s.diagnosis, "target": s.target, "probability": 0.8 if predicted else 0.2,
+                     "predicted": predicted})
+    (derivs.root / "group").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(derivs.root / "group" / "predictions.tsv", sep="\t", index=False)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluation")
+    config, derivs, cohort, truth = make_preprocessed_cohort(root, n_subjects=8, resolution=4.0, seed=1,
+                                                             evaluation__n_bootstrap=200)
+    write_synthetic_heatmaps(derivs, cohort, truth)
+    write_synthetic_predictions(derivs, cohort, config.training.model)
+    run_evaluation(config, derivs, cohort, truth.template)
+    return config, derivs, cohort, truth
+
+
+def test_planted_region_ranks_first(evaluated):
+    _, derivs, _, truth = evaluated
+    regions = pd.read_csv(derivs.root / "group" / "regions.tsv", sep="\t")
+    assert set(regions["method"]) == {"IG", "Saliency"} and set(regions["label"]) == {"AD", "CN", "all"}
+    first = regions[regions["rank"] == 1]
+    assert set(first["region"]) <= set(truth.region_names)
+    block = regions[(regions["method"] == "IG") & (regions["label"] == "all")]
+    assert block[block["region"].isin(truth.region_names)]["enrichment"].min() > 2
+
+
+def test_group_maps_and_overlap(evaluated):
+    _, derivs, cohort, truth = evaluated
+    group = derivs.root / "group"
+    grid = f"space-{cohort.space}_res-{cohort.res_label}"
+    for label in ("AD", "CN", "all", "ADcorrect", "ADincorrect", "CNcorrect"):
+        path = group / f"{grid}_label-{label}_desc-Saliency_stat-mean_heatmap.nii.gz"
+        assert path.is_file(), label
+        mean = np.asarray(nib.load(path).dataobj)
+        assert mean.sum() == pytest.approx(1.0, rel=1e-3)
+    assert not (group / f"{grid}_label-CNincorrect_desc-Saliency_stat-mean_heatmap.nii.gz").exists()
+    assert (group / f"{grid}_label-AD_desc-IG_stat-signedmean_heatmap.nii.gz").is_file()
+    assert not (group / f"{grid}_label-AD_desc-Saliency_stat-signedmean_heatmap.nii.gz").exists()
+    sidecar = json.loads((group / f"{grid}_label-ADincorrect_desc-IG_stat-mean_heatmap.json").read_text())
+    assert sidecar["N"] == 1 and len(sidecar["Sources"]) == 1
+    overlap = pd.read_csv(group / "overlap.tsv", sep="\t")
+    assert set(overlap["reference"]) == {"builtin", "simulation"}
+    auc = overlap[(overlap["metric"] == "roc_auc") & (overlap["reference"] == "simulation")
+                  & (overlap["label"] == "all")].set_index("method")
+    assert (auc["value"] > 0.95).all()
+    assert (auc["ci_low"] < auc["ci_high"]).all() and (auc["ci_high"] <= 1).all()
+    assert (group / "figures" / "desc-IG_overlap.png").stat().st_size > 5000
+    distances = pd.read_csv(group / "distances.tsv", sep="\t")
+    assert len(distances) == 3 and (distances["euclidean"] < 0.5).all()
+
+
+def test_evaluation_rerun_skips(evaluated):
+    config, derivs, cohort, truth = evaluated
+    stamps = {p: p.stat().st_mtime_ns for p in (derivs.root / "group").rglob("*") if p.is_file()}
+    run_evaluation(config, derivs, cohort, truth.template)
+    assert {p: p.stat().st_mtime_ns for p in (derivs.root / "group").rglob("*") if p.is_file()} == stamps
