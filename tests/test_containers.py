@@ -437,42 +437,32 @@ def template_process(home: Path, mode: str, served: dict[str, str] | None = None
     return json.loads(proc.stdout.splitlines()[-1]), proc.stderr
 
 
-@pytest.fixture(scope="module")
-def image_home(tmp_path_factory) -> dict:
-    """The image's TemplateFlow home, built and then used as in the image.
+@pytest.mark.slow
+def test_image_templateflow_home_is_exact_and_offline(tmp_path):
+    """The image's TemplateFlow home, built and then used as in the image (one test: two fresh processes).
 
     Build: TemplateFlow's skeleton, then ``templates.prefetch(prune=True)`` as
     the Dockerfile runs it, its downloads served from the shared copy of the
     2009c template. That copy has no grey-matter map, so its placeholder is
     removed first (get_template treats the map as optional). Run: a fresh
-    process with the network disabled reads the template and atlas.
+    process with the network disabled reads the template and atlas, and
+    prefetch again.
     """
     shared_data_or_skip()
-    home = tmp_path_factory.mktemp("image") / "templateflow"
+    home = tmp_path / "templateflow"
     served = {name: str(SHARED_DATA / "templates" / source) for name, source in TEMPLATE_FILES.items()}
     build, _ = template_process(home, "build", served, ("tpl-MNI152NLin2009cAsym_res-01_label-GM_probseg.nii.gz",))
-    run, log = template_process(home, "run")
-    return {"home": home, "build": build, "run": run, "log": log}
-
-
-@pytest.mark.slow
-def test_prefetch_downloads_exactly_what_runs_read(image_home):
-    build, run = image_home["build"], image_home["run"]
-    folder = image_home["home"] / "tpl-MNI152NLin2009cAsym"
+    folder = home / "tpl-MNI152NLin2009cAsym"
     assert build["prefetched"] == sorted(str(folder / name) for name in TEMPLATE_FILES)
     assert sorted(build["downloads"]) == sorted(TEMPLATE_FILES) and build["attempts"] == []
-    assert run["read"] == run["sources"] == run["prefetched"] == build["prefetched"]
-
-
-@pytest.mark.slow
-def test_image_home_serves_the_template_with_the_network_disabled(image_home):
-    home, run = image_home["home"], image_home["run"]
-    assert (run["space"], run["source"]) == ("MNI152NLin2009cAsym", "templateflow")
-    assert run["attempts"] == [] and run["downloads"] == [], "a run tried to download"
-    assert run["atlas_regions"] > 100
-    assert "WARNING" not in image_home["log"]
     assert [p.name for p in home.iterdir()] == ["tpl-MNI152NLin2009cAsym"]  # pruned
     assert not [p for p in home.rglob("*") if p.is_file() and p.stat().st_size == 0]
+
+    run, log = template_process(home, "run")
+    assert (run["space"], run["source"]) == ("MNI152NLin2009cAsym", "templateflow")
+    assert run["attempts"] == [] and run["downloads"] == [], "a run tried to download"
+    assert run["atlas_regions"] > 100 and "WARNING" not in log
+    assert run["read"] == run["sources"] == run["prefetched"] == build["prefetched"]  # prefetch = what runs read
 
 
 @pytest.mark.slow
