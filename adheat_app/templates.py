@@ -364,9 +364,10 @@ def prefetch(space: str = DEFAULT_SPACE, prune: bool = False) -> list[str]:
     prune : bool
         Then delete every other template folder and every empty placeholder
         from ``$TEMPLATEFLOW_HOME`` (container builds): TemplateFlow indexes
-        the whole home at the first query of every run, which takes seconds
-        for its full skeleton, and with no placeholder left a run can never
-        start a download. Leave False for a home shared with other tools.
+        the whole home at the first query of every run (about 13 s for its
+        full skeleton, under 1 s pruned), and with no placeholder left a run
+        can never start a download. Leave False for a home shared with other
+        tools.
 
     Returns
     -------
