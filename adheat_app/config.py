@@ -153,11 +153,12 @@ class EvaluationOptions:
     """Group maps, reference map and scores."""
 
     reference_map: str | None = option(
-        None, "Reference map of AD atrophy in MNI space (default: the built-in meta-analysis map).",
+        None, "Reference map of AD atrophy in MNI space, e.g. a published ALE map (default: the built-in ALE "
+        "map of anatomically defined AD atrophy foci, adheat_app/data/reference_ad_atrophy_ale.json).",
         metavar="NIFTI", type=str)
     reference_threshold: float | None = option(
-        None, "Threshold binarising the reference map (default: its own documented threshold).",
-        type=float)
+        None, "Threshold binarising the reference map (default: the 'Threshold' of the map's JSON sidecar, "
+        "else 0).", type=float)
     atlas: str = option("AAL3", "Atlas for the region table.", choices=("AAL3",))
     n_bootstrap: int = option(1000, "Bootstrap resamples (over subjects) for confidence intervals.",
                               type=int)

@@ -82,6 +82,7 @@ def svm_run(tmp_path_factory):
     return config, derivs, cohort, truth, folds
 
 
+@pytest.mark.slow
 def test_svm_finds_the_planted_region_and_classifies(svm_run):
     config, derivs, cohort, truth, _ = svm_run
     metrics = pd.read_csv(derivs.root / "group" / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
@@ -107,6 +108,7 @@ def test_svm_finds_the_planted_region_and_classifies(svm_run):
     assert weights_path.is_file()
 
 
+@pytest.mark.slow
 def test_svm_rerun_skips(svm_run):
     config, derivs, cohort, _, folds = svm_run
     pattern_path, _ = output_paths(derivs, cohort)

@@ -42,7 +42,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from scipy import optimize
+from scipy import optimize, special
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -152,7 +152,7 @@ def predict(model: dict, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Decision values and Platt probabilities of the positive class for ``features``."""
     z = model["scaler"].transform(features)
     decision = z @ model["weights"] + model["intercept"]
-    return decision, 1.0 / (1.0 + np.exp(-model["platt"] * decision))
+    return decision, special.expit(model["platt"] * decision)
 
 
 def _folds_digest(folds: Sequence) -> str:

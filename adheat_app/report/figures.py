@@ -30,6 +30,8 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from adheat_app.io import atomic_path  # noqa: E402
 
 DPI = 90
+#: Map values below this fraction of the display maximum (99.5th percentile of |map|) are not drawn.
+DISPLAY_THRESHOLD = 0.2
 
 
 def figure_png(fig) -> bytes:
@@ -121,16 +123,21 @@ def matrix_heatmap(matrix: pd.DataFrame, title: str) -> bytes:
     return figure_png(fig)
 
 
+def _display_max(img: nib.Nifti1Image) -> float:
+    """99.5th percentile of the absolute non-zero values (1 for an empty map)."""
+    data = np.abs(np.asarray(img.dataobj, dtype=np.float32))
+    return float(np.percentile(data[data > 0], 99.5)) if np.any(data > 0) else 1.0
+
+
 def stat_mosaic(img: nib.Nifti1Image, background: nib.Nifti1Image, title: str, signed: bool = False) -> bytes:
     """Axial slice mosaic of a map over the template (nilearn ``plot_stat_map``)."""
     from nilearn import plotting
 
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    vmax = float(np.percentile(np.abs(data[data != 0]), 99.5)) if np.any(data) else 1.0
+    vmax = _display_max(img)
     fig = plt.figure(figsize=(11, 2.4))
     display = plotting.plot_stat_map(
         img, bg_img=background, display_mode="z", cut_coords=7, title=title, figure=fig, colorbar=True,
-        cmap="RdBu_r" if signed else "hot", vmax=vmax or 1.0, symmetric_cbar=signed, threshold=vmax * 0.05,
+        cmap="RdBu_r" if signed else "hot", vmax=vmax, symmetric_cbar=signed, threshold=vmax * DISPLAY_THRESHOLD,
         annotate=False, draw_cross=False, black_bg=False)
     png = figure_png(fig)
     display.close()
@@ -141,12 +148,11 @@ def glass_brain(img: nib.Nifti1Image, title: str, signed: bool = False) -> bytes
     """Glass-brain projection of a map (nilearn ``plot_glass_brain``)."""
     from nilearn import plotting
 
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    vmax = float(np.percentile(np.abs(data[data != 0]), 99.5)) if np.any(data) else 1.0
+    vmax = _display_max(img)
     fig = plt.figure(figsize=(7, 2.4))
     display = plotting.plot_glass_brain(img, title=title, figure=fig, colorbar=True, plot_abs=not signed,
-                                        cmap="RdBu_r" if signed else "hot", vmax=vmax or 1.0,
-                                        threshold=vmax * 0.05, annotate=False, black_bg=False)
+                                        cmap="RdBu_r" if signed else "hot", vmax=vmax,
+                                        threshold=vmax * DISPLAY_THRESHOLD, annotate=False, black_bg=False)
     png = figure_png(fig)
     display.close()
     return png
@@ -177,7 +183,7 @@ def quick_mosaic(maps: Mapping[str, np.ndarray], background: np.ndarray, n_slice
         for c, z in enumerate(slices):
             ax = axes[r, c]
             ax.imshow(background[:, :, z].T, origin="lower", cmap="gray", vmin=vmin_bg, vmax=vmax_bg)
-            overlay = np.ma.masked_less_equal(values[:, :, z].T, 0.05 * top)
+            overlay = np.ma.masked_less_equal(values[:, :, z].T, DISPLAY_THRESHOLD * top)
             ax.imshow(overlay, origin="lower", cmap="hot", vmin=0, vmax=top, alpha=0.8)
             ax.set_axis_off()
             if c == 0:

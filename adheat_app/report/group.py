@@ -1,0 +1,248 @@
+"""``group.html``: the whole study on one self-contained page.
+
+Sections (anchor ids): ``summary``, ``cv-metrics`` (CNN and SVM folds),
+``roc``, ``training``, ``heatmaps`` (mean map per method and class: slice
+mosaics and glass brains over the template), ``svm`` (activation pattern and
+weights), ``reference`` (the reference maps scored against), ``overlap``
+(table and curves), ``regions``, ``distances``, ``sanity``, ``preproc-qc`` and
+``methods`` (``logs/CITATION.md``). Every section renders from the files that
+exist and says "Not computed" for what is absent, so the page can be written
+after any subset of the group level.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from adheat_app.bids import Derivatives
+from adheat_app.cohort import Cohort
+from adheat_app.config import RunConfig
+from adheat_app.errors import InputError
+from adheat_app.io import write_text
+from adheat_app.report import figures
+from adheat_app.report.html import Section, esc, image, markdown, not_computed, note, page, table
+from adheat_app.templates import Template
+
+LOGGER = logging.getLogger(__name__)
+
+
+def read_tsv(path: Path) -> pd.DataFrame | None:
+    """A TSV table, or None when the file is absent."""
+    if not path.is_file():
+        return None
+    return pd.read_csv(path, sep="\t", dtype={"subject": str, "session": str, "fold": str}, na_values=["n/a"])
+
+
+def _summary(cohort: Cohort, template: Template) -> str:
+    counts = pd.Series([s.diagnosis or "n/a" for s in cohort.scans]).value_counts()
+    rows = pd.DataFrame({"diagnosis": counts.index, "scans": counts.to_numpy()})
+    subjects = len({s.subject for s in cohort.scans})
+    return (f"<p>{len(cohort.scans)} scan(s) of {subjects} subject(s); positive class "
+            f"<b>{esc(cohort.positive_label)}</b>, negative class <b>{esc(cohort.negative_label)}</b>. "
+            f"Analysis grid: {esc(template.space)} at {template.resolution:g} mm "
+            f"({'x'.join(map(str, template.shape))}, template from {esc(template.source)}).</p>" + table(rows))
+
+
+def _cv_metrics(group: Path) -> str:
+    metrics = read_tsv(group / "cv_metrics.tsv")
+    if metrics is None:
+        return not_computed("group/cv_metrics.tsv is absent (run the group level to train the CNN and the SVM)")
+    summary = metrics[metrics["fold"].isin(["mean", "sd"])]
+    return ("<h3>Mean and SD over folds</h3>" + table(summary) + "<h3>Per fold</h3>"
+            + table(metrics[~metrics["fold"].isin(["mean", "sd"])]))
+
+
+def _roc(group: Path) -> str:
+    predictions = read_tsv(group / "predictions.tsv")
+    if predictions is None or predictions.empty:
+        return not_computed("group/predictions.tsv is absent")
+    body = image(figures.roc_curves(predictions), "ROC curves")
+    counts = predictions.groupby("model").size().rename("scans").reset_index()
+    return body + note("Pooled out-of-fold predictions of every model.") + table(counts)
+
+
+def _training(config: RunConfig) -> str:
+    folder = config.models_dir / config.training.model
+    curves = sorted(folder.glob("fold-*/training_curve.png"))
+    if not curves:
+        return not_computed(f"no training curves under {folder}")
+    return "".join(f"<h3>{esc(p.parent.name)}</h3>" + image(p.read_bytes(), f"training curve {p.parent.name}")
+                   for p in curves)
+
+
+def _group_methods(group: Path, template: Template) -> list[str]:
+    pattern = re.compile(rf"^space-{re.escape(template.space)}_res-{re.escape(template.res_label)}_label-all_"
+                         r"desc-([A-Za-z0-9]+)_stat-mean_heatmap\.nii\.gz$")
+    return sorted({m.group(1) for p in group.glob("*_heatmap.nii.gz") if (m := pattern.match(p.name))})
+
+
+def _heatmaps(derivs: Derivatives, cohort: Cohort, template: Template) -> str:
+    group = derivs.root / "group"
+    methods = _group_methods(group, template)
+    if not methods:
+        return not_computed("no group mean heatmaps (no per-subject heatmaps, or evaluation not run)")
+    parts = [note("Mean of per-subject absolute heatmaps, each normalised to unit total relevance inside the brain "
+                  "mask (maps are scaled to their 99.5th percentile).")]
+    for method in methods:
+        parts.append(f"<h3>{esc(method)}</h3>")
+        for label in (cohort.positive_label, cohort.negative_label):
+            path = derivs.group_path("heatmap", space=template.space, res=template.res_label, label=label,
+                                     desc=method, stat="mean")
+            if path.is_file():
+                parts.append(image(figures.stat_mosaic(nib.load(path), template.t1w, f"{method} mean, {label}"),
+                                   f"{method} {label} mosaic"))
+        path = derivs.group_path("heatmap", space=template.space, res=template.res_label, label="all",
+                                 desc=method, stat="mean")
+        parts.append(image(figures.glass_brain(nib.load(path), f"{method} mean, all"), f"{method} glass brain"))
+    return "".join(parts)
+
+
+def _svm(derivs: Derivatives, cohort: Cohort, template: Template) -> str:
+    from adheat_app.baseline.svm import output_paths
+
+    pattern, weights = output_paths(derivs, cohort)
+    if not pattern.is_file():
+        return not_computed("the SVM baseline has not run (no desc-SVM_pattern map)")
+    parts = [note("Activation pattern cov(Z) w / var(w'z) (Haufe et al. 2014), mean over folds; negative values: "
+                  f"lower intensity goes with {cohort.positive_label}."),
+             image(figures.stat_mosaic(nib.load(pattern), template.t1w, "SVM activation pattern", signed=True),
+                   "SVM pattern mosaic"),
+             image(figures.glass_brain(nib.load(pattern), "SVM activation pattern", signed=True), "SVM glass brain")]
+    if weights.is_file():
+        parts.append(image(figures.stat_mosaic(nib.load(weights), template.t1w, "SVM weights (not a map of effects)",
+                                               signed=True), "SVM weights mosaic"))
+    return "".join(parts)
+
+
+def _reference(config: RunConfig, template: Template) -> str:
+    from adheat_app.evaluation.reference import load_references
+
+    try:
+        references = load_references(config, template)
+    except InputError as exc:
+        return not_computed(str(exc))
+    parts = []
+    for ref in references:
+        img = nib.Nifti1Image(ref.values.astype(np.float32), template.affine)
+        parts.append(f"<h3>{esc(ref.name)}</h3><p>{esc(ref.description)}</p>"
+                     + note(f"Source: {ref.source}; binarised above {ref.threshold:g}: {int(ref.binary().sum())} "
+                            "voxels.")
+                     + image(figures.stat_mosaic(img, template.t1w, f"reference: {ref.name}"), f"reference {ref.name}"))
+    return "".join(parts)
+
+
+def _format_metric(row: pd.Series) -> str:
+    text = f"{row['value']:.3f}"
+    if not (math.isnan(row["ci_low"]) or math.isnan(row["ci_high"])):
+        text += f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+    return text
+
+
+def overlap_summary(overlap: pd.DataFrame, label: str) -> pd.DataFrame:
+    """Wide table (reference, method) x metric of one label, values with their bootstrap interval."""
+    rows = overlap[(overlap["label"] == label) | (overlap["method"] == "SVM")].copy()
+    if rows.empty:
+        return rows
+    rows["column"] = [m if pd.isna(k) else f"{m}@{k:g}%" for m, k in zip(rows["metric"], rows["top_percent"])]
+    rows["text"] = rows.apply(_format_metric, axis=1)
+    order = list(dict.fromkeys(rows["column"]))
+    wide = rows.pivot_table(index=["reference", "method"], columns="column", values="text", aggfunc="first")
+    wide = wide[order].reset_index()
+    wide.columns.name = None
+    return wide
+
+
+def _overlap(group: Path, cohort: Cohort) -> str:
+    overlap = read_tsv(group / "overlap.tsv")
+    if overlap is None or overlap.empty:
+        return not_computed("group/overlap.tsv is absent")
+    parts = [note("Value of the group mean map [95 % percentile bootstrap interval over subjects]. The SVM pattern is "
+                  "one map (no interval); Spearman has no interval. A resample's mean map averages fewer distinct "
+                  "subjects and is noisier than the full mean, so for metrics that reward sharp maps the interval "
+                  "can lie below the value.")]
+    for label in ("all", cohort.positive_label):
+        wide = overlap_summary(overlap, label)
+        if not wide.empty:
+            parts.append(f"<h3>label: {esc(label)}</h3>" + table(wide))
+    for path in sorted((group / "figures").glob("desc-*_overlap.png")):
+        parts.append(image(path.read_bytes(), path.stem))
+    return "".join(parts)
+
+
+def _regions(group: Path, cohort: Cohort) -> str:
+    regions = read_tsv(group / "regions.tsv")
+    if regions is None or regions.empty:
+        return not_computed("group/regions.tsv is absent")
+    top = regions[(regions["rank"] <= 10) & regions["label"].isin(["all", cohort.positive_label])]
+    return (note("Ten regions (AAL3) with the largest share of each method's mean relevance; enrichment = share of "
+                 "relevance / share of brain volume. Full table: group/regions.tsv.") + table(top, max_rows=400))
+
+
+def _distances(group: Path) -> str:
+    from adheat_app.evaluation.distances import distance_matrix
+
+    distances = read_tsv(group / "distances.tsv")
+    if distances is None or distances.empty:
+        return not_computed("group/distances.tsv is absent (needs at least two methods)")
+    rows = distances[distances["label"] == "all"]
+    if rows.empty:
+        rows = distances[distances["label"] == distances["label"].iloc[0]]
+    parts = [note("Between mean maps (label all): Euclidean distance of unit-norm maps, and 1 - Pearson r.")]
+    for column in ("euclidean", "correlation_distance"):
+        parts.append(image(figures.matrix_heatmap(distance_matrix(rows, column), column.replace("_", " ")), column))
+    return "".join(parts) + table(distances)
+
+
+def _simple_table(path: Path, missing: str) -> str:
+    frame = read_tsv(path)
+    return not_computed(missing) if frame is None else table(frame)
+
+
+def _preproc_qc(group: Path) -> str:
+    qc = read_tsv(group / "preproc_qc.tsv")
+    if qc is None:
+        return not_computed("group/preproc_qc.tsv is absent (preprocessing QC table)")
+    flags = [c for c in qc.columns if "outlier" in c.lower()]
+    summary = ""
+    if flags:
+        flagged = qc[qc[flags[0]].astype(str).str.lower().isin(["1", "true", "yes"])]
+        summary = note(f"{len(flagged)} of {len(qc)} scan(s) flagged as registration outliers.")
+    return summary + table(qc, max_rows=500)
+
+
+def _methods(derivs: Derivatives) -> str:
+    path = derivs.root / "logs" / "CITATION.md"
+    if not path.is_file():
+        return not_computed("logs/CITATION.md is absent")
+    return markdown(path.read_text(encoding="utf-8"))
+
+
+def write_group_report(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> Path:
+    """Write ``output_dir/group.html`` from the group outputs that exist; return its path."""
+    group = derivs.root / "group"
+    sections = [
+        Section("summary", "Cohort", _summary(cohort, template)),
+        Section("cv-metrics", "Cross-validated classification (CNN and SVM)", _cv_metrics(group)),
+        Section("roc", "ROC curves", _roc(group)),
+        Section("training", "Training curves", _training(config)),
+        Section("heatmaps", "Mean heatmaps", _heatmaps(derivs, cohort, template)),
+        Section("svm", "SVM activation pattern", _svm(derivs, cohort, template)),
+        Section("reference", "Reference maps", _reference(config, template)),
+        Section("overlap", "Overlap with the reference", _overlap(group, cohort)),
+        Section("regions", "Relevance per region", _regions(group, cohort)),
+        Section("distances", "Distances between methods", _distances(group)),
+        Section("sanity", "Sanity checks (model randomisation)",
+                _simple_table(group / "sanity_check.tsv", "group/sanity_check.tsv is absent (run with --sanity-check)")),
+        Section("preproc-qc", "Preprocessing quality", _preproc_qc(group)),
+        Section("methods", "Methods", _methods(derivs)),
+    ]
+    path = write_text(derivs.root / "group.html", page("adheat group report", sections))
+    LOGGER.info("wrote %s", path)
+    return path

@@ -1,0 +1,120 @@
+"""``sub-<label>.html``: one subject's preprocessing, prediction and heatmaps on one self-contained page.
+
+Sections (anchor ids): ``summary`` (diagnosis), ``preprocessing`` (per
+session: the registration QC figure and the numbers of the preprocessed
+T1w's sidecar), ``predictions`` (every model's out-of-fold probability and
+fold) and ``heatmaps`` (per session: every method's map over the subject's
+preprocessed T1w, and the heatmap sidecars' fold, probability and target).
+Works from whatever files exist for the subject.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from adheat_app.bids import Derivatives, normalize_label, read_participants, sidecar_path
+from adheat_app.config import RunConfig
+from adheat_app.errors import InputError
+from adheat_app.io import read_json, write_text
+from adheat_app.report import figures
+from adheat_app.report.group import read_tsv
+from adheat_app.report.html import Section, esc, image, not_computed, note, page, svg_image, table
+
+LOGGER = logging.getLogger(__name__)
+
+_PREPROC = re.compile(r"^(?P<key>sub-[A-Za-z0-9]+(?:_ses-[A-Za-z0-9]+)?)_space-(?P<space>[A-Za-z0-9]+)_"
+                      r"res-(?P<res>[0-9p]+)_desc-preproc_T1w\.nii\.gz$")
+HEATMAP_KEYS = ("Method", "Fold", "TargetClass", "TrueLabel", "PredictedProbability", "Signed", "Model",
+                "WallTimeSeconds")
+
+
+def _scalars(sidecar: dict) -> pd.DataFrame:
+    rows = [{"field": k, "value": v} for k, v in sorted(sidecar.items()) if isinstance(v, (str, int, float, bool))]
+    return pd.DataFrame(rows, columns=["field", "value"])
+
+
+def _sessions(derivs: Derivatives, subject: str) -> list[tuple[str, Path, str, str]]:
+    """(key, preprocessed T1w, space, res) of every preprocessed session of a subject."""
+    found = []
+    for path in sorted((derivs.root / f"sub-{subject}").glob("**/anat/*_desc-preproc_T1w.nii.gz")):
+        match = _PREPROC.match(path.name)
+        if match:
+            found.append((match["key"], path, match["space"], match["res"]))
+    return found
+
+
+def _preprocessing(derivs: Derivatives, subject: str, sessions: list) -> str:
+    if not sessions:
+        return not_computed(f"no preprocessed T1w for sub-{subject}")
+    parts = []
+    for key, path, _, _ in sessions:
+        parts.append(f"<h3>{esc(key)}</h3>")
+        figures_dir = derivs.root / f"sub-{subject}" / "figures"
+        qc = sorted(list(figures_dir.glob(f"{key}_*.svg")) + list(figures_dir.glob(f"{key}_*.png")))
+        if qc:
+            for figure in qc:
+                parts.append(svg_image(figure.read_bytes(), figure.name) if figure.suffix == ".svg"
+                             else image(figure.read_bytes(), figure.name))
+        else:
+            parts.append(not_computed("no registration QC figure"))
+        side = sidecar_path(path)
+        parts.append(table(_scalars(read_json(side))) if side.is_file() else not_computed("no sidecar"))
+    return "".join(parts)
+
+
+def _predictions(derivs: Derivatives, subject: str) -> str:
+    predictions = read_tsv(derivs.root / "group" / "predictions.tsv")
+    if predictions is None:
+        return not_computed("group/predictions.tsv is absent")
+    rows = predictions[predictions["subject"] == subject]
+    if rows.empty:
+        return not_computed(f"sub-{subject} is in no cross-validation test fold (e.g. not AD or CN)")
+    return note("Out-of-fold: each model predicted this subject from the fold that held it out.") + table(rows)
+
+
+def _heatmaps(derivs: Derivatives, sessions: list) -> str:
+    parts = []
+    for key, path, space, res in sessions:
+        maps = sorted(path.parent.glob(f"{key}_space-{space}_res-{res}_desc-*_heatmap.nii.gz"))
+        if not maps:
+            continue
+        volumes, rows = {}, []
+        for heatmap in maps:
+            method = re.search(r"_desc-([A-Za-z0-9]+)_heatmap", heatmap.name).group(1)
+            volumes[method] = np.asarray(nib.load(heatmap).dataobj, dtype=np.float32)
+            side = sidecar_path(heatmap)
+            sidecar = read_json(side) if side.is_file() else {}
+            rows.append({k: sidecar.get(k) for k in HEATMAP_KEYS} | {"Method": method})
+        background = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+        parts.append(f"<h3>{esc(key)}</h3>" + image(figures.quick_mosaic(volumes, background), f"{key} heatmaps")
+                     + table(pd.DataFrame(rows)))
+    return "".join(parts) or not_computed("no heatmaps for this subject")
+
+
+def write_subject_report(config: RunConfig, derivs: Derivatives, subject: str) -> Path:
+    """Write ``output_dir/sub-<label>.html`` from the subject's files that exist; return its path."""
+    subject = normalize_label(subject, "sub")
+    sessions = _sessions(derivs, subject)
+    try:
+        participants = read_participants(config.bids_dir, config.training.label_column)
+        diagnosis = participants[config.training.label_column].get(subject)
+    except InputError:
+        diagnosis = None
+    diagnosis = None if diagnosis is None or pd.isna(diagnosis) else str(diagnosis)
+    summary = (f"<p>Subject <b>sub-{esc(subject)}</b>; diagnosis: <b>{esc(diagnosis or 'n/a')}</b>; "
+               f"{len(sessions)} preprocessed session(s).</p>")
+    sections = [
+        Section("summary", "Subject", summary),
+        Section("preprocessing", "Preprocessing", _preprocessing(derivs, subject, sessions)),
+        Section("predictions", "Predictions", _predictions(derivs, subject)),
+        Section("heatmaps", "Heatmaps", _heatmaps(derivs, sessions)),
+    ]
+    path = write_text(derivs.root / f"sub-{subject}.html", page(f"adheat report: sub-{subject}", sections))
+    LOGGER.info("wrote %s", path)
+    return path

@@ -1,0 +1,122 @@
+"""HTML reports: every section renders in headless Chromium, from full outputs and from none."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+
+from adheat_app.baseline import run_svm
+from adheat_app.bids import Derivatives
+from adheat_app.citation import write_citation
+from adheat_app.evaluation import run_evaluation
+from adheat_app.report import write_group_report, write_subject_report
+from adheat_app.report.html import markdown
+from conftest import make_preprocessed_cohort
+from test_baseline import round_robin_folds
+from test_evaluation import write_synthetic_heatmaps, write_synthetic_predictions
+
+GROUP_SECTIONS = ("summary", "cv-metrics", "roc", "training", "heatmaps", "svm", "reference", "overlap", "regions",
+                  "distances", "sanity", "preproc-qc", "methods")
+SUBJECT_SECTIONS = ("summary", "preprocessing", "predictions", "heatmaps")
+QC_SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20"><rect width="40" height="20" fill="red"/></svg>'
+
+
+def chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        pytest.skip("headless Chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    return exe
+
+
+def rendered_dom(exe: str, page, profile) -> str:
+    """The DOM of ``page`` after Chromium loaded it and ran its scripts."""
+    proc = subprocess.run(
+        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+         "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def check_dom(dom: str, sections: tuple[str, ...]) -> None:
+    for section in sections:
+        assert f'<section id="{section}">' in dom, section
+    assert f'data-rendered="{len(sections)}"' in dom  # the page's own script ran to the end
+    assert "data-errors" not in dom, re.search(r'data-errors="[^"]*"', dom).group(0)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """SVM, synthetic CNN predictions and heatmaps, QC inputs, evaluation, then both reports."""
+    root = tmp_path_factory.mktemp("report")
+    config, derivs, cohort, truth = make_preprocessed_cohort(root, n_subjects=8, resolution=4.0, seed=4,
+                                                             effect_size=0.4, evaluation__n_bootstrap=50)
+    write_synthetic_predictions(derivs, cohort, config.training.model)
+    run_svm(config, derivs, cohort, round_robin_folds(cohort.labelled, 2))
+    write_synthetic_heatmaps(derivs, cohort, truth)
+    group = derivs.root / "group"
+    pd.DataFrame({"subject": [s.subject for s in cohort.scans], "session": "n/a", "ncc": 0.9,
+                  "outlier": 0}).to_csv(group / "preproc_qc.tsv", sep="\t", index=False)
+    pd.DataFrame({"method": ["IG"], "layer": ["last_conv"], "spearman": [0.1]}).to_csv(
+        group / "sanity_check.tsv", sep="\t", index=False)
+    (derivs.root / "sub-01" / "figures").mkdir(parents=True, exist_ok=True)
+    (derivs.root / "sub-01" / "figures" / "sub-01_desc-reg_T1w.svg").write_bytes(QC_SVG)
+    run_evaluation(config, derivs, cohort, truth.template)
+    write_citation(config, derivs)
+    group_html = write_group_report(config, derivs, cohort, truth.template)
+    subject_html = write_subject_report(config, derivs, "sub-01")
+    return config, derivs, cohort, truth, group_html, subject_html
+
+
+@pytest.mark.slow
+def test_group_report_has_every_section_with_content(full_run):
+    *_, group_html, _ = full_run
+    text = group_html.read_text()
+    assert 'src="http' not in text and "<link" not in text  # self-contained
+    assert text.count("data:image/png;base64,") >= 10
+    for section in GROUP_SECTIONS:
+        body = text.split(f'<section id="{section}">', 1)[1].split("</section>", 1)[0]
+        if section == "training":
+            assert "Not computed" in body  # no CNN was trained here
+        else:
+            assert "Not computed" not in body, section
+    assert "SVM" in text and "simulation" in text and "Evaluation" in text
+
+
+@pytest.mark.slow
+def test_subject_report_embeds_qc_and_heatmaps(full_run):
+    *_, subject_html = full_run
+    text = subject_html.read_text()
+    assert "data:image/svg+xml;base64," in text and text.count("data:image/png;base64,") == 1
+    assert "Not computed" not in text
+    assert "IG" in text and "Saliency" in text
+
+
+@pytest.mark.slow
+def test_reports_without_outputs_say_not_computed(full_run, tmp_path):
+    config, _, cohort, truth, *_ = full_run
+    empty = Derivatives(tmp_path / "empty", config.bids_dir)
+    empty.initialize()
+    text = write_group_report(config.replace("evaluation", reference_map=str(tmp_path / "missing.nii.gz")), empty,
+                              cohort, truth.template).read_text()
+    assert text.count("Not computed") == len(GROUP_SECTIONS) - 1  # all but the cohort summary
+    assert "Not computed" in write_subject_report(config, empty, "01").read_text()
+
+
+@pytest.mark.slow
+def test_reports_render_in_headless_chromium(full_run, tmp_path):
+    exe = chromium()
+    *_, group_html, subject_html = full_run
+    check_dom(rendered_dom(exe, group_html, tmp_path / "profile1"), GROUP_SECTIONS)
+    check_dom(rendered_dom(exe, subject_html, tmp_path / "profile2"), SUBJECT_SECTIONS)
+
+
+def test_markdown_renderer():
+    html = markdown("# Methods\n\nText with `code` and **bold** [@ref].\n\n- one\n- two\n\n<!-- end -->\n")
+    assert "<h3>Methods</h3>" in html and "<code>code</code>" in html and "<strong>bold</strong>" in html
+    assert "<ul><li>one</li><li>two</li></ul>" in html and "&lt;" not in html
