@@ -25,6 +25,7 @@ from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
+from adheat_app.evaluation.group_maps import entity_label
 from adheat_app.io import write_text
 from adheat_app.report import figures
 from adheat_app.report.html import Section, esc, image, markdown, not_computed, note, page, table
@@ -92,7 +93,7 @@ def _heatmaps(derivs: Derivatives, cohort: Cohort, template: Template) -> str:
                   "mask (maps are scaled to their 99.5th percentile).")]
     for method in methods:
         parts.append(f"<h3>{esc(method)}</h3>")
-        for label in (cohort.positive_label, cohort.negative_label):
+        for label in (entity_label(cohort.positive_label), entity_label(cohort.negative_label)):
             path = derivs.group_path("heatmap", space=template.space, res=template.res_label, label=label,
                                      desc=method, stat="mean")
             if path.is_file():
@@ -167,7 +168,7 @@ def _overlap(group: Path, cohort: Cohort) -> str:
                   "one map (no interval); Spearman has no interval. A resample's mean map averages fewer distinct "
                   "subjects and is noisier than the full mean, so for metrics that reward sharp maps the interval "
                   "can lie below the value.")]
-    for label in ("all", cohort.positive_label):
+    for label in ("all", entity_label(cohort.positive_label)):
         wide = overlap_summary(overlap, label)
         if not wide.empty:
             parts.append(f"<h3>label: {esc(label)}</h3>" + table(wide))
@@ -180,7 +181,7 @@ def _regions(group: Path, cohort: Cohort) -> str:
     regions = read_tsv(group / "regions.tsv")
     if regions is None or regions.empty:
         return not_computed("group/regions.tsv is absent")
-    top = regions[(regions["rank"] <= 10) & regions["label"].isin(["all", cohort.positive_label])]
+    top = regions[(regions["rank"] <= 10) & regions["label"].isin(["all", entity_label(cohort.positive_label)])]
     return (note("Ten regions (AAL3) with the largest share of each method's mean relevance; enrichment = share of "
                  "relevance / share of brain volume. Full table: group/regions.tsv.") + table(top, max_rows=400))
 
