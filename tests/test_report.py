@@ -22,7 +22,8 @@ from test_evaluation import write_synthetic_heatmaps, write_synthetic_prediction
 GROUP_SECTIONS = ("summary", "cv-metrics", "roc", "training", "heatmaps", "svm", "reference", "overlap", "regions",
                   "distances", "sanity", "preproc-qc", "methods")
 SUBJECT_SECTIONS = ("summary", "preprocessing", "predictions", "heatmaps")
-QC_SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20"><rect width="40" height="20" fill="red"/></svg>'
+QC_SVG = (b'<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20">'
+          b'<rect width="40" height="20" fill="red"/></svg>')
 
 
 def chromium() -> str:

@@ -62,7 +62,8 @@ GRID_SHAPE = (97, 115, 97)
 GRID_AFFINE = np.array([[2.0, 0, 0, -96.0], [0, 2.0, 0, -132.0], [0, 0, 2.0, -78.0], [0, 0, 0, 1.0]])
 BACKGROUND_LITERATURE = (
     "Schroeter ML, Stein T, Maslowski N, Neumann J (2009). Neural correlates of Alzheimer's disease and mild "
-    "cognitive impairment: a systematic and quantitative meta-analysis involving 1351 patients. NeuroImage 47:1196-1206.",
+    "cognitive impairment: a systematic and quantitative meta-analysis involving 1351 patients. "
+    "NeuroImage 47:1196-1206.",
     "Ferreira LK, Diniz BS, Forlenza OV, Busatto GF, Zanetti MV (2011). Neurostructural predictors of Alzheimer's "
     "disease: a meta-analysis of VBM studies. Neurobiol Aging 32:1733-1741.",
     "Wang WY, Yu JT, Liu Y, et al. (2015). Voxel-based meta-analysis of grey matter changes in Alzheimer's "

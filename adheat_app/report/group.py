@@ -240,7 +240,8 @@ def write_group_report(config: RunConfig, derivs: Derivatives, cohort: Cohort, t
         Section("regions", "Relevance per region", _regions(group, cohort)),
         Section("distances", "Distances between methods", _distances(group)),
         Section("sanity", "Sanity checks (model randomisation)",
-                _simple_table(group / "sanity_check.tsv", "group/sanity_check.tsv is absent (run with --sanity-check)")),
+                _simple_table(group / "sanity_check.tsv",
+                              "group/sanity_check.tsv is absent (run with --sanity-check)")),
         Section("preproc-qc", "Preprocessing quality", _preproc_qc(group)),
         Section("methods", "Methods", _methods(derivs)),
     ]
