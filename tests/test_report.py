@@ -11,7 +11,6 @@ import pytest
 
 from adheat_app.baseline import run_svm
 from adheat_app.bids import Derivatives
-from adheat_app.citation import write_citation
 from adheat_app.evaluation import run_evaluation
 from adheat_app.report import write_group_report, write_subject_report
 from adheat_app.report.html import markdown
@@ -68,7 +67,6 @@ def full_run(tmp_path_factory):
     (derivs.root / "sub-01" / "figures").mkdir(parents=True, exist_ok=True)
     (derivs.root / "sub-01" / "figures" / "sub-01_desc-reg_T1w.svg").write_bytes(QC_SVG)
     run_evaluation(config, derivs, cohort, truth.template)
-    write_citation(config, derivs)
     group_html = write_group_report(config, derivs, cohort, truth.template)
     subject_html = write_subject_report(config, derivs, "sub-01")
     return config, derivs, cohort, truth, group_html, subject_html
@@ -105,7 +103,7 @@ def test_reports_without_outputs_say_not_computed(full_run, tmp_path):
     empty.initialize()
     text = write_group_report(config.replace("evaluation", reference_map=str(tmp_path / "missing.nii.gz")), empty,
                               cohort, truth.template).read_text()
-    assert text.count("Not computed") == len(GROUP_SECTIONS) - 1  # all but the cohort summary
+    assert text.count("Not computed") == len(GROUP_SECTIONS) - 2  # all but the cohort summary and methods text
     assert "Not computed" in write_subject_report(config, empty, "01").read_text()
 
 

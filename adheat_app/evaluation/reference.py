@@ -194,7 +194,11 @@ def load_references(config: RunConfig, template: Template) -> list[Reference]:
     truth = simulation_truth_path(config, template)
     if truth.is_file():
         references.append(load_map(truth, template, "simulation", SIMULATION_THRESHOLD, "simulated truth"))
+    brain = int(template.mask_array().sum())
     for ref in references:
-        LOGGER.info("reference map %s: %d voxels above %g (%s)", ref.name, int(ref.binary().sum()), ref.threshold,
-                    ref.source)
+        voxels = int(ref.binary().sum())
+        LOGGER.info("reference map %s: %d voxels above %g (%s)", ref.name, voxels, ref.threshold, ref.source)
+        if voxels == 0 or voxels > brain / 2:
+            LOGGER.warning("reference map %s covers %.0f %% of the brain at threshold %g: overlap scores are not "
+                           "informative; set --reference-threshold", ref.name, 100 * voxels / brain, ref.threshold)
     return references

@@ -30,7 +30,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from adheat_app.bids import Derivatives, is_complete, software_versions
+from adheat_app.baseline.svm import output_paths
+from adheat_app.bids import Derivatives, is_complete, sidecar_path, software_versions
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.evaluation.distances import map_distances
@@ -108,9 +109,7 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
     template : Template
         Analysis template (grid and brain mask).
     """
-    from adheat_app.baseline.svm import output_paths
-    from adheat_app.bids import sidecar_path
-    from adheat_app.report.figures import overlap_curves, save_png
+    from adheat_app.report.figures import overlap_curves, save_png  # lazy: the report package imports this one
 
     start = time.time()
     ev = config.evaluation

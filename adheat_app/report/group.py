@@ -5,7 +5,7 @@ Sections (anchor ids): ``summary``, ``cv-metrics`` (CNN and SVM folds),
 mosaics and glass brains over the template), ``svm`` (activation pattern and
 weights), ``reference`` (the reference maps scored against), ``overlap``
 (table and curves), ``regions``, ``distances``, ``sanity``, ``preproc-qc`` and
-``methods`` (``logs/CITATION.md``). Every section renders from the files that
+``methods`` (the text of ``logs/CITATION.md`` for the steps present). Every section renders from the files that
 exist and says "Not computed" for what is absent, so the page can be written
 after any subset of the group level.
 """
@@ -218,11 +218,15 @@ def _preproc_qc(group: Path) -> str:
     return summary + table(qc, max_rows=500)
 
 
-def _methods(derivs: Derivatives) -> str:
-    path = derivs.root / "logs" / "CITATION.md"
-    if not path.is_file():
-        return not_computed("logs/CITATION.md is absent")
-    return markdown(path.read_text(encoding="utf-8"))
+def _methods(config: RunConfig, derivs: Derivatives) -> str:
+    """The methods text of the steps whose outputs exist now (what ``logs/CITATION.md`` will hold)."""
+    from adheat_app.citation import render_citation, steps_present
+
+    try:
+        text, _ = render_citation(config, steps_present(derivs, config.training.model))
+    except FileNotFoundError as exc:
+        return not_computed(str(exc))
+    return markdown(text) + note("Also in logs/CITATION.md, with the BibTeX entries in logs/CITATION.bib.")
 
 
 def write_group_report(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> Path:
@@ -243,7 +247,7 @@ def write_group_report(config: RunConfig, derivs: Derivatives, cohort: Cohort, t
                 _simple_table(group / "sanity_check.tsv",
                               "group/sanity_check.tsv is absent (run with --sanity-check)")),
         Section("preproc-qc", "Preprocessing quality", _preproc_qc(group)),
-        Section("methods", "Methods", _methods(derivs)),
+        Section("methods", "Methods", _methods(config, derivs)),
     ]
     path = write_text(derivs.root / "group.html", page("adheat group report", sections))
     LOGGER.info("wrote %s", path)
