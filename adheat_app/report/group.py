@@ -5,9 +5,9 @@ Sections (anchor ids): ``summary``, ``cv-metrics`` (CNN and SVM folds),
 mosaics and glass brains over the template), ``svm`` (activation pattern and
 weights), ``reference`` (the reference maps scored against), ``overlap``
 (table and curves), ``regions``, ``distances``, ``sanity``, ``preproc-qc`` and
-``methods`` (the text of ``logs/CITATION.md`` for the steps present). Every section renders from the files that
-exist and says "Not computed" for what is absent, so the page can be written
-after any subset of the group level.
+``methods`` (the text of ``logs/CITATION.md`` for the steps present). Every
+section renders from the files that exist and says "Not computed" for what is
+absent, so the page can be written after any subset of the group level.
 """
 
 from __future__ import annotations
