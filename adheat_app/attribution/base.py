@@ -1,0 +1,213 @@
+"""The heatmap method base class and the fixed-shape batching every method shares.
+
+A method (one file per method in this package) turns a batch of template-space
+volumes and their target classes into one map per volume. Work is cut into
+*items* (a scan, a scan at one IG step, a scan with one patch occluded) and
+items of many scans are packed into forward/backward passes of exactly
+``batch`` rows; the last pass is padded with zero volumes.
+
+Why a fixed shape: on CPU (oneDNN) and with cuDNN, a row's result depends on
+the batch *size* (different kernels are chosen) but not on its position or on
+the other rows (measured with torch 2.13: batch 3 and batch 8 differ by 3e-10,
+reordered rows are bitwise equal). Padding every pass to the same size makes a
+scan's heatmap bitwise identical whichever scans share its passes, so the
+participant level (one subject) and the group level (all subjects) write the
+same files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from adheat_app.config import HeatmapOptions
+
+#: Bytes of activations and gradients per input voxel of one row in a backward pass (measured
+#: for the Rieke et al. network: 1.0 GB for 4 rows of 96x112x96, rounded up).
+BYTES_PER_VOXEL = 256
+#: Rows per pass when the memory budget allows it.
+MAX_BATCH = 16
+#: Memory budget (GB) assumed when --mem-gb is 0.
+DEFAULT_MEM_GB = 4.0
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method needs to know beyond its options.
+
+    Attributes
+    ----------
+    resolution : float
+        Voxel size of the analysis grid in mm (patch sizes are given in mm).
+    space : str
+        Template space of the volumes (atlas and mean baseline).
+    batch : int
+        Rows per forward/backward pass.
+    seed : int
+        Root seed (stochastic methods derive a per-scan seed from it).
+    device : torch.device
+        Compute device.
+    """
+
+    resolution: float
+    space: str
+    batch: int
+    seed: int
+    device: torch.device
+
+    @property
+    def amp(self) -> bool:
+        """Mixed precision for forward-only passes (CUDA only)."""
+        return self.device.type == "cuda"
+
+
+def batch_size(options: HeatmapOptions, mem_gb: float, shape: tuple[int, ...]) -> int:
+    """Rows per pass: ``--heatmap-batch-size``, or what half the memory budget holds.
+
+    Parameters
+    ----------
+    options : HeatmapOptions
+        Heatmap options (``heatmap_batch_size`` > 0 wins).
+    mem_gb : float
+        Memory budget in GB (0: :data:`DEFAULT_MEM_GB`).
+    shape : tuple of int
+        Volume grid.
+    """
+    if options.heatmap_batch_size > 0:
+        return options.heatmap_batch_size
+    per_row = float(np.prod(shape)) * BYTES_PER_VOXEL
+    budget = (mem_gb or DEFAULT_MEM_GB) * 1e9 / 2
+    return int(min(MAX_BATCH, max(1, budget // per_row)))
+
+
+def scan_seed(seed: int, key: str) -> int:
+    """A per-scan seed from the root seed and the scan's key (independent of batch composition)."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def padded_batches(n_items: int, batch: int, build: Callable[[np.ndarray], torch.Tensor]
+                   ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Yield ``(item indices, rows)`` with ``rows`` always holding exactly ``batch`` rows.
+
+    Parameters
+    ----------
+    n_items : int
+        Number of items.
+    batch : int
+        Rows per pass.
+    build : callable
+        Maps an array of item indices to their input rows ``(len, ...)``; the
+        rows are padded with zeros to ``batch``.
+    """
+    for start in range(0, n_items, batch):
+        index = np.arange(start, min(start + batch, n_items))
+        rows = build(index)
+        if len(index) < batch:
+            pad = rows.new_zeros((batch - len(index), *rows.shape[1:]))
+            rows = torch.cat([rows, pad])
+        yield index, rows
+
+
+def pad_targets(targets: torch.Tensor, batch: int) -> torch.Tensor:
+    """Targets of a padded batch (class 0 for the padding rows)."""
+    return torch.cat([targets, targets.new_zeros(batch - len(targets))]) if len(targets) < batch else targets
+
+
+class ProbabilityModel(nn.Module):
+    """A classifier followed by a softmax: explains class probabilities, as Rieke et al. do."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(N, 2)``."""
+        return torch.softmax(self.model(x), dim=1)
+
+
+def class_probability(model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, context: MethodContext
+                      ) -> torch.Tensor:
+    """Probability of each row's target class, computed in padded passes without gradients."""
+    out = torch.empty(len(volumes), device=volumes.device)
+    with torch.inference_mode(), torch.autocast(context.device.type, enabled=context.amp):
+        for index, rows in padded_batches(len(volumes), context.batch, lambda i: volumes[i]):
+            prob = torch.softmax(model(rows).float(), dim=1)[: len(index)]
+            out[index] = prob[torch.arange(len(index)), targets[index]]
+    return out
+
+
+class Method(ABC):
+    """A heatmap method (one subclass per file, registered by CLI name).
+
+    Subclasses declare :attr:`name`, :attr:`signed` and :attr:`slow`, document
+    their parameters in :meth:`parameters` and compute maps in
+    :meth:`attribute`.
+
+    Parameters
+    ----------
+    options : HeatmapOptions
+        Heatmap options of the run.
+    context : MethodContext
+        Grid, batch size, seed and device.
+    """
+
+    name: ClassVar[str]
+    signed: ClassVar[bool]
+    slow: ClassVar[bool] = False
+    stochastic: ClassVar[bool] = False
+
+    def __init__(self, options: HeatmapOptions, context: MethodContext):
+        self.options = options
+        self.context = context
+
+    @abstractmethod
+    def parameters(self) -> dict:
+        """The method's parameters as recorded in sidecars (and compared on reruns)."""
+
+    @abstractmethod
+    def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str]
+                  ) -> torch.Tensor:
+        """Heatmaps of ``volumes`` for their ``targets``.
+
+        Parameters
+        ----------
+        model : nn.Module
+            Classifier in eval mode, parameters frozen, on ``context.device``.
+        volumes : torch.Tensor
+            ``(N, 1, X, Y, Z)`` float32 on ``context.device``.
+        targets : torch.Tensor
+            ``(N,)`` int64 class explained per volume.
+        keys : list of str
+            Scan keys (per-scan seeds of stochastic methods).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N, X, Y, Z)`` float32.
+        """
+
+
+class GradientMethod(Method):
+    """A method with one backward pass per scan: scans are packed into padded passes."""
+
+    @abstractmethod
+    def explain(self, model: nn.Module, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Maps ``(B, 1, X, Y, Z)`` of one full pass (``targets`` already padded)."""
+
+    def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str]
+                  ) -> torch.Tensor:
+        """Heatmaps, one padded pass of ``context.batch`` scans at a time."""
+        out = torch.empty((len(volumes), *volumes.shape[2:]), device=volumes.device)
+        for index, rows in padded_batches(len(volumes), self.context.batch, lambda i: volumes[i]):
+            rows.requires_grad_(True)
+            maps = self.explain(model, rows, pad_targets(targets[index], self.context.batch))
+            out[index] = maps[: len(index), 0].detach().float()
+        return out

@@ -1,0 +1,89 @@
+"""Canonization for LRP: fold every BatchNorm3d into the convolution that feeds it.
+
+LRP rules are defined for linear layers followed by activations; a BatchNorm
+in evaluation mode is an affine map per channel, so it is merged into the
+preceding Conv3d (``w' = w * g / s``, ``b' = (b - mu) * g / s + beta`` with
+``s = sqrt(var + eps)``) and replaced by ``nn.Identity``. Which convolution
+feeds which BatchNorm is read from one traced forward pass (the BatchNorm's
+input must be exactly that convolution's output), not from declaration order.
+The folded copy is checked against the original on the example input.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+#: Largest allowed difference between the logits of the original and the folded model.
+FOLD_ATOL = 1e-4
+
+
+def _feeding_convs(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
+    """Map each BatchNorm3d's name to the name of the Conv3d whose output it normalises."""
+    outputs: dict[int, str] = {}
+    pairs: dict[str, str] = {}
+    names = {module: name for name, module in model.named_modules()}
+    handles = []
+
+    def conv_hook(module, inputs, output):
+        outputs[id(output)] = names[module]
+
+    def bn_hook(module, inputs):
+        conv = outputs.get(id(inputs[0]))
+        if conv is None:
+            raise ValueError(f"BatchNorm3d {names[module]!r} does not directly follow a Conv3d; LRP cannot fold it")
+        pairs[names[module]] = conv
+
+    for module in model.modules():
+        if isinstance(module, nn.Conv3d):
+            handles.append(module.register_forward_hook(conv_hook))
+        elif isinstance(module, nn.BatchNorm3d):
+            handles.append(module.register_forward_pre_hook(bn_hook))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return pairs
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` (eval mode) with every BatchNorm3d folded into its Conv3d.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Classifier in eval mode.
+    example : torch.Tensor
+        One input batch, used to trace which convolution feeds which BatchNorm
+        and to verify the folded copy.
+
+    Raises
+    ------
+    ValueError
+        When a BatchNorm3d does not directly follow a Conv3d, or the folded
+        model's outputs differ from the original's by more than :data:`FOLD_ATOL`.
+    """
+    folded = copy.deepcopy(model).eval()
+    pairs = _feeding_convs(folded, example)
+    with torch.no_grad():
+        for bn_name, conv_name in pairs.items():
+            bn = folded.get_submodule(bn_name)
+            conv = folded.get_submodule(conv_name)
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1, 1))
+            conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias, requires_grad=False)
+            _set_submodule(folded, bn_name, nn.Identity())
+        difference = (folded(example) - model(example)).abs().max().item()
+    if difference > FOLD_ATOL:
+        raise ValueError(f"folding BatchNorm changed the model's outputs by {difference:.2e} (> {FOLD_ATOL})")
+    return folded

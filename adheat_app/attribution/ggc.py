@@ -1,0 +1,32 @@
+"""Guided Grad-CAM (Selvaraju et al. 2017) on the last convolution, as Wang et al. 2023.
+
+captum's :class:`~captum.attr.GuidedGradCam` on ``model.last_conv`` for the
+target *logit*: Grad-CAM of that layer (channel weights = spatially averaged
+gradients, ReLU of the weighted sum) upsampled trilinearly to the input grid,
+times guided backpropagation. Signed (guided backpropagation can be negative).
+"""
+
+from __future__ import annotations
+
+import torch
+from captum.attr import GuidedGradCam
+from torch import nn
+
+from adheat_app.attribution import METHODS
+from adheat_app.attribution.base import GradientMethod
+
+
+@METHODS.register("GGC")
+class GGC(GradientMethod):
+    """Guided Grad-CAM of the target logit on ``model.last_conv`` (signed)."""
+
+    name = "GGC"
+    signed = True
+
+    def parameters(self) -> dict:
+        """Layer, upsampling and output explained."""
+        return {"Layer": "last_conv", "Upsampling": "trilinear", "Output": "logit"}
+
+    def explain(self, model: nn.Module, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """captum GuidedGradCam with trilinear upsampling."""
+        return GuidedGradCam(model, model.last_conv).attribute(rows, target=targets, interpolate_mode="trilinear")

@@ -1,0 +1,229 @@
+"""Layer-wise relevance propagation (Bach et al. 2015), as Wang et al. 2023: alpha-beta from the target logit.
+
+Implementation choice. captum's :class:`~captum.attr.LRP` changes each layer's
+weights once and back-propagates through them; that expresses the epsilon,
+gamma and alpha1-beta0 rules, but not alpha-beta with beta > 0 (it needs the
+positive and the negative contributions of a layer separately) and not the
+z+ rule for signed inputs (the first layer sees z-scored intensities below 0).
+So adheat propagates relevance itself, with the same structure: the model is
+canonized (BatchNorm folded into its Conv3d, :mod:`.canonize`), and a forward
+hook on every Conv3d/Linear (and average pool) replaces that layer's backward
+pass by its LRP rule, so one batched forward/backward pass gives the input
+relevance of a whole batch. ReLU, Dropout (eval), flatten and max-pooling pass
+relevance unchanged through autograd (max-pool: winner takes all, as Wang et
+al.). Residual sums (``a + b`` in a forward, as in ``resnet3d``) are found by
+tracing the model with ``torch.fx`` and split in proportion to the addends
+(``R_a = a / (a + b) R``, epsilon-stabilised), so relevance is not counted
+twice. Relevance starts from the target logit. With ``lrp_rule = epsilon`` the
+result equals captum's LRP with ``EpsilonRule`` on the folded model (tested).
+
+Rules (``--lrp-rule``), for a layer ``z_j = sum_i x_i w_ij + b_j``:
+
+- ``alphabeta`` (default, Wang et al.): ``R_i = sum_j (alpha * (x_i w_ij)^+ / z_j^+
+  - beta * (x_i w_ij)^- / z_j^-) R_j`` with alpha = 1.5, beta = 0.5, biases
+  ignored in ``z^+`` and ``z^-``.
+- ``zplus``: the same with alpha = 1, beta = 0 (positive contributions only).
+- ``epsilon``: ``R_i = sum_j x_i w_ij / (z_j + eps sign z_j) R_j``; biases
+  absorb relevance, so relevance is conserved only for bias-free layers.
+
+Average pools use the epsilon rule (positive weights: every rule agrees).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from adheat_app.attribution import METHODS
+from adheat_app.attribution.base import GradientMethod
+from adheat_app.attribution.canonize import fold_batchnorm
+
+ALPHA_BETA = {"alphabeta": (1.5, 0.5), "zplus": (1.0, 0.0)}
+#: Modules through which relevance flows by the plain gradient.
+PASS_THROUGH = (nn.ReLU, nn.Dropout, nn.MaxPool3d, nn.Identity, nn.Sequential, nn.ModuleList)
+POOLS = (nn.AvgPool3d, nn.AdaptiveAvgPool3d)
+
+
+def _linear_map(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(x, w) -> x * w`` of a Conv3d or Linear, without bias."""
+    if isinstance(module, nn.Conv3d):
+        return lambda x, w: F.conv3d(x, w, None, module.stride, module.padding, module.dilation, module.groups)
+    return lambda x, w: F.linear(x, w)
+
+
+def _functional(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The layer's forward without its hooks (the rule hook must not call itself)."""
+    if isinstance(module, nn.AdaptiveAvgPool3d):
+        return lambda x: F.adaptive_avg_pool3d(x, module.output_size)
+    if isinstance(module, nn.AvgPool3d):
+        return lambda x: F.avg_pool3d(x, module.kernel_size, module.stride, module.padding, module.ceil_mode,
+                                      module.count_include_pad, module.divisor_override)
+    apply = _linear_map(module)
+    if module.bias is None:
+        return lambda x: apply(x, module.weight)
+    shape = (1, -1) + (1,) * (3 if isinstance(module, nn.Conv3d) else 0)
+    return lambda x: apply(x, module.weight) + module.bias.view(shape)
+
+
+def _stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    return z + epsilon * torch.where(z >= 0, 1.0, -1.0)
+
+
+def epsilon_rule(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, relevance: torch.Tensor,
+                 epsilon: float) -> torch.Tensor:
+    """Input relevance of a layer ``forward`` (bias included in ``z``) by the epsilon rule."""
+    x = x.detach().requires_grad_(True)
+    z = forward(x)
+    scaled = (relevance / _stabilise(z.detach(), epsilon)).detach()
+    grad, = torch.autograd.grad((z * scaled).sum(), x)
+    return x.detach() * grad
+
+
+def alpha_beta_rule(module: nn.Module, x: torch.Tensor, relevance: torch.Tensor, alpha: float, beta: float,
+                    epsilon: float) -> torch.Tensor:
+    """Input relevance of a Conv3d/Linear by the alpha-beta rule (biases ignored)."""
+    apply = _linear_map(module)
+    x_pos = x.detach().clamp(min=0).requires_grad_(True)
+    x_neg = x.detach().clamp(max=0).requires_grad_(True)
+    w_pos, w_neg = module.weight.detach().clamp(min=0), module.weight.detach().clamp(max=0)
+    out = 0.0
+    for weight, pair in ((alpha, (w_pos, w_neg)), (-beta, (w_neg, w_pos))):
+        if weight == 0:
+            continue
+        z = apply(x_pos, pair[0]) + apply(x_neg, pair[1])
+        scaled = (relevance / (z.detach() + epsilon * (1 if weight > 0 else -1))).detach()
+        g_pos, g_neg = torch.autograd.grad((z * scaled).sum(), (x_pos, x_neg))
+        out = out + weight * (x_pos.detach() * g_pos + x_neg.detach() * g_neg)
+    return out
+
+
+class _RuleFunction(torch.autograd.Function):
+    """Identity on the layer's output whose backward is the layer's LRP rule."""
+
+    @staticmethod
+    def forward(ctx, x, output, rule):
+        ctx.save_for_backward(x)
+        ctx.rule = rule
+        return output.clone()
+
+    @staticmethod
+    def backward(ctx, relevance):
+        x, = ctx.saved_tensors
+        with torch.enable_grad():
+            return ctx.rule(x, relevance), None, None
+
+
+class _AddFunction(torch.autograd.Function):
+    """``a + b`` whose backward splits relevance in proportion to the addends."""
+
+    @staticmethod
+    def forward(ctx, a, b, epsilon):
+        ctx.save_for_backward(a, b)
+        ctx.epsilon = epsilon
+        return a + b
+
+    @staticmethod
+    def backward(ctx, relevance):
+        a, b = ctx.saved_tensors
+        scaled = relevance / _stabilise(a + b, ctx.epsilon)
+        return a * scaled, b * scaled, None
+
+
+def split_add(a: torch.Tensor, b: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``a + b`` with the proportional relevance split of :class:`_AddFunction` (the fx replacement of ``+``)."""
+    return _AddFunction.apply(a, b, epsilon)
+
+
+def with_split_additions(model: nn.Module, epsilon: float) -> torch.fx.GraphModule:
+    """``model`` traced with ``torch.fx``, every tensor addition replaced by :func:`split_add`.
+
+    Raises
+    ------
+    ValueError
+        When the model cannot be traced (data-dependent control flow in ``forward``).
+    """
+    try:
+        traced = torch.fx.symbolic_trace(model)
+    except Exception as exc:  # fx raises several error types for untraceable code
+        raise ValueError(f"LRP needs a model torch.fx can trace: {exc}") from exc
+    for node in traced.graph.nodes:
+        if (node.op == "call_function" and node.target in (operator.add, torch.add) and len(node.args) == 2
+                and all(isinstance(arg, torch.fx.Node) for arg in node.args)):
+            node.target = split_add
+            node.args = (*node.args, epsilon)
+    traced.recompile()
+    return traced
+
+
+def lrp_rule(module: nn.Module, rule: str, epsilon: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The relevance map ``(x, R_out) -> R_in`` of one layer."""
+    if isinstance(module, POOLS) or rule == "epsilon":
+        return lambda x, r: epsilon_rule(_functional(module), x, r, epsilon)
+    alpha, beta = ALPHA_BETA[rule]
+    return lambda x, r: alpha_beta_rule(module, x, r, alpha, beta, epsilon)
+
+
+def attach_rules(model: nn.Module, rule: str, epsilon: float) -> list:
+    """Hook the LRP rule onto every Conv3d, Linear and average pool of a canonized model.
+
+    Returns the hook handles (remove them when done).
+
+    Raises
+    ------
+    ValueError
+        For a module type LRP has no rule for (e.g. a BatchNorm that was not folded).
+    """
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv3d, nn.Linear, *POOLS)):
+            fn = lrp_rule(module, rule, epsilon)
+            handles.append(module.register_forward_hook(
+                lambda mod, inputs, output, fn=fn: _RuleFunction.apply(inputs[0], output.detach(), fn)))
+        elif module is not model and not isinstance(module, PASS_THROUGH) and not list(module.children()):
+            for handle in handles:
+                handle.remove()
+            raise ValueError(f"LRP has no rule for module {name!r} ({type(module).__name__})")
+    return handles
+
+
+def lrp(model: nn.Module, rows: torch.Tensor, targets: torch.Tensor, rule: str, epsilon: float) -> torch.Tensor:
+    """Input relevance of ``rows`` (``(B, 1, X, Y, Z)``) from their target logits.
+
+    ``model`` must be canonized (:func:`~adheat_app.attribution.canonize.fold_batchnorm`).
+    """
+    model = with_split_additions(model, epsilon)
+    handles = attach_rules(model, rule, epsilon)
+    try:
+        rows = rows.detach().requires_grad_(True)
+        logits = model(rows).gather(1, targets[:, None])
+        relevance, = torch.autograd.grad(logits, rows, grad_outputs=logits.detach())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return relevance
+
+
+@METHODS.register("LRP")
+class LRP(GradientMethod):
+    """LRP of the target logit on the BatchNorm-folded model (signed)."""
+
+    name = "LRP"
+    signed = True
+
+    def parameters(self) -> dict:
+        """Rule, its alpha/beta, epsilon and output explained."""
+        params = {"Rule": self.options.lrp_rule, "Epsilon": self.options.lrp_epsilon, "Output": "logit",
+                  "Canonization": "BatchNorm folded into Conv3d", "MaxPool": "winner-take-all"}
+        if self.options.lrp_rule in ALPHA_BETA:
+            params["Alpha"], params["Beta"] = ALPHA_BETA[self.options.lrp_rule]
+        return params
+
+    def explain(self, model: nn.Module, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """LRP of one padded pass on the folded copy of ``model``."""
+        folded = fold_batchnorm(model, rows[:1])
+        return lrp(folded, rows, targets, self.options.lrp_rule, self.options.lrp_epsilon)

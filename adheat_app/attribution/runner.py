@@ -1,0 +1,291 @@
+"""Per-subject heatmaps from the cross-validated models: out-of-fold, batched, resumable.
+
+:func:`run_heatmaps` is the one implementation behind both levels: the
+participant level calls it for the subjects it preprocessed, the group level
+for the whole cohort, so both write identical files (same cached inputs,
+fixed-shape padded passes, per-scan seeds; see :mod:`.base`).
+
+Which model explains a scan: the fold model whose ``split.tsv`` lists the scan
+in its ``test`` set (out-of-fold, as Wang et al.); a scan in no fold's test set
+(new data, MCI) gets the mean of the maps of every fold model (``Fold:
+"mean"``). Each fold model is loaded once. Heatmaps that exist with the same
+method, parameters, model and fold(s) are skipped unless ``--overwrite``.
+
+Outputs per scan and method: ``desc-<Method>_heatmap.nii.gz`` in template
+space at the model's resolution (float32) with a sidecar, and with
+``--native-space`` the same map on the subject's T1w grid (``space-T1w``).
+``--sanity-check`` runs :mod:`.sanity`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from torch import nn
+
+from adheat_app.attribution import METHODS
+from adheat_app.attribution.base import Method, MethodContext, batch_size, class_probability
+from adheat_app.bids import Derivatives, T1wInput, is_complete, software_versions
+from adheat_app.cohort import Cohort, Scan
+from adheat_app.config import RunConfig
+from adheat_app.errors import InputError
+from adheat_app.io import read_json
+from adheat_app.templates import parse_resolution
+from adheat_app.volumes import load_volumes
+
+LOGGER = logging.getLogger(__name__)
+
+#: Every method in report order; ``--methods all`` selects them all.
+METHOD_ORDER = ("IG", "LRP", "GGC", "Saliency", "GuidedBackprop", "Occlusion", "AreaOcclusion",
+                "NoiseImportance")
+#: Scans held in memory at once, in multiples of the pass size.
+CHUNK_PASSES = 4
+
+
+def selected_methods(names: tuple[str, ...]) -> list[str]:
+    """The method names of ``--methods`` (``all`` expands), in :data:`METHOD_ORDER`.
+
+    Raises
+    ------
+    InputError
+        For a name that is not a registered method.
+    """
+    available = [name for name in METHOD_ORDER if name in METHODS] + sorted(set(METHODS) - set(METHOD_ORDER))
+    if "all" in names:
+        return available
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise InputError(f"--methods {' '.join(unknown)}: unknown heatmap method(s); available: "
+                         f"{', '.join(available)} or 'all'")
+    return [n for n in available if n in names]
+
+
+def completed_folds(config: RunConfig) -> list[int]:
+    """Indices of the fold models of ``--model`` under the models folder that finished training."""
+    root = config.models_dir / config.training.model
+    folds = []
+    for path in root.glob("fold-*/model.json"):
+        suffix = path.parent.name.removeprefix("fold-")
+        if suffix.isdigit():
+            folds.append(int(suffix))
+    return sorted(folds)
+
+
+def heatmap_path(derivs: Derivatives, cohort: Cohort, scan: Scan, method: str) -> Path:
+    """Template-space heatmap of one scan and method."""
+    return derivs.subject_path(scan.subject, scan.session, "heatmap", space=cohort.space, res=cohort.res_label,
+                               desc=method)
+
+
+def raw_t1w(derivs: Derivatives, scan: Scan) -> T1wInput:
+    """The raw T1w input of a scan, from the ``Sources`` of its preprocessed image."""
+    sidecar = scan.image.with_name(scan.image.name.replace(".nii.gz", ".json"))
+    sources = read_json(sidecar).get("Sources", []) if sidecar.is_file() else []
+    raw = [s for s in sources if s.startswith("bids:raw:")]
+    if not raw:
+        raise InputError(f"{sidecar} names no raw T1w in Sources; rerun the participant level (--overwrite) "
+                         "to map heatmaps to native space")
+    return T1wInput(scan.subject, scan.session, derivs.bids_dir / raw[0].removeprefix("bids:raw:"))
+
+
+@dataclass
+class Assignment:
+    """Which fold model(s) explain a scan."""
+
+    scan: Scan
+    index: int
+    fold: int | None
+
+    @property
+    def fold_label(self) -> int | str:
+        """The sidecar's ``Fold``: the fold index, or ``"mean"``."""
+        return "mean" if self.fold is None else self.fold
+
+
+def assign_folds(config: RunConfig, cohort: Cohort, folds: list[int]) -> list[Assignment]:
+    """Each scan's out-of-fold model (``fold=None``: in no test set, mean of all folds)."""
+    from adheat_app.training import fold_dir, read_split
+
+    tested: dict[tuple[str, str | None], int] = {}
+    for k in folds:
+        split = read_split(fold_dir(config, k))
+        for row in split[split["set"] == "test"].itertuples():
+            session = None if not isinstance(row.session, str) or row.session in ("", "n/a") else row.session
+            tested[(str(row.subject), session)] = k
+    return [Assignment(scan, i, tested.get((scan.subject, scan.session))) for i, scan in enumerate(cohort.scans)]
+
+
+class HeatmapRun:
+    """State of one :func:`run_heatmaps` call: models, predictions, targets, pending work."""
+
+    def __init__(self, config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: list[int]):
+        from adheat_app.training import fold_dir, load_fold_model, resolve_device
+
+        self.config, self.derivs, self.cohort, self.folds = config, derivs, cohort, folds
+        hm = config.heatmaps
+        self.assignments = assign_folds(config, cohort, folds)
+        self.volumes = load_volumes([s.image for s in cohort.scans], config.work_dir)
+        self.device = resolve_device(config)
+        shape = tuple(self.volumes.shape[1:])
+        self.context = MethodContext(parse_resolution(cohort.res_label), cohort.space,
+                                     batch_size(hm, config.execution.mem_gb, shape), config.execution.seed,
+                                     self.device)
+        self.methods: list[Method] = [METHODS[n](hm, self.context) for n in selected_methods(hm.methods)]
+        self.model_files = {k: fold_dir(config, k) / "model.pt" for k in folds}
+        self.models = {}
+        for k in folds:
+            model, _ = load_fold_model(fold_dir(config, k), self.device)
+            for param in model.parameters():
+                param.requires_grad_(False)
+            self.models[k] = model.eval()
+        self.affine = nib.load(cohort.scans[0].image).affine
+        self.probability = self._predict()
+
+    def tensor(self, indices: list[int]) -> torch.Tensor:
+        """Scans as float32 ``(N, 1, X, Y, Z)`` on the device (cached float16 -> float32)."""
+        return torch.from_numpy(np.asarray(self.volumes[indices], dtype=np.float32))[:, None].to(self.device)
+
+    def models_of(self, a: Assignment) -> list[int]:
+        """Fold models that explain a scan."""
+        return self.folds if a.fold is None else [a.fold]
+
+    def _predict(self) -> np.ndarray:
+        """Probability of the positive class of every scan from its model(s) (mean over folds)."""
+        out = np.zeros(len(self.assignments))
+        for k in self.folds:
+            indices = [a.index for a in self.assignments if k in self.models_of(a)]
+            for start in range(0, len(indices), self.context.batch):
+                part = indices[start:start + self.context.batch]
+                positive = torch.ones(len(part), dtype=torch.int64, device=self.device)
+                prob = class_probability(self.models[k], self.tensor(part), positive, self.context)
+                share = np.array([len(self.models_of(self.assignments[i])) for i in part])
+                out[part] += prob.cpu().numpy().astype(np.float64) / share
+        return out
+
+    def target(self, a: Assignment) -> int:
+        """Class explained for a scan (``--target``; the predicted class where the true one is unknown)."""
+        predicted = int(self.probability[a.index] >= 0.5)
+        choice = self.config.heatmaps.target
+        if choice == "positive":
+            return 1
+        if choice == "true" and a.scan.target is not None:
+            return int(a.scan.target)
+        return predicted
+
+    def expected(self, method: Method, a: Assignment) -> dict:
+        """Sidecar values that must match for an existing heatmap to be reused."""
+        values = {"Method": method.name, "Parameters": json.loads(json.dumps(method.parameters())),
+                  "Model": self.config.training.model, "Fold": a.fold_label, "TargetClass": self.target(a)}
+        if a.fold is None:
+            values["FoldsAveraged"] = list(self.folds)
+        return values
+
+    def pending(self, method: Method) -> list[Assignment]:
+        """Scans whose heatmap of ``method`` is missing or outdated."""
+        if self.config.execution.overwrite:
+            return list(self.assignments)
+        return [a for a in self.assignments
+                if not is_complete(heatmap_path(self.derivs, self.cohort, a.scan, method.name),
+                                   **self.expected(method, a))]
+
+    def compute(self, method: Method, model: nn.Module, todo: list[Assignment]) -> tuple[np.ndarray, float]:
+        """Maps of ``todo`` (at most one chunk of scans) by one model, and the seconds spent."""
+        start = time.perf_counter()
+        targets = torch.tensor([self.target(a) for a in todo], dtype=torch.int64, device=self.device)
+        x = self.tensor([a.index for a in todo])
+        maps = method.attribute(model, x, targets, [a.scan.key for a in todo])
+        return maps.cpu().numpy(), time.perf_counter() - start
+
+    def write(self, method: Method, a: Assignment, data: np.ndarray, seconds: float) -> None:
+        """Write one heatmap (and its native-space copy) with its sidecar."""
+        path = heatmap_path(self.derivs, self.cohort, a.scan, method.name)
+        img = nib.Nifti1Image(data.astype(np.float32), self.affine)
+        img.set_qform(self.affine, code=4)
+        img.set_sform(self.affine, code=4)
+        sidecar = {
+            **self.expected(method, a),
+            "Description": f"{method.name} heatmap of the {self.config.training.model} classifier",
+            "PredictedProbability": float(self.probability[a.index]),
+            "TargetLabel": self.cohort.positive_label if self.target(a) else self.cohort.negative_label,
+            "TrueLabel": a.scan.diagnosis,
+            "Signed": method.signed,
+            "Seed": self.config.execution.seed,
+            "BatchSize": self.context.batch,
+            "Device": self.device.type,
+            "Software": software_versions(),
+            "WallTimeSeconds": round(seconds, 3),
+            "Sources": [self.derivs.source_uri(a.scan.image),
+                        *(self.derivs.source_uri(self.model_files[k]) for k in self.models_of(a))],
+        }
+        self.derivs.write_image(path, img, sidecar)
+        if self.config.heatmaps.native_space:
+            self.write_native(method, a, img, sidecar)
+
+    def write_native(self, method: Method, a: Assignment, img: nib.Nifti1Image, sidecar: dict) -> None:
+        """The heatmap on the subject's T1w grid, through the saved inverse transform."""
+        from adheat_app.preprocess import to_native
+
+        path = self.derivs.subject_path(a.scan.subject, a.scan.session, "heatmap", space="T1w", desc=method.name)
+        native = to_native(img, self.derivs, raw_t1w(self.derivs, a.scan))
+        self.derivs.write_image(path, native, {
+            **sidecar, "Space": "T1w",
+            "Sources": [self.derivs.source_uri(heatmap_path(self.derivs, self.cohort, a.scan, method.name))]})
+
+    def run_method(self, method: Method) -> None:
+        """Every pending heatmap of one method: out-of-fold scans, then fold means."""
+        todo = self.pending(method)
+        if not todo:
+            LOGGER.info("%s: every heatmap exists (skipped; --overwrite recomputes)", method.name)
+            return
+        LOGGER.info("%s: %d scan(s) to explain (batch %d, %s)", method.name, len(todo), self.context.batch,
+                    self.device)
+        chunk = self.context.batch * CHUNK_PASSES
+        for k in self.folds:
+            own = [a for a in todo if a.fold == k]
+            for first in range(0, len(own), chunk):
+                part = own[first:first + chunk]
+                maps, seconds = self.compute(method, self.models[k], part)
+                for a, data in zip(part, maps):
+                    self.write(method, a, data, seconds / len(part))
+                    LOGGER.info("%s %s: fold %d, %.1f s", method.name, a.scan.key, k, seconds / len(part))
+        unseen = [a for a in todo if a.fold is None]
+        for first in range(0, len(unseen), chunk):
+            part = unseen[first:first + chunk]
+            total, seconds = 0.0, 0.0
+            for k in self.folds:
+                maps, spent = self.compute(method, self.models[k], part)
+                total, seconds = total + maps, seconds + spent
+            for a, data in zip(part, total / len(self.folds)):
+                self.write(method, a, data, seconds / len(part))
+                LOGGER.info("%s %s: mean of %d folds, %.1f s", method.name, a.scan.key, len(self.folds),
+                            seconds / len(part))
+
+
+def run_heatmaps(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> None:
+    """Derive every selected method's heatmap of every scan of ``cohort`` (see the module docstring).
+
+    Does nothing (with a warning) when no trained fold model of ``--model`` exists.
+    """
+    from adheat_app.training.device import deterministic
+
+    folds = completed_folds(config)
+    if not folds:
+        LOGGER.warning("no trained %s fold model in %s: no heatmaps", config.training.model,
+                       config.models_dir / config.training.model)
+        return
+    selected_methods(config.heatmaps.methods)  # unknown names fail before any model is loaded
+    run = HeatmapRun(config, derivs, cohort, folds)
+    with deterministic(run.device, config.execution.omp_nthreads):
+        for method in run.methods:
+            run.run_method(method)
+        if config.heatmaps.sanity_check:
+            from adheat_app.attribution.sanity import run_sanity_check
+
+            run_sanity_check(run)

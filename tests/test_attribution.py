@@ -1,0 +1,382 @@
+"""Heatmap methods: axioms, equality with captum, batch invariance, ground truth, and the runner.
+
+Unit tests use small models defined here that follow the model contract
+(``Conv3d -> BatchNorm3d -> nn.ReLU() -> MaxPool3d`` blocks, ``torch.flatten``
+in ``forward``, ``model.last_conv``). The ground-truth tests train such a model
+on a simulated cohort with planted atrophy (and on a null cohort) and check
+where each method puts its relevance. The runner tests go through
+:func:`adheat_app.training.run_training` and :func:`run_heatmaps`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from captum.attr import LRP as CaptumLRP
+from captum.attr import IntegratedGradients, Occlusion as CaptumOcclusion
+from captum.attr._utils.lrp_rules import EpsilonRule
+from torch import nn
+
+from adheat_app.attribution import METHODS
+from adheat_app.attribution.base import MethodContext, batch_size, scan_seed
+from adheat_app.attribution.canonize import fold_batchnorm
+from adheat_app.attribution.lrp import lrp
+from adheat_app.attribution.runner import METHOD_ORDER, heatmap_path, run_heatmaps, selected_methods
+from adheat_app.bids import Derivatives, T1wInput, sidecar_path
+from adheat_app.config import HeatmapOptions
+from adheat_app.errors import InputError
+from adheat_app.io import read_json
+from conftest import make_preprocessed_cohort
+
+GRID = (16, 20, 16)
+CPU = torch.device("cpu")
+FAST = ("IG", "LRP", "GGC", "Saliency", "GuidedBackprop")
+GROUND_TRUTH = (*FAST, "Occlusion")
+
+
+class TinyCNN(nn.Module):
+    """Two or three conv blocks and a two-layer head, per the model contract."""
+
+    def __init__(self, shape: tuple[int, int, int], channels=(4, 8), bias: bool = True, hidden: int = 16):
+        super().__init__()
+        blocks, grid, c_in = [], list(shape), 1
+        for c_out in channels:
+            blocks += [nn.Conv3d(c_in, c_out, 3, bias=bias), nn.BatchNorm3d(c_out), nn.ReLU(), nn.MaxPool3d(2)]
+            grid, c_in = [(n - 2) // 2 for n in grid], c_out
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Linear(c_in * int(np.prod(grid)), hidden, bias=bias), nn.ReLU(),
+                                  nn.Dropout(0.2), nn.Linear(hidden, 2, bias=bias))
+
+    @property
+    def last_conv(self) -> nn.Conv3d:
+        return self.features[-4]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.features(x), 1))
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def random_model(seed: int = 0, shift: bool = True, **kwargs) -> nn.Module:
+    """A TinyCNN with non-trivial BatchNorm statistics (``shift=False``: zero means and offsets)."""
+    torch.manual_seed(seed)
+    model = TinyCNN(GRID, **kwargs)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm3d):
+            module.weight.data.uniform_(0.5, 1.5)
+            module.running_var.uniform_(0.5, 2.0)
+            if shift:
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.bias.data.uniform_(-0.2, 0.2)
+    return frozen(model)
+
+
+def context(batch: int = 4, resolution: float = 4.0, seed: int = 0) -> MethodContext:
+    return MethodContext(resolution, "MNI152NLin2009cAsym", batch, seed, CPU)
+
+
+def volumes(n: int = 3, seed: int = 1) -> torch.Tensor:
+    return torch.randn((n, 1, *GRID), generator=torch.Generator().manual_seed(seed))
+
+
+def test_registry_has_every_method_with_its_declarations():
+    assert set(METHODS) == set(METHOD_ORDER)
+    for name in METHOD_ORDER:
+        cls = METHODS[name]
+        assert cls.name == name and isinstance(cls.signed, bool)
+        assert cls.slow == (name in ("Occlusion", "AreaOcclusion", "NoiseImportance"))
+    assert selected_methods(("all",)) == list(METHOD_ORDER)
+    assert selected_methods(HeatmapOptions().methods) == [m for m in METHOD_ORDER if not METHODS[m].slow]
+    with pytest.raises(InputError, match="Gradcam"):
+        selected_methods(("Gradcam",))
+
+
+def test_batch_size_follows_the_memory_budget():
+    assert batch_size(HeatmapOptions(heatmap_batch_size=3), 0, (97, 115, 97)) == 3
+    assert batch_size(HeatmapOptions(), 0, (49, 58, 49)) == 16
+    assert batch_size(HeatmapOptions(), 2.0, (97, 115, 97)) == 3
+    assert batch_size(HeatmapOptions(), 0, (193, 229, 193)) == 1
+
+
+def test_ig_is_complete_and_equals_captum():
+    """Summed IG = f(x) - f(0) (completeness, 64 steps) and the batched IG equals captum's per scan."""
+    model = random_model(seed=3)
+    x, targets = volumes(2), torch.tensor([1, 0])
+    ig = METHODS["IG"](HeatmapOptions(ig_steps=64), context(batch=5))
+    maps = ig.attribute(model, x, targets, ["a", "b"])
+    logits, base = model(x), model(torch.zeros_like(x))
+    for i, t in enumerate(targets):
+        expected = float(logits[i, t] - base[i, t])
+        assert abs(float(maps[i].sum()) - expected) <= 0.05 * abs(expected)
+    reference = IntegratedGradients(model).attribute(x, target=targets, n_steps=64, internal_batch_size=16)
+    np.testing.assert_allclose(maps.numpy(), reference[:, 0].numpy(), atol=1e-5 * float(reference.abs().max()))
+
+
+def test_folding_batchnorm_keeps_outputs():
+    model = random_model(seed=4)
+    x = volumes(2)
+    folded = fold_batchnorm(model, x[:1])
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm3d) for m in model.modules())
+    assert torch.allclose(folded(x), model(x), atol=1e-4)
+
+
+def test_lrp_epsilon_conserves_relevance_and_equals_captum():
+    """Bias-free convs/linears and BatchNorm without shift (folded bias = 0): epsilon LRP conserves the logit."""
+    model = random_model(seed=5, shift=False, bias=False)
+    x, targets = volumes(3), torch.tensor([1, 0, 1])
+    folded = fold_batchnorm(model, x[:1])
+    relevance = lrp(folded, x, targets, "epsilon", 1e-9)
+    logits = model(x).gather(1, targets[:, None])[:, 0]
+    np.testing.assert_allclose(relevance.sum(dim=(1, 2, 3, 4)).numpy(), logits.numpy(), rtol=0.05)
+    folded.features = nn.Sequential(*[m for m in folded.features if not isinstance(m, nn.Identity)])  # no rule
+    for module in folded.modules():
+        if isinstance(module, (nn.Conv3d, nn.Linear)):
+            module.rule = EpsilonRule(epsilon=1e-9)
+    reference = CaptumLRP(folded).attribute(x.clone().requires_grad_(True), target=targets).detach()
+    np.testing.assert_allclose(relevance.numpy(), reference.numpy(), atol=1e-5 * float(reference.abs().max()))
+
+
+def test_lrp_alpha_beta_and_zplus_conserve_relevance_of_positive_inputs():
+    """With positive inputs and no biases, alpha-beta relevance sums to (alpha - beta) * logit = logit."""
+    model = random_model(seed=6, shift=False, bias=False)
+    x = volumes(2).abs()
+    targets = torch.tensor([0, 1])
+    folded = fold_batchnorm(model, x[:1])
+    logits = model(x).gather(1, targets[:, None])[:, 0]
+    for rule in ("alphabeta", "zplus"):
+        relevance = lrp(folded, x, targets, rule, 1e-9)
+        positive = logits > 0
+        sums = relevance.sum(dim=(1, 2, 3, 4))
+        np.testing.assert_allclose(sums[positive].numpy(), logits[positive].numpy(), rtol=0.05)
+
+
+def test_lrp_splits_residual_sums_instead_of_doubling_them():
+    from adheat_app.models import MODELS
+
+    torch.manual_seed(0)
+    model = MODELS["resnet3d"]((32, 32, 32))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm3d):
+            module.running_var.uniform_(0.5, 2.0)
+    model = frozen(model)
+    x = torch.randn(2, 1, 32, 32, 32).abs()
+    relevance = METHODS["LRP"](HeatmapOptions(lrp_rule="zplus"), context(batch=2)).attribute(
+        model, x, torch.tensor([1, 1]), ["a", "b"])
+    logits = model(x)[:, 1]
+    ratio = relevance.sum(dim=(1, 2, 3)) / logits
+    assert torch.all(ratio < 1.5), ratio  # counted twice at each of three residual sums: ratio ~ 8
+
+
+def test_occlusion_equals_captum_clipped():
+    model = random_model(seed=7)
+    x, targets = volumes(2), torch.tensor([1, 0])
+    options = HeatmapOptions(occlusion_size=24.0, occlusion_stride=16.0)
+    ours = METHODS["Occlusion"](options, context(batch=7)).attribute(model, x, targets, ["a", "b"])
+    probability = lambda v: torch.softmax(model(v), dim=1)  # noqa: E731
+    reference = CaptumOcclusion(probability).attribute(x, sliding_window_shapes=(1, 6, 6, 6), strides=(1, 4, 4, 4),
+                                                      baselines=0, target=targets)
+    np.testing.assert_allclose(ours.numpy(), reference[:, 0].clamp(min=0).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["IG", "LRP", "GGC", "Saliency", "GuidedBackprop", "Occlusion", "NoiseImportance"])
+def test_maps_do_not_depend_on_batch_composition(name):
+    """A scan's map is bitwise identical alone, in a batch of others, and in another position."""
+    model = random_model(seed=8)
+    x, targets, keys = volumes(5), torch.tensor([1, 0, 1, 1, 0]), ["a", "b", "c", "d", "e"]
+    options = HeatmapOptions(ig_steps=6, noise_steps=3, occlusion_size=32.0, occlusion_stride=32.0)
+    method = METHODS[name](options, context(batch=4))
+    together = method.attribute(model, x, targets, keys)
+    alone = method.attribute(model, x[3:4], targets[3:4], keys[3:4])
+    reordered = method.attribute(model, x[[3, 0]], targets[[3, 0]], [keys[3], keys[0]])
+    assert together.shape == (5, *GRID)
+    assert torch.equal(together[3], alone[0]) and torch.equal(together[3], reordered[0])
+    assert torch.equal(together[0], reordered[1])
+    assert float(together[3].abs().sum()) > 0
+    if METHODS[name].signed is False:
+        assert float(together.min()) >= 0
+
+
+def test_noise_importance_uses_per_scan_seeds():
+    assert scan_seed(1, "sub-01") == scan_seed(1, "sub-01") != scan_seed(1, "sub-02") != scan_seed(2, "sub-01")
+    model = random_model(seed=9)
+    x = volumes(1)
+    method = lambda seed: METHODS["NoiseImportance"](HeatmapOptions(noise_steps=3), context(seed=seed))  # noqa: E731
+    first = method(1).attribute(model, x, torch.tensor([1]), ["sub-01"])
+    assert torch.equal(first, method(1).attribute(model, x, torch.tensor([1]), ["sub-01"]))
+    assert not torch.equal(first, method(2).attribute(model, x, torch.tensor([1]), ["sub-01"]))
+    assert float(first.min()) >= 0 and float(first.max()) <= 1
+
+
+# --------------------------------------------------------------------------- ground truth
+
+
+def train_tiny(cohort, work_dir, epochs: int = 40) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """Full-batch training of a TinyCNN on every labelled scan (in-sample heatmaps test the methods)."""
+    from adheat_app.volumes import load_volumes
+
+    scans = cohort.labelled
+    x = torch.from_numpy(np.asarray(load_volumes([s.image for s in scans], work_dir), np.float32))[:, None]
+    y = torch.tensor([s.target for s in scans])
+    torch.manual_seed(0)
+    model = TinyCNN(tuple(x.shape[2:]), channels=(4, 8, 8))
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        model.train()
+        optimiser.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimiser.step()
+    return frozen(model), x, y
+
+
+def relevance_ratio(maps: np.ndarray, region: np.ndarray, brain: np.ndarray) -> float:
+    """Mean per-voxel relevance inside ``region`` over that in the rest of the brain (|map|, unit total each)."""
+    absolute = np.abs(maps) * brain
+    absolute /= absolute.sum(axis=(1, 2, 3), keepdims=True)
+    mean = absolute.mean(axis=0)
+    return float(mean[region & brain].mean() / mean[~region & brain].mean())
+
+
+def ground_truth_ratios(tmp_path_factory, null: bool) -> tuple[dict[str, float], float]:
+    root = tmp_path_factory.mktemp("null" if null else "planted")
+    _, derivs, cohort, truth = make_preprocessed_cohort(root, n_subjects=12, seed=1, effect_size=0.4, null=null)
+    model, x, y = train_tiny(cohort, root / "work")
+    accuracy = float((model(x).argmax(1) == y).float().mean())
+    ad = y == 1
+    brain = truth.template.mask_array()
+    options = HeatmapOptions(ig_steps=16, occlusion_size=20.0, occlusion_stride=20.0)
+    ratios = {}
+    for name in GROUND_TRUTH:
+        maps = METHODS[name](options, context(batch=8)).attribute(model, x[ad], y[ad], [""] * int(ad.sum()))
+        ratios[name] = relevance_ratio(maps.numpy(), truth.region, brain)
+    return ratios, accuracy
+
+
+@pytest.mark.slow
+def test_heatmaps_find_the_planted_atrophy(tmp_path_factory):
+    ratios, accuracy = ground_truth_ratios(tmp_path_factory, null=False)
+    assert accuracy == 1.0
+    for name, ratio in ratios.items():
+        assert ratio >= 3.0, (name, ratios)
+
+
+@pytest.mark.slow
+def test_heatmaps_find_nothing_in_a_null_cohort(tmp_path_factory):
+    ratios, _ = ground_truth_ratios(tmp_path_factory, null=True)
+    for name, ratio in ratios.items():
+        assert ratio < 3.0, (name, ratios)
+
+
+# --------------------------------------------------------------------------- runner
+
+RUN = {"training__model": "resnet3d", "training__folds": 2, "training__epochs": 3, "training__patience": 3,
+       "training__batch_size": 4, "training__learning_rate": 1e-3,
+       "heatmaps__methods": ("IG", "LRP", "GGC", "Saliency", "GuidedBackprop", "Occlusion", "NoiseImportance"),
+       "heatmaps__ig_steps": 8, "heatmaps__noise_steps": 3, "heatmaps__occlusion_size": 80.0,
+       "heatmaps__occlusion_stride": 80.0, "heatmaps__heatmap_batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 10-subject cohort (plus one MCI) with two trained folds, and the group-level heatmaps."""
+    from adheat_app.training import run_training
+
+    root = tmp_path_factory.mktemp("runner")
+    config, derivs, cohort, _ = make_preprocessed_cohort(root, n_subjects=10, seed=4, effect_size=0.4, n_mci=1,
+                                                         **RUN)
+    assert run_training(config, derivs, cohort) == [0, 1]
+    run_heatmaps(config, derivs, cohort)
+    return config, derivs, cohort
+
+
+def participant_copy(config, derivs, cohort, scans, out):
+    """A fresh output folder holding only ``scans``' preprocessed images, models taken from ``config``."""
+    from adheat_app.cohort import load_cohort
+
+    second = dataclasses.replace(config.replace("heatmaps", models=str(config.models_dir)), output_dir=out,
+                                 analysis_level=("participant",))
+    derivs2 = Derivatives(out, config.bids_dir)
+    derivs2.initialize()
+    for scan in scans:
+        for path in (scan.image, scan.mask):
+            for source in (path, sidecar_path(path)):
+                target = out / source.relative_to(derivs.root)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+    inputs = [T1wInput(s.subject, s.session, config.bids_dir / f"sub-{s.subject}" / "anat") for s in scans]
+    return second, derivs2, load_cohort(second, derivs2, inputs)
+
+
+@pytest.mark.slow
+def test_group_heatmaps_are_out_of_fold_with_complete_sidecars(trained):
+    from adheat_app.training import fold_dir, read_split
+
+    config, derivs, cohort = trained
+    test_fold = {}
+    for k in (0, 1):
+        split = read_split(fold_dir(config, k))
+        test_fold.update({s: k for s in split.loc[split["set"] == "test", "subject"]})
+    for scan in cohort.scans:
+        for name in RUN["heatmaps__methods"]:
+            path = heatmap_path(derivs, cohort, scan, name)
+            img = nib.load(path)
+            assert img.get_data_dtype() == np.float32 and img.shape == nib.load(scan.image).shape
+            side = read_json(sidecar_path(path))
+            assert side["Fold"] == test_fold.get(scan.subject, "mean")
+            assert side["Method"] == name and side["Model"] == "resnet3d" and side["Signed"] == METHODS[name].signed
+            assert side["TargetClass"] == (scan.target if scan.target is not None
+                                           else int(side["PredictedProbability"] >= 0.5))
+            assert 0 <= side["PredictedProbability"] <= 1 and side["TrueLabel"] == scan.diagnosis
+            for key in ("Parameters", "Seed", "Software", "WallTimeSeconds", "Sources", "TargetLabel"):
+                assert key in side
+            assert np.isfinite(np.asarray(img.dataobj)).all()
+    mci = [s for s in cohort.scans if s.diagnosis == "MCI"]
+    assert mci and read_json(sidecar_path(heatmap_path(derivs, cohort, mci[0], "IG")))["FoldsAveraged"] == [0, 1]
+
+
+@pytest.mark.slow
+def test_participant_and_group_paths_write_identical_files_and_reruns_skip(trained, tmp_path):
+    config, derivs, cohort = trained
+    scans = [cohort.labelled[0], next(s for s in cohort.scans if s.diagnosis == "MCI")]
+    config2, derivs2, cohort2 = participant_copy(config, derivs, cohort, scans, tmp_path / "out2")
+    run_heatmaps(config2, derivs2, cohort2)
+    for scan, scan2 in zip(scans, cohort2.scans):
+        for name in RUN["heatmaps__methods"]:
+            first = np.asarray(nib.load(heatmap_path(derivs, cohort, scan, name)).dataobj)
+            second = np.asarray(nib.load(heatmap_path(derivs2, cohort2, scan2, name)).dataobj)
+            assert np.array_equal(first, second), (scan.key, name)
+    stamps = {p: p.stat().st_mtime_ns for p in derivs2.root.rglob("*_heatmap.*")}
+    run_heatmaps(config2, derivs2, cohort2)
+    assert {p: p.stat().st_mtime_ns for p in derivs2.root.rglob("*_heatmap.*")} == stamps
+    changed = config2.replace("heatmaps", ig_steps=4, methods=("IG", "Saliency"))
+    run_heatmaps(changed, derivs2, cohort2)
+    redone = {p for p, t in stamps.items() if p.stat().st_mtime_ns != t}
+    assert redone and all("desc-IG_" in p.name for p in redone)
+
+
+@pytest.mark.slow
+def test_sanity_check_reports_rank_correlations(trained, tmp_path):
+    config, derivs, cohort = trained
+    config2, derivs2, cohort2 = participant_copy(config, derivs, cohort, cohort.labelled[:4], tmp_path / "out3")
+    config2 = config2.replace("heatmaps", methods=("Saliency", "GGC"), sanity_check=True)
+    run_heatmaps(config2, derivs2, cohort2)
+    table = pd.read_csv(derivs2.root / "group" / "sanity_check.tsv", sep="\t")
+    assert set(table["method"]) == {"Saliency", "GGC"}
+    assert {"layer", "spearman", "flagged", "step"} <= set(table.columns)
+    assert (table.groupby("method")["step"].max() == 11).all()  # resnet3d: 10 convolutions and 1 linear
+    saliency = table[table["method"] == "Saliency"]
+    assert saliency["spearman"].iloc[-1] < 0.9 and not saliency["flagged"].any()
+    checked = [s for s in cohort2.scans
+               if "SanityCheck" in read_json(sidecar_path(heatmap_path(derivs2, cohort2, s, "Saliency")))]
+    assert checked
