@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,5 +74,4 @@ def load_volumes(paths: Sequence[Path], work_dir: Path) -> np.ndarray:
             array[i] = np.asarray(img.dataobj, dtype=np.float32)
         array.flush()
         del array
-    os.chmod(target, 0o644)
     return np.load(target, mmap_mode="r")

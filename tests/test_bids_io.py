@@ -188,3 +188,9 @@ def test_citation_names_the_steps_present(tiny_bids, tmp_path):
     assert cited and all(f"{{{key}," in full_bib for key in cited)
     d = Derivatives(tmp_path / "out", tiny_bids)
     assert steps_present(d, "rieke2018") == {"always"}
+
+
+def test_atomic_outputs_follow_the_umask(tmp_path):
+    """Outputs must be readable by other users (containers run under another UID), not mkstemp's 0600."""
+    path = io.write_json(tmp_path / "x.json", {"a": 1})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~io._UMASK
