@@ -47,6 +47,16 @@ def steps_present(derivs: Derivatives, model: str) -> set[str]:
     return steps
 
 
+def _reference_text(config: RunConfig) -> str:
+    """One sentence naming the reference map the overlap scores used."""
+    ref = config.evaluation.reference_map
+    if ref:
+        return f"The reference map was the user-supplied `{Path(ref).name}`."
+    return ("The reference map was adheat's built-in activation likelihood estimation (ALE) map "
+            "[@eickhoff2009ale; @eickhoff2012ale] computed from anatomically defined foci (AAL3 centroids of the "
+            "regions that VBM meta-analyses report as atrophic in AD); it is not a published meta-analysis map.")
+
+
 def render_citation(config: RunConfig, steps: set[str]) -> tuple[str, str]:
     """Render the Markdown methods text and the BibTeX of the given steps."""
     folder = boilerplate_dir()
@@ -64,6 +74,7 @@ def render_citation(config: RunConfig, steps: set[str]) -> tuple[str, str]:
         "positive": tr.positive_label, "negative": tr.negative_label,
         "methods": ", ".join(hm.methods), "ig_steps": hm.ig_steps, "lrp_rule": hm.lrp_rule,
         "target": hm.target, "n_bootstrap": config.evaluation.n_bootstrap,
+        "reference_text": _reference_text(config),
     }
     text = (folder / "CITATION.md").read_text(encoding="utf-8")
     kept = _SECTION_RE.sub(lambda m: m["body"] if m["step"] in steps else "", text)
