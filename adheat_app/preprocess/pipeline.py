@@ -1,0 +1,257 @@
+"""One scan from its T1w (or its reused fMRIPrep outputs) to the template-space outputs.
+
+Steps for a T1w: validate and reorient to RAS (:mod:`.checks`), N4 bias-field
+correction, brain extraction unless the input is already skull-stripped
+(:mod:`.skullstrip`), brain-to-brain registration to the template
+(:mod:`.register`; skipped, with identity transforms, when the input already
+matches the template at least as well as :data:`TEMPLATE_SPACE_NCC`),
+resampling to the analysis grid, intensity normalisation inside the warped
+brain mask (:mod:`.intensity`) and quality control (:mod:`.qc`).
+
+Everything is computed in memory and under the job's own folder of the work
+directory (which also receives antspyx's temporary files); outputs are written
+only when every step succeeded, the preprocessed T1w's sidecar last, as the
+completion mark checked on reruns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from adheat_app.bids import Derivatives, T1wInput, file_hash, is_complete, software_versions
+from adheat_app.cohort import preproc_paths
+from adheat_app.config import RunConfig
+from adheat_app.io import atomic_path, write_json, write_text
+from adheat_app.preprocess import checks, intensity, qc, register, skullstrip
+from adheat_app.preprocess.reuse import AnatFiles
+from adheat_app.templates import Template, resample
+
+LOGGER = logging.getLogger(__name__)
+
+#: NCC with the template, before registration, from which an input counts as already in template space.
+TEMPLATE_SPACE_NCC = 0.92
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where the outputs of one input go."""
+
+    image: Path
+    mask: Path
+    forward: Path
+    inverse: Path
+    figure: Path
+
+
+def output_paths(derivs: Derivatives, t1w: T1wInput, template: Template) -> OutputPaths:
+    """The output paths of one input (DESIGN.md §4)."""
+    image, mask = preproc_paths(derivs, t1w, template.space, template.res_label)
+    forward = derivs.subject_path(t1w.subject, t1w.session, "xfm", ".h5", from_="T1w", to=template.space,
+                                  mode="image")
+    inverse = derivs.subject_path(t1w.subject, t1w.session, "xfm", ".h5", from_=template.space, to="T1w",
+                                  mode="image")
+    figure = derivs.root / f"sub-{t1w.subject}" / "figures" / f"{t1w.key}_desc-reg_T1w.svg"
+    return OutputPaths(image, mask, forward, inverse, figure)
+
+
+def settings(config: RunConfig, template: Template) -> dict:
+    """The parameters that change the outputs (recorded in the sidecar, compared on reruns)."""
+    pre = config.preprocessing
+    return {"Space": template.space, "Resolution": template.resolution, "RegistrationMethod": pre.registration,
+            "SkullStripMode": pre.skull_strip, "IntensityNormalization": pre.intensity_norm,
+            "AnatDerivatives": bool(pre.anat_derivatives), "Seed": config.execution.seed}
+
+
+def input_hash(t1w: T1wInput, anat: AnatFiles | None) -> str:
+    """Content hash of the files an output is made from."""
+    if anat is None:
+        return file_hash(t1w.path)
+    return file_hash(anat.image)[:32] + file_hash(anat.mask)[:32]
+
+
+def is_done(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Template,
+            anat: AnatFiles | None) -> bool:
+    """Whether every output of ``t1w`` exists and was made from the same input with the same settings."""
+    paths = output_paths(derivs, t1w, template)
+    needed = [paths.mask, paths.figure] + ([] if anat else [paths.forward, paths.inverse])
+    if not all(p.is_file() for p in needed):
+        return False
+    return is_complete(paths.image, InputHash=input_hash(t1w, anat), **settings(config, template))
+
+
+@dataclass
+class _Result:
+    """Arrays of one processed scan, on the template grid, before anything is written."""
+
+    warped: np.ndarray
+    mask: np.ndarray
+    meta: dict
+    registration: register.Registration | None
+
+
+def _native(config: RunConfig, t1w: T1wInput, template: Template, workdir: Path, timing: dict) -> _Result:
+    start = time.perf_counter()
+    img = checks.load_t1w(t1w.path)
+    stripped, reason = skullstrip.is_skull_stripped(img, t1w.path, config.preprocessing.skull_strip)
+    timing["Load"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if stripped:
+        mask = skullstrip.stripped_mask(img)
+        corrected = register.n4(img, mask)
+        timing["N4"] = time.perf_counter() - start
+        method = "none (input already skull-stripped)"
+    else:
+        corrected = register.n4(img)
+        timing["N4"] = time.perf_counter() - start
+        start = time.perf_counter()
+        mask = skullstrip.deepbet_mask(corrected)
+        timing["BrainExtraction"] = time.perf_counter() - start
+        method = "deepbet"
+    if mask.sum() * np.prod(img.header.get_zooms()[:3]) < 300_000:
+        raise RuntimeError(f"{t1w.path}: the brain mask holds only {mask.sum()} voxels; check the image "
+                           "(is it a T1w of a whole brain?)")
+    brain = nib.Nifti1Image(np.where(mask, np.asarray(corrected.dataobj), 0).astype(np.float32), img.affine)
+    mask_img = nib.Nifti1Image(mask.astype(np.float32), img.affine)
+    template_data = np.asarray(template.t1w.dataobj, dtype=np.float32)
+    template_mask = template.mask_array()
+    start = time.perf_counter()
+    before = qc.ncc(np.asarray(resample(brain, template.shape, template.affine).dataobj), template_data,
+                    template_mask)
+    notes = []
+    if before >= TEMPLATE_SPACE_NCC:
+        registration = register.identity(workdir)
+        notes.append(f"{t1w.path} is already in {template.space} space (NCC {before:.3f} with the template "
+                     "before registration): registration skipped")
+    else:
+        registration = register.register(brain, template.t1w, config.preprocessing.registration,
+                                         config.execution.seed, workdir)
+    timing["Registration"] = time.perf_counter() - start
+    start = time.perf_counter()
+    warped = np.asarray(register.apply_transform(brain, template.t1w, registration.forward).dataobj)
+    warped_mask = np.asarray(register.apply_transform(mask_img, template.t1w, registration.forward).dataobj) >= 0.5
+    timing["Resampling"] = time.perf_counter() - start
+    meta = {"InputSkullStripped": stripped,
+            "SkullStripping": {"Method": method, "Decision": reason},
+            "BiasFieldCorrection": "N4BiasFieldCorrection (ANTs), shrink factor 4",
+            "Registration": registration.settings, "NCCBeforeRegistration": round(before, 4), "Notes": notes}
+    return _Result(warped.astype(np.float32), warped_mask, meta, registration)
+
+
+def _reused(t1w: T1wInput, template: Template, anat: AnatFiles, timing: dict) -> _Result:
+    start = time.perf_counter()
+    img = checks.load_t1w(anat.image)
+    mask = checks.load_t1w(anat.mask)
+    data = np.asarray(resample(img, template.shape, template.affine).dataobj)
+    mask_data = np.asarray(resample(mask, template.shape, template.affine).dataobj) >= 0.5
+    timing["Resampling"] = time.perf_counter() - start
+    meta = {"InputSkullStripped": False,
+            "SkullStripping": {"Method": "fMRIPrep/sMRIPrep brain mask (--anat-derivatives)"},
+            "BiasFieldCorrection": "as done by fMRIPrep/sMRIPrep",
+            "Registration": {"Method": "reused from fMRIPrep/sMRIPrep (--anat-derivatives)",
+                             "ReusedImage": str(anat.image), "ReusedMask": str(anat.mask)},
+            "Notes": [f"{t1w.key}: registration reused from {anat.image}; no T1w<->template transforms were "
+                      "written, so maps cannot be taken back to the native grid"]}
+    return _Result(np.where(mask_data, data, 0).astype(np.float32), mask_data, meta, None)
+
+
+def _copy(source: Path, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def _grid_image(data: np.ndarray, template: Template) -> nib.Nifti1Image:
+    img = nib.Nifti1Image(data, template.affine)
+    img.set_qform(template.affine, code=4)
+    img.set_sform(template.affine, code=4)
+    img.header.set_xyzt_units("mm")
+    return img
+
+
+def process(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Template,
+            anat: AnatFiles | None = None) -> dict:
+    """Preprocess one input and write its outputs.
+
+    Parameters
+    ----------
+    config : RunConfig
+        The run configuration.
+    derivs : Derivatives
+        The output dataset.
+    t1w : T1wInput
+        The input scan.
+    template : Template
+        The analysis template.
+    anat : AnatFiles, optional
+        Reused fMRIPrep outputs (``--anat-derivatives``).
+
+    Returns
+    -------
+    dict
+        ``key``, ``ncc``, ``seconds`` and ``notes`` (messages for the log).
+    """
+    start = time.perf_counter()
+    workdir = config.work_dir / "preprocess" / t1w.key
+    shutil.rmtree(workdir, ignore_errors=True)
+    tmp = workdir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir, os.environ["TMPDIR"] = str(tmp), str(tmp)
+    timing: dict[str, float] = {}
+    try:
+        result = (_reused(t1w, template, anat, timing) if anat else
+                  _native(config, t1w, template, workdir, timing))
+        template_data = np.asarray(template.t1w.dataobj, dtype=np.float32)
+        template_mask = template.mask_array()
+        score = qc.ncc(result.warped, template_data, template_mask)
+        data = intensity.normalise(result.warped, result.mask, config.preprocessing.intensity_norm, template_data,
+                                   template_mask)
+        paths = output_paths(derivs, t1w, template)
+        figure = qc.figure_svg(result.warped, template_data, template_mask,
+                               f"{t1w.key}: registered T1w, template brain outline (red) and mid-intensity "
+                               f"contour (blue); NCC {score:.3f}")
+        sources = [derivs.source_uri(anat.image if anat else t1w.path)] + \
+            ([derivs.source_uri(anat.mask)] if anat else [])
+        if result.registration is not None:
+            _copy(result.registration.forward, paths.forward)
+            _copy(result.registration.inverse, paths.inverse)
+            for path, direction in ((paths.forward, "T1w to template"), (paths.inverse, "template to T1w")):
+                write_json(path.with_name(path.name.replace(".h5", ".json")), {
+                    "Sources": sources, "Type": "ANTs composite transform (HDF5)", "Direction": direction,
+                    "FromSpace": "T1w" if path == paths.forward else template.space,
+                    "ToSpace": template.space if path == paths.forward else "T1w",
+                    "Registration": result.meta["Registration"], "Software": software_versions()})
+            transforms = {"Forward": derivs.source_uri(paths.forward), "Inverse": derivs.source_uri(paths.inverse)}
+        else:
+            transforms = None
+        derivs.write_image(paths.mask, _grid_image(result.mask.astype(np.uint8), template),
+                           {"Sources": sources, "Type": "Brain", "Space": template.space,
+                            "Resolution": template.resolution, "RawSources": [derivs.source_uri(t1w.path)]})
+        write_text(paths.figure, figure)
+        seconds = time.perf_counter() - start
+        sidecar = {
+            "Sources": sources + [derivs.source_uri(paths.mask)], "SkullStripped": True,
+            **result.meta, "Transforms": transforms, "RegistrationNCC": round(score, 4),
+            "InputHash": input_hash(t1w, anat), **settings(config, template), "Template": template.describe(),
+            "Threads": int(os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "0")) or None,
+            "Software": software_versions(), "WallTimeSeconds": round(seconds, 2),
+            "StepSeconds": {k: round(v, 2) for k, v in timing.items()},
+            "QCFigure": derivs.source_uri(paths.figure),
+        }
+        derivs.write_image(paths.image, _grid_image(data, template), sidecar)
+    finally:
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"key": t1w.key, "ncc": score, "seconds": seconds, "notes": result.meta["Notes"]}

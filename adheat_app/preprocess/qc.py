@@ -1,0 +1,105 @@
+"""Quality control of preprocessing: registration NCC, the overlay figure and ``group/preproc_qc.tsv``.
+
+The registration-quality number is the normalised cross-correlation (Pearson
+correlation) between the registered, bias-corrected T1w and the template inside
+the template's brain mask. A scan is flagged as an outlier when its NCC is
+below :data:`MIN_NCC` or below the cohort median minus :data:`MAD_FACTOR`
+scaled median absolute deviations.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from adheat_app.bids import Derivatives
+from adheat_app.io import read_json, write_tsv
+
+#: NCC below which a registration is always an outlier.
+MIN_NCC = 0.5
+#: Scaled MADs below the median that make an outlier.
+MAD_FACTOR = 3.0
+_KEY_RE = re.compile(r"^sub-(?P<sub>[A-Za-z0-9]+)(?:_ses-(?P<ses>[A-Za-z0-9]+))?_")
+
+
+def ncc(image: np.ndarray, template: np.ndarray, mask: np.ndarray) -> float:
+    """Normalised cross-correlation of two arrays inside ``mask``."""
+    a = image[mask].astype(np.float64)
+    b = template[mask].astype(np.float64)
+    a -= a.mean()
+    b -= b.mean()
+    denominator = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denominator) if denominator > 0 else 0.0
+
+
+def figure_svg(image: np.ndarray, template: np.ndarray, mask: np.ndarray, title: str) -> str:
+    """Three orthogonal slices of the registered T1w with template contours, as SVG text.
+
+    Parameters
+    ----------
+    image, template, mask : numpy.ndarray
+        Registered T1w, template T1w and template mask on the template grid (RAS).
+    title : str
+        Figure title (the scan key and its NCC).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    centre = [int(round(c)) for c in np.argwhere(mask).mean(axis=0)]
+    inside = image[mask]
+    low, high = np.percentile(inside, [1, 99]) if inside.size else (0.0, 1.0)
+    levels = np.percentile(template[mask], [50]) if mask.any() else [0.5]
+    fig = Figure(figsize=(9, 3.4))
+    views = (("sagittal", lambda a: a[centre[0], :, :]), ("coronal", lambda a: a[:, centre[1], :]),
+             ("axial", lambda a: a[:, :, centre[2]]))
+    for index, (name, cut) in enumerate(views):
+        ax = fig.add_subplot(1, 3, index + 1)
+        ax.imshow(cut(image).T, origin="lower", cmap="gray", vmin=low, vmax=high, rasterized=True)
+        ax.contour(cut(mask.astype(np.float32)).T, levels=[0.5], colors="#ff3030", linewidths=0.8)
+        ax.contour(cut(template).T, levels=levels, colors="#30c0ff", linewidths=0.5)
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", dpi=90)
+    return buffer.getvalue()
+
+
+def flag_outliers(values: pd.Series) -> pd.Series:
+    """Outlier flag per NCC: below :data:`MIN_NCC`, or below median - 3 scaled MADs."""
+    median = float(values.median())
+    mad = 1.4826 * float((values - median).abs().median())
+    return (values < MIN_NCC) | (values < median - MAD_FACTOR * mad)
+
+
+def write_qc_table(derivs: Derivatives) -> Path:
+    """Collect the NCC of every preprocessed scan of the output dataset into ``group/preproc_qc.tsv``.
+
+    Columns: subject, session, space, res, ncc, skull_stripped_input,
+    registration, outlier.
+    """
+    rows = []
+    for side in sorted(derivs.root.glob("sub-*/**/anat/*_desc-preproc_T1w.json")):
+        match = _KEY_RE.match(side.name)
+        if not match:
+            continue
+        entities = dict(part.split("-", 1) for part in side.name.split("_")[:-1] if "-" in part)
+        meta = read_json(side)
+        if "RegistrationNCC" not in meta:
+            continue
+        rows.append({"subject": match["sub"], "session": match["ses"], "space": entities.get("space"),
+                     "res": entities.get("res"), "ncc": round(float(meta["RegistrationNCC"]), 4),
+                     "skull_stripped_input": meta.get("InputSkullStripped"),
+                     "registration": (meta.get("Registration") or {}).get("Method")})
+    table = pd.DataFrame(rows, columns=["subject", "session", "space", "res", "ncc", "skull_stripped_input",
+                                        "registration"])
+    table["outlier"] = flag_outliers(table["ncc"]) if len(table) else pd.Series(dtype=bool)
+    return write_tsv(derivs.root / "group" / "preproc_qc.tsv", table)
+

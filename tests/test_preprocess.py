@@ -1,0 +1,309 @@
+"""Preprocessing: input checks, accuracy against the simulator's known warps, reruns, fMRIPrep reuse, real heads.
+
+The accuracy tests run the real pipeline (N4, registration with antspyx,
+resampling, z-scoring) once on a small simulated cohort at 2 mm with two extra
+scans: one truncated file (a per-subject failure that must not stop the
+others) and one image already in template space (registration skipped).
+Regions of the template are mapped to each native grid through the saved
+inverse transform and compared with the simulator's native truth masks.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from adheat_app import simulate
+from adheat_app.bids import Derivatives, T1wInput
+from adheat_app.config import build_config
+from adheat_app.errors import InputError
+from adheat_app.preprocess import checks, intensity, pipeline, qc, run_preprocessing, to_native
+from adheat_app.templates import get_template
+from conftest import shared_data_or_skip, write_tiny_bids
+
+
+def _config(bids_dir: Path, out: Path, resolution: float, **preprocessing):
+    execution = {"resolution": resolution, "nprocs": 2, "omp_nthreads": 1, "seed": 7}
+    return build_config(bids_dir, out, ("participant",), {}, {"execution": execution,
+                                                              "preprocessing": preprocessing})
+
+
+def _save(path: Path, data: np.ndarray, affine=np.diag([1.0, 1.0, 1.0, 1.0]), qform: int = 1) -> Path:
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=qform)
+    img.set_sform(affine, code=qform)
+    nib.save(img, path)
+    return path
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+# ---------------------------------------------------------------------------------------------- input checks
+
+def _bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
+    rng = np.random.default_rng(0)
+    good = rng.random((20, 22, 18)).astype(np.float32) + 0.1
+    truncated = _save(folder / "truncated_T1w.nii.gz", good)
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    not_gzip = folder / "garbage_T1w.nii.gz"
+    not_gzip.write_bytes(b"this is not a NIfTI file at all" * 20)
+    text = folder / "scan_T1w.mgz"
+    text.write_bytes(b"\0" * 400)
+    nan = good.copy()
+    nan[3, 4, 5] = np.nan
+    inf = good.copy()
+    inf[1, 1, 1] = np.inf
+    return {
+        "4D": (_save(folder / "fourd_T1w.nii.gz", np.stack([good, good], -1)), "one 3D volume"),
+        "non-NIfTI": (text, "not a NIfTI file"),
+        "truncated": (truncated, "truncated or corrupt"),
+        "corrupt": (not_gzip, "cannot be read as NIfTI"),
+        "all-zero": (_save(folder / "zero_T1w.nii.gz", np.zeros_like(good)), "every voxel is 0"),
+        "NaN": (_save(folder / "nan_T1w.nii.gz", nan), "NaN or Inf"),
+        "Inf": (_save(folder / "inf_T1w.nii.gz", inf), "NaN or Inf"),
+        "voxel size": (_save(folder / "tiny_T1w.nii.gz", good, np.diag([0.01, 1.0, 1.0, 1.0])), "voxel size"),
+        "no qform/sform": (_save(folder / "noorient_T1w.nii.gz", good, qform=0), "qform_code and sform_code"),
+    }
+
+
+def test_every_bad_input_gives_a_one_line_message_naming_the_file(tmp_path):
+    for name, (path, expected) in _bad_inputs(tmp_path).items():
+        with pytest.raises(InputError) as info:
+            checks.load_t1w(path)
+        message = str(info.value)
+        assert expected in message, (name, message)
+        assert str(path) in message and "\n" not in message, name
+
+
+def test_load_reorients_to_ras_and_keeps_world_coordinates(tmp_path):
+    data = np.arange(10 * 12 * 14, dtype=np.int16).reshape(10, 12, 14) + 1
+    affine = np.array([[0, 0, -1.2, 50], [-1.0, 0, 0, 30], [0, 1.1, 0, -20], [0, 0, 0, 1]])
+    img = checks.load_t1w(_save(tmp_path / "lia_T1w.nii.gz", data, affine))
+    assert nib.aff2axcodes(img.affine) == ("R", "A", "S") and img.get_data_dtype() == np.float32
+    voxel = np.array([2, 3, 4])
+    world = affine @ np.r_[voxel, 1]
+    ras_voxel = np.rint(np.linalg.solve(img.affine, world)[:3]).astype(int)
+    assert img.get_fdata()[tuple(ras_voxel)] == data[tuple(voxel)]
+
+
+# ---------------------------------------------------------------------------------------------- small units
+
+def test_histogram_normalisation_matches_template_scale_then_zscores():
+    rng = np.random.default_rng(1)
+    mask = np.zeros((20, 20, 20), bool)
+    mask[4:16, 4:16, 4:16] = True
+    reference = rng.gamma(4.0, 1.0, mask.shape)
+    scan = 300 * reference ** 1.3 + 50
+    for method in ("zscore", "histogram"):
+        out = intensity.normalise(scan, mask, method, reference, mask)
+        assert abs(out[mask].mean()) < 1e-5 and abs(out[mask].std() - 1) < 1e-4 and not out[~mask].any()
+    matched = intensity.histogram_standardise(scan, mask, reference, mask)
+    assert np.corrcoef(matched[mask], reference[mask])[0, 1] > 0.999
+
+
+def test_outlier_flag_uses_median_mad_and_an_absolute_floor():
+    values = pd.Series([0.96, 0.95, 0.97, 0.96, 0.80, 0.45])
+    assert qc.flag_outliers(values).tolist() == [False, False, False, False, True, True]
+
+
+def test_workers_and_threads_follow_the_options(tmp_path):
+    from adheat_app.preprocess import plan_workers
+
+    cfg = _config(tmp_path, tmp_path / "out", 2.0)
+    assert plan_workers(cfg, 5, 2.0) == (2, 1)
+    assert plan_workers(cfg, 1, 2.0) == (1, 1)
+    auto = cfg.replace("execution", nprocs=0, omp_nthreads=0, mem_gb=2.6)
+    workers, threads = plan_workers(auto, 8, 1.0)
+    assert workers == 1 and threads >= 1
+
+
+# ---------------------------------------------------------------------------------------------- fMRIPrep reuse
+
+def _fmriprep(folder: Path, subject: str, space: str, template) -> None:
+    anat = folder / f"sub-{subject}" / "anat"
+    anat.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    data = np.asarray(template.t1w.dataobj) * (1 + 0.02 * rng.standard_normal(template.shape))
+    prefix = f"sub-{subject}_space-{space}_res-2"
+    _save(anat / f"{prefix}_desc-preproc_T1w.nii.gz", data.astype(np.float32), template.affine, 4)
+    _save(anat / f"{prefix}_desc-brain_mask.nii.gz", template.mask_array().astype(np.uint8), template.affine, 4)
+
+
+def test_anat_derivatives_are_reused_without_registration(tmp_path, tf_home):
+    template = get_template(4.0)
+    bids_dir = write_tiny_bids(tmp_path / "bids", {"01": "AD", "02": "CN"})
+    fmriprep = tmp_path / "fmriprep"
+    for sub in ("01", "02"):
+        _fmriprep(fmriprep, sub, template.space, get_template(2.0))
+    cfg = _config(bids_dir, tmp_path / "out", 4.0, anat_derivatives=str(fmriprep))
+    derivs = Derivatives(cfg.output_dir, bids_dir)
+    inputs = [T1wInput(s, None, bids_dir / f"sub-{s}" / "anat" / f"sub-{s}_T1w.nii.gz") for s in ("01", "02")]
+    assert run_preprocessing(cfg, inputs, derivs, template) == []
+    for t1w in inputs:
+        paths = pipeline.output_paths(derivs, t1w, template)
+        side = json.loads(paths.image.with_name(paths.image.name.replace(".nii.gz", ".json")).read_text())
+        assert side["Transforms"] is None and "no T1w<->template transforms" in side["Notes"][0]
+        assert side["RegistrationNCC"] > 0.95 and side["AnatDerivatives"] is True
+        assert not paths.forward.exists() and paths.mask.is_file() and paths.figure.is_file()
+        data = np.asarray(nib.load(paths.image).dataobj)
+        assert data.shape == template.shape and abs(data[data != 0].std() - 1) < 0.01
+        with pytest.raises(InputError, match="transform"):
+            to_native(nib.load(paths.image), derivs, t1w)
+    qc_table = pd.read_csv(cfg.output_dir / "group" / "preproc_qc.tsv", sep="\t", dtype={"subject": str})
+    assert qc_table["subject"].tolist() == ["01", "02"] and not qc_table["outlier"].any()
+
+
+def test_anat_derivatives_in_another_space_are_refused_before_writing(tmp_path, tf_home):
+    template = get_template(4.0)
+    bids_dir = write_tiny_bids(tmp_path / "bids", {"01": "AD"})
+    fmriprep = tmp_path / "fmriprep"
+    _fmriprep(fmriprep, "01", "MNI152NLin6Asym", get_template(2.0))
+    cfg = _config(bids_dir, tmp_path / "out", 4.0, anat_derivatives=str(fmriprep))
+    inputs = [T1wInput("01", None, bids_dir / "sub-01" / "anat" / "sub-01_T1w.nii.gz")]
+    with pytest.raises(InputError, match="only in space.*MNI152NLin6Asym.*--output-spaces MNI152NLin2009cAsym"):
+        run_preprocessing(cfg, inputs, Derivatives(cfg.output_dir, bids_dir), template)
+    assert not cfg.output_dir.exists()
+
+
+# ---------------------------------------------------------------------------------------------- simulated cohort
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory, tf_home):
+    """Two simulated subjects at 2 mm, a truncated scan and a scan already in template space, preprocessed once."""
+    root = tmp_path_factory.mktemp("preproc")
+    bids_dir = simulate.simulate_cohort(root / "bids", n_subjects=2, resolution=2.0, seed=11, effect_size=0.1)
+    template = get_template(2.0)
+    broken = bids_dir / "sub-03" / "anat" / "sub-03_T1w.nii.gz"
+    broken.parent.mkdir(parents=True)
+    source = (bids_dir / "sub-01" / "anat" / "sub-01_T1w.nii.gz").read_bytes()
+    broken.write_bytes(source[: len(source) // 3])
+    in_template = bids_dir / "sub-04" / "anat" / "sub-04_T1w.nii.gz"
+    in_template.parent.mkdir(parents=True)
+    scaled = np.rint(np.asarray(template.t1w.dataobj) * 1000 / np.asarray(template.t1w.dataobj).max())
+    _save(in_template, scaled.astype(np.int16), template.affine, 4)
+    cfg = _config(bids_dir, root / "out", 2.0)
+    derivs = Derivatives(cfg.output_dir, bids_dir)
+    derivs.initialize()
+    inputs = [T1wInput(s, None, bids_dir / f"sub-{s}" / "anat" / f"sub-{s}_T1w.nii.gz")
+              for s in ("01", "02", "03", "04")]
+    failed = run_preprocessing(cfg, inputs, derivs, template)
+    return {"cfg": cfg, "derivs": derivs, "inputs": inputs, "failed": failed, "template": template,
+            "bids": bids_dir}
+
+
+def _sidecar(simulated, t1w) -> dict:
+    path = pipeline.output_paths(simulated["derivs"], t1w, simulated["template"]).image
+    return json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+
+
+@pytest.mark.slow
+def test_broken_scan_fails_alone_with_a_crash_file_and_no_outputs(simulated):
+    assert simulated["failed"] == ["sub-03"]
+    crash = simulated["cfg"].output_dir / "logs" / "crash-sub-03.txt"
+    first = crash.read_text().splitlines()[0]
+    assert "sub-03_T1w.nii.gz" in first and ("truncated" in first or "cannot be read" in first)
+    assert not (simulated["derivs"].root / "sub-03").exists()
+
+
+@pytest.mark.slow
+def test_outputs_sidecars_figure_and_qc_table(simulated):
+    derivs, template = simulated["derivs"], simulated["template"]
+    for t1w in simulated["inputs"][:2]:
+        paths = pipeline.output_paths(derivs, t1w, template)
+        for path in (paths.image, paths.mask, paths.forward, paths.inverse):
+            assert path.is_file(), path
+        assert paths.figure.read_text().lstrip().startswith("<?xml")
+        side = _sidecar(simulated, t1w)
+        for key in ("Sources", "SkullStripped", "RegistrationNCC", "InputHash", "Space", "Resolution", "Software",
+                    "Registration", "WallTimeSeconds", "Template"):
+            assert key in side, key
+        assert side["InputSkullStripped"] is True and "sidecar" in side["SkullStripping"]["Decision"]
+        assert side["Registration"]["Method"] == "syn" and side["Transforms"]["Inverse"].endswith("_xfm.h5")
+        img = nib.load(paths.image)
+        assert img.shape == template.shape and np.allclose(img.affine, template.affine)
+        data = np.asarray(img.dataobj)
+        mask = np.asarray(nib.load(paths.mask).dataobj) > 0
+        assert abs(data[mask].mean()) < 1e-4 and abs(data[mask].std() - 1) < 1e-3 and not data[~mask].any()
+    table = pd.read_csv(derivs.root / "group" / "preproc_qc.tsv", sep="\t", dtype={"subject": str})
+    assert table["subject"].tolist() == ["01", "02", "04"]
+    assert {"ncc", "outlier"} <= set(table.columns) and not table["outlier"].any()
+
+
+@pytest.mark.slow
+def test_registration_ncc_is_high(simulated):
+    for t1w in simulated["inputs"][:2]:
+        assert _sidecar(simulated, t1w)["RegistrationNCC"] >= 0.95
+
+
+@pytest.mark.slow
+def test_template_regions_mapped_to_native_match_the_truth(simulated):
+    """Atlas hippocampus and planted region through the inverse transform vs. the simulator's native truth."""
+    truth = simulate.build_ground_truth(2.0)
+    template = simulated["template"]
+    truth_dir = simulated["bids"] / "derivatives" / "simulation"
+    for t1w in simulated["inputs"][:2]:
+        for desc, region in (("atrophy", truth.region), ("hippocampus", np.isin(truth.labels,
+                                                                                 truth.hippocampus_values))):
+            mapped = to_native(nib.Nifti1Image(region.astype(np.float32), template.affine), simulated["derivs"],
+                               t1w, interpolation="linear")
+            native = np.asarray(nib.load(truth_dir / f"sub-{t1w.subject}" / "anat" /
+                                         f"sub-{t1w.subject}_desc-{desc}_mask.nii.gz").dataobj) > 0
+            assert mapped.shape == native.shape
+            assert _dice(np.asarray(mapped.dataobj) >= 0.5, native) >= 0.80, (t1w.key, desc)
+
+
+@pytest.mark.slow
+def test_input_in_template_space_skips_registration(simulated):
+    side = _sidecar(simulated, simulated["inputs"][3])
+    assert "already in template space" in side["Registration"]["Method"]
+    assert "registration skipped" in side["Notes"][0] and side["RegistrationNCC"] > 0.99
+
+
+@pytest.mark.slow
+def test_rerun_skips_and_same_seed_gives_identical_arrays(simulated, tmp_path):
+    cfg, derivs, template = simulated["cfg"], simulated["derivs"], simulated["template"]
+    t1w = simulated["inputs"][0]
+    paths = pipeline.output_paths(derivs, t1w, template)
+    stamp = paths.image.stat().st_mtime_ns
+    assert run_preprocessing(cfg, [t1w], derivs, template) == []
+    assert paths.image.stat().st_mtime_ns == stamp
+    again = _config(cfg.bids_dir, tmp_path / "again", 2.0)
+    other = Derivatives(again.output_dir, cfg.bids_dir)
+    assert run_preprocessing(again, [t1w], other, template) == []
+    second = pipeline.output_paths(other, t1w, template)
+    for a, b in ((paths.image, second.image), (paths.mask, second.mask)):
+        assert np.array_equal(np.asarray(nib.load(a).dataobj), np.asarray(nib.load(b).dataobj))
+
+
+# ---------------------------------------------------------------------------------------------- real heads
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_real_whole_heads_register_well(tmp_path, tf_home):
+    """A native 0.88 mm uint8 head (chris_t1) and Colin27 in MNI space, not skull-stripped: NCC >= 0.85 at 2 mm."""
+    real = shared_data_or_skip() / "real"
+    bids_dir = write_tiny_bids(tmp_path / "bids", {"01": "CN", "02": "CN"})
+    inputs = []
+    for sub, name in (("01", "chris_t1.nii.gz"), ("02", "colin27_ch2_MRIcron.nii.gz")):
+        target = bids_dir / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz"
+        shutil.copyfile(real / name, target)
+        target.with_name(f"sub-{sub}_T1w.json").unlink()
+        inputs.append(T1wInput(sub, None, target))
+    cfg = _config(bids_dir, tmp_path / "out", 2.0)
+    derivs = Derivatives(cfg.output_dir, bids_dir)
+    template = get_template(2.0)
+    assert run_preprocessing(cfg, inputs, derivs, template) == []
+    for t1w in inputs:
+        path = pipeline.output_paths(derivs, t1w, template).image
+        side = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+        assert side["InputSkullStripped"] is False and side["SkullStripping"]["Method"] == "deepbet"
+        assert side["RegistrationNCC"] >= 0.85, (t1w.key, side["RegistrationNCC"])
+    assert not list((tmp_path / "out" / "work").rglob("*.h5")), "temporary transforms left in the work folder"
