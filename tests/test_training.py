@@ -33,8 +33,8 @@ from conftest import make_preprocessed_cohort
 QUICK = {"training__model": "resnet3d", "training__folds": 2, "training__epochs": 3, "training__patience": 3,
          "training__batch_size": 4, "training__learning_rate": 1e-3, "training__augment": True}
 #: Settings of the accuracy tests (24 subjects, 3 folds).
-ACCURACY = {"training__model": "resnet3d", "training__folds": 3, "training__epochs": 10, "training__patience": 10,
-            "training__batch_size": 4, "training__learning_rate": 1e-3}
+ACCURACY = {"training__model": "resnet3d", "training__folds": 3, "training__epochs": 15, "training__patience": 15,
+            "training__batch_size": 4, "training__learning_rate": 2e-3}
 
 
 def fake_cohort(n_subjects: int, sessions: int = 1, n_mci: int = 0) -> Cohort:
