@@ -20,6 +20,16 @@ from torch import nn
 FOLD_ATOL = 1e-4
 
 
+def traced_forward(model: nn.Module, example: torch.Tensor, handles: list) -> None:
+    """Run ``model`` on ``example`` without gradients, then remove the hook ``handles``."""
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _feeding_convs(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
     """Map each BatchNorm3d's name to the name of the Conv3d whose output it normalises."""
     outputs: dict[int, str] = {}
@@ -41,12 +51,7 @@ def _feeding_convs(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
             handles.append(module.register_forward_hook(conv_hook))
         elif isinstance(module, nn.BatchNorm3d):
             handles.append(module.register_forward_pre_hook(bn_hook))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    traced_forward(model, example, handles)
     return pairs
 
 

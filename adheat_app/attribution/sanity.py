@@ -27,6 +27,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from adheat_app.attribution.canonize import traced_forward
 from adheat_app.attribution.runner import HeatmapRun, heatmap_path
 from adheat_app.bids import sidecar_path
 from adheat_app.io import read_json, write_json, write_tsv
@@ -46,12 +47,7 @@ def learned_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     names = {module: name for name, module in model.named_modules()}
     handles = [m.register_forward_pre_hook(lambda mod, inputs: order.append(names[mod]))
                for m in model.modules() if isinstance(m, LEARNED)]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    traced_forward(model, example, handles)
     return list(reversed(order))
 
 

@@ -1,0 +1,147 @@
+"""Heatmap speed: seconds per subject per method, adheat's batched implementation vs captum per subject.
+
+Usage::
+
+    python benchmarks/heatmaps.py [--resolution 2] [--subjects 4] [--threads 2] [--methods IG Saliency ...]
+
+Builds the ``rieke2018`` network for the analysis grid (seeded random weights
+with non-trivial BatchNorm statistics: speed does not depend on training) and
+``--subjects`` scans (the template z-scored in its brain mask plus noise, one
+noise draw per scan). For every method it times adheat's implementation on all
+scans at once (fixed-shape padded passes, :mod:`adheat_app.attribution.base`)
+and, where captum has the method, captum called once per subject with its
+defaults (IG: ``n_steps`` = adheat's steps, ``internal_batch_size`` 8 as in
+FACTS.md; LRP: ``EpsilonRule`` on the BatchNorm-folded model, compared with
+adheat's epsilon rule; occlusion: ``perturbations_per_eval`` 1). Results must
+agree (Pearson correlation >= 0.999 per scan) for the ratio to count.
+Prints one table row per method; seconds are per subject.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from captum.attr import LRP as CaptumLRP
+from captum.attr import GuidedBackprop, GuidedGradCam, IntegratedGradients, Occlusion, Saliency
+from captum.attr._utils.lrp_rules import EpsilonRule
+from torch import nn
+
+from adheat_app.attribution import METHODS
+from adheat_app.attribution.base import MethodContext, ProbabilityModel, batch_size
+from adheat_app.attribution.canonize import fold_batchnorm
+from adheat_app.attribution.runner import METHOD_ORDER
+from adheat_app.config import HeatmapOptions
+from adheat_app.models import MODELS
+from adheat_app.templates import get_template
+
+OPTIONS = HeatmapOptions(ig_steps=32, lrp_rule="epsilon", occlusion_size=40.0, occlusion_stride=40.0,
+                         noise_steps=20)
+
+
+def scans(resolution: float, n: int) -> torch.Tensor:
+    """Template-like z-scored scans ``(n, 1, X, Y, Z)``."""
+    template = get_template(resolution)
+    data = np.asarray(template.t1w.dataobj, dtype=np.float32)
+    mask = template.mask_array()
+    base = np.where(mask, (data - data[mask].mean()) / data[mask].std(), 0).astype(np.float32)
+    rng = np.random.default_rng(0)
+    return torch.from_numpy(np.stack([base + mask * rng.normal(0, 0.3, base.shape).astype(np.float32)
+                                      for _ in range(n)]))[:, None]
+
+
+def network(shape: tuple[int, int, int]) -> nn.Module:
+    """rieke2018 with seeded weights and BatchNorm statistics, frozen, eval mode."""
+    torch.manual_seed(0)
+    model = MODELS["rieke2018"](shape)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def captum_lrp(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+    """captum LRP with EpsilonRule on every Conv3d/Linear of the folded model."""
+    folded = fold_batchnorm(model, x)
+    for module in folded.modules():
+        if isinstance(module, (nn.Conv3d, nn.Linear)):
+            module.rule = EpsilonRule(epsilon=OPTIONS.lrp_epsilon)
+    for name, module in list(folded.named_modules()):
+        if isinstance(module, nn.Identity):
+            parent, _, attr = name.rpartition(".")
+            setattr(folded.get_submodule(parent), attr, nn.Sequential())
+    return CaptumLRP(folded).attribute(x.requires_grad_(True), target=target)
+
+
+def captum_reference(name: str, model: nn.Module, x: torch.Tensor, target: int, resolution: float
+                     ) -> torch.Tensor | None:
+    """captum's map of one scan ``(1, 1, X, Y, Z)``, or None where captum has no such method."""
+    probability = ProbabilityModel(model)
+    x = x.clone().requires_grad_(True)
+    if name == "IG":
+        return IntegratedGradients(model).attribute(x, target=target, n_steps=OPTIONS.ig_steps,
+                                                    internal_batch_size=8)
+    if name == "Saliency":
+        return Saliency(probability).attribute(x, target=target, abs=True)
+    if name == "GuidedBackprop":
+        return GuidedBackprop(probability).attribute(x, target=target)
+    if name == "GGC":
+        return GuidedGradCam(model, model.last_conv).attribute(x, target=target, interpolate_mode="trilinear")
+    if name == "LRP":
+        return captum_lrp(model, x.detach(), target)
+    if name == "Occlusion":
+        edge = max(1, round(OPTIONS.occlusion_size / resolution))
+        stride = max(1, round(OPTIONS.occlusion_stride / resolution))
+        with torch.inference_mode():
+            return Occlusion(probability).attribute(x.detach(), sliding_window_shapes=(1, edge, edge, edge),
+                                                    strides=(1, stride, stride, stride), baselines=0,
+                                                    target=target).clamp(min=0)
+    return None
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of two maps."""
+    return float(np.corrcoef(a.detach().flatten().numpy(), b.detach().flatten().numpy())[0, 1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolution", type=float, default=2.0)
+    parser.add_argument("--subjects", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", default=list(METHOD_ORDER))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    x = scans(args.resolution, args.subjects)
+    shape = tuple(x.shape[2:])
+    model = network(shape)
+    targets = torch.tensor([i % 2 for i in range(args.subjects)])
+    context = MethodContext(args.resolution, get_template(args.resolution).space,
+                            batch_size(OPTIONS, 0, shape), 0, torch.device("cpu"))
+    print(f"grid {shape}, {args.subjects} subjects, batch {context.batch}, torch threads {args.threads}, "
+          f"CPU cores visible {torch.get_num_threads()}")
+    print("method\tadheat_s_per_subject\tcaptum_s_per_subject\tspeedup\tmin_correlation")
+    for name in args.methods:
+        method = METHODS[name](OPTIONS, context)
+        start = time.perf_counter()
+        ours = method.attribute(model, x, targets, [f"sub-{i}" for i in range(args.subjects)])
+        seconds = (time.perf_counter() - start) / args.subjects
+        start = time.perf_counter()
+        refs = [captum_reference(name, model, x[i:i + 1], int(targets[i]), args.resolution) for i in range(args.subjects)]
+        if refs[0] is None:
+            print(f"{name}\t{seconds:.2f}\tn/a\tn/a\tn/a", flush=True)
+            continue
+        reference_seconds = (time.perf_counter() - start) / args.subjects
+        agreement = min(correlation(ours[i], refs[i][0, 0]) for i in range(args.subjects))
+        print(f"{name}\t{seconds:.2f}\t{reference_seconds:.2f}\t{reference_seconds / seconds:.2f}\t{agreement:.5f}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
