@@ -8,8 +8,8 @@ Builds the ``rieke2018`` network for the analysis grid (seeded random weights
 with non-trivial BatchNorm statistics: speed does not depend on training) and
 ``--subjects`` scans (the template z-scored in its brain mask plus noise, one
 noise draw per scan). For every method it times adheat's implementation on all
-scans at once (fixed-shape padded passes, :mod:`adheat_app.attribution.base`)
-and, where captum has the method, captum called once per subject with its
+scans at once (fixed-shape padded passes and a channels-last model, as the
+runner uses them, :mod:`adheat_app.attribution.base`) and, where captum has the method, captum called once per subject with its
 defaults (IG: ``n_steps`` = adheat's steps, ``internal_batch_size`` 8 as in
 FACTS.md; LRP: ``EpsilonRule`` on the BatchNorm-folded model, compared with
 adheat's epsilon rule; occlusion: ``perturbations_per_eval`` 1). Results must
@@ -30,7 +30,7 @@ from captum.attr._utils.lrp_rules import EpsilonRule
 from torch import nn
 
 from adheat_app.attribution import METHODS
-from adheat_app.attribution.base import MethodContext, ProbabilityModel, batch_size
+from adheat_app.attribution.base import MethodContext, ProbabilityModel, batch_size, channels_last
 from adheat_app.attribution.canonize import fold_batchnorm
 from adheat_app.attribution.runner import METHOD_ORDER
 from adheat_app.config import HeatmapOptions
@@ -121,6 +121,7 @@ def main() -> None:
     x = scans(args.resolution, args.subjects)
     shape = tuple(x.shape[2:])
     model = network(shape)
+    fast = channels_last(network(shape))
     targets = torch.tensor([i % 2 for i in range(args.subjects)])
     context = MethodContext(args.resolution, get_template(args.resolution).space,
                             batch_size(OPTIONS, 0, shape), 0, torch.device("cpu"))
@@ -130,7 +131,7 @@ def main() -> None:
     for name in args.methods:
         method = METHODS[name](OPTIONS, context)
         start = time.perf_counter()
-        ours = method.attribute(model, x, targets, [f"sub-{i}" for i in range(args.subjects)])
+        ours = method.attribute(fast, x, targets, [f"sub-{i}" for i in range(args.subjects)])
         seconds = (time.perf_counter() - start) / args.subjects
         start = time.perf_counter()
         refs = [captum_reference(name, model, x[i:i + 1], int(targets[i]), args.resolution) for i in range(args.subjects)]

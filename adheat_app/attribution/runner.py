@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from adheat_app.attribution import METHODS
-from adheat_app.attribution.base import Method, MethodContext, batch_size, class_probability
+from adheat_app.attribution.base import Method, MethodContext, batch_size, channels_last, class_probability
 from adheat_app.bids import Derivatives, T1wInput, is_complete, software_versions
 from adheat_app.cohort import Cohort, Scan
 from adheat_app.config import RunConfig
@@ -144,7 +144,7 @@ class HeatmapRun:
             model, _ = load_fold_model(fold_dir(config, k), self.device)
             for param in model.parameters():
                 param.requires_grad_(False)
-            self.models[k] = model.eval()
+            self.models[k] = channels_last(model.eval())
         self.affine = nib.load(cohort.scans[0].image).affine
         self.probability = self._predict()
 
