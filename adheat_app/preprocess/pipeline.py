@@ -119,8 +119,7 @@ def _native(config: RunConfig, t1w: T1wInput, template: Template, workdir: Path,
     if mask.sum() * np.prod(img.header.get_zooms()[:3]) < 300_000:
         raise RuntimeError(f"{t1w.path}: the brain mask holds only {mask.sum()} voxels; check the image "
                            "(is it a T1w of a whole brain?)")
-    brain = nib.Nifti1Image(np.where(mask, np.asarray(corrected.dataobj), 0).astype(np.float32), img.affine)
-    mask_img = nib.Nifti1Image(mask.astype(np.float32), img.affine)
+    brain, mask_img = _crop(np.where(mask, np.asarray(corrected.dataobj), 0).astype(np.float32), mask, img.affine)
     template_data = np.asarray(template.t1w.dataobj, dtype=np.float32)
     template_mask = template.mask_array()
     start = time.perf_counter()
@@ -144,6 +143,21 @@ def _native(config: RunConfig, t1w: T1wInput, template: Template, workdir: Path,
             "BiasFieldCorrection": "N4BiasFieldCorrection (ANTs), shrink factor 4",
             "Registration": registration.settings, "NCCBeforeRegistration": round(before, 4), "Notes": notes}
     return _Result(warped.astype(np.float32), warped_mask, meta, registration)
+
+
+def _crop(brain: np.ndarray, mask: np.ndarray, affine: np.ndarray, margin_mm: float = 8.0
+          ) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """Brain and mask cut to the mask's bounding box plus a margin (less for ANTs to smooth and resample)."""
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    margin = np.ceil(margin_mm / zooms).astype(int)
+    found = np.argwhere(mask)
+    low = np.maximum(found.min(axis=0) - margin, 0)
+    high = np.minimum(found.max(axis=0) + margin + 1, mask.shape)
+    box = tuple(slice(a, b) for a, b in zip(low, high))
+    shifted = affine.copy()
+    shifted[:3, 3] = affine[:3, :3] @ low + affine[:3, 3]
+    return (nib.Nifti1Image(np.ascontiguousarray(brain[box]), shifted),
+            nib.Nifti1Image(mask[box].astype(np.float32), shifted))
 
 
 def _reused(t1w: T1wInput, template: Template, anat: AnatFiles, timing: dict) -> _Result:
@@ -217,7 +231,7 @@ def process(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Tem
         paths = output_paths(derivs, t1w, template)
         figure = qc.figure_svg(result.warped, template_data, template_mask,
                                f"{t1w.key}: registered T1w, template brain outline (red) and mid-intensity "
-                               f"contour (blue); NCC {score:.3f}")
+                               f"contour (yellow); NCC {score:.3f}")
         sources = [derivs.source_uri(anat.image if anat else t1w.path)] + \
             ([derivs.source_uri(anat.mask)] if anat else [])
         if result.registration is not None:

@@ -51,7 +51,9 @@ def figure_svg(image: np.ndarray, template: np.ndarray, mask: np.ndarray, title:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    centre = [int(round(c)) for c in np.argwhere(mask).mean(axis=0)]
+    voxels = np.argwhere(mask)
+    centre = [int(round(c)) for c in voxels.mean(axis=0)]
+    centre[0] = int(np.percentile(voxels[:, 0], 35))  # sagittal cut through a hemisphere, not the midline
     inside = image[mask]
     low, high = np.percentile(inside, [1, 99]) if inside.size else (0.0, 1.0)
     levels = np.percentile(template[mask], [50]) if mask.any() else [0.5]
@@ -62,7 +64,7 @@ def figure_svg(image: np.ndarray, template: np.ndarray, mask: np.ndarray, title:
         ax = fig.add_subplot(1, 3, index + 1)
         ax.imshow(cut(image).T, origin="lower", cmap="gray", vmin=low, vmax=high, rasterized=True)
         ax.contour(cut(mask.astype(np.float32)).T, levels=[0.5], colors="#ff3030", linewidths=0.8)
-        ax.contour(cut(template).T, levels=levels, colors="#30c0ff", linewidths=0.5)
+        ax.contour(cut(template).T, levels=levels, colors="#ffd000", linewidths=0.5)
         ax.set_title(name, fontsize=9)
         ax.set_axis_off()
     fig.suptitle(title, fontsize=10)

@@ -2,8 +2,9 @@
 
 Registration is brain to brain: the skull-stripped, N4-corrected T1w (moving)
 to the skull-stripped template (fixed), initialised by aligning the centres of
-mass, then rigid -> affine (mutual information) and, for ``--registration
-syn``, SyN. The result is saved as two ANTs composite HDF5 transforms (forward:
+mass, then rigid (:data:`RIGID`, coarse levels) -> affine -> SyN
+(:data:`SETTINGS`; ``--registration affine`` stops after the affine stage),
+all with Mattes mutual information. The result is saved as two ANTs composite HDF5 transforms (forward:
 T1w -> template, for images; inverse: template -> T1w), so template-space maps
 can be brought back to the native grid (:func:`apply_transform`).
 
@@ -23,11 +24,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-#: antspyx settings per ``--registration`` choice (recorded in every sidecar).
+#: Rigid stage (coarse levels only: it only has to bring the brains into the affine stage's basin).
+RIGID = {"type_of_transform": "Rigid", "aff_iterations": (200, 100), "aff_shrink_factors": (4, 2),
+         "aff_smoothing_sigmas": (2, 1)}
+#: Second call per ``--registration`` choice: antspyx's "SyN" (affine, then SyN) or an affine stage alone.
 SETTINGS: dict[str, dict] = {
-    "syn": {"type_of_transform": "SyNRA", "aff_metric": "mattes", "syn_metric": "mattes",
-            "reg_iterations": (40, 20, 10), "flow_sigma": 3, "grad_step": 0.2},
-    "affine": {"type_of_transform": "antsRegistrationSyNQuick[a]"},
+    "syn": {"type_of_transform": "SyN", "reg_iterations": (40, 20, 10), "flow_sigma": 3, "grad_step": 0.2},
+    "affine": {"type_of_transform": "Affine", "aff_iterations": (500, 250, 50), "aff_shrink_factors": (4, 2, 1),
+               "aff_smoothing_sigmas": (2, 1, 0)},
 }
 #: Interpolation names accepted by :func:`apply_transform`, mapped to ANTs interpolators.
 INTERPOLATORS = {"linear": "linear", "nearest": "nearestNeighbor", "label": "genericLabel",
@@ -99,12 +103,19 @@ def register(moving: nib.Nifti1Image, fixed: nib.Nifti1Image, method: str, seed:
 
     workdir.mkdir(parents=True, exist_ok=True)
     ants.config._random_seed = int(seed)
-    settings = SETTINGS[method]
-    result = ants.registration(to_ants(fixed), to_ants(moving), outprefix=str(workdir / "reg_"),
-                               write_composite_transform=True, **settings)
+    fixed_image, moving_image = to_ants(fixed), to_ants(moving)
+    rigid = ants.registration(fixed_image, moving_image, outprefix=str(workdir / "rigid_"), **RIGID)
+    result = ants.registration(fixed_image, moving_image, initial_transform=rigid["fwdtransforms"],
+                               outprefix=str(workdir / "reg_"), write_composite_transform=True,
+                               **SETTINGS[method])
+    stages = {"Rigid": _describe(RIGID), ("SyN" if method == "syn" else "Affine"): _describe(SETTINGS[method])}
     return Registration(Path(result["fwdtransforms"]), Path(result["invtransforms"]),
                         {"Method": method, "Initialization": "centres of mass", "Seed": int(seed),
-                         **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}})
+                         "Metric": "Mattes mutual information", "Stages": stages})
+
+
+def _describe(settings: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
 
 
 def identity(workdir: Path) -> Registration:

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 #: Foreground volume (ml) below which an image without a sidecar verdict counts as skull-stripped.
-STRIPPED_MAX_ML = 2200.0
+STRIPPED_MAX_ML = 2400.0
 #: Fraction of the robust maximum below which voxels of a stripped image are background.
 STRIPPED_THRESHOLD = 0.08
 
