@@ -51,27 +51,25 @@ def _run(bids_dir: Path, out: Path, resolution: float, inputs: list[T1wInput], n
 
 
 def main() -> None:
-    """Run the benchmark and print its table."""
+    """Run the benchmark, printing each line as soon as it is measured."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=None, help="Scratch folder (default: a temporary one).")
     parser.add_argument("--threads", type=int, default=2, help="Threads for the one-subject timings.")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="adheat-bench-"))
-    rows = []
-    for resolution, n in ((2.0, 4), (1.0, 1)):
-        bids_dir = simulate_cohort(work / f"bids-{resolution:g}", n_subjects=max(n, 2), resolution=resolution,
-                                   seed=3, nprocs=2)
-        _, each = _run(bids_dir, work / f"single-{resolution:g}", resolution, _inputs(bids_dir, 1), 1, args.threads)
+    cohorts = {}
+    for resolution, n in ((2.0, 4), (1.0, 2)):
+        cohorts[resolution] = simulate_cohort(work / f"bids-{resolution:g}", n_subjects=n, resolution=resolution,
+                                              seed=3, nprocs=2)
+        _, each = _run(cohorts[resolution], work / f"single-{resolution:g}", resolution,
+                       _inputs(cohorts[resolution], 1), 1, args.threads)
         peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
-        rows.append(f"{resolution:g} mm, 1 subject, {args.threads} threads: {each[0]:.1f} s, "
-                    f"peak RSS of the largest job so far {peak_gb:.2f} GB")
-        if n == 4:
-            serial, _ = _run(bids_dir, work / "nprocs1", resolution, _inputs(bids_dir, 4), 1, 1)
-            parallel, _ = _run(bids_dir, work / "nprocs2", resolution, _inputs(bids_dir, 4), 2, 1)
-            rows.append(f"2 mm, 4 subjects, 1 thread per job: --nprocs 1 {serial:.1f} s, --nprocs 2 "
-                        f"{parallel:.1f} s, ratio nprocs2/nprocs1 = {parallel / serial:.2f}")
-    print("\n".join(rows))
-
+        print(f"{resolution:g} mm, 1 subject, {args.threads} threads: {each[0]:.1f} s, "
+              f"peak RSS of the largest job so far {peak_gb:.2f} GB", flush=True)
+    serial, _ = _run(cohorts[2.0], work / "nprocs1", 2.0, _inputs(cohorts[2.0], 4), 1, 1)
+    parallel, _ = _run(cohorts[2.0], work / "nprocs2", 2.0, _inputs(cohorts[2.0], 4), 2, 1)
+    print(f"2 mm, 4 subjects, 1 thread per job: --nprocs 1 {serial:.1f} s, --nprocs 2 {parallel:.1f} s, "
+          f"ratio nprocs2/nprocs1 = {parallel / serial:.2f}", flush=True)
 
 if __name__ == "__main__":
     main()

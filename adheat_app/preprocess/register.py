@@ -4,7 +4,12 @@ Registration is brain to brain: the skull-stripped, N4-corrected T1w (moving)
 to the skull-stripped template (fixed), initialised by aligning the centres of
 mass, then rigid (:data:`RIGID`, coarse levels) -> affine -> SyN
 (:data:`SETTINGS`; ``--registration affine`` stops after the affine stage),
-all with Mattes mutual information. The result is saved as two ANTs composite HDF5 transforms (forward:
+all with Mattes mutual information. On the simulated cohort at 2 mm this gives
+NCC 0.98 with the template and Dice 0.92-0.94 for regions mapped back to the
+native grid. On the two shared real heads (whole head -> deepbet -> brain to
+brain) it gives NCC 0.63 and 0.74, the outlines matching the template; SyN with
+the CC metric (radius 2, iterations 40x20x10) measured 0.77 and 0.82 there, at
+about 15 times the CPU time, so it is not the default. The result is saved as two ANTs composite HDF5 transforms (forward:
 T1w -> template, for images; inverse: template -> T1w), so template-space maps
 can be brought back to the native grid (:func:`apply_transform`).
 
