@@ -73,9 +73,9 @@ def captum_lrp(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
         if isinstance(module, (nn.Conv3d, nn.Linear)):
             module.rule = EpsilonRule(epsilon=OPTIONS.lrp_epsilon)
     for name, module in list(folded.named_modules()):
-        if isinstance(module, nn.Identity):
+        if isinstance(module, nn.Identity):  # the folded BatchNorms: captum has no rule for Identity
             parent, _, attr = name.rpartition(".")
-            setattr(folded.get_submodule(parent), attr, nn.Sequential())
+            delattr(folded.get_submodule(parent), attr)
     return CaptumLRP(folded).attribute(x.requires_grad_(True), target=target)
 
 

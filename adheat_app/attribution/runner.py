@@ -32,7 +32,7 @@ from torch import nn
 
 from adheat_app.attribution import METHODS
 from adheat_app.attribution.base import Method, MethodContext, batch_size, channels_last, class_probability
-from adheat_app.bids import Derivatives, T1wInput, is_complete, software_versions
+from adheat_app.bids import Derivatives, T1wInput, is_complete, sidecar_path, software_versions
 from adheat_app.cohort import Cohort, Scan
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
@@ -86,7 +86,7 @@ def heatmap_path(derivs: Derivatives, cohort: Cohort, scan: Scan, method: str) -
 
 def raw_t1w(derivs: Derivatives, scan: Scan) -> T1wInput:
     """The raw T1w input of a scan, from the ``Sources`` of its preprocessed image."""
-    sidecar = scan.image.with_name(scan.image.name.replace(".nii.gz", ".json"))
+    sidecar = sidecar_path(scan.image)
     sources = read_json(sidecar).get("Sources", []) if sidecar.is_file() else []
     raw = [s for s in sources if s.startswith("bids:raw:")]
     if not raw:
