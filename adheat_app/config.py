@@ -16,15 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 import tomli_w
 
