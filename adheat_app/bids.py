@@ -39,7 +39,8 @@ LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 #: Order of entities in output file names (BIDS entity table order; ``stat`` last).
 ENTITY_ORDER = ("sub", "ses", "from", "to", "mode", "space", "res", "label", "desc", "stat")
 #: Suffixes adheat writes that the BIDS specification does not define.
-BIDSIGNORE = ("work/", "logs/", "models/", "group/", "*.html", "*_heatmap.*", "*_xfm.h5", "*_qc.*")
+BIDSIGNORE = ("work/", "logs/", "models/", "group/", "figures/", "*.html", "*_heatmap.*", "*_xfm.h5", "*_xfm.json",
+              "*_qc.*")
 
 
 def normalize_label(label: str, prefix: str) -> str:

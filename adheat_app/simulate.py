@@ -684,7 +684,7 @@ def _write_dataset_files(out_dir: Path, truth: GroundTruth, specs: list[SubjectS
         "Description": "Planted atrophy region: the AAL3 regions matching Regions, smoothed by a Gaussian "
                        f"(sigma {REGION_SIGMA_MM} mm), 0..1. Where it is 1 an AD subject of severity 1 loses about "
                        "EffectSize / mean(map inside the regions) of its intensity.",
-        "Space": template.space, "Resolution": template.resolution, "Atlas": "AAL3",
+        "Space": template.space, "Resolution": template.res_description, "Atlas": "AAL3",
         "Regions": list(truth.regions), "AtlasRegions": truth.region_names, "SmoothingSigmaMM": REGION_SIGMA_MM,
         "EffectSize": parameters["effect_size"], "Null": parameters["null"],
         "CarriedBy": [s.participant_id for s in specs if s.intensity_loss > 0],

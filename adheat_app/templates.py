@@ -80,6 +80,11 @@ class Template:
         """The BIDS ``res`` entity value for this grid (``2`` or ``1p5``)."""
         return format_resolution(self.resolution)
 
+    @property
+    def res_description(self) -> str:
+        """What the ``res`` entity of outputs on this grid means (the BIDS ``Resolution`` sidecar field)."""
+        return f"{self.resolution:g} mm isotropic voxels, {'x'.join(map(str, self.shape))} grid of {self.space}"
+
     def mask_array(self) -> np.ndarray:
         """Boolean brain mask array."""
         return np.asarray(self.mask.dataobj) > 0

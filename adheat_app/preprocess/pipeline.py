@@ -66,7 +66,7 @@ def output_paths(derivs: Derivatives, t1w: T1wInput, template: Template) -> Outp
 def settings(config: RunConfig, template: Template) -> dict:
     """The parameters that change the outputs (recorded in the sidecar, compared on reruns)."""
     pre = config.preprocessing
-    return {"Space": template.space, "Resolution": template.resolution, "RegistrationMethod": pre.registration,
+    return {"Space": template.space, "Resolution": template.res_description, "RegistrationMethod": pre.registration,
             "SkullStripMode": pre.skull_strip, "IntensityNormalization": pre.intensity_norm,
             "AnatDerivatives": bool(pre.anat_derivatives), "Seed": config.execution.seed}
 
@@ -248,7 +248,7 @@ def process(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Tem
             transforms = None
         derivs.write_image(paths.mask, _grid_image(result.mask.astype(np.uint8), template),
                            {"Sources": sources, "Type": "Brain", "Space": template.space,
-                            "Resolution": template.resolution, "RawSources": [derivs.source_uri(t1w.path)]})
+                            "Resolution": template.res_description, "RawSources": [derivs.source_uri(t1w.path)]})
         write_text(paths.figure, figure)
         seconds = time.perf_counter() - start
         sidecar = {
