@@ -23,3 +23,10 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_has_no_unfilled_sections():
     text = (REPO / "README.md").read_text()
     assert not re.search(r"\b(OPTIONS_TABLE|SECTIONS|DEMO_MINUTES)\b", text)
+
+
+def test_readme_options_table_matches_the_parser():
+    """The options table in README.md is the parser's own (regenerate with cli.parser.options_markdown)."""
+    from adheat_app.cli.parser import options_markdown
+
+    assert options_markdown() in (REPO / "README.md").read_text()

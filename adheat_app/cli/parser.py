@@ -117,3 +117,24 @@ def split_sections(namespace: argparse.Namespace) -> dict[str, dict[str, Any]]:
             out[section][name] = tuple(value) if isinstance(value, list) else value
     return out
 
+
+
+def options_markdown() -> str:
+    """Every option as a Markdown table (one table per section), as README.md shows it.
+
+    ``tests/test_readme.py`` checks that README.md holds exactly this text, so
+    the documentation cannot drift from the parser.
+    """
+    blocks = []
+    for section, cls in SECTIONS.items():
+        rows = [f"**{SECTION_TITLES[section]}**", "", "| option | default | meaning |", "|---|---|---|"]
+        for fld in dataclasses.fields(cls):
+            flag = "--" + fld.name.replace("_", "-")
+            choices = fld.metadata.get("choices")
+            if choices:
+                flag += " {" + ",".join(map(str, choices)) + "}"
+            default = _default_text(fld) or "–"
+            text = fld.metadata["help"].replace("%(default)s", default).replace("|", "\\|")
+            rows.append(f"| `{flag}` | {default} | {text} |")
+        blocks.append("\n".join(rows))
+    return "\n\n".join(blocks)
