@@ -38,8 +38,9 @@ LOGGER = logging.getLogger(__name__)
 LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 #: Order of entities in output file names (BIDS entity table order; ``stat`` last).
 ENTITY_ORDER = ("sub", "ses", "from", "to", "mode", "space", "res", "label", "desc", "stat")
-#: Suffixes adheat writes that the BIDS specification does not define.
-BIDSIGNORE = ("work/", "logs/", "models/", "group/", "figures/", "*.html", "*_heatmap.*", "*_xfm.h5", "*_xfm.json",
+#: Folders and suffixes adheat writes that the BIDS specification does not define. Folders are named without a
+#: trailing slash: bids-validator-deno 3 does not apply ``name/`` patterns to folders (measured).
+BIDSIGNORE = ("work", "logs", "models", "group", "figures", "*.html", "*_heatmap.*", "*_xfm.h5", "*_xfm.json",
               "*_qc.*")
 
 

@@ -30,8 +30,8 @@ pytestmark = pytest.mark.slow
 METHODS = ("IG", "LRP", "GGC", "Saliency", "GuidedBackprop", "Occlusion", "AreaOcclusion", "NoiseImportance")
 COMMON = ["--resolution", "4", "--skip-bids-validation", "--nprocs", "2", "--omp-nthreads", "1", "--seed", "3"]
 GROUP = ["--model", "resnet3d", "--folds", "3", "--epochs", "12", "--patience", "12", "--batch-size", "4",
-         "--learning-rate", "1e-3", "--methods", *METHODS, "--noise-steps", "20", "--occlusion-size", "16",
-         "--occlusion-stride", "16", "--n-bootstrap", "50"]
+         "--learning-rate", "1e-3", "--methods", *METHODS, "--noise-steps", "10", "--occlusion-size", "24",
+         "--occlusion-stride", "24", "--n-bootstrap", "50"]
 
 
 def adheat(*args: str | Path, expect: int = 0) -> subprocess.CompletedProcess:
