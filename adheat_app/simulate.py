@@ -847,8 +847,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"adheat-simulate: error: {exc} (see adheat-simulate --help)", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # A handler for this call only (not logging.basicConfig, which would outlive it on the root logger and
+    # keep writing to whatever sys.stderr was at the first call).
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+    package_logger = logging.getLogger("adheat_app")
+    previous_level = package_logger.level
+    package_logger.addHandler(handler)
+    package_logger.setLevel(min(handler.level, previous_level or logging.WARNING))
     try:
         out = simulate_cohort(args.out_dir, n_subjects=args.n_subjects, resolution=args.resolution,
                               seed=args.seed, effect_size=args.effect_size, regions=args.regions,
@@ -856,5 +863,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"adheat-simulate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous_level)
     print(out)
     return EXIT_OK
