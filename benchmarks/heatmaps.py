@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/heatmaps.py [--resolution 2] [--subjects 4] [--threads 2] [--methods IG Saliency ...]
+    python benchmarks/heatmaps.py [--resolution 2] [--subjects 4] [--threads 2] [--device cpu|cuda]
+                                  [--methods IG Saliency ...]
 
 Builds the ``rieke2018`` network for the analysis grid (seeded random weights
 with non-trivial BatchNorm statistics: speed does not depend on training) and
@@ -12,7 +13,11 @@ scans at once (fixed-shape padded passes and a channels-last model, as the
 runner uses them, :mod:`adheat_app.attribution.base`) and, where captum has the method, captum called once per subject with its
 defaults (IG: ``n_steps`` = adheat's steps, ``internal_batch_size`` 8 as in
 FACTS.md; LRP: ``EpsilonRule`` on the BatchNorm-folded model, compared with
-adheat's epsilon rule; occlusion: ``perturbations_per_eval`` 1). Results must
+adheat's epsilon rule; occlusion: ``perturbations_per_eval`` 1; brain-area
+occlusion: :class:`~captum.attr.FeatureAblation` with the AAL3 labels as the
+feature mask). NoiseImportance has no captum counterpart: only its time is
+printed. On CUDA both sides run on the GPU, adheat's forward-only passes under
+autocast as in the runner. Results must
 agree (Pearson correlation >= 0.999 per scan) for the ratio to count.
 Prints one table row per method; seconds are per subject.
 """
@@ -25,7 +30,7 @@ import time
 import numpy as np
 import torch
 from captum.attr import LRP as CaptumLRP
-from captum.attr import GuidedBackprop, GuidedGradCam, IntegratedGradients, Occlusion, Saliency
+from captum.attr import FeatureAblation, GuidedBackprop, GuidedGradCam, IntegratedGradients, Occlusion, Saliency
 from captum.attr._utils.lrp_rules import EpsilonRule
 from torch import nn
 
@@ -35,7 +40,7 @@ from adheat_app.attribution.canonize import fold_batchnorm
 from adheat_app.attribution.runner import METHOD_ORDER
 from adheat_app.config import HeatmapOptions
 from adheat_app.models import MODELS
-from adheat_app.templates import get_template
+from adheat_app.templates import get_atlas, get_template
 
 OPTIONS = HeatmapOptions(ig_steps=32, lrp_rule="epsilon", occlusion_size=40.0, occlusion_stride=40.0,
                          noise_steps=20)
@@ -102,12 +107,26 @@ def captum_reference(name: str, model: nn.Module, x: torch.Tensor, target: int, 
             return Occlusion(probability).attribute(x.detach(), sliding_window_shapes=(1, edge, edge, edge),
                                                     strides=(1, stride, stride, stride), baselines=0,
                                                     target=target).clamp(min=0)
+    if name == "AreaOcclusion":
+        labels = torch.from_numpy(get_atlas(resolution).array().astype(np.int64)).to(x.device)[None, None]
+        with torch.inference_mode():
+            drop = FeatureAblation(probability).attribute(x.detach(), baselines=0, target=target,
+                                                          feature_mask=labels)
+        return torch.where(labels > 0, drop, 0).clamp(min=0)
     return None
+
+
+def synchronized(device: torch.device) -> float:
+    """``time.perf_counter()`` after the device's queued work has finished."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     """Pearson correlation of two maps."""
-    return float(np.corrcoef(a.detach().flatten().numpy(), b.detach().flatten().numpy())[0, 1])
+    return float(np.corrcoef(a.detach().cpu().double().flatten().numpy(),
+                            b.detach().cpu().double().flatten().numpy())[0, 1])
 
 
 def main() -> None:
@@ -115,30 +134,33 @@ def main() -> None:
     parser.add_argument("--resolution", type=float, default=2.0)
     parser.add_argument("--subjects", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--mem-gb", type=float, default=0.0, help="Memory budget that sets the batch (as --mem-gb).")
     parser.add_argument("--methods", nargs="+", default=list(METHOD_ORDER))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    x = scans(args.resolution, args.subjects)
+    device = torch.device(args.device)
+    x = scans(args.resolution, args.subjects).to(device)
     shape = tuple(x.shape[2:])
-    model = network(shape)
-    fast = channels_last(network(shape))
-    targets = torch.tensor([i % 2 for i in range(args.subjects)])
+    model = network(shape).to(device)
+    fast = channels_last(network(shape).to(device))
+    targets = torch.tensor([i % 2 for i in range(args.subjects)], device=device)
     context = MethodContext(args.resolution, get_template(args.resolution).space,
-                            batch_size(OPTIONS, 0, shape), 0, torch.device("cpu"))
-    print(f"grid {shape}, {args.subjects} subjects, batch {context.batch}, torch threads {args.threads}, "
-          f"CPU cores visible {torch.get_num_threads()}")
+                            batch_size(OPTIONS, args.mem_gb, shape), 0, device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, torch threads {args.threads}"
+    print(f"grid {shape}, {args.subjects} subjects, batch {context.batch}, {where}")
     print("method\tadheat_s_per_subject\tcaptum_s_per_subject\tspeedup\tmin_correlation")
     for name in args.methods:
         method = METHODS[name](OPTIONS, context)
-        start = time.perf_counter()
-        ours = method.attribute(fast, x, targets, [f"sub-{i}" for i in range(args.subjects)])
-        seconds = (time.perf_counter() - start) / args.subjects
-        start = time.perf_counter()
+        start = synchronized(device)
+        ours = method.attribute(method.prepare(fast, x[:1]), x, targets, [f"sub-{i}" for i in range(args.subjects)])
+        seconds = (synchronized(device) - start) / args.subjects
+        start = synchronized(device)
         refs = [captum_reference(name, model, x[i:i + 1], int(targets[i]), args.resolution) for i in range(args.subjects)]
         if refs[0] is None:
             print(f"{name}\t{seconds:.2f}\tn/a\tn/a\tn/a", flush=True)
             continue
-        reference_seconds = (time.perf_counter() - start) / args.subjects
+        reference_seconds = (synchronized(device) - start) / args.subjects
         agreement = min(correlation(ours[i], refs[i][0, 0]) for i in range(args.subjects))
         print(f"{name}\t{seconds:.2f}\t{reference_seconds:.2f}\t{reference_seconds / seconds:.2f}\t{agreement:.5f}",
               flush=True)

@@ -25,7 +25,7 @@ from torch import nn
 
 from adheat_app.attribution import METHODS
 from adheat_app.attribution.base import MethodContext, batch_size, scan_seed
-from adheat_app.attribution.canonize import fold_batchnorm
+from adheat_app.attribution.canonize import InputSplit, fold_batchnorm, split_input_layer
 from adheat_app.attribution.lrp import lrp
 from adheat_app.attribution.runner import METHOD_ORDER, heatmap_path, run_heatmaps, selected_methods
 from adheat_app.bids import Derivatives, T1wInput, sidecar_path
@@ -111,18 +111,44 @@ def test_batch_size_follows_the_memory_budget():
     assert batch_size(HeatmapOptions(), 0, (193, 229, 193)) == 1
 
 
-def test_ig_is_complete_and_equals_captum():
-    """Summed IG = f(x) - f(0) (completeness, 64 steps) and the batched IG equals captum's per scan."""
+@pytest.mark.parametrize("prepared", [True, False], ids=["split-at-input-layer", "whole-model"])
+def test_ig_is_complete_and_equals_captum(prepared):
+    """Summed IG = f(x) - f(0) (completeness, 64 steps) and the batched IG equals captum's per scan.
+
+    Prepared, IG integrates at the input convolution's output and maps the sum
+    back once per scan; unprepared, through the whole model: both equal captum.
+    """
     model = random_model(seed=3)
     x, targets = volumes(2), torch.tensor([1, 0])
     ig = METHODS["IG"](HeatmapOptions(ig_steps=64), context(batch=5))
-    maps = ig.attribute(model, x, targets, ["a", "b"])
+    explained = ig.prepare(model, x[:1]) if prepared else model
+    assert isinstance(explained, InputSplit) is prepared
+    maps = ig.attribute(explained, x, targets, ["a", "b"])
     logits, base = model(x), model(torch.zeros_like(x))
     for i, t in enumerate(targets):
         expected = float(logits[i, t] - base[i, t])
         assert abs(float(maps[i].sum()) - expected) <= 0.05 * abs(expected)
     reference = IntegratedGradients(model).attribute(x, target=targets, n_steps=64, internal_batch_size=16)
     np.testing.assert_allclose(maps.numpy(), reference[:, 0].numpy(), atol=1e-5 * float(reference.abs().max()))
+
+
+def test_ig_split_refuses_a_model_that_reuses_its_input():
+    """A model whose input also skips past the first convolution is not split (IG runs through all of it)."""
+
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv3d(1, 1, 3, padding=1)
+            self.fc = nn.Linear(int(np.prod(GRID)), 2)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.conv(x) + x, 1))
+
+    model = Skip().eval()
+    x = volumes(1)
+    with pytest.raises(ValueError, match="beyond its input layer"):
+        split_input_layer(model, x)
+    assert METHODS["IG"](HeatmapOptions(), context(batch=2)).prepare(model, x) is model
 
 
 def test_folding_batchnorm_keeps_outputs():
@@ -199,6 +225,7 @@ def test_maps_do_not_depend_on_batch_composition(name):
     x, targets, keys = volumes(5), torch.tensor([1, 0, 1, 1, 0]), ["a", "b", "c", "d", "e"]
     options = HeatmapOptions(ig_steps=6, noise_steps=3, occlusion_size=32.0, occlusion_stride=32.0)
     method = METHODS[name](options, context(batch=4))
+    model = method.prepare(model, x[:1])
     together = method.attribute(model, x, targets, keys)
     alone = method.attribute(model, x[3:4], targets[3:4], keys[3:4])
     reordered = method.attribute(model, x[[3, 0]], targets[[3, 0]], [keys[3], keys[0]])

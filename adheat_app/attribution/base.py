@@ -180,6 +180,18 @@ class Method(ABC):
     def parameters(self) -> dict:
         """The method's parameters as recorded in sidecars (and compared on reruns)."""
 
+    def prepare(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
+        """The model as :meth:`attribute` runs fastest on it, built once per fold model (default: as it is).
+
+        Parameters
+        ----------
+        model : nn.Module
+            Classifier in eval mode, parameters frozen.
+        example : torch.Tensor
+            One scan ``(1, 1, X, Y, Z)`` on the model's device (to trace and verify a rewrite).
+        """
+        return model
+
     @abstractmethod
     def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str]
                   ) -> torch.Tensor:
@@ -188,7 +200,8 @@ class Method(ABC):
         Parameters
         ----------
         model : nn.Module
-            Classifier in eval mode, parameters frozen, on ``context.device``.
+            Classifier in eval mode, parameters frozen, on ``context.device``
+            (as it is, or as :meth:`prepare` returned it).
         volumes : torch.Tensor
             ``(N, 1, X, Y, Z)`` float32 on ``context.device``.
         targets : torch.Tensor

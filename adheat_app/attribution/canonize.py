@@ -1,18 +1,25 @@
-"""Canonization for LRP: fold every BatchNorm3d into the convolution that feeds it.
+"""Canonization: equivalent rewrites of a trained model that attribution methods rely on.
 
-LRP rules are defined for linear layers followed by activations; a BatchNorm
-in evaluation mode is an affine map per channel, so it is merged into the
-preceding Conv3d (``w' = w * g / s``, ``b' = (b - mu) * g / s + beta`` with
+:func:`fold_batchnorm` (LRP, and IG's input split): LRP rules are defined for
+linear layers followed by activations; a BatchNorm in evaluation mode is an
+affine map per channel, so it is merged into the preceding Conv3d
+(``w' = w * g / s``, ``b' = (b - mu) * g / s + beta`` with
 ``s = sqrt(var + eps)``) and replaced by ``nn.Identity``. Which convolution
 feeds which BatchNorm is read from one traced forward pass (the BatchNorm's
 input must be exactly that convolution's output), not from declaration order.
 The folded copy is checked against the original on the example input.
+
+:func:`split_input_layer` (IG): the model as ``rest(layer(x))`` where ``layer``
+is the (BatchNorm-folded) convolution that alone reads the input. The layer is
+affine, so along a straight path ``x(a) = x0 + a * d`` its output is
+``layer(x0) + a * W*d`` and the input gradient is its transpose applied to the
+output gradient: IG integrates at the layer's output and maps the sum back
+once per scan instead of once per step.
 """
 
 from __future__ import annotations
 
 import copy
-
 import torch
 from torch import nn
 
@@ -92,3 +99,74 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
     if difference > FOLD_ATOL:
         raise ValueError(f"folding BatchNorm changed the model's outputs by {difference:.2e} (> {FOLD_ATOL})")
     return folded
+
+
+class InputSplit(nn.Module):
+    """A classifier written as ``rest(layer(x))``.
+
+    Parameters
+    ----------
+    layer : nn.Conv3d
+        The convolution (BatchNorm folded in) that alone reads the input.
+    rest : nn.Module
+        The model from that convolution's output to the logits.
+    """
+
+    def __init__(self, layer: nn.Conv3d, rest: nn.Module):
+        super().__init__()
+        self.layer = layer
+        self.rest = rest
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of volumes ``x``."""
+        return self.rest(self.layer(x))
+
+
+def _input_layer(model: nn.Module, example: torch.Tensor) -> str:
+    """Name of the first module called on the model's input tensor itself."""
+    found: list[str] = []
+    names = {module: name for name, module in model.named_modules()}
+
+    def hook(module, inputs):
+        if not found and inputs and inputs[0] is example:
+            found.append(names[module])
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if not list(m.children())]
+    traced_forward(model, example, handles)
+    if not found:
+        raise ValueError("no layer reads the model's input directly")
+    return found[0]
+
+
+def split_input_layer(model: nn.Module, example: torch.Tensor) -> InputSplit:
+    """``model`` (eval mode) as an input convolution and the rest (see the module docstring).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Classifier in eval mode.
+    example : torch.Tensor
+        One input batch, to find the input layer and verify the split.
+
+    Raises
+    ------
+    ValueError
+        When the first layer applied to the input is not a Conv3d, or the input
+        reaches the output by another way too (the split's logits differ from
+        the model's by more than :data:`FOLD_ATOL`).
+    """
+    folded = fold_batchnorm(model, example)
+    name = _input_layer(folded, example)
+    layer = folded.get_submodule(name)
+    if not isinstance(layer, nn.Conv3d):
+        raise ValueError(f"the model's input layer {name!r} is a {type(layer).__name__}, not a Conv3d")
+    rest = copy.deepcopy(folded)
+    _set_submodule(rest, name, nn.Identity())
+    with torch.no_grad():
+        try:
+            difference = (rest(layer(example)) - model(example)).abs().max().item()
+        except RuntimeError as exc:  # the raw input is also used past the input layer (shapes differ)
+            raise ValueError(f"the model's input is used beyond its input layer {name!r}") from exc
+    if difference > FOLD_ATOL:
+        raise ValueError(f"the model's input is used beyond its input layer {name!r} ({difference:.2e})")
+    return InputSplit(layer, rest)

@@ -247,11 +247,13 @@ class HeatmapRun:
         LOGGER.info("%s: %d scan(s) to explain (batch %d, %s)", method.name, len(todo), self.context.batch,
                     self.device)
         chunk = self.context.batch * CHUNK_PASSES
+        example = self.tensor([todo[0].index])
+        models = {k: method.prepare(self.models[k], example) for k in self.folds}
         for k in self.folds:
             own = [a for a in todo if a.fold == k]
             for first in range(0, len(own), chunk):
                 part = own[first:first + chunk]
-                maps, seconds = self.compute(method, self.models[k], part)
+                maps, seconds = self.compute(method, models[k], part)
                 for a, data in zip(part, maps):
                     self.write(method, a, data, seconds / len(part))
                     LOGGER.info("%s %s: fold %d, %.1f s", method.name, a.scan.key, k, seconds / len(part))
@@ -260,7 +262,7 @@ class HeatmapRun:
             part = unseen[first:first + chunk]
             total, seconds = 0.0, 0.0
             for k in self.folds:
-                maps, spent = self.compute(method, self.models[k], part)
+                maps, spent = self.compute(method, models[k], part)
                 total, seconds = total + maps, seconds + spent
             for a, data in zip(part, total / len(self.folds)):
                 self.write(method, a, data, seconds / len(part))
