@@ -41,6 +41,7 @@ from adheat_app.attribution.runner import METHOD_ORDER
 from adheat_app.config import HeatmapOptions
 from adheat_app.models import MODELS
 from adheat_app.templates import get_atlas, get_template
+from adheat_app.training.device import deterministic
 
 OPTIONS = HeatmapOptions(ig_steps=32, lrp_rule="epsilon", occlusion_size=40.0, occlusion_stride=40.0,
                          noise_steps=20)
@@ -150,20 +151,31 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, torch threads {args.threads}"
     print(f"grid {shape}, {args.subjects} subjects, batch {context.batch}, {where}")
     print("method\tadheat_s_per_subject\tcaptum_s_per_subject\tspeedup\tmin_correlation")
-    for name in args.methods:
-        method = METHODS[name](OPTIONS, context)
-        start = synchronized(device)
-        ours = method.attribute(method.prepare(fast, x[:1]), x, targets, [f"sub-{i}" for i in range(args.subjects)])
-        seconds = (synchronized(device) - start) / args.subjects
-        start = synchronized(device)
-        refs = [captum_reference(name, model, x[i:i + 1], int(targets[i]), args.resolution) for i in range(args.subjects)]
-        if refs[0] is None:
-            print(f"{name}\t{seconds:.2f}\tn/a\tn/a\tn/a", flush=True)
-            continue
-        reference_seconds = (synchronized(device) - start) / args.subjects
-        agreement = min(correlation(ours[i], refs[i][0, 0]) for i in range(args.subjects))
-        print(f"{name}\t{seconds:.2f}\t{reference_seconds:.2f}\t{reference_seconds / seconds:.2f}\t{agreement:.5f}",
-              flush=True)
+    with deterministic(device, args.threads, exact=True):  # as the runner computes heatmaps
+        for net in (model, fast):  # warm-up: first-call costs (CUDA context, cuDNN, oneDNN) are not timed
+            first = x[:1].clone().requires_grad_(True)
+            torch.autograd.grad(net(first).sum(), first)
+        for name in args.methods:
+            row(name, args, fast, model, x, targets, context)
+
+
+def row(name: str, args: argparse.Namespace, fast: nn.Module, model: nn.Module, x: torch.Tensor,
+        targets: torch.Tensor, context: MethodContext) -> None:
+    """Time one method both ways and print its table row."""
+    device = x.device
+    method = METHODS[name](OPTIONS, context)
+    start = synchronized(device)
+    ours = method.attribute(method.prepare(fast, x[:1]), x, targets, [f"sub-{i}" for i in range(args.subjects)])
+    seconds = (synchronized(device) - start) / args.subjects
+    start = synchronized(device)
+    refs = [captum_reference(name, model, x[i:i + 1], int(targets[i]), args.resolution) for i in range(args.subjects)]
+    if refs[0] is None:
+        print(f"{name}\t{seconds:.2f}\tn/a\tn/a\tn/a", flush=True)
+        return
+    reference_seconds = (synchronized(device) - start) / args.subjects
+    agreement = min(correlation(ours[i], refs[i][0, 0]) for i in range(args.subjects))
+    print(f"{name}\t{seconds:.2f}\t{reference_seconds:.2f}\t{reference_seconds / seconds:.2f}\t{agreement:.5f}",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ gamma and alpha1-beta0 rules, but not alpha-beta with beta > 0 (it needs the
 positive and the negative contributions of a layer separately) and not the
 z+ rule for signed inputs (the first layer sees z-scored intensities below 0).
 So adheat propagates relevance itself, with the same structure: the model is
-canonized (BatchNorm folded into its Conv3d, :mod:`.canonize`), and a forward
+canonized once per fold model (BatchNorm folded into its Conv3d, :mod:`.canonize`;
+residual additions split, below), and a forward
 hook on every Conv3d/Linear (and average pool) replaces that layer's backward
 pass by its LRP rule, so one batched forward/backward pass gives the input
 relevance of a whole batch. ReLU, Dropout (eval), flatten and max-pooling pass
@@ -191,12 +192,22 @@ def attach_rules(model: nn.Module, rule: str, epsilon: float) -> list:
     return handles
 
 
+def canonize(model: nn.Module, example: torch.Tensor, epsilon: float) -> torch.fx.GraphModule:
+    """``model`` with BatchNorm folded and residual additions split: ready for :func:`lrp`, built once per model."""
+    traced = with_split_additions(fold_batchnorm(model, example), epsilon)
+    traced.lrp_canonized = True
+    return traced
+
+
 def lrp(model: nn.Module, rows: torch.Tensor, targets: torch.Tensor, rule: str, epsilon: float) -> torch.Tensor:
     """Input relevance of ``rows`` (``(B, 1, X, Y, Z)``) from their target logits.
 
-    ``model`` must be canonized (:func:`~adheat_app.attribution.canonize.fold_batchnorm`).
+    ``model`` must have its BatchNorms folded
+    (:func:`~adheat_app.attribution.canonize.fold_batchnorm`); its residual
+    additions are split here unless :func:`canonize` made it.
     """
-    model = with_split_additions(model, epsilon)
+    if not getattr(model, "lrp_canonized", False):
+        model = with_split_additions(model, epsilon)
     handles = attach_rules(model, rule, epsilon)
     try:
         rows = rows.detach().requires_grad_(True)
@@ -223,7 +234,12 @@ class LRP(GradientMethod):
             params["Alpha"], params["Beta"] = ALPHA_BETA[self.options.lrp_rule]
         return params
 
+    def prepare(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
+        """The canonized model (:func:`canonize`), made once per fold model."""
+        return canonize(model, example, self.options.lrp_epsilon)
+
     def explain(self, model: nn.Module, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """LRP of one padded pass on the folded copy of ``model``."""
-        folded = fold_batchnorm(model, rows[:1])
-        return lrp(folded, rows, targets, self.options.lrp_rule, self.options.lrp_epsilon)
+        """LRP of one padded pass (``model`` canonized here unless :meth:`prepare` made it)."""
+        if not getattr(model, "lrp_canonized", False):
+            model = canonize(model, rows[:1], self.options.lrp_epsilon)
+        return lrp(model, rows, targets, self.options.lrp_rule, self.options.lrp_epsilon)

@@ -284,7 +284,7 @@ def run_heatmaps(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> None
         return
     selected_methods(config.heatmaps.methods)  # unknown names fail before any model is loaded
     run = HeatmapRun(config, derivs, cohort, folds)
-    with deterministic(run.device, config.execution.omp_nthreads):
+    with deterministic(run.device, config.execution.omp_nthreads, exact=True):
         for method in run.methods:
             run.run_method(method)
         if config.heatmaps.sanity_check:
