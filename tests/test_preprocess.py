@@ -290,10 +290,10 @@ def test_rerun_skips_and_same_seed_gives_identical_arrays(simulated, tmp_path):
 def test_real_whole_heads_register_well(tmp_path, tf_home):
     """A native 0.88 mm uint8 head (chris_t1) and Colin27 in MNI space, not skull-stripped, at 2 mm.
 
-    Measured: NCC 0.63 (chris_t1) and 0.74 (Colin27) with outlines that match the
-    template (QC figures); the naive whole-head SyN of FACTS.md gives 0.27 and 0.68.
-    The issue's target of 0.85 is not reached (see the report), so this guards
-    the brain-extraction + brain-to-brain path against regressions.
+    Measured: NCC 0.80 (chris_t1) and 0.84 (Colin27), from 0.63 / 0.74 before the
+    anti-aliased working grid, in-brain N4 and explicit affine stage; the naive
+    whole-head SyN of FACTS.md gives 0.27 and 0.68. The issue's target of 0.85 is
+    not reached (see the report), so this guards the path against regressions.
     """
     real = shared_data_or_skip() / "real"
     bids_dir = write_tiny_bids(tmp_path / "bids", {"01": "CN", "02": "CN"})
@@ -311,5 +311,5 @@ def test_real_whole_heads_register_well(tmp_path, tf_home):
         path = pipeline.output_paths(derivs, t1w, template).image
         side = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
         assert side["InputSkullStripped"] is False and side["SkullStripping"]["Method"] == "deepbet"
-        assert side["RegistrationNCC"] >= 0.6, (t1w.key, side["RegistrationNCC"])
+        assert side["RegistrationNCC"] >= 0.78, (t1w.key, side["RegistrationNCC"])
     assert not list((tmp_path / "out" / "work").rglob("*.h5")), "temporary transforms left in the work folder"
