@@ -20,6 +20,7 @@ once per scan instead of once per step.
 from __future__ import annotations
 
 import copy
+
 import torch
 from torch import nn
 

@@ -15,11 +15,12 @@ starts from ``layer(baseline) + a * W*(x - baseline)``, the weighted
 gradients at the layer's output are summed, and the sum is mapped back to the
 input by one transposed convolution per scan. On the ``rieke2018`` network at
 2 mm the input convolution's forward and backward were half the time of a
-step (measured). The split is made once per fold model (:meth:`IG.prepare`),
-on the CPU only: on an H200 cuDNN's input convolution is cheap and the split's
-per-step copies made IG slower (0.79x captum's speed instead of 1.0x,
-measured). Models whose input is used past their first convolution, and
-models passed without preparing, are integrated through the whole model.
+step (measured; with the split IG runs 3.1x faster than captum per scan on 2
+CPU threads). The split is made once per fold model (:meth:`IG.prepare`), on
+the CPU only: cuDNN's input convolution is cheap (on an H200 IG ran at 0.8x
+captum's speed with the split and without it, measured). Models whose input is
+used past their first convolution, and models passed without preparing, are
+integrated through the whole model.
 
 Baselines: ``zero`` (Wang et al.) or ``mean``: the template T1w z-scored inside
 its brain mask, a population-average brain on the same intensity scale as the

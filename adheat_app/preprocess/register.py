@@ -17,8 +17,9 @@ pipeline 0.80 (chris_t1) / 0.84 (Colin27), with antspyx's built-in "SyN"
 (its long default affine stage, SyN iterations 40x20x10) 0.69 / 0.76 and the
 CC metric 0.80 / 0.81 at three times the time. Stage settings were chosen on
 those two scans (iterations 100x70x40 gave 0.82 / 0.85 at twice the time). On
-the simulated cohort the pipeline gives NCC 0.98 and Dice 0.92-0.94 for regions
-mapped back to the native grid. The result is saved as two ANTs composite HDF5
+the simulated cohort the pipeline gives NCC 0.96-0.98 and Dice 0.78-0.95 for the
+planted region and the hippocampus mapped back to the native grid (the same
+with the earlier antspyx "SyN" settings, measured on the hardest subject). The result is saved as two ANTs composite HDF5
 transforms (forward: T1w -> template, for images; inverse: template -> T1w),
 so template-space maps can be brought back to the native grid
 (:func:`apply_transform`).
