@@ -183,3 +183,17 @@ def test_console_script_help():
         pytest.skip("the adheat console script is not installed in this environment (pip install -e .)")
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--participant-label" in out.stdout
+
+
+@pytest.mark.parametrize("valid", [False, True], ids=["usage-error", "run"])
+def test_each_call_removes_its_log_handlers(tmp_path, capsys, valid):
+    """A console handler left behind would write to this call's (by then closed) stderr on later log records."""
+    import logging
+
+    package = logging.getLogger("adheat_app")
+    before = list(package.handlers)
+    bids_dir = write_tiny_bids(tmp_path / "bids", {"01": "CN"}) if valid else tmp_path / "missing"
+    code, _ = run_cli(capsys, str(bids_dir), str(tmp_path / "out"), "group", "--skip-bids-validation")
+    assert code in (0, 1, 2) and (valid or code == 2)
+    assert package.handlers == before
+    assert not [h for h in package.handlers if hasattr(h, "_adheat_console") or hasattr(h, "_adheat_run")]

@@ -77,13 +77,13 @@ def setup_logging(logs_dir: Path | None, verbose: int, run_id: str) -> Path | No
     LOGGER.setLevel(logging.DEBUG)
     LOGGER.propagate = False
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
-    if not any(getattr(h, "_adheat_console", False) for h in LOGGER.handlers):
+    if not any(getattr(h, "_adheat_console", None) == run_id for h in LOGGER.handlers):
         console = logging.StreamHandler(sys.stderr)
-        console._adheat_console = True
+        console._adheat_console = console._adheat_run = run_id
         console.setFormatter(fmt)
         LOGGER.addHandler(console)
     for handler in LOGGER.handlers:
-        if getattr(handler, "_adheat_console", False):
+        if getattr(handler, "_adheat_console", None) == run_id:
             handler.setLevel(logging.DEBUG if verbose else logging.INFO)
     if logs_dir is None:
         return None
@@ -98,6 +98,7 @@ def setup_logging(logs_dir: Path | None, verbose: int, run_id: str) -> Path | No
 
 
 def _close_run_logs(run_id: str) -> None:
+    """Close and remove the handlers of one run (its console handler too: it holds that call's ``sys.stderr``)."""
     for handler in list(LOGGER.handlers):
         if getattr(handler, "_adheat_run", None) == run_id:
             handler.close()
@@ -127,6 +128,14 @@ def prepare(argv: list[str] | None):
 def main(argv: list[str] | None = None) -> int:
     """Run ``adheat`` and return its exit code (0 ok, 1 run failure, 2 usage/input error)."""
     run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "_" + uuid.uuid4().hex[:8]
+    try:
+        return _run(argv, run_id)
+    finally:
+        _close_run_logs(run_id)
+
+
+def _run(argv: list[str] | None, run_id: str) -> int:
+    """:func:`main` with its log handlers set up (and removed by the caller)."""
     setup_logging(None, 0, run_id)
     try:
         config = prepare(argv)
@@ -152,8 +161,6 @@ def main(argv: list[str] | None = None) -> int:
         crash.write_text(traceback.format_exc())
         LOGGER.error("run failed: %s: %s (traceback in %s)", type(exc).__name__, exc, crash)
         return EXIT_FAILURE
-    finally:
-        _close_run_logs(run_id)
     if failures:
         print(f"adheat: {failures} item(s) failed; see {config.output_dir / 'logs'}", file=sys.stderr)
         return EXIT_FAILURE
