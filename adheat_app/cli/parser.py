@@ -118,7 +118,6 @@ def split_sections(namespace: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return out
 
 
-
 def options_markdown() -> str:
     """Every option as a Markdown table (one table per section), as README.md shows it.
 
