@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 from captum.attr import LRP as CaptumLRP
-from captum.attr import IntegratedGradients, Occlusion as CaptumOcclusion
+from captum.attr import FeatureAblation, IntegratedGradients, Occlusion as CaptumOcclusion
 from captum.attr._utils.lrp_rules import EpsilonRule
 from torch import nn
 
@@ -44,13 +44,14 @@ class TinyCNN(nn.Module):
     """Two or three conv blocks and a two-layer head, per the model contract."""
 
     def __init__(self, shape: tuple[int, int, int], channels=(4, 8), bias: bool = True, hidden: int = 16,
-                 downsample: int = 1):
+                 downsample: int = 1, padding: int = 0):
         super().__init__()
         blocks = [nn.AvgPool3d(downsample)] if downsample > 1 else []
         grid, c_in = [n // downsample for n in shape], 1
         for c_out in channels:
-            blocks += [nn.Conv3d(c_in, c_out, 3, bias=bias), nn.BatchNorm3d(c_out), nn.ReLU(), nn.MaxPool3d(2)]
-            grid, c_in = [(n - 2) // 2 for n in grid], c_out
+            blocks += [nn.Conv3d(c_in, c_out, 3, bias=bias, padding=padding), nn.BatchNorm3d(c_out), nn.ReLU(),
+                       nn.MaxPool3d(2)]
+            grid, c_in = [(n - 2 + 2 * padding) // 2 for n in grid], c_out
         self.features = nn.Sequential(*blocks)
         self.head = nn.Sequential(nn.Linear(c_in * int(np.prod(grid)), hidden, bias=bias), nn.ReLU(),
                                   nn.Dropout(0.2), nn.Linear(hidden, 2, bias=bias))
@@ -207,14 +208,46 @@ def test_lrp_splits_residual_sums_instead_of_doubling_them():
     assert torch.all(ratio < 1.5), ratio  # counted twice at each of three residual sums: ratio ~ 8
 
 
-def test_occlusion_equals_captum_clipped():
-    model = random_model(seed=7)
+@pytest.mark.parametrize("prepared", [True, False], ids=["split-at-input-layer", "whole-model"])
+@pytest.mark.parametrize("padding", [0, 1], ids=["valid", "padded"])
+def test_occlusion_equals_captum_clipped(prepared, padding):
+    """Prepared on the CPU, rows are built at the input layer's output; both ways equal captum."""
+    model = random_model(seed=7, padding=padding)
     x, targets = volumes(2), torch.tensor([1, 0])
     options = HeatmapOptions(occlusion_size=24.0, occlusion_stride=16.0)
-    ours = METHODS["Occlusion"](options, context(batch=7)).attribute(model, x, targets, ["a", "b"])
+    method = METHODS["Occlusion"](options, context(batch=7))
+    explained = method.prepare(model, x[:1]) if prepared else model
+    assert isinstance(explained, InputSplit) is prepared
+    ours = method.attribute(explained, x, targets, ["a", "b"])
     probability = lambda v: torch.softmax(model(v), dim=1)  # noqa: E731
     reference = CaptumOcclusion(probability).attribute(x, sliding_window_shapes=(1, 6, 6, 6), strides=(1, 4, 4, 4),
                                                       baselines=0, target=targets)
+    assert float(ours.max()) > 1e-3
+    np.testing.assert_allclose(ours.numpy(), reference[:, 0].clamp(min=0).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["split-at-input-layer", "whole-model"])
+def test_area_occlusion_equals_captum_feature_ablation(prepared):
+    """Irregular regions (one touching the border): the drop painted into each region, as captum's FeatureAblation."""
+    labels = torch.ones(GRID, dtype=torch.long)
+    labels[4:9, 3:15, 2:7] = 2
+    labels[10:, :6, 9:] = 3
+    labels[(torch.arange(GRID[0])[:, None, None] + torch.arange(GRID[1])[None, :, None]
+            + torch.arange(GRID[2])[None, None]) % 7 == 0] = 4  # scattered voxels with a grid-wide bounding box
+
+    class Regions(METHODS["AreaOcclusion"]):
+        def occluded_sets(self, shape, device):
+            return [labels == value for value in range(1, 5)]
+
+    model = random_model(seed=11, padding=1)
+    x, targets = volumes(2), torch.tensor([0, 1])
+    method = Regions(HeatmapOptions(), context(batch=3))
+    explained = method.prepare(model, x[:1]) if prepared else model
+    ours = method.attribute(explained, x, targets, ["a", "b"])
+    probability = lambda v: torch.softmax(model(v), dim=1)  # noqa: E731
+    reference = FeatureAblation(probability).attribute(x, target=targets, baselines=0,
+                                                       feature_mask=labels[None, None])
+    assert float(ours.max()) > 1e-3
     np.testing.assert_allclose(ours.numpy(), reference[:, 0].clamp(min=0).numpy(), atol=1e-6)
 
 

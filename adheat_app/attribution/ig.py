@@ -37,7 +37,7 @@ from torch import nn
 
 from adheat_app.attribution import METHODS
 from adheat_app.attribution.base import Method, pad_targets, padded_batches
-from adheat_app.attribution.canonize import InputSplit, split_input_layer
+from adheat_app.attribution.canonize import InputSplit, split_on_cpu
 from adheat_app.templates import get_template
 
 #: captum's default quadrature.
@@ -74,12 +74,7 @@ class IG(Method):
 
     def prepare(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
         """The model split at its input convolution, on the CPU where it can be (see the module docstring)."""
-        if example.device.type != "cpu":
-            return model
-        try:
-            return split_input_layer(model, example.contiguous(memory_format=torch.channels_last_3d))
-        except ValueError:
-            return model
+        return split_on_cpu(model, example)
 
     def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str]
                   ) -> torch.Tensor:

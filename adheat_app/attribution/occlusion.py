@@ -9,7 +9,12 @@ clipped at 0 as Rieke et al. do. Patch edge and stride are options in mm
 :class:`Ablation` is the engine shared with brain-area occlusion
 (:mod:`.area_occlusion`): every (scan, occluded set) pair is one row, rows of
 all scans are packed into padded passes run under ``torch.inference_mode``
-(and autocast on CUDA).
+(and autocast on CUDA). On the CPU the model is split at its input
+convolution (:func:`~adheat_app.attribution.canonize.split_on_cpu`): that
+layer's output is computed once per scan, and each row is that output minus
+the convolution (without bias) of the occluded voxels, computed on their
+bounding box only: equal to convolving the occluded scan (up to float
+rounding), without the convolution that was half the time of every pass.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from abc import abstractmethod
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from adheat_app.attribution import METHODS
 from adheat_app.attribution.base import Method, class_probability, padded_batches
+from adheat_app.attribution.canonize import InputSplit, split_on_cpu
 
 Occluded = tuple[slice, ...] | torch.Tensor
 
@@ -37,6 +44,10 @@ class Ablation(Method):
     def occluded_sets(self, shape: tuple[int, int, int], device: torch.device) -> list[Occluded]:
         """The voxel sets occluded one at a time: index tuples or boolean masks of ``shape``."""
 
+    def prepare(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
+        """The model split at its input convolution, on the CPU where it can be (see the module docstring)."""
+        return split_on_cpu(model, example)
+
     def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str]
                   ) -> torch.Tensor:
         """Occlusion maps of every scan, (scan, set) pairs packed into padded passes."""
@@ -49,21 +60,102 @@ class Ablation(Method):
             count[occluded] += 1
         item_scan = np.repeat(np.arange(len(volumes)), len(sets))
         item_set = np.tile(np.arange(len(sets)), len(volumes))
-
-        def build(index: np.ndarray) -> torch.Tensor:
-            rows = volumes[item_scan[index]].clone()
-            for row, item in enumerate(index):
-                rows[row, 0][sets[item_set[item]]] = 0
-            return rows
-
+        if isinstance(model, InputSplit) and _is_local(model.layer):
+            network, rows_of = model.rest, _LayerRows(model.layer, volumes, sets)
+        else:
+            network, rows_of = model, _InputRows(volumes, sets)
         with torch.inference_mode(), torch.autocast(self.context.device.type, enabled=self.context.amp):
+            build = lambda index: rows_of(item_scan[index], item_set[index])  # noqa: E731
             for index, rows in padded_batches(len(item_scan), self.context.batch, build):
-                prob = torch.softmax(model(rows).float(), dim=1)[: len(index)]
+                prob = torch.softmax(network(rows).float(), dim=1)[: len(index)]
                 scans = item_scan[index]
                 drop = clean[scans] - prob[torch.arange(len(index)), targets[scans]]
                 for row, item in enumerate(index):
                     total[item_scan[item]][sets[item_set[item]]] += drop[row]
         return (total / count.clamp(min=1)).clamp(min=0)
+
+
+class _InputRows:
+    """Rows of occluded scans: a copy of the scan with the set zeroed."""
+
+    def __init__(self, volumes: torch.Tensor, sets: list[Occluded]):
+        self.volumes, self.sets = volumes, sets
+
+    def __call__(self, scans: np.ndarray, set_numbers: np.ndarray) -> torch.Tensor:
+        rows = self.volumes[scans].clone()
+        for row, number in enumerate(set_numbers):
+            rows[row, 0][self.sets[number]] = 0
+        return rows
+
+
+def _is_local(layer: nn.Conv3d) -> bool:
+    """Whether :class:`_LayerRows` handles ``layer`` (stride 1, no dilation or groups, zero padding by numbers)."""
+    return (layer.stride == (1, 1, 1) and layer.dilation == (1, 1, 1) and layer.groups == 1
+            and layer.padding_mode == "zeros" and not isinstance(layer.padding, str) and layer.in_channels == 1)
+
+
+class _LayerRows:
+    """Rows at the input layer's output: the scan's output minus the layer (no bias) applied to the occluded voxels.
+
+    A voxel at index ``i`` of an axis feeds the outputs ``i + p - k + 1 .. i + p``
+    (kernel ``k``, padding ``p``): the change is the valid convolution of the
+    occluded voxels' bounding box padded by ``k - 1`` zeros, placed at
+    ``start + p - k + 1`` and cut to the output grid. The rows returned are one
+    reused buffer, valid until the next call.
+    """
+
+    def __init__(self, layer: nn.Conv3d, volumes: torch.Tensor, sets: list[Occluded]):
+        self.layer, self.volumes = layer, volumes
+        self.boxes = [_bounding_box(occluded) for occluded in sets]
+        self.masks = [None if isinstance(occluded, tuple) else occluded[box].to(volumes.dtype)
+                      for occluded, box in zip(sets, self.boxes)]
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.buffer: torch.Tensor | None = None
+
+    def output(self, scan: int) -> torch.Tensor:
+        """The layer's output for one scan (one scan per call: a convolution's result depends on the batch)."""
+        if scan not in self.outputs:
+            self.outputs = {k: v for k, v in self.outputs.items() if k > scan - 2}  # items come scan by scan
+            volume = self.volumes[scan:scan + 1].contiguous(memory_format=torch.channels_last_3d)
+            self.outputs[scan] = self.layer(volume)[0]
+        return self.outputs[scan]
+
+    def __call__(self, scans: np.ndarray, set_numbers: np.ndarray) -> torch.Tensor:
+        first = self.output(int(scans[0]))
+        if self.buffer is None or len(self.buffer) < len(scans):  # reused: a fresh one costs its page faults
+            self.buffer = torch.empty((len(scans), *first.shape), dtype=first.dtype, device=first.device,
+                                      memory_format=torch.channels_last_3d)  # the outputs' layout: plain copies
+        rows = self.buffer[:len(scans)]
+        for row, scan in enumerate(scans):
+            rows[row].copy_(self.output(int(scan)))
+        kernel, padding = self.layer.kernel_size, self.layer.padding
+        margins = [m for k in reversed(kernel) for m in (k - 1, k - 1)]
+        grid = rows.shape[2:]
+        for row, (scan, number) in enumerate(zip(scans, set_numbers)):
+            box = self.boxes[number]
+            values = self.volumes[scan, 0][box]
+            if self.masks[number] is not None:
+                values = values * self.masks[number]
+            change = F.conv3d(F.pad(values[None, None], margins), self.layer.weight)[0]
+            source, target = [slice(None)], [slice(None)]
+            for axis, (k, p, n) in enumerate(zip(kernel, padding, grid)):
+                origin = box[axis].start + p - k + 1
+                low, high = max(origin, 0), min(origin + change.shape[axis + 1], n)
+                source.append(slice(low - origin, high - origin))
+                target.append(slice(low, high))
+            rows[row][tuple(target)] -= change[tuple(source)]
+        return rows
+
+
+def _bounding_box(occluded: Occluded) -> tuple[slice, ...]:
+    """Index box of a set of voxels (a box as it is; a mask's bounding box)."""
+    if isinstance(occluded, tuple):
+        return occluded
+    found = occluded.nonzero()
+    if len(found) == 0:
+        return tuple(slice(0, 0) for _ in occluded.shape)
+    low, high = found.min(dim=0).values.tolist(), (found.max(dim=0).values + 1).tolist()
+    return tuple(slice(a, b) for a, b in zip(low, high))
 
 
 @METHODS.register("Occlusion")
