@@ -131,13 +131,14 @@ def _native(config: RunConfig, t1w: T1wInput, template: Template, workdir: Path,
     before = qc.ncc(np.asarray(resample(brain, template.shape, template.affine).dataobj), template_data,
                     template_mask)
     notes = []
+    target, target_mask = _registration_target(template)
     if before >= TEMPLATE_SPACE_NCC:
         registration = register.identity(workdir)
         notes.append(f"{t1w.path} is already in {template.space} space (NCC {before:.3f} with the template "
                      "before registration): registration skipped")
     else:
-        registration = register.register(brain, _registration_target(template), config.preprocessing.registration,
-                                         config.execution.seed, workdir)
+        registration = register.register(brain, target, config.preprocessing.registration, config.execution.seed,
+                                         workdir)
     timing["Registration"] = time.perf_counter() - start
     start = time.perf_counter()
     warped = np.asarray(register.apply_transform(brain, template.t1w, registration.forward).dataobj)
@@ -147,6 +148,13 @@ def _native(config: RunConfig, t1w: T1wInput, template: Template, workdir: Path,
             "SkullStripping": {"Method": method, "Decision": reason},
             "BiasFieldCorrection": "N4BiasFieldCorrection (ANTs) inside the brain mask, shrink factor 4",
             "Registration": registration.settings, "NCCBeforeRegistration": round(before, 4), "Notes": notes}
+    if registration.settings.get("Method") == "syn":  # on the grid the deformation was estimated on
+        start = time.perf_counter()
+        determinant = register.jacobian(registration.forward, target, workdir)[np.asarray(target_mask.dataobj) > 0]
+        timing["Jacobian"] = time.perf_counter() - start
+        meta["JacobianDeterminant"] = {"Min": round(float(determinant.min()), 4),
+                                       "FoldedPercent": round(100 * float(np.mean(determinant <= 0)), 4),
+                                       "Region": "template brain mask on the registration grid"}
     return _Result(warped.astype(np.float32), warped_mask, meta, registration)
 
 
@@ -165,8 +173,8 @@ def _working_grid(brain: nib.Nifti1Image, mask: nib.Nifti1Image, resolution: flo
     return nib.Nifti1Image(data, affine), nib.Nifti1Image(down.astype(np.float32), affine)
 
 
-def _registration_target(template: Template) -> nib.Nifti1Image:
-    """The template brain on a grid no finer than :data:`register.REGISTRATION_MM`, cut to its bounding box."""
+def _registration_target(template: Template) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """The template brain and its mask on a grid no finer than :data:`register.REGISTRATION_MM`, cut to its box."""
     image, mask = template.t1w, template.mask_array()
     if template.resolution < register.REGISTRATION_MM:
         shape, affine = grid_for(image, register.REGISTRATION_MM)
@@ -174,7 +182,7 @@ def _registration_target(template: Template) -> nib.Nifti1Image:
                           ) >= 0.5
         image = resample(image, shape, affine)
     data = np.where(mask, np.asarray(image.dataobj, dtype=np.float32), 0)
-    return _crop(data, mask, image.affine, margin_mm=10.0)[0]
+    return _crop(data, mask, image.affine, margin_mm=10.0)
 
 
 def _crop(brain: np.ndarray, mask: np.ndarray, affine: np.ndarray, margin_mm: float = 8.0

@@ -84,8 +84,10 @@ def flag_outliers(values: pd.Series) -> pd.Series:
 def write_qc_table(derivs: Derivatives) -> Path:
     """Collect the NCC of every preprocessed scan of the output dataset into ``group/preproc_qc.tsv``.
 
-    Columns: subject, session, space, res, ncc, skull_stripped_input,
-    registration, outlier.
+    Columns: subject, session, space, res, ncc, folded_percent (voxels of the
+    template brain where the deformation folds: Jacobian determinant <= 0;
+    empty without SyN), skull_stripped_input, registration, outlier (by NCC,
+    :func:`flag_outliers`, or any folding).
     """
     rows = []
     for side in sorted(derivs.root.glob("sub-*/**/anat/*_desc-preproc_T1w.json")):
@@ -98,10 +100,12 @@ def write_qc_table(derivs: Derivatives) -> Path:
             continue
         rows.append({"subject": match["sub"], "session": match["ses"], "space": entities.get("space"),
                      "res": entities.get("res"), "ncc": round(float(meta["RegistrationNCC"]), 4),
+                     "folded_percent": (meta.get("JacobianDeterminant") or {}).get("FoldedPercent"),
                      "skull_stripped_input": meta.get("InputSkullStripped"),
                      "registration": (meta.get("Registration") or {}).get("Method")})
-    table = pd.DataFrame(rows, columns=["subject", "session", "space", "res", "ncc", "skull_stripped_input",
-                                        "registration"])
-    table["outlier"] = flag_outliers(table["ncc"]) if len(table) else pd.Series(dtype=bool)
+    table = pd.DataFrame(rows, columns=["subject", "session", "space", "res", "ncc", "folded_percent",
+                                        "skull_stripped_input", "registration"])
+    folded = pd.to_numeric(table["folded_percent"], errors="coerce").fillna(0) > 0
+    table["outlier"] = (flag_outliers(table["ncc"]) | folded) if len(table) else pd.Series(dtype=bool)
     return write_tsv(derivs.root / "group" / "preproc_qc.tsv", table)
 
