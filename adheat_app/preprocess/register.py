@@ -168,7 +168,7 @@ def register(moving: nib.Nifti1Image, fixed: nib.Nifti1Image, method: str, seed:
         Folder for the images handed to ANTs and the transform files (under the
         run's work folder).
     """
-    from ants.internal import get_lib_fn
+    from ants import lib  # the compiled ANTs programs (antspyx's own registration calls the same function)
 
     workdir.mkdir(parents=True, exist_ok=True)
     fixed_path, moving_path = workdir / "fixed.nii", workdir / "moving.nii"
@@ -180,7 +180,7 @@ def register(moving: nib.Nifti1Image, fixed: nib.Nifti1Image, method: str, seed:
                  "--initial-moving-transform", f"[{fixed_path},{moving_path},1]", "--output", str(prefix)]
     for stage in STAGES[method]:
         arguments += stage.arguments(str(fixed_path), str(moving_path))
-    status = get_lib_fn("antsRegistration")(arguments)
+    status = lib.antsRegistration(arguments)
     if status != 0:
         raise RuntimeError(f"antsRegistration failed (exit status {status}) registering {moving_path}")
     zooms = np.sqrt((fixed.affine[:3, :3] ** 2).sum(axis=0))
