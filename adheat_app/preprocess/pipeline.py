@@ -22,6 +22,7 @@ completion mark checked on reruns.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -173,8 +174,12 @@ def _working_grid(brain: nib.Nifti1Image, mask: nib.Nifti1Image, resolution: flo
     return nib.Nifti1Image(data, affine), nib.Nifti1Image(down.astype(np.float32), affine)
 
 
+@functools.lru_cache(maxsize=2)
 def _registration_target(template: Template) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
-    """The template brain and its mask on a grid no finer than :data:`register.REGISTRATION_MM`, cut to its box."""
+    """The template brain and its mask on a grid no finer than :data:`register.REGISTRATION_MM`, cut to its box.
+
+    Built once per template and process (0.4 s per scan at 1 mm otherwise); callers only read the images.
+    """
     image, mask = template.t1w, template.mask_array()
     if template.resolution < register.REGISTRATION_MM:
         shape, affine = grid_for(image, register.REGISTRATION_MM)
