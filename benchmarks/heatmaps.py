@@ -3,29 +3,40 @@
 Usage::
 
     python benchmarks/heatmaps.py [--resolution 2] [--subjects 4] [--threads 2] [--device cpu|cuda]
-                                  [--methods IG Saliency ...]
+                                  [--methods IG Saliency ...] [--no-reuse-memory] [--captum-reuse-memory]
 
 Builds the ``rieke2018`` network for the analysis grid (seeded random weights
 with non-trivial BatchNorm statistics: speed does not depend on training) and
 ``--subjects`` scans (the template z-scored in its brain mask plus noise, one
-noise draw per scan). For every method it times adheat's implementation on all
-scans at once (fixed-shape padded passes and a channels-last model, as the
-runner uses them, :mod:`adheat_app.attribution.base`) and, where captum has the method, captum called once per subject with its
-defaults (IG: ``n_steps`` = adheat's steps, ``internal_batch_size`` 8 as in
-FACTS.md; LRP: ``EpsilonRule`` on the BatchNorm-folded model, compared with
-adheat's epsilon rule; occlusion: ``perturbations_per_eval`` 1; brain-area
-occlusion: :class:`~captum.attr.FeatureAblation` with the AAL3 labels as the
-feature mask). NoiseImportance has no captum counterpart: only its time is
-printed. On CUDA both sides run on the GPU, adheat's forward-only passes under
-autocast as in the runner. Results must
-agree (Pearson correlation >= 0.999 per scan) for the ratio to count.
-Prints one table row per method; seconds are per subject.
+noise draw per scan). For every method it times captum called once per
+subject with its defaults, where captum has the method (IG: ``n_steps`` =
+adheat's steps, ``internal_batch_size`` 8 as in FACTS.md; LRP: ``EpsilonRule``
+on the BatchNorm-folded model, compared with adheat's epsilon rule; occlusion:
+``perturbations_per_eval`` 1; brain-area occlusion:
+:class:`~captum.attr.FeatureAblation` with the AAL3 labels as the feature
+mask), then adheat's implementation on all scans at once, as the runner runs
+it: the method's ``prepare`` (e.g. BatchNorm folded), fixed-shape padded
+passes and a channels-last model (:mod:`adheat_app.attribution.base`), and
+CPU memory kept for reuse (:func:`~adheat_app.training.device.reuse_cpu_memory`;
+``--no-reuse-memory`` times without it, ``--captum-reuse-memory`` gives captum
+the same, to show that part of the speed-up). captum is timed first because
+switching glibc's allocator settings changes them for the rest of the process.
+NoiseImportance has no captum counterpart: only its time is printed. On CUDA
+both sides run on the GPU, adheat's forward-only passes under autocast as in
+the runner. Results must agree (Pearson correlation >= 0.999 per scan) for the
+ratio to count. Each side is timed ``--repeat`` times and the shortest counts.
+Prints one table row per method (seconds are per subject) and
+the process's peak resident memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import resource
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -41,8 +52,11 @@ from adheat_app.attribution.runner import METHOD_ORDER
 from adheat_app.config import HeatmapOptions
 from adheat_app.models import MODELS
 from adheat_app.templates import get_atlas, get_template
-from adheat_app.training.device import deterministic
+from adheat_app.training.device import deterministic, reuse_cpu_memory
 
+T = TypeVar("T")
+#: Methods captum has (the others are timed alone).
+CAPTUM = ("IG", "Saliency", "GuidedBackprop", "GGC", "LRP", "Occlusion", "AreaOcclusion")
 OPTIONS = HeatmapOptions(ig_steps=32, lrp_rule="epsilon", occlusion_size=40.0, occlusion_stride=40.0,
                          noise_steps=20)
 
@@ -86,8 +100,8 @@ def captum_lrp(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
 
 
 def captum_reference(name: str, model: nn.Module, x: torch.Tensor, target: int, resolution: float
-                     ) -> torch.Tensor | None:
-    """captum's map of one scan ``(1, 1, X, Y, Z)``, or None where captum has no such method."""
+                     ) -> torch.Tensor:
+    """captum's map of one scan ``(1, 1, X, Y, Z)`` by method ``name`` (one of :data:`CAPTUM`)."""
     probability = ProbabilityModel(model)
     x = x.clone().requires_grad_(True)
     if name == "IG":
@@ -108,13 +122,10 @@ def captum_reference(name: str, model: nn.Module, x: torch.Tensor, target: int, 
             return Occlusion(probability).attribute(x.detach(), sliding_window_shapes=(1, edge, edge, edge),
                                                     strides=(1, stride, stride, stride), baselines=0,
                                                     target=target).clamp(min=0)
-    if name == "AreaOcclusion":
-        labels = torch.from_numpy(get_atlas(resolution).array().astype(np.int64)).to(x.device)[None, None]
-        with torch.inference_mode():
-            drop = FeatureAblation(probability).attribute(x.detach(), baselines=0, target=target,
-                                                          feature_mask=labels)
-        return torch.where(labels > 0, drop, 0).clamp(min=0)
-    return None
+    labels = torch.from_numpy(get_atlas(resolution).array().astype(np.int64)).to(x.device)[None, None]
+    with torch.inference_mode():  # AreaOcclusion
+        drop = FeatureAblation(probability).attribute(x.detach(), baselines=0, target=target, feature_mask=labels)
+    return torch.where(labels > 0, drop, 0).clamp(min=0)
 
 
 def synchronized(device: torch.device) -> float:
@@ -138,6 +149,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--mem-gb", type=float, default=0.0, help="Memory budget that sets the batch (as --mem-gb).")
     parser.add_argument("--methods", nargs="+", default=list(METHOD_ORDER))
+    parser.add_argument("--repeat", type=int, default=3, help="Time each side this many times; the best counts.")
+    parser.add_argument("--no-reuse-memory", dest="reuse_memory", action="store_false",
+                        help="Time adheat without its CPU memory reuse (the allocator's share of the speed-up).")
+    parser.add_argument("--captum-reuse-memory", action="store_true",
+                        help="Time captum with adheat's CPU memory reuse too.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -149,32 +165,58 @@ def main() -> None:
     context = MethodContext(args.resolution, get_template(args.resolution).space,
                             batch_size(OPTIONS, args.mem_gb, shape), 0, device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, torch threads {args.threads}"
-    print(f"grid {shape}, {args.subjects} subjects, batch {context.batch}, {where}")
-    print("method\tadheat_s_per_subject\tcaptum_s_per_subject\tspeedup\tmin_correlation")
+    print(f"grid {shape}, {args.subjects} subjects, batch {context.batch}, {where}, adheat memory reuse "
+          f"{args.reuse_memory}, captum memory reuse {args.captum_reuse_memory}")
     with deterministic(device, args.threads, exact=True):  # as the runner computes heatmaps
         for net in (model, fast):  # warm-up: first-call costs (CUDA context, cuDNN, oneDNN) are not timed
             first = x[:1].clone().requires_grad_(True)
             torch.autograd.grad(net(first).sum(), first)
-        for name in args.methods:
-            row(name, args, fast, model, x, targets, context)
+        # captum first: switching the allocator (reuse_cpu_memory) changes glibc's behaviour for the process
+        with reuse_cpu_memory(device) if args.captum_reuse_memory else contextlib.nullcontext():
+            references = {name: captum_timed(name, model, x, targets, args.resolution, args.repeat)
+                          for name in args.methods}
+        print("method\tadheat_s_per_subject\tcaptum_s_per_subject\tspeedup\tmin_correlation")
+        with reuse_cpu_memory(device) if args.reuse_memory else contextlib.nullcontext():
+            for name in args.methods:
+                row(name, args, fast, x, targets, context, references[name])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(f"peak resident memory of the process: {peak:.2f} GB")
 
 
-def row(name: str, args: argparse.Namespace, fast: nn.Module, model: nn.Module, x: torch.Tensor,
-        targets: torch.Tensor, context: MethodContext) -> None:
-    """Time one method both ways and print its table row."""
-    device = x.device
+def best_of(repeat: int, device: torch.device, work: Callable[[], T]) -> tuple[T, float]:
+    """The result of ``work`` and its shortest wall time over ``repeat`` runs (machine noise only adds time)."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = synchronized(device)
+        result = work()
+        best = min(best, synchronized(device) - start)
+    return result, best
+
+
+def captum_timed(name: str, model: nn.Module, x: torch.Tensor, targets: torch.Tensor, resolution: float,
+                 repeat: int) -> tuple[list[torch.Tensor], float] | None:
+    """captum's maps of every scan, one call per scan, and the seconds per scan (None: no captum method)."""
+    if name not in CAPTUM:
+        return None
+    refs, seconds = best_of(repeat, x.device, lambda: [
+        captum_reference(name, model, x[i:i + 1], int(targets[i]), resolution).detach() for i in range(len(x))])
+    return refs, seconds / len(x)
+
+
+def row(name: str, args: argparse.Namespace, fast: nn.Module, x: torch.Tensor, targets: torch.Tensor,
+        context: MethodContext, reference: tuple[list[torch.Tensor], float] | None) -> None:
+    """Time adheat's implementation of one method and print its table row against captum's."""
     method = METHODS[name](OPTIONS, context)
-    start = synchronized(device)
-    ours = method.attribute(method.prepare(fast, x[:1]), x, targets, [f"sub-{i}" for i in range(args.subjects)])
-    seconds = (synchronized(device) - start) / args.subjects
-    start = synchronized(device)
-    refs = [captum_reference(name, model, x[i:i + 1], int(targets[i]), args.resolution) for i in range(args.subjects)]
-    if refs[0] is None:
-        print(f"{name}\t{seconds:.2f}\tn/a\tn/a\tn/a", flush=True)
+    keys = [f"sub-{i}" for i in range(args.subjects)]
+    ours, seconds = best_of(args.repeat, x.device, lambda: method.attribute(method.prepare(fast, x[:1]), x, targets,
+                                                                            keys))
+    seconds /= args.subjects
+    if reference is None:
+        print(f"{name}\t{seconds:.3f}\tn/a\tn/a\tn/a", flush=True)
         return
-    reference_seconds = (synchronized(device) - start) / args.subjects
+    refs, reference_seconds = reference
     agreement = min(correlation(ours[i], refs[i][0, 0]) for i in range(args.subjects))
-    print(f"{name}\t{seconds:.2f}\t{reference_seconds:.2f}\t{reference_seconds / seconds:.2f}\t{agreement:.5f}",
+    print(f"{name}\t{seconds:.3f}\t{reference_seconds:.3f}\t{reference_seconds / seconds:.2f}\t{agreement:.5f}",
           flush=True)
 
 

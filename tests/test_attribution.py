@@ -10,6 +10,7 @@ where each method puts its relevance. The runner tests go through
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import shutil
 
@@ -19,13 +20,15 @@ import pandas as pd
 import pytest
 import torch
 from captum.attr import LRP as CaptumLRP
-from captum.attr import FeatureAblation, IntegratedGradients, Occlusion as CaptumOcclusion
+from captum.attr import FeatureAblation, GuidedBackprop, GuidedGradCam, IntegratedGradients, Saliency
+from captum.attr import Occlusion as CaptumOcclusion
 from captum.attr._utils.lrp_rules import EpsilonRule
 from torch import nn
 
 from adheat_app.attribution import METHODS
-from adheat_app.attribution.base import MethodContext, batch_size, scan_seed
+from adheat_app.attribution.base import MethodContext, ProbabilityModel, batch_size, scan_seed
 from adheat_app.attribution.canonize import InputSplit, fold_batchnorm, split_input_layer
+from adheat_app.attribution.inputconv import with_fast_input_gradient
 from adheat_app.attribution.lrp import lrp
 from adheat_app.attribution.runner import METHOD_ORDER, heatmap_path, run_heatmaps, selected_methods
 from adheat_app.bids import Derivatives, T1wInput, sidecar_path
@@ -159,6 +162,50 @@ def test_folding_batchnorm_keeps_outputs():
     assert not any(isinstance(m, nn.BatchNorm3d) for m in folded.modules())
     assert any(isinstance(m, nn.BatchNorm3d) for m in model.modules())
     assert torch.allclose(folded(x), model(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["Saliency", "GuidedBackprop", "GGC"])
+def test_gradient_methods_on_the_folded_model_equal_captum_on_the_trained_model(name):
+    """prepare() folds the BatchNorms (GGC: all but the one its layer feeds); maps equal captum's on the original."""
+    model = random_model(seed=5)
+    x, targets = volumes(3, seed=6), torch.tensor([1, 0, 1])
+    method = METHODS[name](HeatmapOptions(), context(batch=2))
+    prepared = method.prepare(model, x[:1])
+    norms = [m for m in prepared.modules() if isinstance(m, nn.BatchNorm3d)]
+    if name == "GGC":
+        assert len(norms) == 1 and prepared.features[-3] is norms[0]  # the BatchNorm fed by last_conv
+    else:
+        assert not norms
+    ours = method.attribute(prepared, x, targets, ["a", "b", "c"])
+    inputs = x.clone().requires_grad_(True)
+    if name == "Saliency":
+        reference = Saliency(ProbabilityModel(model)).attribute(inputs, target=targets, abs=True)
+    elif name == "GuidedBackprop":
+        reference = GuidedBackprop(ProbabilityModel(model)).attribute(inputs, target=targets)
+    else:
+        reference = GuidedGradCam(model, model.last_conv).attribute(inputs, target=targets,
+                                                                    interpolate_mode="trilinear")
+    reference = reference[:, 0].detach()
+    assert float(reference.abs().max()) > 0
+    np.testing.assert_allclose(ours.numpy(), reference.numpy(), atol=1e-5 * float(reference.abs().max()))
+
+
+@pytest.mark.parametrize("kernel, padding", [(3, 0), (3, 1), ((5, 3, 3), (2, 0, 1))])
+def test_fast_input_gradient_equals_torchs(kernel, padding):
+    """The depthwise input gradient of a one-channel convolution equals torch's backward."""
+    torch.manual_seed(0)
+    model = frozen(nn.Sequential(nn.Conv3d(1, 6, kernel, padding=padding), nn.ReLU(), nn.Conv3d(6, 1, 3),
+                                 nn.Conv3d(1, 2, 3, stride=2)))
+    fast = with_fast_input_gradient(copy.deepcopy(model))
+    assert [type(m).__name__ for m in fast] == ["SingleChannelConv3d", "ReLU", "Conv3d", "Conv3d"]  # not strided
+    x = volumes(2)
+    grads = []
+    for net in (model, fast):
+        inputs = x.clone().requires_grad_(True)
+        out = net(inputs)
+        grads.append(torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(), inputs)[0])
+    assert float(grads[0].abs().max()) > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
 
 
 def test_lrp_epsilon_conserves_relevance_and_equals_captum():

@@ -17,6 +17,7 @@ same files.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -27,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from adheat_app.attribution.canonize import fold_batchnorm
+from adheat_app.attribution.inputconv import with_fast_input_gradient
 from adheat_app.config import HeatmapOptions
 
 #: Bytes of activations and gradients per input voxel of one row in a backward pass (measured
@@ -218,6 +221,25 @@ class Method(ABC):
 
 class GradientMethod(Method):
     """A method with one backward pass per scan: scans are packed into padded passes."""
+
+    #: Attribute of the model naming the Conv3d whose BatchNorm stays unfolded (Grad-CAM reads its output).
+    unfolded_layer: ClassVar[str | None] = None
+
+    def prepare(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
+        """The same function, faster to differentiate: BatchNorms folded, fast input-layer gradient.
+
+        BatchNorms are folded into their convolutions
+        (:func:`~adheat_app.attribution.canonize.fold_batchnorm`; a model where
+        one is not fed by a Conv3d keeps them all), and the convolution that
+        reads the scan gets the CPU's faster input gradient
+        (:func:`~adheat_app.attribution.inputconv.with_fast_input_gradient`).
+        """
+        keep = getattr(model, self.unfolded_layer) if self.unfolded_layer else None
+        try:
+            prepared = fold_batchnorm(model, example, keep=keep)
+        except ValueError:
+            prepared = copy.deepcopy(model)
+        return with_fast_input_gradient(prepared)
 
     @abstractmethod
     def explain(self, model: nn.Module, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

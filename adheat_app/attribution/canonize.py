@@ -1,12 +1,14 @@
 """Canonization: equivalent rewrites of a trained model that attribution methods rely on.
 
-:func:`fold_batchnorm` (LRP, and IG's input split): LRP rules are defined for
-linear layers followed by activations; a BatchNorm in evaluation mode is an
-affine map per channel, so it is merged into the preceding Conv3d
-(``w' = w * g / s``, ``b' = (b - mu) * g / s + beta`` with
-``s = sqrt(var + eps)``) and replaced by ``nn.Identity``. Which convolution
-feeds which BatchNorm is read from one traced forward pass (the BatchNorm's
-input must be exactly that convolution's output), not from declaration order.
+:func:`fold_batchnorm`: a BatchNorm in evaluation mode is an affine map per
+channel, so it is merged into the preceding Conv3d (``w' = w * g / s``,
+``b' = (b - mu) * g / s + beta`` with ``s = sqrt(var + eps)``) and replaced by
+``nn.Identity``. LRP needs it (its rules are defined for linear layers
+followed by activations); the other gradient methods run the folded model
+because it computes the same function without the BatchNorms' forward and
+backward passes over every activation. Which convolution feeds which
+BatchNorm is read from one traced forward pass (the BatchNorm's input must be
+exactly that convolution's output), not from declaration order.
 The folded copy is checked against the original on the example input.
 
 :func:`split_input_layer` (IG, occlusion): the model as ``rest(layer(x))``
@@ -66,12 +68,13 @@ def _feeding_convs(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
     return pairs
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` in ``model`` at the dotted ``name``."""
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
-def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
+def fold_batchnorm(model: nn.Module, example: torch.Tensor, keep: nn.Module | None = None) -> nn.Module:
     """A copy of ``model`` (eval mode) with every BatchNorm3d folded into its Conv3d.
 
     Parameters
@@ -81,6 +84,9 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
     example : torch.Tensor
         One input batch, used to trace which convolution feeds which BatchNorm
         and to verify the folded copy.
+    keep : nn.Module, optional
+        A Conv3d of ``model`` whose BatchNorm stays as it is (Grad-CAM reads
+        that convolution's own output).
 
     Raises
     ------
@@ -89,7 +95,8 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
         model's outputs differ from the original's by more than :data:`FOLD_ATOL`.
     """
     folded = copy.deepcopy(model).eval()
-    pairs = _feeding_convs(folded, example)
+    kept = {name for name, module in model.named_modules() if module is keep}
+    pairs = {bn: conv for bn, conv in _feeding_convs(folded, example).items() if conv not in kept}
     with torch.no_grad():
         for bn_name, conv_name in pairs.items():
             bn = folded.get_submodule(bn_name)
@@ -98,7 +105,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
             bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
             conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1, 1))
             conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias, requires_grad=False)
-            _set_submodule(folded, bn_name, nn.Identity())
+            set_submodule(folded, bn_name, nn.Identity())
         difference = (folded(example) - model(example)).abs().max().item()
     if difference > FOLD_ATOL:
         raise ValueError(f"folding BatchNorm changed the model's outputs by {difference:.2e} (> {FOLD_ATOL})")
@@ -165,7 +172,7 @@ def split_input_layer(model: nn.Module, example: torch.Tensor) -> InputSplit:
     if not isinstance(layer, nn.Conv3d):
         raise ValueError(f"the model's input layer {name!r} is a {type(layer).__name__}, not a Conv3d")
     rest = copy.deepcopy(folded)
-    _set_submodule(rest, name, nn.Identity())
+    set_submodule(rest, name, nn.Identity())
     with torch.no_grad():
         try:
             difference = (rest(layer(example)) - model(example)).abs().max().item()

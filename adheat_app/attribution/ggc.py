@@ -22,6 +22,7 @@ class GGC(GradientMethod):
 
     name = "GGC"
     signed = True
+    unfolded_layer = "last_conv"
 
     def parameters(self) -> dict:
         """Layer, upsampling and output explained."""

@@ -43,6 +43,7 @@ from torch import nn
 from adheat_app.attribution import METHODS
 from adheat_app.attribution.base import GradientMethod
 from adheat_app.attribution.canonize import fold_batchnorm
+from adheat_app.attribution.inputconv import conv3d
 
 ALPHA_BETA = {"alphabeta": (1.5, 0.5), "zplus": (1.0, 0.0)}
 #: Modules through which relevance flows by the plain gradient.
@@ -53,7 +54,7 @@ POOLS = (nn.AvgPool3d, nn.AdaptiveAvgPool3d)
 def _linear_map(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``(x, w) -> x * w`` of a Conv3d or Linear, without bias."""
     if isinstance(module, nn.Conv3d):
-        return lambda x, w: F.conv3d(x, w, None, module.stride, module.padding, module.dilation, module.groups)
+        return lambda x, w: conv3d(x, w, None, module.stride, module.padding, module.dilation, module.groups)
     return lambda x, w: F.linear(x, w)
 
 

@@ -275,7 +275,7 @@ def run_heatmaps(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> None
 
     Does nothing (with a warning) when no trained fold model of ``--model`` exists.
     """
-    from adheat_app.training.device import deterministic
+    from adheat_app.training.device import deterministic, reuse_cpu_memory
 
     folds = completed_folds(config)
     if not folds:
@@ -284,7 +284,7 @@ def run_heatmaps(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> None
         return
     selected_methods(config.heatmaps.methods)  # unknown names fail before any model is loaded
     run = HeatmapRun(config, derivs, cohort, folds)
-    with deterministic(run.device, config.execution.omp_nthreads, exact=True):
+    with deterministic(run.device, config.execution.omp_nthreads, exact=True), reuse_cpu_memory(run.device):
         for method in run.methods:
             run.run_method(method)
         if config.heatmaps.sanity_check:
