@@ -14,28 +14,31 @@ adheat's steps, ``internal_batch_size`` 8 as in FACTS.md; LRP: ``EpsilonRule``
 on the BatchNorm-folded model, compared with adheat's epsilon rule; occlusion:
 ``perturbations_per_eval`` 1; brain-area occlusion:
 :class:`~captum.attr.FeatureAblation` with the AAL3 labels as the feature
-mask), then adheat's implementation on all scans at once, as the runner runs
-it: the method's ``prepare`` (e.g. BatchNorm folded), fixed-shape padded
-passes and a channels-last model (:mod:`adheat_app.attribution.base`), and
-CPU memory kept for reuse (:func:`~adheat_app.training.device.reuse_cpu_memory`;
-``--no-reuse-memory`` times without it, ``--captum-reuse-memory`` gives captum
-the same, to show that part of the speed-up). captum is timed first because
-switching glibc's allocator settings changes them for the rest of the process.
-NoiseImportance has no captum counterpart: only its time is printed. On CUDA
-both sides run on the GPU, adheat's forward-only passes under autocast as in
-the runner. Results must agree (Pearson correlation >= 0.999 per scan) for the
-ratio to count. Each side is timed ``--repeat`` times and the shortest counts.
-Prints one table row per method (seconds are per subject) and
-the process's peak resident memory.
+mask). captum runs first, in a fresh process, with glibc's allocator as a
+user's own script has it. Then adheat's implementation runs on all scans at
+once, as the runner runs it: the method's ``prepare`` (e.g. BatchNorm folded;
+once per fold model, timed apart), fixed-shape padded passes and a
+channels-last model (:mod:`adheat_app.attribution.base`), and CPU memory kept
+for reuse (:func:`~adheat_app.training.device.reuse_cpu_memory`;
+``--no-reuse-memory`` times adheat without it, ``--captum-reuse-memory`` gives
+captum the same, to show that part of the speed-up). NoiseImportance has no
+captum counterpart: only its time is printed. On CUDA both sides run on the
+GPU, adheat's forward-only passes under autocast as in the runner. Results
+must agree (Pearson correlation >= 0.999 per scan) for the ratio to count.
+Each side is timed ``--repeat`` times and the shortest counts. Prints one
+table row per method (seconds are per subject, ``prepare`` per model) and the
+peak resident memory of adheat's process.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import resource
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
 import numpy as np
@@ -155,32 +158,36 @@ def main() -> None:
     parser.add_argument("--captum-reuse-memory", action="store_true",
                         help="Time captum with adheat's CPU memory reuse too.")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    x = scans(args.resolution, args.subjects).to(device)
+    # captum in a fresh process: glibc's allocator as a user's own script has it (see reuse_cpu_memory)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        references = pool.submit(captum_side, args).result()
+    device, x, targets, model = setup(args)
+    fast = channels_last(model)
     shape = tuple(x.shape[2:])
-    model = network(shape).to(device)
-    fast = channels_last(network(shape).to(device))
-    targets = torch.tensor([i % 2 for i in range(args.subjects)], device=device)
     context = MethodContext(args.resolution, get_template(args.resolution).space,
                             batch_size(OPTIONS, args.mem_gb, shape), 0, device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, torch threads {args.threads}"
-    print(f"grid {shape}, {args.subjects} subjects, batch {context.batch}, {where}, adheat memory reuse "
+    print(f"grid {shape}, {args.subjects} subjects, batch {context.batch}, {where}; adheat memory reuse "
           f"{args.reuse_memory}, captum memory reuse {args.captum_reuse_memory}")
+    print("method\tadheat_prepare_s\tadheat_s_per_subject\tcaptum_s_per_subject\tspeedup\tmin_correlation")
     with deterministic(device, args.threads, exact=True):  # as the runner computes heatmaps
-        for net in (model, fast):  # warm-up: first-call costs (CUDA context, cuDNN, oneDNN) are not timed
-            first = x[:1].clone().requires_grad_(True)
-            torch.autograd.grad(net(first).sum(), first)
-        # captum first: switching the allocator (reuse_cpu_memory) changes glibc's behaviour for the process
-        with reuse_cpu_memory(device) if args.captum_reuse_memory else contextlib.nullcontext():
-            references = {name: captum_timed(name, model, x, targets, args.resolution, args.repeat)
-                          for name in args.methods}
-        print("method\tadheat_s_per_subject\tcaptum_s_per_subject\tspeedup\tmin_correlation")
         with reuse_cpu_memory(device) if args.reuse_memory else contextlib.nullcontext():
             for name in args.methods:
-                row(name, args, fast, x, targets, context, references[name])
+                row(name, args, fast, x, targets, context, references.get(name))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    print(f"peak resident memory of the process: {peak:.2f} GB")
+    print(f"peak resident memory of adheat's process: {peak:.2f} GB")
+
+
+def setup(args: argparse.Namespace) -> tuple[torch.device, torch.Tensor, torch.Tensor, nn.Module]:
+    """Device, scans, targets and the network (seeded: both processes build the same ones), warmed up."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    x = scans(args.resolution, args.subjects).to(device)
+    model = network(tuple(x.shape[2:])).to(device)
+    targets = torch.tensor([i % 2 for i in range(args.subjects)], device=device)
+    first = x[:1].clone().requires_grad_(True)  # warm-up: first-call costs (CUDA context, cuDNN, oneDNN)
+    torch.autograd.grad(model(first).sum(), first)
+    return device, x, targets, model
 
 
 def best_of(repeat: int, device: torch.device, work: Callable[[], T]) -> tuple[T, float]:
@@ -193,31 +200,35 @@ def best_of(repeat: int, device: torch.device, work: Callable[[], T]) -> tuple[T
     return result, best
 
 
-def captum_timed(name: str, model: nn.Module, x: torch.Tensor, targets: torch.Tensor, resolution: float,
-                 repeat: int) -> tuple[list[torch.Tensor], float] | None:
-    """captum's maps of every scan, one call per scan, and the seconds per scan (None: no captum method)."""
-    if name not in CAPTUM:
-        return None
-    refs, seconds = best_of(repeat, x.device, lambda: [
-        captum_reference(name, model, x[i:i + 1], int(targets[i]), resolution).detach() for i in range(len(x))])
-    return refs, seconds / len(x)
+def captum_side(args: argparse.Namespace) -> dict[str, tuple[list[np.ndarray], float]]:
+    """captum's maps of every scan, one call per scan, and the seconds per scan, for each method captum has."""
+    device, x, targets, model = setup(args)
+    out = {}
+    with deterministic(device, args.threads, exact=True):
+        with reuse_cpu_memory(device) if args.captum_reuse_memory else contextlib.nullcontext():
+            for name in (n for n in args.methods if n in CAPTUM):
+                refs, seconds = best_of(args.repeat, device, lambda name=name: [
+                    captum_reference(name, model, x[i:i + 1], int(targets[i]), args.resolution).detach().cpu().numpy()
+                    for i in range(len(x))])
+                out[name] = refs, seconds / len(x)
+    return out
 
 
 def row(name: str, args: argparse.Namespace, fast: nn.Module, x: torch.Tensor, targets: torch.Tensor,
-        context: MethodContext, reference: tuple[list[torch.Tensor], float] | None) -> None:
+        context: MethodContext, reference: tuple[list[np.ndarray], float] | None) -> None:
     """Time adheat's implementation of one method and print its table row against captum's."""
     method = METHODS[name](OPTIONS, context)
     keys = [f"sub-{i}" for i in range(args.subjects)]
-    ours, seconds = best_of(args.repeat, x.device, lambda: method.attribute(method.prepare(fast, x[:1]), x, targets,
-                                                                            keys))
+    prepared, prepare_seconds = best_of(1, x.device, lambda: method.prepare(fast, x[:1]))
+    ours, seconds = best_of(args.repeat, x.device, lambda: method.attribute(prepared, x, targets, keys))
     seconds /= args.subjects
     if reference is None:
-        print(f"{name}\t{seconds:.3f}\tn/a\tn/a\tn/a", flush=True)
+        print(f"{name}\t{prepare_seconds:.2f}\t{seconds:.3f}\tn/a\tn/a\tn/a", flush=True)
         return
     refs, reference_seconds = reference
-    agreement = min(correlation(ours[i], refs[i][0, 0]) for i in range(args.subjects))
-    print(f"{name}\t{seconds:.3f}\t{reference_seconds:.3f}\t{reference_seconds / seconds:.2f}\t{agreement:.5f}",
-          flush=True)
+    agreement = min(correlation(ours[i], torch.from_numpy(refs[i][0, 0])) for i in range(args.subjects))
+    print(f"{name}\t{prepare_seconds:.2f}\t{seconds:.3f}\t{reference_seconds:.3f}\t{reference_seconds / seconds:.2f}"
+          f"\t{agreement:.5f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ captum's :class:`~captum.attr.GuidedGradCam` on ``model.last_conv`` for the
 target *logit*: Grad-CAM of that layer (channel weights = spatially averaged
 gradients, ReLU of the weighted sum) upsampled trilinearly to the input grid,
 times guided backpropagation. Signed (guided backpropagation can be negative).
+:meth:`~.base.GradientMethod.prepare` folds every BatchNorm except the one
+after ``last_conv``, so that Grad-CAM reads that convolution's own output.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ canonized once per fold model (BatchNorm folded into its Conv3d, :mod:`.canonize
 residual additions split, below), and a forward
 hook on every Conv3d/Linear (and average pool) replaces that layer's backward
 pass by its LRP rule, so one batched forward/backward pass gives the input
-relevance of a whole batch. ReLU, Dropout (eval), flatten and max-pooling pass
+relevance of a whole batch (on the CPU the rules' gradient through the
+one-channel input convolution uses :mod:`.inputconv`). ReLU, Dropout (eval),
+flatten and max-pooling pass
 relevance unchanged through autograd (max-pool: winner takes all, as Wang et
 al.). Residual sums (``a + b`` in a forward, as in ``resnet3d``) are found by
 tracing the model with ``torch.fx`` and split in proportion to the addends

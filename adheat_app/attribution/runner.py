@@ -150,7 +150,9 @@ class HeatmapRun:
 
     def tensor(self, indices: list[int]) -> torch.Tensor:
         """Scans as float32 ``(N, 1, X, Y, Z)`` on the device (cached float16 -> float32)."""
-        return torch.from_numpy(np.asarray(self.volumes[indices], dtype=np.float32))[:, None].to(self.device)
+        from adheat_app.training.loop import read_batch
+
+        return torch.from_numpy(read_batch(self.volumes, np.asarray(indices))).to(self.device)
 
     def models_of(self, a: Assignment) -> list[int]:
         """Fold models that explain a scan."""

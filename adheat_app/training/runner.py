@@ -42,7 +42,7 @@ from adheat_app.errors import InputError
 from adheat_app.io import atomic_path, read_json, write_json, write_tsv
 from adheat_app.models import MODELS
 from adheat_app.templates import parse_resolution
-from adheat_app.training.device import deterministic, epoch_seed, resolve_device, seed_everything
+from adheat_app.training.device import deterministic, epoch_seed, resolve_device, reuse_cpu_memory, seed_everything
 from adheat_app.training.figures import plot_roc, plot_training_curve
 from adheat_app.training.folds import Fold, check_labels, check_no_leakage, make_folds, split_hash, write_split
 from adheat_app.training.loop import CURVE_COLUMNS, FoldResult, ScanSet, TrainSettings, predict_logits, train_fold
@@ -155,7 +155,7 @@ def _train_one(config: RunConfig, cohort: Cohort, fold: Fold, volumes: np.ndarra
     write_split(folder / "split.tsv", fold)
     shape = tuple(volumes.shape[1:])
     settings = train_settings(config)
-    with deterministic(device, config.execution.omp_nthreads):
+    with deterministic(device, config.execution.omp_nthreads), reuse_cpu_memory(device):
         seed_everything(epoch_seed(settings.seed, fold.index, 0))
         model = _build_model(tr.model, shape).to(device)
         result = train_fold(model, volumes, _scan_set(fold.train, rows), _scan_set(fold.val, rows), settings,
