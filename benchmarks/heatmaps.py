@@ -19,7 +19,7 @@ user's own script has it. Then adheat's implementation runs on all scans at
 once, as the runner runs it: the method's ``prepare`` (e.g. BatchNorm folded;
 once per fold model, timed apart), fixed-shape padded passes and a
 channels-last model (:mod:`adheat_app.attribution.base`), and CPU memory kept
-for reuse (:func:`~adheat_app.training.device.reuse_cpu_memory`;
+for reuse (:func:`~adheat_app.memory.reuse_cpu_memory`;
 ``--no-reuse-memory`` times adheat without it, ``--captum-reuse-memory`` gives
 captum the same, to show that part of the speed-up). NoiseImportance has no
 captum counterpart: only its time is printed. On CUDA both sides run on the
@@ -55,7 +55,8 @@ from adheat_app.attribution.runner import METHOD_ORDER
 from adheat_app.config import HeatmapOptions
 from adheat_app.models import MODELS
 from adheat_app.templates import get_atlas, get_template
-from adheat_app.training.device import deterministic, reuse_cpu_memory
+from adheat_app.memory import reuse_cpu_memory
+from adheat_app.training.device import deterministic
 
 T = TypeVar("T")
 #: Methods captum has (the others are timed alone).

@@ -4,7 +4,7 @@ Writes a small simulated cohort of template-space images (the simulator's own
 subjects with planted atrophy, as ``tests/conftest.make_preprocessed_cohort``
 does, without registration) at 2 mm, then trains ``--model`` for a few epochs
 in two ways, alternating epoch by epoch, with CPU memory kept for reuse as the
-training runner does (:func:`~adheat_app.training.device.reuse_cpu_memory`):
+training runner does (:func:`~adheat_app.memory.reuse_cpu_memory`):
 reading batches from :func:`adheat_app.volumes.load_volumes` (float16 memmap,
 as :mod:`adheat_app.training.loop` does) and decoding the ``.nii.gz``
 files for every batch. Prints volumes per second, the fraction of step time
@@ -32,7 +32,7 @@ import torch
 from adheat_app import simulate
 from adheat_app.io import save_nifti
 from adheat_app.models import MODELS
-from adheat_app.training.device import reuse_cpu_memory
+from adheat_app.memory import reuse_cpu_memory
 from adheat_app.training.loop import batches, read_batch
 from adheat_app.volumes import load_volumes
 

@@ -9,8 +9,6 @@ accuracy, planted atrophy gives a high one.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from adheat_app.io import read_json
 from adheat_app.training import (Fold, fold_dir, load_fold_model, make_folds, read_split, resolve_device,
                                  run_training)
 from adheat_app.training import loop
-from adheat_app.training.device import deterministic, reuse_cpu_memory
+from adheat_app.training.device import deterministic
 from adheat_app.training.folds import check_labels, check_no_leakage
 from adheat_app.volumes import load_volumes
 from conftest import make_preprocessed_cohort
@@ -159,35 +157,13 @@ def test_resolve_device(tmp_path):
             resolve_device(config.replace("execution", device="cuda"))
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
-
-
-def _mmapped_blocks_after_allocating(megabytes: int) -> int:
-    """How many more mmap-ed blocks glibc holds while a tensor of ``megabytes`` is alive."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.mallinfo2.restype = _MallInfo2
-    before = libc.mallinfo2().hblks
-    block = torch.ones(megabytes * 2**18)  # float32
-    during = libc.mallinfo2().hblks
-    del block
-    return during - before
-
-
-@pytest.mark.skipif(not hasattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallinfo2"), reason="needs glibc >= 2.33")
-def test_reuse_cpu_memory_keeps_large_blocks_on_the_heap_then_restores_glibc():
-    cpu = torch.device("cpu")
-    assert _mmapped_blocks_after_allocating(64) == 1  # glibc's default: a fresh mmap per large block
-    with reuse_cpu_memory(cpu):
-        assert _mmapped_blocks_after_allocating(64) == 0
-        with deterministic(cpu, 0):
-            assert torch.utils.deterministic.fill_uninitialized_memory is False
-    assert torch.utils.deterministic.fill_uninitialized_memory is True
-    assert _mmapped_blocks_after_allocating(64) == 1
-    with reuse_cpu_memory(torch.device("meta")):  # other devices: glibc untouched
-        assert _mmapped_blocks_after_allocating(64) == 1
+def test_deterministic_mode_does_not_fill_new_tensors_with_nan():
+    """torch's NaN fill of new tensors (a debugging aid) is off inside ``deterministic`` and restored after."""
+    before = torch.utils.deterministic.fill_uninitialized_memory
+    with deterministic(torch.device("cpu"), 0):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.utils.deterministic.fill_uninitialized_memory is False
+    assert torch.utils.deterministic.fill_uninitialized_memory is before
 
 
 # --- training loop pieces ----------------------------------------------------------------------------------------

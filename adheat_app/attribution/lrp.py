@@ -195,22 +195,38 @@ def attach_rules(model: nn.Module, rule: str, epsilon: float) -> list:
     return handles
 
 
-def canonize(model: nn.Module, example: torch.Tensor, epsilon: float) -> torch.fx.GraphModule:
+class Canonized(nn.Module):
+    """A model ready for :func:`lrp` (BatchNorm folded, residual additions split), made by :func:`canonize`.
+
+    Parameters
+    ----------
+    traced : torch.fx.GraphModule
+        The folded model, traced, with its additions replaced by :func:`split_add`.
+    """
+
+    def __init__(self, traced: torch.fx.GraphModule):
+        super().__init__()
+        self.traced = traced
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of volumes ``x``."""
+        return self.traced(x)
+
+
+def canonize(model: nn.Module, example: torch.Tensor, epsilon: float) -> Canonized:
     """``model`` with BatchNorm folded and residual additions split: ready for :func:`lrp`, built once per model."""
-    traced = with_split_additions(fold_batchnorm(model, example), epsilon)
-    traced.lrp_canonized = True
-    return traced
+    return Canonized(with_split_additions(fold_batchnorm(model, example), epsilon))
 
 
 def lrp(model: nn.Module, rows: torch.Tensor, targets: torch.Tensor, rule: str, epsilon: float) -> torch.Tensor:
     """Input relevance of ``rows`` (``(B, 1, X, Y, Z)``) from their target logits.
 
-    ``model`` must have its BatchNorms folded
-    (:func:`~adheat_app.attribution.canonize.fold_batchnorm`); its residual
-    additions are split here unless :func:`canonize` made it.
+    ``model`` is :class:`Canonized`, or has its BatchNorms folded
+    (:func:`~adheat_app.attribution.canonize.fold_batchnorm`) and gets its
+    residual additions split here.
     """
-    if not getattr(model, "lrp_canonized", False):
-        model = with_split_additions(model, epsilon)
+    if not isinstance(model, Canonized):
+        model = Canonized(with_split_additions(model, epsilon))
     handles = attach_rules(model, rule, epsilon)
     try:
         rows = rows.detach().requires_grad_(True)
@@ -243,6 +259,6 @@ class LRP(GradientMethod):
 
     def explain(self, model: nn.Module, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """LRP of one padded pass (``model`` canonized here unless :meth:`prepare` made it)."""
-        if not getattr(model, "lrp_canonized", False):
+        if not isinstance(model, Canonized):
             model = canonize(model, rows[:1], self.options.lrp_epsilon)
         return lrp(model, rows, targets, self.options.lrp_rule, self.options.lrp_epsilon)

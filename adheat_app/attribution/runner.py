@@ -277,7 +277,8 @@ def run_heatmaps(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> None
 
     Does nothing (with a warning) when no trained fold model of ``--model`` exists.
     """
-    from adheat_app.training.device import deterministic, reuse_cpu_memory
+    from adheat_app.memory import reuse_cpu_memory
+    from adheat_app.training.device import deterministic
 
     folds = completed_folds(config)
     if not folds:

@@ -18,6 +18,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from adheat_app.memory import reuse_cpu_memory
+
 #: Foreground volume (ml) below which an image without a sidecar verdict counts as skull-stripped.
 STRIPPED_MAX_ML = 2400.0
 #: Fraction of the robust maximum below which voxels of a stripped image are background.
@@ -115,6 +117,9 @@ def _extractor():
 
 
 def deepbet_mask(img: nib.Nifti1Image) -> np.ndarray:
-    """Brain mask of a whole-head image from deepbet (same grid as ``img``)."""
-    _, mask, _ = _extractor().run(img)
+    """Brain mask of a whole-head image from deepbet (same grid as ``img``), CPU memory kept for reuse."""
+    import torch
+
+    with reuse_cpu_memory(torch.device("cpu")):
+        _, mask, _ = _extractor().run(img)
     return np.asarray(mask.dataobj) > 0

@@ -1,4 +1,4 @@
-"""Compute device, thread count, seeds, deterministic execution and CPU memory reuse for training and heatmaps.
+"""Compute device, thread count, seeds and deterministic execution for training (and heatmaps).
 
 Randomness in training (weight initialisation, batch order, augmentation,
 dropout) is seeded from :func:`epoch_seed`, a pure function of the run seed,
@@ -10,8 +10,6 @@ uninterrupted run, and no random-generator state needs to be saved.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import random
 from collections.abc import Iterator
 
@@ -20,10 +18,6 @@ import torch
 
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
-
-# glibc's mallopt parameters and their defaults (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
 
 
 def resolve_device(config: RunConfig) -> torch.device:
@@ -95,51 +89,3 @@ def deterministic(device: torch.device, n_threads: int, exact: bool = False) -> 
         torch.backends.cudnn.allow_tf32 = previous[4]
         torch.backends.cuda.matmul.allow_tf32 = previous[5]
         torch.utils.deterministic.fill_uninitialized_memory = previous[6]
-
-
-def _glibc() -> ctypes.CDLL | None:
-    """The C library when it is glibc (has ``mallopt`` and ``malloc_trim``), else None."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    return libc if libc is not None and hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-
-
-@contextlib.contextmanager
-def reuse_cpu_memory(device: torch.device) -> Iterator[None]:
-    """On the CPU with glibc, keep freed tensor memory in the process for reuse, then give it back.
-
-    glibc serves every allocation above its mmap threshold (at most 32 MB; a
-    2 mm scan's activations are larger) with a fresh ``mmap`` and unmaps it on
-    free, so every forward/backward pass pays page faults and the kernel's
-    zero-filling for all of its buffers again. Inside this context large
-    blocks come from the heap and freed ones are kept (``M_MMAP_MAX`` 0,
-    ``M_TRIM_THRESHOLD`` -1: never trim). Measured on 2 CPU threads at 2 mm:
-    heatmap passes 1.8-2.7x faster (``benchmarks/heatmaps.py --no-reuse-memory``
-    against the default, README), a ``rieke2018`` training step with batch 4
-    1.1-1.3 s -> 0.6 s. The price is memory: what the process freed stays
-    resident until the context ends (the heatmap benchmark's peak 3.3 GB
-    instead of 2.3 GB). On exit glibc's settings are restored (its dynamic
-    mmap threshold stays fixed from then on) and the kept memory is returned
-    (``malloc_trim``). Results are bitwise the same. Does nothing on other
-    devices or C libraries.
-
-    Parameters
-    ----------
-    device : torch.device
-        The compute device (CUDA memory has its own caching allocator).
-    """
-    libc = _glibc() if device.type == "cpu" else None
-    if libc is None:
-        yield
-        return
-    libc.mallopt(_M_MMAP_MAX, 0)
-    libc.mallopt(_M_TRIM_THRESHOLD, -1)
-    try:
-        yield
-    finally:
-        libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
-        libc.malloc_trim(0)

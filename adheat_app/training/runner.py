@@ -42,7 +42,8 @@ from adheat_app.errors import InputError
 from adheat_app.io import atomic_path, read_json, write_json, write_tsv
 from adheat_app.models import MODELS
 from adheat_app.templates import parse_resolution
-from adheat_app.training.device import deterministic, epoch_seed, resolve_device, reuse_cpu_memory, seed_everything
+from adheat_app.memory import reuse_cpu_memory
+from adheat_app.training.device import deterministic, epoch_seed, resolve_device, seed_everything
 from adheat_app.training.figures import plot_roc, plot_training_curve
 from adheat_app.training.folds import Fold, check_labels, check_no_leakage, make_folds, split_hash, write_split
 from adheat_app.training.loop import CURVE_COLUMNS, FoldResult, ScanSet, TrainSettings, predict_logits, train_fold
