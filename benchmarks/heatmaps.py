@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/heatmaps.py [--resolution 2] [--subjects 4] [--threads 2] [--device cpu|cuda]
-                                  [--methods IG Saliency ...] [--no-reuse-memory] [--captum-reuse-memory]
+                                  [--methods IG Saliency ...] [--repeat 3] [--no-reuse-memory] [--captum-reuse-memory]
 
 Builds the ``rieke2018`` network for the analysis grid (seeded random weights
 with non-trivial BatchNorm statistics: speed does not depend on training) and

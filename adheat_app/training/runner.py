@@ -40,9 +40,9 @@ from adheat_app.cohort import Cohort, Scan
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.io import atomic_path, read_json, write_json, write_tsv
+from adheat_app.memory import reuse_cpu_memory
 from adheat_app.models import MODELS
 from adheat_app.templates import parse_resolution
-from adheat_app.memory import reuse_cpu_memory
 from adheat_app.training.device import deterministic, epoch_seed, resolve_device, seed_everything
 from adheat_app.training.figures import plot_roc, plot_training_curve
 from adheat_app.training.folds import Fold, check_labels, check_no_leakage, make_folds, split_hash, write_split
