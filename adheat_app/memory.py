@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,9 @@ if TYPE_CHECKING:  # torch is not loaded by importing this module (preprocessing
 # glibc's mallopt parameters and their defaults (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+# Open reuse_cpu_memory contexts (nested ones leave the settings to the outermost).
+_depth = 0
+_lock = threading.Lock()
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -49,22 +53,30 @@ def reuse_cpu_memory(device: torch.device) -> Iterator[None]:
     ends (the heatmap benchmark's peak 3.3 GB instead of 2.3 GB). On exit
     glibc's settings are restored (its dynamic mmap threshold stays fixed from
     then on) and the kept memory is returned (``malloc_trim``). Results are
-    bitwise the same. Does nothing on other devices or C libraries.
+    bitwise the same. Contexts may nest (the outermost one restores). Does
+    nothing on other devices or C libraries.
 
     Parameters
     ----------
     device : torch.device
         The compute device (CUDA memory has its own caching allocator).
     """
+    global _depth
     libc = _glibc() if device.type == "cpu" else None
     if libc is None:
         yield
         return
-    libc.mallopt(_M_MMAP_MAX, 0)
-    libc.mallopt(_M_TRIM_THRESHOLD, -1)
+    with _lock:
+        if _depth == 0:
+            libc.mallopt(_M_MMAP_MAX, 0)
+            libc.mallopt(_M_TRIM_THRESHOLD, -1)
+        _depth += 1
     try:
         yield
     finally:
-        libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
-        libc.malloc_trim(0)
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+                libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+                libc.malloc_trim(0)

@@ -34,6 +34,9 @@ def test_reuse_cpu_memory_keeps_large_blocks_on_the_heap_then_restores_glibc():
     assert _mmapped_blocks_after_allocating(64) == 1  # glibc's default: a fresh mmap per large block
     with reuse_cpu_memory(cpu):
         assert _mmapped_blocks_after_allocating(64) == 0
+        with reuse_cpu_memory(cpu):  # nested (e.g. brain extraction inside a longer stage)
+            assert _mmapped_blocks_after_allocating(64) == 0
+        assert _mmapped_blocks_after_allocating(64) == 0  # the outer context still holds
     assert _mmapped_blocks_after_allocating(64) == 1
     with reuse_cpu_memory(torch.device("meta")):  # other devices: glibc untouched
         assert _mmapped_blocks_after_allocating(64) == 1
