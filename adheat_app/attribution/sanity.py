@@ -5,8 +5,9 @@ Linear layers are re-initialised one layer at a time (BatchNorms keep their
 trained statistics, as in Adebayo et al.),
 cascading from the output layer down to the first convolution. After each
 step every method's maps of :data:`SCANS` of that fold's test scans are
-derived again and compared with the trained model's maps by the Spearman rank
-correlation of their absolute values inside the brain mask. A method whose
+derived again (each model prepared by the method, as the runner does) and
+compared with the trained model's maps by the Spearman rank correlation of
+their absolute values inside the brain mask. A method whose
 maps still correlate above :data:`FLAG_THRESHOLD` once every layer is random
 does not explain the model and is flagged.
 
@@ -80,13 +81,15 @@ def run_sanity_check(run: HeatmapRun) -> pd.DataFrame:
         return pd.DataFrame()
     checked = [a for a in run.assignments if a.fold == fold][:SCANS]
     model = run.models[fold]
-    layers = learned_layers(model, run.tensor([checked[0].index]))
+    example = run.tensor([checked[0].index])
+    layers = learned_layers(model, example)
     masks = [np.asarray(nib.load(a.scan.mask).dataobj) > 0 for a in checked]
     rows, per_scan = [], {a.scan.key: {} for a in checked}
     for method in run.methods:
-        trained, _ = run.compute(method, model, checked)
+        trained, _ = run.compute(method, method.prepare(model, example), checked)
         for step in range(1, len(layers) + 1):
-            maps, _ = run.compute(method, cascade(model, layers, step, run.config.execution.seed), checked)
+            randomised = cascade(model, layers, step, run.config.execution.seed)
+            maps, _ = run.compute(method, method.prepare(randomised, example), checked)
             values = [rank_correlation(t, m, mask) for t, m, mask in zip(trained, maps, masks)]
             for a, value in zip(checked, values):
                 per_scan[a.scan.key].setdefault(method.name, {})[layers[step - 1]] = round(value, 4)
