@@ -336,7 +336,9 @@ def train_tiny(cohort, work_dir, epochs: int = 60, noise: float = 3.0) -> tuple[
 
     Gaussian input noise and weight decay keep the model from fitting 12 scans
     by scattered voxels; heatmaps are derived in-sample (they test the methods,
-    not generalisation).
+    not generalisation). Two conv blocks: with a third, the last convolution's
+    grid was 1-2 voxels per axis, where Grad-CAM has nothing to localise (its
+    maps were all zero for every AD scan; the other methods passed).
     """
     from adheat_app.volumes import load_volumes
 
@@ -345,7 +347,7 @@ def train_tiny(cohort, work_dir, epochs: int = 60, noise: float = 3.0) -> tuple[
     y = torch.tensor([s.target for s in scans])
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    model = TinyCNN(tuple(x.shape[2:]), channels=(4, 8, 8), downsample=2)
+    model = TinyCNN(tuple(x.shape[2:]), channels=(4, 8), downsample=2)
     optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
     for _ in range(epochs):
         model.train()
@@ -374,7 +376,8 @@ def ground_truth_ratios(tmp_path_factory, null: bool) -> tuple[dict[str, float],
     options = HeatmapOptions(ig_steps=16, occlusion_size=20.0, occlusion_stride=20.0)
     ratios = {}
     for name in GROUND_TRUTH:
-        maps = METHODS[name](options, context(batch=8)).attribute(model, x[ad], y[ad], [""] * int(ad.sum()))
+        method = METHODS[name](options, context(batch=8))
+        maps = method.attribute(method.prepare(model, x[:1]), x[ad], y[ad], [""] * int(ad.sum()))
         ratios[name] = relevance_ratio(maps.numpy(), truth.region, brain)
     return ratios, accuracy
 
@@ -383,9 +386,7 @@ def ground_truth_ratios(tmp_path_factory, null: bool) -> tuple[dict[str, float],
 def test_heatmaps_find_the_planted_atrophy(tmp_path_factory):
     ratios, accuracy = ground_truth_ratios(tmp_path_factory, null=False)
     assert accuracy >= 0.9
-    # GGC is not asserted: Grad-CAM of this tiny model's last convolution is zero after its ReLU for
-    # every AD scan (all-zero maps, ratio NaN), a property of the model, measured and reported.
-    failing = {name: ratio for name, ratio in ratios.items() if name != "GGC" and not ratio >= 3.0}
+    failing = {name: ratio for name, ratio in ratios.items() if not ratio >= 3.0}
     assert not failing, ratios
 
 
