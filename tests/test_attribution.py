@@ -28,7 +28,7 @@ from torch import nn
 from adheat_app.attribution import METHODS
 from adheat_app.attribution.base import MethodContext, ProbabilityModel, batch_size, scan_seed
 from adheat_app.attribution.canonize import InputSplit, fold_batchnorm, split_input_layer
-from adheat_app.attribution.inputconv import with_fast_input_gradient
+from adheat_app.attribution.inputconv import SingleChannelConv3d, with_fast_input_gradient
 from adheat_app.attribution.lrp import lrp
 from adheat_app.attribution.runner import METHOD_ORDER, heatmap_path, run_heatmaps, selected_methods
 from adheat_app.bids import Derivatives, T1wInput, sidecar_path
@@ -176,6 +176,7 @@ def test_gradient_methods_on_the_folded_model_equal_captum_on_the_trained_model(
         assert len(norms) == 1 and prepared.features[-3] is norms[0]  # the BatchNorm fed by last_conv
     else:
         assert not norms
+    assert isinstance(prepared.features[0], SingleChannelConv3d)  # the fast input gradient is exercised too
     ours = method.attribute(prepared, x, targets, ["a", "b", "c"])
     inputs = x.clone().requires_grad_(True)
     if name == "Saliency":
