@@ -60,6 +60,17 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
 
 
+def is_local_single_channel(conv: nn.Conv3d) -> bool:
+    """One input channel, stride and dilation 1, no groups, zero padding given in voxels.
+
+    Each output voxel then depends only on the input voxels under its kernel:
+    what :class:`SingleChannelConv3d` and occlusion's bounding-box update rely on.
+    """
+    return (conv.in_channels == 1 and conv.groups == 1 and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str) and all(s == 1 for s in conv.stride)
+            and all(d == 1 for d in conv.dilation))
+
+
 class SingleChannelConv3d(nn.Conv3d):
     """A zero-padded Conv3d that computes its input gradient by :func:`conv3d`."""
 
@@ -75,9 +86,7 @@ def with_fast_input_gradient(model: nn.Module) -> nn.Module:
     place (pass a copy, e.g. the BatchNorm-folded one) and returned.
     """
     for name, module in list(model.named_modules()):
-        if (type(module) is nn.Conv3d and module.in_channels == 1 and module.groups == 1
-                and module.padding_mode == "zeros" and not isinstance(module.padding, str)
-                and all(s == 1 for s in module.stride) and all(d == 1 for d in module.dilation)):
+        if type(module) is nn.Conv3d and is_local_single_channel(module):
             fast = SingleChannelConv3d(1, module.out_channels, module.kernel_size, padding=module.padding,
                                        bias=module.bias is not None, device="meta")
             fast.weight, fast.bias = module.weight, module.bias

@@ -30,6 +30,7 @@ from torch import nn
 from adheat_app.attribution import METHODS
 from adheat_app.attribution.base import Method, class_probability, padded_batches
 from adheat_app.attribution.canonize import InputSplit, split_on_cpu
+from adheat_app.attribution.inputconv import is_local_single_channel
 
 Occluded = tuple[slice, ...] | torch.Tensor
 
@@ -60,7 +61,7 @@ class Ablation(Method):
             count[occluded] += 1
         item_scan = np.repeat(np.arange(len(volumes)), len(sets))
         item_set = np.tile(np.arange(len(sets)), len(volumes))
-        if isinstance(model, InputSplit) and _is_local(model.layer):
+        if isinstance(model, InputSplit) and is_local_single_channel(model.layer):
             network, rows_of = model.rest, _LayerRows(model.layer, volumes, sets)
         else:
             network, rows_of = model, _InputRows(volumes, sets)
@@ -86,12 +87,6 @@ class _InputRows:
         for row, number in enumerate(set_numbers):
             rows[row, 0][self.sets[number]] = 0
         return rows
-
-
-def _is_local(layer: nn.Conv3d) -> bool:
-    """Whether :class:`_LayerRows` handles ``layer`` (stride 1, no dilation or groups, zero padding by numbers)."""
-    return (layer.stride == (1, 1, 1) and layer.dilation == (1, 1, 1) and layer.groups == 1
-            and layer.padding_mode == "zeros" and not isinstance(layer.padding, str) and layer.in_channels == 1)
 
 
 class _LayerRows:
