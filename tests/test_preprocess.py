@@ -112,6 +112,37 @@ def test_histogram_normalisation_matches_template_scale_then_zscores():
 def test_outlier_flag_uses_median_mad_and_an_absolute_floor():
     values = pd.Series([0.96, 0.95, 0.97, 0.96, 0.80, 0.45])
     assert qc.flag_outliers(values).tolist() == [False, False, False, False, True, True]
+    # Nearly equal scans: the scaled MAD (0.00074) would put the threshold at 0.9728 and flag 0.970; the spread
+    # floor 0.01 puts it at 0.945. Missing values are not flagged.
+    close = pd.Series([0.975, 0.975, 0.976, 0.975, 0.970, 0.940, np.nan])
+    assert qc.flag_outliers(close).tolist() == [False] * 5 + [True, False]
+    assert qc.flag_outliers(pd.Series([0.89] * 3), floor=qc.MIN_DICE).all()
+    assert not qc.flag_outliers(pd.Series([0.89] * 3)).any()
+
+
+def test_dice_against_hand_counted_overlap():
+    a = np.zeros((4, 4, 4), bool)
+    b = np.zeros((4, 4, 4), bool)
+    a[:2] = True  # 32 voxels
+    b[1:3] = True  # 32 voxels, 16 shared
+    assert qc.dice(a, b) == pytest.approx(2 * 16 / 64)
+    assert qc.dice(a, a) == 1.0 and qc.dice(a, ~a) == 0.0 and qc.dice(a & ~a, b & ~b) == 0.0
+
+
+def test_qc_table_flags_a_brain_mask_outlier(tmp_path):
+    """A scan whose brain outline drifted (Dice 0.85) is flagged although its NCC is normal."""
+    derivs = Derivatives(tmp_path / "out", tmp_path / "bids")
+    for sub, ncc, overlap in (("01", 0.96, 0.975), ("02", 0.95, 0.972), ("03", 0.96, 0.85), ("04", 0.96, None)):
+        side = derivs.root / f"sub-{sub}" / "anat" / f"sub-{sub}_space-MNI152NLin2009cAsym_res-2_desc-preproc_T1w.json"
+        side.parent.mkdir(parents=True)
+        meta = {"RegistrationNCC": ncc, "InputSkullStripped": False, "Registration": {"Method": "syn"},
+                "JacobianDeterminant": {"FoldedPercent": 0.0}}
+        if overlap is not None:  # 04: written before the Dice was recorded
+            meta["BrainMaskDice"] = overlap
+        side.write_text(json.dumps(meta))
+    table = pd.read_csv(qc.write_qc_table(derivs), sep="\t", dtype={"subject": str})
+    assert table["outlier"].tolist() == [False, False, True, False]
+    assert table["brain_dice"].tolist()[:3] == [0.975, 0.972, 0.85] and np.isnan(table["brain_dice"][3])
 
 
 def test_workers_and_threads_follow_the_options(tmp_path):
@@ -234,7 +265,8 @@ def test_outputs_sidecars_figure_and_qc_table(simulated):
         assert abs(data[mask].mean()) < 1e-4 and abs(data[mask].std() - 1) < 1e-3 and not data[~mask].any()
     table = pd.read_csv(derivs.root / "group" / "preproc_qc.tsv", sep="\t", dtype={"subject": str})
     assert table["subject"].tolist() == ["01", "02", "04"]
-    assert {"ncc", "folded_percent", "outlier"} <= set(table.columns) and not table["outlier"].any()
+    assert {"ncc", "brain_dice", "folded_percent", "outlier"} <= set(table.columns) and not table["outlier"].any()
+    assert (table["brain_dice"] >= 0.93).all(), table["brain_dice"].tolist()  # measured 0.955-0.964
     assert table["folded_percent"].tolist()[:2] == [0, 0] and np.isnan(table["folded_percent"][2])  # 04: no SyN
 
 
@@ -328,5 +360,6 @@ def test_real_whole_heads_register_well(tmp_path, tf_home):
         side = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
         assert side["InputSkullStripped"] is False and side["SkullStripping"]["Method"] == "deepbet"
         assert side["RegistrationNCC"] >= 0.85, (t1w.key, side["RegistrationNCC"])
+        assert side["BrainMaskDice"] >= 0.95, (t1w.key, side["BrainMaskDice"])  # measured 0.978 / 0.973
         assert side["JacobianDeterminant"]["FoldedPercent"] == 0, (t1w.key, side["JacobianDeterminant"])
     assert not list((tmp_path / "out" / "work").rglob("*.h5")), "temporary transforms left in the work folder"

@@ -166,7 +166,8 @@ def _run_pool(config: RunConfig, derivs: Derivatives, todo: list[T1wInput], temp
             else:
                 for note in result["notes"]:
                     LOGGER.info("%s", note)
-                LOGGER.info("%s: done in %.1f s, registration NCC %.3f", t1w.key, result["seconds"], result["ncc"])
+                LOGGER.info("%s: done in %.1f s, registration NCC %.3f, brain-mask Dice %.3f", t1w.key,
+                            result["seconds"], result["ncc"], result["dice"])
             bar.update(1)
         bar.close()
     return sorted(failed)

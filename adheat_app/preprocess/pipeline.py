@@ -255,7 +255,7 @@ def process(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Tem
     Returns
     -------
     dict
-        ``key``, ``ncc``, ``seconds`` and ``notes`` (messages for the log).
+        ``key``, ``ncc``, ``dice`` (brain-mask overlap), ``seconds`` and ``notes`` (messages for the log).
     """
     start = time.perf_counter()
     workdir = config.work_dir / "preprocess" / t1w.key
@@ -271,12 +271,13 @@ def process(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Tem
         template_data = np.asarray(template.t1w.dataobj, dtype=np.float32)
         template_mask = template.mask_array()
         score = qc.ncc(result.warped, template_data, template_mask)
+        overlap = qc.dice(result.mask, template_mask)
         data = intensity.normalise(result.warped, result.mask, config.preprocessing.intensity_norm, template_data,
                                    template_mask)
         paths = output_paths(derivs, t1w, template)
         figure = qc.figure_svg(result.warped, template_data, template_mask,
                                f"{t1w.key}: registered T1w, template brain outline (red) and mid-intensity "
-                               f"contour (yellow); NCC {score:.3f}")
+                               f"contour (yellow); NCC {score:.3f}, brain-mask Dice {overlap:.3f}")
         sources = [derivs.source_uri(anat.image if anat else t1w.path)] + \
             ([derivs.source_uri(anat.mask)] if anat else [])
         if result.registration is not None:
@@ -299,6 +300,7 @@ def process(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Tem
         sidecar = {
             "Sources": sources + [derivs.source_uri(paths.mask)], "SkullStripped": True,
             **result.meta, "Transforms": transforms, "RegistrationNCC": round(score, 4),
+            "BrainMaskDice": round(overlap, 4),
             "InputHash": input_hash(t1w, anat), **settings(config, template), "Template": template.describe(),
             "Threads": int(os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "0")) or None,
             "Software": software_versions(), "WallTimeSeconds": round(seconds, 2),
@@ -313,4 +315,4 @@ def process(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Tem
         else:
             os.environ["TMPDIR"] = saved[1]
         shutil.rmtree(workdir, ignore_errors=True)
-    return {"key": t1w.key, "ncc": score, "seconds": seconds, "notes": result.meta["Notes"]}
+    return {"key": t1w.key, "ncc": score, "dice": overlap, "seconds": seconds, "notes": result.meta["Notes"]}

@@ -1,10 +1,19 @@
-"""Quality control of preprocessing: registration NCC, the overlay figure and ``group/preproc_qc.tsv``.
+"""Quality control of preprocessing: registration NCC, brain-mask Dice, the overlay figure and ``group/preproc_qc.tsv``.
 
-The registration-quality number is the normalised cross-correlation (Pearson
-correlation) between the registered, bias-corrected T1w and the template inside
-the template's brain mask. A scan is flagged as an outlier when its NCC is
-below :data:`MIN_NCC` or below the cohort median minus :data:`MAD_FACTOR`
-scaled median absolute deviations.
+Two registration-quality numbers per scan. The normalised cross-correlation
+(Pearson correlation) between the registered, bias-corrected T1w and the
+template inside the template's brain mask measures how well the inside of the
+brain lines up; it cannot see the brain's outline drifting out of that mask.
+The Dice overlap of the registered brain mask with the template's brain mask
+does (measured on the two real heads: 0.977 / 0.974 with the default
+registration, 0.957 / 0.949 when the metric was restricted to the template
+mask, which raised NCC from 0.87 to 0.90), and it also shows a brain
+extraction that cut off or kept too much. A scan is flagged as an outlier
+when either number is below its floor (:data:`MIN_NCC`, :data:`MIN_DICE`) or
+below the cohort median minus :data:`MAD_FACTOR` scaled median absolute
+deviations (the scaled MAD taken as at least :data:`MIN_SPREAD`, so a cohort
+of nearly equal scans does not flag differences of a few thousandths), or
+when the deformation folds.
 """
 
 from __future__ import annotations
@@ -21,8 +30,12 @@ from adheat_app.io import read_json, write_tsv
 
 #: NCC below which a registration is always an outlier.
 MIN_NCC = 0.5
+#: Brain-mask Dice below which a registration is always an outlier.
+MIN_DICE = 0.9
 #: Scaled MADs below the median that make an outlier.
 MAD_FACTOR = 3.0
+#: Smallest scaled MAD used by :func:`flag_outliers`.
+MIN_SPREAD = 0.01
 _KEY_RE = re.compile(r"^sub-(?P<sub>[A-Za-z0-9]+)(?:_ses-(?P<ses>[A-Za-z0-9]+))?_")
 
 
@@ -36,6 +49,12 @@ def ncc(image: np.ndarray, template: np.ndarray, mask: np.ndarray) -> float:
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 
 
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap ``2 |a & b| / (|a| + |b|)`` of two boolean arrays (0 when both are empty)."""
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int(np.logical_and(a, b).sum()) / total if total else 0.0
+
+
 def figure_svg(image: np.ndarray, template: np.ndarray, mask: np.ndarray, title: str) -> str:
     """Three orthogonal slices of the registered T1w with template contours, as SVG text.
 
@@ -44,7 +63,7 @@ def figure_svg(image: np.ndarray, template: np.ndarray, mask: np.ndarray, title:
     image, template, mask : numpy.ndarray
         Registered T1w, template T1w and template mask on the template grid (RAS).
     title : str
-        Figure title (the scan key and its NCC).
+        Figure title (the scan key and its quality numbers).
     """
     import matplotlib
 
@@ -74,20 +93,29 @@ def figure_svg(image: np.ndarray, template: np.ndarray, mask: np.ndarray, title:
     return buffer.getvalue()
 
 
-def flag_outliers(values: pd.Series) -> pd.Series:
-    """Outlier flag per NCC: below :data:`MIN_NCC`, or below median - 3 scaled MADs."""
+def flag_outliers(values: pd.Series, floor: float = MIN_NCC) -> pd.Series:
+    """Outlier flag per value: below ``floor``, or below the median - :data:`MAD_FACTOR` scaled MADs.
+
+    Parameters
+    ----------
+    values : pandas.Series
+        One quality number per scan (higher is better); missing values are never flagged.
+    floor : float
+        Values below it are always outliers.
+    """
     median = float(values.median())
-    mad = 1.4826 * float((values - median).abs().median())
-    return (values < MIN_NCC) | (values < median - MAD_FACTOR * mad)
+    mad = max(1.4826 * float((values - median).abs().median()), MIN_SPREAD)
+    return (values < floor) | (values < median - MAD_FACTOR * mad)
 
 
 def write_qc_table(derivs: Derivatives) -> Path:
-    """Collect the NCC of every preprocessed scan of the output dataset into ``group/preproc_qc.tsv``.
+    """Collect the quality numbers of every preprocessed scan of the output dataset into ``group/preproc_qc.tsv``.
 
-    Columns: subject, session, space, res, ncc, folded_percent (voxels of the
-    template brain where the deformation folds: Jacobian determinant <= 0;
-    empty without SyN), skull_stripped_input, registration, outlier (by NCC,
-    :func:`flag_outliers`, or any folding).
+    Columns: subject, session, space, res, ncc, brain_dice (empty for outputs
+    written before it was recorded), folded_percent (voxels of the template
+    brain where the deformation folds: Jacobian determinant <= 0; empty
+    without SyN), skull_stripped_input, registration, outlier (by NCC or brain
+    Dice, :func:`flag_outliers`, or any folding).
     """
     rows = []
     for side in sorted(derivs.root.glob("sub-*/**/anat/*_desc-preproc_T1w.json")):
@@ -100,12 +128,15 @@ def write_qc_table(derivs: Derivatives) -> Path:
             continue
         rows.append({"subject": match["sub"], "session": match["ses"], "space": entities.get("space"),
                      "res": entities.get("res"), "ncc": round(float(meta["RegistrationNCC"]), 4),
+                     "brain_dice": meta.get("BrainMaskDice"),
                      "folded_percent": (meta.get("JacobianDeterminant") or {}).get("FoldedPercent"),
                      "skull_stripped_input": meta.get("InputSkullStripped"),
                      "registration": (meta.get("Registration") or {}).get("Method")})
-    table = pd.DataFrame(rows, columns=["subject", "session", "space", "res", "ncc", "folded_percent",
+    table = pd.DataFrame(rows, columns=["subject", "session", "space", "res", "ncc", "brain_dice", "folded_percent",
                                         "skull_stripped_input", "registration"])
     folded = pd.to_numeric(table["folded_percent"], errors="coerce").fillna(0) > 0
-    table["outlier"] = (flag_outliers(table["ncc"]) | folded) if len(table) else pd.Series(dtype=bool)
+    overlap = pd.to_numeric(table["brain_dice"], errors="coerce")
+    table["outlier"] = (flag_outliers(table["ncc"]) | flag_outliers(overlap, MIN_DICE) | folded
+                        ) if len(table) else pd.Series(dtype=bool)
     return write_tsv(derivs.root / "group" / "preproc_qc.tsv", table)
 
