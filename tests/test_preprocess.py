@@ -42,10 +42,6 @@ def _save(path: Path, data: np.ndarray, affine=np.diag([1.0, 1.0, 1.0, 1.0]), qf
     return path
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
-
-
 # ---------------------------------------------------------------------------------------------- input checks
 
 def _bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
@@ -305,7 +301,7 @@ def test_template_regions_mapped_to_native_match_the_truth(simulated):
             native = np.asarray(nib.load(truth_dir / f"sub-{t1w.subject}" / "anat" /
                                          f"sub-{t1w.subject}_desc-{desc}_mask.nii.gz").dataobj) > 0
             assert mapped.shape == native.shape
-            assert _dice(np.asarray(mapped.dataobj) >= 0.5, native) >= 0.80, (t1w.key, desc)
+            assert qc.dice(np.asarray(mapped.dataobj) >= 0.5, native) >= 0.80, (t1w.key, desc)
 
 
 @pytest.mark.slow
