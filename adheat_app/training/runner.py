@@ -52,7 +52,12 @@ from adheat_app.volumes import cache_key, load_volumes
 
 LOGGER = logging.getLogger(__name__)
 
-NORMALISATION = "z-score inside the brain mask, per image (preprocessing); no further transform"
+#: What each ``--intensity-norm`` did to the model's inputs (model card).
+NORMALISATION = {
+    "whitematter": "divided by the median of the template's white matter, per image (preprocessing)",
+    "zscore": "z-score inside the brain mask, per image (preprocessing)",
+    "histogram": "histogram-matched to the template, then z-scored inside the brain mask (preprocessing)",
+}
 PREDICTION_COLUMNS = ("model", "fold", "subject", "session", "diagnosis", "target", "probability", "predicted")
 
 
@@ -72,8 +77,9 @@ def load_fold_model(fold_dir: Path, device: torch.device) -> tuple[nn.Module, di
 def train_settings(config: RunConfig) -> TrainSettings:
     """The :class:`TrainSettings` of a run configuration."""
     tr = config.training
-    return TrainSettings(epochs=tr.epochs, batch_size=tr.batch_size, learning_rate=tr.learning_rate,
-                         weight_decay=tr.weight_decay, patience=tr.patience, augment=tr.augment, amp=tr.amp,
+    return TrainSettings(epochs=tr.epochs, steps=tr.steps, batch_size=tr.batch_size, learning_rate=tr.learning_rate,
+                         weight_decay=tr.weight_decay, optimizer=tr.optimizer, schedule=tr.schedule,
+                         patience=tr.patience, input_noise=tr.input_noise, augment=tr.augment, amp=tr.amp,
                          seed=config.execution.seed)
 
 
@@ -121,7 +127,7 @@ def _model_card(config: RunConfig, cohort: Cohort, fold: Fold, model: nn.Module,
         "Parameters": sum(p.numel() for p in model.parameters()),
         "Input": {"Space": cohort.space, "Resolution": parse_resolution(cohort.res_label),
                   "ResLabel": cohort.res_label, "Shape": list(shape), "Layout": "N,1,X,Y,Z", "DType": "float32",
-                  "Normalisation": NORMALISATION},
+                  "Normalisation": NORMALISATION[config.preprocessing.intensity_norm]},
         "Output": "logits (N, 2); softmax index 1 = probability of the positive label",
         "Labels": {"0": tr.negative_label, "1": tr.positive_label},
         "LabelColumn": tr.label_column,
@@ -134,8 +140,9 @@ def _model_card(config: RunConfig, cohort: Cohort, fold: Fold, model: nn.Module,
         "TrainingKey": key,
         "Metrics": metrics,
         "Seed": config.execution.seed,
+        "Preset": tr.preset,
         "Training": {**dataclasses.asdict(train_settings(config)), "val_fraction": tr.val_fraction,
-                     "optimizer": "Adam", "loss": "cross-entropy, class-weighted",
+                     "loss": "cross-entropy, class-weighted", "early_stopping": tr.patience > 0,
                      "class_weights": result.class_weights, "device": device.type,
                      "amp": bool(tr.amp and device.type == "cuda")},
         "EpochsRun": result.epochs_run,
@@ -185,7 +192,7 @@ def write_group_results(config: RunConfig, derivs: Derivatives) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        This model's rows of ``group/cv_metrics.tsv`` (per fold, mean, sd).
+        This model's rows of ``group/cv_metrics.tsv`` (per fold, mean, sd, pooled with the verdict).
     """
     tr = config.training
     predictions = pd.concat([pd.read_csv(fold_dir(config, k) / "predictions.tsv", sep="\t",
@@ -193,14 +200,21 @@ def write_group_results(config: RunConfig, derivs: Derivatives) -> pd.DataFrame:
                             ignore_index=True)
     fold_rows = [{"fold": k, "n_test": len(rows), **classification_metrics(rows["target"], rows["probability"])}
                  for k, rows in predictions.groupby("fold", sort=True)]
-    table = summarize_folds(tr.model, fold_rows)
+    table = summarize_folds(tr.model, fold_rows, predictions, config.evaluation.n_bootstrap, config.execution.seed)
     group = derivs.root / "group"
     update_table(group / "cv_metrics.tsv", table, tr.model)
     update_table(group / "predictions.tsv", predictions, tr.model)
     plot_roc(predictions, tr.model, derivs.group_path("roc", ".png", desc=tr.model))
-    mean, sd = table.iloc[-2], table.iloc[-1]
-    LOGGER.info("%s cross-validation (%d folds): balanced accuracy %.3f +- %.3f, AUC %.3f +- %.3f", tr.model,
-                tr.folds, mean["balanced_accuracy"], sd["balanced_accuracy"], mean["roc_auc"], sd["roc_auc"])
+    mean, sd, pooled = (table[table["fold"] == name].iloc[0] for name in ("mean", "sd", "pooled"))
+    LOGGER.info("%s cross-validation (%d folds): balanced accuracy %.3f +- %.3f, AUC %.3f +- %.3f; pooled AUC %.3f "
+                "(95%% CI %.3f-%.3f, p = %.2g)", tr.model, tr.folds, mean["balanced_accuracy"],
+                sd["balanced_accuracy"], mean["roc_auc"], sd["roc_auc"], pooled["roc_auc"],
+                pooled["roc_auc_ci_low"], pooled["roc_auc_ci_high"], pooled["p_value"])
+    if not pooled["better_than_chance"]:
+        LOGGER.warning("%s is not better than chance: the 95%% interval of its pooled out-of-fold ROC AUC "
+                       "(%.3f-%.3f) includes 0.5; its heatmaps explain a model that has not learned to separate "
+                       "%s from %s", tr.model, pooled["roc_auc_ci_low"], pooled["roc_auc_ci_high"],
+                       tr.positive_label, tr.negative_label)
     return table
 
 
