@@ -15,8 +15,11 @@ fold folder ``models/<model>/fold-<k>/``:
   settings or data retrains instead of reusing.
 
 Without ``--fold`` it then writes ``group/cv_metrics.tsv`` and
-``group/predictions.tsv`` (rows of this model replaced) and
-``group/desc-<model>_roc.png``. :func:`fold_dir` and :func:`load_fold_model`
+``group/predictions.tsv`` (rows of this model replaced),
+``group/desc-<model>_roc.png``, and the model's verdict against chance
+(:func:`adheat_app.training.metrics.chance_verdict`) as
+``models/<model>/verdict.json``, beside the fold models it judges, where the
+heatmap sidecars read it (:func:`read_verdict`). :func:`fold_dir` and :func:`load_fold_model`
 give later steps (heatmaps) the fold models.
 """
 
@@ -64,6 +67,17 @@ PREDICTION_COLUMNS = ("model", "fold", "subject", "session", "diagnosis", "targe
 def fold_dir(config: RunConfig, k: int) -> Path:
     """Folder of fold ``k`` of ``--model``: ``models_dir/<model>/fold-<k>``."""
     return config.models_dir / config.training.model / f"fold-{k}"
+
+
+def verdict_path(models_dir: Path, model: str) -> Path:
+    """``models_dir/<model>/verdict.json``: the cross-validated model's verdict against chance."""
+    return Path(models_dir) / model / "verdict.json"
+
+
+def read_verdict(models_dir: Path, model: str) -> dict | None:
+    """The verdict of :func:`write_group_results` (None before every fold is trained and collected)."""
+    path = verdict_path(models_dir, model)
+    return read_json(path) if path.is_file() else None
 
 
 def load_fold_model(fold_dir: Path, device: torch.device) -> tuple[nn.Module, dict]:
@@ -210,6 +224,14 @@ def write_group_results(config: RunConfig, derivs: Derivatives) -> pd.DataFrame:
                 "(95%% CI %.3f-%.3f, p = %.2g)", tr.model, tr.folds, mean["balanced_accuracy"],
                 sd["balanced_accuracy"], mean["roc_auc"], sd["roc_auc"], pooled["roc_auc"],
                 pooled["roc_auc_ci_low"], pooled["roc_auc_ci_high"], pooled["p_value"])
+    write_json(verdict_path(config.models_dir, tr.model), {
+        "Model": tr.model, "Folds": tr.folds, "NScans": int(pooled["n_test"]),
+        "PooledRocAuc": float(pooled["roc_auc"]),
+        "RocAucInterval": [float(pooled["roc_auc_ci_low"]), float(pooled["roc_auc_ci_high"])],
+        "IntervalMethod": f"percentile bootstrap over subjects, {config.evaluation.n_bootstrap} resamples, 95 %",
+        "PValue": float(pooled["p_value"]), "PValueMethod": "one-sided Mann-Whitney U on subject-mean scores",
+        "BetterThanChance": bool(pooled["better_than_chance"]),
+        "TrainingKeys": [read_json(fold_dir(config, k) / "model.json")["TrainingKey"] for k in range(tr.folds)]})
     if not pooled["better_than_chance"]:
         LOGGER.warning("%s is not better than chance: the 95%% interval of its pooled out-of-fold ROC AUC "
                        "(%.3f-%.3f) includes 0.5; its heatmaps explain a model that has not learned to separate "
