@@ -26,10 +26,11 @@ from captum.attr._utils.lrp_rules import EpsilonRule
 from torch import nn
 
 from adheat_app.attribution import METHODS
-from adheat_app.attribution.base import MethodContext, ProbabilityModel, batch_size, scan_seed
+from adheat_app.attribution.base import MethodContext, batch_size, scan_seed
 from adheat_app.attribution.canonize import InputSplit, fold_batchnorm, split_input_layer
 from adheat_app.attribution.inputconv import SingleChannelConv3d, with_fast_input_gradient
 from adheat_app.attribution.lrp import lrp
+from adheat_app.attribution.output import OutputModel, difference_head, explained, output_drop
 from adheat_app.attribution.runner import METHOD_ORDER, heatmap_path, run_heatmaps, selected_methods
 from adheat_app.bids import Derivatives, T1wInput, sidecar_path
 from adheat_app.config import HeatmapOptions
@@ -115,24 +116,31 @@ def test_batch_size_follows_the_memory_budget():
     assert batch_size(HeatmapOptions(), 0, (193, 229, 193)) == 1
 
 
+@pytest.mark.parametrize("output", ["difference", "logit", "probability"])
 @pytest.mark.parametrize("prepared", [True, False], ids=["split-at-input-layer", "whole-model"])
-def test_ig_is_complete_and_equals_captum(prepared):
+def test_ig_is_complete_and_equals_captum(prepared, output):
     """Summed IG = f(x) - f(0) (completeness, 64 steps) and the batched IG equals captum's per scan.
 
-    Prepared, IG integrates at the input convolution's output and maps the sum
-    back once per scan; unprepared, through the whole model: both equal captum.
+    ``f`` is the explained output (captum integrates the same output through
+    :class:`OutputModel`). Prepared, IG integrates at the input convolution's
+    output and maps the sum back once per scan; unprepared, through the whole
+    model: both equal captum.
     """
     model = random_model(seed=3)
     x, targets = volumes(2), torch.tensor([1, 0])
-    ig = METHODS["IG"](HeatmapOptions(ig_steps=64), context(batch=5))
-    explained = ig.prepare(model, x[:1]) if prepared else model
-    assert isinstance(explained, InputSplit) is prepared
-    maps = ig.attribute(explained, x, targets, ["a", "b"])
+    ig = METHODS["IG"](HeatmapOptions(ig_steps=64, explain_output=output), context(batch=5))
+    prepared_model = ig.prepare(model, x[:1]) if prepared else model
+    assert isinstance(prepared_model, InputSplit) is prepared
+    maps = ig.attribute(prepared_model, x, targets, ["a", "b"])
     logits, base = model(x), model(torch.zeros_like(x))
     for i, t in enumerate(targets):
-        expected = float(logits[i, t] - base[i, t])
-        assert abs(float(maps[i].sum()) - expected) <= 0.05 * abs(expected)
-    reference = IntegratedGradients(model).attribute(x, target=targets, n_steps=64, internal_batch_size=16)
+        o = 1 - t
+        expected = {"logit": logits[i, t] - base[i, t],
+                    "difference": (logits[i, t] - logits[i, o]) - (base[i, t] - base[i, o]),
+                    "probability": torch.softmax(logits[i], 0)[t] - torch.softmax(base[i], 0)[t]}[output]
+        assert abs(float(maps[i].sum()) - float(expected)) <= 0.05 * abs(float(expected))
+    reference = IntegratedGradients(OutputModel(model, output)).attribute(x, target=targets, n_steps=64,
+                                                                          internal_batch_size=16)
     np.testing.assert_allclose(maps.numpy(), reference[:, 0].numpy(), atol=1e-5 * float(reference.abs().max()))
 
 
@@ -164,12 +172,16 @@ def test_folding_batchnorm_keeps_outputs():
     assert torch.allclose(folded(x), model(x), atol=1e-4)
 
 
+@pytest.mark.parametrize("output", ["difference", "logit", "probability"])
 @pytest.mark.parametrize("name", ["Saliency", "GuidedBackprop", "GGC"])
-def test_gradient_methods_on_the_folded_model_equal_captum_on_the_trained_model(name):
-    """prepare() folds the BatchNorms (GGC: all but the one its layer feeds); maps equal captum's on the original."""
+def test_gradient_methods_on_the_folded_model_equal_captum_on_the_trained_model(name, output):
+    """prepare() folds the BatchNorms (GGC: all but the one its layer feeds); maps equal captum's on the original.
+
+    captum explains the same output, through :class:`OutputModel`.
+    """
     model = random_model(seed=5)
     x, targets = volumes(3, seed=6), torch.tensor([1, 0, 1])
-    method = METHODS[name](HeatmapOptions(), context(batch=2))
+    method = METHODS[name](HeatmapOptions(explain_output=output), context(batch=2))
     prepared = method.prepare(model, x[:1])
     norms = [m for m in prepared.modules() if isinstance(m, nn.BatchNorm3d)]
     if name == "GGC":
@@ -180,12 +192,12 @@ def test_gradient_methods_on_the_folded_model_equal_captum_on_the_trained_model(
     ours = method.attribute(prepared, x, targets, ["a", "b", "c"])
     inputs = x.clone().requires_grad_(True)
     if name == "Saliency":
-        reference = Saliency(ProbabilityModel(model)).attribute(inputs, target=targets, abs=True)
+        reference = Saliency(OutputModel(model, output)).attribute(inputs, target=targets, abs=True)
     elif name == "GuidedBackprop":
-        reference = GuidedBackprop(ProbabilityModel(model)).attribute(inputs, target=targets)
+        reference = GuidedBackprop(OutputModel(model, output)).attribute(inputs, target=targets)
     else:
-        reference = GuidedGradCam(model, model.last_conv).attribute(inputs, target=targets,
-                                                                    interpolate_mode="trilinear")
+        reference = GuidedGradCam(OutputModel(model, output), model.last_conv).attribute(
+            inputs, target=targets, interpolate_mode="trilinear")
     reference = reference[:, 0].detach()
     assert float(reference.abs().max()) > 0
     np.testing.assert_allclose(ours.numpy(), reference.numpy(), atol=1e-5 * float(reference.abs().max()))
@@ -239,6 +251,115 @@ def test_lrp_alpha_beta_and_zplus_conserve_relevance_of_positive_inputs():
         np.testing.assert_allclose(sums[positive].numpy(), logits[positive].numpy(), rtol=0.05)
 
 
+def test_lrp_of_the_logit_difference_starts_from_a_differenced_head():
+    """Default output: the last Linear computes z_t - z_o; epsilon LRP equals captum's on that head and conserves d.
+
+    Bias-free layers and unshifted BatchNorms: the relevance sums to d. With
+    ``probability`` the same map is scaled by p_t / d.
+    """
+    model = random_model(seed=5, shift=False, bias=False)
+    x, targets = volumes(3), torch.tensor([1, 0, 1])
+    folded = fold_batchnorm(model, x[:1])
+    logits = model(x)
+    difference = (logits.gather(1, targets[:, None]) - logits.gather(1, (1 - targets)[:, None]))[:, 0]
+    relevance = lrp(folded, x, targets, "epsilon", 1e-9, "difference")
+    np.testing.assert_allclose(relevance.sum(dim=(1, 2, 3, 4)).numpy(), difference.numpy(), rtol=0.05)
+    head = difference_head(folded, x[:1])
+    np.testing.assert_allclose(head(x).numpy(), (logits - logits.flip(1)).numpy(), atol=1e-5)
+    head.features = nn.Sequential(*[m for m in head.features if not isinstance(m, nn.Identity)])
+    for module in head.modules():
+        if isinstance(module, (nn.Conv3d, nn.Linear)):
+            module.rule = EpsilonRule(epsilon=1e-9)
+    reference = CaptumLRP(head).attribute(x.clone().requires_grad_(True), target=targets).detach()
+    np.testing.assert_allclose(relevance.numpy(), reference.numpy(), atol=1e-5 * float(reference.abs().max()))
+    probability = lrp(folded, x, targets, "epsilon", 1e-9, "probability")
+    scale = (torch.sigmoid(difference) / difference)[:, None, None, None, None]
+    np.testing.assert_allclose(probability.numpy(), (relevance * scale).numpy(),
+                               atol=1e-6 * float(probability.abs().max()))
+
+
+def test_explained_outputs_by_hand():
+    """difference = z_t - z_o, logit = z_t, probability = sigmoid(d); drops of p stay exact near p = 1."""
+    logits = torch.tensor([[1.0, 3.5], [2.0, -1.0]])
+    targets = torch.tensor([1, 1])
+    assert explained(logits, targets, "difference").tolist() == [2.5, -3.0]
+    assert explained(logits, targets, "logit").tolist() == [3.5, -1.0]
+    np.testing.assert_allclose(explained(logits, targets, "probability").numpy(),
+                               [1 / (1 + np.exp(-2.5)), 1 / (1 + np.exp(3.0))], rtol=1e-6)
+    np.testing.assert_allclose(OutputModel(nn.Identity(), "difference")(logits).numpy(), [[-2.5, 2.5], [3, -3]])
+    clean, occluded = torch.tensor([[0.0, 40.0]]), torch.tensor([[0.0, 38.0]])
+    one = torch.tensor([1])
+    assert float(torch.softmax(clean, 1)[0, 1] - torch.softmax(occluded, 1)[0, 1]) == 0  # the old float32 drop
+    exact = 1 / (1 + np.exp(-40.0)) - 1 / (1 + np.exp(-38.0))  # = e^-38 - e^-40 to first order, in float64
+    exact = np.exp(-38.0) / (1 + np.exp(-38.0)) - np.exp(-40.0) / (1 + np.exp(-40.0)) if exact == 0 else exact
+    np.testing.assert_allclose(float(output_drop(clean, occluded, one, "probability")), exact, rtol=1e-5)
+    assert float(output_drop(clean, occluded, one, "difference")) == 2.0
+
+
+def confident_model(x: torch.Tensor, gap: float = 40.0) -> tuple[nn.Module, torch.Tensor]:
+    """A random TinyCNN whose last layer is scaled so that its smallest |z_1 - z_0| on ``x`` is ``gap``; predicted targets.
+
+    (Seed 11: both scans of :func:`volumes` ``(2, seed=13)`` get gaps within 0.2 % of each other.)
+    """
+    model = random_model(seed=11)
+    logits = model(x)
+    last = model.head[-1]
+    scale = gap / float((logits[:, 1] - logits[:, 0]).abs().min())
+    last.weight.mul_(scale)
+    last.bias.mul_(scale)
+    logits = model(x)
+    assert float((logits[:, 1] - logits[:, 0]).abs().min()) == pytest.approx(gap, rel=1e-4)
+    return model, logits.argmax(1)
+
+
+@pytest.mark.parametrize("name", ["Saliency", "GuidedBackprop", "Occlusion", "AreaOcclusion", "NoiseImportance",
+                                  "IG", "LRP", "GGC"])
+def test_a_confident_model_gets_informative_maps(name):
+    """Logit gap >= 40 (p_target = 1 in float32): no map is zero everywhere (or, NoiseImportance, uniform).
+
+    Before --explain-output the probability-based methods saturated: occlusion
+    drops were exactly 0 and the saliency gradient lost its target term. For
+    Saliency the map must be |grad (z_t - z_o)| itself.
+    """
+    x = volumes(2, seed=13)
+    model, targets = confident_model(x)
+    options = HeatmapOptions(occlusion_size=24.0, occlusion_stride=16.0, noise_steps=20, ig_steps=8)
+    method = METHODS[name](options, context(batch=4))
+    if name == "AreaOcclusion":
+        labels = torch.arange(int(np.prod(GRID))).reshape(GRID) // 640 + 1
+
+        class Regions(METHODS["AreaOcclusion"]):
+            def occluded_sets(self, shape, device):
+                return [labels == value for value in range(1, int(labels.max()) + 1)]
+
+        method = Regions(options, context(batch=4))
+    maps = method.attribute(method.prepare(model, x[:1]), x, targets, ["a", "b"])
+    for row in maps:
+        assert float(row.abs().max()) > 0
+        if name == "NoiseImportance":
+            assert float(row.std() / row.mean()) > 0.05
+    if name == "Saliency":
+        inputs = x.clone().requires_grad_(True)
+        logits = model(inputs)
+        d = logits.gather(1, targets[:, None]) - logits.gather(1, (1 - targets)[:, None])
+        grad, = torch.autograd.grad(d.sum(), inputs)
+        np.testing.assert_allclose(maps.numpy(), grad[:, 0].abs().numpy(), atol=1e-5 * float(grad.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["Saliency", "Occlusion"])
+def test_probability_output_does_not_saturate_either(name):
+    """--explain-output probability on the gap-40 model: tiny (p(1-p) ~ e^-40) but non-zero maps of the right shape."""
+    x = volumes(2, seed=13)
+    model, targets = confident_model(x)
+    options = HeatmapOptions(occlusion_size=24.0, occlusion_stride=16.0)
+    maps = {output: METHODS[name](HeatmapOptions(**{**dataclasses.asdict(options), "explain_output": output}),
+                                  context(batch=4)).attribute(model, x, targets, ["a", "b"])
+            for output in ("probability", "difference")}
+    for row, reference in zip(maps["probability"], maps["difference"]):
+        assert float(row.abs().max()) > 0
+        assert np.corrcoef(row.flatten().numpy(), reference.flatten().numpy())[0, 1] > 0.95  # 0.98 measured
+
+
 def test_lrp_splits_residual_sums_instead_of_doubling_them():
     from adheat_app.models import MODELS
 
@@ -264,11 +385,10 @@ def test_occlusion_equals_captum_clipped(prepared, padding):
     x, targets = volumes(2), torch.tensor([1, 0])
     options = HeatmapOptions(occlusion_size=24.0, occlusion_stride=16.0)
     method = METHODS["Occlusion"](options, context(batch=7))
-    explained = method.prepare(model, x[:1]) if prepared else model
-    assert isinstance(explained, InputSplit) is prepared
-    ours = method.attribute(explained, x, targets, ["a", "b"])
-    probability = lambda v: torch.softmax(model(v), dim=1)  # noqa: E731
-    reference = CaptumOcclusion(probability).attribute(x, sliding_window_shapes=(1, 6, 6, 6), strides=(1, 4, 4, 4),
+    prepared_model = method.prepare(model, x[:1]) if prepared else model
+    assert isinstance(prepared_model, InputSplit) is prepared
+    ours = method.attribute(prepared_model, x, targets, ["a", "b"])
+    reference = CaptumOcclusion(OutputModel(model, "difference")).attribute(x, sliding_window_shapes=(1, 6, 6, 6), strides=(1, 4, 4, 4),
                                                       baselines=0, target=targets)
     assert float(ours.max()) > 1e-3
     np.testing.assert_allclose(ours.numpy(), reference[:, 0].clamp(min=0).numpy(), atol=1e-6)
@@ -290,10 +410,9 @@ def test_area_occlusion_equals_captum_feature_ablation(prepared):
     model = random_model(seed=11, padding=1)
     x, targets = volumes(2), torch.tensor([0, 1])
     method = Regions(HeatmapOptions(), context(batch=3))
-    explained = method.prepare(model, x[:1]) if prepared else model
-    ours = method.attribute(explained, x, targets, ["a", "b"])
-    probability = lambda v: torch.softmax(model(v), dim=1)  # noqa: E731
-    reference = FeatureAblation(probability).attribute(x, target=targets, baselines=0,
+    prepared_model = method.prepare(model, x[:1]) if prepared else model
+    ours = method.attribute(prepared_model, x, targets, ["a", "b"])
+    reference = FeatureAblation(OutputModel(model, "difference")).attribute(x, target=targets, baselines=0,
                                                        feature_mask=labels[None, None])
     assert float(ours.max()) > 1e-3
     np.testing.assert_allclose(ours.numpy(), reference[:, 0].clamp(min=0).numpy(), atol=1e-6)
@@ -461,6 +580,8 @@ def test_group_heatmaps_are_out_of_fold_with_complete_sidecars(trained):
             for key in ("Parameters", "Seed", "Software", "WallTimeSeconds", "Sources", "TargetLabel"):
                 assert key in side
             assert np.isfinite(np.asarray(img.dataobj)).all()
+            assert side["ExplainedOutput"] == side["Parameters"]["Output"] == "difference"
+            assert side["AllZero"] is (not np.any(np.asarray(img.dataobj)))
     mci = [s for s in cohort.scans if s.diagnosis == "MCI"]
     assert mci and read_json(sidecar_path(heatmap_path(derivs, cohort, mci[0], "IG")))["FoldsAveraged"] == [0, 1]
 

@@ -132,27 +132,20 @@ def pad_targets(targets: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat([targets, targets.new_zeros(batch - len(targets))]) if len(targets) < batch else targets
 
 
-class ProbabilityModel(nn.Module):
-    """A classifier followed by a softmax: explains class probabilities, as Rieke et al. do."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(N, 2)``."""
-        return torch.softmax(self.model(x), dim=1)
+def class_logits(model: nn.Module, volumes: torch.Tensor, context: MethodContext) -> torch.Tensor:
+    """Logits ``(N, 2)`` of every row, computed in padded passes without gradients."""
+    out = torch.empty((len(volumes), 2), device=volumes.device)
+    with torch.inference_mode(), torch.autocast(context.device.type, enabled=context.amp):
+        for index, rows in padded_batches(len(volumes), context.batch, lambda i: volumes[i]):
+            out[index] = model(rows).float()[: len(index)]
+    return out
 
 
 def class_probability(model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, context: MethodContext
                       ) -> torch.Tensor:
     """Probability of each row's target class, computed in padded passes without gradients."""
-    out = torch.empty(len(volumes), device=volumes.device)
-    with torch.inference_mode(), torch.autocast(context.device.type, enabled=context.amp):
-        for index, rows in padded_batches(len(volumes), context.batch, lambda i: volumes[i]):
-            prob = torch.softmax(model(rows).float(), dim=1)[: len(index)]
-            out[index] = prob[torch.arange(len(index)), targets[index]]
-    return out
+    prob = torch.softmax(class_logits(model, volumes, context), dim=1)
+    return prob[torch.arange(len(volumes)), targets]
 
 
 class Method(ABC):
@@ -174,10 +167,17 @@ class Method(ABC):
     signed: ClassVar[bool]
     slow: ClassVar[bool] = False
     stochastic: ClassVar[bool] = False
+    #: Why a map of this method can be zero everywhere (appended to the runner's warning).
+    all_zero_reason: ClassVar[str] = ""
 
     def __init__(self, options: HeatmapOptions, context: MethodContext):
         self.options = options
         self.context = context
+
+    @property
+    def output(self) -> str:
+        """The explained output (``--explain-output``, see :mod:`.output`)."""
+        return self.options.explain_output
 
     @abstractmethod
     def parameters(self) -> dict:

@@ -16,6 +16,7 @@ from torch import nn
 
 from adheat_app.attribution import METHODS
 from adheat_app.attribution.base import GradientMethod
+from adheat_app.attribution.output import OutputModel
 
 
 @METHODS.register("GGC")
@@ -28,8 +29,8 @@ class GGC(GradientMethod):
 
     def parameters(self) -> dict:
         """Layer, upsampling and output explained."""
-        return {"Layer": "last_conv", "Upsampling": "trilinear", "Output": "logit"}
+        return {"Layer": "last_conv", "Upsampling": "trilinear", "Output": self.output}
 
     def explain(self, model: nn.Module, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """captum GuidedGradCam with trilinear upsampling."""
-        return GuidedGradCam(model, model.last_conv).attribute(rows, target=targets, interpolate_mode="trilinear")
+        return GuidedGradCam(OutputModel(model, self.output), model.last_conv).attribute(rows, target=targets, interpolate_mode="trilinear")
