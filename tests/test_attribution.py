@@ -20,22 +20,25 @@ import pandas as pd
 import pytest
 import torch
 from captum.attr import LRP as CaptumLRP
-from captum.attr import FeatureAblation, GuidedBackprop, GuidedGradCam, IntegratedGradients, Saliency
+from captum.attr import FeatureAblation, GuidedBackprop, IntegratedGradients, LayerGradCam, Saliency
 from captum.attr import Occlusion as CaptumOcclusion
 from captum.attr._utils.lrp_rules import EpsilonRule
 from torch import nn
 
 from adheat_app.attribution import METHODS
 from adheat_app.attribution.base import MethodContext, batch_size, scan_seed
-from adheat_app.attribution.canonize import InputSplit, fold_batchnorm, split_input_layer
+from adheat_app.attribution.canonize import InputSplit, fold_batchnorm, set_submodule, split_input_layer
+from adheat_app.attribution.ggc import GradCamModel, grad_cam
 from adheat_app.attribution.inputconv import SingleChannelConv3d, with_fast_input_gradient
 from adheat_app.attribution.lrp import lrp
 from adheat_app.attribution.output import OutputModel, difference_head, explained, output_drop
+from adheat_app.attribution.receptive import UnitGrid, interpolation_matrix
 from adheat_app.attribution.runner import METHOD_ORDER, heatmap_path, run_heatmaps, selected_methods
 from adheat_app.bids import Derivatives, T1wInput, sidecar_path
 from adheat_app.config import HeatmapOptions
 from adheat_app.errors import InputError
 from adheat_app.io import read_json
+from adheat_app.models import MODELS
 from conftest import make_preprocessed_cohort
 
 GRID = (16, 20, 16)
@@ -173,34 +176,143 @@ def test_folding_batchnorm_keeps_outputs():
 
 
 @pytest.mark.parametrize("output", ["difference", "logit", "probability"])
-@pytest.mark.parametrize("name", ["Saliency", "GuidedBackprop", "GGC"])
+@pytest.mark.parametrize("name", ["Saliency", "GuidedBackprop"])
 def test_gradient_methods_on_the_folded_model_equal_captum_on_the_trained_model(name, output):
-    """prepare() folds the BatchNorms (GGC: all but the one its layer feeds); maps equal captum's on the original.
-
-    captum explains the same output, through :class:`OutputModel`.
-    """
+    """prepare() folds the BatchNorms; maps equal captum's on the original (captum explains the same output)."""
     model = random_model(seed=5)
     x, targets = volumes(3, seed=6), torch.tensor([1, 0, 1])
     method = METHODS[name](HeatmapOptions(explain_output=output), context(batch=2))
     prepared = method.prepare(model, x[:1])
-    norms = [m for m in prepared.modules() if isinstance(m, nn.BatchNorm3d)]
-    if name == "GGC":
-        assert len(norms) == 1 and prepared.features[-3] is norms[0]  # the BatchNorm fed by last_conv
-    else:
-        assert not norms
+    assert not [m for m in prepared.modules() if isinstance(m, nn.BatchNorm3d)]
     assert isinstance(prepared.features[0], SingleChannelConv3d)  # the fast input gradient is exercised too
     ours = method.attribute(prepared, x, targets, ["a", "b", "c"])
     inputs = x.clone().requires_grad_(True)
     if name == "Saliency":
         reference = Saliency(OutputModel(model, output)).attribute(inputs, target=targets, abs=True)
-    elif name == "GuidedBackprop":
-        reference = GuidedBackprop(OutputModel(model, output)).attribute(inputs, target=targets)
     else:
-        reference = GuidedGradCam(OutputModel(model, output), model.last_conv).attribute(
-            inputs, target=targets, interpolate_mode="trilinear")
+        reference = GuidedBackprop(OutputModel(model, output)).attribute(inputs, target=targets)
     reference = reference[:, 0].detach()
     assert float(reference.abs().max()) > 0
     np.testing.assert_allclose(ours.numpy(), reference.numpy(), atol=1e-5 * float(reference.abs().max()))
+
+
+@pytest.mark.parametrize("output", ["difference", "logit"])
+def test_ggc_is_captums_grad_cam_after_the_batchnorm_placed_by_geometry_times_guided_backprop(output):
+    """The CAM equals captum's LayerGradCam of the BatchNorm after last_conv, placed by the layers' geometry.
+
+    Folded and fast (prepared) or not, the maps are equal; GGC = that CAM times captum's GuidedBackprop.
+    """
+    model = random_model(seed=5, padding=1)
+    x, targets = volumes(3, seed=6), torch.tensor([1, 0, 1])
+    method = METHODS["GGC"](HeatmapOptions(explain_output=output), context(batch=2))
+    prepared = method.prepare(model, x[:1])
+    assert isinstance(prepared, GradCamModel) and prepared.layer is prepared.model.last_conv  # BatchNorm folded
+    assert not [m for m in prepared.modules() if isinstance(m, nn.BatchNorm3d)]
+    ours = method.attribute(prepared, x, targets, ["a", "b", "c"])
+    unprepared = GradCamModel(model, x[:1])
+    assert unprepared.layer is model.features[-3]  # the BatchNorm fed by last_conv
+    # TinyCNN, padding 1: conv 3 (centre +0), pool 2 (+0.5, step 2), conv 3 (+0), so units at 0.5 + 2j
+    assert unprepared.grid == UnitGrid((0.5, 0.5, 0.5), (2.0, 2.0, 2.0))
+    np.testing.assert_allclose(method.attribute(model, x, targets, ["a", "b", "c"]).numpy(), ours.numpy(),
+                               atol=1e-5 * float(ours.abs().max()))
+    captum_cam = LayerGradCam(OutputModel(model, output), model.features[-3]).attribute(
+        x, target=targets, relu_attributions=True)[:, 0].detach()
+    placed = captum_cam.numpy()
+    for axis, size in enumerate(GRID):
+        matrix = interpolation_matrix(size, placed.shape[axis + 1], 0.5, 2.0)
+        placed = np.moveaxis(np.tensordot(placed, matrix, axes=([axis + 1], [1])), -1, axis + 1)
+    cam = grad_cam(unprepared, x.clone().requires_grad_(True), targets, output).numpy()
+    assert cam.max() > 0
+    np.testing.assert_allclose(cam, placed, atol=1e-5 * cam.max())
+    guided = GuidedBackprop(OutputModel(model, output)).attribute(x.clone().requires_grad_(True), target=targets)
+    np.testing.assert_allclose(ours.numpy(), guided[:, 0].detach().numpy() * placed,
+                               atol=1e-5 * float(ours.abs().max()))
+
+
+def receptive_field_centre(model: nn.Module, layer_name: str, x: torch.Tensor, unit: tuple) -> np.ndarray:
+    """Midpoint of the input voxels one unit of a layer depends on, measured on a probe copy of the model.
+
+    The probe has positive weights, identity BatchNorms and average instead of
+    max pooling, so the unit's input gradient at a positive input is positive
+    over its whole receptive field (on this grid).
+    """
+
+    class Reached(Exception):
+        pass
+
+    probe = copy.deepcopy(model)
+    for name, module in list(probe.named_modules()):
+        if isinstance(module, nn.MaxPool3d):
+            set_submodule(probe, name, nn.AvgPool3d(module.kernel_size, module.stride, module.padding,
+                                                    ceil_mode=module.ceil_mode))
+        elif isinstance(module, nn.BatchNorm3d):
+            module.reset_parameters()
+            module.reset_running_stats()
+    for param in probe.parameters():
+        param.copy_(param.abs() + 0.01)
+    captured = []
+
+    def stop(module, inputs, output):
+        captured.append(output)
+        raise Reached
+
+    probe.get_submodule(layer_name).register_forward_hook(stop)
+    inputs = torch.ones_like(x).requires_grad_(True)
+    with pytest.raises(Reached), torch.enable_grad():
+        probe(inputs)
+    grad, = torch.autograd.grad(captured[0][(0, 0, *unit)], inputs)
+    support = np.argwhere(grad[0, 0].numpy() > 0)
+    return (support.min(axis=0) + support.max(axis=0)) / 2
+
+
+@pytest.mark.parametrize("name", ["rieke2018", "wang2023", "resnet3d"])
+def test_grad_cam_puts_a_unit_at_its_receptive_field_centre(name):
+    """One unit of the layer's output forced on, the rest off: the CAM peaks at that unit's receptive-field centre.
+
+    The CAM's maximum is reached within one voxel of the centre the probe
+    measures, and the neighbouring units' centres get 0 (beyond the outermost
+    centre of an axis the CAM keeps the border unit's value, a plateau).
+
+    At 2 mm the stretched CAM (captum's upsampling, the old code) put the
+    middle unit up to 28 voxels away from its centre (rieke2018: unit x = 1 of 0..3 at 35.9 instead of
+    38.5, y = 2 of 0..5 at 47.4 instead of 50.5; wang2023: y = 1 of 0..2 at 56.9 instead of 62.5); every
+    axis with more than one unit is checked (+-1 voxel). The unit is the lower middle one: its field is
+    whole (a ceil-mode pooling window cut by the border shrinks the field the probe measures, while the
+    geometric centre counts the cut part, as it counts zero padding).
+    """
+    shape = (97, 115, 97)
+    torch.manual_seed(0)
+    model = frozen(MODELS[name](shape))
+    x = torch.randn((1, 1, *shape), generator=torch.Generator().manual_seed(0))
+    prepared = METHODS["GGC"](HeatmapOptions(), context(batch=1, resolution=2.0)).prepare(model, x)
+    layer_name = {m: n for n, m in model.named_modules()}[GradCamModel(model, x).layer]
+    shapes = []
+    handle = prepared.layer.register_forward_hook(lambda module, inputs, output: shapes.append(output.shape))
+    with torch.no_grad():
+        prepared(x)
+    handle.remove()
+    units = tuple(shapes[0][2:])
+    unit = tuple((n - 1) // 2 for n in units)
+    forced = torch.zeros(shapes[0])
+    forced[(0, 0, *unit)] = 10.0
+    prepared.layer.register_forward_hook(lambda module, inputs, output: output * 0 + forced)
+    cams = [grad_cam(prepared, x.clone().requires_grad_(True), torch.tensor([t]), "difference")[0] for t in (0, 1)]
+    cam = max(cams, key=lambda c: float(c.max()))
+    assert float(cam.max()) > 0 and float(min(c.max() for c in cams)) == 0  # difference: one sign per target
+    centre = receptive_field_centre(model, layer_name, x, unit)
+    peak = float(cam.max())
+    at = [int(round(c)) for c in centre]
+    for axis, n in enumerate(units):
+        if n == 1:
+            continue
+        line = cam.numpy()[tuple(slice(None) if a == axis else at[a] for a in range(3))]
+        near = line[max(0, int(np.floor(centre[axis])) - 1):int(np.ceil(centre[axis])) + 2]
+        assert float(near.max()) == pytest.approx(peak), (name, axis, units, unit, centre, int(line.argmax()))
+        low, high = (int(np.floor(centre[axis] - prepared.grid.step[axis])),
+                     int(np.ceil(centre[axis] + prepared.grid.step[axis])))
+        for neighbour, exists in ((low, unit[axis] > 0), (high, unit[axis] < n - 1)):
+            if exists and 0 <= neighbour < shape[axis]:  # neighbouring units' centres (rounded outwards): 0
+                assert line[neighbour] <= 1e-6 * peak, (name, axis, neighbour)
 
 
 @pytest.mark.parametrize("kernel, padding", [(3, 0), (3, 1), ((5, 3, 3), (2, 0, 1))])
@@ -361,8 +473,6 @@ def test_probability_output_does_not_saturate_either(name):
 
 
 def test_lrp_splits_residual_sums_instead_of_doubling_them():
-    from adheat_app.models import MODELS
-
     torch.manual_seed(0)
     model = MODELS["resnet3d"]((32, 32, 32))
     for module in model.modules():

@@ -222,9 +222,6 @@ class Method(ABC):
 class GradientMethod(Method):
     """A method with one backward pass per scan: scans are packed into padded passes."""
 
-    #: Attribute of the model naming the Conv3d whose BatchNorm stays unfolded (Grad-CAM reads its output).
-    unfolded_layer: ClassVar[str | None] = None
-
     def prepare(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
         """The same function, faster to differentiate: BatchNorms folded, fast input-layer gradient.
 
@@ -234,9 +231,8 @@ class GradientMethod(Method):
         reads the scan gets the CPU's faster input gradient
         (:func:`~adheat_app.attribution.inputconv.with_fast_input_gradient`).
         """
-        keep = getattr(model, self.unfolded_layer) if self.unfolded_layer else None
         try:
-            prepared = fold_batchnorm(model, example, keep=keep)
+            prepared = fold_batchnorm(model, example)
         except ValueError:
             prepared = copy.deepcopy(model)
         return with_fast_input_gradient(prepared)
