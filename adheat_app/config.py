@@ -147,6 +147,11 @@ class HeatmapOptions:
     target: str = option("true", "Class explained: the subject's true class (as Wang et al.), the "
                          "predicted class, or always the positive class.",
                          choices=("true", "predicted", "positive"))
+    explain_output: str = option(
+        "difference", "Output explained by every method: the logit difference z_target - z_other (log-odds; "
+        "free of the offset both logits share, never saturates), the target logit (as Wang et al.), or the "
+        "target probability (as Rieke et al.; computed without float32 saturation, but its maps shrink as "
+        "p(1-p) for confident subjects).", choices=("difference", "logit", "probability"))
     ig_steps: int = option(32, "Integrated Gradients: integration steps.", type=int)
     ig_baseline: str = option("zero", "Integrated Gradients baseline image.", choices=("zero", "mean"))
     lrp_rule: str = option("alphabeta", "LRP rule on conv/linear layers (BatchNorm is folded first): "
