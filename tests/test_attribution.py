@@ -598,7 +598,9 @@ def relevance_ratio(maps: np.ndarray, region: np.ndarray, brain: np.ndarray) -> 
 
 def ground_truth_ratios(tmp_path_factory, null: bool) -> tuple[dict[str, float], float]:
     root = tmp_path_factory.mktemp("null" if null else "planted")
-    _, derivs, cohort, truth = make_preprocessed_cohort(root, n_subjects=12, seed=1, effect_size=0.4, null=null)
+    # z-scored inputs, the scale train_tiny's noise is set for (the product's defaults are tested in test_defaults)
+    _, derivs, cohort, truth = make_preprocessed_cohort(root, n_subjects=12, seed=1, effect_size=0.4, null=null,
+                                                        preprocessing__intensity_norm="zscore")
     model, x, y = train_tiny(cohort, root / "work")
     accuracy = float((model(x).argmax(1) == y).float().mean())
     ad = y == 1
@@ -629,7 +631,7 @@ def test_heatmaps_find_nothing_in_a_null_cohort(tmp_path_factory):
 
 # --------------------------------------------------------------------------- runner
 
-RUN = {"training__model": "resnet3d", "training__folds": 2, "training__epochs": 3, "training__patience": 3,
+RUN = {"training__model": "resnet3d", "training__folds": 2, "training__steps": 0, "training__epochs": 3,
        "training__batch_size": 4, "training__learning_rate": 1e-3,
        "heatmaps__methods": ("IG", "LRP", "GGC", "Saliency", "GuidedBackprop", "Occlusion", "NoiseImportance"),
        "heatmaps__ig_steps": 8, "heatmaps__noise_steps": 3, "heatmaps__occlusion_size": 80.0,

@@ -17,7 +17,9 @@ space at the model's resolution (float32) with a sidecar, and with
 Every sidecar records the explained output (``ExplainedOutput``,
 ``--explain-output``) and whether the map is zero everywhere (``AllZero``;
 such maps are counted in a warning per method, and the group means leave
-them out). ``--sanity-check`` runs :mod:`.sanity`.
+them out), and ``ModelBetterThanChance``: the cross-validated model's verdict
+against chance (``models/<model>/verdict.json``; null before it exists).
+``--sanity-check`` runs :mod:`.sanity`.
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ class HeatmapRun:
 
     def __init__(self, config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: list[int]):
         from adheat_app.training import fold_dir, load_fold_model, resolve_device
+        from adheat_app.training.runner import read_verdict
 
         self.config, self.derivs, self.cohort, self.folds = config, derivs, cohort, folds
         hm = config.heatmaps
@@ -142,6 +145,12 @@ class HeatmapRun:
                                      self.device)
         self.methods: list[Method] = [METHODS[n](hm, self.context) for n in selected_methods(hm.methods)]
         self.model_files = {k: fold_dir(config, k) / "model.pt" for k in folds}
+        verdict = read_verdict(config.models_dir, config.training.model)
+        self.better_than_chance = None if verdict is None else bool(verdict["BetterThanChance"])
+        if self.better_than_chance is False:
+            LOGGER.warning("%s is not better than chance (models/%s/verdict.json): its heatmaps are written, but "
+                           "they explain a model that did not learn to separate the classes",
+                           config.training.model, config.training.model)
         self.models = {}
         for k in folds:
             model, _ = load_fold_model(fold_dir(config, k), self.device)
@@ -222,6 +231,7 @@ class HeatmapRun:
             "TargetLabel": self.cohort.positive_label if self.target(a) else self.cohort.negative_label,
             "TrueLabel": a.scan.diagnosis,
             "Signed": method.signed,
+            "ModelBetterThanChance": self.better_than_chance,
             "ExplainedOutput": method.output,
             "AllZero": not bool(np.any(data)),
             "Seed": self.config.execution.seed,
