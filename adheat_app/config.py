@@ -133,7 +133,10 @@ class HeatmapOptions:
         "target probability (as Rieke et al.; computed without float32 saturation, but its maps shrink as "
         "p(1-p) for confident subjects).", choices=("difference", "logit", "probability"))
     ig_steps: int = option(32, "Integrated Gradients: integration steps.", type=int)
-    ig_baseline: str = option("zero", "Integrated Gradients baseline image.", choices=("zero", "mean"))
+    ig_baseline: str = option(
+        "template", "Integrated Gradients baseline: the mean image of the fold's training scans (template), 0 "
+        "(zero: after per-brain z-scoring a flat brain at the subject's mean intensity, not black as in Wang et "
+        "al.), or the scan blurred by a 12 mm FWHM Gaussian.", choices=("template", "zero", "blurred"))
     lrp_rule: str = option("alphabeta", "LRP rule on conv/linear layers (BatchNorm is folded first): "
                            "alphabeta (alpha=1.5, beta=0.5, as Wang et al.), epsilon, or zplus.",
                            choices=("alphabeta", "epsilon", "zplus"))
@@ -141,6 +144,10 @@ class HeatmapOptions:
                                 type=float)
     occlusion_size: float = option(20.0, "Occlusion patch edge in mm (Rieke et al.: 40).", type=float)
     occlusion_stride: float = option(10.0, "Occlusion stride in mm.", type=float)
+    occlusion_fill: str = option(
+        "template", "Value occluded voxels get (Occlusion, AreaOcclusion): the fold's training mean image "
+        "(template; Rieke et al.'s 0 was the population mean of voxel-wise z-scored images) or 0 (zero: the "
+        "subject's mean brain intensity after per-brain z-scoring).", choices=("template", "zero"))
     noise_lambda: float = option(1e-3, "NoiseImportance: weight of the noise-maximising term.",
                                  type=float)
     noise_steps: int = option(100, "NoiseImportance: optimisation steps per subject.", type=int)

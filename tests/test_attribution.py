@@ -131,7 +131,7 @@ def test_ig_is_complete_and_equals_captum(prepared, output):
     """
     model = random_model(seed=3)
     x, targets = volumes(2), torch.tensor([1, 0])
-    ig = METHODS["IG"](HeatmapOptions(ig_steps=64, explain_output=output), context(batch=5))
+    ig = METHODS["IG"](HeatmapOptions(ig_steps=64, explain_output=output, ig_baseline="zero"), context(batch=5))
     prepared_model = ig.prepare(model, x[:1]) if prepared else model
     assert isinstance(prepared_model, InputSplit) is prepared
     maps = ig.attribute(prepared_model, x, targets, ["a", "b"])
@@ -145,6 +145,37 @@ def test_ig_is_complete_and_equals_captum(prepared, output):
     reference = IntegratedGradients(OutputModel(model, output)).attribute(x, target=targets, n_steps=64,
                                                                           internal_batch_size=16)
     np.testing.assert_allclose(maps.numpy(), reference[:, 0].numpy(), atol=1e-5 * float(reference.abs().max()))
+
+
+@pytest.mark.parametrize("baseline", ["template", "blurred"])
+def test_ig_baselines_are_complete_equal_captum_and_report_their_convergence(baseline, caplog):
+    """template: the given training mean; blurred: each scan smoothed (12 mm FWHM). Both complete and equal to captum.
+
+    IGConvergenceDelta = |sum - (f(x) - f(baseline))| is recorded per scan; with 2 steps it exceeds 5 % and is warned.
+    """
+    model = random_model(seed=3)
+    x, targets = volumes(2), torch.tensor([1, 0])
+    template = volumes(1, seed=21)[0, 0]
+    ig = METHODS["IG"](HeatmapOptions(ig_steps=64, ig_baseline=baseline), context(batch=5))
+    maps = ig.attribute(ig.prepare(model, x[:1]), x, targets, ["a", "b"], template=template)
+    if baseline == "template":
+        base = template[None, None].expand_as(x)
+    else:
+        base = ig.baseline(x, None)
+        assert base.shape == x.shape and float((base[0] - base[1]).abs().max()) > 0  # one baseline per scan
+        assert float(base.std()) < 0.5 * float(x.std())  # smoothed
+    reference = IntegratedGradients(OutputModel(model, "difference")).attribute(
+        x, baselines=base, target=targets, n_steps=64, internal_batch_size=16)
+    np.testing.assert_allclose(maps.numpy(), reference[:, 0].numpy(), atol=1e-5 * float(reference.abs().max()))
+    change = explained(model(x), targets, "difference") - explained(model(base), targets, "difference")
+    for i, key in enumerate(["a", "b"]):
+        delta = ig.diagnostics[key]["IGConvergenceDelta"]
+        assert delta == pytest.approx(abs(float(maps[i].sum()) - float(change[i])), rel=1e-3, abs=1e-6)
+        assert ig.diagnostics[key]["IGConvergenceDeltaRelative"] < 0.05
+    coarse = METHODS["IG"](HeatmapOptions(ig_steps=2, ig_baseline=baseline), context(batch=5))
+    with caplog.at_level("WARNING"):
+        coarse.attribute(model, x, targets, ["a", "b"], template=template)
+    assert coarse.diagnostics["a"]["IGConvergenceDeltaRelative"] > 0.05 and "raise --ig-steps" in caplog.text
 
 
 def test_ig_split_refuses_a_model_that_reuses_its_input():
@@ -445,7 +476,7 @@ def test_a_confident_model_gets_informative_maps(name):
                 return [labels == value for value in range(1, int(labels.max()) + 1)]
 
         method = Regions(options, context(batch=4))
-    maps = method.attribute(method.prepare(model, x[:1]), x, targets, ["a", "b"])
+    maps = method.attribute(method.prepare(model, x[:1]), x, targets, ["a", "b"], template=x.mean(0)[0])
     for row in maps:
         assert float(row.abs().max()) > 0
         if name == "NoiseImportance":
@@ -465,7 +496,7 @@ def test_probability_output_does_not_saturate_either(name):
     model, targets = confident_model(x)
     options = HeatmapOptions(occlusion_size=24.0, occlusion_stride=16.0)
     maps = {output: METHODS[name](HeatmapOptions(**{**dataclasses.asdict(options), "explain_output": output}),
-                                  context(batch=4)).attribute(model, x, targets, ["a", "b"])
+                                  context(batch=4)).attribute(model, x, targets, ["a", "b"], template=x.mean(0)[0])
             for output in ("probability", "difference")}
     for row, reference in zip(maps["probability"], maps["difference"]):
         assert float(row.abs().max()) > 0
@@ -487,25 +518,29 @@ def test_lrp_splits_residual_sums_instead_of_doubling_them():
     assert torch.all(ratio < 1.5), ratio  # counted twice at each of three residual sums: ratio ~ 8
 
 
+@pytest.mark.parametrize("fill", ["template", "zero"])
 @pytest.mark.parametrize("prepared", [True, False], ids=["split-at-input-layer", "whole-model"])
 @pytest.mark.parametrize("padding", [0, 1], ids=["valid", "padded"])
-def test_occlusion_equals_captum_clipped(prepared, padding):
-    """Prepared on the CPU, rows are built at the input layer's output; both ways equal captum."""
+def test_occlusion_equals_captum_clipped(prepared, padding, fill):
+    """Prepared on the CPU, rows are built at the input layer's output; both ways equal captum (same fill)."""
     model = random_model(seed=7, padding=padding)
     x, targets = volumes(2), torch.tensor([1, 0])
-    options = HeatmapOptions(occlusion_size=24.0, occlusion_stride=16.0)
+    template = volumes(1, seed=21)[0, 0]
+    options = HeatmapOptions(occlusion_size=24.0, occlusion_stride=16.0, occlusion_fill=fill)
     method = METHODS["Occlusion"](options, context(batch=7))
     prepared_model = method.prepare(model, x[:1]) if prepared else model
     assert isinstance(prepared_model, InputSplit) is prepared
-    ours = method.attribute(prepared_model, x, targets, ["a", "b"])
-    reference = CaptumOcclusion(OutputModel(model, "difference")).attribute(x, sliding_window_shapes=(1, 6, 6, 6), strides=(1, 4, 4, 4),
-                                                      baselines=0, target=targets)
+    ours = method.attribute(prepared_model, x, targets, ["a", "b"], template=template)
+    baselines = template[None, None].expand_as(x) if fill == "template" else 0
+    reference = CaptumOcclusion(OutputModel(model, "difference")).attribute(
+        x, sliding_window_shapes=(1, 6, 6, 6), strides=(1, 4, 4, 4), baselines=baselines, target=targets)
     assert float(ours.max()) > 1e-3
     np.testing.assert_allclose(ours.numpy(), reference[:, 0].clamp(min=0).numpy(), atol=1e-6)
 
 
+@pytest.mark.parametrize("fill", ["template", "zero"])
 @pytest.mark.parametrize("prepared", [True, False], ids=["split-at-input-layer", "whole-model"])
-def test_area_occlusion_equals_captum_feature_ablation(prepared):
+def test_area_occlusion_equals_captum_feature_ablation(prepared, fill):
     """Irregular regions (one touching the border): the drop painted into each region, as captum's FeatureAblation."""
     labels = torch.ones(GRID, dtype=torch.long)
     labels[4:9, 3:15, 2:7] = 2
@@ -519,11 +554,13 @@ def test_area_occlusion_equals_captum_feature_ablation(prepared):
 
     model = random_model(seed=11, padding=1)
     x, targets = volumes(2), torch.tensor([0, 1])
-    method = Regions(HeatmapOptions(), context(batch=3))
+    template = volumes(1, seed=21)[0, 0]
+    method = Regions(HeatmapOptions(occlusion_fill=fill), context(batch=3))
     prepared_model = method.prepare(model, x[:1]) if prepared else model
-    ours = method.attribute(prepared_model, x, targets, ["a", "b"])
-    reference = FeatureAblation(OutputModel(model, "difference")).attribute(x, target=targets, baselines=0,
-                                                       feature_mask=labels[None, None])
+    ours = method.attribute(prepared_model, x, targets, ["a", "b"], template=template)
+    baselines = template[None, None].expand_as(x) if fill == "template" else 0
+    reference = FeatureAblation(OutputModel(model, "difference")).attribute(
+        x, target=targets, baselines=baselines, feature_mask=labels[None, None])
     assert float(ours.max()) > 1e-3
     np.testing.assert_allclose(ours.numpy(), reference[:, 0].clamp(min=0).numpy(), atol=1e-6)
 
@@ -536,9 +573,10 @@ def test_maps_do_not_depend_on_batch_composition(name):
     options = HeatmapOptions(ig_steps=6, noise_steps=3, occlusion_size=32.0, occlusion_stride=32.0)
     method = METHODS[name](options, context(batch=4))
     model = method.prepare(model, x[:1])
-    together = method.attribute(model, x, targets, keys)
-    alone = method.attribute(model, x[3:4], targets[3:4], keys[3:4])
-    reordered = method.attribute(model, x[[3, 0]], targets[[3, 0]], [keys[3], keys[0]])
+    template = volumes(1, seed=21)[0, 0]
+    together = method.attribute(model, x, targets, keys, template=template)
+    alone = method.attribute(model, x[3:4], targets[3:4], keys[3:4], template=template)
+    reordered = method.attribute(model, x[[3, 0]], targets[[3, 0]], [keys[3], keys[0]], template=template)
     assert together.shape == (5, *GRID)
     assert torch.equal(together[3], alone[0]) and torch.equal(together[3], reordered[0])
     assert torch.equal(together[0], reordered[1])
@@ -607,7 +645,8 @@ def ground_truth_ratios(tmp_path_factory, null: bool) -> tuple[dict[str, float],
     ratios = {}
     for name in GROUND_TRUTH:
         method = METHODS[name](options, context(batch=8))
-        maps = method.attribute(method.prepare(model, x[:1]), x[ad], y[ad], [""] * int(ad.sum()))
+        maps = method.attribute(method.prepare(model, x[:1]), x[ad], y[ad], [""] * int(ad.sum()),
+                                template=x.mean(0)[0])  # the model was trained on every scan
         ratios[name] = relevance_ratio(maps.numpy(), truth.region, brain)
     return ratios, accuracy
 
@@ -694,6 +733,17 @@ def test_group_heatmaps_are_out_of_fold_with_complete_sidecars(trained):
             assert side["AllZero"] is (not np.any(np.asarray(img.dataobj)))
     mci = [s for s in cohort.scans if s.diagnosis == "MCI"]
     assert mci and read_json(sidecar_path(heatmap_path(derivs, cohort, mci[0], "IG")))["FoldsAveraged"] == [0, 1]
+    for scan in cohort.scans:  # the fold mean (MCI) records the larger delta of its fold models
+        assert read_json(sidecar_path(heatmap_path(derivs, cohort, scan, "IG")))["IGConvergenceDelta"] >= 0
+    for k in (0, 1):  # the 'template' baseline and fill: the mean of the fold's training scans only
+        split = read_split(fold_dir(config, k))
+        train = set(split.loc[split["set"] == "train", "subject"])
+        path = fold_dir(config, k) / "training_mean.nii.gz"
+        expected = np.mean([np.asarray(nib.load(s.image).dataobj, np.float64) for s in cohort.scans
+                            if s.subject in train], axis=0)
+        np.testing.assert_allclose(np.asarray(nib.load(path).dataobj), expected, atol=5e-3)  # float16 cache
+        assert read_json(sidecar_path(path))["NScans"] == len(train)
+        assert not train & {s for s, fold in test_fold.items() if fold == k}
 
 
 @pytest.mark.slow

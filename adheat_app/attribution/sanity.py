@@ -86,10 +86,10 @@ def run_sanity_check(run: HeatmapRun) -> pd.DataFrame:
     masks = [np.asarray(nib.load(a.scan.mask).dataobj) > 0 for a in checked]
     rows, per_scan = [], {a.scan.key: {} for a in checked}
     for method in run.methods:
-        trained, _ = run.compute(method, method.prepare(model, example), checked)
+        trained, _ = run.compute(method, method.prepare(model, example), fold, checked)
         for step in range(1, len(layers) + 1):
             randomised = cascade(model, layers, step, run.config.execution.seed)
-            maps, _ = run.compute(method, method.prepare(randomised, example), checked)
+            maps, _ = run.compute(method, method.prepare(randomised, example), fold, checked)
             values = [rank_correlation(t, m, mask) for t, m, mask in zip(trained, maps, masks)]
             for a, value in zip(checked, values):
                 per_scan[a.scan.key].setdefault(method.name, {})[layers[step - 1]] = round(value, 4)
