@@ -767,20 +767,27 @@ def test_participant_and_group_paths_write_identical_files_and_reruns_skip(train
 
 
 @pytest.mark.slow
-def test_sanity_check_reports_rank_correlations(trained, tmp_path):
+def test_sanity_check_draws_scans_from_every_fold_and_compares_with_the_input(trained, tmp_path):
+    """10 scans, 5 from each fold's test set, each fold model randomised; similarity to trained maps and to |input|."""
     config, derivs, cohort = trained
-    config2, derivs2, cohort2 = participant_copy(config, derivs, cohort, cohort.labelled[:4], tmp_path / "out3")
+    config2, derivs2, cohort2 = participant_copy(config, derivs, cohort, cohort.labelled, tmp_path / "out3")
     config2 = config2.replace("heatmaps", methods=("Saliency", "GGC"), sanity_check=True)
     run_heatmaps(config2, derivs2, cohort2)
-    table = pd.read_csv(derivs2.root / "group" / "sanity_check.tsv", sep="\t")
+    table = pd.read_csv(derivs2.root / "group" / "sanity_check.tsv", sep="\t", keep_default_na=False)
     assert set(table["method"]) == {"Saliency", "GGC"}
-    assert {"layer", "spearman", "flagged", "step"} <= set(table.columns)
+    assert {"layer", "spearman", "spearman_input", "drop_layer", "flagged", "step"} <= set(table.columns)
+    assert (table["n_scans"] == 10).all() and (table["folds"].astype(str) == "0,1").all()
     assert (table.groupby("method")["step"].max() == 11).all()  # resnet3d: 10 convolutions and 1 linear
     saliency = table[table["method"] == "Saliency"]
+    assert saliency["layer"].iloc[0] == "trained" and saliency["spearman"].iloc[0] == pytest.approx(1.0)
     assert saliency["spearman"].iloc[-1] < 0.9 and not saliency["flagged"].any()
-    checked = [s for s in cohort2.scans
-               if "SanityCheck" in read_json(sidecar_path(heatmap_path(derivs2, cohort2, s, "Saliency")))]
-    assert checked
+    below = saliency.loc[(saliency["step"] > 0) & (saliency["spearman"] < 0.5), "layer"]
+    assert saliency["drop_layer"].iloc[0] == below.iloc[0]  # the first randomised layer below 0.5
+    assert table["spearman_input"].between(-1, 1).all()
+    sides = [read_json(sidecar_path(heatmap_path(derivs2, cohort2, s, "Saliency"))) for s in cohort2.labelled]
+    checks = [side["SanityCheck"] for side in sides if "SanityCheck" in side]
+    assert len(checks) == 10 and {"Layers", "InputSimilarity", "DropBelowHalfAt", "Flagged"} <= set(checks[0])
+    assert len(checks[0]["Layers"]) == 11 and len(checks[0]["InputSimilarity"]) == 12
 
 
 @pytest.mark.slow
