@@ -124,9 +124,10 @@ class HeatmapOptions:
         "NoiseImportance). 'all' selects every method.", metavar="METHOD", type=str)
     models: str | None = option(None, "Folder of trained models (default: OUTPUT_DIR/models).",
                                 metavar="DIR", type=str)
-    target: str = option("true", "Class explained: the subject's true class (as Wang et al.), the "
-                         "predicted class, or always the positive class.",
-                         choices=("true", "predicted", "positive"))
+    target: str = option("positive", "Class explained: always the positive class (every map, and so every "
+                         "group mean including 'all', explains the same output), the subject's true class (as "
+                         "Wang et al.; group means then mix classes, which their sidecars record), or the "
+                         "predicted class.", choices=("positive", "true", "predicted"))
     explain_output: str = option(
         "difference", "Output explained by every method: the logit difference z_target - z_other (log-odds; "
         "free of the offset both logits share, never saturates), the target logit (as Wang et al.), or the "

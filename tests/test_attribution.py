@@ -723,8 +723,7 @@ def test_group_heatmaps_are_out_of_fold_with_complete_sidecars(trained):
             side = read_json(sidecar_path(path))
             assert side["Fold"] == test_fold.get(scan.subject, "mean")
             assert side["Method"] == name and side["Model"] == "resnet3d" and side["Signed"] == METHODS[name].signed
-            assert side["TargetClass"] == (scan.target if scan.target is not None
-                                           else int(side["PredictedProbability"] >= 0.5))
+            assert side["TargetClass"] == 1  # --target positive (default)
             assert 0 <= side["PredictedProbability"] <= 1 and side["TrueLabel"] == scan.diagnosis
             for key in ("Parameters", "Seed", "Software", "WallTimeSeconds", "Sources", "TargetLabel"):
                 assert key in side
@@ -788,6 +787,28 @@ def test_sanity_check_draws_scans_from_every_fold_and_compares_with_the_input(tr
     checks = [side["SanityCheck"] for side in sides if "SanityCheck" in side]
     assert len(checks) == 10 and {"Layers", "InputSimilarity", "DropBelowHalfAt", "Flagged"} <= set(checks[0])
     assert len(checks[0]["Layers"]) == 11 and len(checks[0]["InputSimilarity"]) == 12
+
+
+@pytest.mark.slow
+def test_group_maps_say_which_classes_they_explain(trained, tmp_path, caplog):
+    """--target positive (default): 'all' averages explanations of the positive class only; --target true mixes
+    AD-class maps of AD scans with CN-class maps of CN scans, and the group map says so."""
+    from adheat_app.evaluation.group_maps import load_method
+    from adheat_app.templates import get_template
+
+    config, derivs, cohort = trained
+    template = get_template(config.execution.resolution, cohort.space)
+    maps = load_method(derivs, cohort, template, "Saliency", {})
+    n_ad = sum(s.diagnosis == "AD" for s in cohort.scans)
+    n_labelled = len(cohort.labelled)
+    assert maps.target_classes("all") == {"AD": n_labelled} and maps.target_classes("CN") == {"AD": n_labelled - n_ad}
+    config2, derivs2, cohort2 = participant_copy(config, derivs, cohort, cohort.labelled[:4], tmp_path / "out5")
+    run_heatmaps(config2.replace("heatmaps", methods=("Saliency",), target="true"), derivs2, cohort2)
+    with caplog.at_level("WARNING"):
+        mixed = load_method(derivs2, cohort2, template, "Saliency", {})
+    counts = {label: sum(s.diagnosis == label for s in cohort2.labelled) for label in ("AD", "CN")}
+    assert mixed.target_classes("all") == counts and min(counts.values()) > 0
+    assert "averages explanations of different classes" in caplog.text
 
 
 @pytest.mark.slow
