@@ -4,11 +4,18 @@ Every output of adheat goes through these helpers. Each writes to a hidden
 temporary file in the destination folder and renames it into place with
 :func:`os.replace`, which is atomic on POSIX file systems, so an interrupted
 run leaves either the old file, the new file, or nothing.
+
+Files that several runs share (a job array writing one output folder) are
+rewritten under :func:`file_lock`, so no run's update is lost. A write that
+fails because the disk is full or the folder is read-only
+(:func:`is_storage_error`) ends the run, as every later write would fail too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import tempfile
@@ -19,6 +26,15 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
+
+
+#: ``errno`` values meaning "this folder cannot take more output": the run stops instead of failing item by item.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the output folder cannot be written (full disk, quota, read-only, no permission)."""
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
 
 
 def _current_umask() -> int:
@@ -56,6 +72,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the duration of the block.
+
+    The lock is :func:`fcntl.flock` on an open file: other processes block
+    until it is released, and it is released when the block ends or the
+    process dies (a killed run never leaves a stale lock). Linux maps it to
+    POSIX record locks on NFS, so it also holds between the nodes of a cluster
+    that mount one output folder. Keep the block short: concurrent runs wait.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

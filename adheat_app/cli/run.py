@@ -18,6 +18,7 @@ from pathlib import Path
 
 from adheat_app import __version__
 from adheat_app.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, InputError
+from adheat_app.io import is_storage_error, write_text
 
 LOGGER = logging.getLogger("adheat_app")
 
@@ -72,6 +73,13 @@ def _precheck_inputs(config) -> None:
         normalize_label(label, "ses")
 
 
+class _LogFile(logging.FileHandler):
+    """The run's log file; when it cannot be written (full disk) it stops, and the console keeps every record."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.setLevel(logging.CRITICAL + 1)
+
+
 def setup_logging(logs_dir: Path | None, verbose: int, run_id: str) -> Path | None:
     """Log to stderr (INFO, or DEBUG with -v) and, once outputs exist, to ``logs/adheat-<run>.log``."""
     LOGGER.setLevel(logging.DEBUG)
@@ -89,7 +97,7 @@ def setup_logging(logs_dir: Path | None, verbose: int, run_id: str) -> Path | No
         return None
     logs_dir.mkdir(parents=True, exist_ok=True)
     log_file = logs_dir / f"adheat-{run_id}.log"
-    file_handler = logging.FileHandler(log_file)
+    file_handler = _LogFile(log_file)
     file_handler.setLevel(logging.DEBUG)
     file_handler._adheat_run = run_id
     file_handler.setFormatter(fmt)
@@ -142,8 +150,8 @@ def _run(argv: list[str] | None, run_id: str) -> int:
     except InputError as exc:
         print(f"adheat: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    setup_logging(config.output_dir / "logs", config.execution.verbose, run_id)
     try:
+        setup_logging(config.output_dir / "logs", config.execution.verbose, run_id)
         from adheat_app.workflows import run_levels
 
         LOGGER.info("adheat %s, run %s: %s -> %s (%s)", __version__, run_id, config.bids_dir, config.output_dir,
@@ -157,9 +165,20 @@ def _run(argv: list[str] | None, run_id: str) -> int:
         LOGGER.error("interrupted; rerun the same command to resume")
         return EXIT_FAILURE
     except Exception as exc:  # any other error is a run failure: keep the traceback
+        if is_storage_error(exc):
+            where = exc.filename or config.output_dir
+            print(f"adheat: error: cannot write {where}: {exc.strerror}; free space or make {config.output_dir} "
+                  "writable, then rerun the same command (finished outputs are kept)", file=sys.stderr)
+            return EXIT_FAILURE
+        message = str(exc).splitlines()[0] if str(exc) else ""
         crash = config.output_dir / "logs" / f"crash-{run_id}.txt"
-        crash.write_text(traceback.format_exc())
-        LOGGER.error("run failed: %s: %s (traceback in %s)", type(exc).__name__, exc, crash)
+        try:
+            write_text(crash, traceback.format_exc())
+        except OSError as write_error:
+            LOGGER.error("run failed: %s: %s (no traceback file: %s)", type(exc).__name__, message,
+                         write_error.strerror)
+        else:
+            LOGGER.error("run failed: %s: %s (traceback in %s)", type(exc).__name__, message, crash)
         return EXIT_FAILURE
     if failures:
         print(f"adheat: {failures} item(s) failed; see {config.output_dir / 'logs'}", file=sys.stderr)
