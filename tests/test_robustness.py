@@ -101,3 +101,73 @@ def test_eight_concurrent_participant_runs_share_one_output_folder(cohort8, tmp_
     notices = [line for _, err in results for line in err.splitlines() if "TemplateFlow" in line]
     assert len(notices) <= 8  # at most once per run (none where the template is cached)
     assert all("http" not in line.lower() for line in notices)
+
+
+# --------------------------------------------------------------------------- a full disk, a read-only folder
+
+DISK_FULL_SITE = '''
+import errno
+import nibabel
+
+def _full_disk_save(img, filename, *args, **kwargs):
+    with open(filename, "wb") as handle:  # the disk fills half-way through the file
+        handle.write(b"\\x1f\\x8b" + bytes(4096))
+    raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+
+nibabel.save = _full_disk_save
+'''
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("adheat: error:")]
+
+
+def test_full_disk_ends_the_run_with_one_line_and_no_half_written_nifti(tmp_path):
+    """Every NIfTI write of the run (the spawned preprocessing workers too) hits ENOSPC half-way."""
+    bids_dir = simulate_cohort(tmp_path / "bids", n_subjects=2, resolution=4.0, seed=1)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(DISK_FULL_SITE)
+    out = tmp_path / "out"
+    run = adheat_process(bids_dir, out, "participant", *FAST_PARTICIPANT,
+                         env={"PYTHONPATH": f"{site}{os.pathsep}{REPO}"})
+    code, err = run.wait(timeout=600), run.stderr.read()
+    assert code == 1, err
+    [line] = _error_lines(err)
+    assert "No space left on device" in line and "free space" in line and "rerun the same command" in line
+    assert "Traceback" not in err
+    assert not list(out.rglob("*.nii*")), "a half-written NIfTI was left behind"
+    assert not leftovers(out)
+
+
+def _make_read_only(folder: Path) -> None:
+    """Read-only for this process: permissions for a normal user, a read-only bind mount for root."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return
+    done = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"running as root and cannot bind-mount {folder} read-only: {done.stderr.decode().strip()}")
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    _make_read_only(folder)
+    yield folder
+    if os.geteuid() == 0:
+        subprocess.run(["umount", str(folder)], check=False)
+    folder.chmod(0o755)
+
+
+def test_read_only_output_folder_exits_1_with_one_line(tmp_path, read_only_folder):
+    bids_dir = write_tiny_bids(tmp_path / "bids", {"01": "AD", "02": "CN"})
+    run = adheat_process(bids_dir, read_only_folder, "participant", *FAST_PARTICIPANT)
+    code, err = run.wait(timeout=300), run.stderr.read()
+    assert code == 1, err
+    [line] = _error_lines(err)
+    assert str(read_only_folder) in line and ("Read-only file system" in line or "Permission denied" in line)
+    assert "Traceback" not in err
+    assert not any(read_only_folder.iterdir())
