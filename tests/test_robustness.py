@@ -171,3 +171,70 @@ def test_read_only_output_folder_exits_1_with_one_line(tmp_path, read_only_folde
     assert str(read_only_folder) in line and ("Read-only file system" in line or "Permission denied" in line)
     assert "Traceback" not in err
     assert not any(read_only_folder.iterdir())
+
+
+# --------------------------------------------------------------------------- SIGKILL at any stage, then rerun
+
+GROUP = ["group", "--resolution", "4", "--skip-bids-validation", "--nprocs", "1", "--omp-nthreads", "1", "--seed", "0",
+         "--folds", "2", "--epochs", "4", "--patience", "4", "--batch-size", "4", "--methods", "IG", "Saliency",
+         "--n-bootstrap", "50"]
+#: Files whose appearance marks a stage of the group level: training (a checkpoint after an epoch), heatmaps
+#: (the first subject map), evaluation (the first group-average map).
+STAGE_MARKS = {"training": "models/*/fold-*/checkpoint.pt", "heatmaps": "sub-*/anat/*_heatmap.nii.gz",
+               "evaluation": "group/*_stat-mean_heatmap.nii.gz"}
+
+
+def _kill_when(run: subprocess.Popen, out: Path, pattern: str) -> bool:
+    """SIGKILL the run's whole process group as soon as ``pattern`` matches a file; False if it ended first."""
+    import signal
+    import time
+
+    while run.poll() is None:
+        if any(out.glob(pattern)):
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _outputs(out: Path) -> dict[str, object]:
+    """Every NIfTI (as an array) and table (as a frame) of the run, minus per-epoch wall-clock times."""
+    import nibabel as nib
+    import numpy as np
+
+    found: dict[str, object] = {}
+    for path in sorted(out.rglob("*.nii.gz")):
+        found[str(path.relative_to(out))] = np.asarray(nib.load(path).dataobj, dtype=np.float64)
+    for path in sorted(out.rglob("*.tsv")):
+        found[str(path.relative_to(out))] = pd.read_csv(path, sep="\t").drop(columns=["seconds"], errors="ignore")
+    return found
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_heatmaps_and_evaluation_then_rerun_gives_the_same_outputs(tmp_path):
+    import numpy as np
+
+    from conftest import make_preprocessed_cohort
+
+    runs = {}
+    for name in ("reference", "killed"):
+        config, *_ = make_preprocessed_cohort(tmp_path / name, n_subjects=8, resolution=4.0, seed=0)
+        runs[name] = (config.bids_dir, config.output_dir)
+    bids_dir, out = runs["reference"]
+    reference = adheat_process(bids_dir, out, *GROUP)
+    assert reference.wait(timeout=900) == 0, reference.stderr.read()[-3000:]
+    bids_dir, out = runs["killed"]
+    for stage, pattern in STAGE_MARKS.items():
+        assert _kill_when(adheat_process(bids_dir, out, *GROUP), out, pattern), f"the run ended before {stage}"
+    final = adheat_process(bids_dir, out, *GROUP)
+    assert final.wait(timeout=900) == 0, final.stderr.read()[-3000:]
+    assert not leftovers(out)
+    expected, got = _outputs(runs["reference"][1]), _outputs(out)
+    assert sorted(got) == sorted(expected)
+    assert any(name.endswith("_heatmap.nii.gz") for name in got) and "group/overlap.tsv" in got
+    for name, value in expected.items():
+        if isinstance(value, pd.DataFrame):
+            pd.testing.assert_frame_equal(got[name], value, check_exact=False, atol=1e-6, obj=name)
+        else:
+            np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-6, err_msg=name)
