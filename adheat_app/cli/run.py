@@ -23,40 +23,6 @@ from adheat_app.io import is_storage_error, write_text
 LOGGER = logging.getLogger("adheat_app")
 
 
-def _check_options(config) -> None:
-    """Reject option values that cannot work, naming the option."""
-    ex, tr = config.execution, config.training
-    if ex.resolution <= 0 or ex.resolution > 8:
-        raise InputError(f"--resolution {ex.resolution}: use a voxel size between 0.5 and 8 mm (default 2)")
-    if ex.nprocs < 0 or ex.omp_nthreads < 0 or ex.mem_gb < 0:
-        raise InputError("--nprocs, --omp-nthreads and --mem-gb must not be negative")
-    if tr.folds < 2:
-        raise InputError(f"--folds {tr.folds}: cross-validation needs at least 2 folds")
-    if tr.fold is not None and not 0 <= tr.fold < tr.folds:
-        raise InputError(f"--fold {tr.fold}: folds are numbered 0 to {tr.folds - 1}")
-    if tr.epochs < 1 or tr.batch_size < 1:
-        raise InputError("--epochs and --batch-size must be at least 1")
-    if not 0 < tr.val_fraction < 0.5:
-        raise InputError(f"--val-fraction {tr.val_fraction}: use a value between 0 and 0.5")
-    if tr.positive_label == tr.negative_label:
-        raise InputError("--positive-label and --negative-label must differ")
-    from adheat_app.models import MODELS
-    if tr.model not in MODELS:
-        raise InputError(f"--model {tr.model}: unknown model; available: {', '.join(sorted(MODELS))}")
-    from adheat_app.attribution import METHODS
-    unknown = [m for m in config.heatmaps.methods if m not in METHODS and m != "all"]
-    if unknown:
-        raise InputError(f"--methods {' '.join(unknown)}: unknown method; available: {', '.join(METHODS)}")
-    for name, value in (("--anat-derivatives", config.preprocessing.anat_derivatives),
-                        ("--reference-map", config.evaluation.reference_map)):
-        if value and not Path(value).exists():
-            raise InputError(f"{name} {value} does not exist")
-    if config.execution.device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: no CUDA device is available; use --device cpu or auto")
-
-
 def _precheck_inputs(config) -> None:
     """Cheap filesystem checks of the selected subjects, before pybids writes its index."""
     from adheat_app.bids import normalize_label
@@ -118,6 +84,7 @@ def prepare(argv: list[str] | None):
     from adheat_app.bids import check_dataset_paths, run_bids_validator
     from adheat_app.cli.parser import build_parser, split_sections
     from adheat_app.config import build_config, load_config_file
+    from adheat_app.validate import check_options
 
     args = build_parser().parse_args(argv)
     file_values = load_config_file(args.config_file) if args.config_file else {}
@@ -127,7 +94,7 @@ def prepare(argv: list[str] | None):
         raise InputError("analysis levels must be 'participant', 'group' or 'participant group'")
     check_dataset_paths(config.bids_dir, config.output_dir)
     _precheck_inputs(config)
-    _check_options(config)
+    check_options(config)
     if not config.execution.skip_bids_validation:
         run_bids_validator(config.bids_dir)
     return config
