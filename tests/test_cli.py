@@ -24,6 +24,39 @@ ISSUE_OPTIONS = ["--participant-label", "--session-label", "--skip-bids-validati
                  "--reference-threshold", "--n-bootstrap"]
 
 
+def _models(bids_dir: Path, name: str, fold: str | None = None) -> Path:
+    """A ``--models`` folder beside the dataset (``tmp_path/models``), empty or with one trained fold at ``fold``."""
+    root = bids_dir.parent / "models"
+    root.mkdir(exist_ok=True)
+    if fold:
+        (root / fold).mkdir(parents=True)
+        for file in ("model.pt", "model.json"):
+            (root / fold / file).write_text("{}")
+    return root
+
+
+def test_every_range_rule_names_a_numeric_option():
+    import dataclasses
+
+    from adheat_app.config import SECTIONS
+    from adheat_app.validate import RULES
+
+    for section, rules in RULES.items():
+        fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+        for name in rules:
+            assert name in fields, f"{section}.{name}"
+            default = fields[name].default
+            assert default is None or isinstance(default, (int, float)) and not isinstance(default, bool)
+            assert default is None or rules[name].admits(default), f"the default of {name} is refused"
+
+
+def test_models_folder_is_not_checked_for_a_group_run(tiny_bids, tmp_path):
+    """The group level trains into --models, so an empty folder is fine there."""
+    config = prepare([str(tiny_bids), str(tmp_path / "out"), "participant", "group", "--models",
+                      str(_models(tiny_bids, "empty")), "--skip-bids-validation"])
+    assert config.models_dir == tmp_path / "models"
+
+
 def run_cli(capsys, *args: str) -> tuple[int, str]:
     code = main([str(a) for a in args])
     return code, capsys.readouterr().err
@@ -80,6 +113,35 @@ def test_both_levels_in_one_call(tiny_bids, tmp_path):
         (lambda b, o: [b, o, "participant", "--reference-map", b / "none.nii.gz"], "--reference-map"),
         (lambda b, o: [b, o, "participant", "--anat-derivatives", b / "none"], "--anat-derivatives"),
         (lambda b, o: [b, o, "participant", "--config-file", b / "none.toml"], "cannot read config file"),
+        (lambda b, o: [b, o, "participant", "--resolution", "0.4"], "--resolution 0.4 is out of range: it must be "
+                                                                    "between 0.5 and 8 (default 2)"),
+        (lambda b, o: [b, o, "participant", "--resolution", "9"], "--resolution 9 is out of range"),
+        (lambda b, o: [b, o, "group", "--epochs", "0"], "--epochs 0 is out of range: it must be at least 1"),
+        (lambda b, o: [b, o, "group", "--batch-size", "-2"], "--batch-size -2 is out of range"),
+        (lambda b, o: [b, o, "group", "--patience", "0"], "--patience 0 is out of range"),
+        (lambda b, o: [b, o, "group", "--learning-rate", "0"], "--learning-rate 0 is out of range: it must be "
+                                                               "greater than 0"),
+        (lambda b, o: [b, o, "group", "--val-fraction", "0.5"], "--val-fraction 0.5 is out of range: it must be "
+                                                                "between 0 and 0.5 (both exclusive)"),
+        (lambda b, o: [b, o, "group", "--ig-steps", "0"], "--ig-steps 0 is out of range: it must be at least 1 "
+                                                          "(default 32)"),
+        (lambda b, o: [b, o, "group", "--occlusion-size", "0"], "--occlusion-size 0 is out of range"),
+        (lambda b, o: [b, o, "group", "--occlusion-stride", "-5"], "--occlusion-stride -5 is out of range"),
+        (lambda b, o: [b, o, "group", "--noise-steps", "0"], "--noise-steps 0 is out of range"),
+        (lambda b, o: [b, o, "group", "--noise-lambda", "-1"], "--noise-lambda -1 is out of range"),
+        (lambda b, o: [b, o, "group", "--lrp-epsilon", "0"], "--lrp-epsilon 0 is out of range"),
+        (lambda b, o: [b, o, "group", "--heatmap-batch-size", "-1"], "--heatmap-batch-size -1 is out of range"),
+        (lambda b, o: [b, o, "group", "--n-bootstrap", "-1"], "--n-bootstrap -1 is out of range"),
+        (lambda b, o: [b, o, "participant", "--seed", "-1"], "--seed -1 is out of range"),
+        (lambda b, o: [b, o, "participant", "--mem-gb", "-1"], "--mem-gb -1 is out of range"),
+        (lambda b, o: [b, o, "participant", "--models", b.parent / "nomodels"], "does not exist"),
+        (lambda b, o: [b, o, "participant", "--models", _models(b, "empty")],
+         "holds no trained rieke2018 model (expected {m}/rieke2018/fold-<k>/model.pt + model.json); train them"),
+        (lambda b, o: [b, o, "participant", "--models", _models(b, "other", "resnet3d/fold-0")],
+         "holds no trained rieke2018 model (expected {m}/rieke2018/fold-<k>/model.pt + model.json); it holds "
+         "resnet3d: pass --model resnet3d"),
+        (lambda b, o: [b, o, "participant", "--models", _models(b, "one", "rieke2018/fold-0") / "rieke2018"],
+         "it is one model's folder: pass its parent, --models {m}"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, tiny_bids, tmp_path, make_args, message):
@@ -89,7 +151,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, tiny_bids, t
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
-    assert lines[0].startswith("adheat: error:") and message in lines[0]
+    message = message.replace("{m}", str(tmp_path / "models"))
+    assert lines[0].startswith("adheat: error:") and message in lines[0], lines[0]
     assert not out.exists()
     assert tree_digest(tiny_bids) == before
 
