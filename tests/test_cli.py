@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from adheat_app import __version__, bids
+from adheat_app.bids import T1wInput
+from adheat_app.errors import InputError
 from adheat_app.cli.parser import build_parser
 from adheat_app.cli.run import main, prepare
 from conftest import tree_digest, write_tiny_bids
@@ -260,3 +262,49 @@ def test_each_call_removes_its_log_handlers(tmp_path, capsys, valid):
     assert code in (0, 1, 2) and (valid or code == 2)
     assert package.handlers == before
     assert not [h for h in package.handlers if hasattr(h, "_adheat_console") or hasattr(h, "_adheat_run")]
+
+
+def test_run_failure_exits_1_with_one_line_and_a_crash_file(capsys, tiny_bids, tmp_path, monkeypatch):
+    """An unexpected error ends the run with exit 1, one log line and logs/crash-<run>.txt holding the traceback."""
+    import adheat_app.workflows
+
+    def fail(config, run_id):
+        raise RuntimeError("disk controller on fire\nsecond line of detail")
+
+    monkeypatch.setattr(adheat_app.workflows, "run_levels", fail)
+    code, err = run_cli(capsys, tiny_bids, tmp_path / "out", "participant", "--skip-bids-validation")
+    assert code == 1
+    [crash] = (tmp_path / "out" / "logs").glob("crash-*.txt")
+    text = crash.read_text()
+    assert "Traceback" in text and "RuntimeError: disk controller on fire" in text and "in fail" in text
+    errors = [line for line in err.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "run failed: RuntimeError: disk controller on fire (traceback in" in errors[0]
+    assert "second line" not in err and str(crash) in errors[0]
+
+
+def test_failed_scans_exit_1_with_a_crash_file_each(capsys, tiny_bids, tmp_path):
+    """Noise images hold no brain: each scan fails alone with logs/crash-<key>.txt, and the run exits 1."""
+    code, err = run_cli(capsys, tiny_bids, tmp_path / "out", "participant", "--skip-bids-validation",
+                        "--skull-strip", "skip", "--registration", "affine", "--resolution", "4", "--nprocs", "1")
+    assert code == 1
+    assert "adheat: 2 item(s) failed; see" in err
+    for sub in ("01", "02"):
+        first = (tmp_path / "out" / "logs" / f"crash-sub-{sub}.txt").read_text().splitlines()[0]
+        assert first.startswith(f"sub-{sub}: ") and "brain mask holds only" in first
+        assert not (tmp_path / "out" / f"sub-{sub}" / "anat").exists()
+
+
+def test_mixed_grids_are_an_input_error(tmp_path):
+    """Preprocessed images at two resolutions in one output folder: the group level refuses to mix them."""
+    import shutil
+
+    from adheat_app.cohort import load_cohort
+    from conftest import make_preprocessed_cohort
+
+    config, derivs, cohort, _ = make_preprocessed_cohort(tmp_path, n_subjects=4, resolution=4.0)
+    scan = cohort.scans[1]
+    for path in (scan.image, scan.mask):
+        shutil.move(path, path.with_name(path.name.replace("_res-4_", "_res-6_")))
+    inputs = [T1wInput(s.subject, s.session, config.bids_dir) for s in cohort.scans]
+    with pytest.raises(InputError, match=r"mix spaces/resolutions .*'4'.*'6'.*one --resolution"):
+        load_cohort(config, derivs, inputs)
