@@ -127,16 +127,28 @@ class Atlas:
         """Integer label array."""
         return np.asarray(self.img.dataobj).astype(np.int32)
 
-    def region_mask(self, patterns: list[str] | tuple[str, ...]) -> np.ndarray:
-        """Boolean mask of every region whose name contains one of ``patterns``.
+    def region_values(self, patterns: list[str] | tuple[str, ...]) -> list[int]:
+        """Label values of every region whose name contains one of ``patterns``, sorted.
 
         Matching ignores case, so ``"Hippocampus"`` selects both hemispheres.
+
+        Raises
+        ------
+        ValueError
+            Naming the first pattern that no region name contains.
         """
-        wanted = [p.lower() for p in patterns]
-        values = [v for v, name in self.labels.items() if any(p in name.lower() for p in wanted)]
-        if not values:
-            raise ValueError(f"no {self.name} region matches {list(patterns)}")
-        return np.isin(self.array(), values)
+        values: set[int] = set()
+        for pattern in patterns:
+            found = {v for v, name in self.labels.items() if pattern.lower() in name.lower()}
+            if not found:
+                raise ValueError(f"no {self.name} region name contains {pattern!r} "
+                                 f"(e.g. {', '.join(list(self.labels.values())[:4])})")
+            values |= found
+        return sorted(values)
+
+    def region_mask(self, patterns: list[str] | tuple[str, ...]) -> np.ndarray:
+        """Boolean mask of the regions of :meth:`region_values`."""
+        return np.isin(self.array(), self.region_values(patterns))
 
 
 def format_resolution(resolution: float) -> str:
@@ -196,11 +208,6 @@ def resample(
     res.set_qform(affine, code=4)
     res.set_sform(affine, code=4)
     return res
-
-
-def resample_to(img: nib.Nifti1Image, template: Template, interpolation: str = "linear") -> nib.Nifti1Image:
-    """Resample ``img`` (already in the template's world space) onto the template grid."""
-    return resample(img, template.shape, template.affine, interpolation=interpolation)
 
 
 def _templateflow_files(space: str) -> dict[str, str | None]:

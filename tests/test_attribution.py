@@ -575,3 +575,11 @@ def test_ig_mean_baseline_is_complete_against_the_mean_template(trained, tmp_pat
         assert abs(total - expected) <= 0.05 * abs(expected), (scan.key, total, expected)
         zero = float(np.asarray(nib.load(heatmap_path(derivs, cohort, scans[0], "IG")).dataobj).sum())
         assert total != zero
+
+
+def test_no_amp_reaches_the_heatmaps():
+    """--no-amp turns mixed precision off in the heatmaps' forward-only passes too; it only ever applies on CUDA."""
+    cuda = torch.device("cuda")
+    assert MethodContext(4.0, "MNI152NLin2009cAsym", 2, 0, cuda).amp
+    assert not MethodContext(4.0, "MNI152NLin2009cAsym", 2, 0, cuda, mixed_precision=False).amp
+    assert not MethodContext(4.0, "MNI152NLin2009cAsym", 2, 0, CPU).amp

@@ -337,7 +337,7 @@ def test_real_whole_heads_register_well(tmp_path, tf_home):
     The issue's target: NCC >= 0.85 inside the template brain mask, and no
     folding. Measured: 0.863 (chris_t1) and 0.882 (Colin27), no voxel with a
     Jacobian determinant <= 0 (minimum 0.036 / 0.145); 0.80 / 0.84 with one SyN
-    stage of step 0.3, and 0.27 / 0.68 for the naive whole-head SyN of FACTS.md.
+    stage of step 0.3, and 0.27 / 0.68 for a naive whole-head SyN.
     """
     real = shared_data_or_skip() / "real"
     bids_dir = write_tiny_bids(tmp_path / "bids", {"01": "CN", "02": "CN"})
