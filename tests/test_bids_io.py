@@ -204,3 +204,31 @@ def test_atomic_outputs_follow_the_umask(tmp_path):
     """Outputs must be readable by other users (containers run under another UID), not mkstemp's 0600."""
     path = io.write_json(tmp_path / "x.json", {"a": 1})
     assert path.stat().st_mode & 0o777 == 0o666 & ~io._UMASK
+
+
+def test_stale_partials_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    """A SIGKILLed writer leaves its temporary file; the next run removes it, never a live writer's."""
+    import time
+
+    from adheat_app.io import STALE_PARTIAL_HOURS, _HOST, remove_stale_partials
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    folder = tmp_path / "sub-01" / "anat"
+    folder.mkdir(parents=True)
+    names = {"dead": f".x_T1w.nii.gz.partial-{_HOST}-{dead_pid}-ab12_c.tmp.nii.gz",
+             "live": f".x_T1w.nii.gz.partial-{_HOST}-{os.getpid()}-zz99.tmp.nii.gz",
+             "remote": ".x_T1w.nii.gz.partial-node-17.cluster-4242-q1w2.tmp.nii.gz",
+             "remote_old": ".y.tsv.partial-node-17.cluster-4242-e3r4.tmp.tsv",
+             "output": "sub-01_T1w.nii.gz"}
+    for name in names.values():
+        (folder / name).write_bytes(b"half")
+    old = time.time() - (STALE_PARTIAL_HOURS + 1) * 3600
+    os.utime(folder / names["remote_old"], (old, old))
+    removed = remove_stale_partials(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([names["dead"], names["remote_old"]])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([names["live"], names["remote"], names["output"]])
+    with io.atomic_path(folder / "z.nii.gz") as partial:  # what atomic_path names its temporary file
+        assert remove_stale_partials(tmp_path) == [] and partial.name.startswith(f".z.nii.gz.partial-{_HOST}-")
+        partial.write_bytes(b"x")
+    assert (folder / "z.nii.gz").read_bytes() == b"x"

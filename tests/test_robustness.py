@@ -23,7 +23,7 @@ import pytest
 
 from adheat_app.bids import BIDSIGNORE, Derivatives, load_layout
 from adheat_app.simulate import simulate_cohort
-from conftest import REPO, write_tiny_bids
+from conftest import REPO, assert_same_outputs, write_tiny_bids
 
 FAST_PARTICIPANT = ["--skull-strip", "skip", "--registration", "affine", "--resolution", "4",
                     "--skip-bids-validation", "--nprocs", "1", "--omp-nthreads", "1"]
@@ -198,23 +198,8 @@ def _kill_when(run: subprocess.Popen, out: Path, pattern: str) -> bool:
     return False
 
 
-def _outputs(out: Path) -> dict[str, object]:
-    """Every NIfTI (as an array) and table (as a frame) of the run, minus per-epoch wall-clock times."""
-    import nibabel as nib
-    import numpy as np
-
-    found: dict[str, object] = {}
-    for path in sorted(out.rglob("*.nii.gz")):
-        found[str(path.relative_to(out))] = np.asarray(nib.load(path).dataobj, dtype=np.float64)
-    for path in sorted(out.rglob("*.tsv")):
-        found[str(path.relative_to(out))] = pd.read_csv(path, sep="\t").drop(columns=["seconds"], errors="ignore")
-    return found
-
-
 @pytest.mark.slow
 def test_sigkill_during_training_heatmaps_and_evaluation_then_rerun_gives_the_same_outputs(tmp_path):
-    import numpy as np
-
     from conftest import make_preprocessed_cohort
 
     runs = {}
@@ -230,11 +215,5 @@ def test_sigkill_during_training_heatmaps_and_evaluation_then_rerun_gives_the_sa
     final = adheat_process(bids_dir, out, *GROUP)
     assert final.wait(timeout=900) == 0, final.stderr.read()[-3000:]
     assert not leftovers(out)
-    expected, got = _outputs(runs["reference"][1]), _outputs(out)
-    assert sorted(got) == sorted(expected)
-    assert any(name.endswith("_heatmap.nii.gz") for name in got) and "group/overlap.tsv" in got
-    for name, value in expected.items():
-        if isinstance(value, pd.DataFrame):
-            pd.testing.assert_frame_equal(got[name], value, check_exact=False, atol=1e-6, obj=name)
-        else:
-            np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-6, err_msg=name)
+    compared = assert_same_outputs(out, runs["reference"][1])
+    assert any(name.endswith("_heatmap.nii.gz") for name in compared) and "group/overlap.tsv" in compared

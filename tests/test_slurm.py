@@ -19,13 +19,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-import pandas as pd
 import pytest
 
 from adheat_app.simulate import simulate_cohort
-from conftest import REPO
+from conftest import REPO, assert_same_outputs
 from slurm_cluster import SlurmCluster, unavailable
 
 pytestmark = pytest.mark.slow
@@ -70,8 +67,13 @@ def cluster():
     slurm.stop()
 
 
-def submit_all(cluster: SlurmCluster, bids_dir: Path, out: Path, config: Path, folds: int) -> dict[str, str]:
-    """Run scripts/submit_all.sh as a user with a venv install would; return the three job ids."""
+def submit_all(cluster: SlurmCluster, bids_dir: Path, out: Path, folds: int = 2) -> tuple[dict[str, str], Path]:
+    """Run scripts/submit_all.sh with :data:`CONFIG` as a user with a venv install would, wait for every job.
+
+    Returns the three job ids and the config file.
+    """
+    config = out.parent / "run.toml"
+    config.write_text(CONFIG)
     env = {"ADHEAT_RUNTIME": "none", "BIDS_DIR": str(bids_dir), "OUTPUT_DIR": str(out), "ADHEAT_FOLDS": str(folds),
            "ADHEAT_SBATCH_OPTS": "--cpus-per-task=1 --mem=2G --time=30", "ADHEAT_GPU_OPTS": "",
            "PATH": f"{ADHEAT.parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
@@ -79,25 +81,14 @@ def submit_all(cluster: SlurmCluster, bids_dir: Path, out: Path, config: Path, f
                        env=env, cwd=str(out.parent))
     ids = dict(re.findall(r"(participant|fold|group): (\d+)", proc.stdout))
     assert set(ids) == {"participant", "fold", "group"}, proc.stdout + proc.stderr
-    return ids
-
-
-def _outputs(out: Path) -> dict[str, object]:
-    found: dict[str, object] = {}
-    for path in sorted(out.rglob("*.nii.gz")):
-        found[str(path.relative_to(out))] = np.asarray(nib.load(path).dataobj, dtype=np.float64)
-    for path in sorted(out.rglob("*.tsv")):
-        found[str(path.relative_to(out))] = pd.read_csv(path, sep="\t").drop(columns=["seconds"], errors="ignore")
-    return found
+    cluster.wait_idle(timeout=1200)
+    return ids, config
 
 
 def test_submit_all_on_slurm_equals_a_plain_run(cluster, tmp_path):
     bids_dir = simulate_cohort(tmp_path / "bids", n_subjects=8, resolution=4.0, seed=3, effect_size=0.4)
-    config = tmp_path / "run.toml"
-    config.write_text(CONFIG)
     out = tmp_path / "slurm_out"
-    ids = submit_all(cluster, bids_dir, out, config, folds=2)
-    cluster.wait_idle(timeout=1200)
+    ids, config = submit_all(cluster, bids_dir, out)
     logs = out / "logs" / "slurm"
     for name, job in ids.items():
         assert cluster.job_state(job).startswith("COMPLETED"), (name, cluster.job_state(job))
@@ -111,30 +102,21 @@ def test_submit_all_on_slurm_equals_a_plain_run(cluster, tmp_path):
                            str(config), "--folds", "2", "--device", "cpu"], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    expected, got = _outputs(plain), _outputs(out)
-    assert sorted(got) == sorted(expected)
-    assert sum(name.endswith("_heatmap.nii.gz") for name in got) >= 16 and "group/overlap.tsv" in got
-    for name, value in expected.items():
-        if isinstance(value, pd.DataFrame):
-            pd.testing.assert_frame_equal(got[name], value, check_exact=False, atol=1e-6, obj=name)
-        else:
-            np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-6, err_msg=name)
+    compared = assert_same_outputs(out, plain)
+    assert sum(name.endswith("_heatmap.nii.gz") for name in compared) >= 16 and "group/overlap.tsv" in compared
 
 
 def test_a_failing_participant_task_stops_the_chain_and_its_log_says_which(cluster, tmp_path):
     bids_dir = simulate_cohort(tmp_path / "bids", n_subjects=2, resolution=4.0, seed=4)
     broken = bids_dir / "sub-02" / "anat" / "sub-02_T1w.nii.gz"
     broken.write_bytes(broken.read_bytes()[:2000])
-    config = tmp_path / "run.toml"
-    config.write_text(CONFIG)
     out = tmp_path / "out"
-    ids = submit_all(cluster, bids_dir, out, config, folds=2)
-    cluster.wait_idle(timeout=600)
+    ids, _ = submit_all(cluster, bids_dir, out)
     logs = out / "logs" / "slurm"
     first = (logs / f"adheat-participant-{ids['participant']}_1.log").read_text()
     second = (logs / f"adheat-participant-{ids['participant']}_2.log").read_text()
     assert "failed with exit code" not in first
-    assert f"slurm_adheat.sh: participant task 2 (sub-02) of job" in second
+    assert "slurm_adheat.sh: participant task 2 (sub-02) of job" in second
     assert second.rstrip().endswith("failed with exit code 1")
     for name in ("fold", "group"):
         state = cluster.job_state(ids[name])

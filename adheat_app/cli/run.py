@@ -134,8 +134,8 @@ def _run(argv: list[str] | None, run_id: str) -> int:
     except Exception as exc:  # any other error is a run failure: keep the traceback
         if is_storage_error(exc):
             where = exc.filename or config.output_dir
-            print(f"adheat: error: cannot write {where}: {exc.strerror}; free space there or make it writable, "
-                  "then rerun the same command (finished outputs are kept)", file=sys.stderr)
+            print(f"adheat: error: {where}: {exc.strerror}; free space there or make it writable, then rerun the "
+                  "same command (finished outputs are kept)", file=sys.stderr)
             return EXIT_FAILURE
         message = str(exc).splitlines()[0] if str(exc) else ""
         crash = config.output_dir / "logs" / f"crash-{run_id}.txt"

@@ -162,7 +162,7 @@ def _run_pool(config: RunConfig, derivs: Derivatives, todo: list[T1wInput], temp
             try:
                 result = future.result()
             except Exception as exc:  # any failure of one scan is reported and isolated...
-                if is_storage_error(exc):  # ...but a full disk or read-only folder would fail them all
+                if is_storage_error(exc, permission=False):  # ...but a full or read-only disk fails them all
                     pool.shutdown(cancel_futures=True)
                     raise
                 _report_failure(config, t1w, exc)
