@@ -54,9 +54,9 @@ NON_NEGATIVE = Range(0)
 RULES: dict[str, dict[str, Range]] = {
     "execution": {"nprocs": NON_NEGATIVE, "omp_nthreads": NON_NEGATIVE, "mem_gb": NON_NEGATIVE,
                   "seed": NON_NEGATIVE, "resolution": Range(0.5, 8)},
-    "training": {"folds": Range(2), "fold": NON_NEGATIVE, "epochs": AT_LEAST_1, "batch_size": AT_LEAST_1,
-                 "learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE, "patience": AT_LEAST_1,
-                 "val_fraction": Range(0, 0.5, open_low=True, open_high=True)},
+    "training": {"folds": Range(2), "fold": NON_NEGATIVE, "steps": NON_NEGATIVE, "epochs": AT_LEAST_1,
+                 "batch_size": AT_LEAST_1, "learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE,
+                 "input_noise": NON_NEGATIVE, "patience": NON_NEGATIVE, "val_fraction": Range(0, 0.5, open_high=True)},
     "heatmaps": {"ig_steps": AT_LEAST_1, "lrp_epsilon": POSITIVE, "occlusion_size": POSITIVE,
                  "occlusion_stride": POSITIVE, "noise_lambda": NON_NEGATIVE, "noise_steps": AT_LEAST_1,
                  "heatmap_batch_size": NON_NEGATIVE},
@@ -111,6 +111,9 @@ def check_options(config: RunConfig) -> None:
     ex, tr = config.execution, config.training
     if tr.fold is not None and not 0 <= tr.fold < tr.folds:
         raise InputError(f"--fold {tr.fold}: folds are numbered 0 to {tr.folds - 1}")
+    if tr.patience > 0 and tr.val_fraction == 0:
+        raise InputError(f"--patience {tr.patience}: early stopping needs a validation set; set --val-fraction "
+                         "(e.g. 0.2) or --patience 0")
     if tr.positive_label == tr.negative_label:
         raise InputError("--positive-label and --negative-label must differ")
     from adheat_app.models import MODELS

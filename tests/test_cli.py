@@ -120,11 +120,15 @@ def test_both_levels_in_one_call(tiny_bids, tmp_path):
         (lambda b, o: [b, o, "participant", "--resolution", "9"], "--resolution 9 is out of range"),
         (lambda b, o: [b, o, "group", "--epochs", "0"], "--epochs 0 is out of range: it must be at least 1"),
         (lambda b, o: [b, o, "group", "--batch-size", "-2"], "--batch-size -2 is out of range"),
-        (lambda b, o: [b, o, "group", "--patience", "0"], "--patience 0 is out of range"),
+        (lambda b, o: [b, o, "group", "--patience", "-1"], "--patience -1 is out of range"),
+        (lambda b, o: [b, o, "group", "--patience", "5", "--val-fraction", "0"],
+         "--patience 5: early stopping needs a validation set"),
+        (lambda b, o: [b, o, "group", "--steps", "-1"], "--steps -1 is out of range: it must be at least 0"),
+        (lambda b, o: [b, o, "group", "--input-noise", "-0.1"], "--input-noise -0.1 is out of range"),
         (lambda b, o: [b, o, "group", "--learning-rate", "0"], "--learning-rate 0 is out of range: it must be "
                                                                "greater than 0"),
         (lambda b, o: [b, o, "group", "--val-fraction", "0.5"], "--val-fraction 0.5 is out of range: it must be "
-                                                                "between 0 and 0.5 (both exclusive)"),
+                                                                "between 0 and 0.5 (0.5 exclusive)"),
         (lambda b, o: [b, o, "group", "--ig-steps", "0"], "--ig-steps 0 is out of range: it must be at least 1 "
                                                           "(default 32)"),
         (lambda b, o: [b, o, "group", "--occlusion-size", "0"], "--occlusion-size 0 is out of range"),
@@ -138,11 +142,11 @@ def test_both_levels_in_one_call(tiny_bids, tmp_path):
         (lambda b, o: [b, o, "participant", "--mem-gb", "-1"], "--mem-gb -1 is out of range"),
         (lambda b, o: [b, o, "participant", "--models", b.parent / "nomodels"], "does not exist"),
         (lambda b, o: [b, o, "participant", "--models", _models(b, "empty")],
-         "holds no trained rieke2018 model (expected {m}/rieke2018/fold-<k>/model.pt + model.json); train them"),
-        (lambda b, o: [b, o, "participant", "--models", _models(b, "other", "resnet3d/fold-0")],
-         "holds no trained rieke2018 model (expected {m}/rieke2018/fold-<k>/model.pt + model.json); it holds "
-         "resnet3d: pass --model resnet3d"),
-        (lambda b, o: [b, o, "participant", "--models", _models(b, "one", "rieke2018/fold-0") / "rieke2018"],
+         "holds no trained resnet3d model (expected {m}/resnet3d/fold-<k>/model.pt + model.json); train them"),
+        (lambda b, o: [b, o, "participant", "--models", _models(b, "other", "wang2023/fold-0")],
+         "holds no trained resnet3d model (expected {m}/resnet3d/fold-<k>/model.pt + model.json); it holds "
+         "wang2023: pass --model wang2023"),
+        (lambda b, o: [b, o, "participant", "--models", _models(b, "one", "resnet3d/fold-0") / "resnet3d"],
          "it is one model's folder: pass its parent, --models {m}"),
     ],
 )
