@@ -176,7 +176,7 @@ def test_read_only_output_folder_exits_1_with_one_line(tmp_path, read_only_folde
 # --------------------------------------------------------------------------- SIGKILL at any stage, then rerun
 
 GROUP = ["group", "--resolution", "4", "--skip-bids-validation", "--nprocs", "1", "--omp-nthreads", "1", "--seed", "0",
-         "--folds", "2", "--epochs", "4", "--patience", "4", "--batch-size", "4", "--methods", "IG", "Saliency",
+         "--folds", "2", "--steps", "0", "--epochs", "4", "--batch-size", "4", "--methods", "IG", "Saliency",
          "--n-bootstrap", "50"]
 #: Files whose appearance marks a stage of the group level: training (a checkpoint after an epoch), heatmaps
 #: (the first subject map), evaluation (the first group-average map).

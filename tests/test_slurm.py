@@ -39,7 +39,7 @@ registration = "affine"
 skull_strip = "skip"
 [training]
 epochs = 2
-patience = 2
+steps = 0
 batch_size = 4
 [heatmaps]
 methods = ["Saliency", "IG"]
