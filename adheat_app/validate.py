@@ -112,17 +112,15 @@ def check_options(config: RunConfig) -> None:
     if tr.fold is not None and not 0 <= tr.fold < tr.folds:
         raise InputError(f"--fold {tr.fold}: folds are numbered 0 to {tr.folds - 1}")
     if tr.patience > 0 and tr.val_fraction == 0:
-        raise InputError(f"--patience {tr.patience}: early stopping needs a validation set; set --val-fraction "
-                         "(e.g. 0.2) or --patience 0")
+        raise InputError(f"--patience {tr.patience}: early stopping needs a validation set; add --val-fraction 0.2 "
+                         "or set --patience 0")
     if tr.positive_label == tr.negative_label:
         raise InputError("--positive-label and --negative-label must differ")
     from adheat_app.models import MODELS
     if tr.model not in MODELS:
         raise InputError(f"--model {tr.model}: unknown model; available: {', '.join(sorted(MODELS))}")
-    from adheat_app.attribution import METHODS
-    unknown = [m for m in config.heatmaps.methods if m not in METHODS and m != "all"]
-    if unknown:
-        raise InputError(f"--methods {' '.join(unknown)}: unknown method; available: {', '.join(METHODS)}")
+    from adheat_app.attribution.runner import selected_methods
+    selected_methods(config.heatmaps.methods)
     for name, value in (("--anat-derivatives", config.preprocessing.anat_derivatives),
                         ("--reference-map", config.evaluation.reference_map)):
         if value and not Path(value).exists():
