@@ -1,13 +1,14 @@
 """BIDS input discovery, labels, and the BIDS-Derivatives output dataset.
 
 Inputs: the dataset is indexed with pybids (the index is cached in the work
-folder and rebuilt only when the dataset's files change), T1w images are
+folder, rebuilt only when the dataset's files change, and safe to share
+between concurrent runs), T1w images are
 collected per subject and session, and diagnoses are read from
 ``participants.tsv``. Every user-supplied label is checked against the BIDS
 label grammar (letters and digits only) before it is used in a path, so path
 traversal is impossible.
 
-Outputs: :class:`Derivatives` names files from BIDS entities (DESIGN.md §4),
+Outputs: :class:`Derivatives` names files from BIDS entities,
 writes them atomically with a JSON sidecar that records how they were made,
 and keeps ``dataset_description.json`` and ``.bidsignore`` up to date. Nothing
 is ever written inside the input dataset.
@@ -23,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +33,7 @@ import pandas as pd
 
 from adheat_app import __version__
 from adheat_app.errors import InputError
-from adheat_app.io import read_json, save_nifti, write_json, write_text
+from adheat_app.io import file_lock, read_json, save_nifti, write_json, write_text
 
 LOGGER = logging.getLogger(__name__)
 
@@ -118,8 +120,8 @@ def run_bids_validator(bids_dir: Path) -> None:
 
 
 def _dataset_signature(bids_dir: Path) -> str:
-    """Hash of every file's relative path, size and modification time."""
-    digest = hashlib.sha256()
+    """Hash of the dataset's location and of every file's relative path, size and modification time."""
+    digest = hashlib.sha256(f"{bids_dir.resolve()}\n".encode())
     for root, dirs, files in os.walk(bids_dir):
         dirs[:] = sorted(d for d in dirs if d not in ("derivatives", "sourcedata") and not d.startswith("."))
         for name in sorted(files):
@@ -130,22 +132,37 @@ def _dataset_signature(bids_dir: Path) -> str:
 
 
 def load_layout(bids_dir: Path, work_dir: Path):
-    """Index ``bids_dir`` with pybids, caching the index in ``work_dir``.
+    """Index ``bids_dir`` with pybids, caching the index in ``work_dir/pybids_db``.
 
-    The cached database is reused while the dataset's files are unchanged, so
-    large datasets are indexed once.
+    Each state of the dataset (:func:`_dataset_signature`) has its own index
+    folder, built once and then only read, so any number of concurrent runs
+    (a job array sharing one work folder) can use it. The first run to need an
+    index builds it in a temporary folder under a lock and renames it into
+    place; the others wait for the lock and read it. Indexes of earlier states
+    of the dataset are deleted then.
     """
     from bids import BIDSLayout
 
-    db = work_dir / "pybids_db"
-    signature = _dataset_signature(bids_dir)
-    stamp = db / "adheat_signature.txt"
-    fresh = stamp.is_file() and stamp.read_text() == signature and (db / "layout_index.sqlite").is_file()
-    db.mkdir(parents=True, exist_ok=True)
-    layout = BIDSLayout(str(bids_dir), validate=False, database_path=str(db), reset_database=not fresh)
-    if not fresh:
-        stamp.write_text(signature)
-    return layout
+    cache = Path(work_dir) / "pybids_db"
+    db = cache / _dataset_signature(bids_dir)[:20]
+    if not (db / "layout_index.sqlite").is_file():
+        with file_lock(cache / ".lock"):
+            if not (db / "layout_index.sqlite").is_file():
+                for stale in cache.iterdir():  # earlier dataset states, and builds a killed run left
+                    if stale.is_dir():
+                        shutil.rmtree(stale)
+                    elif stale.name != ".lock":
+                        stale.unlink()
+                build = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
+                try:
+                    built = BIDSLayout(str(bids_dir), validate=False, database_path=str(build), reset_database=True)
+                    built.connection_manager.session.close()
+                    built.connection_manager.engine.dispose()
+                    os.rename(build, db)
+                except BaseException:
+                    shutil.rmtree(build, ignore_errors=True)
+                    raise
+    return BIDSLayout(str(bids_dir), validate=False, database_path=str(db))
 
 
 @dataclass(frozen=True)
@@ -280,8 +297,18 @@ class Derivatives:
         self.root = Path(output_dir)
         self.bids_dir = Path(bids_dir)
 
+    def lock(self):
+        """Context manager holding the lock for rewriting a file that concurrent runs share.
+
+        Runs of one job array write the same output folder; every file more
+        than one of them rewrites (``dataset_description.json``,
+        ``.bidsignore``, ``group/preproc_qc.tsv``, ``logs/CITATION.*``) is
+        read, computed and written while holding ``logs/.lock``.
+        """
+        return file_lock(self.root / "logs" / ".lock")
+
     def initialize(self) -> None:
-        """Write ``dataset_description.json`` and ``.bidsignore`` (idempotent)."""
+        """Write ``dataset_description.json`` and ``.bidsignore`` (idempotent, safe for concurrent runs)."""
         self.root.mkdir(parents=True, exist_ok=True)
         generated = {"Name": "adheat", "Version": __version__,
                      "CodeURL": "https://github.com/adheat/adheat",
@@ -298,11 +325,12 @@ class Derivatives:
             "SourceDatasets": [{"URL": self.bids_dir.resolve().as_uri()}],
         }
         path = self.root / "dataset_description.json"
-        if not path.is_file() or read_json(path) != json.loads(json.dumps(description)):
-            write_json(path, description)
         ignore = self.root / ".bidsignore"
-        if not ignore.is_file() or ignore.read_text() != "\n".join(BIDSIGNORE) + "\n":
-            write_text(ignore, "\n".join(BIDSIGNORE) + "\n")
+        with self.lock():
+            if not path.is_file() or read_json(path) != json.loads(json.dumps(description)):
+                write_json(path, description)
+            if not ignore.is_file() or ignore.read_text() != "\n".join(BIDSIGNORE) + "\n":
+                write_text(ignore, "\n".join(BIDSIGNORE) + "\n")
 
     @staticmethod
     def filename(suffix: str, extension: str = ".nii.gz", **entities: str | float | None) -> str:

@@ -118,6 +118,7 @@ def render_citation(config: RunConfig, steps: set[str]) -> tuple[str, str]:
 
 def write_citation(config: RunConfig, derivs: Derivatives) -> None:
     """Write ``logs/CITATION.md`` and ``logs/CITATION.bib`` for the steps present."""
-    markdown, bib = render_citation(config, steps_present(derivs, config.training.model))
-    write_text(derivs.root / "logs" / "CITATION.md", markdown)
-    write_text(derivs.root / "logs" / "CITATION.bib", bib)
+    with derivs.lock():  # concurrent runs: the pair is rendered and written by one run at a time
+        markdown, bib = render_citation(config, steps_present(derivs, config.training.model))
+        write_text(derivs.root / "logs" / "CITATION.md", markdown)
+        write_text(derivs.root / "logs" / "CITATION.bib", bib)

@@ -3,15 +3,27 @@
 Every output of adheat goes through these helpers. Each writes to a hidden
 temporary file in the destination folder and renames it into place with
 :func:`os.replace`, which is atomic on POSIX file systems, so an interrupted
-run leaves either the old file, the new file, or nothing.
+run leaves either the old file, the new file, or nothing (and, after a
+SIGKILL, a hidden temporary file, which :func:`remove_stale_partials` deletes
+when the next run starts).
+
+Files that several runs share (a job array writing one output folder) are
+rewritten under :func:`file_lock`, so no run's update is lost. A write that
+fails because the disk is full or the folder is read-only
+(:func:`is_storage_error`) ends the run, as every later write would fail too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +31,27 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
+
+
+#: ``errno`` values of a file system that takes no more writes (full, over quota, read-only): every job would fail.
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+#: ``errno`` values of a file or folder this process may not write.
+PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+
+
+def is_storage_error(exc: BaseException, permission: bool = True) -> bool:
+    """Whether ``exc`` says an output cannot be written: full disk, quota, read-only file system, and with
+    ``permission`` also missing write permission (which may concern one file only)."""
+    codes = FULL_ERRNOS | PERMISSION_ERRNOS if permission else FULL_ERRNOS
+    return isinstance(exc, OSError) and exc.errno in codes
+
+
+_HOST = socket.gethostname()
+#: Marks a temporary file of :func:`atomic_path`: ``.<name>.partial-<host>-<pid>-<random>.tmp<ext>``.
+_PARTIAL = ".partial-"
+_PARTIAL_RE = re.compile(r"\.partial-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+\.tmp")
+#: Age after which any temporary file of :func:`atomic_path` is stale (no single write takes this long).
+STALE_PARTIAL_HOURS = 6.0
 
 
 def _current_umask() -> int:
@@ -46,7 +79,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_PARTIAL}{_HOST}-{os.getpid()}-", suffix=f".tmp{suffix}",
+                               dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -56,6 +90,66 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the duration of the block.
+
+    The lock is :func:`fcntl.flock` on an open file: other processes block
+    until it is released, and it is released when the block ends or the
+    process dies (a killed run never leaves a stale lock). Linux maps it to
+    POSIX record locks on NFS, so it also holds between the nodes of a cluster
+    that mount one output folder. Keep the block short: concurrent runs wait.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(root: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_path` that killed writers left under ``root``.
+
+    A process killed with SIGKILL cannot remove its temporary file. One is
+    stale when its writer ran on this host and no longer exists, or when it is
+    older than :data:`STALE_PARTIAL_HOURS` (a writer on another node of a
+    cluster); the temporary files of live writers (concurrent runs) are kept.
+
+    Returns
+    -------
+    list of Path
+        The files deleted.
+    """
+    removed = []
+    now = time.time()
+    for path in Path(root).rglob(f".*{_PARTIAL}*.tmp*"):
+        match = _PARTIAL_RE.search(path.name)
+        if match is None or not path.is_file():
+            continue
+        dead = match["host"] == _HOST and not _alive(int(match["pid"]))
+        try:
+            old = now - path.stat().st_mtime > STALE_PARTIAL_HOURS * 3600
+        except FileNotFoundError:  # renamed into place meanwhile
+            continue
+        if dead or old:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -332,14 +332,11 @@ def build_ground_truth(resolution: float = 2.0, regions: Sequence[str] = DEFAULT
     template = get_template(resolution, DEFAULT_SPACE)  # the call get_atlas makes, so its cache is hit
     atlas = get_atlas(resolution)
     regions = tuple(regions)
-    region_values = []
-    for pattern in regions:
-        found = [v for v, name in atlas.labels.items() if pattern.lower() in name.lower()]
-        if not found:
-            raise InputError(f"--regions {pattern}: no AAL3 region name contains it "
-                             f"(e.g. {', '.join(list(atlas.labels.values())[:4])})")
-        region_values.extend(found)
-    hippocampus_values = tuple(v for v, name in atlas.labels.items() if "hippocampus" in name.lower())
+    try:
+        region_values = atlas.region_values(regions)
+    except ValueError as exc:
+        raise InputError(f"--regions {' '.join(regions)}: {exc}") from None
+    hippocampus_values = tuple(atlas.region_values(["hippocampus"]))
     labels = atlas.array().astype(np.int16)
     region = np.isin(labels, region_values)
     brain = template.mask_array()
@@ -356,7 +353,7 @@ def build_ground_truth(resolution: float = 2.0, regions: Sequence[str] = DEFAULT
     shape = tuple(int(math.ceil(s / ANATOMY_GRID_MM)) + 1 for s in size)
     return GroundTruth(
         template=template, regions=regions, intensity=intensity, labels=labels, region=region,
-        region_values=tuple(sorted(set(region_values))), hippocampus_values=hippocampus_values,
+        region_values=tuple(region_values), hippocampus_values=hippocampus_values,
         probseg=probseg.astype(np.float32), push=push.astype(np.float32), names=dict(atlas.labels),
         distance=ndimage.distance_transform_edt(~brain, sampling=resolution).astype(np.float32), brain_points=points,
         anatomy_origin=low, anatomy_shape=shape,

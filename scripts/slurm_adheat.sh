@@ -3,9 +3,10 @@
 #SBATCH --cpus-per-task=8
 #SBATCH --mem=32G
 #SBATCH --time=24:00:00
-#SBATCH --output=%x-%j.log
+#SBATCH --output=%x-%A_%a.log
 #
-# Run adheat from its Singularity/Apptainer image under SLURM.
+# Run adheat under SLURM, from its Singularity/Apptainer image or, with
+# ADHEAT_RUNTIME=none, from an installed adheat (conda or venv) on PATH.
 #
 #   sbatch --array=1-N           slurm_adheat.sh participant [ADHEAT OPTIONS]
 #       one subject per array task: task N takes the N-th participant_id of
@@ -19,7 +20,7 @@
 # scripts/submit_all.sh submits all three, chained with --dependency=afterok.
 #
 # Settings (environment variables; sbatch passes the caller's environment):
-#   ADHEAT_SIF         path to adheat-<version>.sif                    (required)
+#   ADHEAT_SIF         path to adheat-<version>.sif (required unless ADHEAT_RUNTIME=none)
 #   BIDS_DIR           input BIDS dataset, bound read-only            (required)
 #   OUTPUT_DIR         output derivatives dataset (created if absent)  (required)
 #   ADHEAT_FOLDS       number of cross-validation folds               (default 5)
@@ -28,10 +29,15 @@
 #   ADHEAT_WORK_DIR    work folder; default: a fresh folder on node-local
 #                      scratch ($SLURM_TMPDIR or $TMPDIR), deleted at the end
 #   ADHEAT_PARTICIPANTS_TSV  subject list; default BIDS_DIR/participants.tsv
-#   ADHEAT_RUNTIME     apptainer or singularity; default: the one on PATH
-#   ADHEAT_DRY_RUN=1   print the container command instead of running it
+#   ADHEAT_RUNTIME     apptainer, singularity, or none (no container: run
+#                      the adheat on PATH, e.g. of an activated conda or venv
+#                      environment); default: apptainer or singularity on PATH
+#   ADHEAT_EXE         adheat executable for ADHEAT_RUNTIME=none  (default adheat)
+#   ADHEAT_DRY_RUN=1   print the command instead of running it
 #
-# Exit code: adheat's (0 ok, 1 run failure, 2 usage or input error).
+# Exit code: adheat's (0 ok, 1 run failure, 2 usage or input error). A failed
+# run ends its log with "slurm_adheat.sh: <mode> task <N> (<subject>) failed
+# with exit code <code>".
 
 set -euo pipefail
 
@@ -45,11 +51,30 @@ usage="usage: sbatch [--array=...] slurm_adheat.sh participant|fold|group [ADHEA
 mode="$1"
 shift
 
-: "${ADHEAT_SIF:?set ADHEAT_SIF to the adheat .sif image}"
 : "${BIDS_DIR:?set BIDS_DIR to the input BIDS dataset}"
 : "${OUTPUT_DIR:?set OUTPUT_DIR to the output folder}"
-[ -f "$ADHEAT_SIF" ] || die "ADHEAT_SIF=$ADHEAT_SIF is not a file"
 [ -d "$BIDS_DIR" ] || die "BIDS_DIR=$BIDS_DIR is not a folder"
+runtime="${ADHEAT_RUNTIME:-}"
+if [ -z "$runtime" ]; then
+    if command -v apptainer > /dev/null; then
+        runtime=apptainer
+    elif command -v singularity > /dev/null; then
+        runtime=singularity
+    else
+        die "neither apptainer nor singularity is on PATH (module load apptainer?), and ADHEAT_RUNTIME=none is not set"
+    fi
+fi
+case "$runtime" in
+    apptainer | singularity)
+        : "${ADHEAT_SIF:?set ADHEAT_SIF to the adheat .sif image (or ADHEAT_RUNTIME=none for an installed adheat)}"
+        [ -f "$ADHEAT_SIF" ] || die "ADHEAT_SIF=$ADHEAT_SIF is not a file"
+        ;;
+    none)
+        exe="${ADHEAT_EXE:-adheat}"
+        command -v "$exe" > /dev/null || die "ADHEAT_RUNTIME=none: $exe is not on PATH (activate the environment adheat is installed in, or set ADHEAT_EXE)"
+        ;;
+    *) die "ADHEAT_RUNTIME=$runtime: use apptainer, singularity or none" ;;
+esac
 folds="${ADHEAT_FOLDS:-5}"
 case "$folds" in '' | *[!0-9]*) die "ADHEAT_FOLDS=$folds is not a whole number" ;; esac
 
@@ -93,16 +118,6 @@ else
 fi
 case "$device" in cpu | cuda | auto) ;; *) die "ADHEAT_DEVICE=$device: use cpu, cuda or auto" ;; esac
 
-runtime="${ADHEAT_RUNTIME:-}"
-if [ -z "$runtime" ]; then
-    if command -v apptainer > /dev/null; then
-        runtime=apptainer
-    elif command -v singularity > /dev/null; then
-        runtime=singularity
-    else
-        die "neither apptainer nor singularity is on PATH (module load apptainer?)"
-    fi
-fi
 container_opts=(--cleanenv)
 if [ "$device" != cpu ]; then
     container_opts+=(--nv)
@@ -129,10 +144,15 @@ if [ -n "${SLURM_MEM_PER_NODE:-}" ]; then
     resources+=(--mem-gb "$((SLURM_MEM_PER_NODE / 1024))")
 fi
 
-cmd=("$runtime" run "${container_opts[@]}"
-    -B "$BIDS_DIR:/data/bids:ro" -B "$OUTPUT_DIR:/out" -B "$work:/work"
-    "$ADHEAT_SIF" /data/bids /out "${level[@]}"
-    --work-dir /work --device "$device" "${resources[@]}" "$@")
+if [ "$runtime" = none ]; then
+    cmd=("$exe" "$BIDS_DIR" "$OUTPUT_DIR" "${level[@]}"
+        --work-dir "$work" --device "$device" "${resources[@]}" "$@")
+else
+    cmd=("$runtime" run "${container_opts[@]}"
+        -B "$BIDS_DIR:/data/bids:ro" -B "$OUTPUT_DIR:/out" -B "$work:/work"
+        "$ADHEAT_SIF" /data/bids /out "${level[@]}"
+        --work-dir /work --device "$device" "${resources[@]}" "$@")
+fi
 
 echo "[$(date '+%F %T')] $(hostname): ${cmd[*]}" >&2
 if [ "${ADHEAT_DRY_RUN:-0}" = 1 ]; then
@@ -141,4 +161,9 @@ if [ "${ADHEAT_DRY_RUN:-0}" = 1 ]; then
     exit 0
 fi
 # Not exec: the EXIT trap must still clean the scratch folder.
-"${cmd[@]}"
+status=0
+"${cmd[@]}" || status=$?
+if [ "$status" -ne 0 ]; then
+    echo "slurm_adheat.sh: $mode task ${task:-(none)}${label:+ (sub-${label#sub-})} of job ${SLURM_JOB_ID:-?} failed with exit code $status" >&2
+fi
+exit "$status"

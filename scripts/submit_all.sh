@@ -13,14 +13,22 @@
 # ADHEAT OPTIONS go to every adheat call (e.g. --resolution 2 --model
 # rieke2018). Each job runs scripts/slurm_adheat.sh, which reads its settings
 # from the environment (sbatch passes the caller's environment):
-#   ADHEAT_SIF, BIDS_DIR, OUTPUT_DIR   required (see slurm_adheat.sh)
+#   BIDS_DIR, OUTPUT_DIR   required (see slurm_adheat.sh)
+#   ADHEAT_SIF          the image, required unless ADHEAT_RUNTIME=none (an
+#                       installed adheat on PATH; see slurm_adheat.sh)
 #   ADHEAT_FOLDS        number of folds (default 5)
 #   ADHEAT_PARTICIPANTS_TSV  subject list (default BIDS_DIR/participants.tsv)
 #   ADHEAT_SBATCH_OPTS  sbatch options of every job, e.g. "--account=abc"
 #   ADHEAT_GPU_OPTS     sbatch options of the fold and group jobs
 #                       (default --gres=gpu:1; set it empty for CPU only)
 #   ADHEAT_MAX_PARALLEL participant tasks running at once (default 50)
+#   ADHEAT_LOG_DIR      folder of the jobs' logs (default OUTPUT_DIR/logs/slurm):
+#                       adheat-participant-<job>_<task>.log, adheat-fold-<job>_<fold>.log,
+#                       adheat-group-<job>.log
 #
+# A failed task ends its log with "slurm_adheat.sh: <mode> task <N> (<subject>)
+# ... failed with exit code <code>"; the later jobs then never start (afterok,
+# --kill-on-invalid-dep=yes cancels them).
 # Prints the three job ids. Cancel everything with: scancel ID1 ID2 ID3
 
 set -euo pipefail
@@ -33,7 +41,9 @@ die() {
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 job="$here/slurm_adheat.sh"
 [ -f "$job" ] || die "$job not found"
-: "${ADHEAT_SIF:?set ADHEAT_SIF to the adheat .sif image}"
+if [ "${ADHEAT_RUNTIME:-}" != none ]; then
+    : "${ADHEAT_SIF:?set ADHEAT_SIF to the adheat .sif image (or ADHEAT_RUNTIME=none for an installed adheat)}"
+fi
 : "${BIDS_DIR:?set BIDS_DIR to the input BIDS dataset}"
 : "${OUTPUT_DIR:?set OUTPUT_DIR to the output folder}"
 command -v sbatch > /dev/null || die "sbatch is not on PATH (run this on a SLURM login node)"
@@ -46,6 +56,8 @@ n_subjects="$(awk -F '\t' 'NR > 1 { sub(/\r$/, "", $1) } NR > 1 && $1 != "" { n+
 folds="${ADHEAT_FOLDS:-5}"
 case "$folds" in '' | *[!0-9]*) die "ADHEAT_FOLDS=$folds is not a whole number" ;; esac
 max_parallel="${ADHEAT_MAX_PARALLEL:-50}"
+logs="${ADHEAT_LOG_DIR:-$OUTPUT_DIR/logs/slurm}"
+mkdir -p -- "$logs" || die "cannot create the log folder $logs"
 
 read -r -a common <<< "${ADHEAT_SBATCH_OPTS:-}"
 if [ -n "${ADHEAT_GPU_OPTS+set}" ]; then
@@ -63,10 +75,10 @@ submit() {
 }
 
 participant="$(submit "${common[@]}" --job-name=adheat-participant --array="1-${n_subjects}%${max_parallel}" \
-    "$job" participant "$@")"
+    --output="$logs/%x-%A_%a.log" "$job" participant "$@")"
 fold="$(submit "${common[@]}" "${gpu[@]}" --job-name=adheat-fold --array="0-$((folds - 1))" \
-    --dependency="afterok:${participant}" --kill-on-invalid-dep=yes "$job" fold "$@")"
-group="$(submit "${common[@]}" "${gpu[@]}" --job-name=adheat-group \
+    --output="$logs/%x-%A_%a.log" --dependency="afterok:${participant}" --kill-on-invalid-dep=yes "$job" fold "$@")"
+group="$(submit "${common[@]}" "${gpu[@]}" --job-name=adheat-group --output="$logs/%x-%j.log" \
     --dependency="afterok:${fold}" --kill-on-invalid-dep=yes "$job" group "$@")"
 
 echo "participant: $participant (array 1-$n_subjects), fold: $fold (array 0-$((folds - 1))), group: $group"

@@ -170,3 +170,29 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
                                                        seed=seed)
     cohort = load_cohort(config, derivs, inputs)
     return config, derivs, cohort, truth
+
+
+def assert_same_outputs(got: Path, expected: Path) -> list[str]:
+    """Assert two output folders hold the same NIfTIs and tables (to 1e-6), and return the files compared.
+
+    Per-epoch wall-clock times (the ``seconds`` column) are left out.
+    """
+    import pandas as pd
+
+    def outputs(root: Path) -> dict[str, object]:
+        found: dict[str, object] = {}
+        for path in sorted(root.rglob("*.nii.gz")):
+            found[str(path.relative_to(root))] = np.asarray(nib.load(path).dataobj, dtype=np.float64)
+        for path in sorted(root.rglob("*.tsv")):
+            found[str(path.relative_to(root))] = pd.read_csv(path, sep="\t").drop(columns=["seconds"],
+                                                                                   errors="ignore")
+        return found
+
+    first, second = outputs(got), outputs(expected)
+    assert sorted(first) == sorted(second)
+    for name, value in second.items():
+        if isinstance(value, pd.DataFrame):
+            pd.testing.assert_frame_equal(first[name], value, check_exact=False, atol=1e-6, obj=name)
+        else:
+            np.testing.assert_allclose(first[name], value, rtol=0, atol=1e-6, err_msg=name)
+    return sorted(first)

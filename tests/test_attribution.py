@@ -832,3 +832,45 @@ def test_native_space_maps_go_through_the_inverse_transform(trained, tmp_path, m
     assert [c.path for c in calls] == [config.bids_dir / f"sub-{scan.subject}" / "anat" / f"sub-{scan.subject}_T1w.nii.gz"]
     native = derivs2.subject_path(scan.subject, scan.session, "heatmap", space="T1w", desc="Saliency")
     assert native.is_file() and read_json(sidecar_path(native))["Space"] == "T1w"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["true", "predicted", "positive"])
+def test_target_option_picks_the_explained_class(trained, tmp_path, target):
+    """--target true explains the subject's class, predicted the model's choice, positive always AD. Where the
+    class is the one the group run explained, the map equals the group run's bit for bit; elsewhere IG of the
+    logit difference is exactly negated, and Saliency (|gradient|) is unchanged."""
+    config, derivs, cohort = trained
+    config2, derivs2, cohort2 = participant_copy(config, derivs, cohort, cohort.labelled, tmp_path / target)
+    run_heatmaps(config2.replace("heatmaps", methods=("IG", "Saliency"), target=target), derivs2, cohort2)
+    counts = {"same": 0, "other": 0}
+    for scan, scan2 in zip(cohort.labelled, cohort2.scans):
+        side = read_json(sidecar_path(heatmap_path(derivs2, cohort2, scan2, "IG")))
+        expected = {"true": scan.target, "positive": 1}.get(target, int(side["PredictedProbability"] >= 0.5))
+        assert side["TargetClass"] == expected and side["TargetLabel"] == ("AD" if expected else "CN")
+        group_class = read_json(sidecar_path(heatmap_path(derivs, cohort, scan, "IG")))["TargetClass"]
+        for name in ("IG", "Saliency"):
+            first = np.asarray(nib.load(heatmap_path(derivs, cohort, scan, name)).dataobj)
+            second = np.asarray(nib.load(heatmap_path(derivs2, cohort2, scan2, name)).dataobj)
+            scale = 1e-5 * float(np.abs(first).max())
+            if expected == group_class:
+                assert np.array_equal(first, second), (scan.key, name)
+            elif name == "IG" and config.heatmaps.explain_output == "difference":  # z_o - z_t = -(z_t - z_o)
+                np.testing.assert_allclose(second, -first, rtol=1e-4, atol=scale, err_msg=scan.key)
+            elif name == "IG":
+                assert not np.allclose(first, second), scan.key
+            else:
+                np.testing.assert_allclose(second, first, rtol=1e-3, atol=scale, err_msg=scan.key)
+        counts["same" if expected == group_class else "other"] += 1
+    if target == config.heatmaps.target:
+        assert counts["other"] == 0
+    elif target != "predicted":  # true vs positive differ on every CN scan
+        assert counts["other"] == sum(s.target == 0 for s in cohort.labelled)
+
+
+def test_no_amp_reaches_the_heatmaps():
+    """--no-amp turns mixed precision off in the heatmaps' forward-only passes too; it only ever applies on CUDA."""
+    cuda = torch.device("cuda")
+    assert MethodContext(4.0, "MNI152NLin2009cAsym", 2, 0, cuda).amp
+    assert not MethodContext(4.0, "MNI152NLin2009cAsym", 2, 0, cuda, mixed_precision=False).amp
+    assert not MethodContext(4.0, "MNI152NLin2009cAsym", 2, 0, CPU).amp

@@ -121,12 +121,14 @@ def test_layout_index_is_cached_until_the_dataset_changes(tmp_path):
     root = write_tiny_bids(tmp_path / "bids", {"01": "AD"}, shape=(4, 4, 4))
     work = tmp_path / "work"
     load_layout(root, work)
-    index = work / "pybids_db" / "layout_index.sqlite"
+    [index] = (work / "pybids_db").glob("*/layout_index.sqlite")
     stamp = index.stat().st_mtime_ns
     assert len(load_layout(root, work).get_subjects()) == 1
     assert index.stat().st_mtime_ns == stamp  # reused, not rebuilt
     write_tiny_bids(root, {"01": "AD", "02": "CN"}, shape=(4, 4, 4))
     assert load_layout(root, work).get_subjects() == ["01", "02"]
+    assert [p.parent for p in (work / "pybids_db").glob("*/layout_index.sqlite")] != [index.parent]  # replaced
+    assert not index.exists()
 
 
 def test_templateflow_template_offline(tf_home, no_network):
@@ -154,6 +156,8 @@ from adheat_app import templates
 tpl = templates.get_template(4.0)
 gm = tpl.gm.get_fdata()
 print(tpl.space, tpl.source, gm.min() >= 0, gm.max() <= 1, tpl.mask_array().sum() > 0)
+templates.get_template(6.0)  # another grid, and the space the fallback gave (as the group level asks): no new notice
+templates.get_template(4.0, space=tpl.space)
 try:
     templates.get_template(6.0, allow_fallback=False)
 except RuntimeError as exc:
@@ -162,7 +166,10 @@ except RuntimeError as exc:
 
 
 def test_fallback_template_is_labelled_honestly(tmp_path):
-    """TemplateFlow reads its home at import, so this runs in a fresh process with an empty home."""
+    """TemplateFlow reads its home at import, so this runs in a fresh process with an empty home.
+
+    The notice appears once per process, in one line without TemplateFlow's URLs and HTTP errors.
+    """
     env = {**os.environ, "TEMPLATEFLOW_HOME": str(tmp_path / "empty_tf")}
     out = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT], capture_output=True, text=True, env=env,
                          timeout=120)
@@ -170,6 +177,9 @@ def test_fallback_template_is_labelled_honestly(tmp_path):
     assert out.stdout.splitlines()[0] == "MNI152NLin2009aSym nilearn True True True"
     assert "refused: TemplateFlow could not provide MNI152NLi" in out.stdout
     assert "using nilearn's bundled MNI152NLin2009aSym" in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no network to download it" in lines[0], out.stderr
+    assert "http" not in out.stderr.lower() and "Downloading" not in out.stderr
 
 
 @pytest.mark.parametrize(("res", "label"), [(2.0, "2"), (1.5, "1p5"), (1, "1")])
@@ -197,3 +207,31 @@ def test_atomic_outputs_follow_the_umask(tmp_path):
     """Outputs must be readable by other users (containers run under another UID), not mkstemp's 0600."""
     path = io.write_json(tmp_path / "x.json", {"a": 1})
     assert path.stat().st_mode & 0o777 == 0o666 & ~io._UMASK
+
+
+def test_stale_partials_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    """A SIGKILLed writer leaves its temporary file; the next run removes it, never a live writer's."""
+    import time
+
+    from adheat_app.io import STALE_PARTIAL_HOURS, _HOST, remove_stale_partials
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    folder = tmp_path / "sub-01" / "anat"
+    folder.mkdir(parents=True)
+    names = {"dead": f".x_T1w.nii.gz.partial-{_HOST}-{dead_pid}-ab12_c.tmp.nii.gz",
+             "live": f".x_T1w.nii.gz.partial-{_HOST}-{os.getpid()}-zz99.tmp.nii.gz",
+             "remote": ".x_T1w.nii.gz.partial-node-17.cluster-4242-q1w2.tmp.nii.gz",
+             "remote_old": ".y.tsv.partial-node-17.cluster-4242-e3r4.tmp.tsv",
+             "output": "sub-01_T1w.nii.gz"}
+    for name in names.values():
+        (folder / name).write_bytes(b"half")
+    old = time.time() - (STALE_PARTIAL_HOURS + 1) * 3600
+    os.utime(folder / names["remote_old"], (old, old))
+    removed = remove_stale_partials(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([names["dead"], names["remote_old"]])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([names["live"], names["remote"], names["output"]])
+    with io.atomic_path(folder / "z.nii.gz") as partial:  # what atomic_path names its temporary file
+        assert remove_stale_partials(tmp_path) == [] and partial.name.startswith(f".z.nii.gz.partial-{_HOST}-")
+        partial.write_bytes(b"x")
+    assert (folder / "z.nii.gz").read_bytes() == b"x"

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from adheat_app import __version__, bids
+from adheat_app.bids import T1wInput
+from adheat_app.errors import InputError
 from adheat_app.cli.parser import build_parser
 from adheat_app.cli.run import main, prepare
 from conftest import tree_digest, write_tiny_bids
@@ -22,6 +24,39 @@ ISSUE_OPTIONS = ["--participant-label", "--session-label", "--skip-bids-validati
                  "--ig-steps", "--ig-baseline", "--lrp-rule", "--occlusion-size", "--occlusion-stride",
                  "--noise-lambda", "--native-space", "--sanity-check", "--reference-map",
                  "--reference-threshold", "--n-bootstrap"]
+
+
+def _models(bids_dir: Path, name: str, fold: str | None = None) -> Path:
+    """A ``--models`` folder beside the dataset (``tmp_path/models``), empty or with one trained fold at ``fold``."""
+    root = bids_dir.parent / "models"
+    root.mkdir(exist_ok=True)
+    if fold:
+        (root / fold).mkdir(parents=True)
+        for file in ("model.pt", "model.json"):
+            (root / fold / file).write_text("{}")
+    return root
+
+
+def test_every_range_rule_names_a_numeric_option():
+    import dataclasses
+
+    from adheat_app.config import SECTIONS
+    from adheat_app.validate import RULES
+
+    for section, rules in RULES.items():
+        fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+        for name in rules:
+            assert name in fields, f"{section}.{name}"
+            default = fields[name].default
+            assert default is None or isinstance(default, (int, float)) and not isinstance(default, bool)
+            assert default is None or rules[name].admits(default), f"the default of {name} is refused"
+
+
+def test_models_folder_is_not_checked_for_a_group_run(tiny_bids, tmp_path):
+    """The group level trains into --models, so an empty folder is fine there."""
+    config = prepare([str(tiny_bids), str(tmp_path / "out"), "participant", "group", "--models",
+                      str(_models(tiny_bids, "empty")), "--skip-bids-validation"])
+    assert config.models_dir == tmp_path / "models"
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str]:
@@ -75,11 +110,44 @@ def test_both_levels_in_one_call(tiny_bids, tmp_path):
         (lambda b, o: [b, o, "participant", "--folds", "1"], "--folds 1"),
         (lambda b, o: [b, o, "participant", "--fold", "5"], "--fold 5"),
         (lambda b, o: [b, o, "participant", "--model", "nosuchnet"], "--model nosuchnet: unknown model"),
-        (lambda b, o: [b, o, "participant", "--methods", "Magic"], "--methods Magic: unknown method"),
+        (lambda b, o: [b, o, "participant", "--methods", "Magic"], "--methods Magic: unknown heatmap method"),
         (lambda b, o: [b, o, "participant", "--resolution", "0"], "--resolution 0"),
         (lambda b, o: [b, o, "participant", "--reference-map", b / "none.nii.gz"], "--reference-map"),
         (lambda b, o: [b, o, "participant", "--anat-derivatives", b / "none"], "--anat-derivatives"),
         (lambda b, o: [b, o, "participant", "--config-file", b / "none.toml"], "cannot read config file"),
+        (lambda b, o: [b, o, "participant", "--resolution", "0.4"], "--resolution 0.4 is out of range: it must be "
+                                                                    "between 0.5 and 8 (default 2)"),
+        (lambda b, o: [b, o, "participant", "--resolution", "9"], "--resolution 9 is out of range"),
+        (lambda b, o: [b, o, "group", "--epochs", "0"], "--epochs 0 is out of range: it must be at least 1"),
+        (lambda b, o: [b, o, "group", "--batch-size", "-2"], "--batch-size -2 is out of range"),
+        (lambda b, o: [b, o, "group", "--patience", "-1"], "--patience -1 is out of range"),
+        (lambda b, o: [b, o, "group", "--patience", "5", "--val-fraction", "0"],
+         "--patience 5: early stopping needs a validation set"),
+        (lambda b, o: [b, o, "group", "--steps", "-1"], "--steps -1 is out of range: it must be at least 0"),
+        (lambda b, o: [b, o, "group", "--input-noise", "-0.1"], "--input-noise -0.1 is out of range"),
+        (lambda b, o: [b, o, "group", "--learning-rate", "0"], "--learning-rate 0 is out of range: it must be "
+                                                               "greater than 0"),
+        (lambda b, o: [b, o, "group", "--val-fraction", "0.5"], "--val-fraction 0.5 is out of range: it must be "
+                                                                "between 0 and 0.5 (0.5 exclusive)"),
+        (lambda b, o: [b, o, "group", "--ig-steps", "0"], "--ig-steps 0 is out of range: it must be at least 1 "
+                                                          "(default 32)"),
+        (lambda b, o: [b, o, "group", "--occlusion-size", "0"], "--occlusion-size 0 is out of range"),
+        (lambda b, o: [b, o, "group", "--occlusion-stride", "-5"], "--occlusion-stride -5 is out of range"),
+        (lambda b, o: [b, o, "group", "--noise-steps", "0"], "--noise-steps 0 is out of range"),
+        (lambda b, o: [b, o, "group", "--noise-lambda", "-1"], "--noise-lambda -1 is out of range"),
+        (lambda b, o: [b, o, "group", "--lrp-epsilon", "0"], "--lrp-epsilon 0 is out of range"),
+        (lambda b, o: [b, o, "group", "--heatmap-batch-size", "-1"], "--heatmap-batch-size -1 is out of range"),
+        (lambda b, o: [b, o, "group", "--n-bootstrap", "-1"], "--n-bootstrap -1 is out of range"),
+        (lambda b, o: [b, o, "participant", "--seed", "-1"], "--seed -1 is out of range"),
+        (lambda b, o: [b, o, "participant", "--mem-gb", "-1"], "--mem-gb -1 is out of range"),
+        (lambda b, o: [b, o, "participant", "--models", b.parent / "nomodels"], "does not exist"),
+        (lambda b, o: [b, o, "participant", "--models", _models(b, "empty")],
+         "holds no trained resnet3d model (expected {m}/resnet3d/fold-<k>/model.pt + model.json); train them"),
+        (lambda b, o: [b, o, "participant", "--models", _models(b, "other", "wang2023/fold-0")],
+         "holds no trained resnet3d model (expected {m}/resnet3d/fold-<k>/model.pt + model.json); it holds "
+         "wang2023: pass --model wang2023"),
+        (lambda b, o: [b, o, "participant", "--models", _models(b, "one", "resnet3d/fold-0") / "resnet3d"],
+         "it is one model's folder: pass its parent, --models {m}"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, tiny_bids, tmp_path, make_args, message):
@@ -89,7 +157,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, tiny_bids, t
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
-    assert lines[0].startswith("adheat: error:") and message in lines[0]
+    message = message.replace("{m}", str(tmp_path / "models"))
+    assert lines[0].startswith("adheat: error:") and message in lines[0], lines[0]
     assert not out.exists()
     assert tree_digest(tiny_bids) == before
 
@@ -197,3 +266,49 @@ def test_each_call_removes_its_log_handlers(tmp_path, capsys, valid):
     assert code in (0, 1, 2) and (valid or code == 2)
     assert package.handlers == before
     assert not [h for h in package.handlers if hasattr(h, "_adheat_console") or hasattr(h, "_adheat_run")]
+
+
+def test_run_failure_exits_1_with_one_line_and_a_crash_file(capsys, tiny_bids, tmp_path, monkeypatch):
+    """An unexpected error ends the run with exit 1, one log line and logs/crash-<run>.txt holding the traceback."""
+    import adheat_app.workflows
+
+    def fail(config, run_id):
+        raise RuntimeError("disk controller on fire\nsecond line of detail")
+
+    monkeypatch.setattr(adheat_app.workflows, "run_levels", fail)
+    code, err = run_cli(capsys, tiny_bids, tmp_path / "out", "participant", "--skip-bids-validation")
+    assert code == 1
+    [crash] = (tmp_path / "out" / "logs").glob("crash-*.txt")
+    text = crash.read_text()
+    assert "Traceback" in text and "RuntimeError: disk controller on fire" in text and "in fail" in text
+    errors = [line for line in err.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "run failed: RuntimeError: disk controller on fire (traceback in" in errors[0]
+    assert "second line" not in err and str(crash) in errors[0]
+
+
+def test_failed_scans_exit_1_with_a_crash_file_each(capsys, tiny_bids, tmp_path):
+    """Noise images hold no brain: each scan fails alone with logs/crash-<key>.txt, and the run exits 1."""
+    code, err = run_cli(capsys, tiny_bids, tmp_path / "out", "participant", "--skip-bids-validation",
+                        "--skull-strip", "skip", "--registration", "affine", "--resolution", "4", "--nprocs", "1")
+    assert code == 1
+    assert "adheat: 2 item(s) failed; see" in err
+    for sub in ("01", "02"):
+        first = (tmp_path / "out" / "logs" / f"crash-sub-{sub}.txt").read_text().splitlines()[0]
+        assert first.startswith(f"sub-{sub}: ") and "brain mask holds only" in first
+        assert not (tmp_path / "out" / f"sub-{sub}" / "anat").exists()
+
+
+def test_mixed_grids_are_an_input_error(tmp_path):
+    """Preprocessed images at two resolutions in one output folder: the group level refuses to mix them."""
+    import shutil
+
+    from adheat_app.cohort import load_cohort
+    from conftest import make_preprocessed_cohort
+
+    config, derivs, cohort, _ = make_preprocessed_cohort(tmp_path, n_subjects=4, resolution=4.0)
+    scan = cohort.scans[1]
+    for path in (scan.image, scan.mask):
+        shutil.move(path, path.with_name(path.name.replace("_res-4_", "_res-6_")))
+    inputs = [T1wInput(s.subject, s.session, config.bids_dir) for s in cohort.scans]
+    with pytest.raises(InputError, match=r"mix spaces/resolutions .*'4'.*'6'.*one --resolution"):
+        load_cohort(config, derivs, inputs)

@@ -334,6 +334,24 @@ def test_slurm_fold_task_trains_one_fold_on_the_gpu(slurm_env):
     assert "/data/bids /out group --folds 5 --fold 3 --nprocs 1" in text and "--device cuda" in text
 
 
+def test_slurm_bare_metal_runtime_runs_the_installed_adheat(slurm_env, tmp_path):
+    """ADHEAT_RUNTIME=none: no image needed, the adheat on PATH gets the real paths."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "adheat").write_text("#!/bin/sh\n")
+    (bin_dir / "adheat").chmod(0o755)
+    env = {**slurm_env, "ADHEAT_RUNTIME": "none", "ADHEAT_SIF": "", "PATH": f"{bin_dir}:{slurm_env['PATH']}",
+           "SLURM_ARRAY_TASK_ID": "1"}
+    proc = slurm(env, "participant", "--resolution", "4")
+    assert proc.returncode == 0, proc.stderr
+    cmd = shlex.split(proc.stdout)
+    assert cmd[:5] == ["adheat", slurm_env["BIDS_DIR"], slurm_env["OUTPUT_DIR"], "participant", "--participant-label"]
+    assert "--work-dir" in cmd and cmd[cmd.index("--work-dir") + 1].startswith(str(tmp_path / "scratch"))
+    assert cmd[-2:] == ["--resolution", "4"] and "run" not in cmd
+    missing = slurm({**env, "PATH": "/usr/bin:/bin"}, "participant")
+    assert missing.returncode == 2 and "adheat is not on PATH" in missing.stderr
+
+
 @pytest.mark.parametrize(("mode", "task", "message"), [
     ("participant", "4", "fewer than 4 participants"),
     ("participant", "", "submit as an array job"),

@@ -1,7 +1,7 @@
 """The whole product on a simulated cohort: simulate -> participant -> group -> rerun -> participant with models.
 
 One small cohort at 4 mm runs through the real command line in a subprocess,
-as a user runs it. The test checks that every file of DESIGN.md §4 exists,
+as a user runs it. The test checks that every file README.md lists exists,
 that the input dataset is untouched, that the outputs are a valid
 BIDS-Derivatives dataset, that a rerun skips everything, and that the
 participant level with trained models writes the same heatmaps the group

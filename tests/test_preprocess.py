@@ -373,7 +373,7 @@ def test_real_whole_heads_register_well(tmp_path, tf_home):
     The issue's target: NCC >= 0.85 inside the template brain mask, and no
     folding. Measured: 0.863 (chris_t1) and 0.882 (Colin27), no voxel with a
     Jacobian determinant <= 0 (minimum 0.036 / 0.145); 0.80 / 0.84 with one SyN
-    stage of step 0.3, and 0.27 / 0.68 for the naive whole-head SyN of FACTS.md.
+    stage of step 0.3, and 0.27 / 0.68 for a naive whole-head SyN.
     """
     real = shared_data_or_skip() / "real"
     bids_dir = write_tiny_bids(tmp_path / "bids", {"01": "CN", "02": "CN"})
@@ -395,3 +395,69 @@ def test_real_whole_heads_register_well(tmp_path, tf_home):
         assert side["BrainMaskDice"] >= 0.95, (t1w.key, side["BrainMaskDice"])  # measured 0.978 / 0.973
         assert side["JacobianDeterminant"]["FoldedPercent"] == 0, (t1w.key, side["JacobianDeterminant"])
     assert not list((tmp_path / "out" / "work").rglob("*.h5")), "temporary transforms left in the work folder"
+
+
+# ---------------------------------------------------------------------------------------------- options
+
+def _whole_head(folder: Path) -> Path:
+    """A synthetic 'whole head' at 2 mm: a 17 x 20 x 23 cm ellipsoid (about 4 l), far above a brain's volume."""
+    grid = np.indices((100, 120, 110)).astype(np.float32)
+    radii, centre = np.array([42.5, 50.0, 57.5]), np.array([50.0, 60.0, 55.0])
+    inside = (((grid - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(0) <= 1
+    return _save(folder / "head_T1w.nii.gz", np.where(inside, 100.0, 0.0).astype(np.float32),
+                 np.diag([2.0, 2.0, 2.0, 1.0]))
+
+
+@pytest.mark.parametrize(("mode", "image", "sidecar", "stripped", "reason"), [
+    ("skip", "head", None, True, "--skull-strip skip"),
+    ("force", "brain", None, False, "--skull-strip force"),
+    ("auto", "brain", None, True, "foreground volume"),
+    ("auto", "head", None, False, "foreground volume"),
+    ("auto", "head", True, True, "input sidecar SkullStripped=true"),
+    ("auto", "brain", False, False, "input sidecar SkullStripped=false"),
+])
+def test_skull_strip_modes_decide_as_documented(tmp_path, mode, image, sidecar, stripped, reason):
+    """skip and force override everything; auto trusts the sidecar, else the foreground volume (2400 ml)."""
+    from adheat_app.preprocess import skullstrip
+
+    if image == "head":
+        path = _whole_head(tmp_path)
+    else:
+        bids_dir = simulate.simulate_cohort(tmp_path / "bids", n_subjects=2, resolution=4.0, seed=1)
+        path = bids_dir / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    side = Path(str(path).replace(".nii.gz", ".json"))
+    side.unlink(missing_ok=True)
+    if sidecar is not None:
+        side.write_text(json.dumps({"SkullStripped": sidecar}))
+    decided, why = skullstrip.is_skull_stripped(nib.load(path), path, mode)
+    assert decided is stripped and why.startswith(reason)
+    if reason == "foreground volume":
+        volume = skullstrip.foreground_volume_ml(nib.load(path))
+        assert (volume < 1800) if image == "brain" else (3500 < volume < 4500), volume  # head: 4/3 pi abc = 4.1 l
+
+
+@pytest.mark.parametrize("mode", ["auto", "skip", "force"])
+def test_affine_registration_and_skull_strip_mode_reach_the_outputs(tmp_path, monkeypatch, mode):
+    """--registration affine: no SyN, no Jacobian, good NCC and brain Dice at 4 mm; deepbet runs only for force."""
+    from adheat_app.preprocess import skullstrip
+
+    calls = []
+
+    def deepbet_stand_in(img):  # deepbet is trained on whole heads; record the call, mask the stripped brain
+        calls.append(img.shape)
+        return skullstrip.stripped_mask(img)
+
+    monkeypatch.setattr(skullstrip, "deepbet_mask", deepbet_stand_in)
+    bids_dir = simulate.simulate_cohort(tmp_path / "bids", n_subjects=2, resolution=4.0, seed=3)
+    config = _config(bids_dir, tmp_path / "out", 4.0, registration="affine", skull_strip=mode)
+    derivs = Derivatives(config.output_dir, bids_dir)
+    t1w = T1wInput("01", None, bids_dir / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    template = get_template(4.0)
+    result = pipeline.process(config, derivs, t1w, template)
+    side = json.loads(pipeline.output_paths(derivs, t1w, template).image.with_suffix("").with_suffix(".json")
+                      .read_text())
+    assert side["Registration"]["Method"] == "affine" and "JacobianDeterminant" not in side
+    assert result["ncc"] > 0.75 and result["dice"] > 0.85
+    assert side["SkullStripMode"] == mode
+    assert side["SkullStripping"]["Method"] == ("deepbet" if mode == "force" else "none (input already skull-stripped)")
+    assert len(calls) == (mode == "force")

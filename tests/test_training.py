@@ -10,6 +10,7 @@ accuracy, planted atrophy gives a high one.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from adheat_app.training import (Fold, fold_dir, load_fold_model, make_folds, re
                                  run_training)
 from adheat_app.training import loop
 from adheat_app.training.device import deterministic
-from adheat_app.training.folds import check_labels, check_no_leakage
+from adheat_app.training.folds import check_labels, check_no_leakage, min_subjects_per_class
 from adheat_app.volumes import load_volumes
 from conftest import make_preprocessed_cohort
 
@@ -133,8 +134,28 @@ def test_one_class_cohort_is_an_input_error(tmp_path):
 def test_fewer_subjects_per_class_than_folds(tmp_path):
     labels = {f"{i:02d}": d for i, d in enumerate(["AD", "CN", "CN", "CN", "CN", "AD", "CN", "CN"])}
     config = _config(tmp_path, labels, folds=3)
-    with pytest.raises(InputError, match="--folds 3: only 2 AD subject\\(s\\).*use --folds 2 or fewer"):
+    with pytest.raises(InputError, match="--folds 3: only 2 AD subject\\(s\\).*at least 3 per class.*"
+                                         "add subjects \\(at least 4 per class, with --folds 2\\)"):
         check_labels(config, _cohort(config, labels))
+
+
+@pytest.mark.parametrize(("folds", "minimum"), [(2, 4), (3, 3), (4, 4), (5, 5), (10, 10)])
+def test_minimum_subjects_per_class(folds, minimum):
+    """With n subjects of a class, a test set takes at most ceil(n / folds): 2 must stay for training."""
+    assert min_subjects_per_class(folds) == minimum
+    assert minimum - math.ceil(minimum / folds) >= 2 and minimum >= folds
+    assert minimum == folds or (minimum - 1) - math.ceil((minimum - 1) / folds) < 2
+
+
+def test_three_per_class_with_two_folds_is_refused_before_training(tmp_path):
+    """3 AD + 3 CN, --folds 2: a test set takes 2 of a class, leaving 1 for the SVM's inner CV (it failed there)."""
+    labels = {f"{i:02d}": d for i, d in enumerate(["AD", "CN"] * 3)}
+    config = _config(tmp_path, labels, folds=2)
+    with pytest.raises(InputError, match="--folds 2: only 3 AD .*need at least 4 per class.*use --folds 3, or add"):
+        check_labels(config, _cohort(config, labels))
+    (tmp_path / "three").mkdir()
+    three = _config(tmp_path / "three", labels, folds=3)
+    check_labels(three, _cohort(three, labels))
 
 
 def test_missing_label_column(tmp_path):

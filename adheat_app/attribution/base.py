@@ -57,6 +57,8 @@ class MethodContext:
         Root seed (stochastic methods derive a per-scan seed from it).
     device : torch.device
         Compute device.
+    mixed_precision : bool
+        ``--amp`` / ``--no-amp``: whether forward-only passes may use mixed precision.
     """
 
     resolution: float
@@ -64,11 +66,12 @@ class MethodContext:
     batch: int
     seed: int
     device: torch.device
+    mixed_precision: bool = True
 
     @property
     def amp(self) -> bool:
-        """Mixed precision for forward-only passes (CUDA only)."""
-        return self.device.type == "cuda"
+        """Mixed precision for forward-only passes: on CUDA, unless ``--no-amp``."""
+        return self.mixed_precision and self.device.type == "cuda"
 
 
 def batch_size(options: HeatmapOptions, mem_gb: float, shape: tuple[int, ...]) -> int:
@@ -167,7 +170,6 @@ class Method(ABC):
     name: ClassVar[str]
     signed: ClassVar[bool]
     slow: ClassVar[bool] = False
-    stochastic: ClassVar[bool] = False
     #: Why a map of this method can be zero everywhere (appended to the runner's warning).
     all_zero_reason: ClassVar[str] = ""
 

@@ -46,7 +46,6 @@ class NoiseImportance(Method):
     name = "NoiseImportance"
     signed = False
     slow = True
-    stochastic = True
 
     def parameters(self) -> dict:
         """Regularisation, steps, optimiser, noise scale and map resolution."""

@@ -153,7 +153,7 @@ class HeatmapRun:
         shape = tuple(self.volumes.shape[1:])
         self.context = MethodContext(parse_resolution(cohort.res_label), cohort.space,
                                      batch_size(hm, config.execution.mem_gb, shape), config.execution.seed,
-                                     self.device)
+                                     self.device, config.training.amp)
         self.methods: list[Method] = [METHODS[n](hm, self.context) for n in selected_methods(hm.methods)]
         self.model_files = {k: fold_dir(config, k) / "model.pt" for k in folds}
         verdict = read_verdict(config.models_dir, config.training.model)

@@ -18,42 +18,9 @@ from pathlib import Path
 
 from adheat_app import __version__
 from adheat_app.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, InputError
+from adheat_app.io import is_storage_error, write_text
 
 LOGGER = logging.getLogger("adheat_app")
-
-
-def _check_options(config) -> None:
-    """Reject option values that cannot work, naming the option."""
-    ex, tr = config.execution, config.training
-    if ex.resolution <= 0 or ex.resolution > 8:
-        raise InputError(f"--resolution {ex.resolution}: use a voxel size between 0.5 and 8 mm (default 2)")
-    if ex.nprocs < 0 or ex.omp_nthreads < 0 or ex.mem_gb < 0:
-        raise InputError("--nprocs, --omp-nthreads and --mem-gb must not be negative")
-    if tr.folds < 2:
-        raise InputError(f"--folds {tr.folds}: cross-validation needs at least 2 folds")
-    if tr.fold is not None and not 0 <= tr.fold < tr.folds:
-        raise InputError(f"--fold {tr.fold}: folds are numbered 0 to {tr.folds - 1}")
-    if tr.epochs < 1 or tr.batch_size < 1:
-        raise InputError("--epochs and --batch-size must be at least 1")
-    if not 0 <= tr.val_fraction < 0.5:
-        raise InputError(f"--val-fraction {tr.val_fraction}: use a value from 0 to below 0.5")
-    if tr.patience > 0 and tr.val_fraction == 0:
-        raise InputError(f"--patience {tr.patience}: early stopping needs a validation set; add --val-fraction 0.2")
-    if tr.positive_label == tr.negative_label:
-        raise InputError("--positive-label and --negative-label must differ")
-    from adheat_app.models import MODELS
-    if tr.model not in MODELS:
-        raise InputError(f"--model {tr.model}: unknown model; available: {', '.join(sorted(MODELS))}")
-    from adheat_app.attribution.runner import selected_methods
-    selected_methods(config.heatmaps.methods)
-    for name, value in (("--anat-derivatives", config.preprocessing.anat_derivatives),
-                        ("--reference-map", config.evaluation.reference_map)):
-        if value and not Path(value).exists():
-            raise InputError(f"{name} {value} does not exist")
-    if config.execution.device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: no CUDA device is available; use --device cpu or auto")
 
 
 def _precheck_inputs(config) -> None:
@@ -70,6 +37,13 @@ def _precheck_inputs(config) -> None:
                              "drop it from --participant-label")
     for label in config.execution.session_label:
         normalize_label(label, "ses")
+
+
+class _LogFile(logging.FileHandler):
+    """The run's log file; when it cannot be written (full disk) it stops, and the console keeps every record."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.setLevel(logging.CRITICAL + 1)
 
 
 def setup_logging(logs_dir: Path | None, verbose: int, run_id: str) -> Path | None:
@@ -89,7 +63,7 @@ def setup_logging(logs_dir: Path | None, verbose: int, run_id: str) -> Path | No
         return None
     logs_dir.mkdir(parents=True, exist_ok=True)
     log_file = logs_dir / f"adheat-{run_id}.log"
-    file_handler = logging.FileHandler(log_file)
+    file_handler = _LogFile(log_file)
     file_handler.setLevel(logging.DEBUG)
     file_handler._adheat_run = run_id
     file_handler.setFormatter(fmt)
@@ -110,6 +84,7 @@ def prepare(argv: list[str] | None):
     from adheat_app.bids import check_dataset_paths, run_bids_validator
     from adheat_app.cli.parser import build_parser, split_sections
     from adheat_app.config import build_config, load_config_file
+    from adheat_app.validate import check_options
 
     args = build_parser().parse_args(argv)
     file_values = load_config_file(args.config_file) if args.config_file else {}
@@ -119,7 +94,7 @@ def prepare(argv: list[str] | None):
         raise InputError("analysis levels must be 'participant', 'group' or 'participant group'")
     check_dataset_paths(config.bids_dir, config.output_dir)
     _precheck_inputs(config)
-    _check_options(config)
+    check_options(config)
     if not config.execution.skip_bids_validation:
         run_bids_validator(config.bids_dir)
     return config
@@ -142,8 +117,8 @@ def _run(argv: list[str] | None, run_id: str) -> int:
     except InputError as exc:
         print(f"adheat: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    setup_logging(config.output_dir / "logs", config.execution.verbose, run_id)
     try:
+        setup_logging(config.output_dir / "logs", config.execution.verbose, run_id)
         from adheat_app.workflows import run_levels
 
         LOGGER.info("adheat %s, run %s: %s -> %s (%s)", __version__, run_id, config.bids_dir, config.output_dir,
@@ -157,9 +132,20 @@ def _run(argv: list[str] | None, run_id: str) -> int:
         LOGGER.error("interrupted; rerun the same command to resume")
         return EXIT_FAILURE
     except Exception as exc:  # any other error is a run failure: keep the traceback
+        if is_storage_error(exc):
+            where = exc.filename or config.output_dir
+            print(f"adheat: error: {where}: {exc.strerror}; free space there or make it writable, then rerun the "
+                  "same command (finished outputs are kept)", file=sys.stderr)
+            return EXIT_FAILURE
+        message = str(exc).splitlines()[0] if str(exc) else ""
         crash = config.output_dir / "logs" / f"crash-{run_id}.txt"
-        crash.write_text(traceback.format_exc())
-        LOGGER.error("run failed: %s: %s (traceback in %s)", type(exc).__name__, exc, crash)
+        try:
+            write_text(crash, traceback.format_exc())
+        except OSError as write_error:
+            LOGGER.error("run failed: %s: %s (no traceback file: %s)", type(exc).__name__, message,
+                         write_error.strerror)
+        else:
+            LOGGER.error("run failed: %s: %s (traceback in %s)", type(exc).__name__, message, crash)
         return EXIT_FAILURE
     if failures:
         print(f"adheat: {failures} item(s) failed; see {config.output_dir / 'logs'}", file=sys.stderr)

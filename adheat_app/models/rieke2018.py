@@ -1,6 +1,6 @@
 """``rieke2018``: the 4-block 3D CNN of Rieke et al. (2018, MLCN, LNCS 11038).
 
-Architecture as published (see ``REFERENCES.md``): four blocks of
+Architecture as Rieke et al. (2018) publish it: four blocks of
 ``Conv3d 3x3x3 (no padding) -> BatchNorm3d -> ReLU -> MaxPool3d`` with 8, 16, 32
 and 64 feature maps and pooling edges 2, 3, 2, 3; then ``Dropout(0.8) ->
 Linear(flat, 128) -> ReLU -> Linear(128, 64) -> ReLU -> Linear(64, 2)``. On

@@ -1,6 +1,6 @@
 """``wang2023``: model family A of Wang et al. (2023, NeuroImage 269:119929).
 
-Architecture as published (see ``REFERENCES.md``): five blocks of
+Architecture as Wang et al. (2023) publish it: five blocks of
 ``Conv3d (no padding) -> BatchNorm3d -> ReLU -> MaxPool3d`` with conv kernels
 7, 5, 5, 3, 3 and pooling edge 2 each, every layer ``width`` channels (the
 paper's n = 24 ... 52; default 24 = their ``modelA24``), then ``Linear(flat, 64)

@@ -4,7 +4,8 @@
 input (subject x session) is one job (:func:`.pipeline.process`) in a pool of
 ``--nprocs`` spawned processes with ``--omp-nthreads`` threads each (ANTs via
 ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``, torch for deepbet). A job that fails
-writes ``logs/crash-<key>.txt`` and its key is returned; the others finish.
+writes ``logs/crash-<key>.txt`` and its key is returned; the others finish. A
+job that cannot write its outputs (full disk, read-only folder) stops the run.
 Inputs whose outputs exist and were made from the same file content and
 settings are skipped unless ``--overwrite``. The run ends by rewriting
 ``group/preproc_qc.tsv`` from every scan in the output dataset.
@@ -35,7 +36,7 @@ import nibabel as nib
 from adheat_app.bids import Derivatives, T1wInput
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
-from adheat_app.io import write_text
+from adheat_app.io import is_storage_error, write_text
 from adheat_app.preprocess import pipeline, qc, register, reuse
 from adheat_app.templates import Template
 
@@ -160,7 +161,10 @@ def _run_pool(config: RunConfig, derivs: Derivatives, todo: list[T1wInput], temp
             t1w = futures[future]
             try:
                 result = future.result()
-            except Exception as exc:  # any failure of one scan is reported and isolated
+            except Exception as exc:  # any failure of one scan is reported and isolated...
+                if is_storage_error(exc, permission=False):  # ...but a full or read-only disk fails them all
+                    pool.shutdown(cancel_futures=True)
+                    raise
                 _report_failure(config, t1w, exc)
                 failed.append(t1w.key)
             else:

@@ -60,7 +60,7 @@ class OutputPaths:
 
 
 def output_paths(derivs: Derivatives, t1w: T1wInput, template: Template) -> OutputPaths:
-    """The output paths of one input (DESIGN.md §4)."""
+    """The output paths of one input (README.md, "Outputs")."""
     image, mask = preproc_paths(derivs, t1w, template.space, template.res_label)
     forward = derivs.subject_path(t1w.subject, t1w.session, "xfm", ".h5", from_="T1w", to=template.space,
                                   mode="image")

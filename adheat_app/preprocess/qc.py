@@ -117,6 +117,12 @@ def write_qc_table(derivs: Derivatives) -> Path:
     without SyN), skull_stripped_input, registration, outlier (by NCC or brain
     Dice, :func:`flag_outliers`, or any folding).
     """
+    with derivs.lock():  # concurrent participant runs each add their scans: the last one in sees them all
+        return _write_qc_table(derivs)
+
+
+def _write_qc_table(derivs: Derivatives) -> Path:
+    """:func:`write_qc_table` without the lock."""
     rows = []
     for side in sorted(derivs.root.glob("sub-*/**/anat/*_desc-preproc_T1w.json")):
         match = _KEY_RE.match(side.name)

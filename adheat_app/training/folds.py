@@ -11,6 +11,7 @@ which :func:`check_no_leakage` asserts before any model sees the data.
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,9 @@ from adheat_app.errors import InputError
 from adheat_app.io import write_tsv
 
 SETS = ("train", "val", "test")
+#: Subjects of each class every fold's training part needs: the CNN's validation split and the SVM's inner
+#: cross-validation each hold out one group of each class.
+MIN_TRAINING_PER_CLASS = 2
 
 
 @dataclass(frozen=True)
@@ -91,13 +95,22 @@ def make_folds(cohort: Cohort, n_folds: int, seed: int, val_fraction: float) -> 
     -------
     list of Fold
         ``n_folds`` folds, each checked by :func:`check_no_leakage`.
+
+    Raises
+    ------
+    InputError
+        When a fold's training part keeps fewer than :data:`MIN_TRAINING_PER_CLASS`
+        subjects of a class.
     """
     scans = tuple(sorted(cohort.labelled, key=lambda s: (s.subject, s.session or "")))
     targets, groups = cohort.targets(scans), cohort.groups(scans)
     folds = []
     for k, (rest, test) in enumerate(_split(targets, groups, n_folds, seed)):
+        per_class = min(len(set(groups[rest][targets[rest] == c])) for c in (0, 1))
+        if per_class < MIN_TRAINING_PER_CLASS:  # uneven sessions can unbalance a split beyond check_labels' bound
+            raise InputError(f"--folds {n_folds}: fold {k} leaves {per_class} subject(s) of a class for training, "
+                             f"{MIN_TRAINING_PER_CLASS} are needed; use fewer folds or add subjects")
         if val_fraction > 0:
-            per_class = min(len(set(groups[rest][targets[rest] == c])) for c in (0, 1))
             n_inner = max(2, min(round(1 / val_fraction), per_class))
             train, val = _split(targets[rest], groups[rest], n_inner, seed + k)[0]
         else:
@@ -109,6 +122,20 @@ def make_folds(cohort: Cohort, n_folds: int, seed: int, val_fraction: float) -> 
     return folds
 
 
+def min_subjects_per_class(folds: int) -> int:
+    """Fewest subjects of each class that cross-validation with ``folds`` folds can use.
+
+    Every test set needs one subject of each class, and every fold's training
+    part (all but the test set: at most ``ceil(n / folds)`` of a class's ``n``
+    subjects) needs :data:`MIN_TRAINING_PER_CLASS` of each class, for the CNN's
+    validation split and the SVM's inner cross-validation.
+    """
+    n = folds
+    while n - math.ceil(n / folds) < MIN_TRAINING_PER_CLASS:
+        n += 1
+    return n
+
+
 def check_labels(config: RunConfig, cohort: Cohort) -> None:
     """Reject cohorts that cannot be cross-validated, with a one-line fix.
 
@@ -117,7 +144,8 @@ def check_labels(config: RunConfig, cohort: Cohort) -> None:
     InputError
         When ``participants.tsv`` has no subject with the positive or the
         negative label (listing the labels it has), when the selected scans
-        hold one class only, or when a class has fewer subjects than ``--folds``.
+        hold one class only, or when a class has fewer subjects than
+        ``--folds`` needs (:func:`min_subjects_per_class`).
     """
     tr = config.training
     path = config.bids_dir / "participants.tsv"
@@ -133,11 +161,16 @@ def check_labels(config: RunConfig, cohort: Cohort) -> None:
         missing = next(label for label in options if label not in selected)
         raise InputError(f"no selected scan has {options[missing]} {missing!r} (one-class cohort); training "
                          "needs both classes: select subjects of both with --participant-label")
+    need = min_subjects_per_class(tr.folds)
     for label, target in ((tr.positive_label, 1), (tr.negative_label, 0)):
         n = len({s.subject for s in cohort.labelled if s.target == target})
-        if n < tr.folds:
-            fix = f"use --folds {n} or fewer, or add subjects" if n >= 2 else "add subjects"
-            raise InputError(f"--folds {tr.folds}: only {n} {label} subject(s) selected from {path}; {fix}")
+        if n < need:
+            usable = [k for k in range(2, n + 1) if min_subjects_per_class(k) <= n]
+            fix = (f"use --folds {' or '.join(map(str, usable))}, or add subjects" if usable else
+                   f"add subjects (at least {min_subjects_per_class(2)} per class, with --folds 2)")
+            raise InputError(f"--folds {tr.folds}: only {n} {label} subject(s) selected from {path}, and "
+                             f"{tr.folds} folds need at least {need} per class (one in each test set, "
+                             f"{MIN_TRAINING_PER_CLASS} in each training part); {fix}")
 
 
 def split_table(fold: Fold) -> pd.DataFrame:

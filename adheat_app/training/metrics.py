@@ -145,13 +145,14 @@ def update_table(path: Path, rows: pd.DataFrame, model: str) -> pd.DataFrame:
     """Replace the rows of ``model`` in a group TSV (creating it) and write it atomically.
 
     Tables hold one block of rows per model (e.g. the CNN and ``SVM``); a rerun
-    of one model leaves the others' rows in place.
+    of one model replaces its block where it stands, so a resumed run writes
+    the same table as an uninterrupted one.
     """
     path = Path(path)
     if path.is_file():
         old = pd.read_csv(path, sep="\t", dtype={"fold": str, "subject": str, "session": str})
-        old = old[old["model"] != model]
-        table = pd.concat([old, rows], ignore_index=True) if len(old) else rows
+        blocks = [rows if name == model else part for name, part in old.groupby("model", sort=False)]
+        table = pd.concat(blocks if model in set(old["model"]) else [*blocks, rows], ignore_index=True)
     else:
         table = rows
     write_tsv(path, table)

@@ -15,7 +15,7 @@ import logging
 from adheat_app.bids import Derivatives, collect_t1w, load_layout
 from adheat_app.citation import write_citation
 from adheat_app.config import RunConfig
-from adheat_app.io import write_text
+from adheat_app.io import remove_stale_partials, write_text
 
 LOGGER = logging.getLogger(__name__)
 
@@ -29,6 +29,11 @@ def run_levels(config: RunConfig, run_id: str) -> int:
     LOGGER.info("%d T1w image(s) from %d subject(s)", len(inputs), len({t.subject for t in inputs}))
     derivs = Derivatives(config.output_dir, config.bids_dir)
     derivs.initialize()
+    folders = [config.output_dir] + ([] if config.output_dir in config.work_dir.parents else [config.work_dir])
+    for folder in folders:
+        removed = remove_stale_partials(folder)
+        if removed:
+            LOGGER.info("removed %d temporary file(s) a killed run left in %s", len(removed), folder)
     write_text(config.output_dir / "logs" / f"config-{run_id}.toml", config.to_toml())
     failures = 0
     for level in config.analysis_level:
