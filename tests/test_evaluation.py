@@ -13,7 +13,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from adheat_app.errors import InputError
 from adheat_app.evaluation import run_evaluation
 from adheat_app.evaluation.distances import distance_matrix, map_distances
-from adheat_app.evaluation.overlap import bootstrap, overlap_metrics, percentile_interval
+from adheat_app.evaluation.chance import chance_levels
+from adheat_app.evaluation.overlap import bootstrap, overlap_metrics, percentile_interval, resample_counts
 from adheat_app.evaluation.reference import ale_fwhm, ale_map, builtin_reference_path, load_map
 from conftest import make_preprocessed_cohort
 
@@ -62,13 +63,42 @@ def test_auc_ap_match_sklearn_with_ties_and_random_maps_score_half():
 def test_bootstrap_is_reproducible_and_degenerate_for_identical_subjects():
     rng = np.random.default_rng(1)
     maps = rng.random((6, V)).astype(np.float32)
-    first = bootstrap(maps, [REFERENCE], 40, seed=3)[0]
-    second = bootstrap(maps, [REFERENCE], 40, seed=3)[0]
+    counts = resample_counts(6, 40, seed=3)
+    assert counts.shape == (40, 6) and np.all(counts.sum(axis=1) == 6)
+    assert np.array_equal(counts, resample_counts(6, 40, seed=3))
+    first = bootstrap(maps, [REFERENCE], counts)[0]
     assert first["roc_auc"].shape == (40,) and first["dice"].shape == (40, 4)
-    assert np.array_equal(first["roc_auc"], second["roc_auc"])
-    same = bootstrap(np.repeat(maps[:1], 6, axis=0), [REFERENCE], 20, seed=0)[0]
+    resample = counts[7] @ maps / 6  # the mean map of resample 7, scored directly
+    assert first["roc_auc"][7] == pytest.approx(overlap_metrics(resample, REFERENCE, RANK)["roc_auc"], abs=1e-6)
+    same = bootstrap(np.repeat(maps[:1], 6, axis=0), [REFERENCE], resample_counts(6, 20, seed=0))[0]
     low, high = percentile_interval(same["mass_inside"])
     assert low == pytest.approx(high)
+
+
+def test_chance_levels_hand_computed():
+    levels = chance_levels(0.026)  # the share of the built-in prior at 2 mm
+    # 2kp/(k+p): k = 0.01 -> 0.00052/0.036
+    assert np.allclose(levels["dice"], [0.0144444, 0.0342105, 0.0412698, 0.0460177], atol=1e-6)
+    assert np.allclose(levels["overlap_fraction"], 0.026)
+    assert levels["average_precision"] == levels["mass_inside"] == 0.026
+    assert levels["roc_auc"] == 0.5 and levels["spearman"] == 0.0
+    assert np.allclose(chance_levels(0.1, (10.0,))["dice"], [0.1])  # k = p: Dice = p
+
+
+def test_random_map_scores_chance_and_perfect_map_beats_it():
+    rng = np.random.default_rng(7)
+    n = 200_000
+    reference = rng.permutation(n) < n // 20  # exactly 5 %
+    levels = chance_levels(reference.mean())
+    random = overlap_metrics(rng.random(n), reference, reference.astype(float))
+    for metric in ("dice", "overlap_fraction", "average_precision", "mass_inside", "roc_auc"):
+        assert np.allclose(random[metric], levels[metric], rtol=0.06, atol=0.004), metric
+    assert abs(random["spearman"]) < 0.01
+    perfect = overlap_metrics(reference + 0.01 * rng.random(n), reference, reference.astype(float))
+    assert perfect["roc_auc"] == 1.0 and perfect["average_precision"] == 1.0
+    k = np.array([0.01, 0.05, 0.1, 0.2])
+    assert np.allclose(perfect["dice"], 2 * np.minimum(k, 0.05) / (k + 0.05))  # best possible at each k
+    assert np.all(perfect["dice"] >= 5 * levels["dice"] - 1e-12)
 
 
 def test_ale_kernel_width_sum_and_union():
@@ -183,24 +213,75 @@ def test_group_maps_and_overlap(evaluated):
     group = derivs.root / "group"
     grid = f"space-{cohort.space}_res-{cohort.res_label}"
     for label in ("AD", "CN", "all", "ADcorrect", "ADincorrect", "CNcorrect"):
-        path = group / f"{grid}_label-{label}_desc-Saliency_stat-mean_heatmap.nii.gz"
+        path = group / "Saliency" / f"{grid}_label-{label}_desc-Saliency_stat-mean_heatmap.nii.gz"
         assert path.is_file(), label
         mean = np.asarray(nib.load(path).dataobj)
         assert mean.sum() == pytest.approx(1.0, rel=1e-3)
-    assert not (group / f"{grid}_label-CNincorrect_desc-Saliency_stat-mean_heatmap.nii.gz").exists()
-    assert (group / f"{grid}_label-AD_desc-IG_stat-signedmean_heatmap.nii.gz").is_file()
-    assert not (group / f"{grid}_label-AD_desc-Saliency_stat-signedmean_heatmap.nii.gz").exists()
-    sidecar = json.loads((group / f"{grid}_label-ADincorrect_desc-IG_stat-mean_heatmap.json").read_text())
+    assert not list(group.glob("*_heatmap.nii.gz"))  # one folder per method, nothing side by side
+    assert not (group / "Saliency" / f"{grid}_label-CNincorrect_desc-Saliency_stat-mean_heatmap.nii.gz").exists()
+    assert (group / "IG" / f"{grid}_label-AD_desc-IG_stat-signedmean_heatmap.nii.gz").is_file()
+    assert not (group / "Saliency" / f"{grid}_label-AD_desc-Saliency_stat-signedmean_heatmap.nii.gz").exists()
+    sidecar = json.loads((group / "IG" / f"{grid}_label-ADincorrect_desc-IG_stat-mean_heatmap.json").read_text())
     assert sidecar["N"] == 1 and len(sidecar["Sources"]) == 1
     overlap = pd.read_csv(group / "overlap.tsv", sep="\t")
-    assert set(overlap["reference"]) == {"builtin", "simulation"}
+    assert set(overlap["reference"]) == {"anatomicalprior", "simulation"}
+    assert "builtin" not in (group / "overlap.json").read_text()
     auc = overlap[(overlap["metric"] == "roc_auc") & (overlap["reference"] == "simulation")
-                  & (overlap["label"] == "all")].set_index("method")
-    assert (auc["value"] > 0.95).all()
+                  & (overlap["label"] == "all") & (overlap["kind"] == "method")
+                  & (overlap["sign"] == "absolute")].set_index("method")
+    assert set(auc.index) == {"IG", "Saliency"}
+    assert (auc["value"] > 0.95).all() and (auc["chance"] == 0.5).all()
     assert (auc["ci_low"] < auc["ci_high"]).all() and (auc["ci_high"] <= 1).all()
     assert (group / "figures" / "desc-IG_overlap.png").stat().st_size > 5000
     distances = pd.read_csv(group / "distances.tsv", sep="\t")
     assert len(distances) == 3 and (distances["euclidean"] < 0.5).all()
+
+
+def test_chance_column_controls_and_signs(evaluated):
+    _, derivs, _, truth = evaluated
+    overlap = pd.read_csv(derivs.root / "group" / "overlap.tsv", sep="\t")
+    mask = truth.template.mask_array()
+    share = float((truth.probseg[mask] > 0.5).mean())
+    sim = overlap[(overlap["reference"] == "simulation")]
+    dice = sim[(sim["metric"] == "dice")].drop_duplicates("top_percent").set_index("top_percent")["chance"]
+    k = dice.index.to_numpy() / 100
+    assert np.allclose(dice.to_numpy(), 2 * k * share / (k + share))
+    assert np.allclose(sim[sim["metric"] == "average_precision"]["chance"], share)
+    controls = overlap[overlap["kind"] == "control"]
+    assert set(controls["method"]) == {"InputMagnitude", "GreyMatterPrior"}
+    assert set(controls["label"]) == {"AD", "CN", "all"}
+    assert (controls[controls["metric"] != "spearman"]["n_bootstrap"] == 200).all()  # like methods
+    signs = overlap.groupby("method")["sign"].agg(set)
+    assert signs["IG"] == {"absolute", "positive"} and signs["Saliency"] == {"absolute"}
+
+
+def test_paired_differences_match_point_values(evaluated):
+    _, derivs, _, _ = evaluated
+    group = derivs.root / "group"
+    overlap = pd.read_csv(group / "overlap.tsv", sep="\t", na_values=["n/a"])
+    differences = pd.read_csv(group / "overlap_differences.tsv", sep="\t", na_values=["n/a"])
+    assert {"method_a", "method_b", "reference", "metric", "top_percent", "difference", "ci_low",
+            "ci_high"} <= set(differences.columns)
+    keys = ["label", "reference", "metric", "top_percent"]
+    value = overlap.set_index(["method", "sign", *keys])["value"]
+    for row in differences.sample(200, random_state=0).itertuples():
+        key = (row.label, row.reference, row.metric, row.top_percent)
+        assert row.difference == pytest.approx(value[(row.method_a, row.sign_a, *key)]
+                                               - value[(row.method_b, row.sign_b, *key)], abs=1e-12)
+    pairs = differences[(differences["label"] == "all") & (differences["metric"] == "roc_auc")]
+    assert len(pairs.drop_duplicates(["method_a", "sign_a", "method_b", "sign_b"])) == 10  # 5 maps, every pair
+    assert (pairs["ci_low"] <= pairs["ci_high"]).all() and pairs["ci_low"].notna().all()
+
+
+def test_answer_table_needs_chance_and_control(evaluated):
+    _, derivs, _, _ = evaluated
+    answer = pd.read_csv(derivs.root / "group" / "answer.tsv", sep="\t")
+    row = answer[(answer["reference"] == "simulation")].set_index(["method", "sign"])
+    assert row.loc[("IG", "absolute"), "finds_reference"]  # truth + noise beats chance and |input|
+    assert set(answer["method"]) == {"IG", "Saliency"}
+    assert (answer["above_chance"] == (answer["ci_low"] > answer["chance"])).all()
+    assert (answer["finds_reference"] == (answer["above_chance"] & answer["above_control"])).all()
+    assert np.allclose(answer["effect_over_chance"], answer["value"] - answer["chance"])
 
 
 def test_evaluation_rerun_skips(evaluated):
