@@ -161,6 +161,9 @@ class EvaluationOptions:
     atlas: str = option("AAL3", "Atlas for the region table.", choices=("AAL3",))
     n_bootstrap: int = option(1000, "Bootstrap resamples (over subjects) for confidence intervals.",
                               type=int)
+    n_permutations: int = option(
+        1000, "Label permutations of the cohort reference (voxel-wise AD vs CN t-test, max-t FWE); 0 skips it.",
+        type=int)
 
 
 SECTIONS: dict[str, type] = {

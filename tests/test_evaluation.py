@@ -191,7 +191,8 @@ def write_synthetic_predictions(derivs, cohort, model):
 def evaluated(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluation")
     config, derivs, cohort, truth = make_preprocessed_cohort(root, n_subjects=8, resolution=4.0, seed=1,
-                                                             evaluation__n_bootstrap=200)
+                                                             evaluation__n_bootstrap=200,
+                                                             evaluation__n_permutations=100)
     write_synthetic_heatmaps(derivs, cohort, truth)
     write_synthetic_predictions(derivs, cohort, config.training.model)
     run_evaluation(config, derivs, cohort, truth.template)
@@ -224,7 +225,7 @@ def test_group_maps_and_overlap(evaluated):
     sidecar = json.loads((group / "IG" / f"{grid}_label-ADincorrect_desc-IG_stat-mean_heatmap.json").read_text())
     assert sidecar["N"] == 1 and len(sidecar["Sources"]) == 1
     overlap = pd.read_csv(group / "overlap.tsv", sep="\t")
-    assert set(overlap["reference"]) == {"anatomicalprior", "simulation"}
+    assert set(overlap["reference"]) == {"anatomicalprior", "simulation", "cohort"}
     assert "builtin" not in (group / "overlap.json").read_text()
     auc = overlap[(overlap["metric"] == "roc_auc") & (overlap["reference"] == "simulation")
                   & (overlap["label"] == "all") & (overlap["kind"] == "method")
@@ -289,3 +290,27 @@ def test_evaluation_rerun_skips(evaluated):
     stamps = {p: p.stat().st_mtime_ns for p in (derivs.root / "group").rglob("*") if p.is_file()}
     run_evaluation(config, derivs, cohort, truth.template)
     assert {p: p.stat().st_mtime_ns for p in (derivs.root / "group").rglob("*") if p.is_file()} == stamps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("null", [False, True])
+def test_cohort_reference_finds_planted_atrophy_and_nothing_in_a_null_cohort(tmp_path, null):
+    from adheat_app.evaluation.cohort_reference import cohort_paths, cohort_reference
+
+    config, derivs, cohort, truth = make_preprocessed_cohort(tmp_path, n_subjects=20, resolution=4.0, seed=2,
+                                                             effect_size=0.5, null=null,
+                                                             evaluation__n_permutations=200)
+    ref = cohort_reference(config, derivs, cohort, truth.template)
+    mask = truth.template.mask_array()
+    found = ref.binary() & mask
+    paths = cohort_paths(derivs, cohort)
+    assert paths["t"].name == f"space-{cohort.space}_res-{cohort.res_label}_desc-ADvsCN_stat-t_statmap.nii.gz"
+    assert np.array_equal(np.asarray(nib.load(paths["mask"]).dataobj) > 0, found)
+    if null:
+        assert not found.any()  # family-wise error control: no voxel survives
+    else:
+        planted = (truth.probseg > 0.5) & mask
+        dice = 2 * (found & planted).sum() / (found.sum() + planted.sum())
+        assert dice >= 0.5, dice
+        t_map = np.asarray(nib.load(paths["t"]).dataobj)
+        assert np.median(t_map[found & planted]) < 0  # atrophy: lower intensity in AD

@@ -18,8 +18,8 @@ from conftest import make_preprocessed_cohort
 from test_baseline import round_robin_folds
 from test_evaluation import write_synthetic_heatmaps, write_synthetic_predictions
 
-GROUP_SECTIONS = ("answer", "summary", "cv-metrics", "roc", "training", "heatmaps", "svm", "reference", "overlap", "regions",
-                  "distances", "sanity", "preproc-qc", "methods")
+GROUP_SECTIONS = ("answer", "summary", "cv-metrics", "roc", "training", "heatmaps", "svm", "reference", "overlap",
+                  "regions", "distances", "sanity", "preproc-qc", "methods")
 SUBJECT_SECTIONS = ("summary", "preprocessing", "predictions", "heatmaps")
 QC_SVG = (b'<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20">'
           b'<rect width="40" height="20" fill="red"/></svg>')
@@ -55,7 +55,8 @@ def full_run(tmp_path_factory):
     """SVM, synthetic CNN predictions and heatmaps, QC inputs, evaluation, then both reports."""
     root = tmp_path_factory.mktemp("report")
     config, derivs, cohort, truth = make_preprocessed_cohort(root, n_subjects=8, resolution=4.0, seed=4,
-                                                             effect_size=0.4, evaluation__n_bootstrap=50)
+                                                             effect_size=0.4, evaluation__n_bootstrap=50,
+                                                             evaluation__n_permutations=100)
     write_synthetic_predictions(derivs, cohort, config.training.model)
     run_svm(config, derivs, cohort, round_robin_folds(cohort.labelled, 2))
     metrics_path = derivs.root / "group" / "cv_metrics.tsv"

@@ -22,6 +22,7 @@ It writes (all under ``group/``):
 * ``regions.tsv`` (:mod:`.regions`) and ``distances.tsv`` (:mod:`.distances`)
   for the labels ``<positive>``, ``<negative>`` and ``all``; the SVM pattern
   (class-independent) appears under every label;
+* the cohort reference (:mod:`.cohort_reference`), scored as reference ``cohort``;
 * ``figures/desc-<Method>_overlap.png``: overlap against top-k % curves, with chance levels.
 
 Each table has a JSON sidecar recording a hash of every input and parameter;
@@ -43,6 +44,7 @@ from adheat_app.bids import Derivatives, is_complete, sidecar_path, software_ver
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.evaluation.chance import chance_levels
+from adheat_app.evaluation.cohort_reference import cohort_reference
 from adheat_app.evaluation.controls import (
     GREY_MATTER_PRIOR, INPUT_MAGNITUDE, grey_matter_prior, is_control, svm_pattern_resamples, unit_total,
 )
@@ -81,7 +83,8 @@ def _evaluation_hash(config: RunConfig, derivs: Derivatives, cohort: Cohort, met
         digest.update(f"{ref.name}|{ref.source}|{ref.threshold}|".encode())
         digest.update(hashlib.sha256(np.ascontiguousarray(ref.values).tobytes()).digest())
     ev = config.evaluation
-    digest.update(f"{svm_sidecar}|{ev.n_bootstrap}|{ev.atlas}|{config.execution.seed}|{TOP_PERCENT}|".encode())
+    digest.update(f"{svm_sidecar}|{ev.n_bootstrap}|{ev.n_permutations}|{ev.atlas}|{config.execution.seed}|"
+                  f"{TOP_PERCENT}|".encode())
     digest.update(cache_key([s.image for s in cohort.scans]).encode())
     return digest.hexdigest()[:16]
 
@@ -173,6 +176,11 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
         LOGGER.warning("evaluation: no heatmaps and no SVM pattern in %s; nothing to evaluate", derivs.root)
         return
     references = load_references(config, template)
+    cohort_ref = cohort_reference(config, derivs, cohort, template)
+    if cohort_ref is not None and not cohort_ref.binary().any():
+        LOGGER.info("cohort reference: no voxel survives FWE correction; not scored")
+    elif cohort_ref is not None:
+        references.append(cohort_ref)
     correct = read_predictions(derivs, config.training.model)
     svm_sidecar = sidecar_path(pattern_path).read_text() if has_svm else ""
     digest = _evaluation_hash(config, derivs, cohort, methods, correct, references, svm_sidecar)

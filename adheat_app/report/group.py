@@ -219,13 +219,16 @@ def _svm(derivs: Derivatives, cohort: Cohort, template: Template) -> str:
     return "".join(parts)
 
 
-def _reference(config: RunConfig, template: Template) -> str:
+def _reference(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> str:
+    from adheat_app.evaluation.cohort_reference import cohort_reference
     from adheat_app.evaluation.reference import load_references
 
     try:
         references = load_references(config, template)
     except InputError as exc:
         return not_computed(str(exc))
+    cohort_ref = cohort_reference(config, derivs, cohort, template, compute=False)
+    references += [cohort_ref] if cohort_ref is not None else []
     parts = []
     for ref in references:
         img = nib.Nifti1Image(ref.values.astype(np.float32), template.affine)
@@ -349,7 +352,7 @@ def write_group_report(config: RunConfig, derivs: Derivatives, cohort: Cohort, t
         Section("training", "Training curves", _training(config)),
         Section("heatmaps", "Mean heatmaps", _heatmaps(derivs, cohort, template)),
         Section("svm", "SVM activation pattern", _svm(derivs, cohort, template)),
-        Section("reference", "Reference maps", _reference(config, template)),
+        Section("reference", "Reference maps", _reference(config, derivs, cohort, template)),
         Section("overlap", "Overlap with the reference", _overlap(group, cohort)),
         Section("regions", "Relevance per region", _regions(group, cohort)),
         Section("distances", "Distances between methods", _distances(group)),
