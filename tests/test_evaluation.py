@@ -16,7 +16,7 @@ from adheat_app.evaluation.distances import distance_matrix, map_distances
 from adheat_app.evaluation.chance import chance_levels
 from adheat_app.evaluation.overlap import bootstrap, overlap_metrics, percentile_interval, resample_counts
 from adheat_app.evaluation.reference import ale_fwhm, ale_map, builtin_reference_path, load_map
-from conftest import make_preprocessed_cohort
+from conftest import make_preprocessed_cohort, shared_data_or_skip
 
 V = 200
 REFERENCE = np.arange(V) < 20  # 10 % of the voxels
@@ -314,3 +314,70 @@ def test_cohort_reference_finds_planted_atrophy_and_nothing_in_a_null_cohort(tmp
         assert dice >= 0.5, dice
         t_map = np.asarray(nib.load(paths["t"]).dataobj)
         assert np.median(t_map[found & planted]) < 0  # atrophy: lower intensity in AD
+
+
+def _nearest_focus_mm(img, foci: np.ndarray) -> float:
+    """Distance (mm) from the voxel of the image's maximum to the nearest focus."""
+    data = np.asarray(img.dataobj)
+    peak = np.unravel_index(np.argmax(data), data.shape)
+    world = img.affine[:3, :3] @ np.array(peak) + img.affine[:3, 3]
+    return float(np.min(np.linalg.norm(foci - world, axis=1)))
+
+
+@pytest.mark.parametrize("name", ["ad_vbm_frisoni2002_sleuth.txt", "ad_vbm_foci_frisoni2002.tsv"])
+def test_foci_files_give_an_ale_map_peaking_at_a_focus(name):
+    pytest.importorskip("nimare")
+    from adheat_app.evaluation.meta_analysis import ale, read_foci
+
+    meta = shared_data_or_skip() / "meta"
+    path = meta / name
+    dataset = read_foci(path)
+    foci = dataset.coordinates[["x", "y", "z"]].to_numpy(float)
+    table = pd.read_csv(meta / "ad_vbm_foci_frisoni2002.tsv", sep="\t", comment="#")
+    assert len(dataset.ids) == 1 and len(foci) == len(table)  # one experiment, every focus read
+    assert np.allclose(np.sort(foci[:, 0]), np.sort(table["x"]), atol=2.5)  # MNI kept (NiMARE rounds to its grid)
+    stat, mask, how = ale(dataset, threshold=0.005, n_iters=0, seed=0)
+    assert _nearest_focus_mm(stat, table[["x", "y", "z"]].to_numpy(float)) <= 2.0  # within a 2 mm voxel
+    assert how.startswith("ALE > 0.005") and 0 < np.asarray(mask.dataobj).sum() < 20_000
+
+
+def test_foci_tsv_errors_name_the_file_and_the_fix(tmp_path):
+    pytest.importorskip("nimare")
+    from adheat_app.evaluation.meta_analysis import read_foci
+
+    bad = tmp_path / "foci.tsv"
+    bad.write_text("study\tx\ty\tz\nA\t1\t2\t3\n")
+    with pytest.raises(InputError, match="--reference-map .*foci.tsv: columns n_subjects are missing"):
+        read_foci(bad)
+    with pytest.raises(InputError, match="file not found"):
+        read_foci(tmp_path / "absent.txt")
+
+
+@pytest.mark.slow
+def test_meta_reference_from_foci_fwe_cluster_at_the_consistent_focus(tmp_path, caplog):
+    """20 experiments, each with one focus near the left hippocampus (jitter 3 mm) and 5 random foci."""
+    pytest.importorskip("nimare")
+    from adheat_app.evaluation.meta_analysis import meta_paths, meta_reference
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for e in range(20):
+        rows.append((f"s{e}", 20, *(np.array([-24.0, -10.0, -20.0]) + rng.normal(0, 3, 3))))
+        rows += [(f"s{e}", 20, *rng.uniform([-60, -90, -30], [60, 60, 60])) for _ in range(5)]
+    foci = tmp_path / "foci.tsv"
+    pd.DataFrame(rows, columns=["study", "n_subjects", "x", "y", "z"]).to_csv(foci, sep="\t", index=False)
+    config, derivs, cohort, truth = make_preprocessed_cohort(tmp_path, n_subjects=4, resolution=4.0,
+                                                             evaluation__reference_map=str(foci),
+                                                             evaluation__n_permutations=100)
+    ref = meta_reference(config, derivs, cohort, truth.template)
+    found = np.argwhere(ref.binary())
+    assert ref.name == "meta" and 20 < len(found) < 400
+    centre = truth.template.affine[:3, :3] @ found.mean(axis=0) + truth.template.affine[:3, 3]
+    assert np.linalg.norm(centre - [-24, -10, -20]) < 4  # the only cluster is the consistent focus
+    assert all(p.is_file() for p in meta_paths(derivs, cohort).values())
+    assert "fewer than" not in caplog.text  # 20 experiments: no warning
+    one = tmp_path / "one.tsv"
+    pd.DataFrame(rows[:6], columns=["study", "n_subjects", "x", "y", "z"]).to_csv(one, sep="\t", index=False)
+    ref = meta_reference(config.replace("evaluation", reference_map=str(one), reference_threshold=0.001), derivs,
+                         cohort, truth.template)
+    assert "1 experiment(s)" in caplog.text and "fewer than the 17" in ref.description

@@ -2,6 +2,9 @@
 
 Sources:
 
+* ``--reference-map FOCI.txt|FOCI.tsv``: peak coordinates of published
+  experiments, turned into an ALE meta-analysis by NiMARE
+  (:mod:`.meta_analysis`), named ``meta``.
 * ``--reference-map PATH``: any NIfTI in MNI space (e.g. a published ALE map),
   resampled linearly onto the analysis grid and binarised at
   ``--reference-threshold`` (default: the ``Threshold`` of its JSON sidecar
@@ -78,6 +81,9 @@ class Reference:
         How the map was made (for sidecars and the report).
     source : str
         File it was read from.
+    mask : numpy.ndarray or None
+        Binary reference given explicitly (e.g. the clusters surviving a
+        cluster-level correction); None: ``values > threshold``.
     """
 
     name: str
@@ -85,10 +91,11 @@ class Reference:
     threshold: float
     description: str
     source: str
+    mask: np.ndarray | None = None
 
     def binary(self) -> np.ndarray:
         """The binarised reference (bool, analysis grid)."""
-        return self.values > self.threshold
+        return self.mask if self.mask is not None else self.values > self.threshold
 
     def describe(self) -> dict:
         """JSON-serialisable summary for sidecars."""
@@ -192,11 +199,16 @@ def simulation_truth_path(config: RunConfig, template: Template) -> Path:
             / f"space-{template.space}_res-{template.res_label}_desc-atrophy_probseg.nii.gz")
 
 
+def is_foci_file(path: str | Path) -> bool:
+    """Whether ``--reference-map`` names coordinates for a meta-analysis (Sleuth ``.txt`` or foci ``.tsv``)."""
+    return Path(path).suffix.lower() in (".txt", ".tsv")
+
+
 def load_references(config: RunConfig, template: Template) -> list[Reference]:
     """The reference maps of this run: the user's map, the region prior, and the simulated truth when present."""
     ev = config.evaluation
     references = []
-    if ev.reference_map:
+    if ev.reference_map and not is_foci_file(ev.reference_map):
         references.append(load_map(Path(ev.reference_map), template, "custom", ev.reference_threshold,
                                    "--reference-map"))
     prior = load_map(builtin_reference_path(), template, ANATOMICAL_PRIOR,

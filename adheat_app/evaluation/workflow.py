@@ -22,7 +22,8 @@ It writes (all under ``group/``):
 * ``regions.tsv`` (:mod:`.regions`) and ``distances.tsv`` (:mod:`.distances`)
   for the labels ``<positive>``, ``<negative>`` and ``all``; the SVM pattern
   (class-independent) appears under every label;
-* the cohort reference (:mod:`.cohort_reference`), scored as reference ``cohort``;
+* the cohort reference (:mod:`.cohort_reference`), scored as reference ``cohort``,
+  and the ALE map of ``--reference-map`` foci (:mod:`.meta_analysis`), reference ``meta``;
 * ``figures/desc-<Method>_overlap.png``: overlap against top-k % curves, with chance levels.
 
 Each table has a JSON sidecar recording a hash of every input and parameter;
@@ -45,6 +46,7 @@ from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.evaluation.chance import chance_levels
 from adheat_app.evaluation.cohort_reference import cohort_reference
+from adheat_app.evaluation.meta_analysis import meta_reference
 from adheat_app.evaluation.controls import (
     GREY_MATTER_PRIOR, INPUT_MAGNITUDE, grey_matter_prior, is_control, svm_pattern_resamples, unit_total,
 )
@@ -82,6 +84,7 @@ def _evaluation_hash(config: RunConfig, derivs: Derivatives, cohort: Cohort, met
     for ref in references:
         digest.update(f"{ref.name}|{ref.source}|{ref.threshold}|".encode())
         digest.update(hashlib.sha256(np.ascontiguousarray(ref.values).tobytes()).digest())
+        digest.update(hashlib.sha256(np.packbits(ref.binary())).digest())
     ev = config.evaluation
     digest.update(f"{svm_sidecar}|{ev.n_bootstrap}|{ev.n_permutations}|{ev.atlas}|{config.execution.seed}|"
                   f"{TOP_PERCENT}|".encode())
@@ -176,6 +179,8 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
         LOGGER.warning("evaluation: no heatmaps and no SVM pattern in %s; nothing to evaluate", derivs.root)
         return
     references = load_references(config, template)
+    meta = meta_reference(config, derivs, cohort, template)
+    references += [meta] if meta is not None else []
     cohort_ref = cohort_reference(config, derivs, cohort, template)
     if cohort_ref is not None and not cohort_ref.binary().any():
         LOGGER.info("cohort reference: no voxel survives FWE correction; not scored")

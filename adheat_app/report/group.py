@@ -221,20 +221,23 @@ def _svm(derivs: Derivatives, cohort: Cohort, template: Template) -> str:
 
 def _reference(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> str:
     from adheat_app.evaluation.cohort_reference import cohort_reference
+    from adheat_app.evaluation.meta_analysis import meta_reference
     from adheat_app.evaluation.reference import load_references
 
     try:
         references = load_references(config, template)
     except InputError as exc:
         return not_computed(str(exc))
-    cohort_ref = cohort_reference(config, derivs, cohort, template, compute=False)
-    references += [cohort_ref] if cohort_ref is not None else []
+    extra = (meta_reference(config, derivs, cohort, template, compute=False),
+             cohort_reference(config, derivs, cohort, template, compute=False))
+    references += [ref for ref in extra if ref is not None]
     parts = []
     for ref in references:
         img = nib.Nifti1Image(ref.values.astype(np.float32), template.affine)
         parts.append(f"<h3>{esc(ref.name)}</h3><p>{esc(ref.description)}</p>"
-                     + note(f"Source: {ref.source}; binarised above {ref.threshold:g}: {int(ref.binary().sum())} "
-                            "voxels.")
+                     + note(f"Source: {ref.source}; "
+                            + ("reference voxels as described" if ref.mask is not None
+                               else f"binarised above {ref.threshold:g}") + f": {int(ref.binary().sum())} voxels.")
                      + image(figures.stat_mosaic(img, template.t1w, f"reference: {ref.name}"), f"reference {ref.name}"))
     return "".join(parts)
 
