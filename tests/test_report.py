@@ -100,7 +100,9 @@ def test_answer_section_states_findings_and_model_verdict(full_run):
     config, derivs, *_, group_html, _ = full_run
     text = group_html.read_text()
     answer = text.split('<section id="answer">', 1)[1].split("</section>", 1)[0]
-    assert f"{config.training.model} is not better than chance" in answer and 'id="model-warning"' in answer
+    warning = answer.split('id="model-warning"', 1)[1].split("</div>", 1)[0]
+    assert f"{config.training.model} is not better than chance</strong> at separating AD from CN (ROC AUC 0.520 " \
+           "[0.310, 0.730], p = 0.44)" in warning and "SVM" not in warning
     assert "SVM: better than chance (ROC AUC 0.910 [0.800, 0.990], p = 0.001)" in answer
     found = pd.read_csv(derivs.root / "group" / "answer.tsv", sep="\t")
     found = found[found["sign"] == "absolute"]

@@ -75,19 +75,21 @@ def model_verdicts(group: Path) -> dict[str, dict]:
     return verdicts
 
 
+def _verdict_details(verdict: dict) -> str:
+    """``(ROC AUC a [low, high], p = q)`` of a model verdict (empty when the table has neither)."""
+    details = []
+    if not math.isnan(verdict["roc_auc"]):
+        details.append("ROC AUC " + _interval(verdict["roc_auc"], verdict["roc_auc_ci_low"], verdict["roc_auc_ci_high"]))
+    if not math.isnan(verdict["p_value"]):
+        details.append(f"p = {verdict['p_value']:.3g}")
+    return f" ({', '.join(details)})" if details else ""
+
+
 def _verdict_text(model: str, verdict: dict | None) -> str:
     if verdict is None or verdict["better"] is None:
         return f"{model}: not assessed"
-    text = f"{model}: {'better than chance' if verdict['better'] else 'NOT better than chance'}"
-    details = []
-    if not math.isnan(verdict["roc_auc"]):
-        auc = f"ROC AUC {verdict['roc_auc']:.3f}"
-        if not (math.isnan(verdict["roc_auc_ci_low"]) or math.isnan(verdict["roc_auc_ci_high"])):
-            auc += f" [{verdict['roc_auc_ci_low']:.3f}, {verdict['roc_auc_ci_high']:.3f}]"
-        details.append(auc)
-    if not math.isnan(verdict["p_value"]):
-        details.append(f"p = {verdict['p_value']:.3g}")
-    return text + (f" ({', '.join(details)})" if details else "")
+    return f"{model}: {'better than chance' if verdict['better'] else 'NOT better than chance'}" + \
+        _verdict_details(verdict)
 
 
 def _interval(value: float, low: float, high: float) -> str:
@@ -101,11 +103,11 @@ def _answer(config: RunConfig, group: Path) -> str:
     parts = []
     failing = [model for model, verdict in verdicts.items() if verdict["better"] is False]
     if failing:
-        parts.append('<div id="model-warning" class="warning"><strong>'
-                     + esc(" and ".join(failing)) + (" is" if len(failing) == 1 else " are")
-                     + " not better than chance</strong> at separating the classes: "
-                     + esc("; ".join(_verdict_text(m, verdicts[m]) for m in failing))
-                     + ". Heatmaps of a model that did not learn the task explain nothing about the disease.</div>")
+        parts.append('<div id="model-warning" class="warning">' + "".join(
+            f"<p><strong>{esc(m)} is not better than chance</strong> at separating "
+            f"{esc(config.training.positive_label)} from {esc(config.training.negative_label)}"
+            f"{esc(_verdict_details(verdicts[m]))}.</p>" for m in failing)
+            + "<p>Heatmaps of a model that did not learn the task say nothing about the disease.</p></div>")
     answer = read_tsv(group / "answer.tsv")
     if answer is None or answer.empty:
         parts.append(not_computed("group/answer.tsv is absent (run the group level with heatmaps or the SVM)"))
@@ -243,10 +245,7 @@ def _reference(config: RunConfig, derivs: Derivatives, cohort: Cohort, template:
 
 
 def _format_metric(row: pd.Series) -> str:
-    text = f"{row['value']:.3f}"
-    if not (math.isnan(row["ci_low"]) or math.isnan(row["ci_high"])):
-        text += f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
-    return text
+    return _interval(row["value"], row["ci_low"], row["ci_high"])
 
 
 def overlap_summary(overlap: pd.DataFrame, label: str) -> pd.DataFrame:
