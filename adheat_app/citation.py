@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from adheat_app.bids import Derivatives, software_versions
-from adheat_app.config import RunConfig
+from adheat_app.config import RunConfig, TrainingOptions
 from adheat_app.io import write_text
 
 _SECTION_RE = re.compile(r"<!-- step: (?P<step>\w+) -->\n(?P<body>.*?)<!-- end -->\n?", re.S)
@@ -69,6 +69,24 @@ def _reference_text(config: RunConfig) -> str:
                    "meta-analyses report as atrophic in AD), are reported too; it is not a meta-analysis.")
 
 
+def _training_text(tr: TrainingOptions) -> str:
+    """One or two sentences on how each fold's network was trained."""
+    optimiser = {"adamw": "AdamW", "adam": "Adam"}[tr.optimizer]
+    length = (f"{tr.steps} optimiser steps (rounded up to whole epochs)" if tr.steps > 0 else f"{tr.epochs} epochs")
+    schedule = ("a cosine learning-rate schedule with linear warm-up" if tr.schedule == "cosine"
+                else "a constant learning rate")
+    preset = "" if tr.preset == "adheat" else f" (the training set-up of `{tr.preset}`)"
+    text = (f"Each network was trained{preset} for {'at most ' if tr.patience > 0 else ''}{length} with "
+            f"{optimiser} ({'peak ' if tr.schedule == 'cosine' else ''}learning rate {tr.learning_rate:g}, weight decay {tr.weight_decay:g}, batch size "
+            f"{tr.batch_size}) and {schedule}")
+    if tr.input_noise > 0:
+        text += f", adding Gaussian noise (SD {tr.input_noise:g}) to the brain voxels of each training image"
+    if tr.patience > 0:
+        text += (f"; a subject-level validation split of each training fold served early stopping "
+                 f"(patience {tr.patience} epochs)")
+    return text + "."
+
+
 def render_citation(config: RunConfig, steps: set[str]) -> tuple[str, str]:
     """Render the Markdown methods text and the BibTeX of the given steps."""
     folder = boilerplate_dir()
@@ -79,10 +97,11 @@ def render_citation(config: RunConfig, steps: set[str]) -> tuple[str, str]:
         "resolution": f"{ex.resolution:g}",
         "registration": {"syn": "rigid, affine and symmetric normalisation (SyN)",
                          "affine": "rigid and affine"}[pre.registration],
-        "intensity_norm": {"zscore": "z-scored within the brain mask",
+        "intensity_norm": {"whitematter": "divided by the median intensity of the template's white matter "
+                                          "(standardisation on white matter, after [@shinohara2014whitestripe])",
+                           "zscore": "z-scored within the brain mask",
                            "histogram": "normalised by histogram matching within the brain mask"}[pre.intensity_norm],
-        "model": tr.model, "folds": tr.folds, "epochs": tr.epochs, "batch_size": tr.batch_size,
-        "learning_rate": f"{tr.learning_rate:g}", "patience": tr.patience, "seed": ex.seed,
+        "model": tr.model, "folds": tr.folds, "training_text": _training_text(tr), "seed": ex.seed,
         "positive": tr.positive_label, "negative": tr.negative_label,
         "methods": ", ".join(hm.methods), "ig_steps": hm.ig_steps, "lrp_rule": hm.lrp_rule,
         "target": hm.target, "n_bootstrap": config.evaluation.n_bootstrap,

@@ -7,7 +7,7 @@ is generated from these declarations and a ``--config-file`` (TOML or JSON, one
 table per section) uses the same names. Adding an option to a later stage is one
 field here; the parser, the config file and the saved run configuration follow.
 
-Precedence: built-in defaults < ``--config-file`` < command-line flags.
+Precedence: built-in defaults < ``--preset`` < ``--config-file`` < command-line flags.
 The resolved configuration is written to ``output_dir/logs/`` with every run,
 and can be passed back with ``--config-file`` to repeat a run.
 """
@@ -83,8 +83,11 @@ class PreprocessingOptions:
                                "or 'affine' (rigid then affine).", choices=("affine", "syn"))
     skull_strip: str = option("auto", "Brain extraction with deepbet: 'auto' skips inputs that are "
                               "already skull-stripped.", choices=("auto", "force", "skip"))
-    intensity_norm: str = option("zscore", "Intensity normalisation inside the brain mask.",
-                                 choices=("zscore", "histogram"))
+    intensity_norm: str = option(
+        "whitematter", "Intensity normalisation inside the brain mask: whitematter (divide by the median of the "
+        "template's white matter, which a regional change cannot move), zscore (mean and SD of the brain) or "
+        "histogram (percentiles matched to the template, then z-scored).",
+        choices=("whitematter", "zscore", "histogram"))
     anat_derivatives: str | None = option(
         None, "Reuse an fMRIPrep/sMRIPrep output folder "
         "(space-MNI152NLin2009cAsym desc-preproc_T1w + desc-brain_mask) instead of registering.",
@@ -98,17 +101,34 @@ class TrainingOptions:
     label_column: str = option("diagnosis", "participants.tsv column holding the diagnosis.", type=str)
     positive_label: str = option("AD", "Label of the positive (disease) class.", type=str)
     negative_label: str = option("CN", "Label of the negative (control) class.", type=str)
-    model: str = option("rieke2018", "CNN architecture (see 'Models' in README).", type=str)
+    preset: str = option(
+        "adheat", "Training set-up: 'adheat' (the defaults below, chosen by measurement on simulated cohorts), "
+        "or a published one: 'rieke2018' (their model; Adam 1e-4, batch 5, 20 epochs) or 'wang2023' (their "
+        "model A; Adam 1e-4, weight decay 1e-4, batch 5, up to 200 epochs, early stopping with patience 10). "
+        "Training options given explicitly override the preset.", choices=("adheat", "rieke2018", "wang2023"))
+    model: str = option("resnet3d", "CNN architecture (see 'Models' in README).", type=str)
     folds: int = option(5, "Number of cross-validation folds (split by subject, stratified).", type=int)
     fold: int | None = option(None, "Train only this fold (0-based), e.g. one scheduler job per fold.",
                               type=int)
-    epochs: int = option(30, "Maximum training epochs per fold.", type=int)
-    batch_size: int = option(5, "Training batch size.", type=int)
-    learning_rate: float = option(1e-4, "Adam learning rate.", type=float)
-    weight_decay: float = option(1e-4, "Adam weight decay.", type=float)
-    patience: int = option(10, "Early stopping: epochs without validation-loss improvement.", type=int)
-    val_fraction: float = option(0.2, "Fraction of each training fold's subjects held out for "
-                                 "early stopping.", type=float)
+    steps: int = option(600, "Training budget in optimiser steps per fold, rounded up to whole epochs "
+                        "(a small cohort trains as long as a large one); 0 = train --epochs epochs.", type=int)
+    epochs: int = option(30, "Training epochs per fold when --steps is 0 (the maximum, with early stopping).",
+                         type=int)
+    batch_size: int = option(8, "Training batch size.", type=int)
+    learning_rate: float = option(2e-3, "Peak learning rate.", type=float)
+    weight_decay: float = option(0.05, "Weight decay (decoupled for adamw, an L2 penalty for adam).",
+                                 type=float)
+    optimizer: str = option("adamw", "Optimiser: adamw or adam.", choices=("adamw", "adam"))
+    schedule: str = option("cosine", "Learning-rate schedule over the training budget: cosine (linear warm-up "
+                           "over the first tenth of the steps, then cosine decay to 0) or constant.",
+                           choices=("cosine", "constant"))
+    input_noise: float = option(0.5, "Standard deviation of the Gaussian noise added to the brain voxels of "
+                                "every training volume (in normalised intensity units: white matter = 1 with "
+                                "--intensity-norm whitematter); 0 = none.", type=float)
+    patience: int = option(0, "Early stopping: epochs without validation-loss improvement (0 = no early "
+                           "stopping: the model of the last epoch is kept).", type=int)
+    val_fraction: float = option(0.0, "Fraction of each training fold's subjects held out as a validation set "
+                                 "(needed for early stopping; 0 = none).", type=float)
     augment: bool = option(False, "Light augmentation: small random shifts and intensity jitter "
                            "(no left-right flips: atrophy in AD is asymmetric).")
     amp: bool = option(True, "Mixed precision on CUDA (ignored on CPU); --no-amp disables it.")
@@ -127,6 +147,11 @@ class HeatmapOptions:
     target: str = option("true", "Class explained: the subject's true class (as Wang et al.), the "
                          "predicted class, or always the positive class.",
                          choices=("true", "predicted", "positive"))
+    explain_output: str = option(
+        "difference", "Output explained by every method: the logit difference z_target - z_other (log-odds; "
+        "free of the offset both logits share, never saturates), the target logit (as Wang et al.), or the "
+        "target probability (as Rieke et al.; computed without float32 saturation, but its maps shrink as "
+        "p(1-p) for confident subjects).", choices=("difference", "logit", "probability"))
     ig_steps: int = option(32, "Integrated Gradients: integration steps.", type=int)
     ig_baseline: str = option("zero", "Integrated Gradients baseline image.", choices=("zero", "mean"))
     lrp_rule: str = option("alphabeta", "LRP rule on conv/linear layers (BatchNorm is folded first): "
@@ -167,6 +192,17 @@ class EvaluationOptions:
         "and Monte Carlo iterations of the cluster-level FWE of an ALE from --reference-map foci.",
         type=int)
 
+
+#: Training options of the published set-ups (``--preset``); explicit options override them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "adheat": {},
+    "rieke2018": {"model": "rieke2018", "optimizer": "adam", "learning_rate": 1e-4, "weight_decay": 0.0,
+                  "batch_size": 5, "steps": 0, "epochs": 20, "schedule": "constant", "input_noise": 0.0,
+                  "patience": 0, "val_fraction": 0.0},
+    "wang2023": {"model": "wang2023", "optimizer": "adam", "learning_rate": 1e-4, "weight_decay": 1e-4,
+                 "batch_size": 5, "steps": 0, "epochs": 200, "schedule": "constant", "input_noise": 0.0,
+                 "patience": 10, "val_fraction": 0.2},
+}
 
 SECTIONS: dict[str, type] = {
     "execution": ExecutionOptions,
@@ -259,10 +295,12 @@ def load_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
 
 def build_config(bids_dir: Path, output_dir: Path, analysis_level: tuple[str, ...],
                  file_values: dict[str, dict[str, Any]], cli_values: dict[str, dict[str, Any]]) -> RunConfig:
-    """Merge defaults, config-file values and command-line values into a :class:`RunConfig`."""
+    """Merge defaults, ``--preset``, config-file values and command-line values into a :class:`RunConfig`."""
     sections = {}
     for name, cls in SECTIONS.items():
         merged = {**file_values.get(name, {}), **cli_values.get(name, {})}
+        if name == "training":
+            merged = {**PRESETS.get(merged.get("preset", "adheat"), {}), **merged}
         try:
             sections[name] = cls(**merged)
         except TypeError as exc:  # pragma: no cover - names are checked before

@@ -49,8 +49,10 @@ from captum.attr._utils.lrp_rules import EpsilonRule
 from torch import nn
 
 from adheat_app.attribution import METHODS
-from adheat_app.attribution.base import MethodContext, ProbabilityModel, batch_size, channels_last
+from adheat_app.attribution.base import MethodContext, batch_size, channels_last
 from adheat_app.attribution.canonize import fold_batchnorm
+from adheat_app.attribution.lrp import explained_head
+from adheat_app.attribution.output import OutputModel
 from adheat_app.attribution.runner import METHOD_ORDER
 from adheat_app.config import HeatmapOptions
 from adheat_app.models import MODELS
@@ -91,8 +93,8 @@ def network(shape: tuple[int, int, int]) -> nn.Module:
 
 
 def captum_lrp(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
-    """captum LRP with EpsilonRule on every Conv3d/Linear of the folded model."""
-    folded = fold_batchnorm(model, x)
+    """captum LRP with EpsilonRule on every Conv3d/Linear of the folded model (head as adheat explains it)."""
+    folded = explained_head(fold_batchnorm(model, x), x, OPTIONS.explain_output)
     for module in folded.modules():
         if isinstance(module, (nn.Conv3d, nn.Linear)):
             module.rule = EpsilonRule(epsilon=OPTIONS.lrp_epsilon)
@@ -106,29 +108,29 @@ def captum_lrp(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
 def captum_reference(name: str, model: nn.Module, x: torch.Tensor, target: int, resolution: float
                      ) -> torch.Tensor:
     """captum's map of one scan ``(1, 1, X, Y, Z)`` by method ``name`` (one of :data:`CAPTUM`)."""
-    probability = ProbabilityModel(model)
+    explained = OutputModel(model, OPTIONS.explain_output)  # the explained output, as adheat's
     x = x.clone().requires_grad_(True)
     if name == "IG":
-        return IntegratedGradients(model).attribute(x, target=target, n_steps=OPTIONS.ig_steps,
+        return IntegratedGradients(explained).attribute(x, target=target, n_steps=OPTIONS.ig_steps,
                                                     internal_batch_size=8)
     if name == "Saliency":
-        return Saliency(probability).attribute(x, target=target, abs=True)
+        return Saliency(explained).attribute(x, target=target, abs=True)
     if name == "GuidedBackprop":
-        return GuidedBackprop(probability).attribute(x, target=target)
+        return GuidedBackprop(explained).attribute(x, target=target)
     if name == "GGC":
-        return GuidedGradCam(model, model.last_conv).attribute(x, target=target, interpolate_mode="trilinear")
+        return GuidedGradCam(explained, model.last_conv).attribute(x, target=target, interpolate_mode="trilinear")
     if name == "LRP":
         return captum_lrp(model, x.detach(), target)
     if name == "Occlusion":
         edge = max(1, round(OPTIONS.occlusion_size / resolution))
         stride = max(1, round(OPTIONS.occlusion_stride / resolution))
         with torch.inference_mode():
-            return Occlusion(probability).attribute(x.detach(), sliding_window_shapes=(1, edge, edge, edge),
+            return Occlusion(explained).attribute(x.detach(), sliding_window_shapes=(1, edge, edge, edge),
                                                     strides=(1, stride, stride, stride), baselines=0,
                                                     target=target).clamp(min=0)
     labels = torch.from_numpy(get_atlas(resolution).array().astype(np.int64)).to(x.device)[None, None]
     with torch.inference_mode():  # AreaOcclusion
-        drop = FeatureAblation(probability).attribute(x.detach(), baselines=0, target=target, feature_mask=labels)
+        drop = FeatureAblation(explained).attribute(x.detach(), baselines=0, target=target, feature_mask=labels)
     return torch.where(labels > 0, drop, 0).clamp(min=0)
 
 

@@ -164,7 +164,10 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
     config = build_config(bids_dir, root / "out", ("group",), {}, sections)
     derivs = Derivatives(config.output_dir, bids_dir)
     derivs.initialize()
-    mask = template.mask_array()
+    from adheat_app.preprocess.intensity import normalise
+
+    mask = template.mask_array().astype(bool)
+    template_data = np.asarray(template.t1w.dataobj, dtype=np.float32)
     specs = simulate.plan_cohort(n_subjects, seed=seed, effect_size=effect_size, null=null, n_mci=n_mci,
                                  sessions=sessions)
     rng = np.random.default_rng(seed)
@@ -175,8 +178,7 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
             ses = spec.session_label(session)
             t1w = T1wInput(spec.label, ses, bids_dir / f"sub-{spec.label}" / "anat" / f"sub-{spec.label}_T1w.nii.gz")
             noisy = image + rng.normal(0, 0.02, image.shape).astype(np.float32)
-            values = noisy[mask]
-            data = np.where(mask, (noisy - values.mean()) / values.std(), 0).astype(np.float32)
+            data = normalise(noisy, mask, config.preprocessing.intensity_norm, template_data, mask)
             img_path, mask_path = preproc_paths(derivs, t1w, template.space, template.res_label)
             derivs.write_image(img_path, nib.Nifti1Image(data, template.affine),
                                {"Sources": [derivs.source_uri(t1w.path)], "SkullStripped": True})

@@ -20,21 +20,25 @@ import pandas as pd
 import pytest
 import torch
 from captum.attr import LRP as CaptumLRP
-from captum.attr import FeatureAblation, GuidedBackprop, GuidedGradCam, IntegratedGradients, Saliency
+from captum.attr import FeatureAblation, GuidedBackprop, IntegratedGradients, LayerGradCam, Saliency
 from captum.attr import Occlusion as CaptumOcclusion
 from captum.attr._utils.lrp_rules import EpsilonRule
 from torch import nn
 
 from adheat_app.attribution import METHODS
-from adheat_app.attribution.base import MethodContext, ProbabilityModel, batch_size, scan_seed
-from adheat_app.attribution.canonize import InputSplit, fold_batchnorm, split_input_layer
+from adheat_app.attribution.base import MethodContext, batch_size, scan_seed
+from adheat_app.attribution.canonize import InputSplit, fold_batchnorm, set_submodule, split_input_layer
+from adheat_app.attribution.ggc import GradCamModel, grad_cam
 from adheat_app.attribution.inputconv import SingleChannelConv3d, with_fast_input_gradient
 from adheat_app.attribution.lrp import lrp
+from adheat_app.attribution.output import OutputModel, difference_head, explained, output_drop
+from adheat_app.attribution.receptive import UnitGrid, interpolation_matrix
 from adheat_app.attribution.runner import METHOD_ORDER, heatmap_path, run_heatmaps, selected_methods
 from adheat_app.bids import Derivatives, T1wInput, sidecar_path
 from adheat_app.config import HeatmapOptions
 from adheat_app.errors import InputError
 from adheat_app.io import read_json
+from adheat_app.models import MODELS
 from conftest import make_preprocessed_cohort
 
 GRID = (16, 20, 16)
@@ -115,24 +119,31 @@ def test_batch_size_follows_the_memory_budget():
     assert batch_size(HeatmapOptions(), 0, (193, 229, 193)) == 1
 
 
+@pytest.mark.parametrize("output", ["difference", "logit", "probability"])
 @pytest.mark.parametrize("prepared", [True, False], ids=["split-at-input-layer", "whole-model"])
-def test_ig_is_complete_and_equals_captum(prepared):
+def test_ig_is_complete_and_equals_captum(prepared, output):
     """Summed IG = f(x) - f(0) (completeness, 64 steps) and the batched IG equals captum's per scan.
 
-    Prepared, IG integrates at the input convolution's output and maps the sum
-    back once per scan; unprepared, through the whole model: both equal captum.
+    ``f`` is the explained output (captum integrates the same output through
+    :class:`OutputModel`). Prepared, IG integrates at the input convolution's
+    output and maps the sum back once per scan; unprepared, through the whole
+    model: both equal captum.
     """
     model = random_model(seed=3)
     x, targets = volumes(2), torch.tensor([1, 0])
-    ig = METHODS["IG"](HeatmapOptions(ig_steps=64), context(batch=5))
-    explained = ig.prepare(model, x[:1]) if prepared else model
-    assert isinstance(explained, InputSplit) is prepared
-    maps = ig.attribute(explained, x, targets, ["a", "b"])
+    ig = METHODS["IG"](HeatmapOptions(ig_steps=64, explain_output=output), context(batch=5))
+    prepared_model = ig.prepare(model, x[:1]) if prepared else model
+    assert isinstance(prepared_model, InputSplit) is prepared
+    maps = ig.attribute(prepared_model, x, targets, ["a", "b"])
     logits, base = model(x), model(torch.zeros_like(x))
     for i, t in enumerate(targets):
-        expected = float(logits[i, t] - base[i, t])
-        assert abs(float(maps[i].sum()) - expected) <= 0.05 * abs(expected)
-    reference = IntegratedGradients(model).attribute(x, target=targets, n_steps=64, internal_batch_size=16)
+        o = 1 - t
+        expected = {"logit": logits[i, t] - base[i, t],
+                    "difference": (logits[i, t] - logits[i, o]) - (base[i, t] - base[i, o]),
+                    "probability": torch.softmax(logits[i], 0)[t] - torch.softmax(base[i], 0)[t]}[output]
+        assert abs(float(maps[i].sum()) - float(expected)) <= 0.05 * abs(float(expected))
+    reference = IntegratedGradients(OutputModel(model, output)).attribute(x, target=targets, n_steps=64,
+                                                                          internal_batch_size=16)
     np.testing.assert_allclose(maps.numpy(), reference[:, 0].numpy(), atol=1e-5 * float(reference.abs().max()))
 
 
@@ -164,31 +175,144 @@ def test_folding_batchnorm_keeps_outputs():
     assert torch.allclose(folded(x), model(x), atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["Saliency", "GuidedBackprop", "GGC"])
-def test_gradient_methods_on_the_folded_model_equal_captum_on_the_trained_model(name):
-    """prepare() folds the BatchNorms (GGC: all but the one its layer feeds); maps equal captum's on the original."""
+@pytest.mark.parametrize("output", ["difference", "logit", "probability"])
+@pytest.mark.parametrize("name", ["Saliency", "GuidedBackprop"])
+def test_gradient_methods_on_the_folded_model_equal_captum_on_the_trained_model(name, output):
+    """prepare() folds the BatchNorms; maps equal captum's on the original (captum explains the same output)."""
     model = random_model(seed=5)
     x, targets = volumes(3, seed=6), torch.tensor([1, 0, 1])
-    method = METHODS[name](HeatmapOptions(), context(batch=2))
+    method = METHODS[name](HeatmapOptions(explain_output=output), context(batch=2))
     prepared = method.prepare(model, x[:1])
-    norms = [m for m in prepared.modules() if isinstance(m, nn.BatchNorm3d)]
-    if name == "GGC":
-        assert len(norms) == 1 and prepared.features[-3] is norms[0]  # the BatchNorm fed by last_conv
-    else:
-        assert not norms
+    assert not [m for m in prepared.modules() if isinstance(m, nn.BatchNorm3d)]
     assert isinstance(prepared.features[0], SingleChannelConv3d)  # the fast input gradient is exercised too
     ours = method.attribute(prepared, x, targets, ["a", "b", "c"])
     inputs = x.clone().requires_grad_(True)
     if name == "Saliency":
-        reference = Saliency(ProbabilityModel(model)).attribute(inputs, target=targets, abs=True)
-    elif name == "GuidedBackprop":
-        reference = GuidedBackprop(ProbabilityModel(model)).attribute(inputs, target=targets)
+        reference = Saliency(OutputModel(model, output)).attribute(inputs, target=targets, abs=True)
     else:
-        reference = GuidedGradCam(model, model.last_conv).attribute(inputs, target=targets,
-                                                                    interpolate_mode="trilinear")
+        reference = GuidedBackprop(OutputModel(model, output)).attribute(inputs, target=targets)
     reference = reference[:, 0].detach()
     assert float(reference.abs().max()) > 0
     np.testing.assert_allclose(ours.numpy(), reference.numpy(), atol=1e-5 * float(reference.abs().max()))
+
+
+@pytest.mark.parametrize("output", ["difference", "logit"])
+def test_ggc_is_captums_grad_cam_after_the_batchnorm_placed_by_geometry_times_guided_backprop(output):
+    """The CAM equals captum's LayerGradCam of the BatchNorm after last_conv, placed by the layers' geometry.
+
+    Folded and fast (prepared) or not, the maps are equal; GGC = that CAM times captum's GuidedBackprop.
+    """
+    model = random_model(seed=5, padding=1)
+    x, targets = volumes(3, seed=6), torch.tensor([1, 0, 1])
+    method = METHODS["GGC"](HeatmapOptions(explain_output=output), context(batch=2))
+    prepared = method.prepare(model, x[:1])
+    assert isinstance(prepared, GradCamModel) and prepared.layer is prepared.model.last_conv  # BatchNorm folded
+    assert not [m for m in prepared.modules() if isinstance(m, nn.BatchNorm3d)]
+    ours = method.attribute(prepared, x, targets, ["a", "b", "c"])
+    unprepared = GradCamModel(model, x[:1])
+    assert unprepared.layer is model.features[-3]  # the BatchNorm fed by last_conv
+    # TinyCNN, padding 1: conv 3 (centre +0), pool 2 (+0.5, step 2), conv 3 (+0), so units at 0.5 + 2j
+    assert unprepared.grid == UnitGrid((0.5, 0.5, 0.5), (2.0, 2.0, 2.0))
+    np.testing.assert_allclose(method.attribute(model, x, targets, ["a", "b", "c"]).numpy(), ours.numpy(),
+                               atol=1e-5 * float(ours.abs().max()))
+    captum_cam = LayerGradCam(OutputModel(model, output), model.features[-3]).attribute(
+        x, target=targets, relu_attributions=True)[:, 0].detach()
+    placed = captum_cam.numpy()
+    for axis, size in enumerate(GRID):
+        matrix = interpolation_matrix(size, placed.shape[axis + 1], 0.5, 2.0)
+        placed = np.moveaxis(np.tensordot(placed, matrix, axes=([axis + 1], [1])), -1, axis + 1)
+    cam = grad_cam(unprepared, x.clone().requires_grad_(True), targets, output).numpy()
+    assert cam.max() > 0
+    np.testing.assert_allclose(cam, placed, atol=1e-5 * cam.max())
+    guided = GuidedBackprop(OutputModel(model, output)).attribute(x.clone().requires_grad_(True), target=targets)
+    np.testing.assert_allclose(ours.numpy(), guided[:, 0].detach().numpy() * placed,
+                               atol=1e-5 * float(ours.abs().max()))
+
+
+def receptive_field_centre(model: nn.Module, layer_name: str, x: torch.Tensor, unit: tuple) -> np.ndarray:
+    """Midpoint of the input voxels one unit of a layer depends on, measured on a probe copy of the model.
+
+    The probe has positive weights, identity BatchNorms and average instead of
+    max pooling, so the unit's input gradient at a positive input is positive
+    over its whole receptive field (on this grid).
+    """
+
+    class Reached(Exception):
+        pass
+
+    probe = copy.deepcopy(model)
+    for name, module in list(probe.named_modules()):
+        if isinstance(module, nn.MaxPool3d):
+            set_submodule(probe, name, nn.AvgPool3d(module.kernel_size, module.stride, module.padding,
+                                                    ceil_mode=module.ceil_mode))
+        elif isinstance(module, nn.BatchNorm3d):
+            module.reset_parameters()
+            module.reset_running_stats()
+    for param in probe.parameters():
+        param.copy_(param.abs() + 0.01)
+    captured = []
+
+    def stop(module, inputs, output):
+        captured.append(output)
+        raise Reached
+
+    probe.get_submodule(layer_name).register_forward_hook(stop)
+    inputs = torch.ones_like(x).requires_grad_(True)
+    with pytest.raises(Reached), torch.enable_grad():
+        probe(inputs)
+    grad, = torch.autograd.grad(captured[0][(0, 0, *unit)], inputs)
+    support = np.argwhere(grad[0, 0].numpy() > 0)
+    return (support.min(axis=0) + support.max(axis=0)) / 2
+
+
+@pytest.mark.parametrize("name", ["rieke2018", "wang2023", "resnet3d"])
+def test_grad_cam_puts_a_unit_at_its_receptive_field_centre(name):
+    """One unit of the layer's output forced on, the rest off: the CAM peaks at that unit's receptive-field centre.
+
+    The CAM's maximum is reached within one voxel of the centre the probe
+    measures, and the neighbouring units' centres get 0 (beyond the outermost
+    centre of an axis the CAM keeps the border unit's value, a plateau).
+
+    At 2 mm the stretched CAM (captum's upsampling, the old code) put the
+    middle unit up to 28 voxels away from its centre (rieke2018: unit x = 1 of 0..3 at 35.9 instead of
+    38.5, y = 2 of 0..5 at 47.4 instead of 50.5; wang2023: y = 1 of 0..2 at 56.9 instead of 62.5); every
+    axis with more than one unit is checked (+-1 voxel). The unit is the lower middle one: its field is
+    whole (a ceil-mode pooling window cut by the border shrinks the field the probe measures, while the
+    geometric centre counts the cut part, as it counts zero padding).
+    """
+    shape = (97, 115, 97)
+    torch.manual_seed(0)
+    model = frozen(MODELS[name](shape))
+    x = torch.randn((1, 1, *shape), generator=torch.Generator().manual_seed(0))
+    prepared = METHODS["GGC"](HeatmapOptions(), context(batch=1, resolution=2.0)).prepare(model, x)
+    layer_name = {m: n for n, m in model.named_modules()}[GradCamModel(model, x).layer]
+    shapes = []
+    handle = prepared.layer.register_forward_hook(lambda module, inputs, output: shapes.append(output.shape))
+    with torch.no_grad():
+        prepared(x)
+    handle.remove()
+    units = tuple(shapes[0][2:])
+    unit = tuple((n - 1) // 2 for n in units)
+    forced = torch.zeros(shapes[0])
+    forced[(0, 0, *unit)] = 10.0
+    prepared.layer.register_forward_hook(lambda module, inputs, output: output * 0 + forced)
+    cams = [grad_cam(prepared, x.clone().requires_grad_(True), torch.tensor([t]), "difference")[0] for t in (0, 1)]
+    cam = max(cams, key=lambda c: float(c.max()))
+    assert float(cam.max()) > 0 and float(min(c.max() for c in cams)) == 0  # difference: one sign per target
+    centre = receptive_field_centre(model, layer_name, x, unit)
+    peak = float(cam.max())
+    at = [int(round(c)) for c in centre]
+    for axis, n in enumerate(units):
+        if n == 1:
+            continue
+        line = cam.numpy()[tuple(slice(None) if a == axis else at[a] for a in range(3))]
+        near = line[max(0, int(np.floor(centre[axis])) - 1):int(np.ceil(centre[axis])) + 2]
+        assert float(near.max()) == pytest.approx(peak), (name, axis, units, unit, centre, int(line.argmax()))
+        low, high = (int(np.floor(centre[axis] - prepared.grid.step[axis])),
+                     int(np.ceil(centre[axis] + prepared.grid.step[axis])))
+        for neighbour, exists in ((low, unit[axis] > 0), (high, unit[axis] < n - 1)):
+            if exists and 0 <= neighbour < shape[axis]:  # neighbouring units' centres (rounded outwards): 0
+                assert line[neighbour] <= 1e-6 * peak, (name, axis, neighbour)
 
 
 @pytest.mark.parametrize("kernel, padding", [(3, 0), (3, 1), ((5, 3, 3), (2, 0, 1))])
@@ -239,9 +363,116 @@ def test_lrp_alpha_beta_and_zplus_conserve_relevance_of_positive_inputs():
         np.testing.assert_allclose(sums[positive].numpy(), logits[positive].numpy(), rtol=0.05)
 
 
-def test_lrp_splits_residual_sums_instead_of_doubling_them():
-    from adheat_app.models import MODELS
+def test_lrp_of_the_logit_difference_starts_from_a_differenced_head():
+    """Default output: the last Linear computes z_t - z_o; epsilon LRP equals captum's on that head and conserves d.
 
+    Bias-free layers and unshifted BatchNorms: the relevance sums to d. With
+    ``probability`` the same map is scaled by p_t / d.
+    """
+    model = random_model(seed=5, shift=False, bias=False)
+    x, targets = volumes(3), torch.tensor([1, 0, 1])
+    folded = fold_batchnorm(model, x[:1])
+    logits = model(x)
+    difference = (logits.gather(1, targets[:, None]) - logits.gather(1, (1 - targets)[:, None]))[:, 0]
+    relevance = lrp(folded, x, targets, "epsilon", 1e-9, "difference")
+    np.testing.assert_allclose(relevance.sum(dim=(1, 2, 3, 4)).numpy(), difference.numpy(), rtol=0.05)
+    head = difference_head(folded, x[:1])
+    np.testing.assert_allclose(head(x).numpy(), (logits - logits.flip(1)).numpy(), atol=1e-5)
+    head.features = nn.Sequential(*[m for m in head.features if not isinstance(m, nn.Identity)])
+    for module in head.modules():
+        if isinstance(module, (nn.Conv3d, nn.Linear)):
+            module.rule = EpsilonRule(epsilon=1e-9)
+    reference = CaptumLRP(head).attribute(x.clone().requires_grad_(True), target=targets).detach()
+    np.testing.assert_allclose(relevance.numpy(), reference.numpy(), atol=1e-5 * float(reference.abs().max()))
+    probability = lrp(folded, x, targets, "epsilon", 1e-9, "probability")
+    scale = (torch.sigmoid(difference) / difference)[:, None, None, None, None]
+    np.testing.assert_allclose(probability.numpy(), (relevance * scale).numpy(),
+                               atol=1e-6 * float(probability.abs().max()))
+
+
+def test_explained_outputs_by_hand():
+    """difference = z_t - z_o, logit = z_t, probability = sigmoid(d); drops of p stay exact near p = 1."""
+    logits = torch.tensor([[1.0, 3.5], [2.0, -1.0]])
+    targets = torch.tensor([1, 1])
+    assert explained(logits, targets, "difference").tolist() == [2.5, -3.0]
+    assert explained(logits, targets, "logit").tolist() == [3.5, -1.0]
+    np.testing.assert_allclose(explained(logits, targets, "probability").numpy(),
+                               [1 / (1 + np.exp(-2.5)), 1 / (1 + np.exp(3.0))], rtol=1e-6)
+    np.testing.assert_allclose(OutputModel(nn.Identity(), "difference")(logits).numpy(), [[-2.5, 2.5], [3, -3]])
+    clean, occluded = torch.tensor([[0.0, 40.0]]), torch.tensor([[0.0, 38.0]])
+    one = torch.tensor([1])
+    assert float(torch.softmax(clean, 1)[0, 1] - torch.softmax(occluded, 1)[0, 1]) == 0  # the old float32 drop
+    exact = 1 / (1 + np.exp(-40.0)) - 1 / (1 + np.exp(-38.0))  # = e^-38 - e^-40 to first order, in float64
+    exact = np.exp(-38.0) / (1 + np.exp(-38.0)) - np.exp(-40.0) / (1 + np.exp(-40.0)) if exact == 0 else exact
+    np.testing.assert_allclose(float(output_drop(clean, occluded, one, "probability")), exact, rtol=1e-5)
+    assert float(output_drop(clean, occluded, one, "difference")) == 2.0
+
+
+def confident_model(x: torch.Tensor, gap: float = 40.0) -> tuple[nn.Module, torch.Tensor]:
+    """A random TinyCNN whose last layer is scaled so that its smallest |z_1 - z_0| on ``x`` is ``gap``; predicted targets.
+
+    (Seed 11: both scans of :func:`volumes` ``(2, seed=13)`` get gaps within 0.2 % of each other.)
+    """
+    model = random_model(seed=11)
+    logits = model(x)
+    last = model.head[-1]
+    scale = gap / float((logits[:, 1] - logits[:, 0]).abs().min())
+    last.weight.mul_(scale)
+    last.bias.mul_(scale)
+    logits = model(x)
+    assert float((logits[:, 1] - logits[:, 0]).abs().min()) == pytest.approx(gap, rel=1e-4)
+    return model, logits.argmax(1)
+
+
+@pytest.mark.parametrize("name", ["Saliency", "GuidedBackprop", "Occlusion", "AreaOcclusion", "NoiseImportance",
+                                  "IG", "LRP", "GGC"])
+def test_a_confident_model_gets_informative_maps(name):
+    """Logit gap >= 40 (p_target = 1 in float32): no map is zero everywhere (or, NoiseImportance, uniform).
+
+    Before --explain-output the probability-based methods saturated: occlusion
+    drops were exactly 0 and the saliency gradient lost its target term. For
+    Saliency the map must be |grad (z_t - z_o)| itself.
+    """
+    x = volumes(2, seed=13)
+    model, targets = confident_model(x)
+    options = HeatmapOptions(occlusion_size=24.0, occlusion_stride=16.0, noise_steps=20, ig_steps=8)
+    method = METHODS[name](options, context(batch=4))
+    if name == "AreaOcclusion":
+        labels = torch.arange(int(np.prod(GRID))).reshape(GRID) // 640 + 1
+
+        class Regions(METHODS["AreaOcclusion"]):
+            def occluded_sets(self, shape, device):
+                return [labels == value for value in range(1, int(labels.max()) + 1)]
+
+        method = Regions(options, context(batch=4))
+    maps = method.attribute(method.prepare(model, x[:1]), x, targets, ["a", "b"])
+    for row in maps:
+        assert float(row.abs().max()) > 0
+        if name == "NoiseImportance":
+            assert float(row.std() / row.mean()) > 0.05
+    if name == "Saliency":
+        inputs = x.clone().requires_grad_(True)
+        logits = model(inputs)
+        d = logits.gather(1, targets[:, None]) - logits.gather(1, (1 - targets)[:, None])
+        grad, = torch.autograd.grad(d.sum(), inputs)
+        np.testing.assert_allclose(maps.numpy(), grad[:, 0].abs().numpy(), atol=1e-5 * float(grad.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["Saliency", "Occlusion"])
+def test_probability_output_does_not_saturate_either(name):
+    """--explain-output probability on the gap-40 model: tiny (p(1-p) ~ e^-40) but non-zero maps of the right shape."""
+    x = volumes(2, seed=13)
+    model, targets = confident_model(x)
+    options = HeatmapOptions(occlusion_size=24.0, occlusion_stride=16.0)
+    maps = {output: METHODS[name](HeatmapOptions(**{**dataclasses.asdict(options), "explain_output": output}),
+                                  context(batch=4)).attribute(model, x, targets, ["a", "b"])
+            for output in ("probability", "difference")}
+    for row, reference in zip(maps["probability"], maps["difference"]):
+        assert float(row.abs().max()) > 0
+        assert np.corrcoef(row.flatten().numpy(), reference.flatten().numpy())[0, 1] > 0.95  # 0.98 measured
+
+
+def test_lrp_splits_residual_sums_instead_of_doubling_them():
     torch.manual_seed(0)
     model = MODELS["resnet3d"]((32, 32, 32))
     for module in model.modules():
@@ -264,11 +495,10 @@ def test_occlusion_equals_captum_clipped(prepared, padding):
     x, targets = volumes(2), torch.tensor([1, 0])
     options = HeatmapOptions(occlusion_size=24.0, occlusion_stride=16.0)
     method = METHODS["Occlusion"](options, context(batch=7))
-    explained = method.prepare(model, x[:1]) if prepared else model
-    assert isinstance(explained, InputSplit) is prepared
-    ours = method.attribute(explained, x, targets, ["a", "b"])
-    probability = lambda v: torch.softmax(model(v), dim=1)  # noqa: E731
-    reference = CaptumOcclusion(probability).attribute(x, sliding_window_shapes=(1, 6, 6, 6), strides=(1, 4, 4, 4),
+    prepared_model = method.prepare(model, x[:1]) if prepared else model
+    assert isinstance(prepared_model, InputSplit) is prepared
+    ours = method.attribute(prepared_model, x, targets, ["a", "b"])
+    reference = CaptumOcclusion(OutputModel(model, "difference")).attribute(x, sliding_window_shapes=(1, 6, 6, 6), strides=(1, 4, 4, 4),
                                                       baselines=0, target=targets)
     assert float(ours.max()) > 1e-3
     np.testing.assert_allclose(ours.numpy(), reference[:, 0].clamp(min=0).numpy(), atol=1e-6)
@@ -290,10 +520,9 @@ def test_area_occlusion_equals_captum_feature_ablation(prepared):
     model = random_model(seed=11, padding=1)
     x, targets = volumes(2), torch.tensor([0, 1])
     method = Regions(HeatmapOptions(), context(batch=3))
-    explained = method.prepare(model, x[:1]) if prepared else model
-    ours = method.attribute(explained, x, targets, ["a", "b"])
-    probability = lambda v: torch.softmax(model(v), dim=1)  # noqa: E731
-    reference = FeatureAblation(probability).attribute(x, target=targets, baselines=0,
+    prepared_model = method.prepare(model, x[:1]) if prepared else model
+    ours = method.attribute(prepared_model, x, targets, ["a", "b"])
+    reference = FeatureAblation(OutputModel(model, "difference")).attribute(x, target=targets, baselines=0,
                                                        feature_mask=labels[None, None])
     assert float(ours.max()) > 1e-3
     np.testing.assert_allclose(ours.numpy(), reference[:, 0].clamp(min=0).numpy(), atol=1e-6)
@@ -461,6 +690,8 @@ def test_group_heatmaps_are_out_of_fold_with_complete_sidecars(trained):
             for key in ("Parameters", "Seed", "Software", "WallTimeSeconds", "Sources", "TargetLabel"):
                 assert key in side
             assert np.isfinite(np.asarray(img.dataobj)).all()
+            assert side["ExplainedOutput"] == side["Parameters"]["Output"] == "difference"
+            assert side["AllZero"] is (not np.any(np.asarray(img.dataobj)))
     mci = [s for s in cohort.scans if s.diagnosis == "MCI"]
     assert mci and read_json(sidecar_path(heatmap_path(derivs, cohort, mci[0], "IG")))["FoldsAveraged"] == [0, 1]
 

@@ -105,6 +105,42 @@ def test_histogram_normalisation_matches_template_scale_then_zscores():
     assert np.corrcoef(matched[mask], reference[mask])[0, 1] > 0.999
 
 
+def test_template_white_matter_is_the_brightest_tissue_class():
+    # three tissue classes at 0.2 (CSF), 0.6 (GM) and 1.0 (WM), with a little noise
+    rng = np.random.default_rng(0)
+    labels = rng.choice(3, size=(20, 20, 20), p=[0.2, 0.45, 0.35])
+    template = np.array([0.2, 0.6, 1.0])[labels] + rng.normal(0, 0.03, labels.shape)
+    mask = np.ones(labels.shape, bool)
+    mask[:2] = False
+    wm = intensity.template_white_matter(template, mask)
+    assert (wm == ((labels == 2) & mask)).mean() > 0.999
+
+
+def test_whitematter_normalisation_keeps_a_regional_change_regional():
+    """Darkening one region moves z-scores everywhere, but no white-matter-scaled voxel outside the region."""
+    rng = np.random.default_rng(2)
+    labels = rng.choice(3, size=(24, 24, 24), p=[0.2, 0.45, 0.35])
+    template = np.array([0.2, 0.6, 1.0])[labels] + rng.normal(0, 0.03, labels.shape)
+    mask = np.ones(labels.shape, bool)
+    region = np.zeros(labels.shape, bool)
+    region[:8] = True
+    region &= labels == 1  # grey matter of one slab loses 40 % of its intensity
+    scan = 700 * template
+    atrophied = np.where(region, 0.6 * scan, scan)
+    rest = mask & ~region
+    for method, moves in (("whitematter", False), ("zscore", True)):
+        before = intensity.normalise(scan, mask, method, template, mask)
+        after = intensity.normalise(atrophied, mask, method, template, mask)
+        shift = np.abs(after[rest] - before[rest]).max()
+        assert bool(shift > 0.05) == moves, (method, shift)
+        assert after[region].mean() < before[region].mean() - 0.1
+    out = intensity.normalise(scan, mask, "whitematter", template, mask)
+    assert np.median(out[labels == 2]) == pytest.approx(1.0, abs=0.01)  # white matter = 1, scale-free
+    assert np.allclose(intensity.normalise(3 * scan, mask, "whitematter", template, mask), out, atol=1e-6)
+    with pytest.raises(ValueError, match="white matter"):
+        intensity.normalise(np.zeros_like(scan), mask, "whitematter", template, mask)
+
+
 def test_outlier_flag_uses_median_mad_and_an_absolute_floor():
     values = pd.Series([0.96, 0.95, 0.97, 0.96, 0.80, 0.45])
     assert qc.flag_outliers(values).tolist() == [False, False, False, False, True, True]

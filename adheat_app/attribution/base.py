@@ -132,27 +132,20 @@ def pad_targets(targets: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat([targets, targets.new_zeros(batch - len(targets))]) if len(targets) < batch else targets
 
 
-class ProbabilityModel(nn.Module):
-    """A classifier followed by a softmax: explains class probabilities, as Rieke et al. do."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(N, 2)``."""
-        return torch.softmax(self.model(x), dim=1)
+def class_logits(model: nn.Module, volumes: torch.Tensor, context: MethodContext) -> torch.Tensor:
+    """Logits ``(N, 2)`` of every row, computed in padded passes without gradients."""
+    out = torch.empty((len(volumes), 2), device=volumes.device)
+    with torch.inference_mode(), torch.autocast(context.device.type, enabled=context.amp):
+        for index, rows in padded_batches(len(volumes), context.batch, lambda i: volumes[i]):
+            out[index] = model(rows).float()[: len(index)]
+    return out
 
 
 def class_probability(model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, context: MethodContext
                       ) -> torch.Tensor:
     """Probability of each row's target class, computed in padded passes without gradients."""
-    out = torch.empty(len(volumes), device=volumes.device)
-    with torch.inference_mode(), torch.autocast(context.device.type, enabled=context.amp):
-        for index, rows in padded_batches(len(volumes), context.batch, lambda i: volumes[i]):
-            prob = torch.softmax(model(rows).float(), dim=1)[: len(index)]
-            out[index] = prob[torch.arange(len(index)), targets[index]]
-    return out
+    prob = torch.softmax(class_logits(model, volumes, context), dim=1)
+    return prob[torch.arange(len(volumes)), targets]
 
 
 class Method(ABC):
@@ -174,10 +167,17 @@ class Method(ABC):
     signed: ClassVar[bool]
     slow: ClassVar[bool] = False
     stochastic: ClassVar[bool] = False
+    #: Why a map of this method can be zero everywhere (appended to the runner's warning).
+    all_zero_reason: ClassVar[str] = ""
 
     def __init__(self, options: HeatmapOptions, context: MethodContext):
         self.options = options
         self.context = context
+
+    @property
+    def output(self) -> str:
+        """The explained output (``--explain-output``, see :mod:`.output`)."""
+        return self.options.explain_output
 
     @abstractmethod
     def parameters(self) -> dict:
@@ -222,9 +222,6 @@ class Method(ABC):
 class GradientMethod(Method):
     """A method with one backward pass per scan: scans are packed into padded passes."""
 
-    #: Attribute of the model naming the Conv3d whose BatchNorm stays unfolded (Grad-CAM reads its output).
-    unfolded_layer: ClassVar[str | None] = None
-
     def prepare(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
         """The same function, faster to differentiate: BatchNorms folded, fast input-layer gradient.
 
@@ -234,9 +231,8 @@ class GradientMethod(Method):
         reads the scan gets the CPU's faster input gradient
         (:func:`~adheat_app.attribution.inputconv.with_fast_input_gradient`).
         """
-        keep = getattr(model, self.unfolded_layer) if self.unfolded_layer else None
         try:
-            prepared = fold_batchnorm(model, example, keep=keep)
+            prepared = fold_batchnorm(model, example)
         except ValueError:
             prepared = copy.deepcopy(model)
         return with_fast_input_gradient(prepared)

@@ -43,7 +43,7 @@ def traced_forward(model: nn.Module, example: torch.Tensor, handles: list) -> No
             handle.remove()
 
 
-def _feeding_convs(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
+def feeding_convs(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
     """Map each BatchNorm3d's name to the name of the Conv3d whose output it normalises."""
     outputs: dict[int, str] = {}
     pairs: dict[str, str] = {}
@@ -74,7 +74,7 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
-def fold_batchnorm(model: nn.Module, example: torch.Tensor, keep: nn.Module | None = None) -> nn.Module:
+def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """A copy of ``model`` (eval mode) with every BatchNorm3d folded into its Conv3d.
 
     Parameters
@@ -84,9 +84,6 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, keep: nn.Module | No
     example : torch.Tensor
         One input batch, used to trace which convolution feeds which BatchNorm
         and to verify the folded copy.
-    keep : nn.Module, optional
-        A Conv3d of ``model`` whose BatchNorm stays as it is (Grad-CAM reads
-        that convolution's own output).
 
     Raises
     ------
@@ -95,10 +92,8 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, keep: nn.Module | No
         model's outputs differ from the original's by more than :data:`FOLD_ATOL`.
     """
     folded = copy.deepcopy(model).eval()
-    kept = {name for name, module in model.named_modules() if module is keep}
-    pairs = {bn: conv for bn, conv in _feeding_convs(folded, example).items() if conv not in kept}
     with torch.no_grad():
-        for bn_name, conv_name in pairs.items():
+        for bn_name, conv_name in feeding_convs(folded, example).items():
             bn = folded.get_submodule(bn_name)
             conv = folded.get_submodule(conv_name)
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)

@@ -1,7 +1,8 @@
 """Guided backpropagation (Springenberg et al. 2015, as compared by Rieke et al. 2018).
 
 captum's :class:`~captum.attr.GuidedBackprop` (negative gradients clamped at
-every ``nn.ReLU`` module) of the target class probability; signed.
+every ``nn.ReLU`` module) of the ``--explain-output``
+(:class:`~.output.OutputModel`; Rieke et al. used the class probability); signed.
 """
 
 from __future__ import annotations
@@ -11,20 +12,21 @@ from captum.attr import GuidedBackprop as CaptumGuidedBackprop
 from torch import nn
 
 from adheat_app.attribution import METHODS
-from adheat_app.attribution.base import GradientMethod, ProbabilityModel
+from adheat_app.attribution.base import GradientMethod
+from adheat_app.attribution.output import OutputModel
 
 
 @METHODS.register("GuidedBackprop")
 class GuidedBackprop(GradientMethod):
-    """Guided backpropagation of ``p_target`` (signed)."""
+    """Guided backpropagation of the explained output (signed)."""
 
     name = "GuidedBackprop"
     signed = True
 
     def parameters(self) -> dict:
-        """Output explained (class probability)."""
-        return {"Output": "probability"}
+        """Output explained."""
+        return {"Output": self.output}
 
     def explain(self, model: nn.Module, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """captum GuidedBackprop of the softmax output."""
-        return CaptumGuidedBackprop(ProbabilityModel(model)).attribute(rows, target=targets)
+        """captum GuidedBackprop of the explained output."""
+        return CaptumGuidedBackprop(OutputModel(model, self.output)).attribute(rows, target=targets)

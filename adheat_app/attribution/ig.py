@@ -1,4 +1,7 @@
-"""Integrated Gradients (Sundararajan et al. 2017), as Wang et al. 2023: target logit, signed.
+"""Integrated Gradients (Sundararajan et al. 2017), as Wang et al. 2023, of the explained output; signed.
+
+The integrand is the gradient of the ``--explain-output`` (:mod:`.output`:
+by default the logit difference; Wang et al. integrated the target logit).
 
 The path integral from the baseline to the scan is approximated with captum's
 quadrature (:func:`captum.attr._utils.approximation_methods.approximation_parameters`,
@@ -38,6 +41,7 @@ from torch import nn
 from adheat_app.attribution import METHODS
 from adheat_app.attribution.base import Method, pad_targets, padded_batches
 from adheat_app.attribution.canonize import InputSplit, split_on_cpu
+from adheat_app.attribution.output import explained
 from adheat_app.templates import get_template
 
 #: captum's default quadrature.
@@ -55,7 +59,7 @@ def mean_baseline(resolution: float, space: str) -> np.ndarray:
 
 @METHODS.register("IG")
 class IG(Method):
-    """Integrated Gradients of the target logit (signed)."""
+    """Integrated Gradients of the explained output (signed)."""
 
     name = "IG"
     signed = True
@@ -63,7 +67,7 @@ class IG(Method):
     def parameters(self) -> dict:
         """Steps, baseline, quadrature and output explained."""
         return {"Steps": self.options.ig_steps, "Baseline": self.options.ig_baseline, "Method": QUADRATURE,
-                "Output": "logit"}
+                "Output": self.output}
 
     def baseline(self, volumes: torch.Tensor) -> torch.Tensor:
         """Baseline image ``(1, 1, X, Y, Z)``."""
@@ -118,7 +122,7 @@ class IG(Method):
             rows.requires_grad_(True)
             logits = rest(rows)
             chosen = pad_targets(targets[item_scan[index]], self.context.batch)
-            grads, = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), rows)
+            grads, = torch.autograd.grad(explained(logits, chosen, self.output).sum(), rows)
             for row, item in enumerate(index):
                 total[item_scan[item]].add_(grads[row], alpha=float(weights[item_step[item]]))
         if layer is not None:

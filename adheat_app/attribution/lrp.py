@@ -1,4 +1,4 @@
-"""Layer-wise relevance propagation (Bach et al. 2015), as Wang et al. 2023: alpha-beta from the target logit.
+"""Layer-wise relevance propagation (Bach et al. 2015), as Wang et al. 2023: alpha-beta, from the explained output.
 
 Implementation choice. captum's :class:`~captum.attr.LRP` changes each layer's
 weights once and back-propagates through them; that expresses the epsilon,
@@ -17,8 +17,16 @@ relevance unchanged through autograd (max-pool: winner takes all, as Wang et
 al.). Residual sums (``a + b`` in a forward, as in ``resnet3d``) are found by
 tracing the model with ``torch.fx`` and split in proportion to the addends
 (``R_a = a / (a + b) R``, epsilon-stabilised), so relevance is not counted
-twice. Relevance starts from the target logit. With ``lrp_rule = epsilon`` the
-result equals captum's LRP with ``EpsilonRule`` on the folded model (tested).
+twice. With ``lrp_rule = epsilon`` the result equals captum's LRP with
+``EpsilonRule`` on the folded model (tested).
+
+Where relevance starts (``--explain-output``, :mod:`.output`): ``logit`` (Wang
+et al.): the target logit's neuron, with relevance ``z_t``. ``difference``
+(default): the last Linear is replaced by its difference
+(:func:`~.output.difference_head`), so the target neuron computes
+``d = z_t - z_o`` and starts with relevance ``d``. ``probability``: the same
+neuron, starting with relevance ``p_t = sigmoid(d)`` (the rules are linear in
+the relevance, so this is the difference map scaled by ``p_t / d``).
 
 Rules (``--lrp-rule``), for a layer ``z_j = sum_i x_i w_ij + b_j``:
 
@@ -46,6 +54,7 @@ from adheat_app.attribution import METHODS
 from adheat_app.attribution.base import GradientMethod
 from adheat_app.attribution.canonize import fold_batchnorm
 from adheat_app.attribution.inputconv import conv3d
+from adheat_app.attribution.output import difference_head
 
 ALPHA_BETA = {"alphabeta": (1.5, 0.5), "zplus": (1.0, 0.0)}
 #: Modules through which relevance flows by the plain gradient.
@@ -202,36 +211,50 @@ class Canonized(nn.Module):
     ----------
     traced : torch.fx.GraphModule
         The folded model, traced, with its additions replaced by :func:`split_add`.
+    output : str
+        The explained output it was made for (``difference`` and
+        ``probability``: its last Linear is :func:`~.output.difference_head`'s).
     """
 
-    def __init__(self, traced: torch.fx.GraphModule):
+    def __init__(self, traced: torch.fx.GraphModule, output: str):
         super().__init__()
         self.traced = traced
+        self.output = output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of volumes ``x``."""
         return self.traced(x)
 
 
-def canonize(model: nn.Module, example: torch.Tensor, epsilon: float) -> Canonized:
-    """``model`` with BatchNorm folded and residual additions split: ready for :func:`lrp`, built once per model."""
-    return Canonized(with_split_additions(fold_batchnorm(model, example), epsilon))
+def explained_head(folded: nn.Module, example: torch.Tensor, output: str) -> nn.Module:
+    """The folded model as LRP starts from it: its last Linear differenced unless ``output`` is ``logit``."""
+    return folded if output == "logit" else difference_head(folded, example)
 
 
-def lrp(model: nn.Module, rows: torch.Tensor, targets: torch.Tensor, rule: str, epsilon: float) -> torch.Tensor:
-    """Input relevance of ``rows`` (``(B, 1, X, Y, Z)``) from their target logits.
+def canonize(model: nn.Module, example: torch.Tensor, epsilon: float, output: str) -> Canonized:
+    """``model`` with BatchNorm folded, the explained head and residual additions split, built once per model."""
+    folded = explained_head(fold_batchnorm(model, example), example, output)
+    return Canonized(with_split_additions(folded, epsilon), output)
 
-    ``model`` is :class:`Canonized`, or has its BatchNorms folded
-    (:func:`~adheat_app.attribution.canonize.fold_batchnorm`) and gets its
-    residual additions split here.
+
+def lrp(model: nn.Module, rows: torch.Tensor, targets: torch.Tensor, rule: str, epsilon: float,
+        output: str = "logit") -> torch.Tensor:
+    """Input relevance of ``rows`` (``(B, 1, X, Y, Z)``) from their explained outputs (see the module docstring).
+
+    ``model`` is :class:`Canonized` for ``output``, or has its BatchNorms
+    folded (:func:`~adheat_app.attribution.canonize.fold_batchnorm`) and gets
+    its explained head and split residual additions here.
     """
     if not isinstance(model, Canonized):
-        model = Canonized(with_split_additions(model, epsilon))
+        model = Canonized(with_split_additions(explained_head(model, rows[:1], output), epsilon), output)
+    if model.output != output:
+        raise ValueError(f"the model was canonized for --explain-output {model.output}, not {output}")
     handles = attach_rules(model, rule, epsilon)
     try:
         rows = rows.detach().requires_grad_(True)
-        logits = model(rows).gather(1, targets[:, None])
-        relevance, = torch.autograd.grad(logits, rows, grad_outputs=logits.detach())
+        start = model(rows).gather(1, targets[:, None])
+        initial = torch.exp(F.logsigmoid(start.detach())) if output == "probability" else start.detach()
+        relevance, = torch.autograd.grad(start, rows, grad_outputs=initial)
     finally:
         for handle in handles:
             handle.remove()
@@ -240,14 +263,14 @@ def lrp(model: nn.Module, rows: torch.Tensor, targets: torch.Tensor, rule: str, 
 
 @METHODS.register("LRP")
 class LRP(GradientMethod):
-    """LRP of the target logit on the BatchNorm-folded model (signed)."""
+    """LRP of the explained output on the BatchNorm-folded model (signed)."""
 
     name = "LRP"
     signed = True
 
     def parameters(self) -> dict:
         """Rule, its alpha/beta, epsilon and output explained."""
-        params = {"Rule": self.options.lrp_rule, "Epsilon": self.options.lrp_epsilon, "Output": "logit",
+        params = {"Rule": self.options.lrp_rule, "Epsilon": self.options.lrp_epsilon, "Output": self.output,
                   "Canonization": "BatchNorm folded into Conv3d", "MaxPool": "winner-take-all"}
         if self.options.lrp_rule in ALPHA_BETA:
             params["Alpha"], params["Beta"] = ALPHA_BETA[self.options.lrp_rule]
@@ -255,10 +278,10 @@ class LRP(GradientMethod):
 
     def prepare(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
         """The canonized model (:func:`canonize`), made once per fold model."""
-        return canonize(model, example, self.options.lrp_epsilon)
+        return canonize(model, example, self.options.lrp_epsilon, self.output)
 
     def explain(self, model: nn.Module, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """LRP of one padded pass (``model`` canonized here unless :meth:`prepare` made it)."""
         if not isinstance(model, Canonized):
-            model = canonize(model, rows[:1], self.options.lrp_epsilon)
-        return lrp(model, rows, targets, self.options.lrp_rule, self.options.lrp_epsilon)
+            model = canonize(model, rows[:1], self.options.lrp_epsilon, self.output)
+        return lrp(model, rows, targets, self.options.lrp_rule, self.options.lrp_epsilon, self.output)

@@ -6,8 +6,13 @@ upsampled trilinearly: smooth, and fast to fit, instead of Bintsi et al.'s
 U-Net) so that the frozen classifier still predicts the target class from the
 noisy scan ``x + eps * (B * (s_max - s_min) + s_min)``, ``eps ~ N(0, 1)``:
 
-    loss = cross-entropy(model(noisy), target) - lambda * mean(log B)
+    loss = task(model(noisy)) - lambda * mean(log B)
 
+where the task term follows ``--explain-output`` (:mod:`.output`):
+``probability`` is Bintsi et al.'s cross-entropy ``-log p_target``
+(computed as ``-log sigmoid(d)``, whose gradient does not saturate),
+``difference`` (default) is ``-d = -(z_target - z_other)``, ``logit`` is
+``-z_target``
 (``lambda = --noise-lambda``, default 1e-3 as Bintsi et al.; Adam, learning
 rate :data:`LEARNING_RATE`, ``--noise-steps`` steps, ``theta = 0`` at the
 start). Importance = ``1 - B`` (unsigned). The noise scale ``s_min = 0``,
@@ -27,6 +32,7 @@ from torch import nn
 
 from adheat_app.attribution import METHODS
 from adheat_app.attribution.base import Method, pad_targets, padded_batches, scan_seed
+from adheat_app.attribution.output import explained
 
 COARSE = 4
 LEARNING_RATE = 0.1
@@ -46,7 +52,13 @@ class NoiseImportance(Method):
         """Regularisation, steps, optimiser, noise scale and map resolution."""
         return {"Lambda": self.options.noise_lambda, "Steps": self.options.noise_steps,
                 "LearningRate": LEARNING_RATE, "NoiseMin": S_MIN, "NoiseMax": S_MAX, "CoarseFactor": COARSE,
-                "Output": "probability"}
+                "Output": self.output}
+
+    def task_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The term the noise must keep low, summed over rows (see the module docstring)."""
+        if self.output == "probability":
+            return -F.logsigmoid(explained(logits, targets, "difference")).sum()
+        return -explained(logits, targets, self.output).sum()
 
     def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str]
                   ) -> torch.Tensor:
@@ -66,7 +78,7 @@ class NoiseImportance(Method):
                 for row, generator in enumerate(generators):
                     eps[row] = torch.randn(rows.shape[1:], generator=generator).to(rows.device)
                 noisy = rows + eps * (tolerance * (S_MAX - S_MIN) + S_MIN)
-                task = F.cross_entropy(model(noisy), chosen, reduction="sum")
+                task = self.task_loss(model(noisy), chosen)
                 penalty = -self.options.noise_lambda * torch.log(tolerance).flatten(1).mean(1).sum()
                 optimiser.zero_grad()
                 (task + penalty).backward()

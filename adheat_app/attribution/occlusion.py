@@ -1,6 +1,7 @@
 """Occlusion (Zeiler & Fergus 2014, as Rieke et al. 2018): a zero cube slides over the scan.
 
-Relevance of a voxel = drop of the target class probability when a patch
+Relevance of a voxel = drop of the explained output (``--explain-output``,
+:mod:`.output`; Rieke et al. used the class probability) when a patch
 covering it is set to 0, averaged over the patches that cover it (captum's
 :class:`~captum.attr.Occlusion` convention, so the results are equal), then
 clipped at 0 as Rieke et al. do. Patch edge and stride are options in mm
@@ -28,15 +29,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from adheat_app.attribution import METHODS
-from adheat_app.attribution.base import Method, class_probability, padded_batches
+from adheat_app.attribution.base import Method, class_logits, padded_batches
 from adheat_app.attribution.canonize import InputSplit, split_on_cpu
 from adheat_app.attribution.inputconv import is_local_single_channel
+from adheat_app.attribution.output import output_drop
 
 Occluded = tuple[slice, ...] | torch.Tensor
 
 
 class Ablation(Method):
-    """Relevance = drop of the target probability when a set of voxels is set to 0, painted into the set."""
+    """Relevance = drop of the explained output when a set of voxels is set to 0, painted into the set."""
 
     signed = False
     slow = True
@@ -54,7 +56,7 @@ class Ablation(Method):
         """Occlusion maps of every scan, (scan, set) pairs packed into padded passes."""
         shape = tuple(volumes.shape[2:])
         sets = self.occluded_sets(shape, volumes.device)
-        clean = class_probability(model, volumes, targets, self.context)
+        clean = class_logits(model, volumes, self.context)
         total = torch.zeros((len(volumes), *shape), device=volumes.device)
         count = torch.zeros(shape, device=volumes.device)
         for occluded in sets:
@@ -68,9 +70,9 @@ class Ablation(Method):
         with torch.inference_mode(), torch.autocast(self.context.device.type, enabled=self.context.amp):
             build = lambda index: rows_of(item_scan[index], item_set[index])  # noqa: E731
             for index, rows in padded_batches(len(item_scan), self.context.batch, build):
-                prob = torch.softmax(network(rows).float(), dim=1)[: len(index)]
+                logits = network(rows).float()[: len(index)]
                 scans = item_scan[index]
-                drop = clean[scans] - prob[torch.arange(len(index)), targets[scans]]
+                drop = output_drop(clean[scans], logits, targets[scans], self.output)
                 for row, item in enumerate(index):
                     total[item_scan[item]][sets[item_set[item]]] += drop[row]
         return (total / count.clamp(min=1)).clamp(min=0)
@@ -168,7 +170,7 @@ class Occlusion(Ablation):
         return {"PatchMM": self.options.occlusion_size, "StrideMM": self.options.occlusion_stride,
                 "PatchVoxels": self.voxels(self.options.occlusion_size),
                 "StrideVoxels": self.voxels(self.options.occlusion_stride), "Fill": 0.0,
-                "Output": "probability", "ClippedAtZero": True}
+                "Output": self.output, "ClippedAtZero": True}
 
     def occluded_sets(self, shape: tuple[int, int, int], device: torch.device) -> list[Occluded]:
         """Every patch position on captum's grid (the last patch of an axis may be cut by the border)."""

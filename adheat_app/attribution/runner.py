@@ -14,7 +14,10 @@ method, parameters, model and fold(s) are skipped unless ``--overwrite``.
 Outputs per scan and method: ``desc-<Method>_heatmap.nii.gz`` in template
 space at the model's resolution (float32) with a sidecar, and with
 ``--native-space`` the same map on the subject's T1w grid (``space-T1w``).
-``--sanity-check`` runs :mod:`.sanity`.
+Every sidecar records the explained output (``ExplainedOutput``,
+``--explain-output``) and whether the map is zero everywhere (``AllZero``;
+such maps are counted in a warning per method, and the group means leave
+them out). ``--sanity-check`` runs :mod:`.sanity`.
 """
 
 from __future__ import annotations
@@ -146,6 +149,7 @@ class HeatmapRun:
                 param.requires_grad_(False)
             self.models[k] = channels_last(model.eval())
         self.affine = nib.load(cohort.scans[0].image).affine
+        self.all_zero = 0
         self.probability = self._predict()
 
     def tensor(self, indices: list[int]) -> torch.Tensor:
@@ -218,6 +222,8 @@ class HeatmapRun:
             "TargetLabel": self.cohort.positive_label if self.target(a) else self.cohort.negative_label,
             "TrueLabel": a.scan.diagnosis,
             "Signed": method.signed,
+            "ExplainedOutput": method.output,
+            "AllZero": not bool(np.any(data)),
             "Seed": self.config.execution.seed,
             "BatchSize": self.context.batch,
             "Device": self.device.type,
@@ -226,6 +232,7 @@ class HeatmapRun:
             "Sources": [self.derivs.source_uri(a.scan.image),
                         *(self.derivs.source_uri(self.model_files[k]) for k in self.models_of(a))],
         }
+        self.all_zero += sidecar["AllZero"]
         self.derivs.write_image(path, img, sidecar)
         if self.config.heatmaps.native_space:
             self.write_native(method, a, img, sidecar)
@@ -249,6 +256,7 @@ class HeatmapRun:
         LOGGER.info("%s: %d scan(s) to explain (batch %d, %s)", method.name, len(todo), self.context.batch,
                     self.device)
         chunk = self.context.batch * CHUNK_PASSES
+        self.all_zero = 0
         example = self.tensor([todo[0].index])
         models = {k: method.prepare(self.models[k], example) for k in self.folds}
         for k in self.folds:
@@ -270,6 +278,9 @@ class HeatmapRun:
                 self.write(method, a, data, seconds / len(part))
                 LOGGER.info("%s %s: mean of %d folds, %.1f s", method.name, a.scan.key, len(self.folds),
                             seconds / len(part))
+        if self.all_zero:
+            LOGGER.warning("%s: %d of %d maps are zero everywhere (AllZero in their sidecars; the group means "
+                           "leave them out)%s", method.name, self.all_zero, len(todo), method.all_zero_reason)
 
 
 def run_heatmaps(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> None:

@@ -1,6 +1,7 @@
-"""Sensitivity analysis (Rieke et al. 2018): absolute gradient of the target class probability.
+"""Sensitivity analysis (Rieke et al. 2018): absolute gradient of the explained output.
 
-captum's :class:`~captum.attr.Saliency` on the softmax output, with
+captum's :class:`~captum.attr.Saliency` of the ``--explain-output``
+(:class:`~.output.OutputModel`; Rieke et al. used the class probability), with
 ``abs=True``; scans are packed into padded passes (:mod:`.base`).
 """
 
@@ -11,20 +12,21 @@ from captum.attr import Saliency as CaptumSaliency
 from torch import nn
 
 from adheat_app.attribution import METHODS
-from adheat_app.attribution.base import GradientMethod, ProbabilityModel
+from adheat_app.attribution.base import GradientMethod
+from adheat_app.attribution.output import OutputModel
 
 
 @METHODS.register("Saliency")
 class Saliency(GradientMethod):
-    """``|d p_target / d x|`` (unsigned)."""
+    """``|d f / d x|`` of the explained output ``f`` (unsigned)."""
 
     name = "Saliency"
     signed = False
 
     def parameters(self) -> dict:
-        """Output explained (class probability) and the absolute value."""
-        return {"Output": "probability", "Absolute": True}
+        """Output explained and the absolute value."""
+        return {"Output": self.output, "Absolute": True}
 
     def explain(self, model: nn.Module, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """captum Saliency of the softmax output."""
-        return CaptumSaliency(ProbabilityModel(model)).attribute(rows, target=targets, abs=True)
+        """captum Saliency of the explained output."""
+        return CaptumSaliency(OutputModel(model, self.output)).attribute(rows, target=targets, abs=True)

@@ -235,8 +235,10 @@ def run_svm(config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: Seque
                           "NTrain": len(train), "NTest": len(test), "PlattSlope": model["platt"]})
         LOGGER.info("SVM fold %d: C=%g, test balanced accuracy %.3f (%d scans)", fold.index, model["C"],
                     metrics["balanced_accuracy"], len(test))
-    update_table(group / "cv_metrics.tsv", summarize_folds(MODEL, fold_rows), MODEL)
-    update_table(group / "predictions.tsv", pd.DataFrame(prediction_rows), MODEL)
+    predictions = pd.DataFrame(prediction_rows)
+    update_table(group / "cv_metrics.tsv",
+                 summarize_folds(MODEL, fold_rows, predictions, config.evaluation.n_bootstrap, seed), MODEL)
+    update_table(group / "predictions.tsv", predictions, MODEL)
     common = {
         **parameters,
         "Sources": [derivs.source_uri(p) for p in paths],

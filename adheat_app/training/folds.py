@@ -37,7 +37,7 @@ class Fold:
     index : int
         0-based fold number.
     train, val, test : tuple of Scan
-        Scans used for fitting, for early stopping, and held out for testing.
+        Scans used for fitting, for validation (may be empty), and held out for testing.
     """
 
     index: int
@@ -82,10 +82,10 @@ def make_folds(cohort: Cohort, n_folds: int, seed: int, val_fraction: float) -> 
     seed : int
         Seeds the outer split; fold ``k``'s validation split uses ``seed + k``.
     val_fraction : float
-        Fraction of each training fold's subjects held out for early stopping
+        Fraction of each training fold's subjects held out for validation
         (the inner split uses ``round(1 / val_fraction)`` groups, but at most
         as many as the smaller class has subjects, so small cohorts hold out
-        a larger fraction).
+        a larger fraction); 0 holds out none.
 
     Returns
     -------
@@ -96,9 +96,12 @@ def make_folds(cohort: Cohort, n_folds: int, seed: int, val_fraction: float) -> 
     targets, groups = cohort.targets(scans), cohort.groups(scans)
     folds = []
     for k, (rest, test) in enumerate(_split(targets, groups, n_folds, seed)):
-        per_class = min(len(set(groups[rest][targets[rest] == c])) for c in (0, 1))
-        n_inner = max(2, min(round(1 / val_fraction), per_class))
-        train, val = _split(targets[rest], groups[rest], n_inner, seed + k)[0]
+        if val_fraction > 0:
+            per_class = min(len(set(groups[rest][targets[rest] == c])) for c in (0, 1))
+            n_inner = max(2, min(round(1 / val_fraction), per_class))
+            train, val = _split(targets[rest], groups[rest], n_inner, seed + k)[0]
+        else:
+            train, val = np.arange(len(rest)), np.arange(0)
         fold = Fold(k, tuple(scans[rest[i]] for i in train), tuple(scans[rest[i]] for i in val),
                     tuple(scans[i] for i in test))
         check_no_leakage(fold)

@@ -1,13 +1,24 @@
-"""The training loop of one fold: batches from the volume cache, early stopping, resumable epochs.
+"""The training loop of one fold: batches from the volume cache, a step budget, resumable epochs.
 
-:func:`train_fold` fits a model on a fold's training scans with Adam and a
-class-weighted cross-entropy, scores the validation scans after each epoch,
-stops after ``patience`` epochs without a lower validation loss and restores
-the weights of the best epoch. After every epoch it writes a checkpoint; a
-later call with the same checkpoint and :class:`TrainSettings` resumes after
-the last saved epoch. Each epoch reseeds every generator from
-:func:`adheat_app.training.device.epoch_seed`, so a resumed run ends with the
-same weights as an uninterrupted one.
+:func:`train_fold` fits a model on a fold's training scans with a
+class-weighted cross-entropy. The training length is a budget of optimiser
+steps (:attr:`TrainSettings.steps`), so a small cohort is trained as long as a
+large one instead of getting a few steps per epoch; the budget is rounded up
+to whole epochs (:func:`n_epochs`). The learning rate follows
+:func:`learning_rate_factor`: a linear warm-up over the first
+:data:`WARMUP_FRACTION` of the steps, then a cosine decay to 0 (or constant).
+Regularisation: AdamW weight decay, Gaussian noise added to the brain voxels
+of every training volume (:attr:`TrainSettings.input_noise`) and optional
+shifts.
+
+Early stopping is off by default (``patience`` 0: the model of the last epoch
+is kept). With ``patience`` > 0 and a validation set, the validation scans are
+scored after each epoch, training stops after ``patience`` epochs without a
+lower validation loss and the weights of the best epoch are restored. After
+every epoch a checkpoint is written; a later call with the same checkpoint and
+:class:`TrainSettings` resumes after the last saved epoch. Each epoch reseeds
+every generator from :func:`adheat_app.training.device.epoch_seed`, so a
+resumed run ends with the same weights as an uninterrupted one.
 
 Batches are read from the float16 memory-mapped volume cache
 (:func:`adheat_app.volumes.load_volumes`), never from the NIfTI files.
@@ -37,7 +48,9 @@ MAX_SHIFT_VOXELS = 2
 #: Standard deviation of the augmentation's intensity scale and offset (z-score units).
 INTENSITY_JITTER = 0.05
 #: Columns of the training curve, in order.
-CURVE_COLUMNS = ("train_loss", "val_loss", "val_accuracy", "seconds")
+CURVE_COLUMNS = ("train_loss", "val_loss", "val_accuracy", "learning_rate", "seconds")
+#: Fraction of the steps over which the learning rate rises linearly from 0 (cosine schedule).
+WARMUP_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -45,10 +58,14 @@ class TrainSettings:
     """Everything that shapes a fold's training (the checkpoint is resumed only when it matches)."""
 
     epochs: int
+    steps: int
     batch_size: int
     learning_rate: float
     weight_decay: float
+    optimizer: str
+    schedule: str
     patience: int
+    input_noise: float
     augment: bool
     amp: bool
     seed: int
@@ -116,6 +133,43 @@ def class_weights(targets: np.ndarray) -> torch.Tensor:
     return torch.tensor(len(targets) / (2 * np.maximum(counts, 1)), dtype=torch.float32)
 
 
+def n_epochs(settings: TrainSettings, n_train: int) -> int:
+    """Epochs of a fold: ``steps`` rounded up to whole epochs of ``n_train`` scans, or ``epochs`` if ``steps`` is 0."""
+    if settings.steps <= 0:
+        return settings.epochs
+    return math.ceil(settings.steps / len(batches(np.arange(n_train), settings.batch_size)))
+
+
+def learning_rate_factor(step: int, total: int, schedule: str) -> float:
+    """Learning rate of optimiser step ``step`` (0-based) of ``total``, as a fraction of the peak rate.
+
+    ``cosine``: linear warm-up over the first :data:`WARMUP_FRACTION` of the
+    steps, then ``(1 + cos(pi t)) / 2`` over the rest (``t`` from 0 to 1).
+    ``constant``: always 1.
+    """
+    if schedule == "constant":
+        return 1.0
+    warmup = max(1, round(WARMUP_FRACTION * total))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def add_input_noise(batch: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Add Gaussian noise of standard deviation ``sigma`` to the non-zero (brain) voxels of a batch."""
+    generator = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
+    x = torch.from_numpy(batch)
+    noise = torch.randn(x.shape, generator=generator) * sigma
+    return torch.where(x != 0, x + noise, x).numpy()
+
+
+def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """``adamw`` (decoupled weight decay) or ``adam`` (L2 penalty, as the papers' Keras/PyTorch code)."""
+    cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[settings.optimizer]
+    return cls(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+
 def _autocast(device: torch.device, amp: bool):
     return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
 
@@ -135,14 +189,20 @@ def predict_logits(model: nn.Module, volumes: np.ndarray, rows: np.ndarray, devi
 
 def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                  criterion: nn.Module, volumes: np.ndarray, train: ScanSet, settings: TrainSettings,
-                 device: torch.device, rng: np.random.Generator) -> float:
+                 device: torch.device, rng: np.random.Generator, epoch: int, total_epochs: int) -> float:
     """One pass over the training scans in a random order; returns the mean training loss."""
     model.train()
     total = 0.0
-    for idx in batches(rng.permutation(len(train)), settings.batch_size):
+    chunks = batches(rng.permutation(len(train)), settings.batch_size)
+    for i, idx in enumerate(chunks):
+        factor = learning_rate_factor(epoch * len(chunks) + i, total_epochs * len(chunks), settings.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = settings.learning_rate * factor
         batch = read_batch(volumes, train.rows[idx])
         if settings.augment:
             batch = augment(batch, rng)
+        if settings.input_noise > 0:
+            batch = add_input_noise(batch, settings.input_noise, rng)
         x = torch.from_numpy(batch).to(device, non_blocking=True)
         y = torch.from_numpy(train.targets[idx]).to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
@@ -161,7 +221,7 @@ def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def train_fold(model: nn.Module, volumes: np.ndarray, train: ScanSet, val: ScanSet, settings: TrainSettings,
                fold: int, device: torch.device, checkpoint: Path, key: str, label: str = "") -> FoldResult:
-    """Train ``model`` on ``train`` with early stopping on ``val``; resume from ``checkpoint``.
+    """Train ``model`` on ``train`` (early stopping on ``val`` when ``patience`` > 0); resume from ``checkpoint``.
 
     Parameters
     ----------
@@ -169,8 +229,11 @@ def train_fold(model: nn.Module, volumes: np.ndarray, train: ScanSet, val: ScanS
         Freshly built (initialised from ``epoch_seed(seed, fold, 0)``) and on ``device``.
     volumes : numpy.ndarray
         The volume cache ``(N, X, Y, Z)``; ``train.rows``/``val.rows`` index it.
+    train, val : ScanSet
+        Training and validation scans (``val`` may be empty; it is then
+        neither scored nor used for stopping).
     settings : TrainSettings
-        Optimiser, schedule and augmentation settings.
+        Optimiser, schedule, regularisation and stopping settings.
     fold : int
         Fold index (part of every epoch's seed).
     checkpoint : Path
@@ -184,14 +247,17 @@ def train_fold(model: nn.Module, volumes: np.ndarray, train: ScanSet, val: ScanS
     Returns
     -------
     FoldResult
-        Learning curves and early-stopping facts; ``model`` ends in eval mode
-        with the weights of the epoch of lowest validation loss.
+        Learning curves and stopping facts; ``model`` ends in eval mode with
+        the weights of the last epoch, or with early stopping of the epoch of
+        lowest validation loss.
     """
     weights = class_weights(train.targets)
     criterion = nn.CrossEntropyLoss(weight=weights.to(device))
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = make_optimizer(model, settings)
     scaler = torch.amp.GradScaler(device.type, enabled=settings.amp and device.type == "cuda")
     val_targets = torch.from_numpy(val.targets)
+    stopping = settings.patience > 0 and len(val) > 0
+    total_epochs = n_epochs(settings, len(train))
     state = load_checkpoint(checkpoint, device)
     if state is not None and state["key"] != key:
         LOGGER.info("%s: ignoring checkpoint %s of other settings or data", label, checkpoint)
@@ -205,32 +271,37 @@ def train_fold(model: nn.Module, volumes: np.ndarray, train: ScanSet, val: ScanS
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
     start = time.perf_counter()
-    epochs = range(state["epoch"], settings.epochs)
+    epochs = range(state["epoch"], total_epochs)
     progress = tqdm(epochs, desc=label, unit="epoch", disable=not sys.stderr.isatty(), leave=False)
     for epoch in progress:
-        if state["bad_epochs"] >= settings.patience:
+        if stopping and state["bad_epochs"] >= settings.patience:
             break
         tic = time.perf_counter()
         rng = seed_everything(epoch_seed(settings.seed, fold, epoch + 1))
-        train_loss = _train_epoch(model, optimizer, scaler, criterion, volumes, train, settings, device, rng)
-        logits = predict_logits(model, volumes, val.rows, device, settings.batch_size, settings.amp)
-        val_loss = float(nn.functional.cross_entropy(logits, val_targets, weight=weights))
-        val_accuracy = float((logits.argmax(1) == val_targets).float().mean())
-        improved = val_loss < state["best_val_loss"]
+        train_loss = _train_epoch(model, optimizer, scaler, criterion, volumes, train, settings, device, rng,
+                                  epoch, total_epochs)
+        val_loss = val_accuracy = math.nan
+        if len(val):
+            logits = predict_logits(model, volumes, val.rows, device, settings.batch_size, settings.amp)
+            val_loss = float(nn.functional.cross_entropy(logits, val_targets, weight=weights))
+            val_accuracy = float((logits.argmax(1) == val_targets).float().mean())
+        improved = val_loss < state["best_val_loss"] if stopping else True
         if improved:
-            state.update(best_epoch=epoch + 1, best_val_loss=val_loss, bad_epochs=0, best_model=_copy_state(model))
+            state.update(best_epoch=epoch + 1, best_val_loss=val_loss, bad_epochs=0,
+                         best_model=_copy_state(model) if stopping else None)
         else:
             state["bad_epochs"] += 1
-        for name, value in zip(CURVE_COLUMNS, (train_loss, val_loss, val_accuracy, time.perf_counter() - tic)):
+        values = (train_loss, val_loss, val_accuracy, optimizer.param_groups[0]["lr"], time.perf_counter() - tic)
+        for name, value in zip(CURVE_COLUMNS, values):
             state["history"][name].append(value)
         state.update(epoch=epoch + 1, model=model.state_dict(), optimizer=optimizer.state_dict(),
                      scaler=scaler.state_dict())
         save_checkpoint(checkpoint, state)
         LOGGER.info("%s epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.3f%s", label, epoch + 1,
-                    settings.epochs, train_loss, val_loss, val_accuracy, " (best)" if improved else "")
-    model.load_state_dict(state["best_model"])
+                    total_epochs, train_loss, val_loss, val_accuracy, " (best)" if stopping and improved else "")
+    if stopping:
+        model.load_state_dict(state["best_model"])
     model.eval()
     return FoldResult(history=state["history"], best_epoch=state["best_epoch"], epochs_run=state["epoch"],
-                      early_stopped=state["epoch"] < settings.epochs, class_weights=weights.tolist(),
+                      early_stopped=state["epoch"] < total_epochs, class_weights=weights.tolist(),
                       seconds=time.perf_counter() - start)
-

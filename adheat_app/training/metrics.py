@@ -1,9 +1,17 @@
-"""Classification metrics and the shared group tables of cross-validation results.
+"""Classification metrics, the verdict against chance, and the shared group tables of cross-validation results.
 
 Both the CNN (:mod:`adheat_app.training`) and the SVM baseline
 (:mod:`adheat_app.baseline`) report through these functions, so their rows in
 ``group/cv_metrics.tsv`` and ``group/predictions.tsv`` are computed and
 formatted the same way.
+
+Each model's block of ``cv_metrics.tsv`` has one row per fold, the ``mean``
+and ``sd`` over folds, and a ``pooled`` row: the metrics of all out-of-fold
+predictions together, with the verdict of :func:`chance_verdict` — a bootstrap
+95 % interval of the pooled ROC AUC over subjects (``roc_auc_ci_low``,
+``roc_auc_ci_high``; chance is 0.5), the one-sided Mann-Whitney p-value of
+the positive subjects' scores being higher than the negative subjects'
+(``p_value``), and ``better_than_chance``: the interval lies above 0.5.
 """
 
 from __future__ import annotations
@@ -12,11 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import mannwhitneyu
 from sklearn.metrics import roc_auc_score
 
 from adheat_app.io import write_tsv
 
 METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
+#: Columns of the verdict against chance (``pooled`` row only).
+VERDICT = ("roc_auc_ci_low", "roc_auc_ci_high", "p_value", "better_than_chance")
+#: ROC AUC of a classifier that guesses.
+CHANCE_AUC = 0.5
 
 
 def classification_metrics(y_true, probability, threshold: float = 0.5) -> dict[str, float]:
@@ -53,17 +66,77 @@ def classification_metrics(y_true, probability, threshold: float = 0.5) -> dict[
     }
 
 
-def summarize_folds(model: str, fold_rows: list[dict]) -> pd.DataFrame:
-    """Per-fold metric rows of one model plus its ``mean`` and ``sd`` rows.
+def chance_verdict(predictions: pd.DataFrame, n_bootstrap: int, seed: int) -> dict[str, float | bool]:
+    """Whether pooled out-of-fold predictions separate the classes better than chance.
 
-    Each element of ``fold_rows`` holds ``fold``, ``n_test`` and the metrics.
+    Parameters
+    ----------
+    predictions : pandas.DataFrame
+        Out-of-fold predictions with columns ``subject``, ``target`` and
+        ``probability`` (several rows per subject for several sessions).
+    n_bootstrap : int
+        Bootstrap resamples of subjects for the interval.
+    seed : int
+        Seed of the resampling.
+
+    Returns
+    -------
+    dict
+        ``roc_auc_ci_low`` / ``roc_auc_ci_high``: percentile 95 % interval of
+        the pooled ROC AUC over subjects resampled with replacement (a subject's
+        sessions travel together; resamples holding one class are redrawn);
+        ``p_value``: one-sided Mann-Whitney U test of the positive subjects'
+        scores (mean probability over their sessions) exceeding the negative
+        subjects'; ``better_than_chance``: ``roc_auc_ci_low > 0.5``.
+    """
+    subjects = predictions["subject"].astype(str).to_numpy()
+    names, index = np.unique(subjects, return_inverse=True)
+    rows_of = [np.flatnonzero(index == i) for i in range(len(names))]
+    target = predictions["target"].to_numpy(int)
+    probability = predictions["probability"].to_numpy(float)
+    per_subject = pd.DataFrame({"s": index, "t": target, "p": probability}).groupby("s").mean()
+    positive, negative = per_subject["p"][per_subject["t"] == 1], per_subject["p"][per_subject["t"] == 0]
+    if len(positive) == 0 or len(negative) == 0:
+        return {"roc_auc_ci_low": float("nan"), "roc_auc_ci_high": float("nan"), "p_value": float("nan"),
+                "better_than_chance": False}
+    p_value = float(mannwhitneyu(positive, negative, alternative="greater").pvalue)
+    rng = np.random.default_rng(seed)
+    aucs = []
+    while len(aucs) < n_bootstrap:
+        rows = np.concatenate([rows_of[i] for i in rng.integers(0, len(names), len(names))])
+        if 0 < target[rows].sum() < len(rows):
+            aucs.append(roc_auc_score(target[rows], probability[rows]))
+    low, high = np.percentile(aucs, [2.5, 97.5]) if aucs else (float("nan"), float("nan"))
+    return {"roc_auc_ci_low": float(low), "roc_auc_ci_high": float(high), "p_value": p_value,
+            "better_than_chance": bool(low > CHANCE_AUC)}
+
+
+def summarize_folds(model: str, fold_rows: list[dict], predictions: pd.DataFrame, n_bootstrap: int,
+                    seed: int) -> pd.DataFrame:
+    """Per-fold metric rows of one model plus its ``mean``, ``sd`` and ``pooled`` rows.
+
+    Parameters
+    ----------
+    model : str
+        Model name (first column).
+    fold_rows : list of dict
+        Per fold: ``fold``, ``n_test`` and the metrics.
+    predictions : pandas.DataFrame
+        Every out-of-fold prediction of the model (``subject``, ``target``,
+        ``probability``): the ``pooled`` row and its :func:`chance_verdict`.
+    n_bootstrap, seed : int
+        Passed to :func:`chance_verdict`.
     """
     table = pd.DataFrame(fold_rows)
     table.insert(0, "model", model)
     numeric = table[list(METRICS)].astype(float)
+    n_test = int(table["n_test"].sum())
+    pooled = classification_metrics(predictions["target"], predictions["probability"])
     summary = pd.DataFrame([
-        {"model": model, "fold": "mean", "n_test": int(table["n_test"].sum()), **numeric.mean().to_dict()},
-        {"model": model, "fold": "sd", "n_test": int(table["n_test"].sum()), **numeric.std(ddof=1).to_dict()},
+        {"model": model, "fold": "mean", "n_test": n_test, **numeric.mean().to_dict()},
+        {"model": model, "fold": "sd", "n_test": n_test, **numeric.std(ddof=1).to_dict()},
+        {"model": model, "fold": "pooled", "n_test": len(predictions), **pooled,
+         **chance_verdict(predictions, n_bootstrap, seed)},
     ])
     return pd.concat([table.astype({"fold": str}), summary], ignore_index=True)
 

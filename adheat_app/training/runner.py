@@ -15,8 +15,11 @@ fold folder ``models/<model>/fold-<k>/``:
   settings or data retrains instead of reusing.
 
 Without ``--fold`` it then writes ``group/cv_metrics.tsv`` and
-``group/predictions.tsv`` (rows of this model replaced) and
-``group/desc-<model>_roc.png``. :func:`fold_dir` and :func:`load_fold_model`
+``group/predictions.tsv`` (rows of this model replaced),
+``group/desc-<model>_roc.png``, and the model's verdict against chance
+(:func:`adheat_app.training.metrics.chance_verdict`) as
+``models/<model>/verdict.json``, beside the fold models it judges, where the
+heatmap sidecars read it (:func:`read_verdict`). :func:`fold_dir` and :func:`load_fold_model`
 give later steps (heatmaps) the fold models.
 """
 
@@ -52,13 +55,29 @@ from adheat_app.volumes import cache_key, load_volumes
 
 LOGGER = logging.getLogger(__name__)
 
-NORMALISATION = "z-score inside the brain mask, per image (preprocessing); no further transform"
+#: What each ``--intensity-norm`` did to the model's inputs (model card).
+NORMALISATION = {
+    "whitematter": "divided by the median of the template's white matter, per image (preprocessing)",
+    "zscore": "z-score inside the brain mask, per image (preprocessing)",
+    "histogram": "histogram-matched to the template, then z-scored inside the brain mask (preprocessing)",
+}
 PREDICTION_COLUMNS = ("model", "fold", "subject", "session", "diagnosis", "target", "probability", "predicted")
 
 
 def fold_dir(config: RunConfig, k: int) -> Path:
     """Folder of fold ``k`` of ``--model``: ``models_dir/<model>/fold-<k>``."""
     return config.models_dir / config.training.model / f"fold-{k}"
+
+
+def verdict_path(models_dir: Path, model: str) -> Path:
+    """``models_dir/<model>/verdict.json``: the cross-validated model's verdict against chance."""
+    return Path(models_dir) / model / "verdict.json"
+
+
+def read_verdict(models_dir: Path, model: str) -> dict | None:
+    """The verdict of :func:`write_group_results` (None before every fold is trained and collected)."""
+    path = verdict_path(models_dir, model)
+    return read_json(path) if path.is_file() else None
 
 
 def load_fold_model(fold_dir: Path, device: torch.device) -> tuple[nn.Module, dict]:
@@ -72,8 +91,9 @@ def load_fold_model(fold_dir: Path, device: torch.device) -> tuple[nn.Module, di
 def train_settings(config: RunConfig) -> TrainSettings:
     """The :class:`TrainSettings` of a run configuration."""
     tr = config.training
-    return TrainSettings(epochs=tr.epochs, batch_size=tr.batch_size, learning_rate=tr.learning_rate,
-                         weight_decay=tr.weight_decay, patience=tr.patience, augment=tr.augment, amp=tr.amp,
+    return TrainSettings(epochs=tr.epochs, steps=tr.steps, batch_size=tr.batch_size, learning_rate=tr.learning_rate,
+                         weight_decay=tr.weight_decay, optimizer=tr.optimizer, schedule=tr.schedule,
+                         patience=tr.patience, input_noise=tr.input_noise, augment=tr.augment, amp=tr.amp,
                          seed=config.execution.seed)
 
 
@@ -121,7 +141,7 @@ def _model_card(config: RunConfig, cohort: Cohort, fold: Fold, model: nn.Module,
         "Parameters": sum(p.numel() for p in model.parameters()),
         "Input": {"Space": cohort.space, "Resolution": parse_resolution(cohort.res_label),
                   "ResLabel": cohort.res_label, "Shape": list(shape), "Layout": "N,1,X,Y,Z", "DType": "float32",
-                  "Normalisation": NORMALISATION},
+                  "Normalisation": NORMALISATION[config.preprocessing.intensity_norm]},
         "Output": "logits (N, 2); softmax index 1 = probability of the positive label",
         "Labels": {"0": tr.negative_label, "1": tr.positive_label},
         "LabelColumn": tr.label_column,
@@ -134,8 +154,9 @@ def _model_card(config: RunConfig, cohort: Cohort, fold: Fold, model: nn.Module,
         "TrainingKey": key,
         "Metrics": metrics,
         "Seed": config.execution.seed,
+        "Preset": tr.preset,
         "Training": {**dataclasses.asdict(train_settings(config)), "val_fraction": tr.val_fraction,
-                     "optimizer": "Adam", "loss": "cross-entropy, class-weighted",
+                     "loss": "cross-entropy, class-weighted", "early_stopping": tr.patience > 0,
                      "class_weights": result.class_weights, "device": device.type,
                      "amp": bool(tr.amp and device.type == "cuda")},
         "EpochsRun": result.epochs_run,
@@ -185,7 +206,7 @@ def write_group_results(config: RunConfig, derivs: Derivatives) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        This model's rows of ``group/cv_metrics.tsv`` (per fold, mean, sd).
+        This model's rows of ``group/cv_metrics.tsv`` (per fold, mean, sd, pooled with the verdict).
     """
     tr = config.training
     predictions = pd.concat([pd.read_csv(fold_dir(config, k) / "predictions.tsv", sep="\t",
@@ -193,14 +214,29 @@ def write_group_results(config: RunConfig, derivs: Derivatives) -> pd.DataFrame:
                             ignore_index=True)
     fold_rows = [{"fold": k, "n_test": len(rows), **classification_metrics(rows["target"], rows["probability"])}
                  for k, rows in predictions.groupby("fold", sort=True)]
-    table = summarize_folds(tr.model, fold_rows)
+    table = summarize_folds(tr.model, fold_rows, predictions, config.evaluation.n_bootstrap, config.execution.seed)
     group = derivs.root / "group"
     update_table(group / "cv_metrics.tsv", table, tr.model)
     update_table(group / "predictions.tsv", predictions, tr.model)
     plot_roc(predictions, tr.model, derivs.group_path("roc", ".png", desc=tr.model))
-    mean, sd = table.iloc[-2], table.iloc[-1]
-    LOGGER.info("%s cross-validation (%d folds): balanced accuracy %.3f +- %.3f, AUC %.3f +- %.3f", tr.model,
-                tr.folds, mean["balanced_accuracy"], sd["balanced_accuracy"], mean["roc_auc"], sd["roc_auc"])
+    mean, sd, pooled = (table[table["fold"] == name].iloc[0] for name in ("mean", "sd", "pooled"))
+    LOGGER.info("%s cross-validation (%d folds): balanced accuracy %.3f +- %.3f, AUC %.3f +- %.3f; pooled AUC %.3f "
+                "(95%% CI %.3f-%.3f, p = %.2g)", tr.model, tr.folds, mean["balanced_accuracy"],
+                sd["balanced_accuracy"], mean["roc_auc"], sd["roc_auc"], pooled["roc_auc"],
+                pooled["roc_auc_ci_low"], pooled["roc_auc_ci_high"], pooled["p_value"])
+    write_json(verdict_path(config.models_dir, tr.model), {
+        "Model": tr.model, "Folds": tr.folds, "NScans": int(pooled["n_test"]),
+        "PooledRocAuc": float(pooled["roc_auc"]),
+        "RocAucInterval": [float(pooled["roc_auc_ci_low"]), float(pooled["roc_auc_ci_high"])],
+        "IntervalMethod": f"percentile bootstrap over subjects, {config.evaluation.n_bootstrap} resamples, 95 %",
+        "PValue": float(pooled["p_value"]), "PValueMethod": "one-sided Mann-Whitney U on subject-mean scores",
+        "BetterThanChance": bool(pooled["better_than_chance"]),
+        "TrainingKeys": [read_json(fold_dir(config, k) / "model.json")["TrainingKey"] for k in range(tr.folds)]})
+    if not pooled["better_than_chance"]:
+        LOGGER.warning("%s is not better than chance: the 95%% interval of its pooled out-of-fold ROC AUC "
+                       "(%.3f-%.3f) includes 0.5; its heatmaps explain a model that has not learned to separate "
+                       "%s from %s", tr.model, pooled["roc_auc_ci_low"], pooled["roc_auc_ci_high"],
+                       tr.positive_label, tr.negative_label)
     return table
 
 
