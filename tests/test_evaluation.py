@@ -225,7 +225,10 @@ def test_group_maps_and_overlap(evaluated):
     sidecar = json.loads((group / "IG" / f"{grid}_label-ADincorrect_desc-IG_stat-mean_heatmap.json").read_text())
     assert sidecar["N"] == 1 and len(sidecar["Sources"]) == 1
     overlap = pd.read_csv(group / "overlap.tsv", sep="\t")
-    assert set(overlap["reference"]) == {"anatomicalprior", "simulation", "cohort"}
+    from adheat_app.evaluation.cohort_reference import cohort_paths
+
+    significant = np.asarray(nib.load(cohort_paths(derivs, cohort)["mask"]).dataobj).any()
+    assert set(overlap["reference"]) == {"anatomicalprior", "simulation"} | ({"cohort"} if significant else set())
     assert "builtin" not in (group / "overlap.json").read_text()
     auc = overlap[(overlap["metric"] == "roc_auc") & (overlap["reference"] == "simulation")
                   & (overlap["label"] == "all") & (overlap["kind"] == "method")
