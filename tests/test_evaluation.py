@@ -379,6 +379,10 @@ def test_meta_reference_from_foci_fwe_cluster_at_the_consistent_focus(tmp_path, 
     assert np.linalg.norm(centre - [-24, -10, -20]) < 4  # the only cluster is the consistent focus
     assert all(p.is_file() for p in meta_paths(derivs, cohort).values())
     assert "fewer than" not in caplog.text  # 20 experiments: no warning
+    write_synthetic_heatmaps(derivs, cohort, truth, methods=("Saliency",))
+    run_evaluation(config, derivs, cohort, truth.template)  # reuses the saved ALE and scores against it
+    overlap = pd.read_csv(derivs.root / "group" / "overlap.tsv", sep="\t")
+    assert {"meta", "anatomicalprior", "simulation"} <= set(overlap["reference"])
     one = tmp_path / "one.tsv"
     pd.DataFrame(rows[:6], columns=["study", "n_subjects", "x", "y", "z"]).to_csv(one, sep="\t", index=False)
     ref = meta_reference(config.replace("evaluation", reference_map=str(one), reference_threshold=0.001), derivs,
