@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -118,6 +119,7 @@ class _Scorer:
         self.scores: list[Scores] = []
 
     def points(self, mean: np.ndarray) -> list[dict]:
+        """Metrics of one map against every reference."""
         return [overlap_metrics(mean, b, c) for b, c in zip(self.binaries, self.continuous)]
 
     def subjects(self, method: str, kind: str, label: str, sign: str, maps: np.ndarray,
@@ -139,7 +141,7 @@ class _Scorer:
 
 
 def _svm_samples(scorer: _Scorer, volumes: np.ndarray, cohort: Cohort, mask: np.ndarray,
-                 weights_path) -> list[dict] | None:
+                 weights_path: Path) -> list[dict] | None:
     """Bootstrap scores of the SVM pattern on the label-``all`` resamples (None without a weight map)."""
     if not weights_path.is_file() or ALL not in scorer.keys:
         return None
