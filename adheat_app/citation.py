@@ -15,6 +15,7 @@ import string
 import sys
 from pathlib import Path
 
+from adheat_app.attribution.references import BLUR_FWHM_MM
 from adheat_app.bids import Derivatives, software_versions
 from adheat_app.config import RunConfig, TrainingOptions
 from adheat_app.io import write_text
@@ -89,6 +90,8 @@ def _training_text(tr: TrainingOptions) -> str:
 
 def render_citation(config: RunConfig, steps: set[str]) -> tuple[str, str]:
     """Render the Markdown methods text and the BibTeX of the given steps."""
+    from adheat_app.attribution.runner import selected_methods
+
     folder = boilerplate_dir()
     versions = software_versions()
     ex, pre, tr, hm = config.execution, config.preprocessing, config.training, config.heatmaps
@@ -103,8 +106,17 @@ def render_citation(config: RunConfig, steps: set[str]) -> tuple[str, str]:
                            "histogram": "normalised by histogram matching within the brain mask"}[pre.intensity_norm],
         "model": tr.model, "folds": tr.folds, "training_text": _training_text(tr), "seed": ex.seed,
         "positive": tr.positive_label, "negative": tr.negative_label,
-        "methods": ", ".join(hm.methods), "ig_steps": hm.ig_steps, "lrp_rule": hm.lrp_rule,
-        "target": hm.target, "n_bootstrap": config.evaluation.n_bootstrap,
+        "methods": ", ".join(selected_methods(hm.methods)), "ig_steps": hm.ig_steps, "lrp_rule": hm.lrp_rule,
+        "target_text": {"positive": f"the positive class ({tr.positive_label}) for every scan",
+                        "true": "each participant's true class", "predicted": "the predicted class"}[hm.target],
+        "output_text": {"difference": "the difference of the two logits (target minus other class)",
+                        "logit": "the target class's logit",
+                        "probability": "the target class's probability"}[hm.explain_output],
+        "ig_baseline_text": {"template": "the mean image of the fold's training scans", "zero": "zero",
+                             "blurred": f"the scan smoothed by a {BLUR_FWHM_MM:g} mm FWHM Gaussian"}[hm.ig_baseline],
+        "occlusion_fill_text": {"template": "the mean image of the fold's training scans",
+                                "zero": "zero"}[hm.occlusion_fill],
+        "n_bootstrap": config.evaluation.n_bootstrap,
         "reference_text": _reference_text(config),
     }
     text = (folder / "CITATION.md").read_text(encoding="utf-8")

@@ -110,7 +110,7 @@ class TrainingOptions:
     folds: int = option(5, "Number of cross-validation folds (split by subject, stratified).", type=int)
     fold: int | None = option(None, "Train only this fold (0-based), e.g. one scheduler job per fold.",
                               type=int)
-    steps: int = option(600, "Training budget in optimiser steps per fold, rounded up to whole epochs "
+    steps: int = option(300, "Training budget in optimiser steps per fold, rounded up to whole epochs "
                         "(a small cohort trains as long as a large one); 0 = train --epochs epochs.", type=int)
     epochs: int = option(30, "Training epochs per fold when --steps is 0 (the maximum, with early stopping).",
                          type=int)
@@ -122,7 +122,7 @@ class TrainingOptions:
     schedule: str = option("cosine", "Learning-rate schedule over the training budget: cosine (linear warm-up "
                            "over the first tenth of the steps, then cosine decay to 0) or constant.",
                            choices=("cosine", "constant"))
-    input_noise: float = option(0.5, "Standard deviation of the Gaussian noise added to the brain voxels of "
+    input_noise: float = option(1.0, "Standard deviation of the Gaussian noise added to the brain voxels of "
                                 "every training volume (in normalised intensity units: white matter = 1 with "
                                 "--intensity-norm whitematter); 0 = none.", type=float)
     patience: int = option(0, "Early stopping: epochs without validation-loss improvement (0 = no early "
@@ -139,21 +139,26 @@ class HeatmapOptions:
     """Heatmap (attribution) methods and their parameters."""
 
     methods: tuple[str, ...] = option(
-        ("IG", "LRP", "GGC", "Saliency", "GuidedBackprop"),
-        "Heatmap methods. Default: all but the slow ones (Occlusion, AreaOcclusion, "
-        "NoiseImportance). 'all' selects every method.", metavar="METHOD", type=str)
+        ("IG", "Saliency"),
+        "Heatmap methods. Default: the fast methods that found planted atrophy on simulated cohorts (docs/"
+        "training.md). 'wang2023' selects IG LRP GGC, 'rieke2018' Saliency GuidedBackprop Occlusion "
+        "AreaOcclusion, 'all' every method.", metavar="METHOD", type=str)
     models: str | None = option(None, "Folder of trained models (default: OUTPUT_DIR/models).",
                                 metavar="DIR", type=str)
-    target: str = option("true", "Class explained: the subject's true class (as Wang et al.), the "
-                         "predicted class, or always the positive class.",
-                         choices=("true", "predicted", "positive"))
+    target: str = option("positive", "Class explained: always the positive class (every map, and so every "
+                         "group mean including 'all', explains the same output), the subject's true class (as "
+                         "Wang et al.; group means then mix classes, which their sidecars record), or the "
+                         "predicted class.", choices=("positive", "true", "predicted"))
     explain_output: str = option(
         "difference", "Output explained by every method: the logit difference z_target - z_other (log-odds; "
         "free of the offset both logits share, never saturates), the target logit (as Wang et al.), or the "
         "target probability (as Rieke et al.; computed without float32 saturation, but its maps shrink as "
         "p(1-p) for confident subjects).", choices=("difference", "logit", "probability"))
     ig_steps: int = option(32, "Integrated Gradients: integration steps.", type=int)
-    ig_baseline: str = option("zero", "Integrated Gradients baseline image.", choices=("zero", "mean"))
+    ig_baseline: str = option(
+        "template", "Integrated Gradients baseline: the mean image of the fold's training scans (template), 0 "
+        "(zero: after per-brain z-scoring a flat brain at the subject's mean intensity, not black as in Wang et "
+        "al.), or the scan blurred by a 12 mm FWHM Gaussian.", choices=("template", "zero", "blurred"))
     lrp_rule: str = option("alphabeta", "LRP rule on conv/linear layers (BatchNorm is folded first): "
                            "alphabeta (alpha=1.5, beta=0.5, as Wang et al.), epsilon, or zplus.",
                            choices=("alphabeta", "epsilon", "zplus"))
@@ -161,6 +166,10 @@ class HeatmapOptions:
                                 type=float)
     occlusion_size: float = option(20.0, "Occlusion patch edge in mm (Rieke et al.: 40).", type=float)
     occlusion_stride: float = option(10.0, "Occlusion stride in mm.", type=float)
+    occlusion_fill: str = option(
+        "template", "Value occluded voxels get (Occlusion, AreaOcclusion): the fold's training mean image "
+        "(template; Rieke et al.'s 0 was the population mean of voxel-wise z-scored images) or 0 (zero: the "
+        "subject's mean brain intensity after per-brain z-scoring).", choices=("template", "zero"))
     noise_lambda: float = option(1e-3, "NoiseImportance: weight of the noise-maximising term.",
                                  type=float)
     noise_steps: int = option(100, "NoiseImportance: optimisation steps per subject.", type=int)

@@ -81,7 +81,7 @@ from scipy import ndimage, optimize
 from scipy.spatial.transform import Rotation
 
 from adheat_app import __version__
-from adheat_app.bids import Derivatives, sidecar_path
+from adheat_app.bids import Derivatives, T1wInput, sidecar_path
 from adheat_app.errors import EXIT_OK, EXIT_USAGE, InputError
 from adheat_app.io import save_nifti, write_json, write_text, write_tsv
 from adheat_app.templates import DEFAULT_SPACE, Template, get_atlas, get_template
@@ -515,6 +515,54 @@ def template_space_image(truth: GroundTruth, spec: SubjectSpec, individual: bool
     anatomy = subject_anatomy(truth, spec)
     y, factor = to_template(truth, anatomy, truth.grid_points(), individual)
     return (ndimage.map_coordinates(truth.intensity, truth.to_index(y), order=1) * factor).astype(np.float32)
+
+
+def write_template_space_derivatives(derivs: Derivatives, truth: GroundTruth, specs: Sequence[SubjectSpec],
+                                     intensity_norm: str = "whitematter", noise: float = 0.02,
+                                     seed: int = 0) -> list[T1wInput]:
+    """Write each simulated scan's template-space image where the participant level writes its output.
+
+    The "oracle" preprocessing: instead of simulating a native scan and
+    registering it, each session's image is the subject's template-space image
+    (:func:`template_space_image`: individual anatomy and planted atrophy) plus
+    Gaussian noise of SD ``noise`` (intensity units of ``truth.intensity``),
+    normalised by ``--intensity-norm`` inside the template brain mask, and
+    written with that mask as ``desc-preproc_T1w`` / ``desc-brain_mask``.
+    Training, heatmap and evaluation benchmarks and tests start from here in
+    seconds. The raw dataset (``derivs.bids_dir``) must come from
+    :func:`simulate_cohort` with the same ``specs``.
+
+    Returns
+    -------
+    list of T1wInput
+        The raw inputs the written images stand for, in the order of ``specs``.
+    """
+    from adheat_app.cohort import preproc_paths
+    from adheat_app.preprocess.intensity import normalise
+
+    template = truth.template
+    mask = template.mask_array().astype(bool)
+    template_data = np.asarray(template.t1w.dataobj, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    inputs = []
+    for spec in specs:
+        image = template_space_image(truth, spec)
+        for session in range(spec.sessions):
+            ses = spec.session_label(session)
+            folder = derivs.bids_dir / spec.participant_id / (f"ses-{ses}" if ses else "") / "anat"
+            name = spec.participant_id + (f"_ses-{ses}" if ses else "") + "_T1w.nii.gz"
+            t1w = T1wInput(spec.label, ses, folder / name)
+            noisy = image + rng.normal(0, noise, image.shape).astype(np.float32)
+            data = normalise(noisy, mask, intensity_norm, template_data, mask)
+            img_path, mask_path = preproc_paths(derivs, t1w, template.space, template.res_label)
+            sources = [derivs.source_uri(t1w.path)]
+            derivs.write_image(img_path, _nifti(data, template.affine, 4),
+                               {"Sources": sources, "SkullStripped": True, "IntensityNormalization": intensity_norm,
+                                "Description": "simulated template-space image (no registration)"})
+            derivs.write_image(mask_path, _nifti(mask.astype(np.uint8), template.affine, 4),
+                               {"Sources": sources, "Type": "Brain"})
+            inputs.append(t1w)
+    return inputs
 
 
 def _native_grid(truth: GroundTruth, anatomy: SubjectAnatomy, rng: np.random.Generator

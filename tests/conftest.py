@@ -133,9 +133,10 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
     """A simulated cohort whose *preprocessed* derivatives are written directly, without registration.
 
     The raw BIDS dataset and its ground truth come from :func:`adheat_app.simulate.simulate_cohort`;
-    the template-space images are the simulator's own template-space subjects (individual anatomy,
-    planted atrophy, Gaussian noise), z-scored inside the template mask and written where the
-    participant level writes them. Training, heatmap and evaluation tests start from here in seconds.
+    the template-space images are the simulator's own (individual anatomy, planted atrophy, Gaussian noise),
+    normalised by the configured ``--intensity-norm`` and written where the participant level writes them
+    (:func:`adheat_app.simulate.write_template_space_derivatives`). Training, heatmap and evaluation tests start
+    from here in seconds.
 
     Parameters
     ----------
@@ -148,14 +149,13 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
         ``(config, derivs, cohort, truth)`` where ``truth`` is the simulator's :class:`GroundTruth`.
     """
     from adheat_app import simulate
-    from adheat_app.bids import Derivatives, T1wInput
-    from adheat_app.cohort import load_cohort, preproc_paths
+    from adheat_app.bids import Derivatives
+    from adheat_app.cohort import load_cohort
     from adheat_app.config import build_config
 
     bids_dir = simulate.simulate_cohort(root / "bids", n_subjects=n_subjects, resolution=resolution, seed=seed,
                                         effect_size=effect_size, null=null, sessions=sessions, n_mci=n_mci)
     truth = simulate.build_ground_truth(resolution)
-    template = truth.template
     sections: dict[str, dict] = {"execution": {"resolution": resolution, "seed": seed, "nprocs": 1,
                                                "omp_nthreads": 1}}
     for key, value in options.items():
@@ -164,26 +164,9 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
     config = build_config(bids_dir, root / "out", ("group",), {}, sections)
     derivs = Derivatives(config.output_dir, bids_dir)
     derivs.initialize()
-    from adheat_app.preprocess.intensity import normalise
-
-    mask = template.mask_array().astype(bool)
-    template_data = np.asarray(template.t1w.dataobj, dtype=np.float32)
     specs = simulate.plan_cohort(n_subjects, seed=seed, effect_size=effect_size, null=null, n_mci=n_mci,
                                  sessions=sessions)
-    rng = np.random.default_rng(seed)
-    inputs = []
-    for spec in specs:
-        image = simulate.template_space_image(truth, spec)
-        for session in range(sessions):
-            ses = spec.session_label(session)
-            t1w = T1wInput(spec.label, ses, bids_dir / f"sub-{spec.label}" / "anat" / f"sub-{spec.label}_T1w.nii.gz")
-            noisy = image + rng.normal(0, 0.02, image.shape).astype(np.float32)
-            data = normalise(noisy, mask, config.preprocessing.intensity_norm, template_data, mask)
-            img_path, mask_path = preproc_paths(derivs, t1w, template.space, template.res_label)
-            derivs.write_image(img_path, nib.Nifti1Image(data, template.affine),
-                               {"Sources": [derivs.source_uri(t1w.path)], "SkullStripped": True})
-            derivs.write_image(mask_path, nib.Nifti1Image(mask.astype(np.uint8), template.affine),
-                               {"Sources": [derivs.source_uri(t1w.path)], "Type": "Brain"})
-            inputs.append(t1w)
+    inputs = simulate.write_template_space_derivatives(derivs, truth, specs, config.preprocessing.intensity_norm,
+                                                       seed=seed)
     cohort = load_cohort(config, derivs, inputs)
     return config, derivs, cohort, truth

@@ -131,7 +131,7 @@ def test_ig_is_complete_and_equals_captum(prepared, output):
     """
     model = random_model(seed=3)
     x, targets = volumes(2), torch.tensor([1, 0])
-    ig = METHODS["IG"](HeatmapOptions(ig_steps=64, explain_output=output), context(batch=5))
+    ig = METHODS["IG"](HeatmapOptions(ig_steps=64, explain_output=output, ig_baseline="zero"), context(batch=5))
     prepared_model = ig.prepare(model, x[:1]) if prepared else model
     assert isinstance(prepared_model, InputSplit) is prepared
     maps = ig.attribute(prepared_model, x, targets, ["a", "b"])
@@ -145,6 +145,37 @@ def test_ig_is_complete_and_equals_captum(prepared, output):
     reference = IntegratedGradients(OutputModel(model, output)).attribute(x, target=targets, n_steps=64,
                                                                           internal_batch_size=16)
     np.testing.assert_allclose(maps.numpy(), reference[:, 0].numpy(), atol=1e-5 * float(reference.abs().max()))
+
+
+@pytest.mark.parametrize("baseline", ["template", "blurred"])
+def test_ig_baselines_are_complete_equal_captum_and_report_their_convergence(baseline, caplog):
+    """template: the given training mean; blurred: each scan smoothed (12 mm FWHM). Both complete and equal to captum.
+
+    IGConvergenceDelta = |sum - (f(x) - f(baseline))| is recorded per scan; with 2 steps it exceeds 5 % and is warned.
+    """
+    model = random_model(seed=3)
+    x, targets = volumes(2), torch.tensor([1, 0])
+    template = volumes(1, seed=21)[0, 0]
+    ig = METHODS["IG"](HeatmapOptions(ig_steps=64, ig_baseline=baseline), context(batch=5))
+    maps = ig.attribute(ig.prepare(model, x[:1]), x, targets, ["a", "b"], template=template)
+    if baseline == "template":
+        base = template[None, None].expand_as(x)
+    else:
+        base = ig.baseline(x, None)
+        assert base.shape == x.shape and float((base[0] - base[1]).abs().max()) > 0  # one baseline per scan
+        assert float(base.std()) < 0.5 * float(x.std())  # smoothed
+    reference = IntegratedGradients(OutputModel(model, "difference")).attribute(
+        x, baselines=base, target=targets, n_steps=64, internal_batch_size=16)
+    np.testing.assert_allclose(maps.numpy(), reference[:, 0].numpy(), atol=1e-5 * float(reference.abs().max()))
+    change = explained(model(x), targets, "difference") - explained(model(base), targets, "difference")
+    for i, key in enumerate(["a", "b"]):
+        delta = ig.diagnostics[key]["IGConvergenceDelta"]
+        assert delta == pytest.approx(abs(float(maps[i].sum()) - float(change[i])), rel=1e-3, abs=1e-6)
+        assert ig.diagnostics[key]["IGConvergenceDeltaRelative"] < 0.05
+    coarse = METHODS["IG"](HeatmapOptions(ig_steps=2, ig_baseline=baseline), context(batch=5))
+    with caplog.at_level("WARNING"):
+        coarse.attribute(model, x, targets, ["a", "b"], template=template)
+    assert coarse.diagnostics["a"]["IGConvergenceDeltaRelative"] > 0.05 and "raise --ig-steps" in caplog.text
 
 
 def test_ig_split_refuses_a_model_that_reuses_its_input():
@@ -445,7 +476,7 @@ def test_a_confident_model_gets_informative_maps(name):
                 return [labels == value for value in range(1, int(labels.max()) + 1)]
 
         method = Regions(options, context(batch=4))
-    maps = method.attribute(method.prepare(model, x[:1]), x, targets, ["a", "b"])
+    maps = method.attribute(method.prepare(model, x[:1]), x, targets, ["a", "b"], template=x.mean(0)[0])
     for row in maps:
         assert float(row.abs().max()) > 0
         if name == "NoiseImportance":
@@ -465,7 +496,7 @@ def test_probability_output_does_not_saturate_either(name):
     model, targets = confident_model(x)
     options = HeatmapOptions(occlusion_size=24.0, occlusion_stride=16.0)
     maps = {output: METHODS[name](HeatmapOptions(**{**dataclasses.asdict(options), "explain_output": output}),
-                                  context(batch=4)).attribute(model, x, targets, ["a", "b"])
+                                  context(batch=4)).attribute(model, x, targets, ["a", "b"], template=x.mean(0)[0])
             for output in ("probability", "difference")}
     for row, reference in zip(maps["probability"], maps["difference"]):
         assert float(row.abs().max()) > 0
@@ -487,25 +518,29 @@ def test_lrp_splits_residual_sums_instead_of_doubling_them():
     assert torch.all(ratio < 1.5), ratio  # counted twice at each of three residual sums: ratio ~ 8
 
 
+@pytest.mark.parametrize("fill", ["template", "zero"])
 @pytest.mark.parametrize("prepared", [True, False], ids=["split-at-input-layer", "whole-model"])
 @pytest.mark.parametrize("padding", [0, 1], ids=["valid", "padded"])
-def test_occlusion_equals_captum_clipped(prepared, padding):
-    """Prepared on the CPU, rows are built at the input layer's output; both ways equal captum."""
+def test_occlusion_equals_captum_clipped(prepared, padding, fill):
+    """Prepared on the CPU, rows are built at the input layer's output; both ways equal captum (same fill)."""
     model = random_model(seed=7, padding=padding)
     x, targets = volumes(2), torch.tensor([1, 0])
-    options = HeatmapOptions(occlusion_size=24.0, occlusion_stride=16.0)
+    template = volumes(1, seed=21)[0, 0]
+    options = HeatmapOptions(occlusion_size=24.0, occlusion_stride=16.0, occlusion_fill=fill)
     method = METHODS["Occlusion"](options, context(batch=7))
     prepared_model = method.prepare(model, x[:1]) if prepared else model
     assert isinstance(prepared_model, InputSplit) is prepared
-    ours = method.attribute(prepared_model, x, targets, ["a", "b"])
-    reference = CaptumOcclusion(OutputModel(model, "difference")).attribute(x, sliding_window_shapes=(1, 6, 6, 6), strides=(1, 4, 4, 4),
-                                                      baselines=0, target=targets)
+    ours = method.attribute(prepared_model, x, targets, ["a", "b"], template=template)
+    baselines = template[None, None].expand_as(x) if fill == "template" else 0
+    reference = CaptumOcclusion(OutputModel(model, "difference")).attribute(
+        x, sliding_window_shapes=(1, 6, 6, 6), strides=(1, 4, 4, 4), baselines=baselines, target=targets)
     assert float(ours.max()) > 1e-3
     np.testing.assert_allclose(ours.numpy(), reference[:, 0].clamp(min=0).numpy(), atol=1e-6)
 
 
+@pytest.mark.parametrize("fill", ["template", "zero"])
 @pytest.mark.parametrize("prepared", [True, False], ids=["split-at-input-layer", "whole-model"])
-def test_area_occlusion_equals_captum_feature_ablation(prepared):
+def test_area_occlusion_equals_captum_feature_ablation(prepared, fill):
     """Irregular regions (one touching the border): the drop painted into each region, as captum's FeatureAblation."""
     labels = torch.ones(GRID, dtype=torch.long)
     labels[4:9, 3:15, 2:7] = 2
@@ -519,11 +554,13 @@ def test_area_occlusion_equals_captum_feature_ablation(prepared):
 
     model = random_model(seed=11, padding=1)
     x, targets = volumes(2), torch.tensor([0, 1])
-    method = Regions(HeatmapOptions(), context(batch=3))
+    template = volumes(1, seed=21)[0, 0]
+    method = Regions(HeatmapOptions(occlusion_fill=fill), context(batch=3))
     prepared_model = method.prepare(model, x[:1]) if prepared else model
-    ours = method.attribute(prepared_model, x, targets, ["a", "b"])
-    reference = FeatureAblation(OutputModel(model, "difference")).attribute(x, target=targets, baselines=0,
-                                                       feature_mask=labels[None, None])
+    ours = method.attribute(prepared_model, x, targets, ["a", "b"], template=template)
+    baselines = template[None, None].expand_as(x) if fill == "template" else 0
+    reference = FeatureAblation(OutputModel(model, "difference")).attribute(
+        x, target=targets, baselines=baselines, feature_mask=labels[None, None])
     assert float(ours.max()) > 1e-3
     np.testing.assert_allclose(ours.numpy(), reference[:, 0].clamp(min=0).numpy(), atol=1e-6)
 
@@ -536,9 +573,10 @@ def test_maps_do_not_depend_on_batch_composition(name):
     options = HeatmapOptions(ig_steps=6, noise_steps=3, occlusion_size=32.0, occlusion_stride=32.0)
     method = METHODS[name](options, context(batch=4))
     model = method.prepare(model, x[:1])
-    together = method.attribute(model, x, targets, keys)
-    alone = method.attribute(model, x[3:4], targets[3:4], keys[3:4])
-    reordered = method.attribute(model, x[[3, 0]], targets[[3, 0]], [keys[3], keys[0]])
+    template = volumes(1, seed=21)[0, 0]
+    together = method.attribute(model, x, targets, keys, template=template)
+    alone = method.attribute(model, x[3:4], targets[3:4], keys[3:4], template=template)
+    reordered = method.attribute(model, x[[3, 0]], targets[[3, 0]], [keys[3], keys[0]], template=template)
     assert together.shape == (5, *GRID)
     assert torch.equal(together[3], alone[0]) and torch.equal(together[3], reordered[0])
     assert torch.equal(together[0], reordered[1])
@@ -598,7 +636,9 @@ def relevance_ratio(maps: np.ndarray, region: np.ndarray, brain: np.ndarray) -> 
 
 def ground_truth_ratios(tmp_path_factory, null: bool) -> tuple[dict[str, float], float]:
     root = tmp_path_factory.mktemp("null" if null else "planted")
-    _, derivs, cohort, truth = make_preprocessed_cohort(root, n_subjects=12, seed=1, effect_size=0.4, null=null)
+    # z-scored inputs, the scale train_tiny's noise is set for (the product's defaults are tested in test_defaults)
+    _, derivs, cohort, truth = make_preprocessed_cohort(root, n_subjects=12, seed=1, effect_size=0.4, null=null,
+                                                        preprocessing__intensity_norm="zscore")
     model, x, y = train_tiny(cohort, root / "work")
     accuracy = float((model(x).argmax(1) == y).float().mean())
     ad = y == 1
@@ -607,7 +647,8 @@ def ground_truth_ratios(tmp_path_factory, null: bool) -> tuple[dict[str, float],
     ratios = {}
     for name in GROUND_TRUTH:
         method = METHODS[name](options, context(batch=8))
-        maps = method.attribute(method.prepare(model, x[:1]), x[ad], y[ad], [""] * int(ad.sum()))
+        maps = method.attribute(method.prepare(model, x[:1]), x[ad], y[ad], [""] * int(ad.sum()),
+                                template=x.mean(0)[0])  # the model was trained on every scan
         ratios[name] = relevance_ratio(maps.numpy(), truth.region, brain)
     return ratios, accuracy
 
@@ -629,7 +670,7 @@ def test_heatmaps_find_nothing_in_a_null_cohort(tmp_path_factory):
 
 # --------------------------------------------------------------------------- runner
 
-RUN = {"training__model": "resnet3d", "training__folds": 2, "training__epochs": 3, "training__patience": 3,
+RUN = {"training__model": "resnet3d", "training__folds": 2, "training__steps": 0, "training__epochs": 3,
        "training__batch_size": 4, "training__learning_rate": 1e-3,
        "heatmaps__methods": ("IG", "LRP", "GGC", "Saliency", "GuidedBackprop", "Occlusion", "NoiseImportance"),
        "heatmaps__ig_steps": 8, "heatmaps__noise_steps": 3, "heatmaps__occlusion_size": 80.0,
@@ -684,8 +725,7 @@ def test_group_heatmaps_are_out_of_fold_with_complete_sidecars(trained):
             side = read_json(sidecar_path(path))
             assert side["Fold"] == test_fold.get(scan.subject, "mean")
             assert side["Method"] == name and side["Model"] == "resnet3d" and side["Signed"] == METHODS[name].signed
-            assert side["TargetClass"] == (scan.target if scan.target is not None
-                                           else int(side["PredictedProbability"] >= 0.5))
+            assert side["TargetClass"] == 1  # --target positive (default)
             assert 0 <= side["PredictedProbability"] <= 1 and side["TrueLabel"] == scan.diagnosis
             for key in ("Parameters", "Seed", "Software", "WallTimeSeconds", "Sources", "TargetLabel"):
                 assert key in side
@@ -694,6 +734,17 @@ def test_group_heatmaps_are_out_of_fold_with_complete_sidecars(trained):
             assert side["AllZero"] is (not np.any(np.asarray(img.dataobj)))
     mci = [s for s in cohort.scans if s.diagnosis == "MCI"]
     assert mci and read_json(sidecar_path(heatmap_path(derivs, cohort, mci[0], "IG")))["FoldsAveraged"] == [0, 1]
+    for scan in cohort.scans:  # the fold mean (MCI) records the larger delta of its fold models
+        assert read_json(sidecar_path(heatmap_path(derivs, cohort, scan, "IG")))["IGConvergenceDelta"] >= 0
+    for k in (0, 1):  # the 'template' baseline and fill: the mean of the fold's training scans only
+        split = read_split(fold_dir(config, k))
+        train = set(split.loc[split["set"] == "train", "subject"])
+        path = fold_dir(config, k) / "training_mean.nii.gz"
+        expected = np.mean([np.asarray(nib.load(s.image).dataobj, np.float64) for s in cohort.scans
+                            if s.subject in train], axis=0)
+        np.testing.assert_allclose(np.asarray(nib.load(path).dataobj), expected, atol=5e-3)  # float16 cache
+        assert read_json(sidecar_path(path))["NScans"] == len(train)
+        assert not train & {s for s, fold in test_fold.items() if fold == k}
 
 
 @pytest.mark.slow
@@ -717,20 +768,49 @@ def test_participant_and_group_paths_write_identical_files_and_reruns_skip(train
 
 
 @pytest.mark.slow
-def test_sanity_check_reports_rank_correlations(trained, tmp_path):
+def test_sanity_check_draws_scans_from_every_fold_and_compares_with_the_input(trained, tmp_path):
+    """10 scans, 5 from each fold's test set, each fold model randomised; similarity to trained maps and to |input|."""
     config, derivs, cohort = trained
-    config2, derivs2, cohort2 = participant_copy(config, derivs, cohort, cohort.labelled[:4], tmp_path / "out3")
+    config2, derivs2, cohort2 = participant_copy(config, derivs, cohort, cohort.labelled, tmp_path / "out3")
     config2 = config2.replace("heatmaps", methods=("Saliency", "GGC"), sanity_check=True)
     run_heatmaps(config2, derivs2, cohort2)
-    table = pd.read_csv(derivs2.root / "group" / "sanity_check.tsv", sep="\t")
+    table = pd.read_csv(derivs2.root / "group" / "sanity_check.tsv", sep="\t", keep_default_na=False)
     assert set(table["method"]) == {"Saliency", "GGC"}
-    assert {"layer", "spearman", "flagged", "step"} <= set(table.columns)
+    assert {"layer", "spearman", "spearman_input", "drop_layer", "flagged", "step"} <= set(table.columns)
+    assert (table["n_scans"] == 10).all() and (table["folds"].astype(str) == "0,1").all()
     assert (table.groupby("method")["step"].max() == 11).all()  # resnet3d: 10 convolutions and 1 linear
     saliency = table[table["method"] == "Saliency"]
+    assert saliency["layer"].iloc[0] == "trained" and saliency["spearman"].iloc[0] == pytest.approx(1.0)
     assert saliency["spearman"].iloc[-1] < 0.9 and not saliency["flagged"].any()
-    checked = [s for s in cohort2.scans
-               if "SanityCheck" in read_json(sidecar_path(heatmap_path(derivs2, cohort2, s, "Saliency")))]
-    assert checked
+    below = saliency.loc[(saliency["step"] > 0) & (saliency["spearman"] < 0.5), "layer"]
+    assert saliency["drop_layer"].iloc[0] == below.iloc[0]  # the first randomised layer below 0.5
+    assert table["spearman_input"].between(-1, 1).all()
+    sides = [read_json(sidecar_path(heatmap_path(derivs2, cohort2, s, "Saliency"))) for s in cohort2.labelled]
+    checks = [side["SanityCheck"] for side in sides if "SanityCheck" in side]
+    assert len(checks) == 10 and {"Layers", "InputSimilarity", "DropBelowHalfAt", "Flagged"} <= set(checks[0])
+    assert len(checks[0]["Layers"]) == 11 and len(checks[0]["InputSimilarity"]) == 12
+
+
+@pytest.mark.slow
+def test_group_maps_say_which_classes_they_explain(trained, tmp_path, caplog):
+    """--target positive (default): 'all' averages explanations of the positive class only; --target true mixes
+    AD-class maps of AD scans with CN-class maps of CN scans, and the group map says so."""
+    from adheat_app.evaluation.group_maps import load_method
+    from adheat_app.templates import get_template
+
+    config, derivs, cohort = trained
+    template = get_template(config.execution.resolution, cohort.space)
+    maps = load_method(derivs, cohort, template, "Saliency", {})
+    n_ad = sum(s.diagnosis == "AD" for s in cohort.scans)
+    n_labelled = len(cohort.labelled)
+    assert maps.target_classes("all") == {"AD": n_labelled} and maps.target_classes("CN") == {"AD": n_labelled - n_ad}
+    config2, derivs2, cohort2 = participant_copy(config, derivs, cohort, cohort.labelled[:4], tmp_path / "out5")
+    run_heatmaps(config2.replace("heatmaps", methods=("Saliency",), target="true"), derivs2, cohort2)
+    with caplog.at_level("WARNING"):
+        mixed = load_method(derivs2, cohort2, template, "Saliency", {})
+    counts = {label: sum(s.diagnosis == label for s in cohort2.labelled) for label in ("AD", "CN")}
+    assert mixed.target_classes("all") == counts and min(counts.values()) > 0
+    assert "averages explanations of different classes" in caplog.text
 
 
 @pytest.mark.slow

@@ -184,6 +184,9 @@ def test_citation_names_the_steps_present(tiny_bids, tmp_path):
     assert "N4" in text and "deepbet" in text and "Heatmaps" not in text and "${" not in text
     assert "@article{tustison2010n4," in bib and "sundararajan2017axiomatic" not in bib
     full, full_bib = render_citation(config, {"always", "preprocessing", "training", "heatmaps", "evaluation"})
+    own = full[full.index("adheat's own implementations") - 700:full.index("call Captum")]
+    assert all(name in own for name in ("Integrated Gradients", "layer-wise relevance", "occlusion", "Grad-CAM"))
+    assert "the positive class (AD) for every scan" in full and "difference of the two logits" in full
     cited = set(__import__("re").findall(r"@([A-Za-z0-9_:-]+)", full))
     assert cited and all(f"{{{key}," in full_bib for key in cited)
     d = Derivatives(tmp_path / "out", tiny_bids)

@@ -29,8 +29,8 @@ pytestmark = pytest.mark.slow
 
 METHODS = ("IG", "LRP", "GGC", "Saliency", "GuidedBackprop", "Occlusion", "AreaOcclusion", "NoiseImportance")
 COMMON = ["--resolution", "4", "--skip-bids-validation", "--nprocs", "2", "--omp-nthreads", "1", "--seed", "3"]
-GROUP = ["--model", "resnet3d", "--folds", "3", "--epochs", "12", "--patience", "12", "--batch-size", "4",
-         "--learning-rate", "1e-3", "--methods", *METHODS, "--noise-steps", "10", "--occlusion-size", "24",
+#: The default training but for the number of folds (12 subjects), every method, cheaper slow methods.
+GROUP = ["--folds", "3", "--methods", *METHODS, "--noise-steps", "10", "--occlusion-size", "24",
          "--occlusion-stride", "24", "--n-bootstrap", "50"]
 
 

@@ -1,7 +1,7 @@
-"""Brain-area occlusion (Rieke et al. 2018): one AAL3 region at a time is set to 0.
+"""Brain-area occlusion (Rieke et al. 2018): one AAL3 region at a time is filled (``--occlusion-fill``).
 
 Relevance of a region = drop of the explained output (``--explain-output``) when the scan is
-multiplied by ``1 - region mask``, clipped at 0 and painted into the region.
+filled inside the region (zeros, or the fold's training mean image), clipped at 0 and painted into the region.
 Regions come from :func:`adheat_app.templates.get_atlas` (AAL3 on the analysis
 grid); voxels outside every region get 0.
 """
@@ -24,7 +24,7 @@ class AreaOcclusion(Ablation):
 
     def parameters(self) -> dict:
         """Atlas, fill value and output explained."""
-        return {"Atlas": self.atlas, "Fill": 0.0, "Output": self.output, "ClippedAtZero": True}
+        return {"Atlas": self.atlas, "Fill": self.options.occlusion_fill, "Output": self.output, "ClippedAtZero": True}
 
     def occluded_sets(self, shape: tuple[int, int, int], device: torch.device) -> list[Occluded]:
         """One boolean mask per atlas region present on the grid."""

@@ -132,10 +132,11 @@ def pad_targets(targets: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat([targets, targets.new_zeros(batch - len(targets))]) if len(targets) < batch else targets
 
 
-def class_logits(model: nn.Module, volumes: torch.Tensor, context: MethodContext) -> torch.Tensor:
-    """Logits ``(N, 2)`` of every row, computed in padded passes without gradients."""
+def class_logits(model: nn.Module, volumes: torch.Tensor, context: MethodContext, amp: bool = True
+                 ) -> torch.Tensor:
+    """Logits ``(N, 2)`` of every row, computed in padded passes without gradients (``amp``: as ``context.amp``)."""
     out = torch.empty((len(volumes), 2), device=volumes.device)
-    with torch.inference_mode(), torch.autocast(context.device.type, enabled=context.amp):
+    with torch.inference_mode(), torch.autocast(context.device.type, enabled=context.amp and amp):
         for index, rows in padded_batches(len(volumes), context.batch, lambda i: volumes[i]):
             out[index] = model(rows).float()[: len(index)]
     return out
@@ -173,6 +174,13 @@ class Method(ABC):
     def __init__(self, options: HeatmapOptions, context: MethodContext):
         self.options = options
         self.context = context
+        #: Per-scan values for the sidecar by scan key, filled by :meth:`attribute` (e.g. IG's completeness).
+        self.diagnostics: dict[str, dict] = {}
+
+    @property
+    def needs_template(self) -> bool:
+        """Whether :meth:`attribute` needs the fold's training mean image (``template``)."""
+        return False
 
     @property
     def output(self) -> str:
@@ -196,8 +204,8 @@ class Method(ABC):
         return model
 
     @abstractmethod
-    def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str]
-                  ) -> torch.Tensor:
+    def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str],
+                  template: torch.Tensor | None = None) -> torch.Tensor:
         """Heatmaps of ``volumes`` for their ``targets``.
 
         Parameters
@@ -210,7 +218,10 @@ class Method(ABC):
         targets : torch.Tensor
             ``(N,)`` int64 class explained per volume.
         keys : list of str
-            Scan keys (per-scan seeds of stochastic methods).
+            Scan keys (per-scan seeds of stochastic methods, keys of :attr:`diagnostics`).
+        template : torch.Tensor, optional
+            ``(X, Y, Z)`` mean image of the model's training scans (methods whose
+            :attr:`needs_template` is true).
 
         Returns
         -------
@@ -241,8 +252,8 @@ class GradientMethod(Method):
     def explain(self, model: nn.Module, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Maps ``(B, 1, X, Y, Z)`` of one full pass (``targets`` already padded)."""
 
-    def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str]
-                  ) -> torch.Tensor:
+    def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str],
+                  template: torch.Tensor | None = None) -> torch.Tensor:
         """Heatmaps, one padded pass of ``context.batch`` scans at a time."""
         out = torch.empty((len(volumes), *volumes.shape[2:]), device=volumes.device)
         for index, rows in padded_batches(len(volumes), self.context.batch, lambda i: volumes[i]):

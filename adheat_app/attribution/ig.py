@@ -25,12 +25,20 @@ captum's speed with the split and without it, measured). Models whose input is
 used past their first convolution, and models passed without preparing, are
 integrated through the whole model.
 
-Baselines: ``zero`` (Wang et al.) or ``mean``: the template T1w z-scored inside
-its brain mask, a population-average brain on the same intensity scale as the
-preprocessed scans.
+Baselines (``--ig-baseline``, :mod:`.references`): ``zero`` (Wang et al.'s
+choice, here a flat brain at the subject's mean intensity), ``template`` (the
+mean image of the fold's training scans) or ``blurred`` (the scan smoothed).
+
+Completeness: the attributions of a scan sum to ``f(x) - f(baseline)`` up to
+the quadrature error. That error, ``|sum - (f(x) - f(baseline))|``, is
+recorded per scan (:attr:`IG.diagnostics`: ``IGConvergenceDelta`` and its
+ratio to ``|f(x) - f(baseline)|``); above :data:`DELTA_WARNING` of it a
+warning suggests more ``--ig-steps``.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
@@ -39,22 +47,17 @@ from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import nn
 
 from adheat_app.attribution import METHODS
-from adheat_app.attribution.base import Method, pad_targets, padded_batches
+from adheat_app.attribution.base import Method, class_logits, pad_targets, padded_batches
 from adheat_app.attribution.canonize import InputSplit, split_on_cpu
 from adheat_app.attribution.output import explained
-from adheat_app.templates import get_template
+from adheat_app.attribution.references import BLUR_FWHM_MM, blurred
 
 #: captum's default quadrature.
 QUADRATURE = "gausslegendre"
+#: Completeness error, relative to ``|f(x) - f(baseline)|``, above which a scan is warned about.
+DELTA_WARNING = 0.05
 
-
-def mean_baseline(resolution: float, space: str) -> np.ndarray:
-    """The template T1w z-scored inside its brain mask (zero outside)."""
-    template = get_template(resolution, space)
-    data = np.asarray(template.t1w.dataobj, dtype=np.float32)
-    mask = template.mask_array()
-    values = data[mask]
-    return np.where(mask, (data - values.mean()) / values.std(), 0).astype(np.float32)
+LOGGER = logging.getLogger(__name__)
 
 
 @METHODS.register("IG")
@@ -66,34 +69,61 @@ class IG(Method):
 
     def parameters(self) -> dict:
         """Steps, baseline, quadrature and output explained."""
-        return {"Steps": self.options.ig_steps, "Baseline": self.options.ig_baseline, "Method": QUADRATURE,
-                "Output": self.output}
+        params = {"Steps": self.options.ig_steps, "Baseline": self.options.ig_baseline, "Method": QUADRATURE,
+                  "Output": self.output}
+        if self.options.ig_baseline == "blurred":
+            params["BlurFWHMmm"] = BLUR_FWHM_MM
+        return params
 
-    def baseline(self, volumes: torch.Tensor) -> torch.Tensor:
-        """Baseline image ``(1, 1, X, Y, Z)``."""
+    @property
+    def needs_template(self) -> bool:
+        """Whether the baseline is the fold's training mean."""
+        return self.options.ig_baseline == "template"
+
+    def baseline(self, volumes: torch.Tensor, template: torch.Tensor | None) -> torch.Tensor:
+        """Baseline images: ``(1, 1, X, Y, Z)`` shared (zero, template) or ``(N, 1, X, Y, Z)`` (blurred)."""
         if self.options.ig_baseline == "zero":
             return torch.zeros_like(volumes[:1])
-        image = torch.from_numpy(mean_baseline(self.context.resolution, self.context.space))
-        return image.to(volumes.device)[None, None]
+        if self.options.ig_baseline == "blurred":
+            return blurred(volumes, self.context.resolution)
+        if template is None:
+            raise ValueError("--ig-baseline template needs the fold's training mean image")
+        return template.to(volumes.device).reshape(1, 1, *volumes.shape[2:])
 
     def prepare(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
         """The model split at its input convolution, on the CPU where it can be (see the module docstring)."""
         return split_on_cpu(model, example)
 
-    def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str]
-                  ) -> torch.Tensor:
-        """IG of every scan, ``context.batch`` scans at a time."""
-        base = self.baseline(volumes)
+    def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str],
+                  template: torch.Tensor | None = None) -> torch.Tensor:
+        """IG of every scan, ``context.batch`` scans at a time; the completeness error per scan in :attr:`diagnostics`."""
+        base = self.baseline(volumes, template)
         layer, rest = (model.layer, model.rest) if isinstance(model, InputSplit) else (None, model)
         out = torch.empty((len(volumes), *volumes.shape[2:]), device=volumes.device)
         for start in range(0, len(volumes), self.context.batch):
             part = slice(start, start + self.context.batch)
-            out[part] = self._integrate(layer, rest, base, volumes[part], targets[part])
+            out[part] = self._integrate(layer, rest, base[part] if len(base) > 1 else base, volumes[part],
+                                        targets[part])
+        self._record_completeness(model, volumes, base.expand_as(volumes), targets, keys, out)
         return out
+
+    def _record_completeness(self, model: nn.Module, volumes: torch.Tensor, base: torch.Tensor,
+                             targets: torch.Tensor, keys: list[str], maps: torch.Tensor) -> None:
+        """``IGConvergenceDelta`` per scan: ``|sum of the map - (f(x) - f(baseline))|``, warned above 5 %."""
+        change = (explained(class_logits(model, volumes, self.context, amp=False), targets, self.output)
+                  - explained(class_logits(model, base, self.context, amp=False), targets, self.output))
+        delta = (maps.flatten(1).double().sum(1) - change.double()).abs()
+        for key, d, c in zip(keys, delta.tolist(), change.abs().tolist()):
+            relative = d / c if c > 0 else float("inf") if d > 0 else 0.0
+            self.diagnostics[key] = {"IGConvergenceDelta": d, "IGConvergenceDeltaRelative": relative}
+            if relative > DELTA_WARNING:
+                LOGGER.warning("IG %s: the map sums to f(x) - f(baseline) only within %.1f %% (delta %.3g); "
+                               "raise --ig-steps", key, 100 * relative, d)
 
     def _integrate(self, layer: nn.Conv3d | None, rest: nn.Module, base: torch.Tensor, volumes: torch.Tensor,
                    targets: torch.Tensor) -> torch.Tensor:
-        """IG of a few scans: the path integral at the input layer's output, then mapped back to the input."""
+        """IG of a few scans (``base``: one shared baseline or one per scan): the path integral at the input
+        layer's output, then mapped back to the input."""
         steps = self.options.ig_steps
         step_sizes, alphas = approximation_parameters(QUADRATURE)
         weights, alphas = step_sizes(steps), alphas(steps)
@@ -102,7 +132,7 @@ class IG(Method):
             start, direction = base, delta
         else:
             with torch.no_grad():  # one scan per call: a convolution's result depends on the batch size
-                start = layer(base.contiguous(memory_format=torch.channels_last_3d))
+                start = torch.cat([layer(b[None].contiguous(memory_format=torch.channels_last_3d)) for b in base])
                 direction = torch.cat([F.conv3d(d[None], layer.weight, None, layer.stride, layer.padding,
                                                 layer.dilation, layer.groups) for d in delta])
         start = start.contiguous(memory_format=torch.channels_last_3d)
@@ -115,7 +145,9 @@ class IG(Method):
             rows = torch.empty((len(index), *direction.shape[1:]), device=direction.device,
                                memory_format=torch.channels_last_3d)
             for row, item in enumerate(index):
-                torch.add(start[0], direction[item_scan[item]], alpha=float(alphas[item_step[item]]), out=rows[row])
+                scan = item_scan[item]
+                torch.add(start[scan if len(start) > 1 else 0], direction[scan], alpha=float(alphas[item_step[item]]),
+                          out=rows[row])
             return rows
 
         for index, rows in padded_batches(len(item_scan), self.context.batch, build):

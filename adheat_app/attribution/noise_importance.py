@@ -60,8 +60,8 @@ class NoiseImportance(Method):
             return -F.logsigmoid(explained(logits, targets, "difference")).sum()
         return -explained(logits, targets, self.output).sum()
 
-    def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str]
-                  ) -> torch.Tensor:
+    def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str],
+                  template: torch.Tensor | None = None) -> torch.Tensor:
         """Fit one tolerance map per scan, ``context.batch`` scans per padded pass."""
         shape = tuple(volumes.shape[2:])
         coarse = tuple(max(1, -(-n // COARSE)) for n in shape)

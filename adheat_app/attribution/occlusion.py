@@ -2,7 +2,8 @@
 
 Relevance of a voxel = drop of the explained output (``--explain-output``,
 :mod:`.output`; Rieke et al. used the class probability) when a patch
-covering it is set to 0, averaged over the patches that cover it (captum's
+covering it is replaced by the fill (``--occlusion-fill``, :mod:`.references`:
+``zero`` or ``template``, the fold's training mean image), averaged over the patches that cover it (captum's
 :class:`~captum.attr.Occlusion` convention, so the results are equal), then
 clipped at 0 as Rieke et al. do. Patch edge and stride are options in mm
 (Rieke et al.: 40 mm at 1 mm), converted to voxels of the analysis grid.
@@ -38,10 +39,23 @@ Occluded = tuple[slice, ...] | torch.Tensor
 
 
 class Ablation(Method):
-    """Relevance = drop of the explained output when a set of voxels is set to 0, painted into the set."""
+    """Relevance = drop of the explained output when a set of voxels is filled, painted into the set."""
 
     signed = False
     slow = True
+
+    @property
+    def needs_template(self) -> bool:
+        """Whether the fill is the fold's training mean."""
+        return self.options.occlusion_fill == "template"
+
+    def fill(self, template: torch.Tensor | None) -> torch.Tensor | None:
+        """The fill image ``(X, Y, Z)``, or None for zeros."""
+        if self.options.occlusion_fill == "zero":
+            return None
+        if template is None:
+            raise ValueError("--occlusion-fill template needs the fold's training mean image")
+        return template
 
     @abstractmethod
     def occluded_sets(self, shape: tuple[int, int, int], device: torch.device) -> list[Occluded]:
@@ -51,10 +65,12 @@ class Ablation(Method):
         """The model split at its input convolution, on the CPU where it can be (see the module docstring)."""
         return split_on_cpu(model, example)
 
-    def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str]
-                  ) -> torch.Tensor:
+    def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str],
+                  template: torch.Tensor | None = None) -> torch.Tensor:
         """Occlusion maps of every scan, (scan, set) pairs packed into padded passes."""
         shape = tuple(volumes.shape[2:])
+        fill = self.fill(template)
+        fill = None if fill is None else fill.to(volumes.device).reshape(shape)
         sets = self.occluded_sets(shape, volumes.device)
         clean = class_logits(model, volumes, self.context)
         total = torch.zeros((len(volumes), *shape), device=volumes.device)
@@ -64,9 +80,9 @@ class Ablation(Method):
         item_scan = np.repeat(np.arange(len(volumes)), len(sets))
         item_set = np.tile(np.arange(len(sets)), len(volumes))
         if isinstance(model, InputSplit) and is_local_single_channel(model.layer):
-            network, rows_of = model.rest, _LayerRows(model.layer, volumes, sets)
+            network, rows_of = model.rest, _LayerRows(model.layer, volumes, sets, fill)
         else:
-            network, rows_of = model, _InputRows(volumes, sets)
+            network, rows_of = model, _InputRows(volumes, sets, fill)
         with torch.inference_mode(), torch.autocast(self.context.device.type, enabled=self.context.amp):
             build = lambda index: rows_of(item_scan[index], item_set[index])  # noqa: E731
             for index, rows in padded_batches(len(item_scan), self.context.batch, build):
@@ -79,20 +95,23 @@ class Ablation(Method):
 
 
 class _InputRows:
-    """Rows of occluded scans: a copy of the scan with the set zeroed."""
+    """Rows of occluded scans: a copy of the scan with the set filled (zeros, or the fill image's values)."""
 
-    def __init__(self, volumes: torch.Tensor, sets: list[Occluded]):
-        self.volumes, self.sets = volumes, sets
+    def __init__(self, volumes: torch.Tensor, sets: list[Occluded], fill: torch.Tensor | None):
+        self.volumes, self.sets, self.fill = volumes, sets, fill
 
     def __call__(self, scans: np.ndarray, set_numbers: np.ndarray) -> torch.Tensor:
         rows = self.volumes[scans].clone()
         for row, number in enumerate(set_numbers):
-            rows[row, 0][self.sets[number]] = 0
+            occluded = self.sets[number]
+            rows[row, 0][occluded] = 0 if self.fill is None else self.fill[occluded]
         return rows
 
 
 class _LayerRows:
-    """Rows at the input layer's output: the scan's output minus the layer (no bias) applied to the occluded voxels.
+    """Rows at the input layer's output: the scan's output minus the layer (no bias) applied to the change.
+
+    The change of an occluded voxel is its value minus the fill (0 or the fill image's value).
 
     A voxel at index ``i`` of an axis feeds the outputs ``i + p - k + 1 .. i + p``
     (kernel ``k``, padding ``p``): the change is the valid convolution of the
@@ -101,8 +120,8 @@ class _LayerRows:
     reused buffer, valid until the next call.
     """
 
-    def __init__(self, layer: nn.Conv3d, volumes: torch.Tensor, sets: list[Occluded]):
-        self.layer, self.volumes = layer, volumes
+    def __init__(self, layer: nn.Conv3d, volumes: torch.Tensor, sets: list[Occluded], fill: torch.Tensor | None):
+        self.layer, self.volumes, self.fill = layer, volumes, fill
         self.boxes = [_bounding_box(occluded) for occluded in sets]
         self.masks = [None if isinstance(occluded, tuple) else occluded[box].to(volumes.dtype)
                       for occluded, box in zip(sets, self.boxes)]
@@ -131,6 +150,8 @@ class _LayerRows:
         for row, (scan, number) in enumerate(zip(scans, set_numbers)):
             box = self.boxes[number]
             values = self.volumes[scan, 0][box]
+            if self.fill is not None:
+                values = values - self.fill[box]
             if self.masks[number] is not None:
                 values = values * self.masks[number]
             change = F.conv3d(F.pad(values[None, None], margins), self.layer.weight)[0]
@@ -169,7 +190,7 @@ class Occlusion(Ablation):
         """Patch edge and stride (mm and voxels), fill value and output explained."""
         return {"PatchMM": self.options.occlusion_size, "StrideMM": self.options.occlusion_stride,
                 "PatchVoxels": self.voxels(self.options.occlusion_size),
-                "StrideVoxels": self.voxels(self.options.occlusion_stride), "Fill": 0.0,
+                "StrideVoxels": self.voxels(self.options.occlusion_stride), "Fill": self.options.occlusion_fill,
                 "Output": self.output, "ClippedAtZero": True}
 
     def occluded_sets(self, shape: tuple[int, int, int], device: torch.device) -> list[Occluded]:

@@ -17,7 +17,13 @@ space at the model's resolution (float32) with a sidecar, and with
 Every sidecar records the explained output (``ExplainedOutput``,
 ``--explain-output``) and whether the map is zero everywhere (``AllZero``;
 such maps are counted in a warning per method, and the group means leave
-them out). ``--sanity-check`` runs :mod:`.sanity`.
+them out), and ``ModelBetterThanChance``: the cross-validated model's verdict
+against chance (``models/<model>/verdict.json``; null before it exists). IG
+sidecars add the completeness error (``IGConvergenceDelta``,
+``IGConvergenceDeltaRelative``; a fold mean records the largest over its
+fold models). Each fold's training mean image (the ``template`` baseline and
+fill, :mod:`.references`) is written next to its model whenever the run holds
+the fold's training scans. ``--sanity-check`` runs :mod:`.sanity`.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from torch import nn
 
 from adheat_app.attribution import METHODS
 from adheat_app.attribution.base import Method, MethodContext, batch_size, channels_last, class_probability
+from adheat_app.attribution.references import TRAINING_MEAN, training_mean
 from adheat_app.bids import Derivatives, T1wInput, is_complete, sidecar_path, software_versions
 from adheat_app.cohort import Cohort, Scan
 from adheat_app.config import RunConfig
@@ -52,22 +59,28 @@ METHOD_ORDER = ("IG", "LRP", "GGC", "Saliency", "GuidedBackprop", "Occlusion", "
 CHUNK_PASSES = 4
 
 
+#: Method sets selectable by name in ``--methods``: the methods of each reference study.
+METHOD_SETS = {"wang2023": ("IG", "LRP", "GGC"),
+               "rieke2018": ("Saliency", "GuidedBackprop", "Occlusion", "AreaOcclusion")}
+
+
 def selected_methods(names: tuple[str, ...]) -> list[str]:
-    """The method names of ``--methods`` (``all`` expands), in :data:`METHOD_ORDER`.
+    """The method names of ``--methods`` (``all`` and the :data:`METHOD_SETS` expand), in :data:`METHOD_ORDER`.
 
     Raises
     ------
     InputError
-        For a name that is not a registered method.
+        For a name that is neither a registered method nor a set.
     """
     available = [name for name in METHOD_ORDER if name in METHODS] + sorted(set(METHODS) - set(METHOD_ORDER))
     if "all" in names:
         return available
-    unknown = [n for n in names if n not in METHODS]
+    expanded = {m for n in names for m in METHOD_SETS.get(n, (n,))}
+    unknown = [n for n in names if n not in METHODS and n not in METHOD_SETS]
     if unknown:
         raise InputError(f"--methods {' '.join(unknown)}: unknown heatmap method(s); available: "
-                         f"{', '.join(available)} or 'all'")
-    return [n for n in available if n in names]
+                         f"{', '.join(available)}, a study's set ({', '.join(METHOD_SETS)}) or 'all'")
+    return [n for n in available if n in expanded]
 
 
 def completed_folds(config: RunConfig) -> list[int]:
@@ -130,6 +143,7 @@ class HeatmapRun:
 
     def __init__(self, config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: list[int]):
         from adheat_app.training import fold_dir, load_fold_model, resolve_device
+        from adheat_app.training.runner import read_verdict
 
         self.config, self.derivs, self.cohort, self.folds = config, derivs, cohort, folds
         hm = config.heatmaps
@@ -142,6 +156,12 @@ class HeatmapRun:
                                      self.device)
         self.methods: list[Method] = [METHODS[n](hm, self.context) for n in selected_methods(hm.methods)]
         self.model_files = {k: fold_dir(config, k) / "model.pt" for k in folds}
+        verdict = read_verdict(config.models_dir, config.training.model)
+        self.better_than_chance = None if verdict is None else bool(verdict["BetterThanChance"])
+        if self.better_than_chance is False:
+            LOGGER.warning("%s is not better than chance (models/%s/verdict.json): its heatmaps are written, but "
+                           "they explain a model that did not learn to separate the classes",
+                           config.training.model, config.training.model)
         self.models = {}
         for k in folds:
             model, _ = load_fold_model(fold_dir(config, k), self.device)
@@ -150,7 +170,27 @@ class HeatmapRun:
             self.models[k] = channels_last(model.eval())
         self.affine = nib.load(cohort.scans[0].image).affine
         self.all_zero = 0
+        self.templates = self._training_means(any(m.needs_template for m in self.methods))
         self.probability = self._predict()
+
+    def _training_means(self, needed: bool) -> dict[int, torch.Tensor]:
+        """Each fold's training mean image (:func:`~.references.training_mean`), on the device.
+
+        Written whenever this run holds the fold's training scans (the group
+        level), so later participant-level runs find it; required only when a
+        method uses it.
+        """
+        from adheat_app.training import fold_dir
+
+        means = {}
+        for k in self.folds:
+            try:
+                means[k] = torch.from_numpy(training_mean(fold_dir(self.config, k), self.cohort,
+                                                          self.volumes)).to(self.device)
+            except InputError:
+                if needed:
+                    raise
+        return means
 
     def tensor(self, indices: list[int]) -> torch.Tensor:
         """Scans as float32 ``(N, 1, X, Y, Z)`` on the device (cached float16 -> float32)."""
@@ -201,16 +241,18 @@ class HeatmapRun:
                 if not is_complete(heatmap_path(self.derivs, self.cohort, a.scan, method.name),
                                    **self.expected(method, a))]
 
-    def compute(self, method: Method, model: nn.Module, todo: list[Assignment]) -> tuple[np.ndarray, float]:
-        """Maps of ``todo`` (at most one chunk of scans) by one model, and the seconds spent."""
+    def compute(self, method: Method, model: nn.Module, fold: int, todo: list[Assignment]
+                ) -> tuple[np.ndarray, float]:
+        """Maps of ``todo`` (at most one chunk of scans) by the model of ``fold``, and the seconds spent."""
         start = time.perf_counter()
         targets = torch.tensor([self.target(a) for a in todo], dtype=torch.int64, device=self.device)
         x = self.tensor([a.index for a in todo])
-        maps = method.attribute(model, x, targets, [a.scan.key for a in todo])
+        maps = method.attribute(model, x, targets, [a.scan.key for a in todo], template=self.templates.get(fold))
         return maps.cpu().numpy(), time.perf_counter() - start
 
-    def write(self, method: Method, a: Assignment, data: np.ndarray, seconds: float) -> None:
-        """Write one heatmap (and its native-space copy) with its sidecar."""
+    def write(self, method: Method, a: Assignment, data: np.ndarray, seconds: float,
+              diagnostics: dict | None = None) -> None:
+        """Write one heatmap (and its native-space copy) with its sidecar (plus the method's ``diagnostics``)."""
         path = heatmap_path(self.derivs, self.cohort, a.scan, method.name)
         img = nib.Nifti1Image(data.astype(np.float32), self.affine)
         img.set_qform(self.affine, code=4)
@@ -222,6 +264,7 @@ class HeatmapRun:
             "TargetLabel": self.cohort.positive_label if self.target(a) else self.cohort.negative_label,
             "TrueLabel": a.scan.diagnosis,
             "Signed": method.signed,
+            "ModelBetterThanChance": self.better_than_chance,
             "ExplainedOutput": method.output,
             "AllZero": not bool(np.any(data)),
             "Seed": self.config.execution.seed,
@@ -229,8 +272,11 @@ class HeatmapRun:
             "Device": self.device.type,
             "Software": software_versions(),
             "WallTimeSeconds": round(seconds, 3),
+            **(diagnostics or {}),
             "Sources": [self.derivs.source_uri(a.scan.image),
-                        *(self.derivs.source_uri(self.model_files[k]) for k in self.models_of(a))],
+                        *(self.derivs.source_uri(self.model_files[k]) for k in self.models_of(a)),
+                        *(self.derivs.source_uri(self.model_files[k].with_name(TRAINING_MEAN))
+                          for k in self.models_of(a) if method.needs_template)],
         }
         self.all_zero += sidecar["AllZero"]
         self.derivs.write_image(path, img, sidecar)
@@ -263,19 +309,23 @@ class HeatmapRun:
             own = [a for a in todo if a.fold == k]
             for first in range(0, len(own), chunk):
                 part = own[first:first + chunk]
-                maps, seconds = self.compute(method, models[k], part)
+                maps, seconds = self.compute(method, models[k], k, part)
                 for a, data in zip(part, maps):
-                    self.write(method, a, data, seconds / len(part))
+                    self.write(method, a, data, seconds / len(part), method.diagnostics.pop(a.scan.key, None))
                     LOGGER.info("%s %s: fold %d, %.1f s", method.name, a.scan.key, k, seconds / len(part))
         unseen = [a for a in todo if a.fold is None]
         for first in range(0, len(unseen), chunk):
             part = unseen[first:first + chunk]
-            total, seconds = 0.0, 0.0
+            total, seconds, worst = 0.0, 0.0, {}
             for k in self.folds:
-                maps, spent = self.compute(method, models[k], part)
+                maps, spent = self.compute(method, models[k], k, part)
                 total, seconds = total + maps, seconds + spent
+                for a in part:  # over the fold models: the largest of each value
+                    seen = worst.setdefault(a.scan.key, {})
+                    for name, value in method.diagnostics.pop(a.scan.key, {}).items():
+                        seen[name] = max(value, seen.get(name, value))
             for a, data in zip(part, total / len(self.folds)):
-                self.write(method, a, data, seconds / len(part))
+                self.write(method, a, data, seconds / len(part), worst.get(a.scan.key))
                 LOGGER.info("%s %s: mean of %d folds, %.1f s", method.name, a.scan.key, len(self.folds),
                             seconds / len(part))
         if self.all_zero:

@@ -1,20 +1,32 @@
 """Model-randomisation sanity check (Adebayo et al. 2018): do the heatmaps depend on what the model learned?
 
-For the first fold model with test scans, the weights of its Conv3d and
-Linear layers are re-initialised one layer at a time (BatchNorms keep their
-trained statistics, as in Adebayo et al.),
+Scans: :data:`SCANS` (at least) drawn from the test scans of *every* fold
+model (an equal share per fold, seeded by the run seed; fewer only where a
+fold has fewer), each explained by its own fold model. For each fold model
+the weights of its Conv3d and Linear layers are re-initialised one layer at
+a time (BatchNorms keep their trained statistics, as in Adebayo et al.),
 cascading from the output layer down to the first convolution. After each
-step every method's maps of :data:`SCANS` of that fold's test scans are
-derived again (each model prepared by the method, as the runner does) and
-compared with the trained model's maps by the Spearman rank correlation of
-their absolute values inside the brain mask. A method whose
-maps still correlate above :data:`FLAG_THRESHOLD` once every layer is random
-does not explain the model and is flagged.
+step every method's maps of the checked scans are derived again (each model
+prepared by the method, as the runner does) and compared by the Spearman rank
+correlation of absolute values inside the brain mask
 
-Writes ``group/sanity_check.tsv`` (method, step, layer, spearman, flagged; the
-mean over the checked scans) and adds ``SanityCheck`` (layer -> correlation)
-to the sidecars of the checked scans' heatmaps. Re-initialisation is seeded
-(run seed and step), so the check is reproducible.
+- with the trained model's maps (``spearman``): a method that explains the
+  model loses this similarity as layers are randomised;
+- with the scan itself, ``|input|`` (``spearman_input``, also for the
+  trained model at step 0): a map that mostly reproduces the image (an
+  edge detector) stays similar to it whatever the weights.
+
+Per method, ``drop_layer`` is the first randomised layer after which the
+mean similarity to the trained maps falls below :data:`DROP_BELOW` (empty
+when it never does), and a method whose maps still correlate above
+:data:`FLAG_THRESHOLD` once every layer is random is flagged.
+
+Writes ``group/sanity_check.tsv`` (method, step, layer, spearman,
+spearman_input, drop_layer, flagged, folds, n_scans; means over the checked
+scans) and adds ``SanityCheck`` (per-layer correlations with the trained and
+the input map, the drop layer, the flag) to the sidecars of the checked
+scans' heatmaps. Re-initialisation is seeded (run seed and step), so the
+check is reproducible.
 """
 
 from __future__ import annotations
@@ -29,16 +41,18 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from adheat_app.attribution.canonize import traced_forward
-from adheat_app.attribution.runner import HeatmapRun, heatmap_path
+from adheat_app.attribution.runner import Assignment, HeatmapRun, heatmap_path
 from adheat_app.bids import sidecar_path
 from adheat_app.io import read_json, write_json, write_tsv
 
 LOGGER = logging.getLogger(__name__)
 
-#: Test scans of the checked fold.
-SCANS = 2
+#: Test scans checked in all, drawn evenly from every fold's test scans.
+SCANS = 10
 #: Spearman correlation after full randomisation above which a method is flagged.
 FLAG_THRESHOLD = 0.9
+#: Similarity to the trained maps below which the randomisation is said to have changed them.
+DROP_BELOW = 0.5
 LEARNED = (nn.Conv3d, nn.Linear)
 
 
@@ -73,33 +87,64 @@ def rank_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float(spearmanr(x, y).statistic)
 
 
+def drawn_scans(run: HeatmapRun) -> dict[int, list[Assignment]]:
+    """The checked scans per fold: an even share of :data:`SCANS` from each fold's test scans (seeded draw)."""
+    tested = {k: [a for a in run.assignments if a.fold == k] for k in run.folds}
+    tested = {k: own for k, own in tested.items() if own}
+    share = -(-SCANS // max(1, len(tested)))
+    rng = np.random.default_rng(run.config.execution.seed)
+    return {k: [own[i] for i in sorted(rng.choice(len(own), min(share, len(own)), replace=False))]
+            for k, own in tested.items()}
+
+
 def run_sanity_check(run: HeatmapRun) -> pd.DataFrame:
-    """Cascading randomisation of the first fold model with test scans; write the table and sidecars."""
-    fold = next((k for k in run.folds if any(a.fold == k for a in run.assignments)), None)
-    if fold is None:
+    """Cascading randomisation of every fold model with test scans; write the table and the sidecars."""
+    drawn = drawn_scans(run)
+    if not drawn:
         LOGGER.warning("sanity check: no fold model has test scans in this cohort; skipped")
         return pd.DataFrame()
-    checked = [a for a in run.assignments if a.fold == fold][:SCANS]
-    model = run.models[fold]
-    example = run.tensor([checked[0].index])
-    layers = learned_layers(model, example)
-    masks = [np.asarray(nib.load(a.scan.mask).dataobj) > 0 for a in checked]
+    checked = [a for own in drawn.values() for a in own]
+    masks = {a.scan.key: np.asarray(nib.load(a.scan.mask).dataobj) > 0 for a in checked}
+    images = {a.scan.key: run.tensor([a.index])[0, 0].cpu().numpy() for a in checked}
+    layers = {k: learned_layers(run.models[k], run.tensor([own[0].index])) for k, own in drawn.items()}
+    steps = len(next(iter(layers.values())))
     rows, per_scan = [], {a.scan.key: {} for a in checked}
     for method in run.methods:
-        trained, _ = run.compute(method, method.prepare(model, example), checked)
-        for step in range(1, len(layers) + 1):
-            randomised = cascade(model, layers, step, run.config.execution.seed)
-            maps, _ = run.compute(method, method.prepare(randomised, example), checked)
-            values = [rank_correlation(t, m, mask) for t, m, mask in zip(trained, maps, masks)]
-            for a, value in zip(checked, values):
-                per_scan[a.scan.key].setdefault(method.name, {})[layers[step - 1]] = round(value, 4)
-            rows.append({"method": method.name, "step": step, "layer": layers[step - 1],
-                         "spearman": float(np.mean(values))})
-        LOGGER.info("sanity check %s: Spearman %.3f after randomising every layer", method.name, rows[-1]["spearman"])
+        to_trained: dict[int, list[float]] = {step: [] for step in range(steps + 1)}
+        to_input: dict[int, list[float]] = {step: [] for step in range(steps + 1)}
+        for k, own in drawn.items():
+            model, example = run.models[k], run.tensor([own[0].index])
+            trained, _ = run.compute(method, method.prepare(model, example), k, own)
+            for step in range(steps + 1):
+                if step == 0:
+                    maps = trained
+                else:
+                    randomised = cascade(model, layers[k], step, run.config.execution.seed)
+                    maps, _ = run.compute(method, method.prepare(randomised, example), k, own)
+                name = "trained" if step == 0 else layers[k][step - 1]
+                for a, t, m in zip(own, trained, maps):
+                    key = a.scan.key
+                    value, plain = rank_correlation(t, m, masks[key]), rank_correlation(images[key], m, masks[key])
+                    to_trained[step].append(value)
+                    to_input[step].append(plain)
+                    entry = per_scan[key].setdefault(method.name, {"Layers": {}, "InputSimilarity": {}})
+                    if step:
+                        entry["Layers"][name] = round(value, 4)
+                    entry["InputSimilarity"][name] = round(plain, 4)
+        names = ["trained", *next(iter(layers.values()))]
+        for step in range(steps + 1):
+            rows.append({"method": method.name, "step": step, "layer": names[step],
+                         "spearman": float(np.mean(to_trained[step])), "spearman_input": float(np.mean(to_input[step]))})
+        LOGGER.info("sanity check %s: Spearman %.3f with the trained maps after randomising every layer (%.3f with "
+                    "|input|)", method.name, rows[-1]["spearman"], rows[-1]["spearman_input"])
     table = pd.DataFrame(rows)
-    final = table.groupby("method")["spearman"].last()
+    randomised = table[table["step"] > 0]
+    final = randomised.groupby("method")["spearman"].last()
+    drop = {m: next(iter(group.loc[group["spearman"] < DROP_BELOW, "layer"]), "")
+            for m, group in randomised.groupby("method")}
+    table["drop_layer"] = table["method"].map(drop)
     table["flagged"] = table["method"].map(final > FLAG_THRESHOLD)
-    table["fold"] = fold
+    table["folds"] = ",".join(str(k) for k in drawn)
     table["n_scans"] = len(checked)
     write_tsv(run.derivs.root / "group" / "sanity_check.tsv", table)
     for method in run.methods:
@@ -107,7 +152,7 @@ def run_sanity_check(run: HeatmapRun) -> pd.DataFrame:
             side = sidecar_path(heatmap_path(run.derivs, run.cohort, a.scan, method.name))
             if side.is_file():
                 values = read_json(side)
-                values["SanityCheck"] = {"Layers": per_scan[a.scan.key][method.name],
+                values["SanityCheck"] = {**per_scan[a.scan.key][method.name], "DropBelowHalfAt": drop[method.name],
                                          "Flagged": bool(final[method.name] > FLAG_THRESHOLD)}
                 write_json(side, values)
     return table

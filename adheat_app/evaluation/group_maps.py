@@ -23,7 +23,11 @@ incorrectly classified scans of the positive and negative class
 folder per method (:func:`group_map_path`):
 ``group/<Method>/space-<s>_res-<r>_label-<L>_desc-<Method>_stat-mean_heatmap.nii.gz``
 (mean of absolute, unit-total maps) and ``..._stat-signedmean_heatmap.nii.gz``
-(signed methods), each with a sidecar listing its subjects and sources.
+(signed methods), each with a sidecar listing its subjects and sources and
+``TargetClasses``: how many of its maps explain each class (the heatmaps'
+``TargetLabel``). With ``--target positive`` (default) every map explains the
+positive class; otherwise a group such as ``all`` mixes explanations of
+different classes, which the sidecar's ``MixedTargets`` and a log warning say.
 
 For signed methods the positive part of each subject's map (evidence for the
 explained class), divided by the same total of absolute values, is kept as
@@ -143,6 +147,8 @@ class MethodMaps:
         (signed methods only).
     digest : str
         Hash of the inputs (file names, sidecars, groups), recorded in the outputs' sidecars.
+    targets : list of str
+        Class each map explains (its sidecar's ``TargetLabel``), in the order of ``values`` rows.
     """
 
     method: str
@@ -154,6 +160,14 @@ class MethodMaps:
     signed_means: dict[str, np.ndarray] = field(default_factory=dict)
     positive: np.ndarray | None = None
     digest: str = ""
+    targets: list[str] = field(default_factory=list)
+
+    def target_classes(self, label: str) -> dict[str, int]:
+        """How many maps of a group explain each class."""
+        counts: dict[str, int] = {}
+        for i in self.groups[label]:
+            counts[self.targets[i]] = counts.get(self.targets[i], 0) + 1
+        return dict(sorted(counts.items()))
 
     def mean(self, label: str) -> np.ndarray:
         """Mean of the normalised absolute maps of a group."""
@@ -168,7 +182,7 @@ def load_method(derivs: Derivatives, cohort: Cohort, template: Template, method:
                 correct: dict[str, int]) -> MethodMaps | None:
     """Read and normalise every scan's heatmap of ``method`` (None when no usable map exists)."""
     mask = template.mask_array()
-    scans, files, rows, positives, signed_flags = [], [], [], [], []
+    scans, files, rows, positives, signed_flags, targets = [], [], [], [], [], []
     groups: dict[str, list[int]] = {}
     signed_sums: dict[str, np.ndarray] = {}
     for scan in cohort.scans:
@@ -194,14 +208,22 @@ def load_method(derivs: Derivatives, cohort: Cohort, template: Template, method:
         rows.append(np.abs(data) / np.float32(total))
         positives.append(np.maximum(data, 0) / np.float32(total))
         signed_flags.append(signed)
+        targets.append(str(sidecar.get("TargetLabel", "unknown")))
     if not rows:
         return None
     signed = all(signed_flags)
     signed_means = {label: signed_sums[label] / len(groups[label]) for label in groups} if signed else {}
     LOGGER.info("%s: %d heatmap(s); groups %s", method, len(rows),
                 ", ".join(f"{k}={len(v)}" for k, v in sorted(groups.items())))
-    return MethodMaps(method, signed, scans, files, np.stack(rows), groups, signed_means,
-                      np.stack(positives) if signed else None, method_digest(derivs, cohort, method, correct))
+    maps = MethodMaps(method, signed, scans, files, np.stack(rows), groups, signed_means,
+                      np.stack(positives) if signed else None, method_digest(derivs, cohort, method, correct),
+                      targets)
+    for label in sorted(groups):
+        if len(maps.target_classes(label)) > 1:
+            LOGGER.warning("%s group %s averages explanations of different classes %s (--target); --target "
+                           "positive explains the positive class for every scan", method, label,
+                           maps.target_classes(label))
+    return maps
 
 
 def group_map_path(derivs: Derivatives, template: Template, method: str, label: str, stat: str = "mean") -> Path:
@@ -231,6 +253,7 @@ def write_group_maps(derivs: Derivatives, template: Template, maps: MethodMaps, 
                                f"group {label}",
                 "Method": maps.method, "Label": label, "Statistic": stat, "Signed": stat == "signedmean",
                 "N": len(rows), "Subjects": [maps.scans[i].key for i in rows], "Normalisation": normalisation,
+                "TargetClasses": maps.target_classes(label), "MixedTargets": len(maps.target_classes(label)) > 1,
                 "Mask": "template brain mask", "Sources": [derivs.source_uri(maps.files[i]) for i in rows],
                 "InputsHash": maps.digest, "Template": template.describe(), "Software": software_versions(),
             })

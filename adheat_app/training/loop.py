@@ -9,7 +9,12 @@ to whole epochs (:func:`n_epochs`). The learning rate follows
 :data:`WARMUP_FRACTION` of the steps, then a cosine decay to 0 (or constant).
 Regularisation: AdamW weight decay, Gaussian noise added to the brain voxels
 of every training volume (:attr:`TrainSettings.input_noise`) and optional
-shifts.
+shifts. Under strong isotropic input noise the input covariance is close to a
+multiple of the identity, so a model's input gradients approach the signal's
+pattern rather than noise-cancelling filters (the argument of Haufe et al.
+2014 for linear models); after training, the BatchNorm statistics of a
+noise-trained model are re-estimated on the clean training scans
+(:func:`recalibrate_batchnorm`).
 
 Early stopping is off by default (``patience`` 0: the model of the last epoch
 is kept). With ``patience`` > 0 and a validation set, the validation scans are
@@ -215,6 +220,32 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: tor
     return total / len(train)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, volumes: np.ndarray, rows: np.ndarray, device: torch.device,
+                          batch_size: int) -> None:
+    """Re-estimate every BatchNorm's running mean and variance on clean (noise-free) scans.
+
+    A model trained with input noise keeps running statistics of noisy inputs;
+    scored on clean scans its normalised activations are then off scale and its
+    decision threshold shifts. The statistics are replaced by the average over
+    ``rows`` of the cache (each batch weighted equally, ``momentum=None``);
+    weights are unchanged and the model ends in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or not len(rows):
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for idx in batches(np.arange(len(rows)), batch_size):
+        model(torch.from_numpy(read_batch(volumes, rows[idx])).to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
 def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -301,6 +332,8 @@ def train_fold(model: nn.Module, volumes: np.ndarray, train: ScanSet, val: ScanS
                     total_epochs, train_loss, val_loss, val_accuracy, " (best)" if stopping and improved else "")
     if stopping:
         model.load_state_dict(state["best_model"])
+    if settings.input_noise > 0:
+        recalibrate_batchnorm(model, volumes, train.rows, device, settings.batch_size)
     model.eval()
     return FoldResult(history=state["history"], best_epoch=state["best_epoch"], epochs_run=state["epoch"],
                       early_stopped=state["epoch"] < total_epochs, class_weights=weights.tolist(),

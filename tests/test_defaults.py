@@ -1,0 +1,78 @@
+"""The product's defaults: the default CNN learns planted atrophy, stays at chance without it, its heatmaps find
+the planted region, and a model that learned nothing is reported as such.
+
+Every test here trains with the default training options (no training flag: model, step budget, optimiser,
+schedule, regularisation, folds); only the cohort is small (24 subjects at 4 mm, oracle-preprocessed by
+``conftest.make_preprocessed_cohort`` with the default intensity normalisation). One test per cohort, so that
+pytest-xdist trains each cohort once.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from adheat_app.attribution.runner import heatmap_path, run_heatmaps
+from adheat_app.config import HeatmapOptions, TrainingOptions
+from adheat_app.io import read_json
+from adheat_app.training import run_training
+from adheat_app.training.runner import read_verdict
+from conftest import make_preprocessed_cohort
+
+pytestmark = pytest.mark.slow
+
+#: The default heatmap methods, and patch occlusion (with Rieke et al.'s 40 mm patches, for speed).
+METHODS = (*HeatmapOptions().methods, "Occlusion")
+OCCLUSION = {"heatmaps__occlusion_size": 40.0, "heatmaps__occlusion_stride": 20.0}
+
+
+def relevance_ratio(maps: np.ndarray, region: np.ndarray, brain: np.ndarray) -> float:
+    """Mean relevance per voxel inside ``region`` over that in the rest of the brain (|map|, unit total each)."""
+    absolute = np.abs(maps) * brain
+    total = absolute.sum(axis=(1, 2, 3), keepdims=True)
+    absolute = absolute / np.where(total > 0, total, 1)
+    mean = absolute.mean(axis=0)
+    return float(mean[region & brain].mean() / mean[~region & brain].mean())
+
+
+def default_run(root, null: bool):
+    """Train with the defaults on a 24-subject 4 mm cohort, derive out-of-fold heatmaps, return the numbers."""
+    config, derivs, cohort, truth = make_preprocessed_cohort(root, n_subjects=24, seed=3, effect_size=0.3,
+                                                             null=null, heatmaps__methods=METHODS, **OCCLUSION)
+    assert config.training == TrainingOptions()  # nothing but the defaults
+    run_training(config, derivs, cohort)
+    run_heatmaps(config, derivs, cohort)
+    table = pd.read_csv(derivs.root / "group" / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
+    brain = truth.template.mask_array().astype(bool)
+    ad = [s for s in cohort.scans if s.target == 1]
+    ratios = {}
+    for method in METHODS:
+        maps = np.stack([np.asarray(nib.load(heatmap_path(derivs, cohort, s, method)).dataobj) for s in ad])
+        ratios[method] = relevance_ratio(maps, truth.region, brain)
+    return config, derivs, cohort, table.set_index("fold"), ratios
+
+
+def test_defaults_learn_planted_atrophy_and_their_heatmaps_find_it(tmp_path):
+    config, derivs, cohort, table, ratios = default_run(tmp_path, null=False)
+    assert table.loc["mean", "balanced_accuracy"] >= 0.85, table
+    assert bool(table.loc["pooled", "better_than_chance"]) and table.loc["pooled", "p_value"] < 0.01
+    failing = {name: round(r, 2) for name, r in ratios.items() if not r >= 3.0}
+    assert not failing, ratios
+    verdict = read_verdict(config.models_dir, config.training.model)
+    assert verdict["BetterThanChance"] is True
+    sidecar = read_json(heatmap_path(derivs, cohort, cohort.scans[0], "IG").with_suffix("").with_suffix(".json"))
+    assert sidecar["ModelBetterThanChance"] is True
+
+
+def test_defaults_on_a_null_cohort_stay_at_chance_and_say_so(tmp_path):
+    config, derivs, cohort, table, ratios = default_run(tmp_path, null=True)
+    assert abs(table.loc["mean", "balanced_accuracy"] - 0.5) <= 0.15, table
+    assert table.loc["pooled", "roc_auc_ci_low"] <= 0.5 and not bool(table.loc["pooled", "better_than_chance"])
+    for name, ratio in ratios.items():
+        assert not ratio >= 3.0, (name, ratios)
+    assert read_verdict(config.models_dir, config.training.model)["BetterThanChance"] is False
+    for scan in cohort.scans:
+        sidecar = read_json(heatmap_path(derivs, cohort, scan, "IG").with_suffix("").with_suffix(".json"))
+        assert sidecar["ModelBetterThanChance"] is False
