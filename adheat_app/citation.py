@@ -49,13 +49,25 @@ def steps_present(derivs: Derivatives, model: str) -> set[str]:
 
 
 def _reference_text(config: RunConfig) -> str:
-    """One sentence naming the reference map the overlap scores used."""
+    """Sentences naming the reference maps the overlap scores used."""
+    from adheat_app.evaluation.reference import is_foci_file
+
     ref = config.evaluation.reference_map
-    if ref:
-        return f"The reference map was the user-supplied `{Path(ref).name}`."
-    return ("The reference map was adheat's built-in activation likelihood estimation (ALE) map "
-            "[@eickhoff2009ale; @eickhoff2012ale] computed from anatomically defined foci (AAL3 centroids of the "
-            "regions that VBM meta-analyses report as atrophic in AD); it is not a published meta-analysis map.")
+    text = ""
+    if ref and is_foci_file(ref):
+        text = (f"The reference map was an activation likelihood estimation (ALE) meta-analysis "
+                f"[@eickhoff2009ale; @eickhoff2012ale] of the foci in `{Path(ref).name}`, computed with NiMARE and "
+                "thresholded at cluster-level family-wise error p < 0.05 (cluster-forming p < 0.001) unless a "
+                "threshold was given. ")
+    elif ref:
+        text = f"The reference map was the user-supplied `{Path(ref).name}`. "
+    if config.evaluation.n_permutations > 0:
+        text += ("A cohort reference was computed as a voxel-wise two-sample t-test of the preprocessed images "
+                 f"(positive vs negative class), family-wise error controlled by max-t over "
+                 f"{config.evaluation.n_permutations} label permutations (Nilearn). ")
+    return text + ("Scores against adheat's built-in region prior, an ALE-style map [@eickhoff2009ale; "
+                   "@eickhoff2012ale] of anatomically defined foci (AAL3 centroids of the regions that VBM "
+                   "meta-analyses report as atrophic in AD), are reported too; it is not a meta-analysis.")
 
 
 def _training_text(tr: TrainingOptions) -> str:

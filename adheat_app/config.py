@@ -186,15 +186,20 @@ class EvaluationOptions:
     """Group maps, reference map and scores."""
 
     reference_map: str | None = option(
-        None, "Reference map of AD atrophy in MNI space, e.g. a published ALE map (default: the built-in ALE "
-        "map of anatomically defined AD atrophy foci, adheat_app/data/reference_ad_atrophy_ale.json).",
-        metavar="NIFTI", type=str)
+        None, "Reference map of AD atrophy: a NIfTI map in MNI space (e.g. a published ALE map), or peak "
+        "coordinates for an ALE meta-analysis with NiMARE: a Sleuth .txt file or a .tsv of foci (study, n_subjects, "
+        "x, y, z in MNI mm). The built-in region prior 'anatomicalprior' is always scored too.",
+        metavar="FILE", type=str)
     reference_threshold: float | None = option(
         None, "Threshold binarising the reference map (default: the 'Threshold' of the map's JSON sidecar, "
-        "else 0).", type=float)
+        "else 0; for foci: cluster-level FWE p < 0.05 of the ALE map, else ALE > this value).", type=float)
     atlas: str = option("AAL3", "Atlas for the region table.", choices=("AAL3",))
     n_bootstrap: int = option(1000, "Bootstrap resamples (over subjects) for confidence intervals.",
                               type=int)
+    n_permutations: int = option(
+        1000, "Label permutations of the cohort reference (voxel-wise AD vs CN t-test, max-t FWE; 0 skips it) "
+        "and Monte Carlo iterations of the cluster-level FWE of an ALE from --reference-map foci.",
+        type=int)
 
 
 #: Training options of the published set-ups (``--preset``); explicit options override them.

@@ -88,12 +88,13 @@ def test_every_design_output_exists(run):
         for name in ("model.pt", "model.json", "split.tsv"):
             assert (fold / name).is_file()
     group = out / "group"
-    for name in ("cv_metrics.tsv", "predictions.tsv", "overlap.tsv", "regions.tsv", "distances.tsv",
-                 "preproc_qc.tsv"):
+    for name in ("cv_metrics.tsv", "predictions.tsv", "overlap.tsv", "overlap_differences.tsv", "answer.tsv",
+                 "regions.tsv", "distances.tsv", "preproc_qc.tsv"):
         assert (group / name).is_file(), name
     for method in METHODS:
         for label in ("AD", "CN"):
-            assert (group / f"space-{space}_res-{res}_label-{label}_desc-{method}_stat-mean_heatmap.nii.gz").is_file()
+            name = f"space-{space}_res-{res}_label-{label}_desc-{method}_stat-mean_heatmap.nii.gz"
+            assert (group / method / name).is_file()
     assert (group / f"space-{space}_res-{res}_desc-SVM_pattern.nii.gz").is_file()
     assert (out / "group.html").stat().st_size > 10_000
 

@@ -13,9 +13,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from adheat_app.errors import InputError
 from adheat_app.evaluation import run_evaluation
 from adheat_app.evaluation.distances import distance_matrix, map_distances
-from adheat_app.evaluation.overlap import bootstrap, overlap_metrics, percentile_interval
+from adheat_app.evaluation.chance import chance_levels
+from adheat_app.evaluation.overlap import bootstrap, overlap_metrics, percentile_interval, resample_counts
 from adheat_app.evaluation.reference import ale_fwhm, ale_map, builtin_reference_path, load_map
-from conftest import make_preprocessed_cohort
+from conftest import make_preprocessed_cohort, shared_data_or_skip
 
 V = 200
 REFERENCE = np.arange(V) < 20  # 10 % of the voxels
@@ -62,13 +63,42 @@ def test_auc_ap_match_sklearn_with_ties_and_random_maps_score_half():
 def test_bootstrap_is_reproducible_and_degenerate_for_identical_subjects():
     rng = np.random.default_rng(1)
     maps = rng.random((6, V)).astype(np.float32)
-    first = bootstrap(maps, [REFERENCE], 40, seed=3)[0]
-    second = bootstrap(maps, [REFERENCE], 40, seed=3)[0]
+    counts = resample_counts(6, 40, seed=3)
+    assert counts.shape == (40, 6) and np.all(counts.sum(axis=1) == 6)
+    assert np.array_equal(counts, resample_counts(6, 40, seed=3))
+    first = bootstrap(maps, [REFERENCE], counts)[0]
     assert first["roc_auc"].shape == (40,) and first["dice"].shape == (40, 4)
-    assert np.array_equal(first["roc_auc"], second["roc_auc"])
-    same = bootstrap(np.repeat(maps[:1], 6, axis=0), [REFERENCE], 20, seed=0)[0]
+    resample = counts[7] @ maps / 6  # the mean map of resample 7, scored directly
+    assert first["roc_auc"][7] == pytest.approx(overlap_metrics(resample, REFERENCE, RANK)["roc_auc"], abs=1e-6)
+    same = bootstrap(np.repeat(maps[:1], 6, axis=0), [REFERENCE], resample_counts(6, 20, seed=0))[0]
     low, high = percentile_interval(same["mass_inside"])
     assert low == pytest.approx(high)
+
+
+def test_chance_levels_hand_computed():
+    levels = chance_levels(0.026)  # the share of the built-in prior at 2 mm
+    # 2kp/(k+p): k = 0.01 -> 0.00052/0.036
+    assert np.allclose(levels["dice"], [0.0144444, 0.0342105, 0.0412698, 0.0460177], atol=1e-6)
+    assert np.allclose(levels["overlap_fraction"], 0.026)
+    assert levels["average_precision"] == levels["mass_inside"] == 0.026
+    assert levels["roc_auc"] == 0.5 and levels["spearman"] == 0.0
+    assert np.allclose(chance_levels(0.1, (10.0,))["dice"], [0.1])  # k = p: Dice = p
+
+
+def test_random_map_scores_chance_and_perfect_map_beats_it():
+    rng = np.random.default_rng(7)
+    n = 200_000
+    reference = rng.permutation(n) < n // 20  # exactly 5 %
+    levels = chance_levels(reference.mean())
+    random = overlap_metrics(rng.random(n), reference, reference.astype(float))
+    for metric in ("dice", "overlap_fraction", "average_precision", "mass_inside", "roc_auc"):
+        assert np.allclose(random[metric], levels[metric], rtol=0.06, atol=0.004), metric
+    assert abs(random["spearman"]) < 0.01
+    perfect = overlap_metrics(reference + 0.01 * rng.random(n), reference, reference.astype(float))
+    assert perfect["roc_auc"] == 1.0 and perfect["average_precision"] == 1.0
+    k = np.array([0.01, 0.05, 0.1, 0.2])
+    assert np.allclose(perfect["dice"], 2 * np.minimum(k, 0.05) / (k + 0.05))  # best possible at each k
+    assert np.all(perfect["dice"] >= 5 * levels["dice"] - 1e-12)
 
 
 def test_ale_kernel_width_sum_and_union():
@@ -161,7 +191,8 @@ def write_synthetic_predictions(derivs, cohort, model):
 def evaluated(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluation")
     config, derivs, cohort, truth = make_preprocessed_cohort(root, n_subjects=8, resolution=4.0, seed=1,
-                                                             evaluation__n_bootstrap=200)
+                                                             evaluation__n_bootstrap=200,
+                                                             evaluation__n_permutations=100)
     write_synthetic_heatmaps(derivs, cohort, truth)
     write_synthetic_predictions(derivs, cohort, config.training.model)
     run_evaluation(config, derivs, cohort, truth.template)
@@ -183,24 +214,78 @@ def test_group_maps_and_overlap(evaluated):
     group = derivs.root / "group"
     grid = f"space-{cohort.space}_res-{cohort.res_label}"
     for label in ("AD", "CN", "all", "ADcorrect", "ADincorrect", "CNcorrect"):
-        path = group / f"{grid}_label-{label}_desc-Saliency_stat-mean_heatmap.nii.gz"
+        path = group / "Saliency" / f"{grid}_label-{label}_desc-Saliency_stat-mean_heatmap.nii.gz"
         assert path.is_file(), label
         mean = np.asarray(nib.load(path).dataobj)
         assert mean.sum() == pytest.approx(1.0, rel=1e-3)
-    assert not (group / f"{grid}_label-CNincorrect_desc-Saliency_stat-mean_heatmap.nii.gz").exists()
-    assert (group / f"{grid}_label-AD_desc-IG_stat-signedmean_heatmap.nii.gz").is_file()
-    assert not (group / f"{grid}_label-AD_desc-Saliency_stat-signedmean_heatmap.nii.gz").exists()
-    sidecar = json.loads((group / f"{grid}_label-ADincorrect_desc-IG_stat-mean_heatmap.json").read_text())
+    assert not list(group.glob("*_heatmap.nii.gz"))  # one folder per method, nothing side by side
+    assert not (group / "Saliency" / f"{grid}_label-CNincorrect_desc-Saliency_stat-mean_heatmap.nii.gz").exists()
+    assert (group / "IG" / f"{grid}_label-AD_desc-IG_stat-signedmean_heatmap.nii.gz").is_file()
+    assert not (group / "Saliency" / f"{grid}_label-AD_desc-Saliency_stat-signedmean_heatmap.nii.gz").exists()
+    sidecar = json.loads((group / "IG" / f"{grid}_label-ADincorrect_desc-IG_stat-mean_heatmap.json").read_text())
     assert sidecar["N"] == 1 and len(sidecar["Sources"]) == 1
     overlap = pd.read_csv(group / "overlap.tsv", sep="\t")
-    assert set(overlap["reference"]) == {"builtin", "simulation"}
+    from adheat_app.evaluation.cohort_reference import cohort_paths
+
+    significant = np.asarray(nib.load(cohort_paths(derivs, cohort)["mask"]).dataobj).any()
+    assert set(overlap["reference"]) == {"anatomicalprior", "simulation"} | ({"cohort"} if significant else set())
+    assert "builtin" not in (group / "overlap.json").read_text()
     auc = overlap[(overlap["metric"] == "roc_auc") & (overlap["reference"] == "simulation")
-                  & (overlap["label"] == "all")].set_index("method")
-    assert (auc["value"] > 0.95).all()
+                  & (overlap["label"] == "all") & (overlap["kind"] == "method")
+                  & (overlap["sign"] == "absolute")].set_index("method")
+    assert set(auc.index) == {"IG", "Saliency"}
+    assert (auc["value"] > 0.95).all() and (auc["chance"] == 0.5).all()
     assert (auc["ci_low"] < auc["ci_high"]).all() and (auc["ci_high"] <= 1).all()
     assert (group / "figures" / "desc-IG_overlap.png").stat().st_size > 5000
     distances = pd.read_csv(group / "distances.tsv", sep="\t")
     assert len(distances) == 3 and (distances["euclidean"] < 0.5).all()
+
+
+def test_chance_column_controls_and_signs(evaluated):
+    _, derivs, _, truth = evaluated
+    overlap = pd.read_csv(derivs.root / "group" / "overlap.tsv", sep="\t")
+    mask = truth.template.mask_array()
+    share = float((truth.probseg[mask] > 0.5).mean())
+    sim = overlap[(overlap["reference"] == "simulation")]
+    dice = sim[(sim["metric"] == "dice")].drop_duplicates("top_percent").set_index("top_percent")["chance"]
+    k = dice.index.to_numpy() / 100
+    assert np.allclose(dice.to_numpy(), 2 * k * share / (k + share))
+    assert np.allclose(sim[sim["metric"] == "average_precision"]["chance"], share)
+    controls = overlap[overlap["kind"] == "control"]
+    assert set(controls["method"]) == {"InputMagnitude", "GreyMatterPrior"}
+    assert set(controls["label"]) == {"AD", "CN", "all"}
+    assert (controls[controls["metric"] != "spearman"]["n_bootstrap"] == 200).all()  # like methods
+    signs = overlap.groupby("method")["sign"].agg(set)
+    assert signs["IG"] == {"absolute", "positive"} and signs["Saliency"] == {"absolute"}
+
+
+def test_paired_differences_match_point_values(evaluated):
+    _, derivs, _, _ = evaluated
+    group = derivs.root / "group"
+    overlap = pd.read_csv(group / "overlap.tsv", sep="\t", na_values=["n/a"])
+    differences = pd.read_csv(group / "overlap_differences.tsv", sep="\t", na_values=["n/a"])
+    assert {"method_a", "method_b", "reference", "metric", "top_percent", "difference", "ci_low",
+            "ci_high"} <= set(differences.columns)
+    keys = ["label", "reference", "metric", "top_percent"]
+    value = overlap.set_index(["method", "sign", *keys])["value"]
+    for row in differences.sample(200, random_state=0).itertuples():
+        key = (row.label, row.reference, row.metric, row.top_percent)
+        assert row.difference == pytest.approx(value[(row.method_a, row.sign_a, *key)]
+                                               - value[(row.method_b, row.sign_b, *key)], abs=1e-12)
+    pairs = differences[(differences["label"] == "all") & (differences["metric"] == "roc_auc")]
+    assert len(pairs.drop_duplicates(["method_a", "sign_a", "method_b", "sign_b"])) == 10  # 5 maps, every pair
+    assert (pairs["ci_low"] <= pairs["ci_high"]).all() and pairs["ci_low"].notna().all()
+
+
+def test_answer_table_needs_chance_and_control(evaluated):
+    _, derivs, _, _ = evaluated
+    answer = pd.read_csv(derivs.root / "group" / "answer.tsv", sep="\t")
+    row = answer[(answer["reference"] == "simulation")].set_index(["method", "sign"])
+    assert row.loc[("IG", "absolute"), "finds_reference"]  # truth + noise beats chance and |input|
+    assert set(answer["method"]) == {"IG", "Saliency"}
+    assert (answer["above_chance"] == (answer["ci_low"] > answer["chance"])).all()
+    assert (answer["finds_reference"] == (answer["above_chance"] & answer["above_control"])).all()
+    assert np.allclose(answer["effect_over_chance"], answer["value"] - answer["chance"])
 
 
 def test_evaluation_rerun_skips(evaluated):
@@ -208,3 +293,98 @@ def test_evaluation_rerun_skips(evaluated):
     stamps = {p: p.stat().st_mtime_ns for p in (derivs.root / "group").rglob("*") if p.is_file()}
     run_evaluation(config, derivs, cohort, truth.template)
     assert {p: p.stat().st_mtime_ns for p in (derivs.root / "group").rglob("*") if p.is_file()} == stamps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("null", [False, True])
+def test_cohort_reference_finds_planted_atrophy_and_nothing_in_a_null_cohort(tmp_path, null):
+    from adheat_app.evaluation.cohort_reference import cohort_paths, cohort_reference
+
+    config, derivs, cohort, truth = make_preprocessed_cohort(tmp_path, n_subjects=20, resolution=4.0, seed=2,
+                                                             effect_size=0.5, null=null,
+                                                             evaluation__n_permutations=200)
+    ref = cohort_reference(config, derivs, cohort, truth.template)
+    mask = truth.template.mask_array()
+    found = ref.binary() & mask
+    paths = cohort_paths(derivs, cohort)
+    assert paths["t"].name == f"space-{cohort.space}_res-{cohort.res_label}_desc-ADvsCN_stat-t_statmap.nii.gz"
+    assert np.array_equal(np.asarray(nib.load(paths["mask"]).dataobj) > 0, found)
+    if null:
+        assert not found.any()  # family-wise error control: no voxel survives
+    else:
+        planted = (truth.probseg > 0.5) & mask
+        dice = 2 * (found & planted).sum() / (found.sum() + planted.sum())
+        assert dice >= 0.5, dice
+        t_map = np.asarray(nib.load(paths["t"]).dataobj)
+        assert np.median(t_map[found & planted]) < 0  # atrophy: lower intensity in AD
+
+
+def _nearest_focus_mm(img, foci: np.ndarray) -> float:
+    """Distance (mm) from the voxel of the image's maximum to the nearest focus."""
+    data = np.asarray(img.dataobj)
+    peak = np.unravel_index(np.argmax(data), data.shape)
+    world = img.affine[:3, :3] @ np.array(peak) + img.affine[:3, 3]
+    return float(np.min(np.linalg.norm(foci - world, axis=1)))
+
+
+@pytest.mark.parametrize("name", ["ad_vbm_frisoni2002_sleuth.txt", "ad_vbm_foci_frisoni2002.tsv"])
+def test_foci_files_give_an_ale_map_peaking_at_a_focus(name):
+    pytest.importorskip("nimare")
+    from adheat_app.evaluation.meta_analysis import ale, read_foci
+
+    meta = shared_data_or_skip() / "meta"
+    path = meta / name
+    dataset = read_foci(path)
+    foci = dataset.coordinates[["x", "y", "z"]].to_numpy(float)
+    table = pd.read_csv(meta / "ad_vbm_foci_frisoni2002.tsv", sep="\t", comment="#")
+    assert len(dataset.ids) == 1 and len(foci) == len(table)  # one experiment, every focus read
+    assert np.allclose(np.sort(foci[:, 0]), np.sort(table["x"]), atol=2.5)  # MNI kept (NiMARE rounds to its grid)
+    stat, mask, how = ale(dataset, threshold=0.005, n_iters=0, seed=0)
+    assert _nearest_focus_mm(stat, table[["x", "y", "z"]].to_numpy(float)) <= 2.0  # within a 2 mm voxel
+    assert how.startswith("ALE > 0.005") and 0 < np.asarray(mask.dataobj).sum() < 20_000
+
+
+def test_foci_tsv_errors_name_the_file_and_the_fix(tmp_path):
+    pytest.importorskip("nimare")
+    from adheat_app.evaluation.meta_analysis import read_foci
+
+    bad = tmp_path / "foci.tsv"
+    bad.write_text("study\tx\ty\tz\nA\t1\t2\t3\n")
+    with pytest.raises(InputError, match="--reference-map .*foci.tsv: columns n_subjects are missing"):
+        read_foci(bad)
+    with pytest.raises(InputError, match="file not found"):
+        read_foci(tmp_path / "absent.txt")
+
+
+@pytest.mark.slow
+def test_meta_reference_from_foci_fwe_cluster_at_the_consistent_focus(tmp_path, caplog):
+    """20 experiments, each with one focus near the left hippocampus (jitter 3 mm) and 5 random foci."""
+    pytest.importorskip("nimare")
+    from adheat_app.evaluation.meta_analysis import meta_paths, meta_reference
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for e in range(20):
+        rows.append((f"s{e}", 20, *(np.array([-24.0, -10.0, -20.0]) + rng.normal(0, 3, 3))))
+        rows += [(f"s{e}", 20, *rng.uniform([-60, -90, -30], [60, 60, 60])) for _ in range(5)]
+    foci = tmp_path / "foci.tsv"
+    pd.DataFrame(rows, columns=["study", "n_subjects", "x", "y", "z"]).to_csv(foci, sep="\t", index=False)
+    config, derivs, cohort, truth = make_preprocessed_cohort(tmp_path, n_subjects=4, resolution=4.0,
+                                                             evaluation__reference_map=str(foci),
+                                                             evaluation__n_permutations=100)
+    ref = meta_reference(config, derivs, cohort, truth.template)
+    found = np.argwhere(ref.binary())
+    assert ref.name == "meta" and 20 < len(found) < 400
+    centre = truth.template.affine[:3, :3] @ found.mean(axis=0) + truth.template.affine[:3, 3]
+    assert np.linalg.norm(centre - [-24, -10, -20]) < 4  # the only cluster is the consistent focus
+    assert all(p.is_file() for p in meta_paths(derivs, cohort).values())
+    assert "fewer than" not in caplog.text  # 20 experiments: no warning
+    write_synthetic_heatmaps(derivs, cohort, truth, methods=("Saliency",))
+    run_evaluation(config, derivs, cohort, truth.template)  # reuses the saved ALE and scores against it
+    overlap = pd.read_csv(derivs.root / "group" / "overlap.tsv", sep="\t")
+    assert {"meta", "anatomicalprior", "simulation"} <= set(overlap["reference"])
+    one = tmp_path / "one.tsv"
+    pd.DataFrame(rows[:6], columns=["study", "n_subjects", "x", "y", "z"]).to_csv(one, sep="\t", index=False)
+    ref = meta_reference(config.replace("evaluation", reference_map=str(one), reference_threshold=0.001), derivs,
+                         cohort, truth.template)
+    assert "1 experiment(s)" in caplog.text and "fewer than the 17" in ref.description

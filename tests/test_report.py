@@ -18,8 +18,8 @@ from conftest import make_preprocessed_cohort
 from test_baseline import round_robin_folds
 from test_evaluation import write_synthetic_heatmaps, write_synthetic_predictions
 
-GROUP_SECTIONS = ("summary", "cv-metrics", "roc", "training", "heatmaps", "svm", "reference", "overlap", "regions",
-                  "distances", "sanity", "preproc-qc", "methods")
+GROUP_SECTIONS = ("answer", "summary", "cv-metrics", "roc", "training", "heatmaps", "svm", "reference", "overlap",
+                  "regions", "distances", "sanity", "preproc-qc", "methods")
 SUBJECT_SECTIONS = ("summary", "preprocessing", "predictions", "heatmaps")
 QC_SVG = (b'<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20">'
           b'<rect width="40" height="20" fill="red"/></svg>')
@@ -55,9 +55,18 @@ def full_run(tmp_path_factory):
     """SVM, synthetic CNN predictions and heatmaps, QC inputs, evaluation, then both reports."""
     root = tmp_path_factory.mktemp("report")
     config, derivs, cohort, truth = make_preprocessed_cohort(root, n_subjects=8, resolution=4.0, seed=4,
-                                                             effect_size=0.4, evaluation__n_bootstrap=50)
+                                                             effect_size=0.4, evaluation__n_bootstrap=50,
+                                                             evaluation__n_permutations=100)
     write_synthetic_predictions(derivs, cohort, config.training.model)
     run_svm(config, derivs, cohort, round_robin_folds(cohort.labelled, 2))
+    metrics_path = derivs.root / "group" / "cv_metrics.tsv"
+    metrics = pd.read_csv(metrics_path, sep="\t", dtype={"fold": str})
+    pooled = pd.DataFrame([{"model": config.training.model, "fold": "pooled", "roc_auc": 0.52, "roc_auc_ci_low": 0.31,
+                            "roc_auc_ci_high": 0.73, "p_value": 0.44, "better_than_chance": False},
+                           {"model": "SVM", "fold": "pooled", "roc_auc": 0.91, "roc_auc_ci_low": 0.8,
+                            "roc_auc_ci_high": 0.99, "p_value": 0.001, "better_than_chance": True}])
+    metrics = metrics[metrics["fold"] != "pooled"]  # replaced by verdicts of known values
+    pd.concat([metrics, pooled], ignore_index=True).to_csv(metrics_path, sep="\t", index=False)
     write_synthetic_heatmaps(derivs, cohort, truth)
     group = derivs.root / "group"
     pd.DataFrame({"subject": [s.subject for s in cohort.scans], "session": "n/a", "ncc": 0.9,
@@ -88,6 +97,21 @@ def test_group_report_has_every_section_with_content(full_run):
 
 
 @pytest.mark.slow
+def test_answer_section_states_findings_and_model_verdict(full_run):
+    config, derivs, *_, group_html, _ = full_run
+    text = group_html.read_text()
+    answer = text.split('<section id="answer">', 1)[1].split("</section>", 1)[0]
+    warning = answer.split('id="model-warning"', 1)[1].split("</div>", 1)[0]
+    assert f"{config.training.model} is not better than chance</strong> at separating AD from CN (ROC AUC 0.520 " \
+           "[0.310, 0.730], p = 0.44)" in warning and "SVM" not in warning
+    assert "SVM: better than chance (ROC AUC 0.910 [0.800, 0.990], p = 0.001)" in answer
+    found = pd.read_csv(derivs.root / "group" / "answer.tsv", sep="\t")
+    found = found[found["sign"] == "absolute"]
+    assert answer.count("<tr") == len(found) + 1 and {"IG", "Saliency", "SVM"} <= set(found["method"])
+    assert answer.index("simulation") < answer.index("anatomicalprior (region prior, not a meta-analysis)")
+
+
+@pytest.mark.slow
 def test_subject_report_embeds_qc_and_heatmaps(full_run):
     *_, subject_html = full_run
     text = subject_html.read_text()
@@ -111,7 +135,12 @@ def test_reports_without_outputs_say_not_computed(full_run, tmp_path):
 def test_reports_render_in_headless_chromium(full_run, tmp_path):
     exe = chromium()
     *_, group_html, subject_html = full_run
-    check_dom(rendered_dom(exe, group_html, tmp_path / "profile1"), GROUP_SECTIONS)
+    dom = rendered_dom(exe, group_html, tmp_path / "profile1")
+    check_dom(dom, GROUP_SECTIONS)
+    first = dom.index('<section id="answer">')
+    assert first < min(dom.index(f'<section id="{s}">') for s in GROUP_SECTIONS[1:])  # the answer comes first
+    assert first < dom.index('id="model-warning"') < dom.index('<section id="summary">')
+    assert dom.index('id="model-warning"') < dom.index("<table")  # the warning tops the page's content
     check_dom(rendered_dom(exe, subject_html, tmp_path / "profile2"), SUBJECT_SECTIONS)
 
 

@@ -19,14 +19,19 @@ Groups (the ``label`` entity): every diagnosis present (``AD``, ``CN``,
 averaged test subjects of both classes), and, where ``group/predictions.tsv``
 holds the CNN's (``--model``) out-of-fold predictions, the correctly and
 incorrectly classified scans of the positive and negative class
-(``ADcorrect``, ``ADincorrect``, ``CNcorrect``, ``CNincorrect``). Outputs:
-``group/space-<s>_res-<r>_label-<L>_desc-<Method>_stat-mean_heatmap.nii.gz``
+(``ADcorrect``, ``ADincorrect``, ``CNcorrect``, ``CNincorrect``). Outputs, one
+folder per method (:func:`group_map_path`):
+``group/<Method>/space-<s>_res-<r>_label-<L>_desc-<Method>_stat-mean_heatmap.nii.gz``
 (mean of absolute, unit-total maps) and ``..._stat-signedmean_heatmap.nii.gz``
 (signed methods), each with a sidecar listing its subjects and sources and
 ``TargetClasses``: how many of its maps explain each class (the heatmaps'
 ``TargetLabel``). With ``--target positive`` (default) every map explains the
 positive class; otherwise a group such as ``all`` mixes explanations of
 different classes, which the sidecar's ``MixedTargets`` and a log warning say.
+
+For signed methods the positive part of each subject's map (evidence for the
+explained class), divided by the same total of absolute values, is kept as
+well (``MethodMaps.positive``) and scored as sign ``positive``.
 """
 
 from __future__ import annotations
@@ -137,6 +142,9 @@ class MethodMaps:
         Row indices per ``label`` group.
     signed_means : dict of str to numpy.ndarray
         Signed mean per group (signed methods only).
+    positive : numpy.ndarray or None
+        ``(n, V)`` float32: positive part of each signed map over its total of absolute values
+        (signed methods only).
     digest : str
         Hash of the inputs (file names, sidecars, groups), recorded in the outputs' sidecars.
     targets : list of str
@@ -150,6 +158,7 @@ class MethodMaps:
     values: np.ndarray
     groups: dict[str, list[int]]
     signed_means: dict[str, np.ndarray] = field(default_factory=dict)
+    positive: np.ndarray | None = None
     digest: str = ""
     targets: list[str] = field(default_factory=list)
 
@@ -173,7 +182,7 @@ def load_method(derivs: Derivatives, cohort: Cohort, template: Template, method:
                 correct: dict[str, int]) -> MethodMaps | None:
     """Read and normalise every scan's heatmap of ``method`` (None when no usable map exists)."""
     mask = template.mask_array()
-    scans, files, rows, signed_flags, targets = [], [], [], [], []
+    scans, files, rows, positives, signed_flags, targets = [], [], [], [], [], []
     groups: dict[str, list[int]] = {}
     signed_sums: dict[str, np.ndarray] = {}
     for scan in cohort.scans:
@@ -197,6 +206,7 @@ def load_method(derivs: Derivatives, cohort: Cohort, template: Template, method:
         scans.append(scan)
         files.append(path)
         rows.append(np.abs(data) / np.float32(total))
+        positives.append(np.maximum(data, 0) / np.float32(total))
         signed_flags.append(signed)
         targets.append(str(sidecar.get("TargetLabel", "unknown")))
     if not rows:
@@ -206,13 +216,21 @@ def load_method(derivs: Derivatives, cohort: Cohort, template: Template, method:
     LOGGER.info("%s: %d heatmap(s); groups %s", method, len(rows),
                 ", ".join(f"{k}={len(v)}" for k, v in sorted(groups.items())))
     maps = MethodMaps(method, signed, scans, files, np.stack(rows), groups, signed_means,
-                      method_digest(derivs, cohort, method, correct), targets)
+                      np.stack(positives) if signed else None, method_digest(derivs, cohort, method, correct),
+                      targets)
     for label in sorted(groups):
         if len(maps.target_classes(label)) > 1:
             LOGGER.warning("%s group %s averages explanations of different classes %s (--target); --target "
                            "positive explains the positive class for every scan", method, label,
                            maps.target_classes(label))
     return maps
+
+
+def group_map_path(derivs: Derivatives, template: Template, method: str, label: str, stat: str = "mean") -> Path:
+    """Path of a group map: ``group/<method>/space-..._label-<label>_desc-<method>_stat-<stat>_heatmap.nii.gz``."""
+    name = derivs.filename("heatmap", ".nii.gz", space=template.space, res=template.res_label, label=label,
+                           desc=method, stat=stat)
+    return derivs.root / "group" / method / name
 
 
 def write_group_maps(derivs: Derivatives, template: Template, maps: MethodMaps, overwrite: bool) -> list[Path]:
@@ -224,8 +242,7 @@ def write_group_maps(derivs: Derivatives, template: Template, maps: MethodMaps, 
         if label in maps.signed_means:
             outputs.append(("signedmean", maps.signed_means[label], SIGNED_NORMALISATION))
         for stat, values, normalisation in outputs:
-            path = derivs.group_path("heatmap", space=template.space, res=template.res_label, label=label,
-                                     desc=maps.method, stat=stat)
+            path = group_map_path(derivs, template, maps.method, label, stat)
             written.append(path)
             if not overwrite and is_complete(path, InputsHash=maps.digest):
                 continue

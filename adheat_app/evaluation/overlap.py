@@ -14,15 +14,19 @@ reference ``R`` (plus its continuous values ``r``):
 * ``mass_inside``: fraction of the total relevance inside ``R``;
 * ``spearman``: rank correlation of ``m`` with the continuous ``r``.
 
-:func:`bootstrap` resamples subjects with replacement, recomputes the mean
-map of each resample as one matrix product (counts x maps) and the metrics
-from one sort per resample map, in batches. The Spearman correlation needs
+:func:`resample_counts` draws the bootstrap resamples of subjects (with
+replacement) once per group of scans; :func:`bootstrap` turns them into the
+mean map of each resample (one matrix product, weights x maps) and
+:func:`score_resamples` scores resample maps with one sort each, in batches.
+Every map scored on the same weights is scored on the same resamples, so
+differences between maps have paired intervals. The Spearman correlation needs
 the rank of every voxel per resample and is reported without interval.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 from scipy import stats
@@ -107,9 +111,40 @@ def overlap_metrics(relevance: np.ndarray, reference: np.ndarray, reference_valu
     return out
 
 
-def bootstrap(maps: np.ndarray, references: list[np.ndarray], n_resamples: int, seed: int,
+def resample_counts(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """Bootstrap resamples of ``n`` subjects as counts ``(n_resamples, n)`` (float64; each row sums to ``n``).
+
+    Parameters
+    ----------
+    n : int
+        Subjects (scans) in the group.
+    n_resamples : int
+        Number of resamples (0: none).
+    seed : int
+        Seed of the resampling.
+    """
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_resamples, n))
+    if n_resamples and n:
+        draws = rng.integers(0, n, size=(n_resamples, n))
+        np.add.at(counts, (np.repeat(np.arange(n_resamples), n), draws.ravel()), 1.0)
+    return counts
+
+
+def score_resamples(batches: Iterable[np.ndarray], references: list[np.ndarray],
+                    percents=TOP_PERCENT) -> list[dict[str, np.ndarray]]:
+    """Metrics of resample maps given in batches ``(b, V)``; per reference, as :func:`sorted_metrics`, stacked."""
+    results: list[dict[str, list[np.ndarray]]] = [{k: [] for k in BOOTSTRAPPED} for _ in references]
+    for batch in batches:
+        for collected, metrics in zip(results, sorted_metrics(batch, references, percents)):
+            for key, value in metrics.items():
+                collected[key].append(value)
+    return [{k: np.concatenate(v) if v else np.empty((0,)) for k, v in collected.items()} for collected in results]
+
+
+def bootstrap(maps: np.ndarray, references: list[np.ndarray], counts: np.ndarray,
               percents=TOP_PERCENT) -> list[dict[str, np.ndarray]]:
-    """Metrics of the mean map of ``n_resamples`` resamples of subjects (with replacement).
+    """Metrics of the mean map of each resample of subjects.
 
     Parameters
     ----------
@@ -117,28 +152,30 @@ def bootstrap(maps: np.ndarray, references: list[np.ndarray], n_resamples: int, 
         Per-subject relevance maps ``(n, V)`` (non-negative, float32).
     references : list of numpy.ndarray
         Binary references, each ``(V,)``.
-    n_resamples : int
-        Number of resamples (0: none).
-    seed : int
-        Seed of the resampling.
+    counts : numpy.ndarray
+        How often each subject is drawn in each resample, ``(n_resamples, n)``
+        (:func:`resample_counts`, or its columns of the subjects ``maps`` has).
+        A resample that draws none of them scores NaN.
 
     Returns
     -------
     list of dict
         Per reference, as :func:`sorted_metrics`, one row per resample.
     """
-    n = maps.shape[0]
-    rng = np.random.default_rng(seed)
-    results: list[dict[str, list[np.ndarray]]] = [{k: [] for k in BOOTSTRAPPED} for _ in references]
-    for start in range(0, n_resamples, BATCH):
-        size = min(BATCH, n_resamples - start)
-        draws = rng.integers(0, n, size=(size, n))
-        weights = np.zeros((size, n), dtype=np.float32)
-        np.add.at(weights, (np.repeat(np.arange(size), n), draws.ravel()), np.float32(1.0 / n))
-        for collected, metrics in zip(results, sorted_metrics(weights @ maps, references, percents)):
-            for key, value in metrics.items():
-                collected[key].append(value)
-    return [{k: np.concatenate(v) if v else np.empty((0,)) for k, v in collected.items()} for collected in results]
+    totals = counts.sum(axis=1, keepdims=True)
+    weights = (counts / np.where(totals > 0, totals, np.nan)).astype(np.float32)
+
+    def batches():
+        for start in range(0, len(weights), BATCH):
+            yield np.nan_to_num(weights[start:start + BATCH]) @ maps
+
+    scored = score_resamples(batches(), references, percents)
+    empty = totals[:, 0] == 0
+    if empty.any():
+        for metrics in scored:
+            for value in metrics.values():
+                value[empty] = np.nan
+    return scored
 
 
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:

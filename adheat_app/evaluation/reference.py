@@ -1,20 +1,26 @@
 """Reference maps of Alzheimer's-disease atrophy that heatmaps are scored against.
 
-Three sources, in this order:
+Sources:
 
+* ``--reference-map FOCI.txt|FOCI.tsv``: peak coordinates of published
+  experiments, turned into an ALE meta-analysis by NiMARE
+  (:mod:`.meta_analysis`), named ``meta``.
 * ``--reference-map PATH``: any NIfTI in MNI space (e.g. a published ALE map),
   resampled linearly onto the analysis grid and binarised at
   ``--reference-threshold`` (default: the ``Threshold`` of its JSON sidecar
   when it has one, else 0: voxels above 0, the convention of thresholded
-  meta-analysis maps). It replaces the built-in map.
-* The built-in map (:func:`builtin_reference_path`), shipped in
-  ``adheat_app/data/``: an activation likelihood estimation (ALE) map computed
+  meta-analysis maps), named ``custom``.
+* The built-in **region prior** ``anatomicalprior``
+  (:func:`builtin_reference_path`), shipped in
+  ``adheat_app/data/`` and always scored: an activation likelihood estimation (ALE) map computed
   by ``adheat_app/data/make_reference_map.py`` with :func:`ale_map` from a
   curated list of **anatomically defined foci**: the centroids of the AAL3
   regions that coordinate-based meta-analyses of voxel-based morphometry
   repeatedly report as sites of grey-matter loss in AD. It is *not* computed
   from published peak coordinates; its sidecar and the foci table beside it
-  (``reference_ad_atrophy_foci.tsv``) say exactly how it was made.
+  (``reference_ad_atrophy_foci.tsv``) say exactly how it was made. It is a
+  prior on which regions to expect, not a meta-analysis of published results,
+  so it is never the headline reference (:data:`HEADLINE_ORDER`).
 * On simulated cohorts (``bids_dir/derivatives/simulation`` holds the
   planted-atrophy map of the analysis grid), the planted ground truth, named
   ``simulation`` and binarised at 0.5 (the border of the planted regions,
@@ -47,6 +53,13 @@ LOGGER = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 BUILTIN_MAP = "reference_ad_atrophy_ale.nii.gz"
 SIMULATION_THRESHOLD = 0.5
+ANATOMICAL_PRIOR = "anatomicalprior"
+PRIOR_DESCRIPTION = ("Region prior, not a meta-analysis: an ALE-style map of 20 foci placed at the AAL3 centroids "
+                     "of regions that VBM meta-analyses report as atrophic in AD (hippocampus, amygdala, "
+                     "parahippocampal gyrus, temporal cortex, posterior cingulate, precuneus, insula, thalamus). "
+                     "No coordinate comes from a published study.")
+#: References in the order the answer puts first (the region prior is never the headline).
+HEADLINE_ORDER = ("simulation", "cohort", "meta", "custom", ANATOMICAL_PRIOR)
 #: Spatial uncertainty of ALE (Eickhoff et al. 2009), as FWHM in mm.
 TEMPLATE_FWHM_MM = 5.7
 SUBJECT_FWHM_MM = 11.6
@@ -59,7 +72,7 @@ class Reference:
     Attributes
     ----------
     name : str
-        Short name used in tables (``builtin``, ``custom`` or ``simulation``).
+        Short name used in tables (``anatomicalprior``, ``custom``, ``meta``, ``cohort`` or ``simulation``).
     values : numpy.ndarray
         Continuous map on the analysis grid (float32, 0 outside the brain).
     threshold : float
@@ -68,6 +81,9 @@ class Reference:
         How the map was made (for sidecars and the report).
     source : str
         File it was read from.
+    mask : numpy.ndarray or None
+        Binary reference given explicitly (e.g. the clusters surviving a
+        cluster-level correction); None: ``values > threshold``.
     """
 
     name: str
@@ -75,10 +91,11 @@ class Reference:
     threshold: float
     description: str
     source: str
+    mask: np.ndarray | None = None
 
     def binary(self) -> np.ndarray:
         """The binarised reference (bool, analysis grid)."""
-        return self.values > self.threshold
+        return self.mask if self.mask is not None else self.values > self.threshold
 
     def describe(self) -> dict:
         """JSON-serialisable summary for sidecars."""
@@ -182,23 +199,34 @@ def simulation_truth_path(config: RunConfig, template: Template) -> Path:
             / f"space-{template.space}_res-{template.res_label}_desc-atrophy_probseg.nii.gz")
 
 
+def is_foci_file(path: str | Path) -> bool:
+    """Whether ``--reference-map`` names coordinates for a meta-analysis (Sleuth ``.txt`` or foci ``.tsv``)."""
+    return Path(path).suffix.lower() in (".txt", ".tsv")
+
+
 def load_references(config: RunConfig, template: Template) -> list[Reference]:
-    """The reference maps of this run (user or built-in map, plus the simulated truth when present)."""
+    """The reference maps of this run: the user's map, the region prior, and the simulated truth when present."""
     ev = config.evaluation
-    if ev.reference_map:
-        references = [load_map(Path(ev.reference_map), template, "custom", ev.reference_threshold,
-                               "--reference-map")]
-    else:
-        references = [load_map(builtin_reference_path(), template, "builtin", ev.reference_threshold,
-                               "built-in reference")]
+    references = []
+    if ev.reference_map and not is_foci_file(ev.reference_map):
+        references.append(load_map(Path(ev.reference_map), template, "custom", ev.reference_threshold,
+                                   "--reference-map"))
+    prior = load_map(builtin_reference_path(), template, ANATOMICAL_PRIOR,
+                     None if ev.reference_map else ev.reference_threshold, "built-in reference")
+    references.append(Reference(prior.name, prior.values, prior.threshold, PRIOR_DESCRIPTION, prior.source))
     truth = simulation_truth_path(config, template)
     if truth.is_file():
         references.append(load_map(truth, template, "simulation", SIMULATION_THRESHOLD, "simulated truth"))
     brain = int(template.mask_array().sum())
     for ref in references:
-        voxels = int(ref.binary().sum())
-        LOGGER.info("reference map %s: %d voxels above %g (%s)", ref.name, voxels, ref.threshold, ref.source)
-        if voxels == 0 or voxels > brain / 2:
-            LOGGER.warning("reference map %s covers %.0f %% of the brain at threshold %g: overlap scores are not "
-                           "informative; set --reference-threshold", ref.name, 100 * voxels / brain, ref.threshold)
+        check_coverage(ref, brain)
     return references
+
+
+def check_coverage(ref: Reference, brain: int) -> None:
+    """Log a reference's size; warn when it is empty or covers more than half of the ``brain`` voxels."""
+    voxels = int(ref.binary().sum())
+    LOGGER.info("reference map %s: %d voxels above %g (%s)", ref.name, voxels, ref.threshold, ref.source)
+    if voxels == 0 or voxels > brain / 2:
+        LOGGER.warning("reference map %s covers %.0f %% of the brain at threshold %g: overlap scores are not "
+                       "informative; set --reference-threshold", ref.name, 100 * voxels / brain, ref.threshold)

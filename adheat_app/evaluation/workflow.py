@@ -5,16 +5,26 @@ heatmap methods whose per-subject files are present, the SVM activation pattern
 when the baseline ran, the CNN's predictions for the correct/incorrect split.
 It writes (all under ``group/``):
 
-* the group mean maps (:mod:`.group_maps`);
-* ``overlap.tsv``: one row per method, label, reference, metric and top-k %
-  (``top_percent``, ``n/a`` for metrics without k): the value of the group mean
-  map, a 95 % percentile bootstrap interval over subjects (``ci_low``,
-  ``ci_high``; ``n/a`` for the SVM pattern, a single map, and for Spearman),
-  ``n_subjects`` and ``n_bootstrap`` (:mod:`.overlap`);
+* the group mean maps (:mod:`.group_maps`), one folder per method;
+* ``overlap.tsv``: one row per map (``method``; ``kind``: ``method``,
+  ``baseline`` for the SVM pattern, ``control`` for :mod:`.controls`), label,
+  reference, ``sign`` (``absolute``, or ``positive`` for the positive part of
+  signed maps), metric and top-k % (``top_percent``, ``n/a`` for metrics
+  without k): the value of the group mean map, the ``chance`` level
+  (:mod:`.chance`), a 95 % percentile bootstrap interval over subjects
+  (``ci_low``, ``ci_high``; ``n/a`` for Spearman), ``n_subjects`` and
+  ``n_bootstrap`` (:mod:`.overlap`). All maps of a label share the same
+  resamples;
+* ``overlap_differences.tsv``: paired differences of every two maps of a label
+  (:func:`.scoring.paired_differences`);
+* ``answer.tsv``: per method, reference and sign, whether the map finds the
+  reference (:func:`.scoring.answer_table`, label ``all``);
 * ``regions.tsv`` (:mod:`.regions`) and ``distances.tsv`` (:mod:`.distances`)
   for the labels ``<positive>``, ``<negative>`` and ``all``; the SVM pattern
   (class-independent) appears under every label;
-* ``figures/desc-<Method>_overlap.png``: overlap against top-k % curves.
+* the cohort reference (:mod:`.cohort_reference`), scored as reference ``cohort``,
+  and the ALE map of ``--reference-map`` foci (:mod:`.meta_analysis`), reference ``meta``;
+* ``figures/desc-<Method>_overlap.png``: overlap against top-k % curves, with chance levels.
 
 Each table has a JSON sidecar recording a hash of every input and parameter;
 a rerun with the same hash skips the step.
@@ -25,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -34,41 +45,36 @@ from adheat_app.baseline.svm import output_paths
 from adheat_app.bids import Derivatives, is_complete, sidecar_path, software_versions
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
+from adheat_app.evaluation.chance import chance_levels
+from adheat_app.evaluation.cohort_reference import cohort_reference
+from adheat_app.evaluation.meta_analysis import meta_reference
+from adheat_app.evaluation.controls import (
+    GREY_MATTER_PRIOR, INPUT_MAGNITUDE, grey_matter_prior, is_control, svm_pattern_resamples, unit_total,
+)
 from adheat_app.evaluation.distances import map_distances
 from adheat_app.evaluation.group_maps import (
-    ALL, discover_methods, entity_label, load_method, method_digest, read_predictions, write_group_maps,
+    ALL, discover_methods, entity_label, load_method, method_digest, read_predictions, scan_groups, write_group_maps,
 )
 from adheat_app.evaluation.overlap import (
-    BOOTSTRAPPED, TOP_PERCENT, bootstrap, overlap_metrics, percentile_interval, sorted_metrics,
+    TOP_PERCENT, bootstrap, overlap_metrics, percentile_interval, resample_counts, score_resamples, sorted_metrics,
 )
 from adheat_app.evaluation.reference import Reference, load_references
 from adheat_app.evaluation.regions import region_table
+from adheat_app.evaluation.scoring import (
+    ANSWER_METRIC, Scores, answer_table, constant_samples, overlap_rows, paired_differences,
+)
 from adheat_app.io import write_json, write_tsv
 from adheat_app.templates import Template, get_atlas
+from adheat_app.volumes import cache_key, load_volumes
 
 LOGGER = logging.getLogger(__name__)
 
 SVM = "SVM"
 #: k values (%) of the overlap curve figures.
 CURVE_PERCENT: tuple[float, ...] = (0.5, 1, 2, 3, 5, 7.5, 10, 12.5, 15, 20, 25, 30, 40, 50)
-TABLES = ("overlap.tsv", "regions.tsv", "distances.tsv")
-
-
-def _metric_rows(method: str, label: str, reference: str, point: dict, intervals: dict | None,
-                 n_subjects: int | None, n_bootstrap: int) -> list[dict]:
-    rows = []
-    for metric, value in point.items():
-        percents = TOP_PERCENT if np.ndim(value) else (None,)
-        for j, k in enumerate(percents):
-            low = high = np.nan
-            if intervals is not None and metric in intervals:
-                lo, hi = intervals[metric]
-                low, high = (lo[j], hi[j]) if np.ndim(lo) else (lo, hi)
-            rows.append({"method": method, "label": label, "reference": reference, "metric": metric,
-                         "top_percent": k, "value": float(np.ravel(value)[j]), "ci_low": float(low),
-                         "ci_high": float(high), "n_subjects": n_subjects,
-                         "n_bootstrap": n_bootstrap if intervals is not None else None})
-    return rows
+TABLES = ("overlap.tsv", "overlap_differences.tsv", "answer.tsv", "regions.tsv", "distances.tsv")
+SVM_INTERVAL = ("activation pattern cov(Z) w / var(w'z) recomputed on each bootstrap resample of the scans with the "
+                "fold-mean SVM weight vector w held fixed (not refit) and Z z-scored per voxel over all scans")
 
 
 def _evaluation_hash(config: RunConfig, derivs: Derivatives, cohort: Cohort, methods: list[str],
@@ -79,8 +85,11 @@ def _evaluation_hash(config: RunConfig, derivs: Derivatives, cohort: Cohort, met
     for ref in references:
         digest.update(f"{ref.name}|{ref.source}|{ref.threshold}|".encode())
         digest.update(hashlib.sha256(np.ascontiguousarray(ref.values).tobytes()).digest())
+        digest.update(hashlib.sha256(np.packbits(ref.binary())).digest())
     ev = config.evaluation
-    digest.update(f"{svm_sidecar}|{ev.n_bootstrap}|{ev.atlas}|{config.execution.seed}|{TOP_PERCENT}".encode())
+    digest.update(f"{svm_sidecar}|{ev.n_bootstrap}|{ev.n_permutations}|{ev.atlas}|{config.execution.seed}|"
+                  f"{TOP_PERCENT}|".encode())
+    digest.update(cache_key([s.image for s in cohort.scans]).encode())
     return digest.hexdigest()[:16]
 
 
@@ -90,13 +99,63 @@ def _curves(relevance: np.ndarray, references: list[Reference], binaries: list[n
     return {ref.name: {k: v[0] for k, v in m.items()} for ref, m in zip(references, metrics)}
 
 
-def _scored_labels(cohort: Cohort, groups: dict) -> list[str]:
-    wanted = [entity_label(cohort.positive_label), entity_label(cohort.negative_label), ALL]
-    return [label for label in wanted if label in groups]
+class _Scorer:
+    """Scores maps of each label on that label's shared bootstrap resamples."""
+
+    def __init__(self, config: RunConfig, cohort: Cohort, correct: dict[str, int], references: list[Reference],
+                 mask: np.ndarray):
+        self.names = [ref.name for ref in references]
+        self.binaries = [ref.binary()[mask] for ref in references]
+        self.continuous = [ref.values[mask] for ref in references]
+        positive, negative = cohort.positive_label, cohort.negative_label
+        labels = [entity_label(positive), entity_label(negative), ALL]
+        self.keys = {label: [s.key for s in cohort.scans if label in scan_groups(s, correct, positive, negative)]
+                     for label in labels}
+        self.keys = {label: keys for label, keys in self.keys.items() if keys}
+        n_bootstrap, seed = config.evaluation.n_bootstrap, config.execution.seed
+        self.counts = {label: resample_counts(len(keys), n_bootstrap if len(keys) > 1 else 0, seed + i)
+                       for i, (label, keys) in enumerate(self.keys.items())}
+        self.columns = {label: {key: j for j, key in enumerate(keys)} for label, keys in self.keys.items()}
+        self.scores: list[Scores] = []
+
+    def points(self, mean: np.ndarray) -> list[dict]:
+        """Metrics of one map against every reference."""
+        return [overlap_metrics(mean, b, c) for b, c in zip(self.binaries, self.continuous)]
+
+    def subjects(self, method: str, kind: str, label: str, sign: str, maps: np.ndarray,
+                 keys: list[str]) -> np.ndarray:
+        """Score the mean of per-scan ``maps`` (rows: scans ``keys`` of ``label``); return the mean."""
+        mean = maps.mean(axis=0)
+        counts = self.counts[label][:, [self.columns[label][k] for k in keys]]
+        samples = bootstrap(maps, self.binaries, counts)
+        self.scores.append(Scores(method, kind, label, sign, len(keys), self.points(mean), samples))
+        return mean
+
+    def constant(self, method: str, kind: str, label: str, values: np.ndarray, samples: list[dict] | None = None,
+                 n_subjects: int | None = None) -> None:
+        """Score one map of ``label`` (samples: the map's own resamples, else its value on every resample)."""
+        point = self.points(values)
+        if samples is None:
+            samples = constant_samples(point, len(self.counts[label]))
+        self.scores.append(Scores(method, kind, label, "absolute", n_subjects, point, samples))
+
+
+def _svm_samples(scorer: _Scorer, volumes: np.ndarray, cohort: Cohort, mask: np.ndarray,
+                 weights_path: Path) -> list[dict] | None:
+    """Bootstrap scores of the SVM pattern on the label-``all`` resamples (None without a weight map)."""
+    if not weights_path.is_file() or ALL not in scorer.keys:
+        return None
+    index = {s.key: i for i, s in enumerate(cohort.scans)}
+    features = np.asarray(volumes[[index[k] for k in scorer.keys[ALL]]][:, mask], dtype=np.float32)
+    features -= features.mean(axis=0)
+    sd = features.std(axis=0)
+    features /= np.where(sd > 0, sd, 1.0)
+    weights = np.asarray(nib.load(weights_path).dataobj, dtype=np.float32)[mask]
+    return score_resamples(svm_pattern_resamples(features, weights, scorer.counts[ALL]), scorer.binaries)
 
 
 def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> None:
-    """Group maps, overlap scores, region and distance tables of every method present.
+    """Group maps, overlap scores with chance levels, controls and paired differences, region and distance tables.
 
     Parameters
     ----------
@@ -107,7 +166,7 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
     cohort : Cohort
         The preprocessed cohort.
     template : Template
-        Analysis template (grid and brain mask).
+        Analysis template (grid, brain mask and grey-matter probability).
     """
     from adheat_app.report.figures import overlap_curves, save_png  # lazy: the report package imports this one
 
@@ -116,63 +175,81 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
     group = derivs.root / "group"
     mask = template.mask_array()
     methods = discover_methods(derivs, template.space, template.res_label)
-    pattern_path = output_paths(derivs, cohort)[0]
+    pattern_path, weights_path = output_paths(derivs, cohort)
     has_svm = pattern_path.is_file()
     if not methods and not has_svm:
         LOGGER.warning("evaluation: no heatmaps and no SVM pattern in %s; nothing to evaluate", derivs.root)
         return
     references = load_references(config, template)
+    meta = meta_reference(config, derivs, cohort, template)
+    references += [meta] if meta is not None else []
+    cohort_ref = cohort_reference(config, derivs, cohort, template)
+    if cohort_ref is not None and not cohort_ref.binary().any():
+        LOGGER.info("cohort reference: no voxel survives FWE correction; not scored")
+    elif cohort_ref is not None:
+        references.append(cohort_ref)
     correct = read_predictions(derivs, config.training.model)
     svm_sidecar = sidecar_path(pattern_path).read_text() if has_svm else ""
     digest = _evaluation_hash(config, derivs, cohort, methods, correct, references, svm_sidecar)
     if not config.execution.overwrite and all(is_complete(group / name, EvaluationHash=digest) for name in TABLES):
         LOGGER.info("evaluation: outputs complete for these inputs, skipping (--overwrite recomputes)")
         return
-    binaries = [ref.binary()[mask] for ref in references]
-    overlap_rows: list[dict] = []
+    scorer = _Scorer(config, cohort, correct, references, mask)
+    chances = [chance_levels(float(b.mean())) for b in scorer.binaries]
+    curve_chance = {ref.name: chance_levels(float(b.mean()), CURVE_PERCENT)
+                    for ref, b in zip(references, scorer.binaries)}
     region_maps: dict[tuple[str, str], np.ndarray] = {}
     label_maps: dict[str, dict[str, np.ndarray]] = {}
     n_subjects: dict[str, dict[str, int]] = {}
-    for index, method in enumerate(methods):
+    for method in methods:
         maps = load_method(derivs, cohort, template, method, correct)
         if maps is None:
             continue
         write_group_maps(derivs, template, maps, config.execution.overwrite)
         n_subjects[method] = {label: len(rows) for label, rows in maps.groups.items()}
-        curves, intervals = {}, {}
-        for label in _scored_labels(cohort, maps.groups):
-            subset = maps.subset(label)
-            mean = subset.mean(axis=0)
-            region_maps[(method, label)] = mean
-            label_maps.setdefault(label, {})[method] = mean
-            samples = bootstrap(subset, binaries, ev.n_bootstrap if len(subset) > 1 else 0,
-                                config.execution.seed + index)
-            for ref, binary, boot in zip(references, binaries, samples):
-                point = overlap_metrics(mean, binary, ref.values[mask])
-                ci = {m: percentile_interval(boot[m]) for m in BOOTSTRAPPED} if len(boot["roc_auc"]) else None
-                overlap_rows += _metric_rows(method, label, ref.name, point, ci, len(subset), ev.n_bootstrap)
-                if label == ALL:
-                    intervals[ref.name] = {m: (TOP_PERCENT, *ci[m]) for m in ("dice", "overlap_fraction")} \
-                        if ci else {}
-            if label == ALL:
-                curves = _curves(mean, references, binaries)
-        if curves:
-            save_png(overlap_curves(method, CURVE_PERCENT, curves, intervals),
-                     group / "figures" / f"desc-{method}_overlap.png")
+        kind = "control" if is_control(method) else "method"
+        for label in (label for label in scorer.keys if label in maps.groups):
+            rows = maps.groups[label]
+            keys = [maps.scans[i].key for i in rows]
+            mean = scorer.subjects(method, kind, label, "absolute", maps.values[rows], keys)
+            if maps.positive is not None:
+                scorer.subjects(method, kind, label, "positive", maps.positive[rows], keys)
+            if kind == "method":
+                region_maps[(method, label)] = mean
+                label_maps.setdefault(label, {})[method] = mean
+        if ALL in maps.groups:
+            scored = next(s for s in reversed(scorer.scores) if s.method == method and s.label == ALL
+                          and s.sign == "absolute")
+            intervals = {name: {m: (TOP_PERCENT, *percentile_interval(scored.samples[r][m]))
+                                for m in ("dice", "overlap_fraction")}
+                         for r, name in enumerate(scorer.names) if len(scored.samples[r]["dice"])}
+            save_png(overlap_curves(method, CURVE_PERCENT, _curves(maps.mean(ALL), references, scorer.binaries),
+                                    intervals, curve_chance), group / "figures" / f"desc-{method}_overlap.png")
         LOGGER.info("evaluation: %s done (%d subjects)", method, len(maps.scans))
         del maps
+    volumes = load_volumes([s.image for s in cohort.scans], config.work_dir)
+    index = {s.key: i for i, s in enumerate(cohort.scans)}
+    for label, keys in scorer.keys.items():
+        magnitude = unit_total(np.asarray(volumes[[index[k] for k in keys]][:, mask], dtype=np.float32))
+        scorer.subjects(INPUT_MAGNITUDE, "control", label, "absolute", magnitude, keys)
+    prior, prior_source = grey_matter_prior(template)
+    for label in scorer.keys:
+        scorer.constant(GREY_MATTER_PRIOR, "control", label, prior)
     if has_svm:
         pattern = np.abs(np.asarray(nib.load(pattern_path).dataobj, dtype=np.float64))[mask]
         total = pattern.sum()
         pattern = pattern / total if total > 0 else pattern
-        for ref, binary in zip(references, binaries):
-            point = overlap_metrics(pattern, binary, ref.values[mask])
-            overlap_rows += _metric_rows(SVM, ALL, ref.name, point, None, None, 0)
-        curves = _curves(pattern, references, binaries)
-        save_png(overlap_curves(f"{SVM} pattern", CURVE_PERCENT, curves), group / "figures" / f"desc-{SVM}_overlap.png")
+        samples = _svm_samples(scorer, volumes, cohort, mask, weights_path)
+        if ALL in scorer.keys:
+            scorer.constant(SVM, "baseline", ALL, pattern, samples, len(scorer.keys[ALL]))
+        save_png(overlap_curves(f"{SVM} pattern", CURVE_PERCENT, _curves(pattern, references, scorer.binaries),
+                                chance=curve_chance), group / "figures" / f"desc-{SVM}_overlap.png")
         for label in label_maps or {ALL: {}}:
             region_maps[(SVM, label)] = pattern
             label_maps.setdefault(label, {})[SVM] = pattern
+    overlap = pd.DataFrame(overlap_rows(scorer.scores, scorer.names, chances))
+    differences = paired_differences(scorer.scores, scorer.names)
+    answer = answer_table(overlap, differences, ALL)
     atlas = get_atlas(template.resolution, template.space, ev.atlas)
     regions = region_table(region_maps, atlas, mask)
     distances = [map_distances(maps).assign(label=label) for label, maps in label_maps.items() if len(maps) > 1]
@@ -182,7 +259,15 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
     common = {"EvaluationHash": digest, "References": [ref.describe() for ref in references],
               "Methods": methods + ([SVM] if has_svm else []), "Subjects": n_subjects,
               "Template": template.describe(), "Seed": config.execution.seed, "Software": software_versions()}
-    write_tsv(group / "overlap.tsv", pd.DataFrame(overlap_rows))
+    scheme = {"NBootstrap": ev.n_bootstrap, "TopPercent": list(TOP_PERCENT),
+              "Interval": "95 % percentile bootstrap over scans; every map of a label is scored on the same "
+                          "resamples (paired)", "SVMInterval": SVM_INTERVAL,
+              "Controls": {INPUT_MAGNITUDE: "mean over the label's scans of the absolute preprocessed image (the "
+                                            "CNN input), each normalised to unit total inside the brain mask",
+                           GREY_MATTER_PRIOR: f"grey-matter probability map (one map): {prior_source}"}}
+    write_tsv(group / "overlap.tsv", overlap)
+    write_tsv(group / "overlap_differences.tsv", differences)
+    write_tsv(group / "answer.tsv", answer)
     write_tsv(group / "regions.tsv", regions)
     write_tsv(group / "distances.tsv", distance_table)
     write_json(group / "regions.json", {
@@ -193,13 +278,26 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
         **common, "Description": "Euclidean distance between unit-L2-norm absolute mean maps, and 1 - Pearson "
                                  "correlation, of every pair of methods (SVM: absolute activation pattern)."})
     write_json(group / "overlap.json", {
-        **common, "NBootstrap": ev.n_bootstrap, "Interval": "95 % percentile bootstrap over subjects",
-        "TopPercent": list(TOP_PERCENT),
-        "Description": "Overlap of each method's mean map (absolute relevance) with each reference map: Dice and "
-                       "overlap fraction of the top k % brain voxels, ROC AUC and average precision of voxel "
-                       "relevance against the binarised reference, relevance mass inside it, Spearman correlation "
-                       "with the continuous reference.",
-        "Columns": {"top_percent": "k for top-k metrics", "n_subjects": "subjects in the mean map",
-                    "ci_low": "2.5th bootstrap percentile", "ci_high": "97.5th bootstrap percentile"}})
+        **common, **scheme,
+        "Description": "Overlap of each map's mean (absolute relevance, or the positive part of signed maps) with "
+                       "each reference map: Dice and overlap fraction of the top k % brain voxels, ROC AUC and "
+                       "average precision of voxel relevance against the binarised reference, relevance mass "
+                       "inside it, Spearman correlation with the continuous reference; chance = expected value "
+                       "for a map unrelated to the reference (reference share p of brain voxels: overlap "
+                       "fraction, AP and mass p, Dice 2kp/(k+p), AUC 0.5, Spearman 0).",
+        "Columns": {"kind": "method (CNN heatmap), baseline (SVM pattern) or control", "sign": "absolute or positive",
+                    "top_percent": "k for top-k metrics", "n_subjects": "scans in the mean map",
+                    "chance": "value of a random map", "ci_low": "2.5th bootstrap percentile",
+                    "ci_high": "97.5th bootstrap percentile"}})
+    write_json(group / "overlap_differences.json", {
+        **common, **scheme,
+        "Description": "Difference method_a - method_b of each bootstrapped metric between two maps of the same "
+                       "label, with the 95 % percentile interval of the differences over the shared resamples."})
+    write_json(group / "answer.json", {
+        **common, **scheme, "Metric": ANSWER_METRIC,
+        "Description": f"Does a map find the reference? Label all, metric {ANSWER_METRIC}: above_chance when the "
+                       f"interval's lower end exceeds the chance level, above_control when the paired difference "
+                       f"with {INPUT_MAGNITUDE} has a lower end above 0; finds_reference when both."})
     LOGGER.info("evaluation done in %.1f s: %d method(s), %d reference(s)", time.time() - start,
                 len(methods) + has_svm, len(references))
+

@@ -55,8 +55,9 @@ def save_png(png: bytes, path: Path) -> Path:
 
 
 def overlap_curves(method: str, percents: Sequence[float], curves: Mapping[str, Mapping[str, np.ndarray]],
-                   intervals: Mapping[str, Mapping[str, tuple]] | None = None) -> bytes:
-    """Dice and overlap fraction against the top-k % of voxels, one line per reference.
+                   intervals: Mapping[str, Mapping[str, tuple]] | None = None,
+                   chance: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> bytes:
+    """Dice and overlap fraction against the top-k % of voxels, one line per reference, with its chance level.
 
     Parameters
     ----------
@@ -68,6 +69,9 @@ def overlap_curves(method: str, percents: Sequence[float], curves: Mapping[str, 
         ``{reference: {"dice": array, "overlap_fraction": array}}``.
     intervals : mapping, optional
         ``{reference: {metric: (k values, low, high)}}``: bootstrap intervals drawn as error bars.
+    chance : mapping, optional
+        ``{reference: {"dice": array, "overlap_fraction": array}}`` at ``percents``: the score of a
+        random map (:func:`adheat_app.evaluation.chance.chance_levels`), drawn dotted in the reference's colour.
     """
     fig = plt.figure(figsize=(8, 3.2))
     axes = fig.subplots(1, 2)
@@ -75,6 +79,9 @@ def overlap_curves(method: str, percents: Sequence[float], curves: Mapping[str, 
         for i, (reference, values) in enumerate(curves.items()):
             color = f"C{i}"
             ax.plot(percents, values[metric], color=color, label=reference)
+            if chance and reference in chance:
+                ax.plot(percents, chance[reference][metric], color=color, linestyle=":",
+                        label=f"{reference}: chance")
             if intervals and reference in intervals and metric in intervals[reference]:
                 ks, low, high = intervals[reference][metric]
                 mid = np.interp(ks, percents, values[metric])

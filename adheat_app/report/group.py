@@ -1,6 +1,8 @@
 """``group.html``: the whole study on one self-contained page.
 
-Sections (anchor ids): ``summary``, ``cv-metrics`` (CNN and SVM folds),
+Sections (anchor ids): ``answer`` first (does each method find each
+reference, and is the model better than chance; a ``model-warning`` banner
+when a model is not), then ``summary``, ``cv-metrics`` (CNN and SVM folds),
 ``roc``, ``training``, ``heatmaps`` (mean map per method and class: slice
 mosaics and glass brains over the template), ``svm`` (activation pattern and
 weights), ``reference`` (the reference maps scored against), ``overlap``
@@ -25,7 +27,8 @@ from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
-from adheat_app.evaluation.group_maps import entity_label
+from adheat_app.evaluation.group_maps import entity_label, group_map_path
+from adheat_app.evaluation.reference import ANATOMICAL_PRIOR, HEADLINE_ORDER
 from adheat_app.io import write_text
 from adheat_app.report import figures
 from adheat_app.report.html import Section, esc, image, markdown, not_computed, note, page, table
@@ -39,6 +42,103 @@ def read_tsv(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     return pd.read_csv(path, sep="\t", dtype={"subject": str, "session": str, "fold": str}, na_values=["n/a"])
+
+
+def _truthy(value: object) -> bool | None:
+    """A boolean cell of a TSV (``True``/``true``/``1``/``yes``); None when empty."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value).strip().lower() in ("true", "1", "1.0", "yes")
+
+
+def model_verdicts(group: Path) -> dict[str, dict]:
+    """Per model of ``cv_metrics.tsv``: is it better than chance (pooled row), with its ROC AUC and p-value.
+
+    Reads the pooled row (``fold`` starting with ``pool``; else any row with a
+    ``better_than_chance`` value). Models without such a row, or a table
+    without the column, are left out.
+    """
+    metrics = read_tsv(group / "cv_metrics.tsv")
+    if metrics is None or "better_than_chance" not in metrics.columns or "model" not in metrics.columns:
+        return {}
+    verdicts = {}
+    for model, rows in metrics.groupby("model"):
+        rows = rows[rows["better_than_chance"].notna()]
+        pooled = rows[rows["fold"].astype(str).str.lower().str.startswith("pool")] if "fold" in rows else rows
+        row = (pooled if len(pooled) else rows).head(1)
+        if row.empty:
+            continue
+        row = row.iloc[0]
+        verdicts[str(model)] = {"better": _truthy(row["better_than_chance"]),
+                                **{key: float(row[key]) if key in row and pd.notna(row[key]) else float("nan")
+                                   for key in ("roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "p_value")}}
+    return verdicts
+
+
+def _verdict_details(verdict: dict) -> str:
+    """``(ROC AUC a [low, high], p = q)`` of a model verdict (empty when the table has neither)."""
+    details = []
+    if not math.isnan(verdict["roc_auc"]):
+        details.append("ROC AUC " + _interval(verdict["roc_auc"], verdict["roc_auc_ci_low"], verdict["roc_auc_ci_high"]))
+    if not math.isnan(verdict["p_value"]):
+        details.append(f"p = {verdict['p_value']:.3g}")
+    return f" ({', '.join(details)})" if details else ""
+
+
+def _verdict_text(model: str, verdict: dict | None) -> str:
+    if verdict is None or verdict["better"] is None:
+        return f"{model}: not assessed"
+    return f"{model}: {'better than chance' if verdict['better'] else 'NOT better than chance'}" + \
+        _verdict_details(verdict)
+
+
+def _interval(value: float, low: float, high: float) -> str:
+    text = f"{value:.3f}"
+    return text if math.isnan(low) or math.isnan(high) else f"{text} [{low:.3f}, {high:.3f}]"
+
+
+def _answer(config: RunConfig, group: Path) -> str:
+    """The answer first: model verdicts (with a warning banner) and, per method and reference, finds it or not."""
+    verdicts = model_verdicts(group)
+    parts = []
+    failing = [model for model, verdict in verdicts.items() if verdict["better"] is False]
+    if failing:
+        parts.append('<div id="model-warning" class="warning">' + "".join(
+            f"<p><strong>{esc(m)} is not better than chance</strong> at separating "
+            f"{esc(config.training.positive_label)} from {esc(config.training.negative_label)}"
+            f"{esc(_verdict_details(verdicts[m]))}.</p>" for m in failing)
+            + "<p>Heatmaps of a model that did not learn the task say nothing about the disease.</p></div>")
+    answer = read_tsv(group / "answer.tsv")
+    if answer is None or answer.empty:
+        parts.append(not_computed("group/answer.tsv is absent (run the group level with heatmaps or the SVM)"))
+        if verdicts:
+            parts.append("<p>" + esc("; ".join(_verdict_text(m, v) for m, v in verdicts.items())) + "</p>")
+        return "".join(parts)
+    rows = answer[answer["sign"] == "absolute"].copy()
+    order = {name: i for i, name in enumerate(HEADLINE_ORDER)}
+    rows["order"] = rows["reference"].map(lambda name: order.get(name, len(order)))
+    rows = rows.sort_values(["order", "method"], kind="stable")
+    metric = str(rows["metric"].iloc[0]) if len(rows) else "roc_auc"
+    shown = pd.DataFrame({
+        "reference": [f"{r} (region prior, not a meta-analysis)" if r == ANATOMICAL_PRIOR else r
+                      for r in rows["reference"]],
+        "method": rows["method"],
+        "finds it": ["yes" if _truthy(v) else "no" for v in rows["finds_reference"]],
+        metric: [_interval(*v) for v in zip(rows["value"], rows["ci_low"], rows["ci_high"])],
+        "chance": rows["chance"],
+        "effect over chance": rows["effect_over_chance"],
+        "minus InputMagnitude": [_interval(*v) for v in zip(rows["vs_input_magnitude"], rows["vs_ci_low"],
+                                                              rows["vs_ci_high"])],
+        "model": [_verdict_text(m, verdicts.get(m)) for m in
+                  (("SVM" if method == "SVM" else config.training.model) for method in rows["method"])],
+    })
+    parts.append(note(f"Label all (both classes), absolute maps. A map finds a reference when the 95 % bootstrap "
+                      f"interval of its {metric} lies above the chance level and its paired difference with the "
+                      "InputMagnitude control (mean |input| of the same scans) lies above 0. Positive parts of "
+                      "signed maps: group/answer.tsv. The anatomicalprior reference is a region prior, scored but "
+                      "not the headline."))
+    parts.append(table(shown))
+    return "".join(parts)
 
 
 def _summary(cohort: Cohort, template: Template) -> str:
@@ -81,7 +181,8 @@ def _training(config: RunConfig) -> str:
 def _group_methods(group: Path, template: Template) -> list[str]:
     pattern = re.compile(rf"^space-{re.escape(template.space)}_res-{re.escape(template.res_label)}_label-all_"
                          r"desc-([A-Za-z0-9]+)_stat-mean_heatmap\.nii\.gz$")
-    return sorted({m.group(1) for p in group.glob("*_heatmap.nii.gz") if (m := pattern.match(p.name))})
+    return sorted({m.group(1) for p in group.glob("*/*_heatmap.nii.gz")
+                   if (m := pattern.match(p.name)) and p.parent.name == m.group(1)})
 
 
 def _heatmaps(derivs: Derivatives, cohort: Cohort, template: Template) -> str:
@@ -94,13 +195,11 @@ def _heatmaps(derivs: Derivatives, cohort: Cohort, template: Template) -> str:
     for method in methods:
         parts.append(f"<h3>{esc(method)}</h3>")
         for label in (entity_label(cohort.positive_label), entity_label(cohort.negative_label)):
-            path = derivs.group_path("heatmap", space=template.space, res=template.res_label, label=label,
-                                     desc=method, stat="mean")
+            path = group_map_path(derivs, template, method, label)
             if path.is_file():
                 parts.append(image(figures.stat_mosaic(nib.load(path), template.t1w, f"{method} mean, {label}"),
                                    f"{method} {label} mosaic"))
-        path = derivs.group_path("heatmap", space=template.space, res=template.res_label, label="all",
-                                 desc=method, stat="mean")
+        path = group_map_path(derivs, template, method, "all")
         parts.append(image(figures.glass_brain(nib.load(path), f"{method} mean, all"), f"{method} glass brain"))
     return "".join(parts)
 
@@ -122,39 +221,50 @@ def _svm(derivs: Derivatives, cohort: Cohort, template: Template) -> str:
     return "".join(parts)
 
 
-def _reference(config: RunConfig, template: Template) -> str:
+def _reference(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> str:
+    from adheat_app.evaluation.cohort_reference import cohort_reference
+    from adheat_app.evaluation.meta_analysis import meta_reference
     from adheat_app.evaluation.reference import load_references
 
     try:
         references = load_references(config, template)
     except InputError as exc:
         return not_computed(str(exc))
+    extra = (meta_reference(config, derivs, cohort, template, compute=False),
+             cohort_reference(config, derivs, cohort, template, compute=False))
+    references += [ref for ref in extra if ref is not None]
     parts = []
     for ref in references:
         img = nib.Nifti1Image(ref.values.astype(np.float32), template.affine)
         parts.append(f"<h3>{esc(ref.name)}</h3><p>{esc(ref.description)}</p>"
-                     + note(f"Source: {ref.source}; binarised above {ref.threshold:g}: {int(ref.binary().sum())} "
-                            "voxels.")
+                     + note(f"Source: {ref.source}; "
+                            + ("reference voxels as described" if ref.mask is not None
+                               else f"binarised above {ref.threshold:g}") + f": {int(ref.binary().sum())} voxels.")
                      + image(figures.stat_mosaic(img, template.t1w, f"reference: {ref.name}"), f"reference {ref.name}"))
     return "".join(parts)
 
 
 def _format_metric(row: pd.Series) -> str:
-    text = f"{row['value']:.3f}"
-    if not (math.isnan(row["ci_low"]) or math.isnan(row["ci_high"])):
-        text += f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
-    return text
+    return _interval(row["value"], row["ci_low"], row["ci_high"])
 
 
 def overlap_summary(overlap: pd.DataFrame, label: str) -> pd.DataFrame:
-    """Wide table (reference, method) x metric of one label, values with their bootstrap interval."""
+    """Wide table (reference, method, sign) x metric of one label, values with their bootstrap interval.
+
+    Each reference's first row, method ``chance``, holds the chance levels.
+    """
     rows = overlap[(overlap["label"] == label) | (overlap["method"] == "SVM")].copy()
     if rows.empty:
         return rows
+    chance = rows.drop_duplicates(["reference", "metric", "top_percent"]).copy()
+    chance["method"], chance["sign"], chance["value"] = "chance", "", chance["chance"]
+    chance["ci_low"] = chance["ci_high"] = float("nan")
+    rows = pd.concat([chance, rows], ignore_index=True)
     rows["column"] = [m if pd.isna(k) else f"{m}@{k:g}%" for m, k in zip(rows["metric"], rows["top_percent"])]
     rows["text"] = rows.apply(_format_metric, axis=1)
     order = list(dict.fromkeys(rows["column"]))
-    wide = rows.pivot_table(index=["reference", "method"], columns="column", values="text", aggfunc="first")
+    wide = rows.pivot_table(index=["reference", "method", "sign"], columns="column", values="text", aggfunc="first",
+                            sort=False)
     wide = wide[order].reset_index()
     wide.columns.name = None
     return wide
@@ -164,8 +274,12 @@ def _overlap(group: Path, cohort: Cohort) -> str:
     overlap = read_tsv(group / "overlap.tsv")
     if overlap is None or overlap.empty:
         return not_computed("group/overlap.tsv is absent")
-    parts = [note("Value of the group mean map [95 % percentile bootstrap interval over subjects]. The SVM pattern is "
-                  "one map (no interval); Spearman has no interval. A resample's mean map averages fewer distinct "
+    parts = [note("Value of the group mean map [95 % percentile bootstrap interval over subjects]; rows 'chance': "
+                  "the value of a random map. Every map of a label is scored on the same resamples (paired "
+                  "differences: group/overlap_differences.tsv). Controls: InputMagnitude (mean |input|), "
+                  "GreyMatterPrior (grey-matter probability). The SVM pattern's interval recomputes the pattern on "
+                  "each resample with the fold-mean weights fixed; Spearman has no interval. A resample's mean map "
+                  "averages fewer distinct "
                   "subjects and is noisier than the full mean, so for metrics that reward sharp maps the interval "
                   "can lie below the value.")]
     for label in ("all", entity_label(cohort.positive_label)):
@@ -233,13 +347,14 @@ def write_group_report(config: RunConfig, derivs: Derivatives, cohort: Cohort, t
     """Write ``output_dir/group.html`` from the group outputs that exist; return its path."""
     group = derivs.root / "group"
     sections = [
+        Section("answer", "Answer: does a method find the reference?", _answer(config, group)),
         Section("summary", "Cohort", _summary(cohort, template)),
         Section("cv-metrics", "Cross-validated classification (CNN and SVM)", _cv_metrics(group)),
         Section("roc", "ROC curves", _roc(group)),
         Section("training", "Training curves", _training(config)),
         Section("heatmaps", "Mean heatmaps", _heatmaps(derivs, cohort, template)),
         Section("svm", "SVM activation pattern", _svm(derivs, cohort, template)),
-        Section("reference", "Reference maps", _reference(config, template)),
+        Section("reference", "Reference maps", _reference(config, derivs, cohort, template)),
         Section("overlap", "Overlap with the reference", _overlap(group, cohort)),
         Section("regions", "Relevance per region", _regions(group, cohort)),
         Section("distances", "Distances between methods", _distances(group)),

@@ -30,6 +30,7 @@ th { background: #f3f3f3; }
 td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; display: block; margin: .5em 0; }
 .missing { color: #a33; font-style: italic; }
+.warning { background: #fde8e8; border: 2px solid #b00; color: #700; padding: .6em 1em; margin: .5em 0; }
 .note { color: #555; font-size: .9em; }
 code { background: #f4f4f4; padding: 0 .2em; }
 .scroll { overflow-x: auto; }
