@@ -814,6 +814,22 @@ def test_group_maps_say_which_classes_they_explain(trained, tmp_path, caplog):
 
 
 @pytest.mark.slow
+def test_participant_level_without_the_training_mean_fails_with_the_fix(trained, tmp_path):
+    """The 'template' baseline needs each fold's training mean; a participant run cannot compute it from its scans."""
+    config, derivs, cohort = trained
+    models = tmp_path / "models"
+    shutil.copytree(config.models_dir, models)
+    for path in models.rglob("training_mean.*"):
+        path.unlink()
+    config2, derivs2, cohort2 = participant_copy(config, derivs, cohort, cohort.labelled[:2], tmp_path / "out6")
+    config2 = config2.replace("heatmaps", models=str(models), methods=("IG",))
+    with pytest.raises(InputError, match="training_mean.nii.gz is missing.*--ig-baseline zero"):
+        run_heatmaps(config2, derivs2, cohort2)
+    run_heatmaps(config2.replace("heatmaps", ig_baseline="zero"), derivs2, cohort2)  # no template needed: runs
+    assert read_json(sidecar_path(heatmap_path(derivs2, cohort2, cohort2.scans[0], "IG")))["Parameters"]["Baseline"] == "zero"
+
+
+@pytest.mark.slow
 def test_native_space_maps_go_through_the_inverse_transform(trained, tmp_path, monkeypatch):
     """--native-space hands each map and the scan's raw T1w to preprocess.to_native and writes space-T1w."""
     import adheat_app.preprocess
