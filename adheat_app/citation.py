@@ -78,6 +78,8 @@ def _training_text(tr: TrainingOptions) -> str:
 
 def render_citation(config: RunConfig, steps: set[str]) -> tuple[str, str]:
     """Render the Markdown methods text and the BibTeX of the given steps."""
+    from adheat_app.attribution.runner import selected_methods
+
     folder = boilerplate_dir()
     versions = software_versions()
     ex, pre, tr, hm = config.execution, config.preprocessing, config.training, config.heatmaps
@@ -92,7 +94,7 @@ def render_citation(config: RunConfig, steps: set[str]) -> tuple[str, str]:
                            "histogram": "normalised by histogram matching within the brain mask"}[pre.intensity_norm],
         "model": tr.model, "folds": tr.folds, "training_text": _training_text(tr), "seed": ex.seed,
         "positive": tr.positive_label, "negative": tr.negative_label,
-        "methods": ", ".join(hm.methods), "ig_steps": hm.ig_steps, "lrp_rule": hm.lrp_rule,
+        "methods": ", ".join(selected_methods(hm.methods)), "ig_steps": hm.ig_steps, "lrp_rule": hm.lrp_rule,
         "target_text": {"positive": f"the positive class ({tr.positive_label}) for every scan",
                         "true": "each participant's true class", "predicted": "the predicted class"}[hm.target],
         "output_text": {"difference": "the difference of the two logits (target minus other class)",

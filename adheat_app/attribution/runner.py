@@ -59,22 +59,28 @@ METHOD_ORDER = ("IG", "LRP", "GGC", "Saliency", "GuidedBackprop", "Occlusion", "
 CHUNK_PASSES = 4
 
 
+#: Method sets selectable by name in ``--methods``: the methods of each reference study.
+METHOD_SETS = {"wang2023": ("IG", "LRP", "GGC"),
+               "rieke2018": ("Saliency", "GuidedBackprop", "Occlusion", "AreaOcclusion")}
+
+
 def selected_methods(names: tuple[str, ...]) -> list[str]:
-    """The method names of ``--methods`` (``all`` expands), in :data:`METHOD_ORDER`.
+    """The method names of ``--methods`` (``all`` and the :data:`METHOD_SETS` expand), in :data:`METHOD_ORDER`.
 
     Raises
     ------
     InputError
-        For a name that is not a registered method.
+        For a name that is neither a registered method nor a set.
     """
     available = [name for name in METHOD_ORDER if name in METHODS] + sorted(set(METHODS) - set(METHOD_ORDER))
     if "all" in names:
         return available
-    unknown = [n for n in names if n not in METHODS]
+    expanded = {m for n in names for m in METHOD_SETS.get(n, (n,))}
+    unknown = [n for n in names if n not in METHODS and n not in METHOD_SETS]
     if unknown:
         raise InputError(f"--methods {' '.join(unknown)}: unknown heatmap method(s); available: "
-                         f"{', '.join(available)} or 'all'")
-    return [n for n in available if n in names]
+                         f"{', '.join(available)}, a study's set ({', '.join(METHOD_SETS)}) or 'all'")
+    return [n for n in available if n in expanded]
 
 
 def completed_folds(config: RunConfig) -> list[int]:

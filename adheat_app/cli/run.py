@@ -35,17 +35,17 @@ def _check_options(config) -> None:
         raise InputError(f"--fold {tr.fold}: folds are numbered 0 to {tr.folds - 1}")
     if tr.epochs < 1 or tr.batch_size < 1:
         raise InputError("--epochs and --batch-size must be at least 1")
-    if not 0 < tr.val_fraction < 0.5:
-        raise InputError(f"--val-fraction {tr.val_fraction}: use a value between 0 and 0.5")
+    if not 0 <= tr.val_fraction < 0.5:
+        raise InputError(f"--val-fraction {tr.val_fraction}: use a value from 0 to below 0.5")
+    if tr.patience > 0 and tr.val_fraction == 0:
+        raise InputError(f"--patience {tr.patience}: early stopping needs a validation set; add --val-fraction 0.2")
     if tr.positive_label == tr.negative_label:
         raise InputError("--positive-label and --negative-label must differ")
     from adheat_app.models import MODELS
     if tr.model not in MODELS:
         raise InputError(f"--model {tr.model}: unknown model; available: {', '.join(sorted(MODELS))}")
-    from adheat_app.attribution import METHODS
-    unknown = [m for m in config.heatmaps.methods if m not in METHODS and m != "all"]
-    if unknown:
-        raise InputError(f"--methods {' '.join(unknown)}: unknown method; available: {', '.join(METHODS)}")
+    from adheat_app.attribution.runner import selected_methods
+    selected_methods(config.heatmaps.methods)
     for name, value in (("--anat-derivatives", config.preprocessing.anat_derivatives),
                         ("--reference-map", config.evaluation.reference_map)):
         if value and not Path(value).exists():
