@@ -107,7 +107,9 @@ def test_registry_has_every_method_with_its_declarations():
         assert cls.name == name and isinstance(cls.signed, bool)
         assert cls.slow == (name in ("Occlusion", "AreaOcclusion", "NoiseImportance"))
     assert selected_methods(("all",)) == list(METHOD_ORDER)
-    assert selected_methods(HeatmapOptions().methods) == [m for m in METHOD_ORDER if not METHODS[m].slow]
+    assert selected_methods(HeatmapOptions().methods) == ["IG", "Saliency"]
+    assert selected_methods(("wang2023", "Saliency")) == ["IG", "LRP", "GGC", "Saliency"]
+    assert selected_methods(("rieke2018",)) == ["Saliency", "GuidedBackprop", "Occlusion", "AreaOcclusion"]
     with pytest.raises(InputError, match="Gradcam"):
         selected_methods(("Gradcam",))
 
