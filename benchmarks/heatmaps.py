@@ -63,8 +63,10 @@ from adheat_app.training.device import deterministic
 T = TypeVar("T")
 #: Methods captum has (the others are timed alone).
 CAPTUM = ("IG", "Saliency", "GuidedBackprop", "GGC", "LRP", "Occlusion", "AreaOcclusion")
+#: Zero IG baseline and occlusion fill: the captum references use baselines=0 (a fold's training mean costs
+#: the same: it only changes the baseline image).
 OPTIONS = HeatmapOptions(ig_steps=32, lrp_rule="epsilon", occlusion_size=40.0, occlusion_stride=40.0,
-                         noise_steps=20)
+                         noise_steps=20, ig_baseline="zero", occlusion_fill="zero")
 
 
 def scans(resolution: float, n: int) -> torch.Tensor:
@@ -117,7 +119,7 @@ def captum_reference(name: str, model: nn.Module, x: torch.Tensor, target: int, 
         return Saliency(explained).attribute(x, target=target, abs=True)
     if name == "GuidedBackprop":
         return GuidedBackprop(explained).attribute(x, target=target)
-    if name == "GGC":
+    if name == "GGC":  # captum stretches the CAM over the input; adheat places it by geometry (correlation < 1)
         return GuidedGradCam(explained, model.last_conv).attribute(x, target=target, interpolate_mode="trilinear")
     if name == "LRP":
         return captum_lrp(model, x.detach(), target)

@@ -107,7 +107,9 @@ def test_registry_has_every_method_with_its_declarations():
         assert cls.name == name and isinstance(cls.signed, bool)
         assert cls.slow == (name in ("Occlusion", "AreaOcclusion", "NoiseImportance"))
     assert selected_methods(("all",)) == list(METHOD_ORDER)
-    assert selected_methods(HeatmapOptions().methods) == [m for m in METHOD_ORDER if not METHODS[m].slow]
+    assert selected_methods(HeatmapOptions().methods) == ["IG", "Saliency"]
+    assert selected_methods(("wang2023", "Saliency")) == ["IG", "LRP", "GGC", "Saliency"]
+    assert selected_methods(("rieke2018",)) == ["Saliency", "GuidedBackprop", "Occlusion", "AreaOcclusion"]
     with pytest.raises(InputError, match="Gradcam"):
         selected_methods(("Gradcam",))
 
@@ -811,6 +813,22 @@ def test_group_maps_say_which_classes_they_explain(trained, tmp_path, caplog):
     counts = {label: sum(s.diagnosis == label for s in cohort2.labelled) for label in ("AD", "CN")}
     assert mixed.target_classes("all") == counts and min(counts.values()) > 0
     assert "averages explanations of different classes" in caplog.text
+
+
+@pytest.mark.slow
+def test_participant_level_without_the_training_mean_fails_with_the_fix(trained, tmp_path):
+    """The 'template' baseline needs each fold's training mean; a participant run cannot compute it from its scans."""
+    config, derivs, cohort = trained
+    models = tmp_path / "models"
+    shutil.copytree(config.models_dir, models)
+    for path in models.rglob("training_mean.*"):
+        path.unlink()
+    config2, derivs2, cohort2 = participant_copy(config, derivs, cohort, cohort.labelled[:2], tmp_path / "out6")
+    config2 = config2.replace("heatmaps", models=str(models), methods=("IG",))
+    with pytest.raises(InputError, match="training_mean.nii.gz is missing.*--ig-baseline zero"):
+        run_heatmaps(config2, derivs2, cohort2)
+    run_heatmaps(config2.replace("heatmaps", ig_baseline="zero"), derivs2, cohort2)  # no template needed: runs
+    assert read_json(sidecar_path(heatmap_path(derivs2, cohort2, cohort2.scans[0], "IG")))["Parameters"]["Baseline"] == "zero"
 
 
 @pytest.mark.slow

@@ -15,7 +15,9 @@ to 44 mm for ``rieke2018`` and 56 mm for ``wang2023`` at 2 mm. Guided Grad-CAM
 :class:`~captum.attr.GuidedBackprop`) of the same output. Signed.
 
 A map is zero everywhere when the CAM's weighted sum is negative at every unit
-(the ReLU removes it all); the runner counts such maps.
+(the ReLU removes it all); the runner counts such maps. Read before the
+BatchNorm, the sum is shifted by a constant per scan, which made it negative
+everywhere for some scans (docs/heatmaps.md).
 
 :meth:`GGC.prepare` folds every BatchNorm into its convolution
 (:meth:`~.base.GradientMethod.prepare`), so the folded ``last_conv`` itself

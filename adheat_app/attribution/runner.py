@@ -78,7 +78,7 @@ def selected_methods(names: tuple[str, ...]) -> list[str]:
     expanded = {m for n in names for m in METHOD_SETS.get(n, (n,))}
     unknown = [n for n in names if n not in METHODS and n not in METHOD_SETS]
     if unknown:
-        raise InputError(f"--methods {' '.join(unknown)}: unknown heatmap method(s); available: "
+        raise InputError(f"--methods {' '.join(unknown)}: unknown method(s); available: "
                          f"{', '.join(available)}, a study's set ({', '.join(METHOD_SETS)}) or 'all'")
     return [n for n in available if n in expanded]
 
