@@ -110,11 +110,11 @@ class TrainingOptions:
     folds: int = option(5, "Number of cross-validation folds (split by subject, stratified).", type=int)
     fold: int | None = option(None, "Train only this fold (0-based), e.g. one scheduler job per fold.",
                               type=int)
-    steps: int = option(300, "Training budget in optimiser steps per fold, rounded up to whole epochs "
+    steps: int = option(600, "Training budget in optimiser steps per fold, rounded up to whole epochs "
                         "(a small cohort trains as long as a large one); 0 = train --epochs epochs.", type=int)
     epochs: int = option(30, "Training epochs per fold when --steps is 0 (the maximum, with early stopping).",
                          type=int)
-    batch_size: int = option(8, "Training batch size.", type=int)
+    batch_size: int = option(4, "Training batch size.", type=int)
     learning_rate: float = option(2e-3, "Peak learning rate.", type=float)
     weight_decay: float = option(0.05, "Weight decay (decoupled for adamw, an L2 penalty for adam).",
                                  type=float)

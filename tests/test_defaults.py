@@ -17,6 +17,7 @@ import pytest
 from adheat_app.attribution.runner import heatmap_path, run_heatmaps
 from adheat_app.config import HeatmapOptions, TrainingOptions
 from adheat_app.io import read_json
+from adheat_app.report import write_group_report
 from adheat_app.training import run_training
 from adheat_app.training.runner import read_verdict
 from conftest import make_preprocessed_cohort
@@ -51,11 +52,11 @@ def default_run(root, null: bool):
     for method in METHODS:
         maps = np.stack([np.asarray(nib.load(heatmap_path(derivs, cohort, s, method)).dataobj) for s in ad])
         ratios[method] = relevance_ratio(maps, truth.region, brain)
-    return config, derivs, cohort, table.set_index("fold"), ratios
+    return config, derivs, cohort, truth, table.set_index("fold"), ratios
 
 
 def test_defaults_learn_planted_atrophy_and_their_heatmaps_find_it(tmp_path):
-    config, derivs, cohort, table, ratios = default_run(tmp_path, null=False)
+    config, derivs, cohort, _, table, ratios = default_run(tmp_path, null=False)
     assert table.loc["mean", "balanced_accuracy"] >= 0.85, table
     assert bool(table.loc["pooled", "better_than_chance"]) and table.loc["pooled", "p_value"] < 0.01
     failing = {name: round(r, 2) for name, r in ratios.items() if not r >= 3.0}
@@ -67,7 +68,7 @@ def test_defaults_learn_planted_atrophy_and_their_heatmaps_find_it(tmp_path):
 
 
 def test_defaults_on_a_null_cohort_stay_at_chance_and_say_so(tmp_path):
-    config, derivs, cohort, table, ratios = default_run(tmp_path, null=True)
+    config, derivs, cohort, truth, table, ratios = default_run(tmp_path, null=True)
     assert abs(table.loc["mean", "balanced_accuracy"] - 0.5) <= 0.15, table
     assert table.loc["pooled", "roc_auc_ci_low"] <= 0.5 and not bool(table.loc["pooled", "better_than_chance"])
     for name, ratio in ratios.items():
@@ -76,3 +77,7 @@ def test_defaults_on_a_null_cohort_stay_at_chance_and_say_so(tmp_path):
     for scan in cohort.scans:
         sidecar = read_json(heatmap_path(derivs, cohort, scan, "IG").with_suffix("").with_suffix(".json"))
         assert sidecar["ModelBetterThanChance"] is False
+    html = write_group_report(config, derivs, cohort, truth.template).read_text()
+    warning = html.index('id="model-warning"')
+    assert warning < html.index('id="summary"') and warning < html.index('id="heatmaps"')
+    assert "resnet3d is not better than chance" in html[warning:warning + 400]
