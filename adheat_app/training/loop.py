@@ -14,7 +14,8 @@ multiple of the identity, so a model's input gradients approach the signal's
 pattern rather than noise-cancelling filters (the argument of Haufe et al.
 2014 for linear models); after training, the BatchNorm statistics of a
 noise-trained model are re-estimated on the clean training scans
-(:func:`recalibrate_batchnorm`).
+(:func:`recalibrate_batchnorm`) and its decision threshold is centred between
+the classes on them (:func:`recenter_decision`).
 
 Early stopping is off by default (``patience`` 0: the model of the last epoch
 is kept). With ``patience`` > 0 and a validation set, the validation scans are
@@ -246,6 +247,31 @@ def recalibrate_batchnorm(model: nn.Module, volumes: np.ndarray, rows: np.ndarra
     model.eval()
 
 
+@torch.no_grad()
+def recenter_decision(model: nn.Module, volumes: np.ndarray, train: ScanSet, device: torch.device,
+                      batch_size: int) -> float:
+    """Move the decision threshold half-way between the classes' mean logit difference on the training scans.
+
+    Input noise shifts a model's logits on clean scans, so that a model ranking
+    every test scan right (ROC AUC 1) could call them all one class. The bias of
+    the last ``Linear`` layer is shifted so that ``z_1 - z_0`` is 0 half-way
+    between its means over the clean training scans of each class (weights and
+    the ranking of scans are unchanged).
+
+    Returns
+    -------
+    float
+        The shift subtracted from ``z_1 - z_0``.
+    """
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    logits = predict_logits(model, volumes, train.rows, device, batch_size)
+    difference = (logits[:, 1] - logits[:, 0]).numpy()
+    shift = 0.5 * (difference[train.targets == 1].mean() + difference[train.targets == 0].mean())
+    last.bias[1] -= float(shift) / 2
+    last.bias[0] += float(shift) / 2
+    return float(shift)
+
+
 def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -334,6 +360,9 @@ def train_fold(model: nn.Module, volumes: np.ndarray, train: ScanSet, val: ScanS
         model.load_state_dict(state["best_model"])
     if settings.input_noise > 0:
         recalibrate_batchnorm(model, volumes, train.rows, device, settings.batch_size)
+        shift = recenter_decision(model, volumes, train, device, settings.batch_size)
+        LOGGER.info("%s: BatchNorm statistics of clean training scans; decision threshold moved by %.3f", label,
+                    shift)
     model.eval()
     return FoldResult(history=state["history"], best_epoch=state["best_epoch"], epochs_run=state["epoch"],
                       early_stopped=state["epoch"] < total_epochs, class_weights=weights.tolist(),
