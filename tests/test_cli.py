@@ -110,7 +110,7 @@ def test_both_levels_in_one_call(tiny_bids, tmp_path):
         (lambda b, o: [b, o, "participant", "--folds", "1"], "--folds 1"),
         (lambda b, o: [b, o, "participant", "--fold", "5"], "--fold 5"),
         (lambda b, o: [b, o, "participant", "--model", "nosuchnet"], "--model nosuchnet: unknown model"),
-        (lambda b, o: [b, o, "participant", "--methods", "Magic"], "--methods Magic: unknown heatmap method"),
+        (lambda b, o: [b, o, "participant", "--methods", "Magic"], "--methods Magic: unknown"),
         (lambda b, o: [b, o, "participant", "--resolution", "0"], "--resolution 0"),
         (lambda b, o: [b, o, "participant", "--reference-map", b / "none.nii.gz"], "--reference-map"),
         (lambda b, o: [b, o, "participant", "--anat-derivatives", b / "none"], "--anat-derivatives"),
