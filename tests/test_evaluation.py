@@ -302,7 +302,8 @@ def test_cohort_reference_finds_planted_atrophy_and_nothing_in_a_null_cohort(tmp
 
     config, derivs, cohort, truth = make_preprocessed_cohort(tmp_path, n_subjects=20, resolution=4.0, seed=2,
                                                              effect_size=0.5, null=null,
-                                                             evaluation__n_permutations=200)
+                                                             evaluation__n_permutations=200,
+                                                             execution__nprocs=0)  # the default: every CPU
     ref = cohort_reference(config, derivs, cohort, truth.template)
     mask = truth.template.mask_array()
     found = ref.binary() & mask

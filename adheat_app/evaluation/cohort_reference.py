@@ -139,8 +139,9 @@ def cohort_reference(config: RunConfig, derivs: Derivatives, cohort: Cohort, tem
     else:
         start = time.time()
         volumes = load_volumes([s.image for s in scans], config.work_dir)
+        # --nprocs 0 means every CPU: joblib's -1
         t_map, logp = two_sample_test(volumes, positive, mask, template.affine, n_perm, seed,
-                                      config.execution.nprocs)
+                                      config.execution.nprocs or -1)
         significant = (logp > -np.log10(ALPHA)) & mask
         seconds = round(time.time() - start, 3)
         common = {"InputsHash": inputs, "Test": "two-sample t-test, voxel-wise (nilearn SecondLevelModel)",
