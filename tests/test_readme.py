@@ -22,7 +22,7 @@ def test_ci_runs_the_readme_test_command():
 
 def test_readme_has_no_unfilled_sections():
     text = (REPO / "README.md").read_text()
-    assert not re.search(r"\b(OPTIONS_TABLE|SECTIONS|DEMO_MINUTES)\b", text)
+    assert not re.search(r"\b(OPTIONS_TABLE|SECTIONS|DEMO_MINUTES|DEMO_TIME|LEARNING_TABLE)\b", text)
 
 
 def test_readme_options_table_matches_the_parser():

@@ -181,7 +181,7 @@ GROUP = ["group", "--resolution", "4", "--skip-bids-validation", "--nprocs", "1"
 #: Files whose appearance marks a stage of the group level: training (a checkpoint after an epoch), heatmaps
 #: (the first subject map), evaluation (the first group-average map).
 STAGE_MARKS = {"training": "models/*/fold-*/checkpoint.pt", "heatmaps": "sub-*/anat/*_heatmap.nii.gz",
-               "evaluation": "group/*_stat-mean_heatmap.nii.gz"}
+               "evaluation": "group/*/*_stat-mean_heatmap.nii.gz"}
 
 
 def _kill_when(run: subprocess.Popen, out: Path, pattern: str) -> bool:
