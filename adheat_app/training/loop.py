@@ -51,7 +51,7 @@ LOGGER = logging.getLogger(__name__)
 
 #: Largest random shift of the augmentation, in voxels per axis.
 MAX_SHIFT_VOXELS = 2
-#: Standard deviation of the augmentation's intensity scale and offset (z-score units).
+#: Standard deviation of the augmentation's intensity scale and offset (normalised intensity units).
 INTENSITY_JITTER = 0.05
 #: Columns of the training curve, in order.
 CURVE_COLUMNS = ("train_loss", "val_loss", "val_accuracy", "learning_rate", "seconds")
