@@ -234,8 +234,8 @@ def write_group_results(config: RunConfig, derivs: Derivatives) -> pd.DataFrame:
         "TrainingKeys": [read_json(fold_dir(config, k) / "model.json")["TrainingKey"] for k in range(tr.folds)]})
     if not pooled["better_than_chance"]:
         LOGGER.warning("%s is not better than chance: the 95%% interval of its pooled out-of-fold ROC AUC "
-                       "(%.3f-%.3f) includes 0.5; its heatmaps explain a model that has not learned to separate "
-                       "%s from %s", tr.model, pooled["roc_auc_ci_low"], pooled["roc_auc_ci_high"],
+                       "(%.3f-%.3f) does not lie above 0.5; its heatmaps explain a model that has not learned to "
+                       "separate %s from %s", tr.model, pooled["roc_auc_ci_low"], pooled["roc_auc_ci_high"],
                        tr.positive_label, tr.negative_label)
     return table
 
