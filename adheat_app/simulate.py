@@ -514,6 +514,27 @@ def template_space_image(truth: GroundTruth, spec: SubjectSpec, individual: bool
     return (ndimage.map_coordinates(truth.intensity, truth.to_index(y), order=1) * factor).astype(np.float32)
 
 
+def relevance_ratio(maps: np.ndarray, region: np.ndarray, brain: np.ndarray) -> float:
+    """How strongly heatmaps point at a planted region: relevance per voxel inside it over that in the rest.
+
+    Each map's absolute values inside ``brain`` are scaled to unit total (an
+    all-zero map stays zero), averaged over maps, and the mean per voxel inside
+    ``region`` is divided by the mean per voxel in the rest of ``brain``: 1 means
+    no preference.
+
+    Parameters
+    ----------
+    maps : numpy.ndarray
+        Heatmaps ``(N, X, Y, Z)`` on the template grid.
+    region, brain : numpy.ndarray
+        Boolean masks of the planted region and the brain on that grid.
+    """
+    absolute = np.abs(maps) * brain
+    total = absolute.sum(axis=(1, 2, 3), keepdims=True)
+    mean = (absolute / np.where(total > 0, total, 1)).mean(axis=0)
+    return float(mean[region & brain].mean() / mean[~region & brain].mean())
+
+
 def write_template_space_derivatives(derivs: Derivatives, truth: GroundTruth, specs: Sequence[SubjectSpec],
                                      intensity_norm: str = "whitematter", noise: float = 0.02,
                                      seed: int = 0) -> list[T1wInput]:

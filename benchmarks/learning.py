@@ -43,18 +43,11 @@ from adheat_app.attribution.runner import heatmap_path, run_heatmaps
 from adheat_app.bids import Derivatives
 from adheat_app.cohort import load_cohort
 from adheat_app.config import HeatmapOptions, build_config
+from adheat_app.simulate import relevance_ratio
 from adheat_app.training import run_training
 
 #: Methods scored: the default ones and patch occlusion.
 METHODS = (*HeatmapOptions().methods, "Occlusion")
-
-
-def relevance_ratio(maps: np.ndarray, region: np.ndarray, brain: np.ndarray) -> float:
-    """Mean |relevance| per voxel inside ``region`` over that in the rest of the brain (unit total per map)."""
-    absolute = np.abs(maps) * brain
-    total = absolute.sum(axis=(1, 2, 3), keepdims=True)
-    mean = (absolute / np.where(total > 0, total, 1)).mean(axis=0)
-    return float(mean[region & brain].mean() / mean[~region & brain].mean())
 
 
 def one_size(folder: Path, n: int, args: argparse.Namespace) -> dict:

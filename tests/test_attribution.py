@@ -39,6 +39,7 @@ from adheat_app.config import HeatmapOptions
 from adheat_app.errors import InputError
 from adheat_app.io import read_json
 from adheat_app.models import MODELS
+from adheat_app.simulate import relevance_ratio
 from conftest import make_preprocessed_cohort
 
 GRID = (16, 20, 16)
@@ -626,14 +627,6 @@ def train_tiny(cohort, work_dir, epochs: int = 60, noise: float = 3.0) -> tuple[
         nn.functional.cross_entropy(model(noisy), y).backward()
         optimiser.step()
     return frozen(model), x, y
-
-
-def relevance_ratio(maps: np.ndarray, region: np.ndarray, brain: np.ndarray) -> float:
-    """Mean per-voxel relevance inside ``region`` over that in the rest of the brain (|map|, unit total each)."""
-    absolute = np.abs(maps) * brain
-    absolute /= absolute.sum(axis=(1, 2, 3), keepdims=True)
-    mean = absolute.mean(axis=0)
-    return float(mean[region & brain].mean() / mean[~region & brain].mean())
 
 
 def ground_truth_ratios(tmp_path_factory, null: bool) -> tuple[dict[str, float], float]:

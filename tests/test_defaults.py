@@ -18,6 +18,7 @@ from adheat_app.attribution.runner import heatmap_path, run_heatmaps
 from adheat_app.config import HeatmapOptions, TrainingOptions
 from adheat_app.io import read_json
 from adheat_app.report import write_group_report
+from adheat_app.simulate import relevance_ratio
 from adheat_app.training import run_training
 from adheat_app.training.runner import read_verdict
 from conftest import make_preprocessed_cohort
@@ -27,15 +28,6 @@ pytestmark = pytest.mark.slow
 #: The default heatmap methods, and patch occlusion (with Rieke et al.'s 40 mm patches, for speed).
 METHODS = (*HeatmapOptions().methods, "Occlusion")
 OCCLUSION = {"heatmaps__occlusion_size": 40.0, "heatmaps__occlusion_stride": 20.0}
-
-
-def relevance_ratio(maps: np.ndarray, region: np.ndarray, brain: np.ndarray) -> float:
-    """Mean relevance per voxel inside ``region`` over that in the rest of the brain (|map|, unit total each)."""
-    absolute = np.abs(maps) * brain
-    total = absolute.sum(axis=(1, 2, 3), keepdims=True)
-    absolute = absolute / np.where(total > 0, total, 1)
-    mean = absolute.mean(axis=0)
-    return float(mean[region & brain].mean() / mean[~region & brain].mean())
 
 
 def default_run(root, null: bool):
