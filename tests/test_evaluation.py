@@ -330,7 +330,6 @@ def _nearest_focus_mm(img, foci: np.ndarray) -> float:
 
 @pytest.mark.parametrize("name", ["ad_vbm_frisoni2002_sleuth.txt", "ad_vbm_foci_frisoni2002.tsv"])
 def test_foci_files_give_an_ale_map_peaking_at_a_focus(name):
-    pytest.importorskip("nimare")
     from adheat_app.evaluation.meta_analysis import ale, read_foci
 
     meta = shared_data_or_skip() / "meta"
@@ -346,7 +345,6 @@ def test_foci_files_give_an_ale_map_peaking_at_a_focus(name):
 
 
 def test_foci_tsv_errors_name_the_file_and_the_fix(tmp_path):
-    pytest.importorskip("nimare")
     from adheat_app.evaluation.meta_analysis import read_foci
 
     bad = tmp_path / "foci.tsv"
@@ -360,7 +358,6 @@ def test_foci_tsv_errors_name_the_file_and_the_fix(tmp_path):
 @pytest.mark.slow
 def test_meta_reference_from_foci_fwe_cluster_at_the_consistent_focus(tmp_path, caplog):
     """20 experiments, each with one focus near the left hippocampus (jitter 3 mm) and 5 random foci."""
-    pytest.importorskip("nimare")
     from adheat_app.evaluation.meta_analysis import meta_paths, meta_reference
 
     rng = np.random.default_rng(0)
