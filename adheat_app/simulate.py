@@ -4,61 +4,87 @@ This module owns the ``adheat-simulate`` command and everything it writes: a raw
 BIDS dataset of skull-stripped T1w scans of Alzheimer's disease (AD), control
 (CN) and optionally MCI subjects made from the analysis template, with atrophy
 planted in named AAL3 regions, and a ``derivatives/simulation`` dataset holding
-the truth (the planted region in template space; per scan, the planted region
-and the hippocampus mapped through the scan's true warp onto its native grid,
-so registration accuracy can be measured). The demo and the tests of
-preprocessing, training and heatmaps are built on it.
+the truth: the planted region in template space; per subject the template-space
+log-Jacobian of the planted change and the volume it removed; per scan the
+planted region, the hippocampus and the tissue classes mapped through the
+scan's true warp onto its native grid (so registration accuracy can be
+measured). The demo and the tests of preprocessing, training and heatmaps are
+built on it. ``docs/simulation.md`` relates every parameter to the literature.
 
 Generative model
 ----------------
-Coordinates are world millimetres. ``T`` is the template T1w on the analysis
-grid, scaled so that its 99th percentile inside the brain is 1; ``R`` is the
-union of the AAL3 regions whose names contain one of ``regions``;
-``w = G_3mm * 1_R`` is ``R`` smoothed by a Gaussian of sigma 3 mm (the
-``probseg`` map, 0..1) and ``p = -grad(w) / max|grad(w)|`` points away from
-``R``. For subject ``s`` with severity ``sigma_s``:
+Coordinates are world millimetres; displacement fields live on the template
+grid in voxel units (:mod:`adheat_app.deformation`).
 
-1. Atrophy, in template space: ``T_s(y) = T(y + c_s p(y)) * exp(-g_s w(y))``.
-   The first factor is an inward (shrinking) deformation of at most
-   ``c_s = 3 mm * sigma_s * e`` that pulls the surrounding tissue and CSF into
-   ``R``; the second is an intensity decrease whose gain ``g_s`` is solved so
-   that the loss below is exact.
-2. Individual anatomy: ``A_s(x) = T_s(x + d_s(x))``, ``d_s`` Gaussian-smoothed
-   (sigma 12 mm) white noise with 1.5 mm standard deviation per component.
+0. Tissue: the template T1w ``T`` (scaled so its 99th brain percentile is 1)
+   is unmixed into partial-volume fractions of CSF, GM and WM: ``mu`` are the
+   means of a 3-class Gaussian mixture of ``T`` inside the brain, and a voxel of
+   intensity between two neighbouring class means is a linear mix of the two.
+   An image is synthesised from fractions as ``sum_c f_c mu_c``, so the
+   template itself is reproduced (within ``[mu_CSF, mu_WM]``).
+1. Planted atrophy (severity ``sigma_s``, effect size ``e``, planted loss
+   ``l_s = sigma_s e``), on the template grid. ``R`` is the union of the AAL3
+   regions matching ``regions``, ``w = G_3mm * 1_R`` (the ``probseg`` map).
+
+   * ``tissue-loss`` (default): a flow ``v = A grad(u)`` whose divergence is
+     ``-(f_GM + f_WM) 1_R`` (the tissue of ``R``: the grey matter of its AAL
+     labels and the partial-volume white matter inside them, loses volume)
+     plus a positive source of equal total in the CSF and the space just
+     outside the brain near ``R`` (weight ``exp(-d^2 / 2 (8 mm)^2)``, ``d``
+     the distance to ``R``: sulci widen, the temporal horn grows); ``A`` is solved so
+     that ``R`` loses exactly ``l_s`` of its volume: ``mean_R det(I + Dv) =
+     1 - l_s`` (averaged over each voxel cube of the trilinear field). The
+     template-to-subject map is ``y -> y + v(y)``; its log-Jacobian (log
+     volume ratio of every voxel cube) is the truth. GM and WM fractions are
+     carried by the inverse map; whatever the tissue leaves inside the brain
+     envelope (which does not move) is CSF, and intensities keep their class
+     values, so the change is morphometric.
+   * ``darkening`` (the earlier model): ``T_s(y) = T(y + c_s p(y)) exp(-g_s
+     w(y))`` with ``p = -grad(w) / max|grad(w)|``, ``c_s = 3 mm l_s`` and the
+     gain ``g_s`` solved so that the mean intensity in ``R`` falls by exactly
+     ``l_s``.
+2. Age and individual anatomy: grey matter shrinks by 0.5 % per year of age
+   above 73 (below: grows) everywhere, the volume going to the CSF in
+   proportion to its fraction (ventricles and sulci widen with age); the
+   ventricles (CSF deeper than 15 mm) are scaled by a log-normal factor (SD
+   0.3) at the expense of all tissue; then ``d_s``: Gaussian-smoothed white
+   noise of 1.5 mm SD (sigma 12 mm) plus a folding field of 0.7 mm SD (sigma
+   4 mm).
 3. Native scan: the head sits in the scanner at ``q = Rot (S (x - c)) + t``
-   (``c`` the brain centroid, rotations up to 10 degrees about each axis,
-   translations up to 10 mm, ``S`` a per-subject scaling of 1 +- 6 % per axis).
-   The native grid has voxels of ``resolution * (1 +- 10 %)`` per axis, one of
-   :data:`ORIENTATIONS` (axes permuted and flipped in the affine), and a field
-   of view 10-25 mm larger than the brain on each side. The scan is
-   ``Rician(k * b(v) * A_s(x(v)), n)`` with a smooth multiplicative bias
-   ``b = exp(quadratic polynomial)``, a global scale ``k`` in [300, 3000] and
-   noise ``n`` of 1-3 % of ``k``, stored as int16 or float32 (half each).
+   (``c`` the brain centroid, rotations up to 10 degrees, translations up to
+   10 mm, ``S`` the head size: 0.98 (F) or 1.02 (M) with SD 0.03, times 1 +- 3 %
+   per axis). The scan's site sets its voxel size (``resolution * scale * (1 +-
+   10 %)`` per axis), GM/CSF-to-WM contrast, bias strength and noise level;
+   each scan draws one of :data:`ORIENTATIONS`, a field of view 10-25 mm larger
+   than the brain on each side, a bias ``b = exp(quadratic polynomial)``, a
+   global scale ``k`` in [300, 3000] and Rician noise of (0.5-1.5) x the site's
+   noise fraction of ``k``, stored as int16 or float32 (half each).
 
-The warps are composed as coordinate maps, and the template is interpolated
-once per image (trilinear; labels by nearest neighbour): native voxel ``v``
--> ``x`` (inverse pose) -> ``x1 = x + d_s(x)`` -> ``y = x1 + c_s p(x1)``.
-The native masks are ``R(y)`` and hippocampus``(y)`` on the same grid and
-affine as the scan.
+The warps are composed as coordinate maps and each map is interpolated once per
+image (trilinear; labels by nearest neighbour): native voxel ``v`` -> ``x``
+(inverse pose) -> ``x + d_s(x)`` -> inverse age/ventricle flow -> inverse
+planted flow -> template fractions and labels.
 
-Effect size
------------
-The effect size ``e`` is the expected fractional loss of mean intensity inside
-``R``, in template space before individual anatomy, pose, bias and noise::
-
-    L_s = 1 - mean_R(T_s) / mean_R(T),        E[L_s | AD] = e.
-
-``g_s`` is solved so that ``L_s = sigma_s * e`` exactly, with
-``sigma_s ~ U(0.5, 1.5)`` for AD, half such a draw for MCI, and 0 for CN and
-for everybody in a ``null`` cohort (whose diagnoses are still balanced).
+Cohort
+------
+AD get ``ceil(n / 2)`` of ``n_subjects``, CN the rest, plus ``n_mci`` MCI.
+Ages are normal, AD 75 +- 8, CN 73 +- 6, MCI 74 +- 7 years (clipped to
+55-95), sexes equally likely. ``sigma_s ~ U(0.5, 1.5)`` for AD, half such a
+draw for MCI, 0 for CN and for everybody in a ``null`` cohort (whose
+diagnoses, ages and sites stay as they would be). With ``sites`` > 1, a share
+``site_imbalance`` of the AD subjects is scanned at site 0 (default: 1 /
+``sites``, balanced), CN at site 0 get the share ``(1 - site_imbalance) /
+(sites - 1)``, everybody else is spread evenly over the other sites; site 0 is
+the reference scanner.
 
 Reproducibility
 ---------------
 ``numpy.random.SeedSequence(seed)`` has child 0 for cohort-wide draws (the
-order of diagnoses) and child ``i`` for the ``i``-th subject, which in turn has
-child 0 for demographics and severity, 1 for anatomy and ``1 + k`` for session
-``k``. Results therefore do not depend on ``nprocs``, and a subject keeps its
-anatomy and scans when the cohort grows, gains sessions or is made ``null``.
+order of diagnoses; its children 0 and 1 the site parameters and site
+assignment) and child ``i`` for the ``i``-th subject, which in turn has child 0
+for demographics and severity, 1 for anatomy and ``2 + k`` for session ``k``.
+Results therefore do not depend on ``nprocs``, and a subject keeps its anatomy
+and scans when the cohort gains sessions or is made ``null``.
 """
 
 from __future__ import annotations
@@ -79,9 +105,19 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, optimize
 from scipy.spatial.transform import Rotation
+from sklearn.mixture import GaussianMixture
 
 from adheat_app import __version__
 from adheat_app.bids import Derivatives, T1wInput, sidecar_path
+from adheat_app.deformation import (
+    cell_jacobian,
+    determinant,
+    invert_displacement,
+    potential_flow,
+    sample_field,
+    solve_preimage,
+    sub_voxel_gradients,
+)
 from adheat_app.errors import EXIT_OK, EXIT_USAGE, InputError
 from adheat_app.io import save_nifti, write_json, write_text, write_tsv
 from adheat_app.templates import DEFAULT_SPACE, Template, get_atlas, get_template
@@ -92,29 +128,86 @@ LOGGER = logging.getLogger(__name__)
 DEFAULT_REGIONS: tuple[str, ...] = ("Hippocampus", "Amygdala", "ParaHippocampal", "Temporal_Inf")
 #: Stored orientations of the native scans (NIfTI axis codes), drawn per scan.
 ORIENTATIONS: tuple[str, ...] = ("RAS", "LAS", "LPS", "LIA", "PIL", "ASR")
-#: Largest effect size accepted (the most severe subject then loses 75 % of R's intensity).
-MAX_EFFECT_SIZE = 0.5
+#: Atrophy models: the first is the default.
+ATROPHY_MODELS: tuple[str, ...] = ("tissue-loss", "darkening")
+#: Default effect size of each atrophy model (expected fractional volume / intensity loss of the region in AD).
+DEFAULT_EFFECT_SIZE = {"tissue-loss": 0.25, "darkening": 0.3}
+#: Largest effect size accepted per model (the most severe subject, severity 1.5, loses 1.5 times it).
+MAX_EFFECT_SIZE = {"tissue-loss": 0.3, "darkening": 0.5}
 #: Analysis-grid voxel sizes accepted (mm).
 MIN_RESOLUTION, MAX_RESOLUTION = 0.5, 8.0
+#: Tissue classes of the fraction maps, in order (label values 1, 2, 3 of the native tissue truth).
+TISSUES: tuple[str, ...] = ("CSF", "GM", "WM")
 
 BIDS_VERSION = "1.10.0"
 REGION_SIGMA_MM = 3.0
+COMPENSATION_SIGMA_MM = 8.0
 SHIFT_MM_PER_EFFECT = 3.0
 SEVERITY_RANGE = (0.5, 1.5)
 MCI_FRACTION = 0.5
+AGE_DISTRIBUTION = {"AD": (75.0, 8.0), "CN": (73.0, 6.0), "MCI": (74.0, 7.0)}
+AGE_LIMITS = (55, 95)
+AGE_REFERENCE = 73.0
+GM_LOSS_PER_YEAR = 0.005
+VENTRICLE_DEPTH_MM = 15.0
+VENTRICLE_LOG_SD = 0.3
+HEAD_SCALE = {"F": 0.98, "M": 1.02}
+HEAD_SCALE_SD = 0.03
+ANISOTROPY = 0.03
 ANATOMY_SD_MM = 1.5
 ANATOMY_SIGMA_MM = 12.0
+FOLDING_SD_MM = 0.7
+FOLDING_SIGMA_MM = 4.0
 ANATOMY_GRID_MM = 4.0
 ANATOMY_MARGIN_MM = 48.0
-SCALING_RANGE = 0.06
+FLOW_PAD_MM = 32.0
 ROTATION_DEG = 10.0
 TRANSLATION_MM = 10.0
 VOXEL_JITTER = 0.10
 FOV_MARGIN_MM = (10.0, 25.0)
-BIAS_SD = 0.08
 INTENSITY_SCALE = (300.0, 3000.0)
-NOISE_FRACTION = (0.01, 0.03)
-AGE_RANGE = (60, 85)
+NOISE_SPREAD = (0.5, 1.5)
+#: Ranges from which sites other than site 0 draw their departures from the reference scanner.
+SITE_VOXEL_CHANGE = (0.10, 0.25)
+SITE_CONTRAST_CHANGE = (0.10, 0.25)
+SITE_NOISE_LOG_CHANGE = (0.3, 0.7)
+SITE_BIAS_SD = (0.04, 0.16)
+
+
+@dataclass(frozen=True)
+class Site:
+    """A scanner: what every scan acquired there shares.
+
+    Attributes
+    ----------
+    index : int
+        Site number (0 is the reference scanner).
+    voxel_scale : float
+        Native voxel size relative to the analysis resolution (before the
+        per-scan jitter of +- 10 %).
+    contrast : float
+        Scale of the GM and CSF intensity departures from WM (1: the
+        template's contrast).
+    noise : float
+        Typical Rician noise SD as a fraction of the scan's intensity scale
+        (each scan draws 0.5-1.5 times it).
+    bias_sd : float
+        SD of the coefficients of the quadratic log-bias polynomial.
+    """
+
+    index: int
+    voxel_scale: float = 1.0
+    contrast: float = 1.0
+    noise: float = 0.02
+    bias_sd: float = 0.08
+
+    def class_means(self, reference: np.ndarray) -> np.ndarray:
+        """CSF, GM and WM intensities at this site from the template's ``reference`` means."""
+        return reference[2] - self.contrast * (reference[2] - reference)
+
+
+#: The reference scanner (site 0 of every cohort).
+REFERENCE_SITE = Site(0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,7 +221,15 @@ class GroundTruth:
     regions : tuple of str
         AAL3 name patterns of the planted region.
     intensity : numpy.ndarray
-        Template T1w scaled so that its 99th percentile inside the brain is 1 (float32).
+        The template synthesised from its tissue fractions (``sum_c f_c mu_c``),
+        in units where the template's 99th brain percentile is 1 (float32).
+    fractions : numpy.ndarray
+        CSF, GM and WM partial-volume fractions, shape ``(3, *grid)``, 0 outside
+        the brain (float32).
+    class_means : numpy.ndarray
+        CSF, GM and WM intensities ``mu`` (3-class Gaussian mixture).
+    envelope : numpy.ndarray
+        The template brain mask as float32 (the envelope tissue cannot leave).
     labels : numpy.ndarray
         AAL3 labels on the template grid (int16).
     region : numpy.ndarray
@@ -139,7 +240,11 @@ class GroundTruth:
         ``R`` smoothed by a Gaussian of sigma 3 mm, 0..1 (float32).
     push : numpy.ndarray
         ``-grad(probseg)`` scaled to a largest length of 1, shape ``(3, *grid)``,
-        in world axes (float32).
+        in voxel axes (float32; the darkening model's inward warp).
+    atrophy_flow, age_flow, ventricle_flow : numpy.ndarray
+        Unit displacements (voxels, ``(3, *grid)``, float32) of the planted
+        tissue loss, of one unit of age-related GM loss and of one unit of
+        log ventricle scaling (see the module docstring).
     names : dict of int to str
         AAL3 region name of every label value.
     distance : numpy.ndarray
@@ -156,12 +261,18 @@ class GroundTruth:
     template: Template
     regions: tuple[str, ...]
     intensity: np.ndarray
+    fractions: np.ndarray
+    class_means: np.ndarray
+    envelope: np.ndarray
     labels: np.ndarray
     region: np.ndarray
     region_values: tuple[int, ...]
     hippocampus_values: tuple[int, ...]
     probseg: np.ndarray
     push: np.ndarray
+    atrophy_flow: np.ndarray
+    age_flow: np.ndarray
+    ventricle_flow: np.ndarray
     names: dict[int, str]
     distance: np.ndarray
     brain_points: np.ndarray
@@ -177,6 +288,11 @@ class GroundTruth:
     def hippocampus_names(self) -> list[str]:
         """AAL3 names of the hippocampus regions."""
         return [self.names[v] for v in self.hippocampus_values]
+
+    @property
+    def voxel_ml(self) -> float:
+        """Volume of one template voxel in ml."""
+        return self.template.resolution**3 / 1000.0
 
     def grid_points(self) -> np.ndarray:
         """World coordinates (mm) of every template voxel, shape ``(3, *grid)``."""
@@ -203,10 +319,18 @@ class SubjectSpec:
         Age in years.
     sex : {"F", "M"}
         Sex written to ``participants.tsv``.
+    head_scale : float
+        Linear head size relative to the template.
+    ventricle_scale : float
+        Ventricle volume factor of the individual anatomy (before age).
+    site : Site
+        The scanner of all the subject's sessions.
     severity : float
         Atrophy severity ``sigma_s`` applied (0: no atrophy).
     effect_size : float
         The cohort's effect size ``e``.
+    atrophy_model : {"tissue-loss", "darkening"}
+        How the atrophy is planted.
     seed : numpy.random.SeedSequence
         The subject's own seed.
     sessions : int
@@ -217,8 +341,12 @@ class SubjectSpec:
     diagnosis: str
     age: int
     sex: str
+    head_scale: float
+    ventricle_scale: float
+    site: Site
     severity: float
     effect_size: float
+    atrophy_model: str
     seed: np.random.SeedSequence
     sessions: int
 
@@ -228,8 +356,8 @@ class SubjectSpec:
         return f"sub-{self.label}"
 
     @property
-    def intensity_loss(self) -> float:
-        """Fractional intensity loss ``L_s = sigma_s * e`` planted in this subject."""
+    def planted_loss(self) -> float:
+        """Planted loss ``l_s = sigma_s * e``: fraction of the region's volume (tissue-loss) or mean intensity."""
         return self.severity * self.effect_size
 
     def session_label(self, session: int) -> str | None:
@@ -247,25 +375,43 @@ class SubjectAnatomy:
         Displacement ``d_s`` (mm, world axes) on the coarse grid of
         :class:`GroundTruth`, shape ``(3, *anatomy_shape)``.
     scaling : numpy.ndarray
-        Head-size scaling per world axis (applied with the pose).
+        Head size per world axis (applied with the pose).
+    anatomy_pullback : numpy.ndarray
+        Inverse of the age and ventricle flow (voxels, ``(3, *grid)``).
+    atrophy_pullback : numpy.ndarray or None
+        Inverse of the planted deformation (voxels, ``(3, *grid)``); None without atrophy.
+    atrophy_forward : numpy.ndarray or None
+        The planted tissue-loss flow itself, against which the interpolated
+        inverse is refined at every sampled point (None for darkening, whose
+        inverse warp is the defined one, and without atrophy).
+    log_jacobian : numpy.ndarray or None
+        Template-space log-Jacobian of the planted deformation (float32); None without atrophy.
+    volume_loss : float
+        Fraction of the region's volume the planted deformation removes.
     shift : float
-        Largest inward displacement ``c_s`` of the atrophy deformation (mm).
+        Largest inward displacement ``c_s`` of the darkening model (mm; 0 otherwise).
     gain : float
-        Intensity-decrease gain ``g_s``.
+        Intensity-decrease gain ``g_s`` of the darkening model (0 otherwise).
     """
 
     displacement: np.ndarray
     scaling: np.ndarray
+    anatomy_pullback: np.ndarray
+    atrophy_pullback: np.ndarray | None
+    atrophy_forward: np.ndarray | None
+    log_jacobian: np.ndarray | None
+    volume_loss: float
     shift: float
     gain: float
 
-    @property
-    def max_displacement(self) -> float:
-        """Bound (mm) on how far the warp moves any point: max ``|d_s|`` plus ``c_s``.
+    def max_displacement(self, resolution: float) -> float:
+        """Bound (mm) on how far the warp moves any point: the sum of the fields' largest lengths.
 
-        Both fields are interpolated linearly, which never exceeds their largest length.
+        The fields are interpolated linearly, which never exceeds their largest length.
         """
-        return float(np.sqrt((self.displacement**2).sum(axis=0)).max()) + self.shift
+        fields = [self.anatomy_pullback] + ([self.atrophy_pullback] if self.atrophy_pullback is not None else [])
+        grid = sum(float(np.sqrt((f**2).sum(axis=0)).max()) for f in fields) * resolution
+        return float(np.sqrt((self.displacement**2).sum(axis=0)).max()) + grid
 
 
 @dataclass(frozen=True, eq=False)
@@ -279,6 +425,8 @@ class NativeScan:
     atrophy_mask, hippocampus_mask : nibabel.Nifti1Image
         The planted region and the AAL3 hippocampus through the true warp
         (uint8, same grid and affine as ``t1w``).
+    tissue : nibabel.Nifti1Image
+        Tissue class of largest fraction (0 background, 1 CSF, 2 GM, 3 WM; uint8).
     orientation : str
         Axis codes of the stored orientation (``"LIA"``).
     """
@@ -286,7 +434,25 @@ class NativeScan:
     t1w: nib.Nifti1Image
     atrophy_mask: nib.Nifti1Image
     hippocampus_mask: nib.Nifti1Image
+    tissue: nib.Nifti1Image
     orientation: str
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """A subject's anatomy sampled at a set of points (before scanner effects)."""
+
+    fractions: np.ndarray  # CSF, GM, WM, shape (3, ...)
+    factor: np.ndarray | float  # darkening intensity factor
+    labels: np.ndarray  # AAL3 labels (nearest neighbour)
+
+    def intensity(self, means: np.ndarray) -> np.ndarray:
+        """Synthesised intensity for CSF, GM and WM intensities ``means``."""
+        return np.einsum("c,c...->...", means, self.fractions) * self.factor
+
+    def tissue(self) -> np.ndarray:
+        """Tissue label of largest fraction (1 CSF, 2 GM, 3 WM), 0 where the brain fraction is below 0.5."""
+        return np.where(self.fractions.sum(axis=0) >= 0.5, self.fractions.argmax(axis=0) + 1, 0).astype(np.uint8)
 
 
 def _child(seed: np.random.SeedSequence, index: int) -> np.random.SeedSequence:
@@ -314,8 +480,42 @@ def _nifti(data: np.ndarray, affine: np.ndarray, code: int) -> nib.Nifti1Image:
     return img
 
 
+def tissue_fractions(intensity: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Partial-volume CSF, GM and WM fractions of a T1w image and the class means they mix.
+
+    The means are those of a 3-class Gaussian mixture of the intensities
+    inside ``brain``; a voxel between two neighbouring means is their linear
+    mix (clipped to the darkest and brightest mean), so ``sum_c f_c mu_c``
+    gives the intensity back inside that range.
+
+    Returns
+    -------
+    fractions : numpy.ndarray
+        ``(3, *shape)`` float32, 0 outside ``brain``.
+    means : numpy.ndarray
+        CSF, GM, WM intensities, increasing.
+    """
+    values = intensity[brain].astype(np.float64)
+    mixture = GaussianMixture(3, random_state=0).fit(values.reshape(-1, 1))
+    means = np.sort(mixture.means_.ravel())
+    clipped = np.clip(values, means[0], means[2])
+    dark = clipped <= means[1]
+    fractions = np.zeros((3, *intensity.shape), np.float32)
+    gm_low = (clipped - means[0]) / (means[1] - means[0])
+    wm_high = (clipped - means[1]) / (means[2] - means[1])
+    fractions[0][brain] = np.where(dark, 1.0 - gm_low, 0.0)
+    fractions[1][brain] = np.where(dark, gm_low, 1.0 - wm_high)
+    fractions[2][brain] = np.where(dark, 0.0, wm_high)
+    return fractions, means
+
+
+def _balanced(source: np.ndarray, sink_weight: np.ndarray) -> np.ndarray:
+    """``source`` plus ``sink_weight`` scaled so that the total is 0."""
+    return source - sink_weight * (source.sum() / sink_weight.sum())
+
+
 def build_ground_truth(resolution: float = 2.0, regions: Sequence[str] = DEFAULT_REGIONS) -> GroundTruth:
-    """Template, atlas and planted-region maps on the analysis grid.
+    """Template, atlas, tissue fractions, planted-region maps and unit flows on the analysis grid.
 
     Parameters
     ----------
@@ -339,30 +539,80 @@ def build_ground_truth(resolution: float = 2.0, regions: Sequence[str] = DEFAULT
     hippocampus_values = tuple(atlas.region_values(["hippocampus"]))
     labels = atlas.array().astype(np.int16)
     region = np.isin(labels, region_values)
-    brain = template.mask_array()
-    intensity = np.asarray(template.t1w.dataobj, dtype=np.float32)
-    intensity = intensity / np.float32(np.percentile(intensity[brain], 99))
+    brain = template.mask_array().astype(bool)
+    scan = np.asarray(template.t1w.dataobj, dtype=np.float32)
+    scan = scan / np.float32(np.percentile(scan[brain], 99))
+    fractions, means = tissue_fractions(scan, brain)
+    intensity = np.einsum("c,c...->...", means.astype(np.float32), fractions).astype(np.float32)
     probseg = ndimage.gaussian_filter(region.astype(np.float32), REGION_SIGMA_MM / resolution)
-    gradient = np.stack(np.gradient(probseg, resolution))  # voxel axes of a diagonal template affine
-    world_gradient = np.einsum("ij,j...->i...", template.affine[:3, :3] / resolution, gradient)
-    push = -world_gradient / np.sqrt((world_gradient**2).sum(axis=0)).max()
+    gradient = np.stack(np.gradient(probseg))
+    push = -gradient / np.sqrt((gradient**2).sum(axis=0)).max()
+    csf, gm, wm = (f.astype(np.float64) for f in fractions)
+    outside = ndimage.distance_transform_edt(~brain, sampling=resolution)
+    near = np.exp(-0.5 * (ndimage.distance_transform_edt(~region, sampling=resolution) / COMPENSATION_SIGMA_MM) ** 2)
+    # Freed volume goes to CSF and to the space just outside the brain, near R but not inside it.
+    space = csf + np.exp(-0.5 * (outside / resolution) ** 2) * ~brain
+    pad = int(math.ceil(FLOW_PAD_MM / resolution))
+    atrophy_flow = potential_flow(_balanced(-(gm + wm) * region, space * near * ~region), pad)
+    age_flow = potential_flow(_balanced(-gm, csf), pad)
+    depth = ndimage.distance_transform_edt(brain, sampling=resolution)
+    ventricles = csf * (depth > VENTRICLE_DEPTH_MM)
+    ventricle_flow = potential_flow(_balanced(ventricles, gm + wm), pad)
     points = template.affine[:3, :3] @ np.argwhere(brain).T + template.affine[:3, 3:]
     extent = template.affine[:3, :3] @ (np.array(template.shape) - 1)
     low = np.minimum(template.affine[:3, 3], template.affine[:3, 3] + extent) - ANATOMY_MARGIN_MM
     size = np.abs(extent) + 2 * ANATOMY_MARGIN_MM
     shape = tuple(int(math.ceil(s / ANATOMY_GRID_MM)) + 1 for s in size)
     return GroundTruth(
-        template=template, regions=regions, intensity=intensity, labels=labels, region=region,
-        region_values=tuple(region_values), hippocampus_values=hippocampus_values,
-        probseg=probseg.astype(np.float32), push=push.astype(np.float32), names=dict(atlas.labels),
-        distance=ndimage.distance_transform_edt(~brain, sampling=resolution).astype(np.float32), brain_points=points,
-        anatomy_origin=low, anatomy_shape=shape,
+        template=template, regions=regions, intensity=intensity, fractions=fractions, class_means=means,
+        envelope=brain.astype(np.float32), labels=labels, region=region, region_values=tuple(region_values),
+        hippocampus_values=hippocampus_values, probseg=probseg.astype(np.float32), push=push.astype(np.float32),
+        atrophy_flow=atrophy_flow.astype(np.float32), age_flow=age_flow.astype(np.float32),
+        ventricle_flow=ventricle_flow.astype(np.float32), names=dict(atlas.labels),
+        distance=outside.astype(np.float32), brain_points=points, anatomy_origin=low, anatomy_shape=shape,
     )
 
 
-def plan_cohort(n_subjects: int, *, seed: int = 0, effect_size: float = 0.3, null: bool = False,
-                n_mci: int = 0, sessions: int = 1) -> list[SubjectSpec]:
-    """Decide every subject's label, diagnosis, demographics, severity and seed.
+def draw_sites(seed: int, n_sites: int) -> list[Site]:
+    """The cohort's scanners: site 0 is :data:`REFERENCE_SITE`, the others depart from it at random.
+
+    Each other site's voxel size, contrast and noise differ from the
+    reference by a random factor drawn away from 1 (up or down with equal
+    probability; ranges in the module constants ``SITE_*``), and its bias
+    strength is drawn from ``SITE_BIAS_SD``.
+    """
+    rng = np.random.default_rng(_child(_child(np.random.SeedSequence(seed), 0), 0))
+    sites = [REFERENCE_SITE]
+    for index in range(1, n_sites):
+        signs = rng.choice([-1.0, 1.0], 3)
+        sites.append(Site(
+            index=index,
+            voxel_scale=float(1.0 + signs[0] * rng.uniform(*SITE_VOXEL_CHANGE)),
+            contrast=float(1.0 + signs[1] * rng.uniform(*SITE_CONTRAST_CHANGE)),
+            noise=float(REFERENCE_SITE.noise * np.exp(signs[2] * rng.uniform(*SITE_NOISE_LOG_CHANGE))),
+            bias_sd=float(rng.uniform(*SITE_BIAS_SD))))
+    return sites
+
+
+def _assign_sites(diagnoses: Sequence[str], n_sites: int, imbalance: float, rng: np.random.Generator
+                  ) -> np.ndarray:
+    """Site of every subject: a share ``imbalance`` of AD (rounded) at site 0, see the module docstring."""
+    sites = np.zeros(len(diagnoses), dtype=int)
+    if n_sites == 1:
+        return sites
+    shares = {"AD": imbalance, "CN": (1.0 - imbalance) / (n_sites - 1), "MCI": 1.0 / n_sites}
+    for group, share in shares.items():
+        members = rng.permutation(np.flatnonzero(np.asarray(diagnoses) == group))
+        at_reference = int(math.floor(share * len(members) + 0.5))
+        others = members[at_reference:]
+        sites[others] = 1 + np.arange(len(others)) % (n_sites - 1)
+    return sites
+
+
+def plan_cohort(n_subjects: int, *, seed: int = 0, effect_size: float | None = None, null: bool = False,
+                n_mci: int = 0, sessions: int = 1, atrophy_model: str = ATROPHY_MODELS[0], sites: int = 1,
+                site_imbalance: float | None = None) -> list[SubjectSpec]:
+    """Decide every subject's label, diagnosis, demographics, site, severity and seed.
 
     Parameters
     ----------
@@ -370,43 +620,58 @@ def plan_cohort(n_subjects: int, *, seed: int = 0, effect_size: float = 0.3, nul
         Number of AD plus CN subjects; AD get ``ceil(n / 2)``, CN the rest.
     seed : int
         Root seed of the cohort.
-    effect_size : float
-        Expected fractional intensity loss inside the planted region in AD (see
-        the module docstring).
+    effect_size : float, optional
+        Expected planted loss in AD (see the module docstring); default
+        :data:`DEFAULT_EFFECT_SIZE` of the model.
     null : bool
-        When True nobody gets atrophy; the diagnoses stay as they would be.
+        When True nobody gets atrophy; diagnoses, demographics and sites stay as they would be.
     n_mci : int
         Extra MCI subjects, at half the AD severity.
     sessions : int
         Sessions per subject.
+    atrophy_model : {"tissue-loss", "darkening"}
+        How atrophy is planted.
+    sites : int
+        Number of scanners.
+    site_imbalance : float, optional
+        Share of the AD subjects scanned at site 0 (default ``1 / sites``).
 
     Returns
     -------
     list of SubjectSpec
         Subjects ``01, 02, ...`` (zero-padded to the width of the count), the
-        diagnoses in an order shuffled with the seed. Age (60-85 years) and sex
-        are drawn alike in every group.
+        diagnoses in an order shuffled with the seed.
     """
+    if effect_size is None:
+        effect_size = DEFAULT_EFFECT_SIZE[atrophy_model]
     root = np.random.SeedSequence(seed)
     n_ad = (n_subjects + 1) // 2
     diagnoses = ["AD"] * n_ad + ["CN"] * (n_subjects - n_ad) + ["MCI"] * n_mci
-    diagnoses = np.random.default_rng(_child(root, 0)).permutation(diagnoses)
+    diagnoses = [str(d) for d in np.random.default_rng(_child(root, 0)).permutation(diagnoses)]
+    scanners = draw_sites(seed, sites)
+    imbalance = 1.0 / sites if site_imbalance is None else site_imbalance
+    site_of = _assign_sites(diagnoses, sites, imbalance, np.random.default_rng(_child(_child(root, 0), 1)))
     width = max(2, len(str(len(diagnoses))))
     specs = []
     for number, diagnosis in enumerate(diagnoses, start=1):
         subject_seed = _child(root, number)
         rng = np.random.default_rng(_child(subject_seed, 0))
-        age = int(rng.integers(AGE_RANGE[0], AGE_RANGE[1] + 1))
+        mean, sd = AGE_DISTRIBUTION[diagnosis]
+        age = int(np.clip(np.rint(rng.normal(mean, sd)), *AGE_LIMITS))
         sex = str(rng.choice(["F", "M"]))
+        head_scale = float(rng.normal(HEAD_SCALE[sex], HEAD_SCALE_SD))
+        ventricle_scale = float(np.exp(rng.normal(0.0, VENTRICLE_LOG_SD)))
         draw = float(rng.uniform(*SEVERITY_RANGE))
         severity = 0.0 if null or diagnosis == "CN" else draw * (MCI_FRACTION if diagnosis == "MCI" else 1.0)
-        specs.append(SubjectSpec(f"{number:0{width}d}", str(diagnosis), age, sex, severity, float(effect_size),
-                                 subject_seed, sessions))
+        specs.append(SubjectSpec(
+            label=f"{number:0{width}d}", diagnosis=diagnosis, age=age, sex=sex, head_scale=head_scale,
+            ventricle_scale=ventricle_scale, site=scanners[site_of[number - 1]], severity=severity,
+            effect_size=float(effect_size), atrophy_model=atrophy_model, seed=subject_seed, sessions=sessions))
     return specs
 
 
 def _atrophy_gain(truth: GroundTruth, shift: float, loss: float) -> float:
-    """Gain ``g`` for which the atrophied template loses exactly ``loss`` of its mean intensity in ``R``.
+    """Gain ``g`` for which the darkened template loses exactly ``loss`` of its mean intensity in ``R``.
 
     Raises
     ------
@@ -415,8 +680,8 @@ def _atrophy_gain(truth: GroundTruth, shift: float, loss: float) -> float:
         non-negative gain exists).
     """
     region = truth.region
-    points = truth.grid_points()[:, region] + shift * truth.push[:, region]
-    deformed = ndimage.map_coordinates(truth.intensity, truth.to_index(points), order=1)
+    index = np.indices(truth.template.shape)[:, region] + shift / truth.template.resolution * truth.push[:, region]
+    deformed = ndimage.map_coordinates(truth.intensity, index, order=1)
     weight = truth.probseg[region]
     target = (1.0 - loss) * float(truth.intensity[region].mean())
 
@@ -432,8 +697,36 @@ def _atrophy_gain(truth: GroundTruth, shift: float, loss: float) -> float:
     return float(optimize.brentq(excess, 0.0, upper, xtol=1e-12))
 
 
+def _tissue_loss_amplitude(truth: GroundTruth, loss: float) -> float:
+    """Amplitude ``A`` of the unit atrophy flow for which ``R`` loses exactly ``loss`` of its volume.
+
+    The volume is that of the voxel cubes of ``R`` under the trilinear flow
+    (:func:`adheat_app.deformation.cell_jacobian`), as the scans sample it.
+
+    Raises
+    ------
+    ValueError
+        If no amplitude reaches ``loss`` before the deformation folds.
+    """
+    corners = np.argwhere(truth.region)
+    box = tuple(slice(int(a), int(b) + 1) for a, b in zip(corners.min(axis=0), corners.max(axis=0)))
+    gradients = sub_voxel_gradients(truth.atrophy_flow, box)[truth.region[box]]
+    identity = np.eye(3)
+
+    def remaining(amplitude: float) -> float:
+        return float(determinant(identity + amplitude * gradients).mean()) - (1.0 - loss)
+
+    upper = 0.25
+    while remaining(upper) > 0:
+        upper *= 2
+        if determinant(identity + upper * gradients).min() <= 0.05:
+            raise ValueError(f"a planted volume loss of {loss:.3f} in {truth.regions} folds the deformation; "
+                             "use a smaller effect size or larger regions")
+    return float(optimize.brentq(remaining, 0.0, upper, xtol=1e-10))
+
+
 def subject_anatomy(truth: GroundTruth, spec: SubjectSpec) -> SubjectAnatomy:
-    """Draw a subject's displacement field and head scaling, and calibrate its atrophy.
+    """Draw a subject's displacement fields and head size, and calibrate its atrophy.
 
     Parameters
     ----------
@@ -443,54 +736,70 @@ def subject_anatomy(truth: GroundTruth, spec: SubjectSpec) -> SubjectAnatomy:
         The subject.
     """
     rng = np.random.default_rng(_child(spec.seed, 1))
-    noise = rng.standard_normal((3, *truth.anatomy_shape))
-    field = np.stack([ndimage.gaussian_filter(c, ANATOMY_SIGMA_MM / ANATOMY_GRID_MM) for c in noise])
-    field *= ANATOMY_SD_MM / field.std(axis=(1, 2, 3), keepdims=True)
-    scaling = 1.0 + rng.uniform(-SCALING_RANGE, SCALING_RANGE, 3)
-    loss = spec.intensity_loss
-    shift = SHIFT_MM_PER_EFFECT * loss
-    gain = _atrophy_gain(truth, shift, loss) if loss > 0 else 0.0
-    return SubjectAnatomy(field.astype(np.float32), scaling, shift, gain)
+    field = np.zeros((3, *truth.anatomy_shape))
+    for sd, sigma in ((ANATOMY_SD_MM, ANATOMY_SIGMA_MM), (FOLDING_SD_MM, FOLDING_SIGMA_MM)):
+        noise = rng.standard_normal((3, *truth.anatomy_shape))
+        smooth = np.stack([ndimage.gaussian_filter(c, sigma / ANATOMY_GRID_MM) for c in noise])
+        field += smooth * (sd / smooth.std(axis=(1, 2, 3), keepdims=True))
+    scaling = spec.head_scale * (1.0 + rng.uniform(-ANISOTROPY, ANISOTROPY, 3))
+    # First order: the inverse of the small flow y -> y + f(y) is y -> y - f(y).
+    anatomy_pullback = -(GM_LOSS_PER_YEAR * (spec.age - AGE_REFERENCE) * truth.age_flow
+                         + math.log(spec.ventricle_scale) * truth.ventricle_flow)
+    loss = spec.planted_loss
+    shift = gain = 0.0
+    if loss <= 0:
+        return SubjectAnatomy(field.astype(np.float32), scaling, anatomy_pullback.astype(np.float32), None, None,
+                              None, 0.0, shift, gain)
+    if spec.atrophy_model == "tissue-loss":
+        forward = _tissue_loss_amplitude(truth, loss) * truth.atrophy_flow.astype(np.float64)
+        pullback = invert_displacement(forward)
+        defined = forward.astype(np.float32)
+    else:
+        shift = SHIFT_MM_PER_EFFECT * loss
+        gain = _atrophy_gain(truth, shift, loss)
+        pullback = shift / truth.template.resolution * truth.push.astype(np.float64)
+        forward = invert_displacement(pullback)
+        defined = None
+    determinant = cell_jacobian(forward)
+    volume_loss = 1.0 - float(determinant[truth.region].mean())
+    return SubjectAnatomy(field.astype(np.float32), scaling, anatomy_pullback.astype(np.float32),
+                          pullback.astype(np.float32), defined, np.log(determinant).astype(np.float32), volume_loss,
+                          shift, gain)
 
 
-def to_template(truth: GroundTruth, anatomy: SubjectAnatomy, points: np.ndarray,
-                individual: bool = True) -> tuple[np.ndarray, np.ndarray | float]:
-    """Map points of a subject's anatomical space to the template, through its true warp.
+def _sample(truth: GroundTruth, anatomy: SubjectAnatomy, points: np.ndarray, individual: bool = True) -> _Sample:
+    """A subject's tissue fractions, darkening factor and atlas labels at world ``points`` ``(3, ...)``.
 
-    Parameters
-    ----------
-    truth : GroundTruth
-        The cohort's template-space truth.
-    anatomy : SubjectAnatomy
-        The subject.
-    points : numpy.ndarray
-        World coordinates (mm), shape ``(3, ...)``, in the subject's
-        anatomical space (template-aligned, before pose).
-    individual : bool
-        Apply the individual displacement ``d_s``; False gives the atrophied
-        template ``T_s`` of the module docstring.
-
-    Returns
-    -------
-    y : numpy.ndarray
-        Template world coordinates, same shape as ``points``.
-    factor : numpy.ndarray or float
-        Intensity factor ``exp(-g_s w)`` at the points (1.0 without atrophy).
+    ``points`` are in the subject's anatomical space (template-aligned, before
+    pose). With ``individual`` False the individual displacement, age and
+    ventricle flows are left out: the template with only the planted atrophy.
     """
     if individual:
         coarse = (points - truth.anatomy_origin.reshape((3,) + (1,) * (points.ndim - 1))) / ANATOMY_GRID_MM
-        points = points + np.stack([ndimage.map_coordinates(c, coarse, order=1, mode="nearest")
-                                    for c in anatomy.displacement])
-    if anatomy.shift == 0:
-        return points, 1.0
+        points = points + sample_field(anatomy.displacement, coarse)
     index = truth.to_index(points)
-    weight = ndimage.map_coordinates(truth.probseg, index, order=1)
-    push = np.stack([ndimage.map_coordinates(c, index, order=1) for c in truth.push])
-    return points + anatomy.shift * push, np.exp(-anatomy.gain * weight)
+    outline = index  # tissue flows inside the brain envelope, which moves only with d_s (and darkening's warp)
+    if individual:
+        index = index + sample_field(anatomy.anatomy_pullback, index)
+    factor: np.ndarray | float = 1.0
+    if anatomy.gain:
+        factor = np.exp(-anatomy.gain * ndimage.map_coordinates(truth.probseg, index, order=1))
+    if anatomy.atrophy_forward is not None:
+        start = index + sample_field(anatomy.atrophy_pullback, index)
+        index = solve_preimage(anatomy.atrophy_forward, index, start)
+    elif anatomy.atrophy_pullback is not None:  # darkening warps the whole image, as it always did
+        index = outline = index + sample_field(anatomy.atrophy_pullback, index)
+    envelope = ndimage.map_coordinates(truth.envelope, outline, order=1)
+    tissue = np.stack([ndimage.map_coordinates(truth.fractions[c], index, order=1) for c in (1, 2)])
+    total = tissue.sum(axis=0)
+    tissue *= np.minimum(1.0, envelope / np.where(total > 0, total, 1.0))  # tissue stays inside the envelope
+    csf = np.clip(envelope - tissue.sum(axis=0), 0.0, None)
+    fractions = np.concatenate([csf[None], tissue])
+    return _Sample(fractions, factor, ndimage.map_coordinates(truth.labels, index, order=0))
 
 
 def template_space_image(truth: GroundTruth, spec: SubjectSpec, individual: bool = True) -> np.ndarray:
-    """A subject's image on the template grid, before pose, bias and noise.
+    """A subject's image on the template grid, before pose, bias and noise, with its site's contrast.
 
     Parameters
     ----------
@@ -499,10 +808,10 @@ def template_space_image(truth: GroundTruth, spec: SubjectSpec, individual: bool
     spec : SubjectSpec
         The subject.
     individual : bool
-        Include the individual displacement ``d_s`` (``A_s``). False gives the
-        atrophied template ``T_s``, on which the effect size is defined: its
-        mean inside ``truth.region`` is ``1 - spec.intensity_loss`` times the
-        template's.
+        Include the individual displacement, age and ventricle flows. False
+        gives the template with only the planted atrophy, on which the effect
+        size is defined (for ``darkening``: its mean inside ``truth.region``
+        is ``1 - spec.planted_loss`` times the template's).
 
     Returns
     -------
@@ -510,8 +819,8 @@ def template_space_image(truth: GroundTruth, spec: SubjectSpec, individual: bool
         float32 array on the template grid, in the units of ``truth.intensity``.
     """
     anatomy = subject_anatomy(truth, spec)
-    y, factor = to_template(truth, anatomy, truth.grid_points(), individual)
-    return (ndimage.map_coordinates(truth.intensity, truth.to_index(y), order=1) * factor).astype(np.float32)
+    sample = _sample(truth, anatomy, truth.grid_points(), individual)
+    return sample.intensity(spec.site.class_means(truth.class_means)).astype(np.float32)
 
 
 def relevance_ratio(maps: np.ndarray, region: np.ndarray, brain: np.ndarray) -> float:
@@ -542,8 +851,9 @@ def write_template_space_derivatives(derivs: Derivatives, truth: GroundTruth, sp
 
     The "oracle" preprocessing: instead of simulating a native scan and
     registering it, each session's image is the subject's template-space image
-    (:func:`template_space_image`: individual anatomy and planted atrophy) plus
-    Gaussian noise of SD ``noise`` (intensity units of ``truth.intensity``),
+    (:func:`template_space_image`: individual anatomy, planted atrophy and its
+    site's contrast) plus Gaussian noise of SD ``noise`` times the site's noise
+    relative to the reference site (intensity units of ``truth.intensity``),
     normalised by ``--intensity-norm`` inside the template brain mask, and
     written with that mask as ``desc-preproc_T1w`` / ``desc-brain_mask``.
     Training, heatmap and evaluation benchmarks and tests start from here in
@@ -570,7 +880,8 @@ def write_template_space_derivatives(derivs: Derivatives, truth: GroundTruth, sp
             folder = derivs.bids_dir / spec.participant_id / (f"ses-{ses}" if ses else "") / "anat"
             name = spec.participant_id + (f"_ses-{ses}" if ses else "") + "_T1w.nii.gz"
             t1w = T1wInput(spec.label, ses, folder / name)
-            noisy = image + rng.normal(0, noise, image.shape).astype(np.float32)
+            sd = noise * spec.site.noise / REFERENCE_SITE.noise
+            noisy = image + rng.normal(0, sd, image.shape).astype(np.float32)
             data = normalise(noisy, mask, intensity_norm, template_data, mask)
             img_path, mask_path = preproc_paths(derivs, t1w, template.space, template.res_label)
             sources = [derivs.source_uri(t1w.path)]
@@ -583,7 +894,7 @@ def write_template_space_derivatives(derivs: Derivatives, truth: GroundTruth, sp
     return inputs
 
 
-def _native_grid(truth: GroundTruth, anatomy: SubjectAnatomy, rng: np.random.Generator
+def _native_grid(truth: GroundTruth, spec: SubjectSpec, anatomy: SubjectAnatomy, rng: np.random.Generator
                  ) -> tuple[str, tuple[int, int, int], np.ndarray, np.ndarray]:
     """Draw a scan's orientation, voxel size, pose and field of view.
 
@@ -597,7 +908,8 @@ def _native_grid(truth: GroundTruth, anatomy: SubjectAnatomy, rng: np.random.Gen
         4x4 map from scanner mm to the subject's anatomical (template-aligned) mm.
     """
     orientation = ORIENTATIONS[int(rng.integers(len(ORIENTATIONS)))]
-    zooms = truth.template.resolution * (1.0 + rng.uniform(-VOXEL_JITTER, VOXEL_JITTER, 3))
+    zooms = (truth.template.resolution * spec.site.voxel_scale
+             * (1.0 + rng.uniform(-VOXEL_JITTER, VOXEL_JITTER, 3)))
     rotation = Rotation.from_euler("xyz", rng.uniform(-ROTATION_DEG, ROTATION_DEG, 3), degrees=True).as_matrix()
     translation = rng.uniform(-TRANSLATION_MM, TRANSLATION_MM, 3)
     margins = rng.uniform(*FOV_MARGIN_MM, (2, 3))
@@ -617,12 +929,12 @@ def _native_grid(truth: GroundTruth, anatomy: SubjectAnatomy, rng: np.random.Gen
     return orientation, tuple(shape), affine, np.linalg.inv(to_scanner)
 
 
-def _bias_field(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+def _bias_field(shape: tuple[int, int, int], sd: float, rng: np.random.Generator) -> np.ndarray:
     """Smooth multiplicative bias: exp of a random quadratic polynomial of the voxel position."""
     u = [np.linspace(-1.0, 1.0, n).reshape([-1 if a == axis else 1 for a in range(3)])
          for axis, n in enumerate(shape)]
     terms = [u[0], u[1], u[2], u[0] ** 2, u[1] ** 2, u[2] ** 2, u[0] * u[1], u[0] * u[2], u[1] * u[2]]
-    coefficients = rng.normal(0.0, BIAS_SD, len(terms))
+    coefficients = rng.normal(0.0, sd, len(terms))
     return np.exp(sum(c * t for c, t in zip(coefficients, terms)))
 
 
@@ -641,21 +953,22 @@ def simulate_scan(truth: GroundTruth, spec: SubjectSpec, anatomy: SubjectAnatomy
         0-based session index; each session has its own pose, grid, bias and noise.
     """
     rng = np.random.default_rng(_child(spec.seed, 2 + session))
-    orientation, shape, affine, to_anatomy = _native_grid(truth, anatomy, rng)
-    bias = _bias_field(shape, rng)
+    orientation, shape, affine, to_anatomy = _native_grid(truth, spec, anatomy, rng)
+    bias = _bias_field(shape, spec.site.bias_sd, rng)
     scale = float(np.exp(rng.uniform(*np.log(INTENSITY_SCALE))))
-    noise_sd = float(rng.uniform(*NOISE_FRACTION)) * scale
+    noise_sd = float(rng.uniform(*NOISE_SPREAD)) * spec.site.noise * scale
     as_int16 = bool(rng.random() < 0.5)
     points = _affine_points(to_anatomy @ affine, shape)
     # Only points within reach of the brain can land on it: warp those, leave the rest 0.
-    reach = anatomy.max_displacement + truth.template.resolution * math.sqrt(3)
+    reach = anatomy.max_displacement(truth.template.resolution) + truth.template.resolution * math.sqrt(3)
     near = ndimage.map_coordinates(truth.distance, truth.to_index(points), order=0, cval=np.inf) <= reach
-    y, factor = to_template(truth, anatomy, points[:, near])
-    index = truth.to_index(y)
+    sample = _sample(truth, anatomy, points[:, near])
     clean = np.zeros(shape)
-    clean[near] = ndimage.map_coordinates(truth.intensity, index, order=1) * factor
+    clean[near] = sample.intensity(spec.site.class_means(truth.class_means))
     labels = np.zeros(shape, dtype=truth.labels.dtype)
-    labels[near] = ndimage.map_coordinates(truth.labels, index, order=0)
+    labels[near] = sample.labels
+    tissue = np.zeros(shape, dtype=np.uint8)
+    tissue[near] = sample.tissue()
     signal = scale * bias * clean
     noise = rng.standard_normal((2, *shape)) * noise_sd
     magnitude = np.sqrt((signal + noise[0]) ** 2 + noise[1] ** 2)
@@ -663,7 +976,7 @@ def simulate_scan(truth: GroundTruth, spec: SubjectSpec, anatomy: SubjectAnatomy
         else magnitude.astype(np.float32)
     masks = [np.isin(labels, values).astype(np.uint8) for values in (truth.region_values, truth.hippocampus_values)]
     return NativeScan(_nifti(data, affine, 1), _nifti(masks[0], affine, 1), _nifti(masks[1], affine, 1),
-                      orientation)
+                      _nifti(tissue, affine, 1), orientation)
 
 
 def _generated_by() -> dict:
@@ -671,8 +984,15 @@ def _generated_by() -> dict:
             "Description": "Simulated T1w cohort with planted atrophy (adheat_app.simulate)"}
 
 
-def write_subject(truth: GroundTruth, spec: SubjectSpec, out_dir: Path) -> None:
-    """Simulate every session of one subject and write its scans and truth masks.
+def log_jacobian_path(root: Path, truth: GroundTruth, label: str) -> Path:
+    """Where the template-space log-Jacobian of a subject's planted change is written under ``root``."""
+    template = truth.template
+    return Derivatives(root, root).subject_path(label, None, "logjacobian", space=template.space,
+                                                res=template.res_label, desc="atrophy")
+
+
+def write_subject(truth: GroundTruth, spec: SubjectSpec, out_dir: Path) -> float:
+    """Simulate every session of one subject and write its scans and truth maps.
 
     Parameters
     ----------
@@ -682,10 +1002,29 @@ def write_subject(truth: GroundTruth, spec: SubjectSpec, out_dir: Path) -> None:
         The subject.
     out_dir : Path
         Root of the raw dataset; the truth goes to ``derivatives/simulation``.
+
+    Returns
+    -------
+    float
+        The fraction of the region's volume the planted deformation removed.
     """
     anatomy = subject_anatomy(truth, spec)
     raw = Derivatives(out_dir, out_dir)  # used for BIDS path naming only
-    truth_dir = Derivatives(out_dir / "derivatives" / "simulation", out_dir)
+    truth_root = out_dir / "derivatives" / "simulation"
+    truth_dir = Derivatives(truth_root, out_dir)
+    log_jacobian = anatomy.log_jacobian if anatomy.log_jacobian is not None \
+        else np.zeros(truth.template.shape, np.float32)
+    template = truth.template
+    truth_dir.write_image(log_jacobian_path(truth_root, truth, spec.label),
+                          _nifti(log_jacobian, template.affine, 4), {
+        "Description": "Log-Jacobian determinant of the planted deformation from the template to this subject, "
+                       "on the template grid (negative: the template's volume shrinks in the subject). 0 "
+                       "everywhere without atrophy. Age, ventricle size and individual anatomy are not included.",
+        "Space": template.space, "Resolution": template.res_description, "AtrophyModel": spec.atrophy_model,
+        "Diagnosis": spec.diagnosis, "Severity": spec.severity, "PlantedLoss": spec.planted_loss,
+        "VolumeLoss": anatomy.volume_loss,
+        "VolumeLossML": anatomy.volume_loss * float(truth.region.sum()) * truth.voxel_ml,
+    })
     for session in range(spec.sessions):
         scan = simulate_scan(truth, spec, anatomy, session)
         ses = spec.session_label(session)
@@ -698,9 +1037,10 @@ def write_subject(truth: GroundTruth, spec: SubjectSpec, out_dir: Path) -> None:
             "Description": "Planted atrophy region (AAL3 regions matching Regions) mapped through this scan's "
                            "true warp onto the T1w grid (nearest neighbour).",
             "Type": "ROI", "Sources": [source], "Atlas": "AAL3", "Regions": list(truth.regions),
-            "AtlasRegions": truth.region_names, "Diagnosis": spec.diagnosis, "Severity": spec.severity, "IntensityLoss": spec.intensity_loss,
-            "Carried": spec.intensity_loss > 0, "ShiftMM": anatomy.shift, "IntensityGain": anatomy.gain,
-            "Orientation": scan.orientation,
+            "AtlasRegions": truth.region_names, "Diagnosis": spec.diagnosis, "AtrophyModel": spec.atrophy_model,
+            "Severity": spec.severity, "PlantedLoss": spec.planted_loss, "Carried": spec.planted_loss > 0,
+            "VolumeLoss": anatomy.volume_loss, "ShiftMM": anatomy.shift, "IntensityGain": anatomy.gain,
+            "Site": spec.site.index, "Orientation": scan.orientation,
         })
         hippocampus = truth_dir.subject_path(spec.label, ses, "mask", desc="hippocampus")
         truth_dir.write_image(hippocampus, scan.hippocampus_mask, {
@@ -709,6 +1049,13 @@ def write_subject(truth: GroundTruth, spec: SubjectSpec, out_dir: Path) -> None:
             "Type": "ROI", "Sources": [source], "Atlas": "AAL3",
             "AtlasRegions": truth.hippocampus_names,
         })
+        tissue = truth_dir.subject_path(spec.label, ses, "dseg", desc="tissue")
+        truth_dir.write_image(tissue, scan.tissue, {
+            "Description": "Tissue class of largest partial-volume fraction on the T1w grid, after the true warp "
+                           "(background where less than half the voxel is brain).",
+            "Sources": [source], "Labels": {"0": "background", **{str(i + 1): t for i, t in enumerate(TISSUES)}},
+        })
+    return anatomy.volume_loss
 
 
 _WORKER_TRUTH: GroundTruth | None = None
@@ -719,12 +1066,13 @@ def _init_worker(truth: GroundTruth) -> None:
     _WORKER_TRUTH = truth
 
 
-def _write_subject_in_worker(spec: SubjectSpec, out_dir: Path) -> None:
-    write_subject(_WORKER_TRUTH, spec, out_dir)
+def _write_subject_in_worker(spec: SubjectSpec, out_dir: Path) -> float:
+    return write_subject(_WORKER_TRUTH, spec, out_dir)
 
 
-def _check_arguments(out_dir: Path, n_subjects: int, resolution: float, effect_size: float,
-                     regions: Sequence[str], sessions: int, n_mci: int, nprocs: int) -> None:
+def _check_arguments(out_dir: Path, n_subjects: int, resolution: float, effect_size: float, atrophy_model: str,
+                     regions: Sequence[str], sessions: int, n_mci: int, nprocs: int, sites: int,
+                     site_imbalance: float | None) -> None:
     """Reject argument values that cannot work, naming the option."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(f"{out_dir} exists and is not an empty folder; choose a new output folder")
@@ -733,64 +1081,108 @@ def _check_arguments(out_dir: Path, n_subjects: int, resolution: float, effect_s
     if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
         raise InputError(f"--resolution {resolution}: use a voxel size between {MIN_RESOLUTION:g} and "
                          f"{MAX_RESOLUTION:g} mm")
-    if not 0 <= effect_size <= MAX_EFFECT_SIZE:
-        raise InputError(f"--effect-size {effect_size}: use a value between 0 and {MAX_EFFECT_SIZE}")
+    if atrophy_model not in ATROPHY_MODELS:
+        raise InputError(f"--atrophy-model {atrophy_model}: use one of {', '.join(ATROPHY_MODELS)}")
+    if not 0 <= effect_size <= MAX_EFFECT_SIZE[atrophy_model]:
+        raise InputError(f"--effect-size {effect_size}: use a value between 0 and "
+                         f"{MAX_EFFECT_SIZE[atrophy_model]} for --atrophy-model {atrophy_model}")
     if not regions:
         raise InputError("--regions: name at least one AAL3 region pattern")
     if sessions < 1 or n_mci < 0 or nprocs < 0:
         raise InputError("--sessions must be at least 1, --n-mci and --nprocs must not be negative")
+    if sites < 1:
+        raise InputError(f"--sites {sites}: need at least 1")
+    if site_imbalance is not None and not 0 <= site_imbalance <= 1:
+        raise InputError(f"--site-imbalance {site_imbalance}: use a share between 0 and 1")
+    if site_imbalance is not None and sites == 1 and site_imbalance != 1:
+        raise InputError(f"--site-imbalance {site_imbalance}: needs --sites 2 or more (one site holds everybody)")
 
 
-def _write_dataset_files(out_dir: Path, truth: GroundTruth, specs: list[SubjectSpec], parameters: dict) -> None:
+def _write_dataset_files(out_dir: Path, truth: GroundTruth, specs: list[SubjectSpec], volume_losses: list[float],
+                         parameters: dict) -> None:
     """Write the dataset-level files: truth map, tables, README and both descriptions (raw last)."""
     template = truth.template
     truth_root = out_dir / "derivatives" / "simulation"
     name = f"space-{template.space}_res-{template.res_label}_desc-atrophy_probseg.nii.gz"
+    region_ml = float(truth.region.sum()) * truth.voxel_ml
     Derivatives(truth_root, out_dir).write_image(truth_root / name, _nifti(truth.probseg, template.affine, 4), {
         "Description": "Planted atrophy region: the AAL3 regions matching Regions, smoothed by a Gaussian "
-                       f"(sigma {REGION_SIGMA_MM} mm), 0..1. Where it is 1 an AD subject of severity 1 loses about "
-                       "EffectSize / mean(map inside the regions) of its intensity.",
+                       f"(sigma {REGION_SIGMA_MM} mm), 0..1. The atrophy model says how a carrier loses it "
+                       "(tissue-loss: grey-matter volume; darkening: intensity); per-subject amounts are in "
+                       "participants.tsv here.",
         "Space": template.space, "Resolution": template.res_description, "Atlas": "AAL3",
         "Regions": list(truth.regions), "AtlasRegions": truth.region_names, "SmoothingSigmaMM": REGION_SIGMA_MM,
+        "RegionVolumeML": region_ml, "AtrophyModel": parameters["atrophy_model"],
         "EffectSize": parameters["effect_size"], "Null": parameters["null"],
-        "CarriedBy": [s.participant_id for s in specs if s.intensity_loss > 0],
+        "CarriedBy": [s.participant_id for s in specs if s.planted_loss > 0],
     })
-    truth_table = pd.DataFrame({
+    demographics = {
         "participant_id": [s.participant_id for s in specs], "diagnosis": [s.diagnosis for s in specs],
-        "severity": [round(s.severity, 6) for s in specs],
-        "intensity_loss": [round(s.intensity_loss, 6) for s in specs]})
+        "age": [s.age for s in specs], "sex": [s.sex for s in specs], "site": [s.site.index for s in specs]}
+    truth_table = pd.DataFrame({
+        **demographics, "head_scale": [round(s.head_scale, 6) for s in specs],
+        "ventricle_scale": [round(s.ventricle_scale, 6) for s in specs],
+        "severity": [round(s.severity, 6) for s in specs], "planted_loss": [round(s.planted_loss, 6) for s in specs],
+        "volume_loss": [round(v, 6) for v in volume_losses],
+        "volume_loss_ml": [round(v * region_ml, 4) for v in volume_losses]})
     write_tsv(truth_root / "participants.tsv", truth_table)
     write_json(truth_root / "participants.json", {
         "diagnosis": {"Description": "Simulated diagnosis (as in the raw participants.tsv)."},
+        "age": {"Description": "Age (years) as in the raw participants.tsv."},
+        "sex": {"Description": "Sex as in the raw participants.tsv."},
+        "site": {"Description": "Scanner site (sites.tsv here)."},
+        "head_scale": {"Description": "Linear head size relative to the template (0.98 F / 1.02 M, SD 0.03)."},
+        "ventricle_scale": {"Description": "Ventricle volume factor of the individual anatomy, before age."},
         "severity": {"Description": "Atrophy severity sigma_s: U(0.5, 1.5) for AD, half such a draw for MCI, "
                                     "0 for CN and in null cohorts."},
-        "intensity_loss": {"Description": "Planted fractional loss of mean intensity inside the region, in "
-                                          "template space before anatomy, pose and noise (severity x effect size)."},
+        "planted_loss": {"Description": "severity x effect size: the fraction of the planted region's volume "
+                                        "(tissue-loss) or mean intensity (darkening) the subject loses."},
+        "volume_loss": {"Description": "Fraction of the planted region's volume removed by the planted "
+                                       "deformation, in template space (equals planted_loss for tissue-loss)."},
+        "volume_loss_ml": {"Description": "That volume in ml of the template (before head size and anatomy).",
+                           "Units": "ml"},
+    })
+    sites = {s.site.index: s.site for s in specs}
+    site_table = pd.DataFrame({
+        "site": sorted(sites), "voxel_scale": [round(sites[i].voxel_scale, 6) for i in sorted(sites)],
+        "contrast": [round(sites[i].contrast, 6) for i in sorted(sites)],
+        "noise": [round(sites[i].noise, 6) for i in sorted(sites)],
+        "bias_sd": [round(sites[i].bias_sd, 6) for i in sorted(sites)],
+        **{f"n_{group}": [sum(s.site.index == i and s.diagnosis == group for s in specs) for i in sorted(sites)]
+           for group in ("AD", "CN", "MCI")}})
+    write_tsv(truth_root / "sites.tsv", site_table)
+    write_json(truth_root / "sites.json", {
+        "voxel_scale": {"Description": "Native voxel size / analysis resolution (each scan +- 10 % per axis)."},
+        "contrast": {"Description": "Scale of the GM and CSF intensity departures from WM (1: template)."},
+        "noise": {"Description": "Rician noise SD / intensity scale (each scan 0.5-1.5 times it)."},
+        "bias_sd": {"Description": "SD of the coefficients of the quadratic log-bias polynomial."},
     })
     write_json(truth_root / "dataset_description.json", {
         "Name": "adheat-simulate ground truth", "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
         "GeneratedBy": [_generated_by()], "DatasetLinks": {"raw": "../.."}, "Simulation": parameters,
     })
-    table = pd.DataFrame({
-        "participant_id": [s.participant_id for s in specs], "diagnosis": [s.diagnosis for s in specs],
-        "age": [s.age for s in specs], "sex": [s.sex for s in specs]})
-    write_tsv(out_dir / "participants.tsv", table)
+    write_tsv(out_dir / "participants.tsv", pd.DataFrame(demographics))
     write_json(out_dir / "participants.json", {
         "diagnosis": {"Description": "Simulated diagnosis", "Levels": {
             "AD": "Alzheimer's disease (planted atrophy)", "CN": "cognitively normal control",
             "MCI": "mild cognitive impairment (half the AD atrophy)"}},
-        "age": {"Description": "Age at scan (simulated, same distribution in every group)", "Units": "year"},
+        "age": {"Description": "Age at scan (simulated: AD 75 +- 8, CN 73 +- 6, MCI 74 +- 7)", "Units": "year"},
         "sex": {"Description": "Sex (simulated)", "Levels": {"F": "female", "M": "male"}},
+        "site": {"Description": "Scanner site (simulated; 0 is the reference scanner)"},
     })
+    model = ("grey matter of" if parameters["atrophy_model"] == "tissue-loss" else "darkening of")
     write_text(out_dir / "README", (
         "Simulated T1w cohort made by adheat-simulate (adheat_app.simulate).\n\n"
-        f"Every scan is the skull-stripped {template.space} template at {template.resolution:g} mm, deformed by a "
-        "smooth random displacement, posed in a scanner with its own voxel size, orientation, bias field and "
-        "Rician noise. AD subjects (and MCI at half severity) carry atrophy in the AAL3 regions "
-        f"{', '.join(truth.regions)}" + (" (not in this null cohort: nobody carries it)" if parameters["null"]
-                                          else "") + ".\n\n"
-        "The truth is in derivatives/simulation: the planted region in template space, per scan the region and "
-        "the hippocampus on the scan's grid, and every simulation parameter in its dataset_description.json.\n"
+        f"Every scan is made from the skull-stripped {template.space} template at {template.resolution:g} mm: its "
+        "tissue classes are aged, the ventricles resized, deformed by a smooth random displacement and a folding "
+        "field, and the head is scaled and posed in a scanner of its site with its own voxel size, orientation, "
+        "contrast, bias field and Rician noise. AD subjects (and MCI at half severity) lose "
+        f"{model} the AAL3 regions {', '.join(truth.regions)}"
+        + (" (not in this null cohort: nobody carries it)" if parameters["null"] else "") + ".\n\n"
+        "The truth is in derivatives/simulation: the planted region in template space, per subject the "
+        "log-Jacobian of the planted change and the volume it removed (participants.tsv), the sites (sites.tsv), "
+        "per scan the region, the hippocampus and the tissue classes on the scan's grid, and every simulation "
+        "parameter in its dataset_description.json.\n"
         "No real person's data are included.\n"))
     write_json(out_dir / "dataset_description.json", {
         "Name": "adheat-simulate cohort", "BIDSVersion": BIDS_VERSION, "DatasetType": "raw",
@@ -799,8 +1191,9 @@ def _write_dataset_files(out_dir: Path, truth: GroundTruth, specs: list[SubjectS
 
 
 def simulate_cohort(out_dir: str | os.PathLike, n_subjects: int = 40, resolution: float = 2.0, seed: int = 0,
-                    effect_size: float = 0.3, regions: Sequence[str] = DEFAULT_REGIONS, sessions: int = 1,
-                    null: bool = False, n_mci: int = 0, nprocs: int = 1) -> Path:
+                    effect_size: float | None = None, regions: Sequence[str] = DEFAULT_REGIONS, sessions: int = 1,
+                    null: bool = False, n_mci: int = 0, nprocs: int = 1, atrophy_model: str = ATROPHY_MODELS[0],
+                    sites: int = 1, site_imbalance: float | None = None) -> Path:
     """Write a simulated BIDS cohort with planted atrophy, and its ground truth.
 
     Parameters
@@ -810,12 +1203,15 @@ def simulate_cohort(out_dir: str | os.PathLike, n_subjects: int = 40, resolution
     n_subjects : int
         AD plus CN subjects (balanced: AD get ``ceil(n / 2)``).
     resolution : float
-        Analysis-grid voxel size in mm; native voxels are this +- 10 %.
+        Analysis-grid voxel size in mm; native voxels are this times the
+        site's voxel scale, +- 10 %.
     seed : int
         Root seed; the same seed gives byte-identical files.
-    effect_size : float
-        Expected fractional loss of mean intensity inside the planted region in
-        AD (defined exactly in the module docstring), 0 to 0.5.
+    effect_size : float, optional
+        Expected planted loss in AD: fraction of the region's volume
+        (``tissue-loss``) or mean intensity (``darkening``); default
+        :data:`DEFAULT_EFFECT_SIZE` of the model, at most
+        :data:`MAX_EFFECT_SIZE`.
     regions : sequence of str
         AAL3 name patterns of the planted region.
     sessions : int
@@ -826,6 +1222,12 @@ def simulate_cohort(out_dir: str | os.PathLike, n_subjects: int = 40, resolution
         Extra MCI subjects with half the AD severity.
     nprocs : int
         Subjects simulated in parallel (0: every CPU). Does not change the output.
+    atrophy_model : {"tissue-loss", "darkening"}
+        How atrophy is planted (module docstring).
+    sites : int
+        Number of scanner sites.
+    site_imbalance : float, optional
+        Share of AD subjects scanned at site 0 (default: ``1 / sites``).
 
     Returns
     -------
@@ -839,36 +1241,49 @@ def simulate_cohort(out_dir: str | os.PathLike, n_subjects: int = 40, resolution
     """
     out = Path(out_dir).absolute()
     regions = tuple(regions)
-    _check_arguments(out, n_subjects, resolution, effect_size, regions, sessions, n_mci, nprocs)
+    if effect_size is None:
+        effect_size = DEFAULT_EFFECT_SIZE.get(atrophy_model, 0.0)
+    _check_arguments(out, n_subjects, resolution, effect_size, atrophy_model, regions, sessions, n_mci, nprocs,
+                     sites, site_imbalance)
     truth = build_ground_truth(resolution, regions)
-    specs = plan_cohort(n_subjects, seed=seed, effect_size=effect_size, null=null, n_mci=n_mci, sessions=sessions)
+    specs = plan_cohort(n_subjects, seed=seed, effect_size=effect_size, null=null, n_mci=n_mci, sessions=sessions,
+                        atrophy_model=atrophy_model, sites=sites, site_imbalance=site_imbalance)
     workers = min(nprocs or os.cpu_count() or 1, len(specs))
     LOGGER.info("Simulating %d subject(s) x %d session(s) at %g mm in %s (%d process(es))",
                 len(specs), sessions, resolution, out, workers)
-    if workers == 1:
-        for spec in specs:
-            write_subject(truth, spec, out)
-    else:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(truth,)) as pool:
-            for future in [pool.submit(_write_subject_in_worker, spec, out) for spec in specs]:
-                future.result()
+    try:
+        if workers == 1:
+            volume_losses = [write_subject(truth, spec, out) for spec in specs]
+        else:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_init_worker, initargs=(truth,)) as pool:
+                futures = [pool.submit(_write_subject_in_worker, spec, out) for spec in specs]
+                volume_losses = [future.result() for future in futures]
+    except ValueError as exc:  # a planted loss the deformation cannot reach
+        raise InputError(f"--effect-size {effect_size}: {exc}") from None
     parameters = {
-        "seed": seed, "effect_size": effect_size, "regions": list(regions), "null": null,
-        "space": truth.template.space, "resolution": truth.template.resolution,
+        "seed": seed, "atrophy_model": atrophy_model, "effect_size": effect_size, "regions": list(regions),
+        "null": null, "space": truth.template.space, "resolution": truth.template.resolution,
         "res_label": truth.template.res_label, "template_source": truth.template.source,
-        "n_subjects": n_subjects, "n_mci": n_mci, "sessions": sessions,
+        "n_subjects": n_subjects, "n_mci": n_mci, "sessions": sessions, "sites": sites,
+        "site_imbalance": 1.0 / sites if site_imbalance is None else site_imbalance,
         "model": {
-            "region_sigma_mm": REGION_SIGMA_MM, "shift_mm_per_effect": SHIFT_MM_PER_EFFECT,
-            "severity_range": list(SEVERITY_RANGE), "mci_fraction": MCI_FRACTION,
+            "tissue_means": [round(float(m), 6) for m in truth.class_means],
+            "region_sigma_mm": REGION_SIGMA_MM, "compensation_sigma_mm": COMPENSATION_SIGMA_MM,
+            "shift_mm_per_effect": SHIFT_MM_PER_EFFECT, "severity_range": list(SEVERITY_RANGE),
+            "mci_fraction": MCI_FRACTION, "age_distribution": {k: list(v) for k, v in AGE_DISTRIBUTION.items()},
+            "age_limits": list(AGE_LIMITS), "age_reference": AGE_REFERENCE, "gm_loss_per_year": GM_LOSS_PER_YEAR,
+            "ventricle_depth_mm": VENTRICLE_DEPTH_MM, "ventricle_log_sd": VENTRICLE_LOG_SD,
+            "head_scale": HEAD_SCALE, "head_scale_sd": HEAD_SCALE_SD, "anisotropy": ANISOTROPY,
             "anatomy_sd_mm": ANATOMY_SD_MM, "anatomy_sigma_mm": ANATOMY_SIGMA_MM,
-            "scaling_range": SCALING_RANGE, "rotation_deg": ROTATION_DEG, "translation_mm": TRANSLATION_MM,
-            "voxel_jitter": VOXEL_JITTER, "fov_margin_mm": list(FOV_MARGIN_MM), "bias_sd": BIAS_SD,
-            "intensity_scale": list(INTENSITY_SCALE), "noise_fraction": list(NOISE_FRACTION),
-            "orientations": list(ORIENTATIONS), "age_range": list(AGE_RANGE),
+            "folding_sd_mm": FOLDING_SD_MM, "folding_sigma_mm": FOLDING_SIGMA_MM,
+            "rotation_deg": ROTATION_DEG, "translation_mm": TRANSLATION_MM,
+            "voxel_jitter": VOXEL_JITTER, "fov_margin_mm": list(FOV_MARGIN_MM),
+            "intensity_scale": list(INTENSITY_SCALE), "noise_spread": list(NOISE_SPREAD),
+            "orientations": list(ORIENTATIONS),
         },
     }
-    _write_dataset_files(out, truth, specs, parameters)
+    _write_dataset_files(out, truth, specs, volume_losses, parameters)
     return out
 
 
@@ -884,20 +1299,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="adheat-simulate",
         description="Write a simulated BIDS cohort (AD, CN, optional MCI) with atrophy planted in AAL3 regions, "
-                    "and its ground truth under OUT/derivatives/simulation.")
+                    "ages, sexes, head sizes and scanner sites, and its ground truth under "
+                    "OUT/derivatives/simulation (docs/simulation.md).")
     parser.add_argument("out_dir", metavar="OUT", type=Path, help="New or empty output folder.")
     parser.add_argument("--n-subjects", type=int, default=40, help="AD plus CN subjects (default: %(default)s).")
     parser.add_argument("--resolution", type=float, default=2.0,
                         help="Analysis-grid voxel size in mm (default: %(default)s).")
     parser.add_argument("--seed", type=int, default=0, help="Random seed (default: %(default)s).")
-    parser.add_argument("--effect-size", type=float, default=0.3,
-                        help="Expected fractional intensity loss inside the regions in AD, 0 to "
-                             f"{MAX_EFFECT_SIZE} (default: %(default)s).")
+    parser.add_argument("--atrophy-model", choices=ATROPHY_MODELS, default=ATROPHY_MODELS[0],
+                        help="'tissue-loss': grey matter of the regions loses volume to CSF through a smooth "
+                             "deformation (intensities keep their tissue values); 'darkening': the earlier model, "
+                             "the regions' intensity falls (default: %(default)s).")
+    parser.add_argument("--effect-size", type=float, default=None,
+                        help="Expected planted loss in AD: fraction of the regions' volume (tissue-loss, default "
+                             f"{DEFAULT_EFFECT_SIZE['tissue-loss']}, at most {MAX_EFFECT_SIZE['tissue-loss']}) or "
+                             f"of their mean intensity (darkening, default {DEFAULT_EFFECT_SIZE['darkening']}, at "
+                             f"most {MAX_EFFECT_SIZE['darkening']}).")
     parser.add_argument("--regions", nargs="+", default=list(DEFAULT_REGIONS), metavar="PATTERN",
                         help="AAL3 region name patterns of the planted atrophy (default: %(default)s).")
     parser.add_argument("--sessions", type=int, default=1, help="Sessions per subject (default: %(default)s).")
     parser.add_argument("--null", action="store_true", help="Plant no atrophy (labels carry no signal).")
     parser.add_argument("--n-mci", type=int, default=0, help="Extra MCI subjects at half severity.")
+    parser.add_argument("--sites", type=int, default=1,
+                        help="Scanner sites, each with its own voxel size, contrast, bias and noise; site 0 is the "
+                             "reference scanner (default: %(default)s).")
+    parser.add_argument("--site-imbalance", type=float, default=None, metavar="F",
+                        help="Share of the AD subjects scanned at site 0 (default: 1 / sites, balanced); CN fill "
+                             "site 0 with the share (1 - F) / (sites - 1). With --null and F = 1 the label is "
+                             "carried by the site only.")
     parser.add_argument("--nprocs", type=int, default=1,
                         help="Subjects simulated in parallel; 0 = every CPU (default: %(default)s).")
     parser.add_argument("-v", "--verbose", action="store_true", help="Log progress.")
@@ -925,7 +1354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out = simulate_cohort(args.out_dir, n_subjects=args.n_subjects, resolution=args.resolution,
                               seed=args.seed, effect_size=args.effect_size, regions=args.regions,
-                              sessions=args.sessions, null=args.null, n_mci=args.n_mci, nprocs=args.nprocs)
+                              sessions=args.sessions, null=args.null, n_mci=args.n_mci, nprocs=args.nprocs,
+                              atrophy_model=args.atrophy_model, sites=args.sites,
+                              site_imbalance=args.site_imbalance)
     except InputError as exc:
         print(f"adheat-simulate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

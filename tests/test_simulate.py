@@ -2,13 +2,16 @@
 
 Every cohort here is on the 4 mm grid with a handful of subjects, built from the
 real 2009c template where ``../shared/data`` is present (the offline fallback
-template otherwise). One module-scoped cohort with two sessions and an MCI
-subject serves most tests; the reproducibility, ``nprocs`` and ``null`` tests
-each simulate one more small cohort.
+template otherwise). One module-scoped tissue-loss cohort with two sessions and
+an MCI subject serves most tests, with its ``null`` twin (same subjects, no
+atrophy) as the paired control of the volume tests; the reproducibility,
+``nprocs``, darkening and site tests each simulate one more small cohort or
+single scans.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import nibabel as nib
@@ -28,9 +31,10 @@ SEED = 7
 EFFECT = 0.3
 
 
-def plan() -> list[simulate.SubjectSpec]:
+def plan(**options) -> list[simulate.SubjectSpec]:
     """The plan of the module's cohort."""
-    return simulate.plan_cohort(N_SUBJECTS, seed=SEED, effect_size=EFFECT, n_mci=N_MCI, sessions=SESSIONS)
+    return simulate.plan_cohort(N_SUBJECTS, seed=SEED, effect_size=EFFECT, n_mci=N_MCI, sessions=SESSIONS,
+                                **options)
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +47,33 @@ def cohort(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def null_twin(tmp_path_factory):
+    """The module's cohort made null: the same subjects, scans and poses, nobody carries atrophy."""
+    root = tmp_path_factory.mktemp("null") / "bids"
+    return simulate.simulate_cohort(root, n_subjects=N_SUBJECTS, resolution=RESOLUTION, seed=SEED,
+                                    effect_size=EFFECT, sessions=SESSIONS, n_mci=N_MCI, null=True)
+
+
+@pytest.fixture(scope="module")
 def truth(cohort):
     return simulate.build_ground_truth(RESOLUTION)
 
 
-def native(cohort, spec, session="01", desc=None) -> np.ndarray:
-    """A scan (or, with ``desc``, its truth mask) as an array."""
+def native(cohort, spec, session="01", desc=None, suffix="mask") -> np.ndarray:
+    """A scan (or, with ``desc``, its truth mask or tissue map) as an array."""
     name = f"sub-{spec.label}_ses-{session}"
     if desc is None:
         path = cohort / f"sub-{spec.label}" / f"ses-{session}" / "anat" / f"{name}_T1w.nii.gz"
     else:
         path = (cohort / "derivatives" / "simulation" / f"sub-{spec.label}" / f"ses-{session}" / "anat"
-                / f"{name}_desc-{desc}_mask.nii.gz")
+                / f"{name}_desc-{desc}_{suffix}.nii.gz")
     return np.asarray(nib.load(path).dataobj)
+
+
+def voxel_ml(cohort, spec, session="01") -> float:
+    """Voxel volume (ml) of a native scan."""
+    path = cohort / f"sub-{spec.label}" / f"ses-{session}" / "anat" / f"sub-{spec.label}_ses-{session}_T1w.nii.gz"
+    return float(np.prod(nib.load(path).header.get_zooms()[:3])) / 1000
 
 
 def test_pybids_finds_every_t1w_and_the_tables_match_the_plan(cohort):
@@ -67,12 +85,19 @@ def test_pybids_finds_every_t1w_and_the_tables_match_the_plan(cohort):
     assert layout.get_sessions() == ["01", "02"]
     files = layout.get(suffix="T1w", extension=".nii.gz", return_type="filename")
     assert len(files) == len(specs) * SESSIONS
-    table = pd.read_csv(cohort / "participants.tsv", sep="\t", dtype=str)
+    table = pd.read_csv(cohort / "participants.tsv", sep="\t", dtype={"participant_id": str})
+    assert list(table.columns) == ["participant_id", "diagnosis", "age", "sex", "site"]
     assert list(table["participant_id"]) == [s.participant_id for s in specs]
     assert table["diagnosis"].value_counts().to_dict() == {"AD": 3, "CN": 3, "MCI": 1}
-    assert set(table["sex"]) <= {"F", "M"} and table["age"].astype(int).between(60, 85).all()
+    assert list(table["age"]) == [s.age for s in specs] and table["age"].between(55, 95).all()
+    assert set(table["sex"]) <= {"F", "M"} and table["site"].eq(0).all()
     loss = pd.read_csv(cohort / "derivatives" / "simulation" / "participants.tsv", sep="\t")
-    assert np.allclose(loss["intensity_loss"], [s.intensity_loss for s in specs], atol=1e-6)
+    assert np.allclose(loss["planted_loss"], [s.planted_loss for s in specs], atol=1e-6)
+    # tissue-loss: the volume removed from the region is the planted loss, to the calibration's precision
+    assert np.allclose(loss["volume_loss"], loss["planted_loss"], atol=1e-5)
+    region_ml = json.loads(next((cohort / "derivatives" / "simulation").glob("*_probseg.json")).read_text())[
+        "RegionVolumeML"]
+    assert np.allclose(loss["volume_loss_ml"], loss["volume_loss"] * region_ml, atol=1e-3)
     description = json.loads((cohort / "dataset_description.json").read_text())
     assert description["DatasetType"] == "raw" and description["GeneratedBy"][0]["Name"] == "adheat-simulate"
 
@@ -83,50 +108,186 @@ def test_official_validator_passes(cohort):
     run_bids_validator(cohort)  # raises InputError listing the errors otherwise
 
 
-def test_planted_loss_in_template_space_is_the_effect_size(cohort, truth):
-    """L_s = 1 - mean_R(T_s) / mean_R(T) equals severity x e; AD minus CN differs by the AD mean loss."""
+def test_planted_volume_loss_is_real_on_the_native_scans(cohort, null_twin):
+    """Each carrier's region, counted in its native truth masks, is smaller than in its atrophy-free twin by
+    the planted fraction (4 mm voxels, after anatomy, age, pose and a new grid: within 0.035); controls are
+    byte-identical in both cohorts."""
+    errors = []
+    for spec in plan():
+        for session in ("01", "02"):
+            volume = native(cohort, spec, session, desc="atrophy").sum() * voxel_ml(cohort, spec, session)
+            twin = native(null_twin, spec, session, desc="atrophy").sum() * voxel_ml(null_twin, spec, session)
+            if spec.diagnosis == "CN":
+                assert volume == twin
+                continue
+            errors.append(volume / twin - (1 - spec.planted_loss))
+    print("volume ratio errors", np.round(errors, 4))
+    assert np.abs(errors).max() < 0.035 and abs(np.mean(errors)) < 0.015, errors
+
+
+def test_grey_matter_keeps_its_intensity_while_losing_volume(cohort, null_twin):
+    """Tissue-loss is morphometric: the mean and SD of the scan inside native grey matter stay within 1 % / 3 %
+    of the twin's, while the grey-matter volume falls by part of the region's loss."""
+    for spec in plan():
+        if spec.diagnosis == "CN":
+            continue
+        scans = [native(c, spec).astype(np.float64) for c in (cohort, null_twin)]
+        grey = [native(c, spec, desc="tissue", suffix="dseg") == 2 for c in (cohort, null_twin)]
+        means = [scan[g].mean() for scan, g in zip(scans, grey)]
+        sds = [scan[g].std() for scan, g in zip(scans, grey)]
+        assert means[0] == pytest.approx(means[1], rel=0.01) and sds[0] == pytest.approx(sds[1], rel=0.03), spec
+        lost_ml = (grey[1].sum() - grey[0].sum()) * voxel_ml(cohort, spec)
+        assert lost_ml > 0.05 * spec.planted_loss * 87, (spec, lost_ml)  # the region is about 87 ml
+
+
+def test_log_jacobian_is_the_planted_change(cohort, truth):
+    """The written template-space log-Jacobian integrates to the planted volume loss in the region, is near 0
+    in the brain farther than 40 mm from it (measured: below 0.003) and 0 for controls."""
+    from scipy import ndimage
+
+    far = (ndimage.distance_transform_edt(~truth.region, sampling=RESOLUTION) > 40) & (truth.envelope > 0)
+    table = pd.read_csv(cohort / "derivatives" / "simulation" / "participants.tsv", sep="\t")
+    for spec, loss in zip(plan(), table["volume_loss"]):
+        path = simulate.log_jacobian_path(cohort / "derivatives" / "simulation", truth, spec.label)
+        img = nib.load(path)
+        assert np.allclose(img.affine, truth.template.affine) and img.shape == truth.template.shape
+        log_jacobian = np.asarray(img.dataobj)
+        assert np.exp(log_jacobian[truth.region]).mean() == pytest.approx(1 - loss, abs=1e-5)
+        assert np.abs(log_jacobian[far]).max() < 0.01
+        if spec.diagnosis == "CN":
+            assert not log_jacobian.any()
+        else:
+            assert log_jacobian[truth.region].mean() < np.log(1 - 0.9 * spec.planted_loss)
+
+
+def test_darkening_model_plants_the_intensity_loss(truth):
+    """Darkening: L_s = 1 - mean_R(T_s) / mean_R(T) equals severity x e; AD minus CN differs by the AD mean loss."""
+    specs = plan(atrophy_model="darkening")
     region = truth.region
     reference = float(truth.intensity[region].mean())
     means = {}
-    for spec in plan():
+    for spec in specs:
         image = simulate.template_space_image(truth, spec, individual=False)
         loss = 1.0 - float(image[region].mean()) / reference
-        assert loss == pytest.approx(spec.intensity_loss, abs=1e-4), spec
+        assert loss == pytest.approx(spec.planted_loss, abs=1e-4), spec
         means.setdefault(spec.diagnosis, []).append(float(image[region].mean()))
-    ad_losses = [s.intensity_loss for s in plan() if s.diagnosis == "AD"]
+    ad_losses = [s.planted_loss for s in specs if s.diagnosis == "AD"]
     difference = (np.mean(means["CN"]) - np.mean(means["AD"])) / reference
     assert difference == pytest.approx(np.mean(ad_losses), abs=1e-4)
     assert np.mean(means["CN"]) == pytest.approx(reference, rel=1e-5)
-    mci = next(s for s in plan() if s.diagnosis == "MCI")
-    assert 0.25 * EFFECT <= mci.intensity_loss <= 0.75 * EFFECT
+    mci = next(s for s in specs if s.diagnosis == "MCI")
+    assert 0.25 * EFFECT <= mci.planted_loss <= 0.75 * EFFECT
+
+
+def test_darkening_loss_is_measurable_on_the_native_scans(tmp_path, truth):
+    """Darkening, through the truth masks, after warp, pose, bias and noise: AD minus CN is close to the planted
+    loss."""
+    cohort = simulate.simulate_cohort(tmp_path / "dark", n_subjects=N_SUBJECTS, resolution=RESOLUTION, seed=SEED,
+                                      effect_size=EFFECT, atrophy_model="darkening")
+    brain = truth.template.mask_array()
+    template_ratio = truth.intensity[truth.region].mean() / truth.intensity[brain & ~truth.region].mean()
+    measured = {}
+    specs = simulate.plan_cohort(N_SUBJECTS, seed=SEED, effect_size=EFFECT, atrophy_model="darkening")
+    for spec in specs:
+        name = f"sub-{spec.label}"
+        scan = np.asarray(nib.load(cohort / name / "anat" / f"{name}_T1w.nii.gz").dataobj).astype(np.float64)
+        masks = cohort / "derivatives" / "simulation" / name / "anat"
+        region = np.asarray(nib.load(masks / f"{name}_desc-atrophy_mask.nii.gz").dataobj) > 0
+        hippocampus = np.asarray(nib.load(masks / f"{name}_desc-hippocampus_mask.nii.gz").dataobj) > 0
+        assert region.shape == scan.shape and 0 < hippocampus.sum() < region.sum()
+        assert not (hippocampus & ~region).any()  # the default regions include the hippocampus
+        rest = (scan > 0.1 * np.percentile(scan, 99)) & ~region
+        measured.setdefault(spec.diagnosis, []).append(1 - scan[region].mean() / scan[rest].mean() / template_ratio)
+    planted = np.mean([s.planted_loss for s in specs if s.diagnosis == "AD"])
+    difference = np.mean(measured["AD"]) - np.mean(measured["CN"])
+    assert difference == pytest.approx(planted, abs=0.1)
+    assert min(measured["AD"]) > max(measured["CN"])
+    table = pd.read_csv(cohort / "derivatives" / "simulation" / "participants.tsv", sep="\t")
+    carriers = table["planted_loss"] > 0
+    # its inward warp removes some volume too (measured: about half the planted intensity loss)
+    assert (table["volume_loss"][carriers] > 0).all() and (table["volume_loss"] < table["planted_loss"])[carriers].all()
+    assert table["volume_loss"][~carriers].eq(0).all()
 
 
 def test_expected_ad_loss_is_the_effect_size():
     """E[L | AD] = e over a large plan (severities drawn from U(0.5, 1.5))."""
     specs = simulate.plan_cohort(400, seed=1, effect_size=EFFECT)
-    ad = np.array([s.intensity_loss for s in specs if s.diagnosis == "AD"])
+    ad = np.array([s.planted_loss for s in specs if s.diagnosis == "AD"])
     assert len(ad) == 200 and ad.mean() == pytest.approx(EFFECT, abs=0.015)
     assert ad.min() >= 0.5 * EFFECT and ad.max() <= 1.5 * EFFECT
-    assert all(s.intensity_loss == 0 for s in specs if s.diagnosis == "CN")
+    assert all(s.planted_loss == 0 for s in specs if s.diagnosis == "CN")
 
 
-def test_loss_is_measurable_on_the_native_scans(cohort, truth):
-    """Through the truth masks, after warp, pose, bias and noise: AD minus CN is close to the planted loss."""
-    brain = truth.template.mask_array()
-    template_ratio = truth.intensity[truth.region].mean() / truth.intensity[brain & ~truth.region].mean()
-    measured = {}
-    for spec in plan():
-        scan = native(cohort, spec).astype(np.float64)
-        region = native(cohort, spec, desc="atrophy") > 0
-        hippocampus = native(cohort, spec, desc="hippocampus") > 0
-        assert region.shape == scan.shape and 0 < hippocampus.sum() < region.sum()
-        assert not (hippocampus & ~region).any()  # the default regions include the hippocampus
-        rest = (scan > 0.1 * np.percentile(scan, 99)) & ~region
-        measured.setdefault(spec.diagnosis, []).append(1 - scan[region].mean() / scan[rest].mean() / template_ratio)
-    planted = np.mean([s.intensity_loss for s in plan() if s.diagnosis == "AD"])
-    difference = np.mean(measured["AD"]) - np.mean(measured["CN"])
-    assert difference == pytest.approx(planted, abs=0.1)
-    assert min(measured["AD"]) > max(measured["CN"])
+def test_demographics_follow_the_documented_distributions():
+    """AD 75 +- 8, CN 73 +- 6 years; head size 0.98 (F) / 1.02 (M), SD 0.03 (800 subjects: within 3 SE)."""
+    specs = simulate.plan_cohort(800, seed=2)
+    for group, (mean, sd) in simulate.AGE_DISTRIBUTION.items():
+        ages = np.array([s.age for s in specs if s.diagnosis == group])
+        if len(ages):
+            assert ages.mean() == pytest.approx(mean, abs=3 * sd / np.sqrt(len(ages)))
+            assert ages.std() == pytest.approx(sd, rel=0.15)
+    for sex, mean in simulate.HEAD_SCALE.items():
+        scales = np.array([s.head_scale for s in specs if s.sex == sex])
+        assert scales.mean() == pytest.approx(mean, abs=3 * 0.03 / np.sqrt(len(scales)))
+    assert 300 < sum(s.sex == "F" for s in specs) < 500
+
+
+@pytest.mark.parametrize(("n", "sites", "imbalance"), [(20, 2, 1.0), (20, 3, 0.8), (21, 4, None), (9, 2, 0.0)])
+def test_site_imbalance_assigns_exact_counts(n, sites, imbalance):
+    """round(F x n_AD) AD at site 0, round((1 - F) / (sites - 1) x n_CN) CN at site 0, the rest spread evenly."""
+    specs = simulate.plan_cohort(n, seed=5, sites=sites, site_imbalance=imbalance, n_mci=3)
+    share = 1 / sites if imbalance is None else imbalance
+    for group, group_share in (("AD", share), ("CN", (1 - share) / (sites - 1)), ("MCI", 1 / sites)):
+        members = [s.site.index for s in specs if s.diagnosis == group]
+        at_reference = int(np.floor(group_share * len(members) + 0.5))
+        assert members.count(0) == at_reference, (group, members)
+        counts = [members.count(k) for k in range(1, sites)]
+        assert max(counts) - min(counts) <= 1
+    assert specs[0].site == simulate.REFERENCE_SITE or specs[0].site.index > 0
+
+
+def test_site_only_cohort_carries_the_label_by_site_alone(tmp_path):
+    """--sites 2 --site-imbalance 1.0 --null: every AD at site 0, every CN at site 1, nobody atrophied."""
+    out = simulate.simulate_cohort(tmp_path / "sites", n_subjects=4, resolution=8.0, seed=4, null=True, sites=2,
+                                   site_imbalance=1.0)
+    table = pd.read_csv(out / "participants.tsv", sep="\t")
+    assert (table["site"] == (table["diagnosis"] == "CN").astype(int)).all()
+    truth_table = pd.read_csv(out / "derivatives" / "simulation" / "participants.tsv", sep="\t")
+    assert truth_table["planted_loss"].eq(0).all() and truth_table["volume_loss"].eq(0).all()
+    sites = pd.read_csv(out / "derivatives" / "simulation" / "sites.tsv", sep="\t")
+    assert sites["site"].tolist() == [0, 1] and sites["n_AD"].tolist() == [2, 0] and sites["n_CN"].tolist() == [0, 2]
+
+
+def test_sites_differ_in_voxel_size_contrast_and_noise(truth):
+    """One subject scanned at the reference site and at another (same seed, so the same per-scan draws):
+    voxel size, grey/white contrast and noise change by the site's factors."""
+    sites = simulate.draw_sites(seed=11, n_sites=3)
+    assert sites[0] == simulate.REFERENCE_SITE
+    other = sites[1]
+    assert abs(other.voxel_scale - 1) >= 0.1 and abs(other.contrast - 1) >= 0.1
+    assert abs(np.log(other.noise / sites[0].noise)) >= 0.3
+    spec = plan()[1]
+    anatomy = simulate.subject_anatomy(truth, spec)
+    measured = []
+    for site in (sites[0], other):
+        scan = simulate.simulate_scan(truth, dataclasses.replace(spec, site=site), anatomy, 0)
+        data = np.asarray(scan.t1w.dataobj).astype(np.float64)
+        tissue = np.asarray(scan.tissue.dataobj)
+        background = ndimage_far_background(data)
+        white, grey = np.median(data[tissue == 3]), np.median(data[tissue == 2])
+        measured.append({"zooms": np.array(scan.t1w.header.get_zooms()[:3]), "contrast": (white - grey) / white,
+                         "noise": data[background].mean() / np.sqrt(np.pi / 2) / white})
+    assert np.allclose(measured[1]["zooms"] / measured[0]["zooms"], other.voxel_scale, rtol=1e-5)
+    assert measured[1]["contrast"] / measured[0]["contrast"] == pytest.approx(other.contrast, rel=0.1)
+    expected_noise = other.noise / sites[0].noise * (1.0 if other.contrast >= 1 else 1.0)
+    assert measured[1]["noise"] / measured[0]["noise"] == pytest.approx(expected_noise, rel=0.15)
+
+
+def ndimage_far_background(data: np.ndarray) -> np.ndarray:
+    """Voxels of the outer 3-voxel shell of the field of view (only Rician noise there)."""
+    shell = np.ones(data.shape, bool)
+    shell[3:-3, 3:-3, 3:-3] = False
+    return shell
 
 
 def test_sessions_share_anatomy_but_not_pose(cohort):
@@ -136,8 +297,7 @@ def test_sessions_share_anatomy_but_not_pose(cohort):
     assert not np.allclose(first.affine, second.affine)
     sidecars = [json.loads((cohort / "derivatives" / "simulation" / f"sub-{spec.label}" / f"ses-{s}" / "anat"
                             / f"sub-{spec.label}_ses-{s}_desc-atrophy_mask.json").read_text()) for s in ("01", "02")]
-    assert sidecars[0]["ShiftMM"] == sidecars[1]["ShiftMM"]
-    assert sidecars[0]["IntensityGain"] == sidecars[1]["IntensityGain"]
+    assert sidecars[0]["VolumeLoss"] == sidecars[1]["VolumeLoss"]
 
 
 def test_same_seed_gives_identical_files_whatever_nprocs(cohort, tmp_path):
@@ -146,29 +306,27 @@ def test_same_seed_gives_identical_files_whatever_nprocs(cohort, tmp_path):
     assert tree_digest(again) == tree_digest(cohort)
 
 
-def test_null_cohort_carries_no_atrophy_and_keeps_everything_else(cohort, truth, tmp_path):
-    """Made null, a cohort keeps its diagnoses and every CN scan; nobody loses intensity."""
-    null = simulate.simulate_cohort(tmp_path / "null", n_subjects=N_SUBJECTS, resolution=RESOLUTION, seed=SEED,
-                                    effect_size=EFFECT, sessions=SESSIONS, n_mci=N_MCI, null=True)
-    specs = simulate.plan_cohort(N_SUBJECTS, seed=SEED, effect_size=EFFECT, n_mci=N_MCI, sessions=SESSIONS,
-                                 null=True)
-    assert [s.diagnosis for s in specs] == [s.diagnosis for s in plan()]
+def test_null_cohort_carries_no_atrophy_and_keeps_everything_else(cohort, null_twin, truth):
+    """Made null, a cohort keeps its diagnoses, demographics and every CN scan; nobody loses anything."""
+    specs = plan(null=True)
+    assert [(s.diagnosis, s.age, s.sex) for s in specs] == [(s.diagnosis, s.age, s.sex) for s in plan()]
     assert all(s.severity == 0 for s in specs)
     for spec in specs:
         image = simulate.template_space_image(truth, spec, individual=False)
-        assert np.array_equal(image[truth.region], truth.intensity[truth.region])
+        np.testing.assert_allclose(image[truth.region], truth.intensity[truth.region], rtol=0, atol=1e-6)
         relative = f"sub-{spec.label}/ses-01/anat/sub-{spec.label}_ses-01_T1w.nii.gz"
-        same = (null / relative).read_bytes() == (cohort / relative).read_bytes()
+        same = (null_twin / relative).read_bytes() == (cohort / relative).read_bytes()
         assert same == (spec.diagnosis == "CN"), spec
-    truth_dir = null / "derivatives" / "simulation"
+    truth_dir = null_twin / "derivatives" / "simulation"
     probseg = json.loads(next(truth_dir.glob("*_desc-atrophy_probseg.json")).read_text())
     assert probseg["Null"] is True and probseg["CarriedBy"] == []
-    assert pd.read_csv(truth_dir / "participants.tsv", sep="\t")["intensity_loss"].eq(0).all()
+    assert pd.read_csv(truth_dir / "participants.tsv", sep="\t")["volume_loss"].eq(0).all()
 
 
 def test_command_line_writes_a_cohort(tmp_path, capsys):
     code = simulate.main([str(tmp_path / "cli"), "--n-subjects", "2", "--resolution", "8", "--seed", "3",
-                          "--effect-size", "0.2", "--regions", "Hippocampus"])
+                          "--effect-size", "0.2", "--regions", "Hippocampus", "--atrophy-model", "darkening",
+                          "--sites", "2", "--site-imbalance", "1"])
     assert code == 0 and capsys.readouterr().out.strip() == str(tmp_path / "cli")
     table = pd.read_csv(tmp_path / "cli" / "participants.tsv", sep="\t")
     assert sorted(table["diagnosis"]) == ["AD", "CN"]
@@ -176,11 +334,18 @@ def test_command_line_writes_a_cohort(tmp_path, capsys):
                              .read_text())
     assert description["Simulation"]["regions"] == ["Hippocampus"]
     assert description["Simulation"]["effect_size"] == 0.2 and description["Simulation"]["res_label"] == "8"
+    assert description["Simulation"]["atrophy_model"] == "darkening" and description["Simulation"]["sites"] == 2
+    assert table.set_index("diagnosis")["site"].to_dict() == {"AD": 0, "CN": 1}
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--n-subjects", "1"], "--n-subjects 1"),
     (["--effect-size", "0.9"], "--effect-size 0.9"),
+    (["--effect-size", "0.35"], "--effect-size 0.35"),
+    (["--atrophy-model", "shrink"], "--atrophy-model"),
+    (["--sites", "0"], "--sites 0"),
+    (["--sites", "2", "--site-imbalance", "1.5"], "--site-imbalance 1.5"),
+    (["--site-imbalance", "0.5"], "--site-imbalance 0.5"),
     (["--resolution", "0.1"], "--resolution 0.1"),
     (["--sessions", "0"], "--sessions"),
     (["--n-mci", "-1"], "--n-mci"),
