@@ -54,7 +54,7 @@ def one_size(folder: Path, n: int, args: argparse.Namespace) -> dict:
     """Simulate, train and explain one cohort of ``n`` subjects with the defaults; return its row."""
     bids = simulate.simulate_cohort(folder / "bids", n_subjects=n, resolution=args.resolution, seed=args.seed,
                                     effect_size=args.effect_size, null=args.null, regions=tuple(args.regions),
-                                    nprocs=args.threads)
+                                    nprocs=args.threads, atrophy_model=args.atrophy_model)
     truth = simulate.build_ground_truth(args.resolution, tuple(args.regions))
     sections = {"execution": {"resolution": args.resolution, "seed": args.seed, "omp_nthreads": args.threads},
                 "heatmaps": {"methods": METHODS, "occlusion_size": args.occlusion_size,
@@ -62,7 +62,8 @@ def one_size(folder: Path, n: int, args: argparse.Namespace) -> dict:
     config = build_config(bids, folder / "out", ("group",), {}, sections)
     derivs = Derivatives(config.output_dir, bids)
     derivs.initialize()
-    specs = simulate.plan_cohort(n, seed=args.seed, effect_size=args.effect_size, null=args.null)
+    specs = simulate.plan_cohort(n, seed=args.seed, effect_size=args.effect_size, null=args.null,
+                                 atrophy_model=args.atrophy_model)
     inputs = simulate.write_template_space_derivatives(derivs, truth, specs, config.preprocessing.intensity_norm,
                                                        seed=args.seed)
     cohort = load_cohort(config, derivs, inputs)
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[20, 40, 80, 160])
     parser.add_argument("--resolution", type=float, default=4.0)
-    parser.add_argument("--effect-size", type=float, default=0.3)
+    parser.add_argument("--atrophy-model", choices=simulate.ATROPHY_MODELS, default=simulate.ATROPHY_MODELS[0])
+    parser.add_argument("--effect-size", type=float, default=None, help="default: the atrophy model's")
     parser.add_argument("--regions", nargs="+", default=list(simulate.DEFAULT_REGIONS))
     parser.add_argument("--null", action="store_true", help="no atrophy (the ratios should stay near 1)")
     parser.add_argument("--occlusion-size", type=float, default=40.0, help="Occlusion patch edge (mm)")
@@ -106,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.sizes:
             rows.append(one_size(root / f"n{n}", n, args))
             print(pd.DataFrame(rows).round(2).to_string(index=False), flush=True)
-    print(f"\n{args.resolution:g} mm, effect size {args.effect_size}, regions {' '.join(args.regions)}"
+    effect = args.effect_size if args.effect_size is not None else simulate.DEFAULT_EFFECT_SIZE[args.atrophy_model]
+    print(f"\n{args.resolution:g} mm, {args.atrophy_model} atrophy, effect size {effect}, regions {' '.join(args.regions)}"
           f"{' (null cohort)' if args.null else ''}; Occlusion {args.occlusion_size:g} mm patches, stride "
           f"{args.occlusion_stride:g} mm; ratio = mean |relevance| per voxel inside / outside the "
           "planted region, mean out-of-fold AD map; 1 = no preference")
