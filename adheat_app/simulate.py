@@ -90,6 +90,7 @@ and scans when the cohort gains sessions or is made ``null``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import multiprocessing
@@ -97,7 +98,6 @@ import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -174,7 +174,7 @@ SITE_NOISE_LOG_CHANGE = (0.3, 0.7)
 SITE_BIAS_SD = (0.04, 0.16)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Site:
     """A scanner: what every scan acquired there shares.
 
@@ -206,11 +206,18 @@ class Site:
         return reference[2] - self.contrast * (reference[2] - reference)
 
 
+#: Descriptions of the columns of ``derivatives/simulation/sites.tsv`` (besides ``site`` and group counts).
+SITE_COLUMNS = {
+    "voxel_scale": "Native voxel size / analysis resolution (each scan +- 10 % per axis).",
+    "contrast": "Scale of the GM and CSF intensity departures from WM (1: template).",
+    "noise": "Rician noise SD / intensity scale (each scan 0.5-1.5 times it).",
+    "bias_sd": "SD of the coefficients of the quadratic log-bias polynomial.",
+}
 #: The reference scanner (site 0 of every cohort).
 REFERENCE_SITE = Site(0)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class GroundTruth:
     """Template-space truth shared by every subject of a cohort.
 
@@ -305,7 +312,7 @@ class GroundTruth:
             (3,) + (1,) * (points.ndim - 1))
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SubjectSpec:
     """What the cohort plan decides about one subject.
 
@@ -365,7 +372,7 @@ class SubjectSpec:
         return f"{session + 1:02d}" if self.sessions > 1 else None
 
 
-@dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class SubjectAnatomy:
     """A subject's individual anatomy and atrophy, shared by all its sessions.
 
@@ -414,7 +421,7 @@ class SubjectAnatomy:
         return float(np.sqrt((self.displacement**2).sum(axis=0)).max()) + grid
 
 
-@dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class NativeScan:
     """One simulated scan on its native grid.
 
@@ -438,7 +445,7 @@ class NativeScan:
     orientation: str
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Sample:
     """A subject's anatomy sampled at a set of points (before scanner effects)."""
 
@@ -634,7 +641,8 @@ def plan_cohort(n_subjects: int, *, seed: int = 0, effect_size: float | None = N
     sites : int
         Number of scanners.
     site_imbalance : float, optional
-        Share of the AD subjects scanned at site 0 (default ``1 / sites``).
+        Share of the AD subjects scanned at site 0 (default ``1 / sites``;
+        no effect with one site).
 
     Returns
     -------
@@ -649,7 +657,7 @@ def plan_cohort(n_subjects: int, *, seed: int = 0, effect_size: float | None = N
     diagnoses = ["AD"] * n_ad + ["CN"] * (n_subjects - n_ad) + ["MCI"] * n_mci
     diagnoses = [str(d) for d in np.random.default_rng(_child(root, 0)).permutation(diagnoses)]
     scanners = draw_sites(seed, sites)
-    imbalance = 1.0 / sites if site_imbalance is None else site_imbalance
+    imbalance = 1.0 / sites if site_imbalance is None or sites == 1 else site_imbalance
     site_of = _assign_sites(diagnoses, sites, imbalance, np.random.default_rng(_child(_child(root, 0), 1)))
     width = max(2, len(str(len(diagnoses))))
     specs = []
@@ -1094,8 +1102,6 @@ def _check_arguments(out_dir: Path, n_subjects: int, resolution: float, effect_s
         raise InputError(f"--sites {sites}: need at least 1")
     if site_imbalance is not None and not 0 <= site_imbalance <= 1:
         raise InputError(f"--site-imbalance {site_imbalance}: use a share between 0 and 1")
-    if site_imbalance is not None and sites == 1 and site_imbalance != 1:
-        raise InputError(f"--site-imbalance {site_imbalance}: needs --sites 2 or more (one site holds everybody)")
 
 
 def _write_dataset_files(out_dir: Path, truth: GroundTruth, specs: list[SubjectSpec], volume_losses: list[float],
@@ -1142,21 +1148,14 @@ def _write_dataset_files(out_dir: Path, truth: GroundTruth, specs: list[SubjectS
         "volume_loss_ml": {"Description": "That volume in ml of the template (before head size and anatomy).",
                            "Units": "ml"},
     })
-    sites = {s.site.index: s.site for s in specs}
-    site_table = pd.DataFrame({
-        "site": sorted(sites), "voxel_scale": [round(sites[i].voxel_scale, 6) for i in sorted(sites)],
-        "contrast": [round(sites[i].contrast, 6) for i in sorted(sites)],
-        "noise": [round(sites[i].noise, 6) for i in sorted(sites)],
-        "bias_sd": [round(sites[i].bias_sd, 6) for i in sorted(sites)],
-        **{f"n_{group}": [sum(s.site.index == i and s.diagnosis == group for s in specs) for i in sorted(sites)]
-           for group in ("AD", "CN", "MCI")}})
+    sites = sorted({s.site for s in specs}, key=lambda site: site.index)
+    site_table = pd.DataFrame([
+        {"site": site.index, **{k: round(v, 6) for k, v in dataclasses.asdict(site).items() if k != "index"},
+         **{f"n_{group}": sum(s.site == site and s.diagnosis == group for s in specs)
+            for group in ("AD", "CN", "MCI")}}
+        for site in sites])
     write_tsv(truth_root / "sites.tsv", site_table)
-    write_json(truth_root / "sites.json", {
-        "voxel_scale": {"Description": "Native voxel size / analysis resolution (each scan +- 10 % per axis)."},
-        "contrast": {"Description": "Scale of the GM and CSF intensity departures from WM (1: template)."},
-        "noise": {"Description": "Rician noise SD / intensity scale (each scan 0.5-1.5 times it)."},
-        "bias_sd": {"Description": "SD of the coefficients of the quadratic log-bias polynomial."},
-    })
+    write_json(truth_root / "sites.json", {name: {"Description": text} for name, text in SITE_COLUMNS.items()})
     write_json(truth_root / "dataset_description.json", {
         "Name": "adheat-simulate ground truth", "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
         "GeneratedBy": [_generated_by()], "DatasetLinks": {"raw": "../.."}, "Simulation": parameters,
@@ -1227,7 +1226,8 @@ def simulate_cohort(out_dir: str | os.PathLike, n_subjects: int = 40, resolution
     sites : int
         Number of scanner sites.
     site_imbalance : float, optional
-        Share of AD subjects scanned at site 0 (default: ``1 / sites``).
+        Share of AD subjects scanned at site 0 (default: ``1 / sites``; no
+        effect with one site).
 
     Returns
     -------
@@ -1266,7 +1266,7 @@ def simulate_cohort(out_dir: str | os.PathLike, n_subjects: int = 40, resolution
         "null": null, "space": truth.template.space, "resolution": truth.template.resolution,
         "res_label": truth.template.res_label, "template_source": truth.template.source,
         "n_subjects": n_subjects, "n_mci": n_mci, "sessions": sessions, "sites": sites,
-        "site_imbalance": 1.0 / sites if site_imbalance is None else site_imbalance,
+        "site_imbalance": 1.0 / sites if site_imbalance is None or sites == 1 else site_imbalance,
         "model": {
             "tissue_means": [round(float(m), 6) for m in truth.class_means],
             "region_sigma_mm": REGION_SIGMA_MM, "compensation_sigma_mm": COMPENSATION_SIGMA_MM,
@@ -1324,9 +1324,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Scanner sites, each with its own voxel size, contrast, bias and noise; site 0 is the "
                              "reference scanner (default: %(default)s).")
     parser.add_argument("--site-imbalance", type=float, default=None, metavar="F",
-                        help="Share of the AD subjects scanned at site 0 (default: 1 / sites, balanced); CN fill "
-                             "site 0 with the share (1 - F) / (sites - 1). With --null and F = 1 the label is "
-                             "carried by the site only.")
+                        help="Share of the AD subjects scanned at site 0 (default: 1 / sites, balanced; no effect "
+                             "with one site); CN fill site 0 with the share (1 - F) / (sites - 1). With --sites 2, "
+                             "--null and F = 1 the label is carried by the site only.")
     parser.add_argument("--nprocs", type=int, default=1,
                         help="Subjects simulated in parallel; 0 = every CPU (default: %(default)s).")
     parser.add_argument("-v", "--verbose", action="store_true", help="Log progress.")

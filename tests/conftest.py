@@ -129,7 +129,7 @@ def pytest_report_header(config):
 
 def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float = 4.0, seed: int = 0,
                              effect_size: float = 0.3, null: bool = False, sessions: int = 1, n_mci: int = 0,
-                             **options):
+                             atrophy_model: str = "darkening", **options):
     """A simulated cohort whose *preprocessed* derivatives are written directly, without registration.
 
     The raw BIDS dataset and its ground truth come from :func:`adheat_app.simulate.simulate_cohort`;
@@ -140,6 +140,10 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
 
     Parameters
     ----------
+    atrophy_model : str
+        The simulator's atrophy model. Darkening by default: the training, heatmap and evaluation tests that use
+        this helper were calibrated on it (effect sizes up to 0.5 of the region's intensity); on tissue-loss
+        cohorts of these sizes the default CNN learns far less (docs/simulation.md).
     options
         ``section__field=value`` overrides of the run configuration (e.g. ``training__folds=3``).
 
@@ -154,7 +158,8 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
     from adheat_app.config import build_config
 
     bids_dir = simulate.simulate_cohort(root / "bids", n_subjects=n_subjects, resolution=resolution, seed=seed,
-                                        effect_size=effect_size, null=null, sessions=sessions, n_mci=n_mci)
+                                        effect_size=effect_size, null=null, sessions=sessions, n_mci=n_mci,
+                                        atrophy_model=atrophy_model)
     truth = simulate.build_ground_truth(resolution)
     sections: dict[str, dict] = {"execution": {"resolution": resolution, "seed": seed, "nprocs": 1,
                                                "omp_nthreads": 1}}
@@ -165,7 +170,7 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
     derivs = Derivatives(config.output_dir, bids_dir)
     derivs.initialize()
     specs = simulate.plan_cohort(n_subjects, seed=seed, effect_size=effect_size, null=null, n_mci=n_mci,
-                                 sessions=sessions)
+                                 sessions=sessions, atrophy_model=atrophy_model)
     inputs = simulate.write_template_space_derivatives(derivs, truth, specs, config.preprocessing.intensity_norm,
                                                        seed=seed)
     cohort = load_cohort(config, derivs, inputs)

@@ -46,7 +46,8 @@ def adheat(*args: str | Path, expect: int = 0) -> subprocess.CompletedProcess:
 def run(tmp_path_factory):
     """Simulate 12 subjects, then run both levels once (shared by the tests below)."""
     root = tmp_path_factory.mktemp("e2e")
-    bids_dir = simulate_cohort(root / "bids", n_subjects=12, resolution=4.0, seed=5, effect_size=0.4, nprocs=2)
+    bids_dir = simulate_cohort(root / "bids", n_subjects=12, resolution=4.0, seed=5, effect_size=0.4, nprocs=2,
+                               atrophy_model="darkening")
     before = tree_digest(bids_dir)
     out = root / "out"
     participant = adheat(bids_dir, out, "participant", *COMMON)

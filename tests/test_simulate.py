@@ -205,7 +205,8 @@ def test_darkening_loss_is_measurable_on_the_native_scans(tmp_path, truth):
     table = pd.read_csv(cohort / "derivatives" / "simulation" / "participants.tsv", sep="\t")
     carriers = table["planted_loss"] > 0
     # its inward warp removes some volume too (measured: about half the planted intensity loss)
-    assert (table["volume_loss"][carriers] > 0).all() and (table["volume_loss"] < table["planted_loss"])[carriers].all()
+    assert (table["volume_loss"][carriers] > 0).all()
+    assert (table["volume_loss"] < table["planted_loss"])[carriers].all()
     assert table["volume_loss"][~carriers].eq(0).all()
 
 
@@ -345,7 +346,6 @@ def test_command_line_writes_a_cohort(tmp_path, capsys):
     (["--atrophy-model", "shrink"], "--atrophy-model"),
     (["--sites", "0"], "--sites 0"),
     (["--sites", "2", "--site-imbalance", "1.5"], "--site-imbalance 1.5"),
-    (["--site-imbalance", "0.5"], "--site-imbalance 0.5"),
     (["--resolution", "0.1"], "--resolution 0.1"),
     (["--sessions", "0"], "--sessions"),
     (["--n-mci", "-1"], "--n-mci"),

@@ -86,7 +86,8 @@ def submit_all(cluster: SlurmCluster, bids_dir: Path, out: Path, folds: int = 2)
 
 
 def test_submit_all_on_slurm_equals_a_plain_run(cluster, tmp_path):
-    bids_dir = simulate_cohort(tmp_path / "bids", n_subjects=8, resolution=4.0, seed=3, effect_size=0.4)
+    bids_dir = simulate_cohort(tmp_path / "bids", n_subjects=8, resolution=4.0, seed=3, effect_size=0.4,
+                               atrophy_model="darkening")
     out = tmp_path / "slurm_out"
     ids, config = submit_all(cluster, bids_dir, out)
     logs = out / "logs" / "slurm"
