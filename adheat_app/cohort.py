@@ -35,6 +35,8 @@ class Scan:
         BIDS labels (without prefixes).
     image, mask : Path
         Template-space preprocessed T1w and brain mask.
+    logjacobian : Path or None
+        Template-space log Jacobian determinant (written after SyN registration; None when absent).
     diagnosis : str or None
         Value of the label column in ``participants.tsv``.
     target : int or None
@@ -47,6 +49,7 @@ class Scan:
     mask: Path
     diagnosis: str | None
     target: int | None
+    logjacobian: Path | None = None
 
     @property
     def key(self) -> str:
@@ -83,6 +86,11 @@ def preproc_paths(derivs: Derivatives, t1w: T1wInput, space: str, res_label: str
     image = derivs.subject_path(t1w.subject, t1w.session, "T1w", space=space, res=res_label, desc="preproc")
     mask = derivs.subject_path(t1w.subject, t1w.session, "mask", space=space, res=res_label, desc="brain")
     return image, mask
+
+
+def logjacobian_path(derivs: Derivatives, t1w: T1wInput, space: str, res_label: str) -> Path:
+    """Path of the log Jacobian determinant map of one input."""
+    return derivs.subject_path(t1w.subject, t1w.session, "T1w", space=space, res=res_label, desc="logjacobian")
 
 
 def _find_preproc(derivs: Derivatives, t1w: T1wInput) -> list[tuple[Path, str, str]]:
@@ -130,7 +138,9 @@ def load_cohort(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) 
         diagnosis = None if diagnosis is None or (isinstance(diagnosis, float) and np.isnan(diagnosis)) \
             else str(diagnosis)
         target = {tr.positive_label: 1, tr.negative_label: 0}.get(diagnosis)
-        scans.append(Scan(t.subject, t.session, image, mask, diagnosis, target))
+        logjacobian = logjacobian_path(derivs, t, space, res_label)
+        scans.append(Scan(t.subject, t.session, image, mask, diagnosis, target,
+                          logjacobian if logjacobian.is_file() else None))
     cohort = Cohort(tuple(scans), space, res_label, tr.positive_label, tr.negative_label)
     others = sorted({s.diagnosis or "n/a" for s in scans if s.target is None})
     if others:

@@ -26,7 +26,7 @@ from captum.attr._utils.lrp_rules import EpsilonRule
 from torch import nn
 
 from adheat_app.attribution import METHODS
-from adheat_app.attribution.base import MethodContext, batch_size, scan_seed
+from adheat_app.attribution.base import MethodContext, batch_size, channels_last, scan_seed
 from adheat_app.attribution.canonize import InputSplit, fold_batchnorm, set_submodule, split_input_layer
 from adheat_app.attribution.ggc import GradCamModel, grad_cam
 from adheat_app.attribution.inputconv import SingleChannelConv3d, with_fast_input_gradient
@@ -52,10 +52,10 @@ class TinyCNN(nn.Module):
     """Two or three conv blocks and a two-layer head, per the model contract."""
 
     def __init__(self, shape: tuple[int, int, int], channels=(4, 8), bias: bool = True, hidden: int = 16,
-                 downsample: int = 1, padding: int = 0):
+                 downsample: int = 1, padding: int = 0, in_channels: int = 1):
         super().__init__()
         blocks = [nn.AvgPool3d(downsample)] if downsample > 1 else []
-        grid, c_in = [n // downsample for n in shape], 1
+        grid, c_in = [n // downsample for n in shape], in_channels
         for c_out in channels:
             blocks += [nn.Conv3d(c_in, c_out, 3, bias=bias, padding=padding), nn.BatchNorm3d(c_out), nn.ReLU(),
                        nn.MaxPool3d(2)]
@@ -97,8 +97,8 @@ def context(batch: int = 4, resolution: float = 4.0, seed: int = 0) -> MethodCon
     return MethodContext(resolution, "MNI152NLin2009cAsym", batch, seed, CPU)
 
 
-def volumes(n: int = 3, seed: int = 1) -> torch.Tensor:
-    return torch.randn((n, 1, *GRID), generator=torch.Generator().manual_seed(seed))
+def volumes(n: int = 3, seed: int = 1, channels: int = 1) -> torch.Tensor:
+    return torch.randn((n, channels, *GRID), generator=torch.Generator().manual_seed(seed))
 
 
 def test_registry_has_every_method_with_its_declarations():
@@ -568,6 +568,30 @@ def test_area_occlusion_equals_captum_feature_ablation(prepared, fill):
     np.testing.assert_allclose(ours.numpy(), reference[:, 0].clamp(min=0).numpy(), atol=1e-6)
 
 
+def test_two_channel_inputs_get_one_map_per_channel_equal_to_captum():
+    """--input both: every method returns (N, 2, X, Y, Z); gradients, IG and occlusion per channel equal captum's."""
+    model = random_model(seed=12, padding=1, in_channels=2)
+    x, targets, keys = volumes(2, seed=13, channels=2), torch.tensor([1, 0]), ["a", "b"]
+    template = volumes(1, seed=14, channels=2)[0]
+    options = HeatmapOptions(ig_steps=8, noise_steps=2, occlusion_size=24.0, occlusion_stride=16.0)
+    maps = {}
+    for name in sorted(set(METHODS) - {"AreaOcclusion"}):  # atlas regions need a template grid; Occlusion's engine
+        method = METHODS[name](options, context(batch=3))
+        maps[name] = method.attribute(method.prepare(model, x[:1]), x, targets, keys, template=template)
+        assert maps[name].shape == (2, 2, *GRID), name
+        assert float(maps[name][:, 1].abs().max()) > 0, name  # the second channel is explained too
+    wrapped = OutputModel(model, "difference")
+    inputs = x.clone().requires_grad_(True)
+    saliency = Saliency(wrapped).attribute(inputs, target=targets, abs=True)
+    np.testing.assert_allclose(maps["Saliency"].numpy(), saliency.numpy(), atol=1e-5 * float(saliency.max()))
+    ig = IntegratedGradients(wrapped, multiply_by_inputs=True).attribute(
+        x, baselines=template[None].expand_as(x), target=targets, n_steps=8, method="gausslegendre")
+    np.testing.assert_allclose(maps["IG"].numpy(), ig.numpy(), atol=1e-4 * float(ig.abs().max()))
+    occlusion = CaptumOcclusion(wrapped).attribute(x, sliding_window_shapes=(1, 6, 6, 6), strides=(1, 4, 4, 4),
+                                                   baselines=template[None].expand_as(x), target=targets)
+    np.testing.assert_allclose(maps["Occlusion"].numpy(), occlusion.clamp(min=0).numpy(), atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["IG", "LRP", "GGC", "Saliency", "GuidedBackprop", "Occlusion", "NoiseImportance"])
 def test_maps_do_not_depend_on_batch_composition(name):
     """A scan's map is bitwise identical alone, in a batch of others, and in another position."""
@@ -784,6 +808,38 @@ def test_sanity_check_draws_scans_from_every_fold_and_compares_with_the_input(tr
     checks = [side["SanityCheck"] for side in sides if "SanityCheck" in side]
     assert len(checks) == 10 and {"Layers", "InputSimilarity", "DropBelowHalfAt", "Flagged"} <= set(checks[0])
     assert len(checks[0]["Layers"]) == 11 and len(checks[0]["InputSimilarity"]) == 12
+    # <Method>Random: every explained scan's map of its fold model with every layer re-initialised
+    from adheat_app.attribution.sanity import cascade, learned_layers
+    from adheat_app.training import fold_dir, load_fold_model
+
+    scan = cohort2.labelled[0]
+    path = heatmap_path(derivs2, cohort2, scan, "SaliencyRandom")
+    side = read_json(sidecar_path(path))
+    assert side["Parameters"]["Control"] == "randomised model" and side["Method"] == "SaliencyRandom"
+    assert all(heatmap_path(derivs2, cohort2, s, f"{m}Random").is_file() for s in cohort2.labelled
+               for m in ("Saliency", "GGC"))
+    model, _ = load_fold_model(fold_dir(config2, side["Fold"]), torch.device("cpu"))
+    model = channels_last(frozen(model))  # as the runner holds it (re-initialisation fills memory order)
+    x = torch.from_numpy(np.asarray(nib.load(scan.image).dataobj, dtype=np.float16).astype(np.float32))[None, None]
+    layers = learned_layers(model, x)
+    randomised = cascade(model, layers, len(layers), config2.execution.seed)
+    method = METHODS["Saliency"](config2.heatmaps, context())
+    expected = method.attribute(method.prepare(randomised, x), x, torch.tensor([side["TargetClass"]]), [scan.key])
+    np.testing.assert_allclose(np.asarray(nib.load(path).dataobj), expected[0].numpy(), rtol=1e-3,
+                               atol=1e-3 * float(expected.abs().max()))
+    trained_map = np.asarray(nib.load(heatmap_path(derivs2, cohort2, scan, "Saliency")).dataobj)
+    assert not np.allclose(trained_map, expected[0].numpy(), atol=1e-3 * float(np.abs(trained_map).max()))
+    # scored as controls, and beside each method in the answer
+    from adheat_app.evaluation.workflow import run_evaluation
+    from adheat_app.templates import get_template
+
+    run_evaluation(config2.replace("evaluation", n_bootstrap=50), derivs2, cohort2,
+                   get_template(config2.execution.resolution, cohort2.space))
+    overlap = pd.read_csv(derivs2.root / "group" / "overlap.tsv", sep="\t")
+    assert set(overlap.loc[overlap["method"].str.endswith("Random"), "kind"]) == {"control"}
+    answer = pd.read_csv(derivs2.root / "group" / "answer.tsv", sep="\t").set_index(["method", "reference", "sign"])
+    assert set(answer.index.get_level_values("method")) == {"Saliency", "GGC"}
+    assert answer["vs_random"].notna().all() and answer["above_random"].isin([True, False]).all()
 
 
 @pytest.mark.slow

@@ -48,7 +48,7 @@ from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.io import read_json
 from adheat_app.templates import parse_resolution
-from adheat_app.volumes import load_volumes
+from adheat_app.inputs import INPUTS, channel_paths, load_inputs
 
 LOGGER = logging.getLogger(__name__)
 
@@ -100,6 +100,21 @@ def heatmap_path(derivs: Derivatives, cohort: Cohort, scan: Scan, method: str) -
                                desc=method)
 
 
+def model_channels(cards: dict[int, dict]) -> tuple[str, ...]:
+    """The input channels of the fold models (their model cards' ``Input.Channels``; intensity before it existed).
+
+    Raises
+    ------
+    InputError
+        When the fold models were trained on different inputs.
+    """
+    found = {k: tuple(card["Input"].get("Channels", ["intensity"])) for k, card in cards.items()}
+    if len(set(found.values())) > 1:
+        raise InputError(f"the fold models were trained on different inputs ({found}); retrain them with one "
+                         "--input (--overwrite)")
+    return next(iter(found.values()))
+
+
 def raw_t1w(derivs: Derivatives, scan: Scan) -> T1wInput:
     """The raw T1w input of a scan, from the ``Sources`` of its preprocessed image."""
     sidecar = sidecar_path(scan.image)
@@ -148,9 +163,18 @@ class HeatmapRun:
         self.config, self.derivs, self.cohort, self.folds = config, derivs, cohort, folds
         hm = config.heatmaps
         self.assignments = assign_folds(config, cohort, folds)
-        self.volumes = load_volumes([s.image for s in cohort.scans], config.work_dir)
         self.device = resolve_device(config)
-        shape = tuple(self.volumes.shape[1:])
+        self.models, cards = {}, {}
+        for k in folds:
+            model, cards[k] = load_fold_model(fold_dir(config, k), self.device)
+            for param in model.parameters():
+                param.requires_grad_(False)
+            self.models[k] = channels_last(model.eval())
+        #: Input channels of the models (their model cards: heatmaps always see what the models were trained on).
+        self.channels = model_channels(cards)
+        self.input = next(kind for kind, names in INPUTS.items() if names == self.channels)
+        self.volumes = load_inputs(cohort.scans, self.input, config.work_dir)
+        shape = tuple(self.volumes.shape[2:])
         self.context = MethodContext(parse_resolution(cohort.res_label), cohort.space,
                                      batch_size(hm, config.execution.mem_gb, shape), config.execution.seed,
                                      self.device, config.training.amp)
@@ -162,12 +186,6 @@ class HeatmapRun:
             LOGGER.warning("%s is not better than chance (models/%s/verdict.json): its heatmaps are written, but "
                            "they explain a model that did not learn to separate the classes",
                            config.training.model, config.training.model)
-        self.models = {}
-        for k in folds:
-            model, _ = load_fold_model(fold_dir(config, k), self.device)
-            for param in model.parameters():
-                param.requires_grad_(False)
-            self.models[k] = channels_last(model.eval())
         self.affine = nib.load(cohort.scans[0].image).affine
         self.all_zero = 0
         self.templates = self._training_means(any(m.needs_template for m in self.methods))
@@ -193,7 +211,7 @@ class HeatmapRun:
         return means
 
     def tensor(self, indices: list[int]) -> torch.Tensor:
-        """Scans as float32 ``(N, 1, X, Y, Z)`` on the device (cached float16 -> float32)."""
+        """Scans' inputs as float32 ``(N, C, X, Y, Z)`` on the device (cached float16 -> float32)."""
         from adheat_app.training.loop import read_batch
 
         return torch.from_numpy(read_batch(self.volumes, np.asarray(indices))).to(self.device)
@@ -228,7 +246,8 @@ class HeatmapRun:
     def expected(self, method: Method, a: Assignment) -> dict:
         """Sidecar values that must match for an existing heatmap to be reused."""
         values = {"Method": method.name, "Parameters": json.loads(json.dumps(method.parameters())),
-                  "Model": self.config.training.model, "Fold": a.fold_label, "TargetClass": self.target(a)}
+                  "Model": self.config.training.model, "Input": self.input, "Fold": a.fold_label,
+                  "TargetClass": self.target(a)}
         if a.fold is None:
             values["FoldsAveraged"] = list(self.folds)
         return values
@@ -252,8 +271,21 @@ class HeatmapRun:
 
     def write(self, method: Method, a: Assignment, data: np.ndarray, seconds: float,
               diagnostics: dict | None = None) -> None:
-        """Write one heatmap (and its native-space copy) with its sidecar (plus the method's ``diagnostics``)."""
-        path = heatmap_path(self.derivs, self.cohort, a.scan, method.name)
+        """Write one heatmap (and its native-space copy) with its sidecar (plus the method's ``diagnostics``).
+
+        ``data`` is ``(X, Y, Z)``, or ``(C, X, Y, Z)`` for a several-channel input: then each channel's map is
+        written as ``desc-<Method><channel>`` and the method's own file holds their sum (written last).
+        """
+        if data.ndim == 4:
+            for name, channel in zip(self.channels, data):
+                self._write_map(method, a, f"{method.name}{name}", channel, seconds, diagnostics, {"Channel": name})
+            data = data.sum(axis=0)
+        self._write_map(method, a, method.name, data, seconds, diagnostics,
+                        {"Channels": list(self.channels), "ChannelsSummed": len(self.channels) > 1})
+
+    def _write_map(self, method: Method, a: Assignment, name: str, data: np.ndarray, seconds: float,
+                   diagnostics: dict | None, extra: dict) -> None:
+        path = heatmap_path(self.derivs, self.cohort, a.scan, name)
         img = nib.Nifti1Image(data.astype(np.float32), self.affine)
         img.set_qform(self.affine, code=4)
         img.set_sform(self.affine, code=4)
@@ -273,25 +305,26 @@ class HeatmapRun:
             "Software": software_versions(),
             "WallTimeSeconds": round(seconds, 3),
             **(diagnostics or {}),
-            "Sources": [self.derivs.source_uri(a.scan.image),
+            **extra,
+            "Sources": [*(self.derivs.source_uri(p) for p in channel_paths(a.scan, self.input)),
                         *(self.derivs.source_uri(self.model_files[k]) for k in self.models_of(a)),
                         *(self.derivs.source_uri(self.model_files[k].with_name(TRAINING_MEAN))
                           for k in self.models_of(a) if method.needs_template)],
         }
-        self.all_zero += sidecar["AllZero"]
+        self.all_zero += sidecar["AllZero"] and name == method.name
         self.derivs.write_image(path, img, sidecar)
         if self.config.heatmaps.native_space:
-            self.write_native(method, a, img, sidecar)
+            self.write_native(name, a, img, sidecar)
 
-    def write_native(self, method: Method, a: Assignment, img: nib.Nifti1Image, sidecar: dict) -> None:
-        """The heatmap on the subject's T1w grid, through the saved inverse transform."""
+    def write_native(self, name: str, a: Assignment, img: nib.Nifti1Image, sidecar: dict) -> None:
+        """The heatmap ``desc-<name>`` on the subject's T1w grid, through the saved inverse transform."""
         from adheat_app.preprocess import to_native
 
-        path = self.derivs.subject_path(a.scan.subject, a.scan.session, "heatmap", space="T1w", desc=method.name)
+        path = self.derivs.subject_path(a.scan.subject, a.scan.session, "heatmap", space="T1w", desc=name)
         native = to_native(img, self.derivs, raw_t1w(self.derivs, a.scan))
         self.derivs.write_image(path, native, {
             **sidecar, "Space": "T1w",
-            "Sources": [self.derivs.source_uri(heatmap_path(self.derivs, self.cohort, a.scan, method.name))]})
+            "Sources": [self.derivs.source_uri(heatmap_path(self.derivs, self.cohort, a.scan, name))]})
 
     def run_method(self, method: Method) -> None:
         """Every pending heatmap of one method: out-of-fold scans, then fold means."""

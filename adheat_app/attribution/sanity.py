@@ -27,6 +27,14 @@ scans) and adds ``SanityCheck`` (per-layer correlations with the trained and
 the input map, the drop layer, the flag) to the sidecars of the checked
 scans' heatmaps. Re-initialisation is seeded (run seed and step), so the
 check is reproducible.
+
+It then writes, for every scan the run explains, each method's map of the
+fully randomised model (every learned layer re-initialised: the cascade's last
+step) as ``desc-<Method>Random_heatmap.nii.gz``
+(:class:`RandomModelControl`). The group evaluation scores those maps as
+controls, exactly like the method's own maps, so a method's overlap with a
+reference can be compared with what the same method finds in a model that
+learned nothing.
 """
 
 from __future__ import annotations
@@ -40,9 +48,11 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from adheat_app.attribution.base import Method
 from adheat_app.attribution.canonize import traced_forward
 from adheat_app.attribution.runner import Assignment, HeatmapRun, heatmap_path
 from adheat_app.bids import sidecar_path
+from adheat_app.evaluation.controls import RANDOM_SUFFIX
 from adheat_app.io import read_json, write_json, write_tsv
 
 LOGGER = logging.getLogger(__name__)
@@ -79,6 +89,59 @@ def cascade(model: nn.Module, layers: list[str], steps: int, seed: int) -> nn.Mo
     return randomised.eval()
 
 
+class RandomModelControl(Method):
+    """A method's maps of its model with every learned layer re-initialised (control ``<Method>Random``).
+
+    Each fold model is randomised by :func:`cascade` over all of
+    :func:`learned_layers` (seeded by the run seed, BatchNorm statistics kept)
+    and then prepared and explained by the wrapped method unchanged.
+
+    Parameters
+    ----------
+    method : Method
+        The heatmap method of the trained model.
+    """
+
+    def __init__(self, method: Method):
+        super().__init__(method.options, method.context)
+        self.method = method
+        self.name = f"{method.name}{RANDOM_SUFFIX}"
+        self.signed = method.signed
+        self.all_zero_reason = method.all_zero_reason
+        self.diagnostics = method.diagnostics
+
+    @property
+    def needs_template(self) -> bool:
+        """As the wrapped method."""
+        return self.method.needs_template
+
+    @property
+    def output(self) -> str:
+        """As the wrapped method."""
+        return self.method.output
+
+    def parameters(self) -> dict:
+        """The wrapped method's parameters and how the model was randomised."""
+        return {**self.method.parameters(), "Control": "randomised model",
+                "RandomisedLayers": "all learned layers (Conv3d, Linear) re-initialised; BatchNorm statistics kept",
+                "RandomisationSeed": self.context.seed}
+
+    def prepare(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
+        """The fully randomised copy of ``model``, prepared by the wrapped method."""
+        layers = learned_layers(model, example)
+        return self.method.prepare(cascade(model, layers, len(layers), self.context.seed), example)
+
+    def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str],
+                  template: torch.Tensor | None = None) -> torch.Tensor:
+        """The wrapped method's maps of the randomised model."""
+        return self.method.attribute(model, volumes, targets, keys, template)
+
+
+def summed(maps: np.ndarray) -> np.ndarray:
+    """Maps ``(n, X, Y, Z)``, summing the channels of several-channel maps ``(n, C, X, Y, Z)`` (as written)."""
+    return maps if maps.ndim == 4 else maps.sum(axis=1)
+
+
 def rank_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     """Spearman correlation of ``|a|`` and ``|b|`` inside ``mask`` (0 when either is constant)."""
     x, y = np.abs(a[mask]), np.abs(b[mask])
@@ -105,7 +168,7 @@ def run_sanity_check(run: HeatmapRun) -> pd.DataFrame:
         return pd.DataFrame()
     checked = [a for own in drawn.values() for a in own]
     masks = {a.scan.key: np.asarray(nib.load(a.scan.mask).dataobj) > 0 for a in checked}
-    images = {a.scan.key: run.tensor([a.index])[0, 0].cpu().numpy() for a in checked}
+    images = {a.scan.key: run.tensor([a.index])[0].abs().sum(0).cpu().numpy() for a in checked}
     layers = {k: learned_layers(run.models[k], run.tensor([own[0].index])) for k, own in drawn.items()}
     steps = len(next(iter(layers.values())))
     rows, per_scan = [], {a.scan.key: {} for a in checked}
@@ -114,13 +177,13 @@ def run_sanity_check(run: HeatmapRun) -> pd.DataFrame:
         to_input: dict[int, list[float]] = {step: [] for step in range(steps + 1)}
         for k, own in drawn.items():
             model, example = run.models[k], run.tensor([own[0].index])
-            trained, _ = run.compute(method, method.prepare(model, example), k, own)
+            trained = summed(run.compute(method, method.prepare(model, example), k, own)[0])
             for step in range(steps + 1):
                 if step == 0:
                     maps = trained
                 else:
                     randomised = cascade(model, layers[k], step, run.config.execution.seed)
-                    maps, _ = run.compute(method, method.prepare(randomised, example), k, own)
+                    maps = summed(run.compute(method, method.prepare(randomised, example), k, own)[0])
                 name = "trained" if step == 0 else layers[k][step - 1]
                 for a, t, m in zip(own, trained, maps):
                     key = a.scan.key
@@ -155,4 +218,6 @@ def run_sanity_check(run: HeatmapRun) -> pd.DataFrame:
                 values["SanityCheck"] = {**per_scan[a.scan.key][method.name], "DropBelowHalfAt": drop[method.name],
                                          "Flagged": bool(final[method.name] > FLAG_THRESHOLD)}
                 write_json(side, values)
+    for method in run.methods:
+        run.run_method(RandomModelControl(method))
     return table
