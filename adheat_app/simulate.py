@@ -131,9 +131,9 @@ ORIENTATIONS: tuple[str, ...] = ("RAS", "LAS", "LPS", "LIA", "PIL", "ASR")
 #: Atrophy models: the first is the default.
 ATROPHY_MODELS: tuple[str, ...] = ("tissue-loss", "darkening")
 #: Default effect size of each atrophy model (expected fractional volume / intensity loss of the region in AD).
-DEFAULT_EFFECT_SIZE = {"tissue-loss": 0.25, "darkening": 0.3}
+DEFAULT_EFFECT_SIZE = {"tissue-loss": 0.3, "darkening": 0.3}
 #: Largest effect size accepted per model (the most severe subject, severity 1.5, loses 1.5 times it).
-MAX_EFFECT_SIZE = {"tissue-loss": 0.3, "darkening": 0.5}
+MAX_EFFECT_SIZE = {"tissue-loss": 0.35, "darkening": 0.5}
 #: Analysis-grid voxel sizes accepted (mm).
 MIN_RESOLUTION, MAX_RESOLUTION = 0.5, 8.0
 #: Tissue classes of the fraction maps, in order (label values 1, 2, 3 of the native tissue truth).
@@ -386,11 +386,12 @@ class SubjectAnatomy:
     anatomy_pullback : numpy.ndarray
         Inverse of the age and ventricle flow (voxels, ``(3, *grid)``).
     atrophy_pullback : numpy.ndarray or None
-        Inverse of the planted deformation (voxels, ``(3, *grid)``); None without atrophy.
+        The darkening model's inward warp (voxels, ``(3, *grid)``, subject to
+        template); None for tissue-loss and without atrophy.
     atrophy_forward : numpy.ndarray or None
-        The planted tissue-loss flow itself, against which the interpolated
-        inverse is refined at every sampled point (None for darkening, whose
-        inverse warp is the defined one, and without atrophy).
+        The planted tissue-loss flow (voxels, ``(3, *grid)``, template to
+        subject), inverted at every sampled point; None for darkening and
+        without atrophy.
     log_jacobian : numpy.ndarray or None
         Template-space log-Jacobian of the planted deformation (float32); None without atrophy.
     volume_loss : float
@@ -416,7 +417,7 @@ class SubjectAnatomy:
 
         The fields are interpolated linearly, which never exceeds their largest length.
         """
-        fields = [self.anatomy_pullback] + ([self.atrophy_pullback] if self.atrophy_pullback is not None else [])
+        fields = [f for f in (self.anatomy_pullback, self.atrophy_pullback, self.atrophy_forward) if f is not None]
         grid = sum(float(np.sqrt((f**2).sum(axis=0)).max()) for f in fields) * resolution
         return float(np.sqrt((self.displacement**2).sum(axis=0)).max()) + grid
 
@@ -725,12 +726,13 @@ def _tissue_loss_amplitude(truth: GroundTruth, loss: float) -> float:
         return float(determinant(identity + amplitude * gradients).mean()) - (1.0 - loss)
 
     upper = 0.25
-    while remaining(upper) > 0:
+    while remaining(upper) > 0 and upper < 64:
         upper *= 2
-        if determinant(identity + upper * gradients).min() <= 0.05:
-            raise ValueError(f"a planted volume loss of {loss:.3f} in {truth.regions} folds the deformation; "
-                             "use a smaller effect size or larger regions")
-    return float(optimize.brentq(remaining, 0.0, upper, xtol=1e-10))
+    amplitude = float(optimize.brentq(remaining, 0.0, upper, xtol=1e-10)) if remaining(upper) <= 0 else math.inf
+    if not math.isfinite(amplitude) or determinant(identity + amplitude * gradients).min() <= 0.05:
+        raise ValueError(f"a planted volume loss of {loss:.3f} in {truth.regions} folds the deformation; "
+                         "use a smaller effect size or larger regions")
+    return amplitude
 
 
 def subject_anatomy(truth: GroundTruth, spec: SubjectSpec) -> SubjectAnatomy:
@@ -758,21 +760,19 @@ def subject_anatomy(truth: GroundTruth, spec: SubjectSpec) -> SubjectAnatomy:
     if loss <= 0:
         return SubjectAnatomy(field.astype(np.float32), scaling, anatomy_pullback.astype(np.float32), None, None,
                               None, 0.0, shift, gain)
+    pullback = None
     if spec.atrophy_model == "tissue-loss":
         forward = _tissue_loss_amplitude(truth, loss) * truth.atrophy_flow.astype(np.float64)
-        pullback = invert_displacement(forward)
-        defined = forward.astype(np.float32)
     else:
         shift = SHIFT_MM_PER_EFFECT * loss
         gain = _atrophy_gain(truth, shift, loss)
-        pullback = shift / truth.template.resolution * truth.push.astype(np.float64)
-        forward = invert_displacement(pullback)
-        defined = None
+        pullback = (shift / truth.template.resolution * truth.push).astype(np.float32)
+        forward = invert_displacement(pullback.astype(np.float64))
     determinant = cell_jacobian(forward)
     volume_loss = 1.0 - float(determinant[truth.region].mean())
-    return SubjectAnatomy(field.astype(np.float32), scaling, anatomy_pullback.astype(np.float32),
-                          pullback.astype(np.float32), defined, np.log(determinant).astype(np.float32), volume_loss,
-                          shift, gain)
+    return SubjectAnatomy(field.astype(np.float32), scaling, anatomy_pullback.astype(np.float32), pullback,
+                          forward.astype(np.float32) if pullback is None else None,
+                          np.log(determinant).astype(np.float32), volume_loss, shift, gain)
 
 
 def _sample(truth: GroundTruth, anatomy: SubjectAnatomy, points: np.ndarray, individual: bool = True) -> _Sample:
@@ -793,8 +793,7 @@ def _sample(truth: GroundTruth, anatomy: SubjectAnatomy, points: np.ndarray, ind
     if anatomy.gain:
         factor = np.exp(-anatomy.gain * ndimage.map_coordinates(truth.probseg, index, order=1))
     if anatomy.atrophy_forward is not None:
-        start = index + sample_field(anatomy.atrophy_pullback, index)
-        index = solve_preimage(anatomy.atrophy_forward, index, start)
+        index = solve_preimage(anatomy.atrophy_forward, index, index - sample_field(anatomy.atrophy_forward, index))
     elif anatomy.atrophy_pullback is not None:  # darkening warps the whole image, as it always did
         index = outline = index + sample_field(anatomy.atrophy_pullback, index)
     envelope = ndimage.map_coordinates(truth.envelope, outline, order=1)
