@@ -46,9 +46,9 @@ from adheat_app.bids import Derivatives, T1wInput, is_complete, sidecar_path, so
 from adheat_app.cohort import Cohort, Scan
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
+from adheat_app.inputs import INPUTS, channel_paths, load_inputs
 from adheat_app.io import read_json
 from adheat_app.templates import parse_resolution
-from adheat_app.inputs import INPUTS, channel_paths, load_inputs
 
 LOGGER = logging.getLogger(__name__)
 
