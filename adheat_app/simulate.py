@@ -62,8 +62,10 @@ grid in voxel units (:mod:`adheat_app.deformation`).
 
 The warps are composed as coordinate maps and each map is interpolated once per
 image (trilinear; labels by nearest neighbour): native voxel ``v`` -> ``x``
-(inverse pose) -> ``x + d_s(x)`` -> inverse age/ventricle flow -> inverse
-planted flow -> template fractions and labels.
+(inverse pose) -> ``x + d_s(x)`` -> inverse age/ventricle flow (to first
+order: minus the flow) -> inverse planted flow (solved by Newton iterations at
+every point; darkening's warp is defined in that direction) -> template
+fractions and labels.
 
 Cohort
 ------
