@@ -33,14 +33,16 @@ from adheat_app.attribution.inputconv import SingleChannelConv3d, with_fast_inpu
 from adheat_app.attribution.lrp import lrp
 from adheat_app.attribution.output import OutputModel, difference_head, explained, output_drop
 from adheat_app.attribution.receptive import UnitGrid, interpolation_matrix
-from adheat_app.attribution.runner import METHOD_ORDER, heatmap_path, run_heatmaps, selected_methods
-from adheat_app.bids import Derivatives, T1wInput, sidecar_path
+from adheat_app.attribution.runner import METHOD_ORDER, run_heatmaps, selected_methods
+from adheat_app.attribution.sanity import sanity_check
+from adheat_app.bids import Derivatives, T1wInput
 from adheat_app.config import HeatmapOptions
 from adheat_app.errors import InputError
 from adheat_app.io import read_json
+from adheat_app.layout import sidecar_path
 from adheat_app.models import MODELS
 from adheat_app.simulate import relevance_ratio
-from conftest import make_preprocessed_cohort
+from conftest import heatmap_file, make_preprocessed_cohort
 
 GRID = (16, 20, 16)
 CPU = torch.device("cpu")
@@ -714,7 +716,7 @@ def test_group_heatmaps_are_out_of_fold_with_complete_sidecars(trained):
         test_fold.update({s: k for s in split.loc[split["set"] == "test", "subject"]})
     for scan in cohort.scans:
         for name in RUN["heatmaps__methods"]:
-            path = heatmap_path(derivs, cohort, scan, name)
+            path = heatmap_file(derivs, cohort, scan, name)
             img = nib.load(path)
             assert img.get_data_dtype() == np.float32 and img.shape == nib.load(scan.image).shape
             side = read_json(sidecar_path(path))
@@ -728,9 +730,9 @@ def test_group_heatmaps_are_out_of_fold_with_complete_sidecars(trained):
             assert side["ExplainedOutput"] == side["Parameters"]["Output"] == "difference"
             assert side["AllZero"] is (not np.any(np.asarray(img.dataobj)))
     mci = [s for s in cohort.scans if s.diagnosis == "MCI"]
-    assert mci and read_json(sidecar_path(heatmap_path(derivs, cohort, mci[0], "IG")))["FoldsAveraged"] == [0, 1]
+    assert mci and read_json(sidecar_path(heatmap_file(derivs, cohort, mci[0], "IG")))["FoldsAveraged"] == [0, 1]
     for scan in cohort.scans:  # the fold mean (MCI) records the larger delta of its fold models
-        assert read_json(sidecar_path(heatmap_path(derivs, cohort, scan, "IG")))["IGConvergenceDelta"] >= 0
+        assert read_json(sidecar_path(heatmap_file(derivs, cohort, scan, "IG")))["IGConvergenceDelta"] >= 0
     for k in (0, 1):  # the 'template' baseline and fill: the mean of the fold's training scans only
         split = read_split(fold_dir(config, k))
         train = set(split.loc[split["set"] == "train", "subject"])
@@ -750,8 +752,8 @@ def test_participant_and_group_paths_write_identical_files_and_reruns_skip(train
     run_heatmaps(config2, derivs2, cohort2)
     for scan, scan2 in zip(scans, cohort2.scans):
         for name in RUN["heatmaps__methods"]:
-            first = np.asarray(nib.load(heatmap_path(derivs, cohort, scan, name)).dataobj)
-            second = np.asarray(nib.load(heatmap_path(derivs2, cohort2, scan2, name)).dataobj)
+            first = np.asarray(nib.load(heatmap_file(derivs, cohort, scan, name)).dataobj)
+            second = np.asarray(nib.load(heatmap_file(derivs2, cohort2, scan2, name)).dataobj)
             assert np.array_equal(first, second), (scan.key, name)
     stamps = {p: p.stat().st_mtime_ns for p in derivs2.root.rglob("*_heatmap.*")}
     run_heatmaps(config2, derivs2, cohort2)
@@ -769,6 +771,7 @@ def test_sanity_check_draws_scans_from_every_fold_and_compares_with_the_input(tr
     config2, derivs2, cohort2 = participant_copy(config, derivs, cohort, cohort.labelled, tmp_path / "out3")
     config2 = config2.replace("heatmaps", methods=("Saliency", "GGC"), sanity_check=True)
     run_heatmaps(config2, derivs2, cohort2)
+    sanity_check(config2, derivs2, cohort2)
     table = pd.read_csv(derivs2.root / "group" / "sanity_check.tsv", sep="\t", keep_default_na=False)
     assert set(table["method"]) == {"Saliency", "GGC"}
     assert {"layer", "spearman", "spearman_input", "drop_layer", "flagged", "step"} <= set(table.columns)
@@ -780,7 +783,7 @@ def test_sanity_check_draws_scans_from_every_fold_and_compares_with_the_input(tr
     below = saliency.loc[(saliency["step"] > 0) & (saliency["spearman"] < 0.5), "layer"]
     assert saliency["drop_layer"].iloc[0] == below.iloc[0]  # the first randomised layer below 0.5
     assert table["spearman_input"].between(-1, 1).all()
-    sides = [read_json(sidecar_path(heatmap_path(derivs2, cohort2, s, "Saliency"))) for s in cohort2.labelled]
+    sides = [read_json(sidecar_path(heatmap_file(derivs2, cohort2, s, "Saliency"))) for s in cohort2.labelled]
     checks = [side["SanityCheck"] for side in sides if "SanityCheck" in side]
     assert len(checks) == 10 and {"Layers", "InputSimilarity", "DropBelowHalfAt", "Flagged"} <= set(checks[0])
     assert len(checks[0]["Layers"]) == 11 and len(checks[0]["InputSimilarity"]) == 12
@@ -821,7 +824,7 @@ def test_participant_level_without_the_training_mean_fails_with_the_fix(trained,
     with pytest.raises(InputError, match="training_mean.nii.gz is missing.*--ig-baseline zero"):
         run_heatmaps(config2, derivs2, cohort2)
     run_heatmaps(config2.replace("heatmaps", ig_baseline="zero"), derivs2, cohort2)  # no template needed: runs
-    assert read_json(sidecar_path(heatmap_path(derivs2, cohort2, cohort2.scans[0], "IG")))["Parameters"]["Baseline"] == "zero"
+    assert read_json(sidecar_path(heatmap_file(derivs2, cohort2, cohort2.scans[0], "IG")))["Parameters"]["Baseline"] == "zero"
 
 
 @pytest.mark.slow
@@ -856,13 +859,13 @@ def test_target_option_picks_the_explained_class(trained, tmp_path, target):
     run_heatmaps(config2.replace("heatmaps", methods=("IG", "Saliency"), target=target), derivs2, cohort2)
     counts = {"same": 0, "other": 0}
     for scan, scan2 in zip(cohort.labelled, cohort2.scans):
-        side = read_json(sidecar_path(heatmap_path(derivs2, cohort2, scan2, "IG")))
+        side = read_json(sidecar_path(heatmap_file(derivs2, cohort2, scan2, "IG")))
         expected = {"true": scan.target, "positive": 1}.get(target, int(side["PredictedProbability"] >= 0.5))
         assert side["TargetClass"] == expected and side["TargetLabel"] == ("AD" if expected else "CN")
-        group_class = read_json(sidecar_path(heatmap_path(derivs, cohort, scan, "IG")))["TargetClass"]
+        group_class = read_json(sidecar_path(heatmap_file(derivs, cohort, scan, "IG")))["TargetClass"]
         for name in ("IG", "Saliency"):
-            first = np.asarray(nib.load(heatmap_path(derivs, cohort, scan, name)).dataobj)
-            second = np.asarray(nib.load(heatmap_path(derivs2, cohort2, scan2, name)).dataobj)
+            first = np.asarray(nib.load(heatmap_file(derivs, cohort, scan, name)).dataobj)
+            second = np.asarray(nib.load(heatmap_file(derivs2, cohort2, scan2, name)).dataobj)
             scale = 1e-5 * float(np.abs(first).max())
             if expected == group_class:
                 assert np.array_equal(first, second), (scan.key, name)

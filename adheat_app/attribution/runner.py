@@ -23,14 +23,17 @@ sidecars add the completeness error (``IGConvergenceDelta``,
 ``IGConvergenceDeltaRelative``; a fold mean records the largest over its
 fold models). Each fold's training mean image (the ``template`` baseline and
 fill, :mod:`.references`) is written next to its model whenever the run holds
-the fold's training scans. ``--sanity-check`` runs :mod:`.sanity`.
+the fold's training scans. :func:`heatmap_run` sets up the models and data for
+the heatmaps and for the group level's sanity check (:mod:`.sanity`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +45,12 @@ from torch import nn
 from adheat_app.attribution import METHODS
 from adheat_app.attribution.base import Method, MethodContext, batch_size, channels_last, class_probability
 from adheat_app.attribution.references import TRAINING_MEAN, training_mean
-from adheat_app.bids import Derivatives, T1wInput, is_complete, sidecar_path, software_versions
+from adheat_app.bids import Derivatives, T1wInput, is_complete, software_versions
 from adheat_app.cohort import Cohort, Scan
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
-from adheat_app.io import read_json
+from adheat_app.io import nifti_image, read_json
+from adheat_app.layout import heatmap_path, sidecar_path, trained_folds
 from adheat_app.templates import parse_resolution
 from adheat_app.volumes import load_volumes
 
@@ -81,23 +85,6 @@ def selected_methods(names: tuple[str, ...]) -> list[str]:
         raise InputError(f"--methods {' '.join(unknown)}: unknown method(s); available: "
                          f"{', '.join(available)}, a study's set ({', '.join(METHOD_SETS)}) or 'all'")
     return [n for n in available if n in expanded]
-
-
-def completed_folds(config: RunConfig) -> list[int]:
-    """Indices of the fold models of ``--model`` under the models folder that finished training."""
-    root = config.models_dir / config.training.model
-    folds = []
-    for path in root.glob("fold-*/model.json"):
-        suffix = path.parent.name.removeprefix("fold-")
-        if suffix.isdigit():
-            folds.append(int(suffix))
-    return sorted(folds)
-
-
-def heatmap_path(derivs: Derivatives, cohort: Cohort, scan: Scan, method: str) -> Path:
-    """Template-space heatmap of one scan and method."""
-    return derivs.subject_path(scan.subject, scan.session, "heatmap", space=cohort.space, res=cohort.res_label,
-                               desc=method)
 
 
 def raw_t1w(derivs: Derivatives, scan: Scan) -> T1wInput:
@@ -238,7 +225,7 @@ class HeatmapRun:
         if self.config.execution.overwrite:
             return list(self.assignments)
         return [a for a in self.assignments
-                if not is_complete(heatmap_path(self.derivs, self.cohort, a.scan, method.name),
+                if not is_complete(heatmap_path(self.derivs.root, a.scan, self.cohort.space, self.cohort.res_label, method.name),
                                    **self.expected(method, a))]
 
     def compute(self, method: Method, model: nn.Module, fold: int, todo: list[Assignment]
@@ -253,10 +240,8 @@ class HeatmapRun:
     def write(self, method: Method, a: Assignment, data: np.ndarray, seconds: float,
               diagnostics: dict | None = None) -> None:
         """Write one heatmap (and its native-space copy) with its sidecar (plus the method's ``diagnostics``)."""
-        path = heatmap_path(self.derivs, self.cohort, a.scan, method.name)
-        img = nib.Nifti1Image(data.astype(np.float32), self.affine)
-        img.set_qform(self.affine, code=4)
-        img.set_sform(self.affine, code=4)
+        path = heatmap_path(self.derivs.root, a.scan, self.cohort.space, self.cohort.res_label, method.name)
+        img = nifti_image(data.astype(np.float32), self.affine)
         sidecar = {
             **self.expected(method, a),
             "Description": f"{method.name} heatmap of the {self.config.training.model} classifier",
@@ -287,11 +272,11 @@ class HeatmapRun:
         """The heatmap on the subject's T1w grid, through the saved inverse transform."""
         from adheat_app.preprocess import to_native
 
-        path = self.derivs.subject_path(a.scan.subject, a.scan.session, "heatmap", space="T1w", desc=method.name)
+        path = heatmap_path(self.derivs.root, a.scan, "T1w", None, method.name)
         native = to_native(img, self.derivs, raw_t1w(self.derivs, a.scan))
         self.derivs.write_image(path, native, {
             **sidecar, "Space": "T1w",
-            "Sources": [self.derivs.source_uri(heatmap_path(self.derivs, self.cohort, a.scan, method.name))]})
+            "Sources": [self.derivs.source_uri(heatmap_path(self.derivs.root, a.scan, self.cohort.space, self.cohort.res_label, method.name))]})
 
     def run_method(self, method: Method) -> None:
         """Every pending heatmap of one method: out-of-fold scans, then fold means."""
@@ -333,25 +318,31 @@ class HeatmapRun:
                            "leave them out)%s", method.name, self.all_zero, len(todo), method.all_zero_reason)
 
 
+@contextlib.contextmanager
+def heatmap_run(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> Iterator[HeatmapRun | None]:
+    """A :class:`HeatmapRun` of every trained fold model of ``--model``, computing deterministically in the block.
+
+    Yields None (with a warning) when no trained fold model exists.
+    """
+    from adheat_app.memory import reuse_cpu_memory
+    from adheat_app.training.device import deterministic
+
+    folds = trained_folds(config.models_dir, config.training.model)
+    if not folds:
+        LOGGER.warning("no trained %s fold model in %s: no heatmaps", config.training.model,
+                       config.models_dir / config.training.model)
+        yield None
+        return
+    run = HeatmapRun(config, derivs, cohort, folds)
+    with deterministic(run.device, config.execution.omp_nthreads, exact=True), reuse_cpu_memory(run.device):
+        yield run
+
+
 def run_heatmaps(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> None:
     """Derive every selected method's heatmap of every scan of ``cohort`` (see the module docstring).
 
     Does nothing (with a warning) when no trained fold model of ``--model`` exists.
     """
-    from adheat_app.memory import reuse_cpu_memory
-    from adheat_app.training.device import deterministic
-
-    folds = completed_folds(config)
-    if not folds:
-        LOGGER.warning("no trained %s fold model in %s: no heatmaps", config.training.model,
-                       config.models_dir / config.training.model)
-        return
-    selected_methods(config.heatmaps.methods)  # unknown names fail before any model is loaded
-    run = HeatmapRun(config, derivs, cohort, folds)
-    with deterministic(run.device, config.execution.omp_nthreads, exact=True), reuse_cpu_memory(run.device):
-        for method in run.methods:
+    with heatmap_run(config, derivs, cohort) as run:
+        for method in run.methods if run else ():
             run.run_method(method)
-        if config.heatmaps.sanity_check:
-            from adheat_app.attribution.sanity import run_sanity_check
-
-            run_sanity_check(run)

@@ -34,10 +34,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from adheat_app import plotting
 from adheat_app.bids import Derivatives, T1wInput, file_hash, is_complete, software_versions
-from adheat_app.cohort import preproc_paths
 from adheat_app.config import RunConfig
-from adheat_app.io import atomic_path, write_json, write_text
+from adheat_app.io import atomic_path, nifti_image, write_json, write_text
+from adheat_app.layout import preproc_paths, registration_figure, sidecar_path
 from adheat_app.preprocess import checks, intensity, qc, register, skullstrip
 from adheat_app.preprocess.reuse import AnatFiles
 from adheat_app.templates import Template, grid_for, resample
@@ -61,12 +62,12 @@ class OutputPaths:
 
 def output_paths(derivs: Derivatives, t1w: T1wInput, template: Template) -> OutputPaths:
     """The output paths of one input (README.md, "Outputs")."""
-    image, mask = preproc_paths(derivs, t1w, template.space, template.res_label)
+    image, mask = preproc_paths(derivs.root, t1w, template.space, template.res_label)
     forward = derivs.subject_path(t1w.subject, t1w.session, "xfm", ".h5", from_="T1w", to=template.space,
                                   mode="image")
     inverse = derivs.subject_path(t1w.subject, t1w.session, "xfm", ".h5", from_=template.space, to="T1w",
                                   mode="image")
-    figure = derivs.root / f"sub-{t1w.subject}" / "figures" / f"{t1w.key}_desc-reg_T1w.svg"
+    figure = registration_figure(derivs.root, t1w)
     return OutputPaths(image, mask, forward, inverse, figure)
 
 
@@ -228,11 +229,7 @@ def _copy(source: Path, target: Path) -> None:
 
 
 def _grid_image(data: np.ndarray, template: Template) -> nib.Nifti1Image:
-    img = nib.Nifti1Image(data, template.affine)
-    img.set_qform(template.affine, code=4)
-    img.set_sform(template.affine, code=4)
-    img.header.set_xyzt_units("mm")
-    return img
+    return nifti_image(data, template.affine, units=("mm",))
 
 
 def process(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Template,
@@ -275,16 +272,16 @@ def process(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Tem
         data = intensity.normalise(result.warped, result.mask, config.preprocessing.intensity_norm, template_data,
                                    template_mask)
         paths = output_paths(derivs, t1w, template)
-        figure = qc.figure_svg(result.warped, template_data, template_mask,
-                               f"{t1w.key}: registered T1w, template brain outline (red) and mid-intensity "
-                               f"contour (yellow); NCC {score:.3f}, brain-mask Dice {overlap:.3f}")
+        figure = plotting.registration_svg(
+            result.warped, template_data, template_mask, f"{t1w.key}: registered T1w, template brain outline (red) and "
+            f"mid-intensity contour (yellow); NCC {score:.3f}, brain-mask Dice {overlap:.3f}")
         sources = [derivs.source_uri(anat.image if anat else t1w.path)] + \
             ([derivs.source_uri(anat.mask)] if anat else [])
         if result.registration is not None:
             _copy(result.registration.forward, paths.forward)
             _copy(result.registration.inverse, paths.inverse)
             for path, direction in ((paths.forward, "T1w to template"), (paths.inverse, "template to T1w")):
-                write_json(path.with_name(path.name.replace(".h5", ".json")), {
+                write_json(sidecar_path(path), {
                     "Sources": sources, "Type": "ANTs composite transform (HDF5)", "Direction": direction,
                     "FromSpace": "T1w" if path == paths.forward else template.space,
                     "ToSpace": template.space if path == paths.forward else "T1w",

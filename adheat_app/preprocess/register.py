@@ -57,6 +57,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from adheat_app.io import nifti_image
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -147,10 +149,7 @@ def to_ants(img: nib.Nifti1Image):
 
 def to_nifti(image, reference: nib.Nifti1Image) -> nib.Nifti1Image:
     """The array of an ANTs image on ``reference``'s grid as a float32 NIfTI image."""
-    out = nib.Nifti1Image(image.numpy().astype(np.float32), reference.affine)
-    out.set_qform(reference.affine, code=1)
-    out.set_sform(reference.affine, code=1)
-    return out
+    return nifti_image(image.numpy().astype(np.float32), reference.affine, code=1)
 
 
 def n4(img: nib.Nifti1Image, mask: np.ndarray | None = None) -> nib.Nifti1Image:
@@ -206,11 +205,7 @@ def register(moving: nib.Nifti1Image, fixed: nib.Nifti1Image, method: str, seed:
 
 def to_nifti_float(img: nib.Nifti1Image) -> nib.Nifti1Image:
     """``img`` as a float32 NIfTI image with qform and sform set (what ANTs reads)."""
-    out = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
-    out.set_qform(img.affine, code=1)
-    out.set_sform(img.affine, code=1)
-    out.header.set_xyzt_units("mm", "sec")
-    return out
+    return nifti_image(np.asarray(img.dataobj, dtype=np.float32), img.affine, code=1, units=("mm", "sec"))
 
 
 def identity(workdir: Path) -> Registration:

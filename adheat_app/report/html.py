@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from adheat_app import __version__
-from adheat_app.report.figures import data_uri
+from adheat_app.plotting import data_uri
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 0 1.5em 3em; color: #222; }
