@@ -174,7 +174,8 @@ class HeatmapOptions:
                                  type=float)
     noise_steps: int = option(100, "NoiseImportance: optimisation steps per subject.", type=int)
     native_space: bool = option(False, "Also write heatmaps mapped back to each subject's T1w grid.")
-    sanity_check: bool = option(False, "Adebayo et al. model-randomisation check of every method.")
+    sanity_check: bool = option(False, "Adebayo et al. model-randomisation check of every method; also writes each "
+                                "method's maps of the fully randomised models (<Method>Random controls).")
     heatmap_batch_size: int = option(
         0, "Volumes per forward/backward pass of the heatmap methods (scans, IG steps, occlusion "
         "patches); 0 = sized from --mem-gb (16 at most). Keep it equal between participant and group "

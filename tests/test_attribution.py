@@ -26,7 +26,7 @@ from captum.attr._utils.lrp_rules import EpsilonRule
 from torch import nn
 
 from adheat_app.attribution import METHODS
-from adheat_app.attribution.base import MethodContext, batch_size, scan_seed
+from adheat_app.attribution.base import MethodContext, batch_size, channels_last, scan_seed
 from adheat_app.attribution.canonize import InputSplit, fold_batchnorm, set_submodule, split_input_layer
 from adheat_app.attribution.ggc import GradCamModel, grad_cam
 from adheat_app.attribution.inputconv import SingleChannelConv3d, with_fast_input_gradient
@@ -787,6 +787,38 @@ def test_sanity_check_draws_scans_from_every_fold_and_compares_with_the_input(tr
     checks = [side["SanityCheck"] for side in sides if "SanityCheck" in side]
     assert len(checks) == 10 and {"Layers", "InputSimilarity", "DropBelowHalfAt", "Flagged"} <= set(checks[0])
     assert len(checks[0]["Layers"]) == 11 and len(checks[0]["InputSimilarity"]) == 12
+    # <Method>Random: every explained scan's map of its fold model with every layer re-initialised
+    from adheat_app.attribution.sanity import cascade, learned_layers
+    from adheat_app.training import fold_dir, load_fold_model
+
+    scan = cohort2.labelled[0]
+    path = heatmap_file(derivs2, cohort2, scan, "SaliencyRandom")
+    side = read_json(sidecar_path(path))
+    assert side["Parameters"]["Control"] == "randomised model" and side["Method"] == "SaliencyRandom"
+    assert all(heatmap_file(derivs2, cohort2, s, f"{m}Random").is_file() for s in cohort2.labelled
+               for m in ("Saliency", "GGC"))
+    model, _ = load_fold_model(fold_dir(config2, side["Fold"]), torch.device("cpu"))
+    model = channels_last(frozen(model))  # as the runner holds it (re-initialisation fills memory order)
+    x = torch.from_numpy(np.asarray(nib.load(scan.image).dataobj, dtype=np.float16).astype(np.float32))[None, None]
+    layers = learned_layers(model, x)
+    randomised = cascade(model, layers, len(layers), config2.execution.seed)
+    method = METHODS["Saliency"](config2.heatmaps, context())
+    expected = method.attribute(method.prepare(randomised, x), x, torch.tensor([side["TargetClass"]]), [scan.key])
+    np.testing.assert_allclose(np.asarray(nib.load(path).dataobj), expected[0].numpy(), rtol=1e-3,
+                               atol=1e-3 * float(expected.abs().max()))
+    trained_map = np.asarray(nib.load(heatmap_file(derivs2, cohort2, scan, "Saliency")).dataobj)
+    assert not np.allclose(trained_map, expected[0].numpy(), atol=1e-3 * float(np.abs(trained_map).max()))
+    # scored as controls, and beside each method in the answer
+    from adheat_app.evaluation.workflow import run_evaluation
+    from adheat_app.templates import get_template
+
+    run_evaluation(config2.replace("evaluation", n_bootstrap=50), derivs2, cohort2,
+                   get_template(config2.execution.resolution, cohort2.space))
+    overlap = pd.read_csv(derivs2.root / "group" / "overlap.tsv", sep="\t")
+    assert set(overlap.loc[overlap["method"].str.endswith("Random"), "kind"]) == {"control"}
+    answer = pd.read_csv(derivs2.root / "group" / "answer.tsv", sep="\t").set_index(["method", "reference", "sign"])
+    assert set(answer.index.get_level_values("method")) == {"Saliency", "GGC"}
+    assert answer["vs_random"].notna().all() and answer["above_random"].isin([True, False]).all()
 
 
 @pytest.mark.slow

@@ -288,6 +288,32 @@ def test_answer_table_needs_chance_and_control(evaluated):
     assert np.allclose(answer["effect_over_chance"], answer["value"] - answer["chance"])
 
 
+def test_answer_table_reads_paired_differences_in_either_order():
+    """By hand: IG - InputMagnitude stored forward, IGRandom - IG stored backward (its sign and bounds flip)."""
+    from adheat_app.evaluation.scoring import answer_table
+
+    overlap = pd.DataFrame([
+        {"method": m, "kind": k, "label": "all", "reference": "ref", "sign": "absolute", "metric": "roc_auc",
+         "value": v, "ci_low": v - 0.05, "ci_high": v + 0.05, "chance": 0.5}
+        for m, k, v in [("IG", "method", 0.8), ("Saliency", "method", 0.6), ("InputMagnitude", "control", 0.55),
+                        ("IGRandom", "control", 0.7)]])
+    pair = {"label": "all", "reference": "ref", "sign_a": "absolute", "sign_b": "absolute", "metric": "roc_auc"}
+    differences = pd.DataFrame([
+        {**pair, "method_a": "IG", "method_b": "InputMagnitude", "difference": 0.25, "ci_low": 0.2, "ci_high": 0.3},
+        {**pair, "method_a": "IGRandom", "method_b": "IG", "difference": -0.1, "ci_low": -0.15, "ci_high": 0.02},
+        {**pair, "method_a": "InputMagnitude", "method_b": "Saliency", "difference": -0.05, "ci_low": -0.1,
+         "ci_high": 0.01}])
+    answer = answer_table(overlap, differences, "all").set_index("method")
+    assert list(answer.index) == ["IG", "Saliency"]
+    assert answer.loc["IG", ["vs_random", "vs_random_ci_low", "vs_random_ci_high"]].tolist() == \
+        pytest.approx([0.1, -0.02, 0.15])
+    assert answer.loc["IG", "above_random"] is False and answer.loc["IG", "finds_reference"]
+    assert answer.loc["Saliency", ["vs_input_magnitude", "vs_ci_low", "vs_ci_high"]].tolist() == \
+        pytest.approx([0.05, -0.01, 0.1])
+    assert not answer.loc["Saliency", "above_control"] and answer.loc["Saliency", "above_chance"]
+    assert np.isnan(answer.loc["Saliency", "vs_random"]) and answer.loc["Saliency", "above_random"] == ""
+
+
 def test_evaluation_rerun_skips(evaluated):
     config, derivs, cohort, truth = evaluated
     stamps = {p: p.stat().st_mtime_ns for p in (derivs.root / "group").rglob("*") if p.is_file()}

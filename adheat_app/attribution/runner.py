@@ -212,6 +212,10 @@ class HeatmapRun:
             return int(a.scan.target)
         return predicted
 
+    def heatmap(self, a: Assignment, method: str) -> Path:
+        """The template-space heatmap of one scan and method."""
+        return heatmap_path(self.derivs.root, a.scan, self.cohort.space, self.cohort.res_label, method)
+
     def expected(self, method: Method, a: Assignment) -> dict:
         """Sidecar values that must match for an existing heatmap to be reused."""
         values = {"Method": method.name, "Parameters": json.loads(json.dumps(method.parameters())),
@@ -225,7 +229,7 @@ class HeatmapRun:
         if self.config.execution.overwrite:
             return list(self.assignments)
         return [a for a in self.assignments
-                if not is_complete(heatmap_path(self.derivs.root, a.scan, self.cohort.space, self.cohort.res_label, method.name),
+                if not is_complete(self.heatmap(a, method.name),
                                    **self.expected(method, a))]
 
     def compute(self, method: Method, model: nn.Module, fold: int, todo: list[Assignment]
@@ -240,7 +244,7 @@ class HeatmapRun:
     def write(self, method: Method, a: Assignment, data: np.ndarray, seconds: float,
               diagnostics: dict | None = None) -> None:
         """Write one heatmap (and its native-space copy) with its sidecar (plus the method's ``diagnostics``)."""
-        path = heatmap_path(self.derivs.root, a.scan, self.cohort.space, self.cohort.res_label, method.name)
+        path = self.heatmap(a, method.name)
         img = nifti_image(data.astype(np.float32), self.affine)
         sidecar = {
             **self.expected(method, a),
@@ -276,7 +280,7 @@ class HeatmapRun:
         native = to_native(img, self.derivs, raw_t1w(self.derivs, a.scan))
         self.derivs.write_image(path, native, {
             **sidecar, "Space": "T1w",
-            "Sources": [self.derivs.source_uri(heatmap_path(self.derivs.root, a.scan, self.cohort.space, self.cohort.res_label, method.name))]})
+            "Sources": [self.derivs.source_uri(self.heatmap(a, method.name))]})
 
     def run_method(self, method: Method) -> None:
         """Every pending heatmap of one method: out-of-fold scans, then fold means."""

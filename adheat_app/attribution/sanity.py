@@ -28,6 +28,14 @@ the input map, the drop layer, the flag) to the sidecars of the checked
 scans' heatmaps, under the output folder's lock. Re-initialisation is seeded
 (run seed and step), so the check is reproducible. The group level runs it
 (:func:`sanity_check`) after the heatmaps, before the evaluation.
+
+It then writes, for every scan the run explains, each method's map of the
+fully randomised model (every learned layer re-initialised: the cascade's last
+step) as ``desc-<Method>Random_heatmap.nii.gz``
+(:class:`RandomModelControl`). The group evaluation scores those maps as
+controls, exactly like the method's own maps, so a method's overlap with a
+reference can be compared with what the same method finds in a model that
+learned nothing.
 """
 
 from __future__ import annotations
@@ -41,13 +49,15 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from adheat_app.attribution.base import Method
 from adheat_app.attribution.canonize import traced_forward
 from adheat_app.attribution.runner import Assignment, HeatmapRun, heatmap_run
 from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
+from adheat_app.evaluation.controls import RANDOM_SUFFIX
 from adheat_app.io import read_json, write_json, write_tsv
-from adheat_app.layout import group_dir, heatmap_path, sidecar_path
+from adheat_app.layout import group_dir, sidecar_path
 
 LOGGER = logging.getLogger(__name__)
 
@@ -81,6 +91,54 @@ def cascade(model: nn.Module, layers: list[str], steps: int, seed: int) -> nn.Mo
         for param in module.parameters():
             param.requires_grad_(False)
     return randomised.eval()
+
+
+class RandomModelControl(Method):
+    """A method's maps of its model with every learned layer re-initialised (control ``<Method>Random``).
+
+    Each fold model is randomised by :func:`cascade` over all of
+    :func:`learned_layers` (seeded by the run seed, BatchNorm statistics kept)
+    and then prepared and explained by the wrapped method unchanged.
+
+    Parameters
+    ----------
+    method : Method
+        The heatmap method of the trained model.
+    """
+
+    def __init__(self, method: Method):
+        super().__init__(method.options, method.context)
+        self.method = method
+        self.name = f"{method.name}{RANDOM_SUFFIX}"
+        self.signed = method.signed
+        self.all_zero_reason = method.all_zero_reason
+        self.diagnostics = method.diagnostics
+
+    @property
+    def needs_template(self) -> bool:
+        """As the wrapped method."""
+        return self.method.needs_template
+
+    @property
+    def output(self) -> str:
+        """As the wrapped method."""
+        return self.method.output
+
+    def parameters(self) -> dict:
+        """The wrapped method's parameters and how the model was randomised."""
+        return {**self.method.parameters(), "Control": "randomised model",
+                "RandomisedLayers": "all learned layers (Conv3d, Linear) re-initialised; BatchNorm statistics kept",
+                "RandomisationSeed": self.context.seed}
+
+    def prepare(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
+        """The fully randomised copy of ``model``, prepared by the wrapped method."""
+        layers = learned_layers(model, example)
+        return self.method.prepare(cascade(model, layers, len(layers), self.context.seed), example)
+
+    def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str],
+                  template: torch.Tensor | None = None) -> torch.Tensor:
+        """The wrapped method's maps of the randomised model."""
+        return self.method.attribute(model, volumes, targets, keys, template)
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -154,14 +212,15 @@ def run_sanity_check(run: HeatmapRun) -> pd.DataFrame:
         write_tsv(group_dir(run.derivs.root) / "sanity_check.tsv", table)
         for method in run.methods:
             for a in checked:
-                side = sidecar_path(heatmap_path(run.derivs.root, a.scan, run.cohort.space, run.cohort.res_label,
-                                                 method.name))
+                side = sidecar_path(run.heatmap(a, method.name))
                 if side.is_file():
                     values = read_json(side)
                     values["SanityCheck"] = {**per_scan[a.scan.key][method.name],
                                              "DropBelowHalfAt": drop[method.name],
                                              "Flagged": bool(final[method.name] > FLAG_THRESHOLD)}
                     write_json(side, values)
+    for method in run.methods:
+        run.run_method(RandomModelControl(method))
     return table
 
 

@@ -6,7 +6,9 @@ resamples of that group's scans, so the difference of two maps' metrics has a
 paired percentile interval (:func:`paired_differences`). :func:`answer_table`
 turns the scores into the answer to "does a method find the reference": its
 :data:`ANSWER_METRIC` interval lies above the chance level *and* its paired
-difference with the ``InputMagnitude`` control lies above 0.
+difference with the ``InputMagnitude`` control lies above 0; the paired
+difference with the method's own randomised-model control (``<Method>Random``,
+when the sanity check wrote it) is reported beside it.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from adheat_app.evaluation.controls import INPUT_MAGNITUDE
+from adheat_app.evaluation.controls import INPUT_MAGNITUDE, RANDOM_SUFFIX
 from adheat_app.evaluation.overlap import BOOTSTRAPPED, TOP_PERCENT, percentile_interval
 
 #: Metric of the answer table (threshold-free; chance 0.5 whatever the reference's size).
 ANSWER_METRIC = "roc_auc"
 #: How a signed map is scored: ``absolute`` value, or ``positive`` part (evidence for the explained class).
 SIGNS = ("absolute", "positive")
+ANSWER_COLUMNS = ["method", "reference", "sign", "metric", "value", "ci_low", "ci_high", "chance", "effect_over_chance",
+                  "above_chance", "vs_input_magnitude", "vs_ci_low", "vs_ci_high", "above_control", "finds_reference",
+                  "vs_random", "vs_random_ci_low", "vs_random_ci_high", "above_random"]
 DIFFERENCE_COLUMNS = ["label", "reference", "method_a", "sign_a", "method_b", "sign_b", "metric", "top_percent",
                       "difference", "ci_low", "ci_high", "n_bootstrap"]
 
@@ -113,6 +118,21 @@ def paired_differences(scores: list[Scores], references: list[str]) -> pd.DataFr
     return pd.DataFrame(rows, columns=DIFFERENCE_COLUMNS)
 
 
+def _paired(pairs: pd.DataFrame, method: str, sign: str, other: str, other_sign: str) -> tuple[float, float, float]:
+    """Difference ``method - other`` and its interval from the rows of either order (NaN when not scored)."""
+    forward = pairs[(pairs["method_a"] == method) & (pairs["sign_a"] == sign)
+                    & (pairs["method_b"] == other) & (pairs["sign_b"] == other_sign)]
+    if len(forward):
+        diff, low, high = forward.iloc[0][["difference", "ci_low", "ci_high"]]
+        return float(diff), float(low), float(high)
+    backward = pairs[(pairs["method_b"] == method) & (pairs["sign_b"] == sign)
+                     & (pairs["method_a"] == other) & (pairs["sign_a"] == other_sign)]
+    if len(backward):
+        diff, low, high = backward.iloc[0][["difference", "ci_low", "ci_high"]]
+        return -float(diff), -float(high), -float(low)
+    return np.nan, np.nan, np.nan
+
+
 def answer_table(overlap: pd.DataFrame, differences: pd.DataFrame, label: str,
                  metric: str = ANSWER_METRIC) -> pd.DataFrame:
     """Per heatmap method / SVM pattern, reference and sign: does the map find the reference?
@@ -132,30 +152,26 @@ def answer_table(overlap: pd.DataFrame, differences: pd.DataFrame, label: str,
         Columns ``method``, ``reference``, ``sign``, ``metric``, ``value``, ``ci_low``, ``ci_high``,
         ``chance``, ``effect_over_chance`` (value - chance), ``above_chance`` (``ci_low > chance``),
         ``vs_input_magnitude`` (paired difference with the control), its ``vs_ci_low`` and ``vs_ci_high``,
-        ``above_control`` (``vs_ci_low > 0``) and ``finds_reference`` (both).
+        ``above_control`` (``vs_ci_low > 0``) and ``finds_reference`` (both); then, where the method's
+        randomised-model control ``<method>Random`` was scored (``--sanity-check``), the paired difference
+        with it (``vs_random``, ``vs_random_ci_low``, ``vs_random_ci_high``; NaN otherwise) and
+        ``above_random`` (``vs_random_ci_low > 0``; empty without the control). ``above_random`` informs,
+        it does not enter ``finds_reference``.
     """
     rows = overlap[(overlap["label"] == label) & (overlap["metric"] == metric) & (overlap["kind"] != "control")]
     out = []
     for row in rows.itertuples(index=False):
-        pair = differences[(differences["label"] == label) & (differences["reference"] == row.reference)
-                           & (differences["metric"] == metric)]
-        forward = pair[(pair["method_a"] == row.method) & (pair["sign_a"] == row.sign)
-                       & (pair["method_b"] == INPUT_MAGNITUDE) & (pair["sign_b"] == "absolute")]
-        backward = pair[(pair["method_b"] == row.method) & (pair["sign_b"] == row.sign)
-                        & (pair["method_a"] == INPUT_MAGNITUDE) & (pair["sign_a"] == "absolute")]
-        if len(forward):
-            diff, low, high = forward.iloc[0][["difference", "ci_low", "ci_high"]]
-        elif len(backward):
-            diff, high, low = -backward.iloc[0][["difference", "ci_low", "ci_high"]]
-        else:
-            diff = low = high = np.nan
+        pairs = differences[(differences["label"] == label) & (differences["reference"] == row.reference)
+                            & (differences["metric"] == metric)]
+        diff, low, high = _paired(pairs, row.method, row.sign, INPUT_MAGNITUDE, "absolute")
+        random = _paired(pairs, row.method, row.sign, f"{row.method}{RANDOM_SUFFIX}", row.sign)
         above_chance = bool(row.ci_low > row.chance)
         above_control = bool(low > 0)
         out.append({"method": row.method, "reference": row.reference, "sign": row.sign, "metric": metric,
                     "value": row.value, "ci_low": row.ci_low, "ci_high": row.ci_high, "chance": row.chance,
                     "effect_over_chance": row.value - row.chance, "above_chance": above_chance,
-                    "vs_input_magnitude": float(diff), "vs_ci_low": float(low), "vs_ci_high": float(high),
-                    "above_control": above_control, "finds_reference": above_chance and above_control})
-    return pd.DataFrame(out, columns=["method", "reference", "sign", "metric", "value", "ci_low", "ci_high", "chance",
-                                      "effect_over_chance", "above_chance", "vs_input_magnitude", "vs_ci_low",
-                                      "vs_ci_high", "above_control", "finds_reference"])
+                    "vs_input_magnitude": diff, "vs_ci_low": low, "vs_ci_high": high,
+                    "above_control": above_control, "finds_reference": above_chance and above_control,
+                    "vs_random": random[0], "vs_random_ci_low": random[1], "vs_random_ci_high": random[2],
+                    "above_random": "" if np.isnan(random[1]) else bool(random[1] > 0)})
+    return pd.DataFrame(out, columns=ANSWER_COLUMNS)

@@ -131,11 +131,17 @@ def _answer(config: RunConfig, group: Path) -> str:
         "model": [_verdict_text(m, verdicts.get(m)) for m in
                   (("SVM" if method == "SVM" else config.training.model) for method in rows["method"])],
     })
+    if "vs_random" in rows and rows["vs_random"].notna().any():
+        shown.insert(7, "minus own map of a random model", [
+            "n/a" if math.isnan(d) else _interval(d, low, high)
+            for d, low, high in zip(rows["vs_random"], rows["vs_random_ci_low"], rows["vs_random_ci_high"])])
     parts.append(note(f"Label all (both classes), absolute maps. A map finds a reference when the 95 % bootstrap "
                       f"interval of its {metric} lies above the chance level and its paired difference with the "
                       "InputMagnitude control (mean |input| of the same scans) lies above 0. Positive parts of "
                       "signed maps: group/answer.tsv. The anatomicalprior reference is a region prior, scored but "
-                      "not the headline."))
+                      "not the headline. Where the sanity check ran (--sanity-check), each method is also compared "
+                      "with its own maps of the model with every layer re-initialised (<Method>Random): a method "
+                      "that scores as well on a random model is not explaining what the model learned."))
     parts.append(table(shown))
     return "".join(parts)
 
