@@ -91,7 +91,7 @@ def _training_text(tr: TrainingOptions) -> str:
 
 def render_citation(config: RunConfig, steps: set[str]) -> tuple[str, str]:
     """Render the Markdown methods text and the BibTeX of the given steps."""
-    from adheat_app.attribution.runner import selected_methods
+    from adheat_app.attribution.catalog import selected_methods
 
     folder = boilerplate_dir()
     versions = software_versions()

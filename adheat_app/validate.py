@@ -120,7 +120,7 @@ def check_options(config: RunConfig) -> None:
     from adheat_app.models import MODELS
     if tr.model not in MODELS:
         raise InputError(f"--model {tr.model}: unknown model; available: {', '.join(sorted(MODELS))}")
-    from adheat_app.attribution.runner import selected_methods
+    from adheat_app.attribution.catalog import selected_methods
     selected_methods(config.heatmaps.methods)
     for name, value in (("--anat-derivatives", config.preprocessing.anat_derivatives),
                         ("--reference-map", config.evaluation.reference_map)):

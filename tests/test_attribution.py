@@ -33,7 +33,10 @@ from adheat_app.attribution.inputconv import SingleChannelConv3d, with_fast_inpu
 from adheat_app.attribution.lrp import lrp
 from adheat_app.attribution.output import OutputModel, difference_head, explained, output_drop
 from adheat_app.attribution.receptive import UnitGrid, interpolation_matrix
-from adheat_app.attribution.runner import METHOD_ORDER, run_heatmaps, selected_methods
+from adheat_app.attribution.base import Method, check_method
+from adheat_app.attribution.catalog import (default_methods, method_names, method_sets, methods_markdown,
+                                            selected_methods)
+from adheat_app.attribution.runner import run_heatmaps
 from adheat_app.attribution.sanity import sanity_check
 from adheat_app.bids import Derivatives, T1wInput
 from adheat_app.config import HeatmapOptions
@@ -103,18 +106,57 @@ def volumes(n: int = 3, seed: int = 1) -> torch.Tensor:
     return torch.randn((n, 1, *GRID), generator=torch.Generator().manual_seed(seed))
 
 
+def on_test_grid(name: str, options: HeatmapOptions, ctx: MethodContext) -> Method:
+    """Method ``name`` for the test grid :data:`GRID`: an atlas method gets blocks of 640 voxels as its regions."""
+    cls = METHODS[name]
+    if not hasattr(cls, "atlas"):
+        return cls(options, ctx)
+    labels = torch.arange(int(np.prod(GRID))).reshape(GRID) // 640 + 1
+
+    class Regions(cls):
+        def occluded_sets(self, shape, device):
+            return [labels == value for value in range(1, int(labels.max()) + 1)]
+
+    return Regions(options, ctx)
+
+
+def fields_help(section, name: str) -> str:
+    return next(f.metadata["help"] for f in dataclasses.fields(section) if f.name == name)
+
+
 def test_registry_has_every_method_with_its_declarations():
-    assert set(METHODS) == set(METHOD_ORDER)
-    for name in METHOD_ORDER:
-        cls = METHODS[name]
-        assert cls.name == name and isinstance(cls.signed, bool)
-        assert cls.slow == (name in ("Occlusion", "AreaOcclusion", "NoiseImportance"))
-    assert selected_methods(("all",)) == list(METHOD_ORDER)
-    assert selected_methods(HeatmapOptions().methods) == ["IG", "Saliency"]
+    names = method_names()
+    assert sorted(names) == sorted(METHODS) and len({METHODS[n].order for n in names}) == len(names)
+    for name in names:
+        check_method(name, METHODS[name])  # what registering checked
+    assert selected_methods(("all",)) == names
+    assert selected_methods(HeatmapOptions().methods) == list(default_methods())
+    assert HeatmapOptions().methods == default_methods()  # config.py's default is the methods' own declaration
+    for study, members in method_sets().items():  # the --methods help names each set's methods
+        assert f"'{study}' {' '.join(members)}" in fields_help(HeatmapOptions, "methods").replace("selects ", "")
+        assert selected_methods((study,)) == list(members)
     assert selected_methods(("wang2023", "Saliency")) == ["IG", "LRP", "GGC", "Saliency"]
-    assert selected_methods(("rieke2018",)) == ["Saliency", "GuidedBackprop", "Occlusion", "AreaOcclusion"]
     with pytest.raises(InputError, match="Gradcam"):
         selected_methods(("Gradcam",))
+
+
+def test_readme_methods_table_is_the_registry_s():
+    from conftest import REPO
+
+    assert methods_markdown() in (REPO / "README.md").read_text()
+
+
+def test_registering_a_method_that_breaks_the_contract_fails_naming_it():
+    class Half(Method):
+        name = "Other"
+        signed = "yes"
+        slow = True
+        default = True
+
+    with pytest.raises(TypeError, match=r"'Half'.*name attribute is 'Other'.*declare signed.*declare order.*slow "
+                                        r"method cannot be a default.*implement attribute, parameters"):
+        METHODS.register("Half")(Half)
+    assert "Half" not in METHODS
 
 
 def test_batch_size_follows_the_memory_budget():
@@ -301,7 +343,7 @@ def receptive_field_centre(model: nn.Module, layer_name: str, x: torch.Tensor, u
     return (support.min(axis=0) + support.max(axis=0)) / 2
 
 
-@pytest.mark.parametrize("name", ["rieke2018", "wang2023", "resnet3d"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_grad_cam_puts_a_unit_at_its_receptive_field_centre(name):
     """One unit of the layer's output forced on, the rest off: the CAM peaks at that unit's receptive-field centre.
 
@@ -460,8 +502,7 @@ def confident_model(x: torch.Tensor, gap: float = 40.0) -> tuple[nn.Module, torc
     return model, logits.argmax(1)
 
 
-@pytest.mark.parametrize("name", ["Saliency", "GuidedBackprop", "Occlusion", "AreaOcclusion", "NoiseImportance",
-                                  "IG", "LRP", "GGC"])
+@pytest.mark.parametrize("name", method_names())
 def test_a_confident_model_gets_informative_maps(name):
     """Logit gap >= 40 (p_target = 1 in float32): no map is zero everywhere (or, NoiseImportance, uniform).
 
@@ -472,15 +513,7 @@ def test_a_confident_model_gets_informative_maps(name):
     x = volumes(2, seed=13)
     model, targets = confident_model(x)
     options = HeatmapOptions(occlusion_size=24.0, occlusion_stride=16.0, noise_steps=20, ig_steps=8)
-    method = METHODS[name](options, context(batch=4))
-    if name == "AreaOcclusion":
-        labels = torch.arange(int(np.prod(GRID))).reshape(GRID) // 640 + 1
-
-        class Regions(METHODS["AreaOcclusion"]):
-            def occluded_sets(self, shape, device):
-                return [labels == value for value in range(1, int(labels.max()) + 1)]
-
-        method = Regions(options, context(batch=4))
+    method = on_test_grid(name, options, context(batch=4))
     maps = method.attribute(method.prepare(model, x[:1]), x, targets, ["a", "b"], template=x.mean(0)[0])
     for row in maps:
         assert float(row.abs().max()) > 0
@@ -570,13 +603,13 @@ def test_area_occlusion_equals_captum_feature_ablation(prepared, fill):
     np.testing.assert_allclose(ours.numpy(), reference[:, 0].clamp(min=0).numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["IG", "LRP", "GGC", "Saliency", "GuidedBackprop", "Occlusion", "NoiseImportance"])
+@pytest.mark.parametrize("name", method_names())
 def test_maps_do_not_depend_on_batch_composition(name):
     """A scan's map is bitwise identical alone, in a batch of others, and in another position."""
     model = random_model(seed=8)
     x, targets, keys = volumes(5), torch.tensor([1, 0, 1, 1, 0]), ["a", "b", "c", "d", "e"]
     options = HeatmapOptions(ig_steps=6, noise_steps=3, occlusion_size=32.0, occlusion_stride=32.0)
-    method = METHODS[name](options, context(batch=4))
+    method = on_test_grid(name, options, context(batch=4))
     model = method.prepare(model, x[:1])
     template = volumes(1, seed=21)[0, 0]
     together = method.attribute(model, x, targets, keys, template=template)

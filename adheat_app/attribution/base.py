@@ -155,9 +155,12 @@ def class_probability(model: nn.Module, volumes: torch.Tensor, targets: torch.Te
 class Method(ABC):
     """A heatmap method (one subclass per file, registered by CLI name).
 
-    Subclasses declare :attr:`name`, :attr:`signed` and :attr:`slow`, document
-    their parameters in :meth:`parameters` and compute maps in
-    :meth:`attribute`.
+    Subclasses declare what the command line, the defaults and README.md's
+    methods table are made from (:mod:`.catalog`): :attr:`name`,
+    :attr:`signed`, :attr:`slow`, :attr:`order`, :attr:`default`,
+    :attr:`sets`, :attr:`source`, :attr:`summary`; they document their
+    parameters in :meth:`parameters` and compute maps in :meth:`attribute`.
+    :func:`check_method` checks the declarations when a method registers.
 
     Parameters
     ----------
@@ -167,9 +170,24 @@ class Method(ABC):
         Grid, batch size, seed and device.
     """
 
+    #: The ``--methods`` name (the registered name).
     name: ClassVar[str]
+    #: Whether maps have both signs.
     signed: ClassVar[bool]
+    #: Too slow for the default run (opt-in).
     slow: ClassVar[bool] = False
+    #: Position in ``--methods all``, the reports and README.md's table (unique).
+    order: ClassVar[int]
+    #: Part of the default ``--methods``.
+    default: ClassVar[bool] = False
+    #: Study sets of ``--methods`` that include the method (e.g. ``"wang2023"``).
+    sets: ClassVar[tuple[str, ...]] = ()
+    #: Study the method is taken from (README.md's table).
+    source: ClassVar[str]
+    #: What the method computes, one line of Markdown (README.md's table).
+    summary: ClassVar[str]
+    #: Why a fast method is not a default (README.md's table).
+    default_note: ClassVar[str] = ""
     #: Why a map of this method can be zero everywhere (appended to the runner's warning).
     all_zero_reason: ClassVar[str] = ""
 
@@ -263,3 +281,35 @@ class GradientMethod(Method):
             maps = self.explain(model, rows, pad_targets(targets[index], self.context.batch))
             out[index] = maps[: len(index), 0].detach().float()
         return out
+
+
+def check_method(name: str, cls: type) -> None:
+    """Raise when a registered heatmap method's class breaks the method contract.
+
+    The class must subclass :class:`Method`, be registered under its own
+    :attr:`~Method.name`, declare :attr:`~Method.signed`, :attr:`~Method.slow`
+    and :attr:`~Method.default` as booleans, an integer :attr:`~Method.order`,
+    a :attr:`~Method.source` and a :attr:`~Method.summary`, implement
+    :meth:`~Method.parameters` and :meth:`~Method.attribute`, and not be both
+    slow and a default.
+
+    Raises
+    ------
+    TypeError
+        Naming the method and every rule it breaks.
+    """
+    problems = []
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"heatmap method {name!r} must be a subclass of adheat_app.attribution.base.Method")
+    if getattr(cls, "name", None) != name:
+        problems.append(f"its name attribute is {getattr(cls, 'name', None)!r}, not the registered {name!r}")
+    for attribute, kind in (("signed", bool), ("slow", bool), ("default", bool), ("order", int), ("source", str),
+                            ("summary", str), ("default_note", str)):
+        if not isinstance(getattr(cls, attribute, None), kind):
+            problems.append(f"declare {attribute} ({kind.__name__})")
+    if getattr(cls, "slow", False) and getattr(cls, "default", False):
+        problems.append("a slow method cannot be a default")
+    if getattr(cls, "__abstractmethods__", None):
+        problems.append(f"implement {', '.join(sorted(cls.__abstractmethods__))}")
+    if problems:
+        raise TypeError(f"heatmap method {name!r} breaks the method contract: " + "; ".join(problems))

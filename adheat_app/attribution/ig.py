@@ -66,6 +66,11 @@ class IG(Method):
 
     name = "IG"
     signed = True
+    order = 1
+    default = True
+    sets = ("wang2023",)
+    source = "Wang 2023"
+    summary = "Integrated Gradients of the explained output from `--ig-baseline`, `--ig-steps`; signed"
 
     def parameters(self) -> dict:
         """Steps, baseline, quadrature and output explained."""

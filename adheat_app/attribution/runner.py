@@ -44,6 +44,7 @@ from torch import nn
 
 from adheat_app.attribution import METHODS
 from adheat_app.attribution.base import Method, MethodContext, batch_size, channels_last, class_probability
+from adheat_app.attribution.catalog import selected_methods
 from adheat_app.attribution.references import TRAINING_MEAN, training_mean
 from adheat_app.bids import Derivatives, T1wInput, is_complete, software_versions
 from adheat_app.cohort import Cohort, Scan
@@ -56,35 +57,8 @@ from adheat_app.volumes import load_volumes
 
 LOGGER = logging.getLogger(__name__)
 
-#: Every method in report order; ``--methods all`` selects them all.
-METHOD_ORDER = ("IG", "LRP", "GGC", "Saliency", "GuidedBackprop", "Occlusion", "AreaOcclusion",
-                "NoiseImportance")
 #: Scans held in memory at once, in multiples of the pass size.
 CHUNK_PASSES = 4
-
-
-#: Method sets selectable by name in ``--methods``: the methods of each reference study.
-METHOD_SETS = {"wang2023": ("IG", "LRP", "GGC"),
-               "rieke2018": ("Saliency", "GuidedBackprop", "Occlusion", "AreaOcclusion")}
-
-
-def selected_methods(names: tuple[str, ...]) -> list[str]:
-    """The method names of ``--methods`` (``all`` and the :data:`METHOD_SETS` expand), in :data:`METHOD_ORDER`.
-
-    Raises
-    ------
-    InputError
-        For a name that is neither a registered method nor a set.
-    """
-    available = [name for name in METHOD_ORDER if name in METHODS] + sorted(set(METHODS) - set(METHOD_ORDER))
-    if "all" in names:
-        return available
-    expanded = {m for n in names for m in METHOD_SETS.get(n, (n,))}
-    unknown = [n for n in names if n not in METHODS and n not in METHOD_SETS]
-    if unknown:
-        raise InputError(f"--methods {' '.join(unknown)}: unknown method(s); available: "
-                         f"{', '.join(available)}, a study's set ({', '.join(METHOD_SETS)}) or 'all'")
-    return [n for n in available if n in expanded]
 
 
 def raw_t1w(derivs: Derivatives, scan: Scan) -> T1wInput:
