@@ -8,8 +8,7 @@ items of many scans are packed into forward/backward passes of exactly
 
 Why a fixed shape: on CPU (oneDNN) and with cuDNN, a row's result depends on
 the batch *size* (different kernels are chosen) but not on its position or on
-the other rows (measured with torch 2.13: batch 3 and batch 8 differ by 3e-10,
-reordered rows are bitwise equal). Padding every pass to the same size makes a
+the other rows (``docs/performance.md``). Padding every pass to the same size makes a
 scan's heatmap bitwise identical whichever scans share its passes, so the
 participant level (one subject) and the group level (all subjects) write the
 same files.
@@ -32,8 +31,8 @@ from adheat_app.attribution.canonize import fold_batchnorm
 from adheat_app.attribution.inputconv import with_fast_input_gradient
 from adheat_app.config import HeatmapOptions
 
-#: Bytes of activations and gradients per input voxel of one row in a backward pass (measured
-#: for the Rieke et al. network: 1.0 GB for 4 rows of 96x112x96, rounded up).
+#: Bytes of activations and gradients per input voxel of one row in a backward pass (the Rieke et al.
+#: network's, rounded up: docs/performance.md).
 BYTES_PER_VOXEL = 256
 #: Rows per pass when the memory budget allows it.
 MAX_BATCH = 16
@@ -123,7 +122,7 @@ def padded_batches(n_items: int, batch: int, build: Callable[[np.ndarray], torch
 
 
 def channels_last(model: nn.Module) -> nn.Module:
-    """``model`` with its weights in the channels-last layout (1.5x faster 3D convolutions on CPU, measured).
+    """``model`` with its weights in the channels-last layout (faster 3D convolutions on CPU: docs/performance.md).
 
     Passes built by :func:`padded_batches` are channels-last too.
     """

@@ -5,10 +5,9 @@ Two registration-quality numbers per scan. The normalised cross-correlation
 template inside the template's brain mask measures how well the inside of the
 brain lines up; it cannot see the brain's outline drifting out of that mask.
 The Dice overlap of the registered brain mask with the template's brain mask
-does (measured on the two real heads: 0.977 / 0.974 with the default
-registration, 0.957 / 0.949 when the metric was restricted to the template
-mask, which raised NCC from 0.87 to 0.90), and it also shows a brain
-extraction that cut off or kept too much. A scan is flagged as an outlier
+does (``docs/performance.md``: a registration restricted to the template mask
+raised NCC and lowered this Dice), and it also shows a brain extraction that
+cut off or kept too much. A scan is flagged as an outlier
 when either number is below its floor (:data:`MIN_NCC`, :data:`MIN_DICE`) or
 below the cohort median minus :data:`MAD_FACTOR` scaled median absolute
 deviations (the scaled MAD taken as at least :data:`MIN_SPREAD`, so a cohort
