@@ -15,7 +15,9 @@ Outputs per scan and method: ``desc-<Method>_heatmap.nii.gz`` in template
 space at the model's resolution (float32) with a sidecar, and with
 ``--native-space`` the same map on the subject's T1w grid (``space-T1w``).
 Every sidecar records the explained output (``ExplainedOutput``,
-``--explain-output``) and whether the map is zero everywhere (``AllZero``;
+``--explain-output``), whether forward-only passes (predictions, occlusion
+drops) ran in mixed precision (``MixedPrecision``: on CUDA unless
+``--no-amp``; a change recomputes the maps) and whether the map is zero everywhere (``AllZero``;
 such maps are counted in a warning per method, and the group means leave
 them out), and ``ModelBetterThanChance``: the cross-validated model's verdict
 against chance (``models/<model>/verdict.json``; null before it exists). IG
@@ -193,7 +195,8 @@ class HeatmapRun:
     def expected(self, method: Method, a: Assignment) -> dict:
         """Sidecar values that must match for an existing heatmap to be reused."""
         values = {"Method": method.name, "Parameters": json.loads(json.dumps(method.parameters())),
-                  "Model": self.config.training.model, "Fold": a.fold_label, "TargetClass": self.target(a)}
+                  "Model": self.config.training.model, "Fold": a.fold_label, "TargetClass": self.target(a),
+                  "MixedPrecision": self.context.amp}
         if a.fold is None:
             values["FoldsAveraged"] = list(self.folds)
         return values
