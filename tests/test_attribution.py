@@ -146,15 +146,29 @@ def test_readme_methods_table_is_the_registry_s():
     assert methods_markdown() in (REPO / "README.md").read_text()
 
 
+@pytest.mark.parametrize("name", method_names())
+def test_a_method_receives_only_its_own_options(name):
+    method = METHODS[name](HeatmapOptions(), context())
+    own = {"explain_output", *METHODS[name].uses}
+    for field in dataclasses.fields(HeatmapOptions):
+        if field.name in own:
+            assert getattr(method.options, field.name) == field.default
+        else:
+            with pytest.raises(AttributeError, match=f"{name} reads option '{field.name}' without declaring it"):
+                getattr(method.options, field.name)
+
+
 def test_registering_a_method_that_breaks_the_contract_fails_naming_it():
     class Half(Method):
         name = "Other"
         signed = "yes"
         slow = True
         default = True
+        uses = ("ig_steps", "ig_stepz")
 
-    with pytest.raises(TypeError, match=r"'Half'.*name attribute is 'Other'.*declare signed.*declare order.*slow "
-                                        r"method cannot be a default.*implement attribute, parameters"):
+    broken = (r"'Half'.*name attribute is 'Other'.*declare signed.*declare order.*uses names no heatmap option: "
+              r"ig_stepz.*slow method cannot be a default.*implement attribute, parameters")
+    with pytest.raises(TypeError, match=broken):
         METHODS.register("Half")(Half)
     assert "Half" not in METHODS
 

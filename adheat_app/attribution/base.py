@@ -17,6 +17,7 @@ same files.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -151,6 +152,25 @@ def class_probability(model: nn.Module, volumes: torch.Tensor, targets: torch.Te
     return prob[torch.arange(len(volumes)), targets]
 
 
+class MethodOptions:
+    """The options one method receives: ``explain_output`` and the fields it declares (:attr:`Method.uses`).
+
+    Reading any other option raises an ``AttributeError`` naming the method
+    and the missing declaration.
+    """
+
+    def __init__(self, method: str, values: dict):
+        self._method = method
+        self._values = dict(values)
+
+    def __getattr__(self, field: str):
+        values = self.__dict__.get("_values", {})
+        if field not in values:
+            raise AttributeError(f"heatmap method {self.__dict__.get('_method')} reads option {field!r} without "
+                                 "declaring it in its `uses`")
+        return values[field]
+
+
 class Method(ABC):
     """A heatmap method (one subclass per file, registered by CLI name).
 
@@ -163,8 +183,9 @@ class Method(ABC):
 
     Parameters
     ----------
-    options : HeatmapOptions
-        Heatmap options of the run.
+    options : HeatmapOptions or MethodOptions
+        Heatmap options of the run; the method keeps only ``explain_output``
+        and the fields it declares in :attr:`uses` (:class:`MethodOptions`).
     context : MethodContext
         Grid, batch size, seed and device.
     """
@@ -187,11 +208,14 @@ class Method(ABC):
     summary: ClassVar[str]
     #: Why a fast method is not a default (README.md's table).
     default_note: ClassVar[str] = ""
+    #: The :class:`~adheat_app.config.HeatmapOptions` fields the method reads, besides ``explain_output``.
+    uses: ClassVar[tuple[str, ...]] = ()
     #: Why a map of this method can be zero everywhere (appended to the runner's warning).
     all_zero_reason: ClassVar[str] = ""
 
-    def __init__(self, options: HeatmapOptions, context: MethodContext):
-        self.options = options
+    def __init__(self, options: HeatmapOptions | MethodOptions, context: MethodContext):
+        self.options = MethodOptions(getattr(self, "name", type(self).__name__),
+                                     {field: getattr(options, field) for field in ("explain_output", *self.uses)})
         self.context = context
         #: Per-scan values for the sidecar by scan key, filled by :meth:`attribute` (e.g. IG's completeness).
         self.diagnostics: dict[str, dict] = {}
@@ -306,6 +330,10 @@ def check_method(name: str, cls: type) -> None:
                             ("summary", str), ("default_note", str)):
         if not isinstance(getattr(cls, attribute, None), kind):
             problems.append(f"declare {attribute} ({kind.__name__})")
+    fields = {f.name for f in dataclasses.fields(HeatmapOptions)}
+    unknown = [u for u in getattr(cls, "uses", ()) if u not in fields]
+    if unknown:
+        problems.append(f"uses names no heatmap option: {', '.join(unknown)}")
     if getattr(cls, "slow", False) and getattr(cls, "default", False):
         problems.append("a slow method cannot be a default")
     if getattr(cls, "__abstractmethods__", None):

@@ -64,6 +64,7 @@ class IG(Method):
 
     name = "IG"
     signed = True
+    uses = ("ig_steps", "ig_baseline")
     order = 1
     default = True
     sets = ("wang2023",)

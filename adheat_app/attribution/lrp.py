@@ -267,6 +267,7 @@ class LRP(GradientMethod):
 
     name = "LRP"
     signed = True
+    uses = ("lrp_rule", "lrp_epsilon")
     order = 2
     sets = ("wang2023",)
     source = "Wang 2023"

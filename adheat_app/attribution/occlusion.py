@@ -43,6 +43,7 @@ class Ablation(Method):
 
     signed = False
     slow = True
+    uses = ("occlusion_fill",)
 
     @property
     def needs_template(self) -> bool:
@@ -181,6 +182,7 @@ class Occlusion(Ablation):
     """A cube of zeros slid over the scan (unsigned)."""
 
     name = "Occlusion"
+    uses = ("occlusion_fill", "occlusion_size", "occlusion_stride")
     order = 6
     sets = ("rieke2018",)
     source = "Rieke 2018"
