@@ -11,8 +11,7 @@ least as well as :data:`TEMPLATE_SPACE_NCC`), resampling to the analysis
 grid, intensity normalisation inside the warped brain mask
 (:mod:`.intensity`) and quality control (:mod:`.qc`). N4 runs on the brain
 alone: the bias field that matters is the brain's, and the cropped brain is
-half the voxels of the head (measured: 12 s instead of 25 s on a 0.88 mm
-head, same registration quality).
+half the voxels of the head (half the time: ``docs/performance.md``).
 
 Everything is computed in memory and under the job's own folder of the work
 directory (which also receives antspyx's temporary files); outputs are written
