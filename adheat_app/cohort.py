@@ -18,7 +18,7 @@ import numpy as np
 from adheat_app.bids import Derivatives, T1wInput, read_participants
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
-from adheat_app.layout import find_preproc, preproc_paths, scan_key
+from adheat_app.layout import find_preproc, logjacobian_path, preproc_paths, scan_key
 
 LOGGER = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ class Scan:
         BIDS labels (without prefixes).
     image, mask : Path
         Template-space preprocessed T1w and brain mask.
+    logjacobian : Path or None
+        Template-space log Jacobian determinant (written after SyN registration; None when absent).
     diagnosis : str or None
         Value of the label column in ``participants.tsv``.
     target : int or None
@@ -45,6 +47,7 @@ class Scan:
     mask: Path
     diagnosis: str | None
     target: int | None
+    logjacobian: Path | None = None
 
     @property
     def key(self) -> str:
@@ -117,7 +120,9 @@ def load_cohort(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) 
         diagnosis = None if diagnosis is None or (isinstance(diagnosis, float) and np.isnan(diagnosis)) \
             else str(diagnosis)
         target = {tr.positive_label: 1, tr.negative_label: 0}.get(diagnosis)
-        scans.append(Scan(t.subject, t.session, image, mask, diagnosis, target))
+        logjacobian = logjacobian_path(derivs.root, t, space, res_label)
+        scans.append(Scan(t.subject, t.session, image, mask, diagnosis, target,
+                          logjacobian if logjacobian.is_file() else None))
     cohort = Cohort(tuple(scans), space, res_label, tr.positive_label, tr.negative_label)
     others = sorted({s.diagnosis or "n/a" for s in scans if s.target is None})
     if others:

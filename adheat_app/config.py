@@ -107,6 +107,10 @@ class TrainingOptions:
         "model A; Adam 1e-4, weight decay 1e-4, batch 5, up to 200 epochs, early stopping with patience 10). "
         "Training options given explicitly override the preset.", choices=("adheat", "rieke2018", "wang2023"))
     model: str = option("resnet3d", "CNN architecture (see 'Models' in README).", type=str)
+    input: str = option("intensity", "What the CNN and the SVM read: the preprocessed T1w (intensity), the log "
+                        "Jacobian determinant of its deformation to the template (logjacobian; needs "
+                        "--registration syn at the participant level), or both as two channels.",
+                        choices=("intensity", "logjacobian", "both"))
     folds: int = option(5, "Number of cross-validation folds (split by subject, stratified).", type=int)
     fold: int | None = option(None, "Train only this fold (0-based), e.g. one scheduler job per fold.",
                               type=int)
@@ -123,8 +127,8 @@ class TrainingOptions:
                            "over the first tenth of the steps, then cosine decay to 0) or constant.",
                            choices=("cosine", "constant"))
     input_noise: float = option(1.0, "Standard deviation of the Gaussian noise added to the brain voxels of "
-                                "every training volume (in normalised intensity units: white matter = 1 with "
-                                "--intensity-norm whitematter); 0 = none.", type=float)
+                                "every training volume, in the units of each input channel (white matter = 1 "
+                                "with --intensity-norm whitematter; log Jacobian / 0.2); 0 = none.", type=float)
     patience: int = option(0, "Early stopping: epochs without validation-loss improvement (0 = no early "
                            "stopping: the model of the last epoch is kept).", type=int)
     val_fraction: float = option(0.0, "Fraction of each training fold's subjects held out as a validation set "

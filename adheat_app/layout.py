@@ -14,6 +14,7 @@ Layout of an output folder::
 
     sub-<s>/[ses-<x>/]anat/<key>_space-<S>_res-<r>_desc-preproc_T1w.nii.gz   preprocessed T1w (+ .json)
     sub-<s>/[ses-<x>/]anat/<key>_space-<S>_res-<r>_desc-brain_mask.nii.gz    brain mask
+    sub-<s>/[ses-<x>/]anat/<key>_space-<S>_res-<r>_desc-logjacobian_T1w.nii.gz log Jacobian determinant (SyN)
     sub-<s>/[ses-<x>/]anat/<key>_space-<S>_res-<r>_desc-<Method>_heatmap.nii.gz
     sub-<s>/figures/<key>_desc-reg_T1w.svg                                    registration QC figure
     group/<Method>/space-<S>_res-<r>_label-<L>_desc-<Method>_stat-<stat>_heatmap.nii.gz
@@ -156,6 +157,11 @@ def preproc_paths(root: Path, scan: ScanLike, space: str, res: str) -> tuple[Pat
     image = subject_path(root, scan.subject, scan.session, "T1w", space=space, res=res, desc="preproc")
     mask = subject_path(root, scan.subject, scan.session, "mask", space=space, res=res, desc="brain")
     return image, mask
+
+
+def logjacobian_path(root: Path, scan: ScanLike, space: str, res: str) -> Path:
+    """The log Jacobian determinant map of one scan's registration on the ``space``/``res`` grid."""
+    return subject_path(root, scan.subject, scan.session, "T1w", space=space, res=res, desc="logjacobian")
 
 
 def find_preproc(root: Path, subject: str = "*", extension: str = ".nii.gz") -> list[tuple[Path, Name]]:

@@ -5,7 +5,7 @@ subjects with planted atrophy, as ``tests/conftest.make_preprocessed_cohort``
 does, without registration) at 2 mm, then trains ``--model`` for a few epochs
 in two ways, alternating epoch by epoch, with CPU memory kept for reuse as the
 training runner does (:func:`~adheat_app.memory.reuse_cpu_memory`):
-reading batches from :func:`adheat_app.volumes.load_volumes` (float16 memmap,
+reading batches from :func:`adheat_app.volumes.load_channels` (float16 memmap,
 as :mod:`adheat_app.training.loop` does) and decoding the ``.nii.gz``
 files for every batch. Prints volumes per second, the fraction of step time
 spent waiting for data, and the ratios. Not a test: the numbers depend on the
@@ -34,7 +34,7 @@ from adheat_app.io import save_nifti
 from adheat_app.models import MODELS
 from adheat_app.memory import reuse_cpu_memory
 from adheat_app.training.loop import batches, read_batch
-from adheat_app.volumes import load_volumes
+from adheat_app.volumes import load_channels
 
 
 def write_cohort(folder: Path, n_subjects: int, resolution: float) -> tuple[list[Path], np.ndarray]:
@@ -91,9 +91,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths, targets = write_cohort(Path(tmp) / "images", args.subjects, args.resolution)
         tic = time.perf_counter()
-        volumes = load_volumes(paths, Path(tmp) / "work")
+        volumes = load_channels([(p,) for p in paths], Path(tmp) / "work")
         decode = time.perf_counter() - tic
-        shape = volumes.shape[1:]
+        shape = volumes.shape[2:]
         print(f"{args.subjects} volumes of {'x'.join(map(str, shape))} ({args.resolution:g} mm), model "
               f"{args.model}, batch {args.batch_size}, {args.epochs} epochs, {args.threads} torch thread(s); "
               f"cache built once in {decode:.2f} s")

@@ -57,10 +57,10 @@ class TinyCNN(nn.Module):
     """Two or three conv blocks and a two-layer head, per the model contract."""
 
     def __init__(self, shape: tuple[int, int, int], channels=(4, 8), bias: bool = True, hidden: int = 16,
-                 downsample: int = 1, padding: int = 0):
+                 downsample: int = 1, padding: int = 0, in_channels: int = 1):
         super().__init__()
         blocks = [nn.AvgPool3d(downsample)] if downsample > 1 else []
-        grid, c_in = [n // downsample for n in shape], 1
+        grid, c_in = [n // downsample for n in shape], in_channels
         for c_out in channels:
             blocks += [nn.Conv3d(c_in, c_out, 3, bias=bias, padding=padding), nn.BatchNorm3d(c_out), nn.ReLU(),
                        nn.MaxPool3d(2)]
@@ -102,8 +102,8 @@ def context(batch: int = 4, resolution: float = 4.0, seed: int = 0) -> MethodCon
     return MethodContext(resolution, "MNI152NLin2009cAsym", batch, seed, CPU)
 
 
-def volumes(n: int = 3, seed: int = 1) -> torch.Tensor:
-    return torch.randn((n, 1, *GRID), generator=torch.Generator().manual_seed(seed))
+def volumes(n: int = 3, seed: int = 1, channels: int = 1) -> torch.Tensor:
+    return torch.randn((n, channels, *GRID), generator=torch.Generator().manual_seed(seed))
 
 
 def on_test_grid(name: str, options: HeatmapOptions, ctx: MethodContext) -> Method:
@@ -615,6 +615,30 @@ def test_area_occlusion_equals_captum_feature_ablation(prepared, fill):
         x, target=targets, baselines=baselines, feature_mask=labels[None, None])
     assert float(ours.max()) > 1e-3
     np.testing.assert_allclose(ours.numpy(), reference[:, 0].clamp(min=0).numpy(), atol=1e-6)
+
+
+def test_two_channel_inputs_get_one_map_per_channel_equal_to_captum():
+    """--input both: every method returns (N, 2, X, Y, Z); gradients, IG and occlusion per channel equal captum's."""
+    model = random_model(seed=12, padding=1, in_channels=2)
+    x, targets, keys = volumes(2, seed=13, channels=2), torch.tensor([1, 0]), ["a", "b"]
+    template = volumes(1, seed=14, channels=2)[0]
+    options = HeatmapOptions(ig_steps=8, noise_steps=2, occlusion_size=24.0, occlusion_stride=16.0)
+    maps = {}
+    for name in method_names():
+        method = on_test_grid(name, options, context(batch=3))
+        maps[name] = method.attribute(method.prepare(model, x[:1]), x, targets, keys, template=template)
+        assert maps[name].shape == (2, 2, *GRID), name
+        assert float(maps[name][:, 1].abs().max()) > 0, name  # the second channel is explained too
+    wrapped = OutputModel(model, "difference")
+    inputs = x.clone().requires_grad_(True)
+    saliency = Saliency(wrapped).attribute(inputs, target=targets, abs=True)
+    np.testing.assert_allclose(maps["Saliency"].numpy(), saliency.numpy(), atol=1e-5 * float(saliency.max()))
+    ig = IntegratedGradients(wrapped, multiply_by_inputs=True).attribute(
+        x, baselines=template[None].expand_as(x), target=targets, n_steps=8, method="gausslegendre")
+    np.testing.assert_allclose(maps["IG"].numpy(), ig.numpy(), atol=1e-4 * float(ig.abs().max()))
+    occlusion = CaptumOcclusion(wrapped).attribute(x, sliding_window_shapes=(1, 6, 6, 6), strides=(1, 4, 4, 4),
+                                                   baselines=template[None].expand_as(x), target=targets)
+    np.testing.assert_allclose(maps["Occlusion"].numpy(), occlusion.clamp(min=0).numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("name", method_names())

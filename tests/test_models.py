@@ -88,6 +88,7 @@ def test_too_small_grid_is_a_clear_error(name):
 def test_every_model_keeps_the_contract_the_heatmap_methods_rely_on(name):
     """What registering checked, on the other 4 mm grid: last_conv, torch.flatten, ReLU modules, conv -> BN, fx."""
     assert contract_violations(MODELS[name](GRID_4MM[1])) == []
+    assert contract_violations(MODELS[name](GRID_4MM[1], 2), 2) == []
 
 
 class _Broken(nn.Module):
@@ -127,10 +128,12 @@ class _Untraceable(nn.Module):
 
 def test_registering_a_model_that_breaks_the_contract_fails_naming_every_rule():
     with pytest.raises(TypeError, match=r"'broken'.*last_conv.*nn.Flatten.*inplace.*BatchNorm3d.*logits \(N, 2\)"):
-        MODELS.register("broken")(lambda shape: _Broken())
+        MODELS.register("broken")(lambda shape, channels=1: _Broken())
     with pytest.raises(TypeError, match=r"'untraceable'.*torch.fx cannot trace"):
-        MODELS.register("untraceable")(lambda shape: _Untraceable())
-    assert "broken" not in MODELS and "untraceable" not in MODELS
+        MODELS.register("untraceable")(lambda shape, channels=1: _Untraceable())
+    with pytest.raises(TypeError, match=r"'onechannel'.*builder must take the number of input channels"):
+        MODELS.register("onechannel")(lambda shape: MODELS["rieke2018"](shape))
+    assert not {"broken", "untraceable", "onechannel"} & set(MODELS)
     state = torch.random.get_rng_state()
     check_model("rieke2018", MODELS["rieke2018"])
     assert torch.equal(torch.random.get_rng_state(), state)  # checking leaves the caller's random state alone

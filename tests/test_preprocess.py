@@ -299,6 +299,13 @@ def test_outputs_sidecars_figure_and_qc_table(simulated):
         # white-matter scaling (the default): the template's white matter inside the brain has median 1
         white_matter = intensity.template_white_matter(np.asarray(template.t1w.dataobj), template.mask_array() > 0)
         assert np.median(data[white_matter & mask]) == pytest.approx(1.0, abs=1e-4) and not data[~mask].any()
+        logjac = np.asarray(nib.load(paths.logjacobian).dataobj)  # small anatomy changes, global scale removed
+        brain = template.mask_array()
+        assert not logjac[~brain].any() and 0 < np.abs(logjac[brain]).mean() < 0.3
+        assert json.loads(paths.logjacobian.with_name(paths.logjacobian.name.replace(".nii.gz", ".json"))
+                          .read_text())["FoldedVoxels"] == 0
+    skipped = pipeline.output_paths(derivs, simulated["inputs"][3], template).logjacobian
+    assert not np.asarray(nib.load(skipped).dataobj).any()  # registration skipped: the identity deforms nothing
     table = pd.read_csv(derivs.root / "group" / "preproc_qc.tsv", sep="\t", dtype={"subject": str})
     assert table["subject"].tolist() == ["01", "02", "04"]
     assert {"ncc", "brain_dice", "folded_percent", "outlier"} <= set(table.columns) and not table["outlier"].any()
@@ -325,6 +332,33 @@ def test_jacobian_of_a_known_affine_is_its_determinant(tmp_path):
     determinant = register.jacobian(tmp_path / "scale.mat", grid, tmp_path / "work")
     assert determinant.shape == (12, 14, 10)
     np.testing.assert_allclose(determinant[2:-2, 2:-2, 2:-2], 1.1 * 1.2 * 0.9, rtol=1e-3)
+
+
+def test_log_jacobian_removes_global_scale_and_keeps_a_local_contraction(tmp_path):
+    """phi(x) = s (x - c) + c - a (x - p) g(x), g a Gaussian bump at p: det J(p) = (s - a)^3 (hand-computed), so
+    the log Jacobian beyond the global scale s is 3 log(1 - a / s) at p and 0 far from it."""
+    import ants
+
+    s, a, sigma = 1.1, 0.2, 10.0
+    grid = nib.Nifti1Image(np.zeros((56, 60, 56), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    image = register.to_ants(grid)
+    index = np.indices(grid.shape).reshape(3, -1).T
+    points = (np.asarray(image.direction) @ (index * np.asarray(image.spacing)).T).T + np.asarray(image.origin)
+    centre = points.mean(axis=0)
+    bump = points[np.argmin(((points - centre - np.array([10.0, -6.0, 4.0])) ** 2).sum(1))]  # a grid point
+    weight = np.exp(-((points - bump) ** 2).sum(1) / (2 * sigma ** 2))[:, None]
+    displacement = (s - 1) * (points - centre) - a * (points - bump) * weight
+    field = ants.from_numpy(displacement.reshape(*grid.shape, 3).astype(np.float32), origin=image.origin,
+                            spacing=image.spacing, direction=image.direction, has_components=True)
+    ants.image_write(field, str(tmp_path / "warp.nii.gz"))
+    mask = np.zeros(grid.shape, bool)
+    mask[4:-4, 4:-4, 4:-4] = True
+    logjac, info = register.log_jacobian(tmp_path / "warp.nii.gz", grid, mask, tmp_path / "work")
+    assert info["GlobalLogDeterminant"] == pytest.approx(3 * np.log(s), abs=0.01) and info["FoldedVoxels"] == 0
+    at_bump = int(np.argmin(((points - bump) ** 2).sum(1)))
+    assert logjac.reshape(-1)[at_bump] == pytest.approx(3 * np.log(1 - a / s), abs=0.03)
+    far = (((points - bump) ** 2).sum(1) > (3.5 * sigma) ** 2) & mask.reshape(-1)
+    assert np.abs(logjac.reshape(-1)[far]).max() < 0.02 and not logjac[~mask].any()
 
 
 @pytest.mark.slow

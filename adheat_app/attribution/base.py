@@ -171,6 +171,11 @@ class MethodOptions:
         return values[field]
 
 
+def per_channel(maps: torch.Tensor) -> torch.Tensor:
+    """Maps ``(N, C, X, Y, Z)`` as :meth:`Method.attribute` returns them: ``(N, X, Y, Z)`` when ``C`` is 1."""
+    return maps[:, 0] if maps.shape[1] == 1 else maps
+
+
 class Method(ABC):
     """A heatmap method (one subclass per file, registered by CLI name).
 
@@ -257,19 +262,20 @@ class Method(ABC):
             Classifier in eval mode, parameters frozen, on ``context.device``
             (as it is, or as :meth:`prepare` returned it).
         volumes : torch.Tensor
-            ``(N, 1, X, Y, Z)`` float32 on ``context.device``.
+            ``(N, C, X, Y, Z)`` float32 on ``context.device`` (``C`` input channels, ``--input``).
         targets : torch.Tensor
             ``(N,)`` int64 class explained per volume.
         keys : list of str
             Scan keys (per-scan seeds of stochastic methods, keys of :attr:`diagnostics`).
         template : torch.Tensor, optional
-            ``(X, Y, Z)`` mean image of the model's training scans (methods whose
-            :attr:`needs_template` is true).
+            ``(C, X, Y, Z)`` (or ``(X, Y, Z)`` for one channel) mean input of the model's training scans
+            (methods whose :attr:`needs_template` is true).
 
         Returns
         -------
         torch.Tensor
-            ``(N, X, Y, Z)`` float32.
+            ``(N, X, Y, Z)`` float32 for a one-channel input; ``(N, C, X, Y, Z)``, one map per channel,
+            otherwise (:func:`per_channel`).
         """
 
 
@@ -293,17 +299,17 @@ class GradientMethod(Method):
 
     @abstractmethod
     def explain(self, model: nn.Module, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Maps ``(B, 1, X, Y, Z)`` of one full pass (``targets`` already padded)."""
+        """Maps ``(B, C, X, Y, Z)`` of one full pass (``targets`` already padded)."""
 
     def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str],
                   template: torch.Tensor | None = None) -> torch.Tensor:
         """Heatmaps, one padded pass of ``context.batch`` scans at a time."""
-        out = torch.empty((len(volumes), *volumes.shape[2:]), device=volumes.device)
+        out = torch.empty(volumes.shape, device=volumes.device)
         for index, rows in padded_batches(len(volumes), self.context.batch, lambda i: volumes[i]):
             rows.requires_grad_(True)
             maps = self.explain(model, rows, pad_targets(targets[index], self.context.batch))
-            out[index] = maps[: len(index), 0].detach().float()
-        return out
+            out[index] = maps[: len(index)].detach().float()
+        return per_channel(out)
 
 
 def check_method(name: str, cls: type) -> None:

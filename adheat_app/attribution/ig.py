@@ -45,7 +45,7 @@ from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import nn
 
 from adheat_app.attribution import METHODS
-from adheat_app.attribution.base import Method, class_logits, pad_targets, padded_batches
+from adheat_app.attribution.base import Method, class_logits, pad_targets, padded_batches, per_channel
 from adheat_app.attribution.canonize import InputSplit, split_on_cpu
 from adheat_app.attribution.output import explained
 from adheat_app.attribution.references import BLUR_FWHM_MM, blurred
@@ -85,14 +85,14 @@ class IG(Method):
         return self.options.ig_baseline == "template"
 
     def baseline(self, volumes: torch.Tensor, template: torch.Tensor | None) -> torch.Tensor:
-        """Baseline images: ``(1, 1, X, Y, Z)`` shared (zero, template) or ``(N, 1, X, Y, Z)`` (blurred)."""
+        """Baseline images: ``(1, C, X, Y, Z)`` shared (zero, template) or ``(N, C, X, Y, Z)`` (blurred)."""
         if self.options.ig_baseline == "zero":
             return torch.zeros_like(volumes[:1])
         if self.options.ig_baseline == "blurred":
             return blurred(volumes, self.context.resolution)
         if template is None:
             raise ValueError("--ig-baseline template needs the fold's training mean image")
-        return template.to(volumes.device).reshape(1, 1, *volumes.shape[2:])
+        return template.to(volumes.device).reshape(1, *volumes.shape[1:])
 
     def prepare(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
         """The model split at its input convolution, on the CPU where it can be (see the module docstring)."""
@@ -103,13 +103,13 @@ class IG(Method):
         """IG of every scan, ``context.batch`` scans at a time; the completeness error per scan in :attr:`diagnostics`."""
         base = self.baseline(volumes, template)
         layer, rest = (model.layer, model.rest) if isinstance(model, InputSplit) else (None, model)
-        out = torch.empty((len(volumes), *volumes.shape[2:]), device=volumes.device)
+        out = torch.empty(volumes.shape, device=volumes.device)
         for start in range(0, len(volumes), self.context.batch):
             part = slice(start, start + self.context.batch)
             out[part] = self._integrate(layer, rest, base[part] if len(base) > 1 else base, volumes[part],
                                         targets[part])
         self._record_completeness(model, volumes, base.expand_as(volumes), targets, keys, out)
-        return out
+        return per_channel(out)
 
     def _record_completeness(self, model: nn.Module, volumes: torch.Tensor, base: torch.Tensor,
                              targets: torch.Tensor, keys: list[str], maps: torch.Tensor) -> None:
@@ -165,4 +165,4 @@ class IG(Method):
             total = torch.cat([torch.nn.grad.conv3d_input((1, *volumes.shape[1:]), layer.weight, t[None],
                                                           layer.stride, layer.padding, layer.dilation, layer.groups)
                                for t in total])
-        return (total * delta)[:, 0]
+        return total * delta

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adheat_app.attribution import METHODS
-from adheat_app.attribution.base import Method, pad_targets, padded_batches, scan_seed
+from adheat_app.attribution.base import Method, pad_targets, padded_batches, per_channel, scan_seed
 from adheat_app.attribution.output import explained
 
 COARSE = 4
@@ -70,10 +70,10 @@ class NoiseImportance(Method):
         shape = tuple(volumes.shape[2:])
         coarse = tuple(max(1, -(-n // COARSE)) for n in shape)
         batch = self.context.batch
-        out = torch.empty((len(volumes), *shape), device=volumes.device)
+        out = torch.empty(volumes.shape, device=volumes.device)
         for index, rows in padded_batches(len(volumes), batch, lambda i: volumes[i]):
             generators = [torch.Generator().manual_seed(scan_seed(self.context.seed, keys[i])) for i in index]
-            theta = torch.zeros((batch, 1, *coarse), device=volumes.device, requires_grad=True)
+            theta = torch.zeros((batch, volumes.shape[1], *coarse), device=volumes.device, requires_grad=True)
             optimiser = torch.optim.Adam([theta], lr=LEARNING_RATE)
             chosen = pad_targets(targets[index], batch)
             for _ in range(self.options.noise_steps):
@@ -89,5 +89,5 @@ class NoiseImportance(Method):
                 optimiser.step()
             with torch.no_grad():
                 tolerance = F.interpolate(torch.sigmoid(theta), size=shape, mode="trilinear", align_corners=False)
-            out[index] = 1 - tolerance[: len(index), 0]
-        return out
+            out[index] = 1 - tolerance[: len(index)]
+        return per_channel(out)

@@ -2,7 +2,8 @@
 
 Relevance of a voxel = drop of the explained output (``--explain-output``,
 :mod:`.output`; Rieke et al. used the class probability) when a patch
-covering it is replaced by the fill (``--occlusion-fill``, :mod:`.references`:
+covering it (in one input channel at a time: one map per channel) is replaced
+by the fill (``--occlusion-fill``, :mod:`.references`:
 ``zero`` or ``template``, the fold's training mean image), averaged over the patches that cover it (captum's
 :class:`~captum.attr.Occlusion` convention, so the results are equal), then
 clipped at 0 as Rieke et al. do. Patch edge and stride are options in mm
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adheat_app.attribution import METHODS
-from adheat_app.attribution.base import Method, class_logits, padded_batches
+from adheat_app.attribution.base import Method, class_logits, padded_batches, per_channel
 from adheat_app.attribution.canonize import InputSplit, split_on_cpu
 from adheat_app.attribution.inputconv import is_local_single_channel
 from adheat_app.attribution.output import output_drop
@@ -51,7 +52,7 @@ class Ablation(Method):
         return self.options.occlusion_fill == "template"
 
     def fill(self, template: torch.Tensor | None) -> torch.Tensor | None:
-        """The fill image ``(X, Y, Z)``, or None for zeros."""
+        """The fill image (``(C, X, Y, Z)`` or ``(X, Y, Z)``), or None for zeros."""
         if self.options.occlusion_fill == "zero":
             return None
         if template is None:
@@ -68,44 +69,45 @@ class Ablation(Method):
 
     def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str],
                   template: torch.Tensor | None = None) -> torch.Tensor:
-        """Occlusion maps of every scan, (scan, set) pairs packed into padded passes."""
-        shape = tuple(volumes.shape[2:])
+        """Occlusion maps of every scan and input channel, (scan, channel, set) items packed into padded passes."""
+        shape, channels = tuple(volumes.shape[2:]), volumes.shape[1]
         fill = self.fill(template)
-        fill = None if fill is None else fill.to(volumes.device).reshape(shape)
+        fill = None if fill is None else fill.to(volumes.device).reshape(channels, *shape)
         sets = self.occluded_sets(shape, volumes.device)
         clean = class_logits(model, volumes, self.context)
-        total = torch.zeros((len(volumes), *shape), device=volumes.device)
+        total = torch.zeros(volumes.shape, device=volumes.device)
         count = torch.zeros(shape, device=volumes.device)
         for occluded in sets:
             count[occluded] += 1
-        item_scan = np.repeat(np.arange(len(volumes)), len(sets))
-        item_set = np.tile(np.arange(len(sets)), len(volumes))
+        item_scan = np.repeat(np.arange(len(volumes)), channels * len(sets))
+        item_channel = np.tile(np.repeat(np.arange(channels), len(sets)), len(volumes))
+        item_set = np.tile(np.arange(len(sets)), channels * len(volumes))
         if isinstance(model, InputSplit) and is_local_single_channel(model.layer):
             network, rows_of = model.rest, _LayerRows(model.layer, volumes, sets, fill)
         else:
             network, rows_of = model, _InputRows(volumes, sets, fill)
         with torch.inference_mode(), torch.autocast(self.context.device.type, enabled=self.context.amp):
-            build = lambda index: rows_of(item_scan[index], item_set[index])  # noqa: E731
+            build = lambda index: rows_of(item_scan[index], item_channel[index], item_set[index])  # noqa: E731
             for index, rows in padded_batches(len(item_scan), self.context.batch, build):
                 logits = network(rows).float()[: len(index)]
                 scans = item_scan[index]
                 drop = output_drop(clean[scans], logits, targets[scans], self.output)
                 for row, item in enumerate(index):
-                    total[item_scan[item]][sets[item_set[item]]] += drop[row]
-        return (total / count.clamp(min=1)).clamp(min=0)
+                    total[item_scan[item], item_channel[item]][sets[item_set[item]]] += drop[row]
+        return per_channel((total / count.clamp(min=1)).clamp(min=0))
 
 
 class _InputRows:
-    """Rows of occluded scans: a copy of the scan with the set filled (zeros, or the fill image's values)."""
+    """Rows of occluded scans: a copy of the scan with the set filled in one channel (zeros, or the fill's values)."""
 
     def __init__(self, volumes: torch.Tensor, sets: list[Occluded], fill: torch.Tensor | None):
         self.volumes, self.sets, self.fill = volumes, sets, fill
 
-    def __call__(self, scans: np.ndarray, set_numbers: np.ndarray) -> torch.Tensor:
+    def __call__(self, scans: np.ndarray, channels: np.ndarray, set_numbers: np.ndarray) -> torch.Tensor:
         rows = self.volumes[scans].clone()
-        for row, number in enumerate(set_numbers):
+        for row, (channel, number) in enumerate(zip(channels, set_numbers)):
             occluded = self.sets[number]
-            rows[row, 0][occluded] = 0 if self.fill is None else self.fill[occluded]
+            rows[row, channel][occluded] = 0 if self.fill is None else self.fill[channel][occluded]
         return rows
 
 
@@ -137,7 +139,8 @@ class _LayerRows:
             self.outputs[scan] = self.layer(volume)[0]
         return self.outputs[scan]
 
-    def __call__(self, scans: np.ndarray, set_numbers: np.ndarray) -> torch.Tensor:
+    def __call__(self, scans: np.ndarray, channels: np.ndarray, set_numbers: np.ndarray) -> torch.Tensor:
+        """Rows of ``scans`` with their sets occluded (one input channel: ``channels`` are all 0)."""
         first = self.output(int(scans[0]))
         if self.buffer is None or len(self.buffer) < len(scans):  # reused: a fresh one costs its page faults
             self.buffer = torch.empty((len(scans), *first.shape), dtype=first.dtype, device=first.device,
@@ -152,7 +155,7 @@ class _LayerRows:
             box = self.boxes[number]
             values = self.volumes[scan, 0][box]
             if self.fill is not None:
-                values = values - self.fill[box]
+                values = values - self.fill[0][box]
             if self.masks[number] is not None:
                 values = values * self.masks[number]
             change = F.conv3d(F.pad(values[None, None], margins), self.layer.weight)[0]

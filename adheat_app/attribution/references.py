@@ -44,7 +44,7 @@ TRAINING_MEAN = "training_mean.nii.gz"
 
 
 def blurred(volumes: torch.Tensor, resolution: float) -> torch.Tensor:
-    """Each volume ``(N, 1, X, Y, Z)`` smoothed by a Gaussian of :data:`BLUR_FWHM_MM` (zero beyond the grid)."""
+    """Each volume ``(N, C, X, Y, Z)`` smoothed by a Gaussian of :data:`BLUR_FWHM_MM` (zero beyond the grid)."""
     sigma = BLUR_FWHM_MM / resolution / np.sqrt(8 * np.log(2))
     data = volumes.detach().cpu().numpy()
     smooth = np.stack([gaussian_filter(v, sigma=(0, sigma, sigma, sigma), mode="constant") for v in data])
@@ -56,7 +56,9 @@ def _split_digest(fold_dir: Path) -> str:
 
 
 def training_mean(fold_dir: Path, cohort: Cohort, volumes: np.ndarray) -> np.ndarray:
-    """The mean image of a fold's training scans (float32 ``(X, Y, Z)``), read from or written to the fold folder.
+    """The mean input of a fold's training scans (float32 ``(C, X, Y, Z)``), read from or written to the fold folder.
+
+    The file holds ``(X, Y, Z)`` for one channel and ``(X, Y, Z, C)`` for several.
 
     Parameters
     ----------
@@ -65,7 +67,7 @@ def training_mean(fold_dir: Path, cohort: Cohort, volumes: np.ndarray) -> np.nda
     cohort : Cohort
         Scans of this run, in the order of ``volumes``.
     volumes : numpy.ndarray
-        ``(N, X, Y, Z)`` preprocessed scans of ``cohort``.
+        ``(N, C, X, Y, Z)`` inputs of ``cohort`` (:func:`adheat_app.inputs.load_inputs`).
 
     Raises
     ------
@@ -76,8 +78,11 @@ def training_mean(fold_dir: Path, cohort: Cohort, volumes: np.ndarray) -> np.nda
 
     path = fold_dir / TRAINING_MEAN
     digest = _split_digest(fold_dir)
-    if path.is_file() and sidecar_path(path).is_file() and read_json(sidecar_path(path)).get("SplitHash") == digest:
-        return np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    channels = volumes.shape[1]
+    side = read_json(sidecar_path(path)) if path.is_file() and sidecar_path(path).is_file() else {}
+    if side.get("SplitHash") == digest and side.get("Channels", 1) == channels:
+        data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+        return data[None] if data.ndim == 3 else np.moveaxis(data, -1, 0)
     split = read_split(fold_dir)
     train = {(str(r.subject), r.session) for r in split[split["set"] == "train"].itertuples()}
     rows = [i for i, scan in enumerate(cohort.scans) if (scan.subject, scan.session) in train]
@@ -90,10 +95,10 @@ def training_mean(fold_dir: Path, cohort: Cohort, volumes: np.ndarray) -> np.nda
         mean += np.asarray(volumes[i], np.float64)
     mean = (mean / len(rows)).astype(np.float32)
     affine = nib.load(cohort.scans[rows[0]].image).affine
-    save_nifti(path, nib.Nifti1Image(mean, affine))
+    save_nifti(path, nib.Nifti1Image(mean[0] if channels == 1 else np.moveaxis(mean, 0, -1), affine))
     write_json(sidecar_path(path), {
         "Description": "mean of the fold's training scans (split.tsv set 'train'): the 'template' IG baseline "
-                       "and occlusion fill", "SplitHash": digest, "NScans": len(rows),
+                       "and occlusion fill", "SplitHash": digest, "NScans": len(rows), "Channels": channels,
         "Scans": sorted(cohort.scans[i].key for i in rows)})
     LOGGER.info("%s: mean of %d training scans", path, len(rows))
     return mean

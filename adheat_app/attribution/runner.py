@@ -52,15 +52,30 @@ from adheat_app.bids import Derivatives, T1wInput, is_complete, software_version
 from adheat_app.cohort import Cohort, Scan
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
+from adheat_app.inputs import INPUTS, channel_paths, load_inputs
 from adheat_app.io import nifti_image, read_json
 from adheat_app.layout import heatmap_path, sidecar_path, trained_folds
 from adheat_app.templates import parse_resolution
-from adheat_app.volumes import load_volumes
 
 LOGGER = logging.getLogger(__name__)
 
 #: Scans held in memory at once, in multiples of the pass size.
 CHUNK_PASSES = 4
+
+
+def model_channels(cards: dict[int, dict]) -> tuple[str, ...]:
+    """The input channels of the fold models (their model cards' ``Input.Channels``; intensity before it existed).
+
+    Raises
+    ------
+    InputError
+        When the fold models were trained on different inputs.
+    """
+    found = {k: tuple(card["Input"].get("Channels", ["intensity"])) for k, card in cards.items()}
+    if len(set(found.values())) > 1:
+        raise InputError(f"the fold models were trained on different inputs ({found}); retrain them with one "
+                         "--input (--overwrite)")
+    return next(iter(found.values()))
 
 
 def raw_t1w(derivs: Derivatives, scan: Scan) -> T1wInput:
@@ -111,9 +126,18 @@ class HeatmapRun:
         self.config, self.derivs, self.cohort, self.folds = config, derivs, cohort, folds
         hm = config.heatmaps
         self.assignments = assign_folds(config, cohort, folds)
-        self.volumes = load_volumes([s.image for s in cohort.scans], config.work_dir)
         self.device = resolve_device(config)
-        shape = tuple(self.volumes.shape[1:])
+        self.models, cards = {}, {}
+        for k in folds:
+            model, cards[k] = load_fold_model(fold_dir(config, k), self.device)
+            for param in model.parameters():
+                param.requires_grad_(False)
+            self.models[k] = channels_last(model.eval())
+        #: Input channels of the models (their model cards: heatmaps always see what the models were trained on).
+        self.channels = model_channels(cards)
+        self.input = next(kind for kind, names in INPUTS.items() if names == self.channels)
+        self.volumes = load_inputs(cohort.scans, self.input, config.work_dir)
+        shape = tuple(self.volumes.shape[2:])
         self.context = MethodContext(parse_resolution(cohort.res_label), cohort.space,
                                      batch_size(hm, config.execution.mem_gb, shape), config.execution.seed,
                                      self.device, config.training.amp)
@@ -125,12 +149,6 @@ class HeatmapRun:
             LOGGER.warning("%s is not better than chance (models/%s/verdict.json): its heatmaps are written, but "
                            "they explain a model that did not learn to separate the classes",
                            config.training.model, config.training.model)
-        self.models = {}
-        for k in folds:
-            model, _ = load_fold_model(fold_dir(config, k), self.device)
-            for param in model.parameters():
-                param.requires_grad_(False)
-            self.models[k] = channels_last(model.eval())
         self.affine = nib.load(cohort.scans[0].image).affine
         self.all_zero = 0
         self.templates = self._training_means(any(m.needs_template for m in self.methods))
@@ -156,7 +174,7 @@ class HeatmapRun:
         return means
 
     def tensor(self, indices: list[int]) -> torch.Tensor:
-        """Scans as float32 ``(N, 1, X, Y, Z)`` on the device (cached float16 -> float32)."""
+        """Scans' inputs as float32 ``(N, C, X, Y, Z)`` on the device (cached float16 -> float32)."""
         from adheat_app.training.loop import read_batch
 
         return torch.from_numpy(read_batch(self.volumes, np.asarray(indices))).to(self.device)
@@ -188,15 +206,15 @@ class HeatmapRun:
             return int(a.scan.target)
         return predicted
 
-    def heatmap(self, a: Assignment, method: str) -> Path:
-        """The template-space heatmap of one scan and method."""
-        return heatmap_path(self.derivs.root, a.scan, self.cohort.space, self.cohort.res_label, method)
+    def heatmap(self, a: Assignment, name: str) -> Path:
+        """The template-space heatmap ``desc-<name>`` of one scan."""
+        return heatmap_path(self.derivs.root, a.scan, self.cohort.space, self.cohort.res_label, name)
 
     def expected(self, method: Method, a: Assignment) -> dict:
         """Sidecar values that must match for an existing heatmap to be reused."""
         values = {"Method": method.name, "Parameters": json.loads(json.dumps(method.parameters())),
-                  "Model": self.config.training.model, "Fold": a.fold_label, "TargetClass": self.target(a),
-                  "MixedPrecision": self.context.amp}
+                  "Model": self.config.training.model, "Input": self.input, "Fold": a.fold_label,
+                  "TargetClass": self.target(a), "MixedPrecision": self.context.amp}
         if a.fold is None:
             values["FoldsAveraged"] = list(self.folds)
         return values
@@ -220,8 +238,21 @@ class HeatmapRun:
 
     def write(self, method: Method, a: Assignment, data: np.ndarray, seconds: float,
               diagnostics: dict | None = None) -> None:
-        """Write one heatmap (and its native-space copy) with its sidecar (plus the method's ``diagnostics``)."""
-        path = self.heatmap(a, method.name)
+        """Write one heatmap (and its native-space copy) with its sidecar (plus the method's ``diagnostics``).
+
+        ``data`` is ``(X, Y, Z)``, or ``(C, X, Y, Z)`` for a several-channel input: then each channel's map is
+        written as ``desc-<Method><channel>`` and the method's own file holds their sum (written last).
+        """
+        if data.ndim == 4:
+            for name, channel in zip(self.channels, data):
+                self._write_map(method, a, f"{method.name}{name}", channel, seconds, diagnostics, {"Channel": name})
+            data = data.sum(axis=0)
+        self._write_map(method, a, method.name, data, seconds, diagnostics,
+                        {"Channels": list(self.channels), "ChannelsSummed": len(self.channels) > 1})
+
+    def _write_map(self, method: Method, a: Assignment, name: str, data: np.ndarray, seconds: float,
+                   diagnostics: dict | None, extra: dict) -> None:
+        path = self.heatmap(a, name)
         img = nifti_image(data.astype(np.float32), self.affine)
         sidecar = {
             **self.expected(method, a),
@@ -239,25 +270,26 @@ class HeatmapRun:
             "Software": software_versions(),
             "WallTimeSeconds": round(seconds, 3),
             **(diagnostics or {}),
-            "Sources": [self.derivs.source_uri(a.scan.image),
+            **extra,
+            "Sources": [*(self.derivs.source_uri(p) for p in channel_paths(a.scan, self.input)),
                         *(self.derivs.source_uri(self.model_files[k]) for k in self.models_of(a)),
                         *(self.derivs.source_uri(self.model_files[k].with_name(TRAINING_MEAN))
                           for k in self.models_of(a) if method.needs_template)],
         }
-        self.all_zero += sidecar["AllZero"]
+        self.all_zero += sidecar["AllZero"] and name == method.name
         self.derivs.write_image(path, img, sidecar)
         if self.config.heatmaps.native_space:
-            self.write_native(method, a, img, sidecar)
+            self.write_native(name, a, img, sidecar)
 
-    def write_native(self, method: Method, a: Assignment, img: nib.Nifti1Image, sidecar: dict) -> None:
-        """The heatmap on the subject's T1w grid, through the saved inverse transform."""
+    def write_native(self, name: str, a: Assignment, img: nib.Nifti1Image, sidecar: dict) -> None:
+        """The heatmap ``desc-<name>`` on the subject's T1w grid, through the saved inverse transform."""
         from adheat_app.preprocess import to_native
 
-        path = heatmap_path(self.derivs.root, a.scan, "T1w", None, method.name)
+        path = heatmap_path(self.derivs.root, a.scan, "T1w", None, name)
         native = to_native(img, self.derivs, raw_t1w(self.derivs, a.scan))
         self.derivs.write_image(path, native, {
             **sidecar, "Space": "T1w",
-            "Sources": [self.derivs.source_uri(self.heatmap(a, method.name))]})
+            "Sources": [self.derivs.source_uri(self.heatmap(a, name))]})
 
     def run_method(self, method: Method) -> None:
         """Every pending heatmap of one method: out-of-fold scans, then fold means."""

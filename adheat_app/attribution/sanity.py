@@ -141,6 +141,11 @@ class RandomModelControl(Method):
         return self.method.attribute(model, volumes, targets, keys, template)
 
 
+def summed(maps: np.ndarray) -> np.ndarray:
+    """Maps ``(n, X, Y, Z)``, summing the channels of several-channel maps ``(n, C, X, Y, Z)`` (as written)."""
+    return maps if maps.ndim == 4 else maps.sum(axis=1)
+
+
 def rank_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     """Spearman correlation of ``|a|`` and ``|b|`` inside ``mask`` (0 when either is constant)."""
     x, y = np.abs(a[mask]), np.abs(b[mask])
@@ -167,7 +172,7 @@ def run_sanity_check(run: HeatmapRun) -> pd.DataFrame:
         return pd.DataFrame()
     checked = [a for own in drawn.values() for a in own]
     masks = {a.scan.key: np.asarray(nib.load(a.scan.mask).dataobj) > 0 for a in checked}
-    images = {a.scan.key: run.tensor([a.index])[0, 0].cpu().numpy() for a in checked}
+    images = {a.scan.key: run.tensor([a.index])[0].abs().sum(0).cpu().numpy() for a in checked}
     layers = {k: learned_layers(run.models[k], run.tensor([own[0].index])) for k, own in drawn.items()}
     steps = len(next(iter(layers.values())))
     rows, per_scan = [], {a.scan.key: {} for a in checked}
@@ -176,13 +181,13 @@ def run_sanity_check(run: HeatmapRun) -> pd.DataFrame:
         to_input: dict[int, list[float]] = {step: [] for step in range(steps + 1)}
         for k, own in drawn.items():
             model, example = run.models[k], run.tensor([own[0].index])
-            trained, _ = run.compute(method, method.prepare(model, example), k, own)
+            trained = summed(run.compute(method, method.prepare(model, example), k, own)[0])
             for step in range(steps + 1):
                 if step == 0:
                     maps = trained
                 else:
                     randomised = cascade(model, layers[k], step, run.config.execution.seed)
-                    maps, _ = run.compute(method, method.prepare(randomised, example), k, own)
+                    maps = summed(run.compute(method, method.prepare(randomised, example), k, own)[0])
                 name = "trained" if step == 0 else layers[k][step - 1]
                 for a, t, m in zip(own, trained, maps):
                     key = a.scan.key

@@ -26,8 +26,11 @@ Outputs: rows of model ``SVM`` in ``group/cv_metrics.tsv`` and
 CNN), and under ``group/`` the mean over folds of the activation patterns
 (``desc-SVM_pattern``) and of the unit-norm weight vectors
 (``desc-SVM_weights``), each with a JSON sidecar. Both maps are in the units of
-the z-scored features (voxel intensity divided by its training-set standard
-deviation). A rerun with the same images, folds and parameters is skipped.
+the z-scored features (voxel value divided by its training-set standard
+deviation). The features are the voxels of every input channel (``--input``,
+:mod:`adheat_app.inputs`); with several channels, each map is the sum of its
+channels' maps, and each channel's map is written too (``desc-SVM<channel>``).
+A rerun with the same images, folds and parameters is skipped.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from adheat_app.bids import Derivatives, is_complete, software_versions
 from adheat_app.cohort import Cohort, Scan
 from adheat_app.config import RunConfig
 from adheat_app.templates import get_template, parse_resolution
-from adheat_app.volumes import cache_key, load_volumes
+from adheat_app.inputs import channel_names, channel_paths, input_key, load_inputs
 
 LOGGER = logging.getLogger(__name__)
 
@@ -195,9 +198,11 @@ def run_svm(config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: Seque
         LOGGER.warning("no cross-validation folds: skipping the SVM baseline")
         return
     scans: list[Scan] = list(dict.fromkeys(s for f in folds for part in (f.train, f.val, f.test) for s in part))
-    paths = [s.image for s in scans]
+    kind = config.training.input
+    channels = channel_names(kind)
+    paths = [p for s in scans for p in channel_paths(s, kind)]
     seed = config.execution.seed
-    parameters = {"InputsHash": cache_key(paths), "FoldsHash": _folds_digest(folds), "Seed": seed,
+    parameters = {"Input": kind, "InputsHash": input_key(scans, kind), "FoldsHash": _folds_digest(folds), "Seed": seed,
                   "CGrid": list(C_GRID), "InnerFolds": INNER_FOLDS}
     pattern_path, weights_path = output_paths(derivs, cohort)
     group = derivs.root / "group"
@@ -209,8 +214,8 @@ def run_svm(config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: Seque
     start = time.time()
     template = get_template(parse_resolution(cohort.res_label), space=cohort.space)
     mask = template.mask_array()
-    volumes = load_volumes(paths, config.work_dir)
-    features = np.stack([np.asarray(volumes[i][mask], dtype=np.float32) for i in range(len(scans))])
+    volumes = load_inputs(scans, kind, config.work_dir)
+    features = np.stack([np.asarray(volumes[i][:, mask], dtype=np.float32).reshape(-1) for i in range(len(scans))])
     row = {s.key: i for i, s in enumerate(scans)}
     fold_rows, prediction_rows, patterns, weights, fold_info = [], [], [], [], []
     for fold in folds:
@@ -245,8 +250,8 @@ def run_svm(config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: Seque
         "Mask": "template brain mask",
         "Template": template.describe(),
         "Folds": fold_info,
-        "Features": "voxel intensities of the preprocessed T1w inside the template brain mask, z-scored per "
-                    "voxel with mean and SD of each fold's training scans",
+        "Features": f"voxel values of the input channels ({', '.join(channels)}) inside the template brain mask, "
+                    "z-scored per voxel with mean and SD of each fold's training scans",
         "Classifier": "sklearn.svm.SVC(kernel='precomputed') on the linear kernel; C by inner cross-validation "
                       "grouped by subject",
         "Probability": "Platt scaling through the origin: P = 1/(1+exp(-a f)), slope a fit to the inner-CV "
@@ -261,8 +266,16 @@ def run_svm(config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: Seque
         (weights_path, weights, "Mean over folds of the unit-norm linear SVM weight vector w (z-scored features); "
                                 "weights are not interpretable as locations of effects (Haufe et al. 2014)."),
     ):
-        volume = np.zeros(template.shape, dtype=np.float32)
-        volume[mask] = np.mean(maps, axis=0)
-        derivs.write_image(path, nib.Nifti1Image(volume, template.affine),
-                           {**common, "Description": description, "Method": MODEL, "Signed": True})
+        per_channel = np.mean(maps, axis=0).reshape(len(channels), -1)
+        outputs = [(path, per_channel.sum(axis=0), description)]
+        if len(channels) > 1:
+            outputs += [(path.with_name(path.name.replace(f"desc-{MODEL}_", f"desc-{MODEL}{name}_")), values,
+                         f"Channel {name} of: {description}") for name, values in zip(channels, per_channel)]
+        for target, values, text in outputs:
+            volume = np.zeros(template.shape, dtype=np.float32)
+            volume[mask] = values
+            derivs.write_image(target, nib.Nifti1Image(volume, template.affine),
+                               {**common, "Description": text + (" Sum over the input channels." if
+                                                                 target == path and len(channels) > 1 else ""),
+                                "Method": MODEL, "Signed": True, "Channels": list(channels)})
     LOGGER.info("SVM baseline done in %.1f s: %s", time.time() - start, pattern_path.name)

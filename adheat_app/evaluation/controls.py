@@ -64,7 +64,8 @@ def grey_matter_prior(template: Template) -> tuple[np.ndarray, str]:
             "nilearn MNI152 2009a grey-matter template (load_mni152_gm_template)")
 
 
-def svm_pattern_resamples(features: np.ndarray, weights: np.ndarray, counts: np.ndarray) -> Iterator[np.ndarray]:
+def svm_pattern_resamples(features: np.ndarray, weights: np.ndarray, counts: np.ndarray, channels: int = 1
+                          ) -> Iterator[np.ndarray]:
     """Absolute, unit-total activation patterns of bootstrap resamples, in batches ``(b, V)``.
 
     Parameters
@@ -75,6 +76,9 @@ def svm_pattern_resamples(features: np.ndarray, weights: np.ndarray, counts: np.
         Weight vector ``w`` ``(V,)`` (the fold-mean SVM weights), held fixed.
     counts : numpy.ndarray
         Resample counts ``(n_resamples, n)`` (:func:`adheat_app.evaluation.overlap.resample_counts`).
+    channels : int
+        Input channels: the features are ``channels`` blocks of equal length (one per channel), and a
+        pattern is the sum of its blocks.
 
     Yields
     ------
@@ -91,4 +95,4 @@ def svm_pattern_resamples(features: np.ndarray, weights: np.ndarray, counts: np.
         coefficients = c * centred
         variance = np.sum(coefficients * centred, axis=1, keepdims=True)
         patterns = (coefficients.astype(np.float32) @ features) / np.where(variance > 0, variance, 1.0)
-        yield unit_total(patterns)
+        yield unit_total(patterns.reshape(len(patterns), channels, -1).sum(axis=1))

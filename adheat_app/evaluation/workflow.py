@@ -67,7 +67,7 @@ from adheat_app.io import write_json, write_tsv
 from adheat_app.plotting import overlap_curves, save_png
 from adheat_app.layout import heatmap_methods, sidecar_path, to_label
 from adheat_app.templates import Template, get_atlas
-from adheat_app.volumes import cache_key, load_volumes
+from adheat_app.inputs import channel_names, input_key, load_inputs
 
 LOGGER = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _evaluation_hash(config: RunConfig, derivs: Derivatives, cohort: Cohort, met
     ev = config.evaluation
     digest.update(f"{svm_sidecar}|{ev.n_bootstrap}|{ev.n_permutations}|{ev.atlas}|{config.execution.seed}|"
                   f"{TOP_PERCENT}|".encode())
-    digest.update(cache_key([s.image for s in cohort.scans]).encode())
+    digest.update(input_key(cohort.scans, config.training.input).encode())
     return digest.hexdigest()[:16]
 
 
@@ -142,18 +142,26 @@ class _Scorer:
         self.scores.append(Scores(method, kind, label, "absolute", n_subjects, point, samples))
 
 
-def _svm_samples(scorer: _Scorer, volumes: np.ndarray, cohort: Cohort, mask: np.ndarray,
-                 weights_path: Path) -> list[dict] | None:
-    """Bootstrap scores of the SVM pattern on the label-``all`` resamples (None without a weight map)."""
-    if not weights_path.is_file() or ALL not in scorer.keys:
+def _svm_samples(scorer: _Scorer, inputs: np.ndarray, cohort: Cohort, mask: np.ndarray, weights_path: Path,
+                 channels: tuple[str, ...]) -> list[dict] | None:
+    """Bootstrap scores of the SVM pattern on the label-``all`` resamples (None without a weight map).
+
+    With several input channels the features are every channel's voxels and the weights are read from the
+    per-channel weight maps; each resampled pattern is the sum of its channels' patterns, as the written map.
+    """
+    paths = [weights_path] if len(channels) == 1 else [
+        weights_path.with_name(weights_path.name.replace(f"desc-{SVM}_", f"desc-{SVM}{name}_")) for name in channels]
+    if not all(p.is_file() for p in paths) or ALL not in scorer.keys:
         return None
     index = {s.key: i for i, s in enumerate(cohort.scans)}
-    features = np.asarray(volumes[[index[k] for k in scorer.keys[ALL]]][:, mask], dtype=np.float32)
+    rows = [index[k] for k in scorer.keys[ALL]]
+    features = np.asarray(inputs[rows][:, :, mask], dtype=np.float32).reshape(len(rows), -1)
     features -= features.mean(axis=0)
     sd = features.std(axis=0)
     features /= np.where(sd > 0, sd, 1.0)
-    weights = np.asarray(nib.load(weights_path).dataobj, dtype=np.float32)[mask]
-    return score_resamples(svm_pattern_resamples(features, weights, scorer.counts[ALL]), scorer.binaries)
+    weights = np.concatenate([np.asarray(nib.load(p).dataobj, dtype=np.float32)[mask] for p in paths])
+    return score_resamples(svm_pattern_resamples(features, weights, scorer.counts[ALL], len(channels)),
+                           scorer.binaries)
 
 
 def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> None:
@@ -228,10 +236,12 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
                                     intervals, curve_chance), group / "figures" / f"desc-{method}_overlap.png")
         LOGGER.info("evaluation: %s done (%d subjects)", method, len(maps.scans))
         del maps
-    volumes = load_volumes([s.image for s in cohort.scans], config.work_dir)
+    channels = channel_names(config.training.input)
+    inputs = load_inputs(cohort.scans, config.training.input, config.work_dir)
     index = {s.key: i for i, s in enumerate(cohort.scans)}
     for label, keys in scorer.keys.items():
-        magnitude = unit_total(np.asarray(volumes[[index[k] for k in keys]][:, mask], dtype=np.float32))
+        values = np.asarray(inputs[[index[k] for k in keys]][:, :, mask], dtype=np.float32)
+        magnitude = unit_total(sum(unit_total(values[:, c]) for c in range(len(channels))))
         scorer.subjects(INPUT_MAGNITUDE, "control", label, "absolute", magnitude, keys)
     prior, prior_source = grey_matter_prior(template)
     for label in scorer.keys:
@@ -240,7 +250,7 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
         pattern = np.abs(np.asarray(nib.load(pattern_path).dataobj, dtype=np.float64))[mask]
         total = pattern.sum()
         pattern = pattern / total if total > 0 else pattern
-        samples = _svm_samples(scorer, volumes, cohort, mask, weights_path)
+        samples = _svm_samples(scorer, inputs, cohort, mask, weights_path, channels)
         if ALL in scorer.keys:
             scorer.constant(SVM, "baseline", ALL, pattern, samples, len(scorer.keys[ALL]))
         save_png(overlap_curves(f"{SVM} pattern", CURVE_PERCENT, _curves(pattern, references, scorer.binaries),
@@ -263,8 +273,9 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
     scheme = {"NBootstrap": ev.n_bootstrap, "TopPercent": list(TOP_PERCENT),
               "Interval": "95 % percentile bootstrap over scans; every map of a label is scored on the same "
                           "resamples (paired)", "SVMInterval": SVM_INTERVAL,
-              "Controls": {INPUT_MAGNITUDE: "mean over the label's scans of the absolute preprocessed image (the "
-                                            "CNN input), each normalised to unit total inside the brain mask",
+              "Controls": {INPUT_MAGNITUDE: "mean over the label's scans of the absolute CNN input (each input "
+                                            "channel normalised to unit total inside the brain mask, then summed "
+                                            "and normalised again)",
                            GREY_MATTER_PRIOR: f"grey-matter probability map (one map): {prior_source}"}}
     write_tsv(group / "overlap.tsv", overlap)
     write_tsv(group / "overlap_differences.tsv", differences)

@@ -123,13 +123,13 @@ class PlainCNN(nn.Module):
         return self.features[-1].conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, 2)`` of volumes ``(N, 1, X, Y, Z)``."""
+        """Logits ``(N, 2)`` of volumes ``(N, C, X, Y, Z)``."""
         return self.head(torch.flatten(self.features(x), 1))
 
 
 def build_plain_cnn(shape: Sequence[int], channels: Sequence[int], kernels: Sequence[int],
                     pools: Sequence[int], name: str,
-                    head_builder: Callable[[int], nn.Sequential]) -> PlainCNN:
+                    head_builder: Callable[[int], nn.Sequential], in_channels: int = 1) -> PlainCNN:
     """Assemble a :class:`PlainCNN` for the input grid ``shape``.
 
     Parameters
@@ -143,10 +143,11 @@ def build_plain_cnn(shape: Sequence[int], channels: Sequence[int], kernels: Sequ
     head_builder : callable
         ``head_builder(n_features) -> nn.Sequential`` builds the classifier on
         the flattened features.
+    in_channels : int
+        Input channels.
     """
     layout, grid = plan_layout(shape, kernels, pools, name)
     blocks = []
-    in_channels = 1
     for out_channels, kernel, pool in zip(channels, kernels, pools):
         blocks.append(ConvBlock(in_channels, out_channels, kernel, pool, layout))
         in_channels = out_channels

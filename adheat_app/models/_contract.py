@@ -14,16 +14,18 @@ The heatmap methods take models apart, so a model must be built so they can:
   into that convolution);
 - a ``forward`` that ``torch.fx`` can trace (LRP splits additions and the
   receptive-field tracer walks the traced graph);
-- logits ``(N, 2)`` for volumes ``(N, 1, X, Y, Z)``.
+- a builder ``build(shape, channels)`` whose model maps volumes
+  ``(N, channels, X, Y, Z)`` to logits ``(N, 2)`` (``--input both`` gives two
+  channels).
 
 The check builds the model on :data:`CHECK_GRID` (a 4 mm grid: a fraction of a
-second for every model here).
+second for every model here) with one and with two input channels.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -36,8 +38,8 @@ def _leaves(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if not list(m.children())]
 
 
-def contract_violations(model: nn.Module) -> list[str]:
-    """What ``model`` breaks of the contract (see the module docstring); empty when it keeps it."""
+def contract_violations(model: nn.Module, channels: int = 1) -> list[str]:
+    """What ``model`` (reading ``channels`` input channels) breaks of the contract; empty when it keeps it."""
     problems = []
     modules = list(model.modules())
     convs = [m for m in modules if isinstance(m, nn.Conv3d)]
@@ -66,15 +68,19 @@ def contract_violations(model: nn.Module) -> list[str]:
         shared = sorted({c for c in calls if calls.count(c) > 1 and isinstance(model.get_submodule(c), nn.ReLU)})
         if shared:
             problems.append(f"one nn.ReLU module per activation: {', '.join(shared)} is called more than once")
-    with torch.no_grad():
-        out = model.eval()(torch.zeros((1, 1, *CHECK_GRID)))
-    if tuple(out.shape) != (1, 2):
-        problems.append(f"forward must return logits (N, 2), got {tuple(out.shape)}")
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros((1, channels, *CHECK_GRID)))
+    except Exception as exc:  # any failure of the forward pass breaks the contract
+        problems.append(f"forward fails on volumes (1, {channels}, X, Y, Z) ({type(exc).__name__}: {exc})")
+    else:
+        if tuple(out.shape) != (1, 2):
+            problems.append(f"forward must return logits (N, 2), got {tuple(out.shape)}")
     return problems
 
 
-def check_model(name: str, build: Callable[[Sequence[int]], nn.Module]) -> None:
-    """Build model ``name`` on :data:`CHECK_GRID` and raise when it breaks the contract.
+def check_model(name: str, build: Callable[..., nn.Module]) -> None:
+    """Build model ``name`` on :data:`CHECK_GRID` (1 and 2 channels) and raise when it breaks the contract.
 
     Raises
     ------
@@ -84,6 +90,13 @@ def check_model(name: str, build: Callable[[Sequence[int]], nn.Module]) -> None:
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(0)
         problems = contract_violations(build(CHECK_GRID))
+        try:
+            two = build(CHECK_GRID, 2)
+        except TypeError as exc:
+            problems.append(f"the builder must take the number of input channels ({exc})")
+        else:
+            problems += [f"with 2 input channels: {p}" for p in contract_violations(two, 2)
+                         if p not in problems]
     if problems:
         raise TypeError(f"model {name!r} breaks the model contract (adheat_app/models/_contract.py): "
                         + "; ".join(problems))

@@ -60,9 +60,9 @@ class BasicBlock(nn.Module):
 class ResNet3d(nn.Module):
     """Stem, residual stages and a position-keeping pooled head (see the module docstring)."""
 
-    def __init__(self):
+    def __init__(self, channels: int = 1):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv3d(1, STEM_CHANNELS, 3, stride=2, padding=1, bias=False),
+        self.stem = nn.Sequential(nn.Conv3d(channels, STEM_CHANNELS, 3, stride=2, padding=1, bias=False),
                                   nn.BatchNorm3d(STEM_CHANNELS), nn.ReLU())
         stages = []
         in_channels = STEM_CHANNELS
@@ -80,14 +80,14 @@ class ResNet3d(nn.Module):
         return self.stages[-1].conv2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, 2)`` of volumes ``(N, 1, X, Y, Z)``."""
+        """Logits ``(N, 2)`` of volumes ``(N, C, X, Y, Z)``."""
         features = self.pool(self.stages(self.stem(x)))
         return self.fc(self.dropout(torch.flatten(features, 1)))
 
 
 @MODELS.register("resnet3d")
-def build(shape: Sequence[int]) -> ResNet3d:
-    """Small 3D ResNet for input grids ``shape`` ``(X, Y, Z)`` (at least 8 voxels per axis).
+def build(shape: Sequence[int], channels: int = 1) -> ResNet3d:
+    """Small 3D ResNet for input grids ``shape`` ``(X, Y, Z)`` (at least 8 voxels per axis) of ``channels`` channels.
 
     Raises
     ------
@@ -98,4 +98,4 @@ def build(shape: Sequence[int]) -> ResNet3d:
     if min(shape) < 8:
         raise ValueError(f"model resnet3d: the input grid {'x'.join(map(str, shape))} is too small "
                          "(at least 8 voxels per axis); use a finer --resolution")
-    return ResNet3d()
+    return ResNet3d(channels)

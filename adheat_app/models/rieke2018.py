@@ -40,13 +40,13 @@ def _head(n_features: int) -> nn.Sequential:
 
 
 @MODELS.register("rieke2018")
-def build(shape: Sequence[int]) -> PlainCNN:
+def build(shape: Sequence[int], channels: int = 1) -> PlainCNN:
     """Rieke et al. (2018) 3D CNN for input grids of ``shape`` ``(X, Y, Z)``.
 
     Returns
     -------
     PlainCNN
-        Maps ``(N, 1, X, Y, Z)`` to ``(N, 2)`` logits; ``last_conv`` is the
+        Maps ``(N, channels, X, Y, Z)`` to ``(N, 2)`` logits; ``last_conv`` is the
         fourth convolution.
     """
-    return build_plain_cnn(shape, CHANNELS, KERNELS, POOLS, "rieke2018", _head)
+    return build_plain_cnn(shape, CHANNELS, KERNELS, POOLS, "rieke2018", _head, channels)

@@ -38,13 +38,13 @@ def _head(n_features: int) -> nn.Sequential:
 
 
 @MODELS.register("wang2023")
-def build(shape: Sequence[int], width: int = DEFAULT_WIDTH) -> PlainCNN:
+def build(shape: Sequence[int], channels: int = 1, width: int = DEFAULT_WIDTH) -> PlainCNN:
     """Wang et al. (2023) model A with ``width`` channels per layer for input grids ``shape``.
 
     Returns
     -------
     PlainCNN
-        Maps ``(N, 1, X, Y, Z)`` to ``(N, 2)`` logits; ``last_conv`` is the
+        Maps ``(N, channels, X, Y, Z)`` to ``(N, 2)`` logits; ``last_conv`` is the
         fifth convolution.
     """
-    return build_plain_cnn(shape, (width,) * len(KERNELS), KERNELS, POOLS, "wang2023", _head)
+    return build_plain_cnn(shape, (width,) * len(KERNELS), KERNELS, POOLS, "wang2023", _head, channels)

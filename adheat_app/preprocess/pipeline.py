@@ -9,7 +9,11 @@ mask, brain-to-brain registration to the template (:mod:`.register`; skipped,
 with identity transforms, when the input already matches the template at
 least as well as :data:`TEMPLATE_SPACE_NCC`), resampling to the analysis
 grid, intensity normalisation inside the warped brain mask
-(:mod:`.intensity`) and quality control (:mod:`.qc`). N4 runs on the brain
+(:mod:`.intensity`) and quality control (:mod:`.qc`). After a SyN
+registration the log Jacobian determinant of the deformation, beyond its
+global linear part, is written on the analysis grid as well
+(:func:`.register.log_jacobian`; the tensor-based-morphometry input of
+``--input logjacobian|both``). N4 runs on the brain
 alone: the bias field that matters is the brain's, and the cropped brain is
 half the voxels of the head (half the time: ``docs/performance.md``).
 
@@ -37,7 +41,7 @@ from adheat_app import plotting
 from adheat_app.bids import Derivatives, T1wInput, file_hash, is_complete, software_versions
 from adheat_app.config import RunConfig
 from adheat_app.io import atomic_path, nifti_image, write_json, write_text
-from adheat_app.layout import preproc_paths, registration_figure, sidecar_path
+from adheat_app.layout import logjacobian_path, preproc_paths, registration_figure, sidecar_path
 from adheat_app.preprocess import checks, intensity, qc, register, skullstrip
 from adheat_app.preprocess.reuse import AnatFiles
 from adheat_app.templates import Template, grid_for, resample
@@ -57,6 +61,7 @@ class OutputPaths:
     forward: Path
     inverse: Path
     figure: Path
+    logjacobian: Path
 
 
 def output_paths(derivs: Derivatives, t1w: T1wInput, template: Template) -> OutputPaths:
@@ -67,7 +72,8 @@ def output_paths(derivs: Derivatives, t1w: T1wInput, template: Template) -> Outp
     inverse = derivs.subject_path(t1w.subject, t1w.session, "xfm", ".h5", from_=template.space, to="T1w",
                                   mode="image")
     figure = registration_figure(derivs.root, t1w)
-    return OutputPaths(image, mask, forward, inverse, figure)
+    return OutputPaths(image, mask, forward, inverse, figure,
+                       logjacobian_path(derivs.root, t1w, template.space, template.res_label))
 
 
 def settings(config: RunConfig, template: Template) -> dict:
@@ -90,6 +96,8 @@ def is_done(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Tem
     """Whether every output of ``t1w`` exists and was made from the same input with the same settings."""
     paths = output_paths(derivs, t1w, template)
     needed = [paths.mask, paths.figure] + ([] if anat else [paths.forward, paths.inverse])
+    if anat is None and config.preprocessing.registration == "syn":
+        needed.append(paths.logjacobian)
     if not all(p.is_file() for p in needed):
         return False
     return is_complete(paths.image, InputHash=input_hash(t1w, anat), **settings(config, template))
@@ -103,6 +111,7 @@ class _Result:
     mask: np.ndarray
     meta: dict
     registration: register.Registration | None
+    logjacobian: np.ndarray | None = None
 
 
 def _native(config: RunConfig, t1w: T1wInput, template: Template, workdir: Path, timing: dict) -> _Result:
@@ -156,7 +165,16 @@ def _native(config: RunConfig, t1w: T1wInput, template: Template, workdir: Path,
         meta["JacobianDeterminant"] = {"Min": round(float(determinant.min()), 4),
                                        "FoldedPercent": round(100 * float(np.mean(determinant <= 0)), 4),
                                        "Region": "template brain mask on the registration grid"}
-    return _Result(warped.astype(np.float32), warped_mask, meta, registration)
+        start = time.perf_counter()
+        logjacobian, meta["LogJacobian"] = register.log_jacobian(registration.forward, template.t1w,
+                                                                 template.mask_array(), workdir)
+        timing["LogJacobian"] = time.perf_counter() - start
+    elif config.preprocessing.registration == "syn":  # registration skipped: the identity deforms nothing
+        logjacobian = np.zeros(template.shape, np.float32)
+        meta["LogJacobian"] = {"Method": "identity transform (input already in template space): 0 everywhere"}
+    else:
+        logjacobian = None
+    return _Result(warped.astype(np.float32), warped_mask, meta, registration, logjacobian)
 
 
 def _working_grid(brain: nib.Nifti1Image, mask: nib.Nifti1Image, resolution: float
@@ -292,6 +310,14 @@ def process(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Tem
                            {"Sources": sources, "Type": "Brain", "Space": template.space,
                             "Resolution": template.res_description, "RawSources": [derivs.source_uri(t1w.path)]})
         write_text(paths.figure, figure)
+        if result.logjacobian is not None:
+            derivs.write_image(paths.logjacobian, _grid_image(result.logjacobian, template), {
+                "Sources": [derivs.source_uri(paths.forward)], "Space": template.space,
+                "Resolution": template.res_description, "Units": "natural log of a volume ratio",
+                "Description": "log Jacobian determinant of the T1w-to-template deformation minus the log "
+                               "determinant of its global affine part, inside the template brain mask (0 outside): "
+                               "below 0 where the subject has less tissue than the template relative to its "
+                               "whole brain", **result.meta["LogJacobian"]})
         seconds = time.perf_counter() - start
         sidecar = {
             "Sources": sources + [derivs.source_uri(paths.mask)], "SkullStripped": True,

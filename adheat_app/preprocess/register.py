@@ -97,6 +97,8 @@ SYN_FINE = Stage("SyNFine", "SyN[0.5,2,0]", "", (20,), (1,), (0,), "1e-7,8")
 STAGES: dict[str, tuple[Stage, ...]] = {"syn": (RIGID, AFFINE, SYN, SYN_FINE), "affine": (RIGID, AFFINE)}
 #: Finest grid (mm) registration runs on; finer analysis grids reuse its transform.
 REGISTRATION_MM = 2.0
+#: Smallest Jacobian determinant taken into a log (a folded voxel's determinant is at or below 0).
+MIN_DETERMINANT = 1e-3
 #: Interpolation names accepted by :func:`apply_transform`, mapped to ANTs interpolators.
 INTERPOLATORS = {"linear": "linear", "nearest": "nearestNeighbor", "label": "genericLabel",
                  "bspline": "bSpline"}
@@ -198,20 +200,71 @@ def identity(workdir: Path) -> Registration:
     return Registration(forward, inverse, {"Method": "none (input already in template space)"})
 
 
-def jacobian(transform: Path, reference: nib.Nifti1Image, workdir: Path) -> np.ndarray:
-    """Jacobian determinant of ``transform`` on ``reference``'s grid (at or below 0 where it folds).
+def _composed_field(transform: Path, reference: nib.Nifti1Image, workdir: Path):
+    """``transform`` (affine and deformation) composed into one displacement field on ``reference``'s grid.
 
-    The transform (affine and deformation) is composed into one displacement
-    field on the grid (antsApplyTransforms' compose mode), whose determinant
-    ANTs computes. A diffeomorphic SyN result is positive everywhere; the
-    value is the local volume ratio, template to T1w.
+    Returns the ANTs grid image and the field's file (antsApplyTransforms' compose mode).
     """
     import ants
 
     workdir.mkdir(parents=True, exist_ok=True)
     grid = to_ants(nib.Nifti1Image(np.zeros(reference.shape[:3], np.float32), reference.affine))
-    field = ants.apply_transforms(grid, grid, [str(transform)], compose=str(workdir / "jacobian_"))
+    return grid, ants.apply_transforms(grid, grid, [str(transform)], compose=str(workdir / "jacobian_"))
+
+
+def jacobian(transform: Path, reference: nib.Nifti1Image, workdir: Path) -> np.ndarray:
+    """Jacobian determinant of ``transform`` on ``reference``'s grid (at or below 0 where it folds).
+
+    The transform is composed into one displacement field on the grid, whose
+    determinant ANTs computes. A diffeomorphic SyN result is positive
+    everywhere; the value is the volume of the T1w region a template voxel
+    maps to over the voxel's own volume (below 1 where the subject's tissue is
+    smaller than the template's).
+    """
+    import ants
+
+    grid, field = _composed_field(transform, reference, workdir)
     return ants.create_jacobian_determinant_image(grid, field).numpy()
+
+
+def log_jacobian(transform: Path, reference: nib.Nifti1Image, mask: np.ndarray, workdir: Path
+                 ) -> tuple[np.ndarray, dict]:
+    """Log Jacobian determinant of ``transform``'s deformation beyond its global linear part, 0 outside ``mask``.
+
+    The tensor-based-morphometry map (Ashburner & Friston 2000; Hua et al.
+    2008 removed global scale by a 9-parameter affine registration first):
+    the transform is composed into one displacement field ``u`` on
+    ``reference``'s grid, the point map ``x -> x + u(x)`` is fitted over the
+    ``mask`` voxels by the affine map ``M x + t`` (least squares), and the
+    result is ``log det J(x) - log |det M|``: negative where the subject has
+    less tissue than the template *relative to its whole brain*, so head size
+    does not enter it. Determinants at or below 0 (a folded deformation) are
+    clipped to :data:`MIN_DETERMINANT` before the log.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 map on ``reference``'s grid.
+    dict
+        ``GlobalLogDeterminant`` (``log |det M|``), ``FoldedVoxels`` (in ``mask``) and the method, for the sidecar.
+    """
+    import ants
+
+    grid, field = _composed_field(transform, reference, workdir)
+    determinant = ants.create_jacobian_determinant_image(grid, field).numpy()
+    displacement = ants.image_read(field).numpy()
+    index = np.argwhere(mask)
+    points = (np.asarray(grid.direction) @ (index * np.asarray(grid.spacing)).T).T + np.asarray(grid.origin)
+    mapped = points + displacement[mask]
+    design = np.hstack([points, np.ones((len(points), 1))])
+    coefficients, *_ = np.linalg.lstsq(design, mapped, rcond=None)
+    global_log = float(np.log(abs(np.linalg.det(coefficients[:3]))))
+    inside = determinant[mask]
+    out = np.zeros(mask.shape, np.float32)
+    out[mask] = np.log(np.maximum(inside, MIN_DETERMINANT)) - global_log
+    return out, {"GlobalLogDeterminant": round(global_log, 6), "FoldedVoxels": int(np.sum(inside <= 0)),
+                 "Method": "log det J of the composed transform minus log |det M| of its least-squares affine "
+                           "fit inside the template brain mask"}
 
 
 def apply_transform(img: nib.Nifti1Image, reference: nib.Nifti1Image, transform: Path,

@@ -26,8 +26,8 @@ every epoch a checkpoint is written; a later call with the same checkpoint and
 every generator from :func:`adheat_app.training.device.epoch_seed`, so a
 resumed run ends with the same weights as an uninterrupted one.
 
-Batches are read from the float16 memory-mapped volume cache
-(:func:`adheat_app.volumes.load_volumes`), never from the NIfTI files.
+Batches are read from the float16 memory-mapped input cache
+(:func:`adheat_app.inputs.load_inputs`), never from the NIfTI files.
 """
 
 from __future__ import annotations
@@ -101,12 +101,12 @@ class ScanSet:
 
 
 def read_batch(volumes: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Rows of the volume cache as a float32 array ``(N, 1, X, Y, Z)``.
+    """Rows of the input cache ``(N, C, X, Y, Z)`` (:func:`adheat_app.inputs.load_inputs`) as float32.
 
     The float16 -> float32 conversion is torch's (vectorised, faster than
     numpy's: ``docs/performance.md``): the same values.
     """
-    return torch.from_numpy(np.ascontiguousarray(volumes[rows])).float()[:, None].numpy()
+    return torch.from_numpy(np.ascontiguousarray(volumes[rows])).float().numpy()
 
 
 def augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -285,7 +285,7 @@ def train_fold(model: nn.Module, volumes: np.ndarray, train: ScanSet, val: ScanS
     model : nn.Module
         Freshly built (initialised from ``epoch_seed(seed, fold, 0)``) and on ``device``.
     volumes : numpy.ndarray
-        The volume cache ``(N, X, Y, Z)``; ``train.rows``/``val.rows`` index it.
+        The input cache ``(N, C, X, Y, Z)``; ``train.rows``/``val.rows`` index it.
     train, val : ScanSet
         Training and validation scans (``val`` may be empty; it is then
         neither scored nor used for stopping).

@@ -52,7 +52,7 @@ from adheat_app.training.device import deterministic, epoch_seed, resolve_device
 from adheat_app.training.folds import Fold, check_labels, check_no_leakage, make_folds, split_hash, write_split
 from adheat_app.training.loop import CURVE_COLUMNS, FoldResult, ScanSet, TrainSettings, predict_logits, train_fold
 from adheat_app.training.metrics import classification_metrics, summarize_folds, update_table
-from adheat_app.volumes import cache_key, load_volumes
+from adheat_app.inputs import LOGJACOBIAN_UNIT, channel_names, input_key, load_inputs
 
 LOGGER = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def read_verdict(models_dir: Path, model: str) -> dict | None:
 def load_fold_model(fold_dir: Path, device: torch.device) -> tuple[nn.Module, dict]:
     """The trained model of a completed fold folder (eval mode, on ``device``) and its model card."""
     card = read_json(Path(fold_dir) / "model.json")
-    model = MODELS[card["Model"]](tuple(card["Input"]["Shape"]))
+    model = MODELS[card["Model"]](tuple(card["Input"]["Shape"]), len(card["Input"].get("Channels", ["intensity"])))
     model.load_state_dict(torch.load(Path(fold_dir) / "model.pt", map_location=device, weights_only=True))
     return model.to(device).eval(), card
 
@@ -101,7 +101,7 @@ def train_settings(config: RunConfig) -> TrainSettings:
 def training_key(config: RunConfig, fold: Fold, data_hash: str) -> str:
     """Hash of everything that determines a fold's model (device and AMP aside)."""
     tr = config.training
-    identity = {"model": tr.model, "settings": dataclasses.asdict(train_settings(config)), "folds": tr.folds,
+    identity = {"model": tr.model, "input": tr.input, "settings": dataclasses.asdict(train_settings(config)), "folds": tr.folds,
                 "val_fraction": tr.val_fraction, "labels": [tr.negative_label, tr.positive_label],
                 "fold": fold.index, "split": split_hash(fold), "data": data_hash}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
@@ -112,9 +112,9 @@ def _scan_set(scans: tuple[Scan, ...], rows: dict[str, int]) -> ScanSet:
                    np.array([s.target for s in scans], dtype=np.int64))
 
 
-def _build_model(name: str, shape: tuple[int, ...]) -> nn.Module:
+def _build_model(name: str, shape: tuple[int, ...], channels: int) -> nn.Module:
     try:
-        return MODELS[name](shape)
+        return MODELS[name](shape, channels)
     except ValueError as exc:
         raise InputError(f"--model {name}: {exc}") from exc
 
@@ -141,8 +141,10 @@ def _model_card(config: RunConfig, cohort: Cohort, fold: Fold, model: nn.Module,
         "ArchitectureNotes": (sys.modules[builder.__module__].__doc__ or "").strip(),
         "Parameters": sum(p.numel() for p in model.parameters()),
         "Input": {"Space": cohort.space, "Resolution": parse_resolution(cohort.res_label),
-                  "ResLabel": cohort.res_label, "Shape": list(shape), "Layout": "N,1,X,Y,Z", "DType": "float32",
-                  "Normalisation": NORMALISATION[config.preprocessing.intensity_norm]},
+                  "ResLabel": cohort.res_label, "Shape": list(shape), "Channels": list(channel_names(tr.input)),
+                  "Layout": "N,C,X,Y,Z", "DType": "float32",
+                  "Normalisation": NORMALISATION[config.preprocessing.intensity_norm],
+                  **({"LogJacobianUnit": LOGJACOBIAN_UNIT} if "logjacobian" in channel_names(tr.input) else {})},
         "Output": "logits (N, 2); softmax index 1 = probability of the positive label",
         "Labels": {"0": tr.negative_label, "1": tr.positive_label},
         "LabelColumn": tr.label_column,
@@ -176,11 +178,11 @@ def _train_one(config: RunConfig, cohort: Cohort, fold: Fold, volumes: np.ndarra
     check_no_leakage(fold)
     (folder / "model.json").unlink(missing_ok=True)  # a stale fold is incomplete until retrained
     write_split(folder / "split.tsv", fold)
-    shape = tuple(volumes.shape[1:])
+    shape = tuple(volumes.shape[2:])
     settings = train_settings(config)
     with deterministic(device, config.execution.omp_nthreads), reuse_cpu_memory(device):
         seed_everything(epoch_seed(settings.seed, fold.index, 0))
-        model = _build_model(tr.model, shape).to(device)
+        model = _build_model(tr.model, shape, volumes.shape[1]).to(device)
         result = train_fold(model, volumes, _scan_set(fold.train, rows), _scan_set(fold.val, rows), settings,
                             fold.index, device, folder / "checkpoint.pt", key,
                             label=f"{tr.model} fold {fold.index + 1}/{tr.folds}")
@@ -274,7 +276,7 @@ def run_training(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> list
                 len(labelled), len(subjects), tr.positive_label, sum(s.target == 1 for s in labelled),
                 tr.negative_label, sum(s.target == 0 for s in labelled), tr.folds)
     folds = make_folds(cohort, tr.folds, config.execution.seed, tr.val_fraction)
-    data_hash = cache_key([s.image for s in labelled])
+    data_hash = input_key(labelled, tr.input)
     wanted = [tr.fold] if tr.fold is not None else list(range(tr.folds))
     keys = {k: training_key(config, folds[k], data_hash) for k in wanted}
     missing = [k for k in wanted if config.execution.overwrite
@@ -283,7 +285,7 @@ def run_training(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> list
         LOGGER.info("%s fold %d: complete model found in %s, skipping", tr.model, k, fold_dir(config, k))
     if missing:
         device = resolve_device(config)
-        volumes = load_volumes([s.image for s in cohort.scans], config.work_dir)
+        volumes = load_inputs(cohort.scans, tr.input, config.work_dir)
         rows = {s.key: i for i, s in enumerate(cohort.scans)}
         LOGGER.info("training fold(s) %s on %s", ", ".join(map(str, missing)), device)
         for k in missing:
