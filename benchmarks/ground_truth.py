@@ -1,8 +1,9 @@
 """Benchmark: which heatmap methods recover a planted ground truth, through the whole product.
 
 Simulates a cohort with ``adheat-simulate`` (size, resolution, atrophy model,
-sites and site imbalance as options), runs ``adheat participant`` and
-``adheat group`` on it through the command line with the product's defaults
+sites and site imbalance as options; a cohort kept with ``--keep`` is reused),
+runs ``adheat participant`` and ``adheat group`` on it through the command
+line with the product's defaults
 (``--registration`` and ``--input`` may be set, the variables this benchmark
 exists to compare), and prints, for every heatmap method, the SVM pattern and
 the controls, how well the group's ``all`` map recovers the planted truth
@@ -126,13 +127,15 @@ def table(out: Path, bids: Path, kind: str, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run(root: Path, args: argparse.Namespace, null: bool, imbalance: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run(root: Path, args: argparse.Namespace, null: bool, imbalance: float | None
+        ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Simulate, run both levels; return the cross-validation rows and the recovery table."""
     bids, out = root / "bids", root / "out"
     simulate = [bids, "--n-subjects", args.subjects, "--resolution", args.resolution,
                 "--seed", args.seed, "--atrophy-model", args.atrophy_model, "--sites", args.sites,
-                "--site-imbalance", imbalance, "--nprocs", args.nprocs]
-    _command(SIMULATE, *simulate, *(["--null"] if null else []))
+                *(["--site-imbalance", imbalance] if imbalance is not None else []), "--nprocs", args.nprocs]
+    if not (bids / "participants.tsv").is_file():  # a kept folder: same cohort, other --input or --methods
+        _command(SIMULATE, *simulate, *(["--null"] if null else []))
     common = ["--resolution", args.resolution, "--seed", args.seed, "--nprocs", args.nprocs, "--omp-nthreads", 1,
               "--skip-bids-validation"]
     tic = time.perf_counter()
@@ -156,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=float, default=4.0)
     parser.add_argument("--atrophy-model", default="tissue-loss")
     parser.add_argument("--sites", type=int, default=1)
-    parser.add_argument("--site-imbalance", type=float, default=0.5)
+    parser.add_argument("--site-imbalance", type=float, default=None,
+                        help="share of the AD subjects from site 0 (adheat-simulate's default: balanced)")
     parser.add_argument("--null", action="store_true", help="no atrophy")
     parser.add_argument("--confounded", action="store_true",
                         help="also run a null cohort with --site-imbalance 0.8 over 2 sites (or --sites)")
@@ -170,13 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     runs = [("planted" if not args.null else "null", args.null, args.site_imbalance)]
     if args.confounded:
         args.sites = max(args.sites, 2)
-        runs.append(("confounded", True, 0.8 if args.site_imbalance == 0.5 else args.site_imbalance))
+        runs.append(("confounded", True, 0.8 if args.site_imbalance is None else args.site_imbalance))
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         for name, null, imbalance in runs:
             pooled, recovery = run(root / name, args, null, imbalance)
             print(f"\n## {name}: {args.subjects} subjects, {args.resolution:g} mm, {args.atrophy_model}, "
-                  f"{args.sites} site(s), site imbalance {imbalance:g}{', no atrophy' if null else ''}; "
+                  f"{args.sites} site(s), site imbalance {'balanced' if imbalance is None else imbalance}"
+                  f"{', no atrophy' if null else ''}; "
                   f"--registration {args.registration} --input {args.input}")
             print(pooled.round(3).to_string(index=False))
             print(recovery.to_string(index=False), flush=True)

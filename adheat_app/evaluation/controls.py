@@ -30,14 +30,14 @@ from adheat_app.templates import Template, resample
 
 INPUT_MAGNITUDE = "InputMagnitude"
 GREY_MATTER_PRIOR = "GreyMatterPrior"
-#: Suffix of a method computed on a randomly initialised model (a control when such maps exist).
+#: Suffix of a method computed on a randomly initialised model (a control when such maps exist; a channel's
+#: name may follow it, e.g. ``IGRandomlogjacobian``).
 RANDOM_SUFFIX = "Random"
 
 
 def is_control(method: str) -> bool:
     """Whether ``method`` names a control map rather than an explanation of the trained model."""
-    return method in (INPUT_MAGNITUDE, GREY_MATTER_PRIOR) or (method.endswith(RANDOM_SUFFIX)
-                                                              and method != RANDOM_SUFFIX)
+    return method in (INPUT_MAGNITUDE, GREY_MATTER_PRIOR) or (RANDOM_SUFFIX in method and method != RANDOM_SUFFIX)
 
 
 def unit_total(maps: np.ndarray) -> np.ndarray:
