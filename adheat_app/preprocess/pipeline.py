@@ -312,7 +312,7 @@ def process(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Tem
         write_text(paths.figure, figure)
         if result.logjacobian is not None:
             derivs.write_image(paths.logjacobian, _grid_image(result.logjacobian, template), {
-                "Sources": [derivs.source_uri(paths.forward)], "Space": template.space,
+                "Sources": [derivs.source_uri(paths.forward)], "SkullStripped": True, "Space": template.space,
                 "Resolution": template.res_description, "Units": "natural log of a volume ratio",
                 "Description": "log Jacobian determinant of the T1w-to-template deformation minus the log "
                                "determinant of its global affine part, inside the template brain mask (0 outside): "
