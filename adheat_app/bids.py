@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -34,16 +33,10 @@ import pandas as pd
 from adheat_app import __version__
 from adheat_app.errors import InputError
 from adheat_app.io import file_lock, read_json, save_nifti, write_json, write_text
+from adheat_app.layout import BIDSIGNORE, filename, group_path, is_label, scan_key, sidecar_path, subject_path
 
 LOGGER = logging.getLogger(__name__)
 
-LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
-#: Order of entities in output file names (BIDS entity table order; ``stat`` last).
-ENTITY_ORDER = ("sub", "ses", "from", "to", "mode", "space", "res", "label", "desc", "stat")
-#: Folders and suffixes adheat writes that the BIDS specification does not define. Folders are named without a
-#: trailing slash: bids-validator-deno 3 does not apply ``name/`` patterns to folders (measured).
-BIDSIGNORE = ("work", "logs", "models", "group", "figures", "*.html", "*_heatmap.*", "*_xfm.h5", "*_xfm.json",
-              "*_qc.*")
 
 
 def normalize_label(label: str, prefix: str) -> str:
@@ -58,7 +51,7 @@ def normalize_label(label: str, prefix: str) -> str:
     text = str(label).strip()
     if text.startswith(f"{prefix}-"):
         text = text[len(prefix) + 1:]
-    if not LABEL_RE.match(text):
+    if not is_label(text):
         raise InputError(f"invalid {prefix} label {label!r}: BIDS labels contain only letters and digits "
                          f"(e.g. '{prefix}-01' or '01')")
     return text
@@ -176,7 +169,7 @@ class T1wInput:
     @property
     def key(self) -> str:
         """``sub-01`` or ``sub-01_ses-02``: the prefix of every output file name."""
-        return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
+        return scan_key(self.subject, self.session)
 
     def relative_to(self, bids_dir: Path) -> str:
         """Path of the input relative to the dataset root (for ``Sources``)."""
@@ -332,31 +325,17 @@ class Derivatives:
             if not ignore.is_file() or ignore.read_text() != "\n".join(BIDSIGNORE) + "\n":
                 write_text(ignore, "\n".join(BIDSIGNORE) + "\n")
 
-    @staticmethod
-    def filename(suffix: str, extension: str = ".nii.gz", **entities: str | float | None) -> str:
-        """Build a BIDS file name from entities in canonical order.
-
-        Entity keys are those of :data:`ENTITY_ORDER` (``from_`` may be used
-        for ``from``); None values are left out.
-        """
-        values = {k.rstrip("_"): v for k, v in entities.items() if v is not None}
-        unknown = set(values) - set(ENTITY_ORDER)
-        if unknown:
-            raise ValueError(f"unknown BIDS entities: {sorted(unknown)}")
-        parts = [f"{k}-{values[k]}" for k in ENTITY_ORDER if k in values]
-        return "_".join([*parts, suffix]) + extension
+    #: Build a BIDS file name from entities in canonical order (:func:`adheat_app.layout.filename`).
+    filename = staticmethod(filename)
 
     def subject_path(self, subject: str, session: str | None, suffix: str, extension: str = ".nii.gz",
                      datatype: str = "anat", **entities) -> Path:
-        """Path of a per-subject output: ``sub-X/[ses-Y/]anat/sub-X[_ses-Y]_..._<suffix><ext>``."""
-        folder = self.root / f"sub-{subject}"
-        if session:
-            folder = folder / f"ses-{session}"
-        return folder / datatype / self.filename(suffix, extension, sub=subject, ses=session, **entities)
+        """Path of a per-scan output (:func:`adheat_app.layout.subject_path`)."""
+        return subject_path(self.root, subject, session, suffix, extension, datatype, **entities)
 
     def group_path(self, suffix: str, extension: str = ".nii.gz", **entities) -> Path:
-        """Path of a group-level output under ``group/``."""
-        return self.root / "group" / self.filename(suffix, extension, **entities)
+        """Path of a group-level output under ``group/`` (:func:`adheat_app.layout.group_path`)."""
+        return group_path(self.root, suffix, extension, **entities)
 
     def source_uri(self, path: Path) -> str:
         """BIDS URI of an input file (``bids:raw:sub-01/anat/...``) or an output file (``bids::...``)."""
@@ -373,15 +352,6 @@ class Derivatives:
         save_nifti(path, img)
         write_json(sidecar_path(path), sidecar)
         return path
-
-
-def sidecar_path(path: Path) -> Path:
-    """The JSON sidecar of a data file (``x.nii.gz`` -> ``x.json``)."""
-    name = Path(path).name
-    for ext in (".nii.gz", ".nii", ".h5", ".tsv", ".png", ".svg"):
-        if name.endswith(ext):
-            return Path(path).with_name(name[: -len(ext)] + ".json")
-    return Path(path).with_suffix(".json")
 
 
 def is_complete(path: Path, **expected) -> bool:

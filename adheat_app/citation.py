@@ -19,6 +19,7 @@ from adheat_app.attribution.references import BLUR_FWHM_MM
 from adheat_app.bids import Derivatives, software_versions
 from adheat_app.config import RunConfig, TrainingOptions
 from adheat_app.io import write_text
+from adheat_app.layout import find_preproc, trained_folds
 
 _SECTION_RE = re.compile(r"<!-- step: (?P<step>\w+) -->\n(?P<body>.*?)<!-- end -->\n?", re.S)
 _BIB_RE = re.compile(r"^@\w+\{(?P<key>[^,]+),.*?^\}\n?", re.S | re.M)
@@ -37,9 +38,9 @@ def steps_present(derivs: Derivatives, model: str) -> set[str]:
     """The processing steps whose outputs exist in the derivatives dataset."""
     root = derivs.root
     steps = {"always"}
-    if any(root.glob("sub-*/**/*_desc-preproc_T1w.nii.gz")):
+    if find_preproc(root):
         steps.add("preprocessing")
-    if any((root / "models" / model).glob("fold-*/model.json")):
+    if trained_folds(root / "models", model):
         steps.add("training")
     if any(root.glob("sub-*/**/*_heatmap.nii.gz")):
         steps.add("heatmaps")
@@ -90,7 +91,7 @@ def _training_text(tr: TrainingOptions) -> str:
 
 def render_citation(config: RunConfig, steps: set[str]) -> tuple[str, str]:
     """Render the Markdown methods text and the BibTeX of the given steps."""
-    from adheat_app.attribution.runner import selected_methods
+    from adheat_app.attribution.catalog import selected_methods
 
     folder = boilerplate_dir()
     versions = software_versions()

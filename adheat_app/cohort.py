@@ -10,7 +10,6 @@ stay in the cohort (they get heatmaps) but are not used for training.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +18,9 @@ import numpy as np
 from adheat_app.bids import Derivatives, T1wInput, read_participants
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
+from adheat_app.layout import find_preproc, logjacobian_path, preproc_paths, scan_key
 
 LOGGER = logging.getLogger(__name__)
-
-_PREPROC_RE = re.compile(r"_space-(?P<space>[A-Za-z0-9]+)_res-(?P<res>[0-9p]+)_desc-preproc_T1w\.nii\.gz$")
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ class Scan:
     @property
     def key(self) -> str:
         """``sub-01`` or ``sub-01_ses-02``."""
-        return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
+        return scan_key(self.subject, self.session)
 
 
 @dataclass(frozen=True)
@@ -81,26 +79,10 @@ class Cohort:
         return np.array([s.subject for s in (self.labelled if scans is None else scans)])
 
 
-def preproc_paths(derivs: Derivatives, t1w: T1wInput, space: str, res_label: str) -> tuple[Path, Path]:
-    """Paths of the preprocessed T1w and brain mask of one input."""
-    image = derivs.subject_path(t1w.subject, t1w.session, "T1w", space=space, res=res_label, desc="preproc")
-    mask = derivs.subject_path(t1w.subject, t1w.session, "mask", space=space, res=res_label, desc="brain")
-    return image, mask
-
-
-def logjacobian_path(derivs: Derivatives, t1w: T1wInput, space: str, res_label: str) -> Path:
-    """Path of the log Jacobian determinant map of one input."""
-    return derivs.subject_path(t1w.subject, t1w.session, "T1w", space=space, res=res_label, desc="logjacobian")
-
-
 def _find_preproc(derivs: Derivatives, t1w: T1wInput) -> list[tuple[Path, str, str]]:
-    folder = derivs.root / f"sub-{t1w.subject}" / (f"ses-{t1w.session}" if t1w.session else "") / "anat"
-    found = []
-    for path in sorted(folder.glob(f"{t1w.key}_space-*_desc-preproc_T1w.nii.gz")):
-        match = _PREPROC_RE.search(path.name)
-        if match:
-            found.append((path, match["space"], match["res"]))
-    return found
+    """(image, space, res) of every preprocessed T1w of one input."""
+    return [(path, name.get("space"), name.get("res")) for path, name in find_preproc(derivs.root, t1w.subject)
+            if name.key == t1w.key]
 
 
 def load_cohort(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> Cohort:
@@ -133,12 +115,12 @@ def load_cohort(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) 
     space, res_label = grids.pop()
     scans = []
     for t in inputs:
-        image, mask = preproc_paths(derivs, t, space, res_label)
+        image, mask = preproc_paths(derivs.root, t, space, res_label)
         diagnosis = participants[tr.label_column].get(t.subject) if t.subject in participants.index else None
         diagnosis = None if diagnosis is None or (isinstance(diagnosis, float) and np.isnan(diagnosis)) \
             else str(diagnosis)
         target = {tr.positive_label: 1, tr.negative_label: 0}.get(diagnosis)
-        logjacobian = logjacobian_path(derivs, t, space, res_label)
+        logjacobian = logjacobian_path(derivs.root, t, space, res_label)
         scans.append(Scan(t.subject, t.session, image, mask, diagnosis, target,
                           logjacobian if logjacobian.is_file() else None))
     cohort = Cohort(tuple(scans), space, res_label, tr.positive_label, tr.negative_label)

@@ -20,7 +20,6 @@ import errno
 import fcntl
 import json
 import os
-import re
 import socket
 import tempfile
 import time
@@ -49,7 +48,6 @@ def is_storage_error(exc: BaseException, permission: bool = True) -> bool:
 _HOST = socket.gethostname()
 #: Marks a temporary file of :func:`atomic_path`: ``.<name>.partial-<host>-<pid>-<random>.tmp<ext>``.
 _PARTIAL = ".partial-"
-_PARTIAL_RE = re.compile(r"\.partial-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+\.tmp")
 #: Age after which any temporary file of :func:`atomic_path` is stale (no single write takes this long).
 STALE_PARTIAL_HOURS = 6.0
 
@@ -112,6 +110,16 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
         os.close(fd)
 
 
+def _partial_writer(name: str) -> tuple[str, int] | None:
+    """Host and process id of the writer of a temporary file of :func:`atomic_path` (None for any other name)."""
+    _, marker, rest = name.partition(_PARTIAL)
+    stem, tmp, _ = rest.rpartition(".tmp")
+    host, _, pid = stem.rpartition("-")[0].rpartition("-")
+    if not (marker and tmp and host and pid.isdigit()):
+        return None
+    return host, int(pid)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -138,10 +146,10 @@ def remove_stale_partials(root: str | os.PathLike) -> list[Path]:
     removed = []
     now = time.time()
     for path in Path(root).rglob(f".*{_PARTIAL}*.tmp*"):
-        match = _PARTIAL_RE.search(path.name)
-        if match is None or not path.is_file():
+        writer = _partial_writer(path.name)
+        if writer is None or not path.is_file():
             continue
-        dead = match["host"] == _HOST and not _alive(int(match["pid"]))
+        dead = writer[0] == _HOST and not _alive(writer[1])
         try:
             old = now - path.stat().st_mtime > STALE_PARTIAL_HOURS * 3600
         except FileNotFoundError:  # renamed into place meanwhile
@@ -182,6 +190,31 @@ def read_json(path: str | os.PathLike) -> dict:
 def write_tsv(path: str | os.PathLike, table: pd.DataFrame) -> Path:
     """Write a table as a BIDS-style TSV (tab separated, ``n/a`` for missing) atomically."""
     return write_text(path, table.to_csv(sep="\t", index=False, na_rep="n/a", lineterminator="\n"))
+
+
+def nifti_image(data: np.ndarray, affine: np.ndarray, code: int = 4, header: nib.Nifti1Header | None = None,
+                units: tuple[str, ...] = ()) -> nib.Nifti1Image:
+    """A NIfTI image whose qform and sform are both ``affine`` with ``code``.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        Voxel values (the image keeps their dtype unless ``header`` says otherwise).
+    affine : numpy.ndarray
+        4x4 voxel-to-world matrix.
+    code : int
+        NIfTI xform code: 1 scanner (a subject's grid), 4 MNI (a template grid).
+    header : nibabel.Nifti1Header, optional
+        Header to start from.
+    units : tuple of str
+        Spatial (and temporal) units for ``set_xyzt_units``, e.g. ``("mm",)``; empty: left unset.
+    """
+    img = nib.Nifti1Image(data, affine, header)
+    img.set_qform(affine, code=code)
+    img.set_sform(affine, code=code)
+    if units:
+        img.header.set_xyzt_units(*units)
+    return img
 
 
 def save_nifti(path: str | os.PathLike, img: nib.Nifti1Image) -> Path:

@@ -45,12 +45,9 @@ def reuse_cpu_memory(device: torch.device) -> Iterator[None]:
     free, so every forward/backward pass pays page faults and the kernel's
     zero-filling for all of its buffers again. Inside this context large
     blocks come from the heap and freed ones are kept (``M_MMAP_MAX`` 0,
-    ``M_TRIM_THRESHOLD`` -1: never trim). Measured on 2 CPU threads: heatmap
-    passes at 2 mm 1.8-2.7x faster (``benchmarks/heatmaps.py --no-reuse-memory``
-    against the default, README), a ``rieke2018`` training step at 2 mm with
-    batch 4 1.1-1.3 s -> 0.6 s, deepbet on a 1 mm head 4.2 s -> 2.9 s. The
-    price is memory: what the process freed stays resident until the context
-    ends (the heatmap benchmark's peak 3.3 GB instead of 2.3 GB). On exit
+    ``M_TRIM_THRESHOLD`` -1: never trim); the speed-ups are in
+    ``docs/performance.md``. The price is memory: what the process freed stays
+    resident until the context ends. On exit
     glibc's settings are restored (its dynamic mmap threshold stays fixed from
     then on) and the kept memory is returned (``malloc_trim``). Results are
     bitwise the same. Contexts may nest (the outermost one restores). Does

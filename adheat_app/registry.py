@@ -4,6 +4,9 @@ Models (:mod:`adheat_app.models`) and heatmap methods
 (:mod:`adheat_app.attribution`) are each a package whose submodules register
 one entry with :meth:`Registry.register`. The registry imports every submodule
 of its package on first use, so adding a model or a method is adding one file.
+A registry may hold a contract (``check``): every entry is checked when it
+registers, so an entry that breaks the contract fails at import with a message
+naming it, before any run uses it.
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ class Registry(Mapping[str, T], Generic[T]):
         Dotted name of the package whose submodules register entries.
     kind : str
         What is registered (for error messages), e.g. ``"model"``.
+    check : callable, optional
+        ``check(name, obj)`` raises (``TypeError`` or ``ValueError``, saying
+        what is wrong) when ``obj`` breaks the registry's contract.
     """
 
-    def __init__(self, package: str, kind: str):
+    def __init__(self, package: str, kind: str, check: Callable[[str, T], None] | None = None):
         self._package = package
         self._kind = kind
+        self._check = check
         self._entries: dict[str, T] = {}
         self._loaded = False
 
@@ -39,6 +46,8 @@ class Registry(Mapping[str, T], Generic[T]):
         def decorate(obj: T) -> T:
             if name in self._entries and self._entries[name] is not obj:
                 raise ValueError(f"{self._kind} {name!r} is registered twice")
+            if self._check is not None:
+                self._check(name, obj)
             self._entries[name] = obj
             return obj
 

@@ -874,7 +874,7 @@ def write_template_space_derivatives(derivs: Derivatives, truth: GroundTruth, sp
     list of T1wInput
         The raw inputs the written images stand for, in the order of ``specs``.
     """
-    from adheat_app.cohort import preproc_paths
+    from adheat_app.layout import preproc_paths
     from adheat_app.preprocess.intensity import normalise
 
     template = truth.template
@@ -892,7 +892,7 @@ def write_template_space_derivatives(derivs: Derivatives, truth: GroundTruth, sp
             sd = noise * spec.site.noise / REFERENCE_SITE.noise
             noisy = image + rng.normal(0, sd, image.shape).astype(np.float32)
             data = normalise(noisy, mask, intensity_norm, template_data, mask)
-            img_path, mask_path = preproc_paths(derivs, t1w, template.space, template.res_label)
+            img_path, mask_path = preproc_paths(derivs.root, t1w, template.space, template.res_label)
             sources = [derivs.source_uri(t1w.path)]
             derivs.write_image(img_path, _nifti(data, template.affine, 4),
                                {"Sources": sources, "SkullStripped": True, "IntensityNormalization": intensity_norm,

@@ -31,6 +31,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from adheat_app.io import nifti_image
+
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_SPACE = "MNI152NLin2009cAsym"
@@ -204,10 +206,7 @@ def resample(
     )
     header = nib.Nifti1Header()
     header.set_data_dtype(out.dtype)
-    res = nib.Nifti1Image(out, affine, header)
-    res.set_qform(affine, code=4)
-    res.set_sform(affine, code=4)
-    return res
+    return nifti_image(out, affine, header=header)
 
 
 def _templateflow_files(space: str) -> dict[str, str | None]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from adheat_app.config import SECTIONS, RunConfig
 from adheat_app.errors import InputError
+from adheat_app.layout import MODEL_WEIGHTS, fold_dir, trained_folds, trained_models
 
 
 @dataclass(frozen=True)
@@ -93,12 +94,12 @@ def check_models_dir(config: RunConfig) -> None:
     layout = f"{root}/{model}/fold-<k>/model.pt + model.json"
     if not root.is_dir():
         raise InputError(f"--models {root} does not exist; pass the models folder of a group run (layout: {layout})")
-    if any((f.parent / "model.pt").is_file() for f in (root / model).glob("fold-*/model.json")):
+    if any((fold_dir(root, model, k) / MODEL_WEIGHTS).is_file() for k in trained_folds(root, model)):
         return
-    others = sorted({f.parent.parent.name for f in root.glob("*/fold-*/model.json")} - {model})
+    others = [name for name in trained_models(root) if name != model]
     if others:
         hint = f"it holds {', '.join(others)}: pass --model {others[0]}"
-    elif any(root.glob("fold-*/model.json")):
+    elif trained_folds(root.parent, root.name):
         hint = f"it is one model's folder: pass its parent, --models {root.parent}"
     else:
         hint = "train them with the group level first"
@@ -123,7 +124,7 @@ def check_options(config: RunConfig) -> None:
     from adheat_app.models import MODELS
     if tr.model not in MODELS:
         raise InputError(f"--model {tr.model}: unknown model; available: {', '.join(sorted(MODELS))}")
-    from adheat_app.attribution.runner import selected_methods
+    from adheat_app.attribution.catalog import selected_methods
     selected_methods(config.heatmaps.methods)
     for name, value in (("--anat-derivatives", config.preprocessing.anat_derivatives),
                         ("--reference-map", config.evaluation.reference_map)):

@@ -53,7 +53,7 @@ from adheat_app.attribution.base import MethodContext, batch_size, channels_last
 from adheat_app.attribution.canonize import fold_batchnorm
 from adheat_app.attribution.lrp import explained_head
 from adheat_app.attribution.output import OutputModel
-from adheat_app.attribution.runner import METHOD_ORDER
+from adheat_app.attribution.catalog import method_names
 from adheat_app.config import HeatmapOptions
 from adheat_app.models import MODELS
 from adheat_app.templates import get_atlas, get_template
@@ -156,7 +156,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--mem-gb", type=float, default=0.0, help="Memory budget that sets the batch (as --mem-gb).")
-    parser.add_argument("--methods", nargs="+", default=list(METHOD_ORDER))
+    parser.add_argument("--methods", nargs="+", default=method_names())
     parser.add_argument("--repeat", type=int, default=3, help="Time each side this many times; the best counts.")
     parser.add_argument("--no-reuse-memory", dest="reuse_memory", action="store_false",
                         help="Time adheat without its CPU memory reuse (the allocator's share of the speed-up).")

@@ -39,10 +39,11 @@ import numpy as np
 import pandas as pd
 
 from adheat_app import simulate
-from adheat_app.attribution.runner import heatmap_path, run_heatmaps
+from adheat_app.attribution.runner import run_heatmaps
 from adheat_app.bids import Derivatives
 from adheat_app.cohort import load_cohort
 from adheat_app.config import HeatmapOptions, build_config
+from adheat_app.layout import heatmap_path
 from adheat_app.simulate import relevance_ratio
 from adheat_app.training import run_training
 
@@ -81,7 +82,8 @@ def one_size(folder: Path, n: int, args: argparse.Namespace) -> dict:
            "auc_95ci": f"{table.loc['pooled', 'roc_auc_ci_low']:.2f}-{table.loc['pooled', 'roc_auc_ci_high']:.2f}",
            "s_per_fold": round(train_seconds, 1), "heatmap_s": round(heatmap_seconds, 1)}
     for method in METHODS:
-        maps = np.stack([np.asarray(nib.load(heatmap_path(derivs, cohort, s, method)).dataobj) for s in ad])
+        maps = np.stack([np.asarray(nib.load(heatmap_path(derivs.root, s, cohort.space, cohort.res_label, method)).dataobj)
+                         for s in ad])
         row[method] = relevance_ratio(maps, truth.region, brain)
     return row
 

@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from adheat_app.bids import Derivatives, T1wInput, sidecar_path
+from adheat_app.bids import Derivatives, T1wInput
 from adheat_app.config import build_config
+from adheat_app.layout import sidecar_path
 from adheat_app.preprocess import pipeline, run_preprocessing
 from adheat_app.simulate import simulate_cohort
 from adheat_app.templates import get_template

@@ -177,6 +177,13 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
     return config, derivs, cohort, truth
 
 
+def heatmap_file(derivs, cohort, scan, method: str) -> Path:
+    """The template-space heatmap of one scan of ``cohort`` (:func:`adheat_app.layout.heatmap_path`)."""
+    from adheat_app.layout import heatmap_path
+
+    return heatmap_path(derivs.root, scan, cohort.space, cohort.res_label, method)
+
+
 def assert_same_outputs(got: Path, expected: Path) -> list[str]:
     """Assert two output folders hold the same NIfTIs and tables (to 1e-6), and return the files compared.
 

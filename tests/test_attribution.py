@@ -33,14 +33,19 @@ from adheat_app.attribution.inputconv import SingleChannelConv3d, with_fast_inpu
 from adheat_app.attribution.lrp import lrp
 from adheat_app.attribution.output import OutputModel, difference_head, explained, output_drop
 from adheat_app.attribution.receptive import UnitGrid, interpolation_matrix
-from adheat_app.attribution.runner import METHOD_ORDER, heatmap_path, run_heatmaps, selected_methods
-from adheat_app.bids import Derivatives, T1wInput, sidecar_path
+from adheat_app.attribution.base import Method, check_method
+from adheat_app.attribution.catalog import (default_methods, method_names, method_sets, methods_markdown,
+                                            selected_methods)
+from adheat_app.attribution.runner import run_heatmaps
+from adheat_app.attribution.sanity import sanity_check
+from adheat_app.bids import Derivatives, T1wInput
 from adheat_app.config import HeatmapOptions
 from adheat_app.errors import InputError
 from adheat_app.io import read_json
+from adheat_app.layout import sidecar_path
 from adheat_app.models import MODELS
 from adheat_app.simulate import relevance_ratio
-from conftest import make_preprocessed_cohort
+from conftest import heatmap_file, make_preprocessed_cohort
 
 GRID = (16, 20, 16)
 CPU = torch.device("cpu")
@@ -101,18 +106,71 @@ def volumes(n: int = 3, seed: int = 1, channels: int = 1) -> torch.Tensor:
     return torch.randn((n, channels, *GRID), generator=torch.Generator().manual_seed(seed))
 
 
+def on_test_grid(name: str, options: HeatmapOptions, ctx: MethodContext) -> Method:
+    """Method ``name`` for the test grid :data:`GRID`: an atlas method gets blocks of 640 voxels as its regions."""
+    cls = METHODS[name]
+    if not hasattr(cls, "atlas"):
+        return cls(options, ctx)
+    labels = torch.arange(int(np.prod(GRID))).reshape(GRID) // 640 + 1
+
+    class Regions(cls):
+        def occluded_sets(self, shape, device):
+            return [labels == value for value in range(1, int(labels.max()) + 1)]
+
+    return Regions(options, ctx)
+
+
+def fields_help(section, name: str) -> str:
+    return next(f.metadata["help"] for f in dataclasses.fields(section) if f.name == name)
+
+
 def test_registry_has_every_method_with_its_declarations():
-    assert set(METHODS) == set(METHOD_ORDER)
-    for name in METHOD_ORDER:
-        cls = METHODS[name]
-        assert cls.name == name and isinstance(cls.signed, bool)
-        assert cls.slow == (name in ("Occlusion", "AreaOcclusion", "NoiseImportance"))
-    assert selected_methods(("all",)) == list(METHOD_ORDER)
-    assert selected_methods(HeatmapOptions().methods) == ["IG", "Saliency"]
+    names = method_names()
+    assert sorted(names) == sorted(METHODS) and len({METHODS[n].order for n in names}) == len(names)
+    for name in names:
+        check_method(name, METHODS[name])  # what registering checked
+    assert selected_methods(("all",)) == names
+    assert selected_methods(HeatmapOptions().methods) == list(default_methods())
+    assert HeatmapOptions().methods == default_methods()  # config.py's default is the methods' own declaration
+    for study, members in method_sets().items():  # the --methods help names each set's methods
+        assert f"'{study}' {' '.join(members)}" in fields_help(HeatmapOptions, "methods").replace("selects ", "")
+        assert selected_methods((study,)) == list(members)
     assert selected_methods(("wang2023", "Saliency")) == ["IG", "LRP", "GGC", "Saliency"]
-    assert selected_methods(("rieke2018",)) == ["Saliency", "GuidedBackprop", "Occlusion", "AreaOcclusion"]
     with pytest.raises(InputError, match="Gradcam"):
         selected_methods(("Gradcam",))
+
+
+def test_readme_methods_table_is_the_registry_s():
+    from conftest import REPO
+
+    assert methods_markdown() in (REPO / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_a_method_receives_only_its_own_options(name):
+    method = METHODS[name](HeatmapOptions(), context())
+    own = {"explain_output", *METHODS[name].uses}
+    for field in dataclasses.fields(HeatmapOptions):
+        if field.name in own:
+            assert getattr(method.options, field.name) == field.default
+        else:
+            with pytest.raises(AttributeError, match=f"{name} reads option '{field.name}' without declaring it"):
+                getattr(method.options, field.name)
+
+
+def test_registering_a_method_that_breaks_the_contract_fails_naming_it():
+    class Half(Method):
+        name = "Other"
+        signed = "yes"
+        slow = True
+        default = True
+        uses = ("ig_steps", "ig_stepz")
+
+    broken = (r"'Half'.*name attribute is 'Other'.*declare signed.*declare order.*uses names no heatmap option: "
+              r"ig_stepz.*slow method cannot be a default.*implement attribute, parameters")
+    with pytest.raises(TypeError, match=broken):
+        METHODS.register("Half")(Half)
+    assert "Half" not in METHODS
 
 
 def test_batch_size_follows_the_memory_budget():
@@ -299,7 +357,7 @@ def receptive_field_centre(model: nn.Module, layer_name: str, x: torch.Tensor, u
     return (support.min(axis=0) + support.max(axis=0)) / 2
 
 
-@pytest.mark.parametrize("name", ["rieke2018", "wang2023", "resnet3d"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_grad_cam_puts_a_unit_at_its_receptive_field_centre(name):
     """One unit of the layer's output forced on, the rest off: the CAM peaks at that unit's receptive-field centre.
 
@@ -458,8 +516,7 @@ def confident_model(x: torch.Tensor, gap: float = 40.0) -> tuple[nn.Module, torc
     return model, logits.argmax(1)
 
 
-@pytest.mark.parametrize("name", ["Saliency", "GuidedBackprop", "Occlusion", "AreaOcclusion", "NoiseImportance",
-                                  "IG", "LRP", "GGC"])
+@pytest.mark.parametrize("name", method_names())
 def test_a_confident_model_gets_informative_maps(name):
     """Logit gap >= 40 (p_target = 1 in float32): no map is zero everywhere (or, NoiseImportance, uniform).
 
@@ -470,15 +527,7 @@ def test_a_confident_model_gets_informative_maps(name):
     x = volumes(2, seed=13)
     model, targets = confident_model(x)
     options = HeatmapOptions(occlusion_size=24.0, occlusion_stride=16.0, noise_steps=20, ig_steps=8)
-    method = METHODS[name](options, context(batch=4))
-    if name == "AreaOcclusion":
-        labels = torch.arange(int(np.prod(GRID))).reshape(GRID) // 640 + 1
-
-        class Regions(METHODS["AreaOcclusion"]):
-            def occluded_sets(self, shape, device):
-                return [labels == value for value in range(1, int(labels.max()) + 1)]
-
-        method = Regions(options, context(batch=4))
+    method = on_test_grid(name, options, context(batch=4))
     maps = method.attribute(method.prepare(model, x[:1]), x, targets, ["a", "b"], template=x.mean(0)[0])
     for row in maps:
         assert float(row.abs().max()) > 0
@@ -575,8 +624,8 @@ def test_two_channel_inputs_get_one_map_per_channel_equal_to_captum():
     template = volumes(1, seed=14, channels=2)[0]
     options = HeatmapOptions(ig_steps=8, noise_steps=2, occlusion_size=24.0, occlusion_stride=16.0)
     maps = {}
-    for name in sorted(set(METHODS) - {"AreaOcclusion"}):  # atlas regions need a template grid; Occlusion's engine
-        method = METHODS[name](options, context(batch=3))
+    for name in method_names():
+        method = on_test_grid(name, options, context(batch=3))
         maps[name] = method.attribute(method.prepare(model, x[:1]), x, targets, keys, template=template)
         assert maps[name].shape == (2, 2, *GRID), name
         assert float(maps[name][:, 1].abs().max()) > 0, name  # the second channel is explained too
@@ -592,13 +641,13 @@ def test_two_channel_inputs_get_one_map_per_channel_equal_to_captum():
     np.testing.assert_allclose(maps["Occlusion"].numpy(), occlusion.clamp(min=0).numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["IG", "LRP", "GGC", "Saliency", "GuidedBackprop", "Occlusion", "NoiseImportance"])
+@pytest.mark.parametrize("name", method_names())
 def test_maps_do_not_depend_on_batch_composition(name):
     """A scan's map is bitwise identical alone, in a batch of others, and in another position."""
     model = random_model(seed=8)
     x, targets, keys = volumes(5), torch.tensor([1, 0, 1, 1, 0]), ["a", "b", "c", "d", "e"]
     options = HeatmapOptions(ig_steps=6, noise_steps=3, occlusion_size=32.0, occlusion_stride=32.0)
-    method = METHODS[name](options, context(batch=4))
+    method = on_test_grid(name, options, context(batch=4))
     model = method.prepare(model, x[:1])
     template = volumes(1, seed=21)[0, 0]
     together = method.attribute(model, x, targets, keys, template=template)
@@ -738,7 +787,7 @@ def test_group_heatmaps_are_out_of_fold_with_complete_sidecars(trained):
         test_fold.update({s: k for s in split.loc[split["set"] == "test", "subject"]})
     for scan in cohort.scans:
         for name in RUN["heatmaps__methods"]:
-            path = heatmap_path(derivs, cohort, scan, name)
+            path = heatmap_file(derivs, cohort, scan, name)
             img = nib.load(path)
             assert img.get_data_dtype() == np.float32 and img.shape == nib.load(scan.image).shape
             side = read_json(sidecar_path(path))
@@ -752,9 +801,9 @@ def test_group_heatmaps_are_out_of_fold_with_complete_sidecars(trained):
             assert side["ExplainedOutput"] == side["Parameters"]["Output"] == "difference"
             assert side["AllZero"] is (not np.any(np.asarray(img.dataobj)))
     mci = [s for s in cohort.scans if s.diagnosis == "MCI"]
-    assert mci and read_json(sidecar_path(heatmap_path(derivs, cohort, mci[0], "IG")))["FoldsAveraged"] == [0, 1]
+    assert mci and read_json(sidecar_path(heatmap_file(derivs, cohort, mci[0], "IG")))["FoldsAveraged"] == [0, 1]
     for scan in cohort.scans:  # the fold mean (MCI) records the larger delta of its fold models
-        assert read_json(sidecar_path(heatmap_path(derivs, cohort, scan, "IG")))["IGConvergenceDelta"] >= 0
+        assert read_json(sidecar_path(heatmap_file(derivs, cohort, scan, "IG")))["IGConvergenceDelta"] >= 0
     for k in (0, 1):  # the 'template' baseline and fill: the mean of the fold's training scans only
         split = read_split(fold_dir(config, k))
         train = set(split.loc[split["set"] == "train", "subject"])
@@ -774,8 +823,8 @@ def test_participant_and_group_paths_write_identical_files_and_reruns_skip(train
     run_heatmaps(config2, derivs2, cohort2)
     for scan, scan2 in zip(scans, cohort2.scans):
         for name in RUN["heatmaps__methods"]:
-            first = np.asarray(nib.load(heatmap_path(derivs, cohort, scan, name)).dataobj)
-            second = np.asarray(nib.load(heatmap_path(derivs2, cohort2, scan2, name)).dataobj)
+            first = np.asarray(nib.load(heatmap_file(derivs, cohort, scan, name)).dataobj)
+            second = np.asarray(nib.load(heatmap_file(derivs2, cohort2, scan2, name)).dataobj)
             assert np.array_equal(first, second), (scan.key, name)
     stamps = {p: p.stat().st_mtime_ns for p in derivs2.root.rglob("*_heatmap.*")}
     run_heatmaps(config2, derivs2, cohort2)
@@ -793,6 +842,7 @@ def test_sanity_check_draws_scans_from_every_fold_and_compares_with_the_input(tr
     config2, derivs2, cohort2 = participant_copy(config, derivs, cohort, cohort.labelled, tmp_path / "out3")
     config2 = config2.replace("heatmaps", methods=("Saliency", "GGC"), sanity_check=True)
     run_heatmaps(config2, derivs2, cohort2)
+    sanity_check(config2, derivs2, cohort2)
     table = pd.read_csv(derivs2.root / "group" / "sanity_check.tsv", sep="\t", keep_default_na=False)
     assert set(table["method"]) == {"Saliency", "GGC"}
     assert {"layer", "spearman", "spearman_input", "drop_layer", "flagged", "step"} <= set(table.columns)
@@ -804,7 +854,7 @@ def test_sanity_check_draws_scans_from_every_fold_and_compares_with_the_input(tr
     below = saliency.loc[(saliency["step"] > 0) & (saliency["spearman"] < 0.5), "layer"]
     assert saliency["drop_layer"].iloc[0] == below.iloc[0]  # the first randomised layer below 0.5
     assert table["spearman_input"].between(-1, 1).all()
-    sides = [read_json(sidecar_path(heatmap_path(derivs2, cohort2, s, "Saliency"))) for s in cohort2.labelled]
+    sides = [read_json(sidecar_path(heatmap_file(derivs2, cohort2, s, "Saliency"))) for s in cohort2.labelled]
     checks = [side["SanityCheck"] for side in sides if "SanityCheck" in side]
     assert len(checks) == 10 and {"Layers", "InputSimilarity", "DropBelowHalfAt", "Flagged"} <= set(checks[0])
     assert len(checks[0]["Layers"]) == 11 and len(checks[0]["InputSimilarity"]) == 12
@@ -813,10 +863,10 @@ def test_sanity_check_draws_scans_from_every_fold_and_compares_with_the_input(tr
     from adheat_app.training import fold_dir, load_fold_model
 
     scan = cohort2.labelled[0]
-    path = heatmap_path(derivs2, cohort2, scan, "SaliencyRandom")
+    path = heatmap_file(derivs2, cohort2, scan, "SaliencyRandom")
     side = read_json(sidecar_path(path))
     assert side["Parameters"]["Control"] == "randomised model" and side["Method"] == "SaliencyRandom"
-    assert all(heatmap_path(derivs2, cohort2, s, f"{m}Random").is_file() for s in cohort2.labelled
+    assert all(heatmap_file(derivs2, cohort2, s, f"{m}Random").is_file() for s in cohort2.labelled
                for m in ("Saliency", "GGC"))
     model, _ = load_fold_model(fold_dir(config2, side["Fold"]), torch.device("cpu"))
     model = channels_last(frozen(model))  # as the runner holds it (re-initialisation fills memory order)
@@ -827,7 +877,7 @@ def test_sanity_check_draws_scans_from_every_fold_and_compares_with_the_input(tr
     expected = method.attribute(method.prepare(randomised, x), x, torch.tensor([side["TargetClass"]]), [scan.key])
     np.testing.assert_allclose(np.asarray(nib.load(path).dataobj), expected[0].numpy(), rtol=1e-3,
                                atol=1e-3 * float(expected.abs().max()))
-    trained_map = np.asarray(nib.load(heatmap_path(derivs2, cohort2, scan, "Saliency")).dataobj)
+    trained_map = np.asarray(nib.load(heatmap_file(derivs2, cohort2, scan, "Saliency")).dataobj)
     assert not np.allclose(trained_map, expected[0].numpy(), atol=1e-3 * float(np.abs(trained_map).max()))
     # scored as controls, and beside each method in the answer
     from adheat_app.evaluation.workflow import run_evaluation
@@ -877,7 +927,7 @@ def test_participant_level_without_the_training_mean_fails_with_the_fix(trained,
     with pytest.raises(InputError, match="training_mean.nii.gz is missing.*--ig-baseline zero"):
         run_heatmaps(config2, derivs2, cohort2)
     run_heatmaps(config2.replace("heatmaps", ig_baseline="zero"), derivs2, cohort2)  # no template needed: runs
-    assert read_json(sidecar_path(heatmap_path(derivs2, cohort2, cohort2.scans[0], "IG")))["Parameters"]["Baseline"] == "zero"
+    assert read_json(sidecar_path(heatmap_file(derivs2, cohort2, cohort2.scans[0], "IG")))["Parameters"]["Baseline"] == "zero"
 
 
 @pytest.mark.slow
@@ -912,13 +962,13 @@ def test_target_option_picks_the_explained_class(trained, tmp_path, target):
     run_heatmaps(config2.replace("heatmaps", methods=("IG", "Saliency"), target=target), derivs2, cohort2)
     counts = {"same": 0, "other": 0}
     for scan, scan2 in zip(cohort.labelled, cohort2.scans):
-        side = read_json(sidecar_path(heatmap_path(derivs2, cohort2, scan2, "IG")))
+        side = read_json(sidecar_path(heatmap_file(derivs2, cohort2, scan2, "IG")))
         expected = {"true": scan.target, "positive": 1}.get(target, int(side["PredictedProbability"] >= 0.5))
         assert side["TargetClass"] == expected and side["TargetLabel"] == ("AD" if expected else "CN")
-        group_class = read_json(sidecar_path(heatmap_path(derivs, cohort, scan, "IG")))["TargetClass"]
+        group_class = read_json(sidecar_path(heatmap_file(derivs, cohort, scan, "IG")))["TargetClass"]
         for name in ("IG", "Saliency"):
-            first = np.asarray(nib.load(heatmap_path(derivs, cohort, scan, name)).dataobj)
-            second = np.asarray(nib.load(heatmap_path(derivs2, cohort2, scan2, name)).dataobj)
+            first = np.asarray(nib.load(heatmap_file(derivs, cohort, scan, name)).dataobj)
+            second = np.asarray(nib.load(heatmap_file(derivs2, cohort2, scan2, name)).dataobj)
             scale = 1e-5 * float(np.abs(first).max())
             if expected == group_class:
                 assert np.array_equal(first, second), (scan.key, name)

@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adheat_app.attribution.runner import heatmap_path, run_heatmaps
+from adheat_app.attribution.runner import run_heatmaps
 from adheat_app.config import HeatmapOptions, TrainingOptions
 from adheat_app.io import read_json
 from adheat_app.report import write_group_report
 from adheat_app.simulate import relevance_ratio
 from adheat_app.training import run_training
 from adheat_app.training.runner import read_verdict
-from conftest import make_preprocessed_cohort
+from conftest import heatmap_file, make_preprocessed_cohort
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def default_run(root, null: bool):
     ad = [s for s in cohort.scans if s.target == 1]
     ratios = {}
     for method in METHODS:
-        maps = np.stack([np.asarray(nib.load(heatmap_path(derivs, cohort, s, method)).dataobj) for s in ad])
+        maps = np.stack([np.asarray(nib.load(heatmap_file(derivs, cohort, s, method)).dataobj) for s in ad])
         ratios[method] = relevance_ratio(maps, truth.region, brain)
     return config, derivs, cohort, truth, table.set_index("fold"), ratios
 
@@ -55,7 +55,7 @@ def test_defaults_learn_planted_atrophy_and_their_heatmaps_find_it(tmp_path):
     assert not failing, ratios
     verdict = read_verdict(config.models_dir, config.training.model)
     assert verdict["BetterThanChance"] is True
-    sidecar = read_json(heatmap_path(derivs, cohort, cohort.scans[0], "IG").with_suffix("").with_suffix(".json"))
+    sidecar = read_json(heatmap_file(derivs, cohort, cohort.scans[0], "IG").with_suffix("").with_suffix(".json"))
     assert sidecar["ModelBetterThanChance"] is True
 
 
@@ -67,7 +67,7 @@ def test_defaults_on_a_null_cohort_stay_at_chance_and_say_so(tmp_path):
         assert not ratio >= 3.0, (name, ratios)
     assert read_verdict(config.models_dir, config.training.model)["BetterThanChance"] is False
     for scan in cohort.scans:
-        sidecar = read_json(heatmap_path(derivs, cohort, scan, "IG").with_suffix("").with_suffix(".json"))
+        sidecar = read_json(heatmap_file(derivs, cohort, scan, "IG").with_suffix("").with_suffix(".json"))
         assert sidecar["ModelBetterThanChance"] is False
     html = write_group_report(config, derivs, cohort, truth.template).read_text()
     warning = html.index('id="model-warning"')

@@ -1,19 +1,18 @@
 """CNN architectures: registry names, output shapes at 4 mm and 2 mm, parameter counts, layer rules.
 
-The heatmap methods rely on structural rules (``torch.flatten`` in forward, one
-non-inplace ``nn.ReLU`` module per activation, ``model.last_conv``, BatchNorm
-directly after its conv), so these are checked on every registered model.
+The heatmap methods rely on structural rules, which
+:mod:`adheat_app.models._contract` checks when a model registers; the tests
+here run over every registered model.
 """
 
 from __future__ import annotations
-
-import inspect
 
 import pytest
 import torch
 from torch import nn
 
 from adheat_app.models import MODELS
+from adheat_app.models._contract import check_model, contract_violations
 
 GRID_4MM = ((50, 59, 48), (49, 58, 49))
 GRID_2MM = (97, 115, 97)
@@ -31,11 +30,16 @@ def n_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def test_registry_holds_the_three_models():
-    assert set(MODELS) == {"rieke2018", "wang2023", "resnet3d"}
+def test_every_model_file_registers_the_model_it_is_named_after():
+    import pkgutil
+
+    import adheat_app.models
+
+    files = {m.name for m in pkgutil.iter_modules(adheat_app.models.__path__) if not m.name.startswith("_")}
+    assert set(MODELS) == files and {"rieke2018", "wang2023", "resnet3d"} <= files
 
 
-@pytest.mark.parametrize("name", ["rieke2018", "wang2023", "resnet3d"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("shape", [*GRID_4MM, GRID_2MM])
 def test_logits_shape_at_4mm_and_2mm(name, shape):
     torch.manual_seed(0)
@@ -45,8 +49,7 @@ def test_logits_shape_at_4mm_and_2mm(name, shape):
     assert out.shape == (1, 2) and out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ["rieke2018", "wang2023", "resnet3d"])
-@pytest.mark.parametrize("shape", [GRID_4MM[0], GRID_2MM, GRID_1MM])
+@pytest.mark.parametrize("name, shape", sorted(PARAMETERS))
 def test_parameter_counts(name, shape):
     assert n_parameters(MODELS[name](shape)) == PARAMETERS[(name, shape)]
 
@@ -75,28 +78,65 @@ def test_wang_width_argument():
     assert {m.out_channels for m in model.modules() if isinstance(m, nn.Conv3d)} == {28}
 
 
-@pytest.mark.parametrize("name", ["rieke2018", "wang2023", "resnet3d"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_too_small_grid_is_a_clear_error(name):
     with pytest.raises(ValueError, match="too small"):
         MODELS[name]((6, 6, 6))
 
 
-@pytest.mark.parametrize("name", ["rieke2018", "wang2023", "resnet3d"])
-def test_structure_needed_by_heatmap_methods(name):
-    model = MODELS[name](GRID_4MM[1])
-    modules = list(model.modules())
-    assert not any(isinstance(m, nn.Flatten) for m in modules)
-    assert "torch.flatten(" in inspect.getsource(type(model).forward)
-    relus = [m for m in modules if isinstance(m, nn.ReLU)]
-    assert relus and len({id(m) for m in relus}) == len(relus) and not any(m.inplace for m in relus)
-    convs = [m for m in modules if isinstance(m, nn.Conv3d)]
-    assert model.last_conv is convs[-1]
-    names = list(dict(model.named_modules()))
-    assert not any(n.startswith("last_conv") for n in names)  # a property, not a second registration
-    leaves = [m for m in modules if not list(m.children())]
-    for i, m in enumerate(leaves):
-        if isinstance(m, nn.BatchNorm3d):
-            assert isinstance(leaves[i - 1], nn.Conv3d) and leaves[i - 1].out_channels == m.num_features
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_keeps_the_contract_the_heatmap_methods_rely_on(name):
+    """What registering checked, on the other 4 mm grid: last_conv, torch.flatten, ReLU modules, conv -> BN, fx."""
+    assert contract_violations(MODELS[name](GRID_4MM[1])) == []
+    assert contract_violations(MODELS[name](GRID_4MM[1], 2), 2) == []
+
+
+class _Broken(nn.Module):
+    """Breaks every rule: no last_conv, nn.Flatten, one in-place ReLU called twice, BN after the ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 2, 3)
+        self.relu = nn.ReLU(inplace=True)
+        self.bn = nn.BatchNorm3d(2)
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(2, 3)
+
+    def forward(self, x):
+        return self.fc(self.flat(self.pool(self.relu(self.bn(self.relu(self.conv(x)))))))
+
+
+class _Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 2, 3)
+        self.bn = nn.BatchNorm3d(2)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(2, 2)
+
+    @property
+    def last_conv(self):
+        return self.conv
+
+    def forward(self, x):
+        x = self.relu(self.bn(self.conv(x)))
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            x = -x
+        return self.fc(torch.flatten(x.mean((2, 3, 4), keepdim=True), 1))
+
+
+def test_registering_a_model_that_breaks_the_contract_fails_naming_every_rule():
+    with pytest.raises(TypeError, match=r"'broken'.*last_conv.*nn.Flatten.*inplace.*BatchNorm3d.*logits \(N, 2\)"):
+        MODELS.register("broken")(lambda shape, channels=1: _Broken())
+    with pytest.raises(TypeError, match=r"'untraceable'.*torch.fx cannot trace"):
+        MODELS.register("untraceable")(lambda shape, channels=1: _Untraceable())
+    with pytest.raises(TypeError, match=r"'onechannel'.*builder must take the number of input channels"):
+        MODELS.register("onechannel")(lambda shape: MODELS["rieke2018"](shape))
+    assert not {"broken", "untraceable", "onechannel"} & set(MODELS)
+    state = torch.random.get_rng_state()
+    check_model("rieke2018", MODELS["rieke2018"])
+    assert torch.equal(torch.random.get_rng_state(), state)  # checking leaves the caller's random state alone
 
 
 def test_resnet_last_conv_is_in_the_last_block():

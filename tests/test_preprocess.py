@@ -178,7 +178,7 @@ def test_qc_table_flags_a_brain_mask_outlier(tmp_path):
 
 
 def test_workers_and_threads_follow_the_options(tmp_path):
-    from adheat_app.preprocess import plan_workers
+    from adheat_app.preprocess.workflow import plan_workers
 
     cfg = _config(tmp_path, tmp_path / "out", 2.0)
     assert plan_workers(cfg, 5, 2.0) == (2, 1)

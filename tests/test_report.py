@@ -32,12 +32,29 @@ def chromium() -> str:
     return exe
 
 
+#: Test-only scripts put into a copy of a report: record any JavaScript or resource error in
+#: ``<html data-errors=...>`` (first in ``<head>``), and mark the page rendered with its number of sections
+#: (``<body data-rendered=N>``, last in ``<body>``: it runs only when everything before it parsed).
+ERROR_HOOK = """<script>
+window.addEventListener('error', function (event) {
+  var root = document.documentElement;
+  root.dataset.errors = (root.dataset.errors ? root.dataset.errors + ' | ' : '') + (event.message || 'resource error');
+}, true);
+</script>"""
+RENDERED_MARK = "<script>document.body.dataset.rendered = String(document.querySelectorAll('section').length);</script>"
+
+
 def rendered_dom(exe: str, page, profile) -> str:
-    """The DOM of ``page`` after Chromium loaded it and ran its scripts."""
+    """The DOM of a copy of ``page`` with the test scripts, after Chromium loaded it and ran them."""
+    text = page.read_text()
+    assert "<script" not in text  # reports ship no script
+    probe = profile.with_suffix(".html")
+    probe.write_text(text.replace("<head>", "<head>" + ERROR_HOOK, 1).replace("</body>", RENDERED_MARK + "</body>",
+                                                                              1))
     proc = subprocess.run(
         [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-         "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
+         "--enable-logging=stderr", "--v=0", "--dump-dom", probe.as_uri()],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
@@ -46,7 +63,7 @@ def rendered_dom(exe: str, page, profile) -> str:
 def check_dom(dom: str, sections: tuple[str, ...]) -> None:
     for section in sections:
         assert f'<section id="{section}">' in dom, section
-    assert f'data-rendered="{len(sections)}"' in dom  # the page's own script ran to the end
+    assert f'data-rendered="{len(sections)}"' in dom  # the test's script at the end of the page ran
     assert "data-errors" not in dom, re.search(r'data-errors="[^"]*"', dom).group(0)
 
 

@@ -21,6 +21,10 @@ class AreaOcclusion(Ablation):
 
     name = "AreaOcclusion"
     atlas = "AAL3"
+    order = 7
+    sets = ("rieke2018",)
+    source = "Rieke 2018"
+    summary = "drop in the explained output when one AAL3 region at a time is filled with `--occlusion-fill`"
 
     def parameters(self) -> dict:
         """Atlas, fill value and output explained."""

@@ -8,8 +8,7 @@ items of many scans are packed into forward/backward passes of exactly
 
 Why a fixed shape: on CPU (oneDNN) and with cuDNN, a row's result depends on
 the batch *size* (different kernels are chosen) but not on its position or on
-the other rows (measured with torch 2.13: batch 3 and batch 8 differ by 3e-10,
-reordered rows are bitwise equal). Padding every pass to the same size makes a
+the other rows (``docs/performance.md``). Padding every pass to the same size makes a
 scan's heatmap bitwise identical whichever scans share its passes, so the
 participant level (one subject) and the group level (all subjects) write the
 same files.
@@ -18,6 +17,7 @@ same files.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -32,8 +32,8 @@ from adheat_app.attribution.canonize import fold_batchnorm
 from adheat_app.attribution.inputconv import with_fast_input_gradient
 from adheat_app.config import HeatmapOptions
 
-#: Bytes of activations and gradients per input voxel of one row in a backward pass (measured
-#: for the Rieke et al. network: 1.0 GB for 4 rows of 96x112x96, rounded up).
+#: Bytes of activations and gradients per input voxel of one row in a backward pass (the Rieke et al.
+#: network's, rounded up: docs/performance.md).
 BYTES_PER_VOXEL = 256
 #: Rows per pass when the memory budget allows it.
 MAX_BATCH = 16
@@ -123,7 +123,7 @@ def padded_batches(n_items: int, batch: int, build: Callable[[np.ndarray], torch
 
 
 def channels_last(model: nn.Module) -> nn.Module:
-    """``model`` with its weights in the channels-last layout (1.5x faster 3D convolutions on CPU, measured).
+    """``model`` with its weights in the channels-last layout (faster 3D convolutions on CPU: docs/performance.md).
 
     Passes built by :func:`padded_batches` are channels-last too.
     """
@@ -152,6 +152,25 @@ def class_probability(model: nn.Module, volumes: torch.Tensor, targets: torch.Te
     return prob[torch.arange(len(volumes)), targets]
 
 
+class MethodOptions:
+    """The options one method receives: ``explain_output`` and the fields it declares (:attr:`Method.uses`).
+
+    Reading any other option raises an ``AttributeError`` naming the method
+    and the missing declaration.
+    """
+
+    def __init__(self, method: str, values: dict):
+        self._method = method
+        self._values = dict(values)
+
+    def __getattr__(self, field: str):
+        values = self.__dict__.get("_values", {})
+        if field not in values:
+            raise AttributeError(f"heatmap method {self.__dict__.get('_method')} reads option {field!r} without "
+                                 "declaring it in its `uses`")
+        return values[field]
+
+
 def per_channel(maps: torch.Tensor) -> torch.Tensor:
     """Maps ``(N, C, X, Y, Z)`` as :meth:`Method.attribute` returns them: ``(N, X, Y, Z)`` when ``C`` is 1."""
     return maps[:, 0] if maps.shape[1] == 1 else maps
@@ -160,26 +179,48 @@ def per_channel(maps: torch.Tensor) -> torch.Tensor:
 class Method(ABC):
     """A heatmap method (one subclass per file, registered by CLI name).
 
-    Subclasses declare :attr:`name`, :attr:`signed` and :attr:`slow`, document
-    their parameters in :meth:`parameters` and compute maps in
-    :meth:`attribute`.
+    Subclasses declare what the command line, the defaults and README.md's
+    methods table are made from (:mod:`.catalog`): :attr:`name`,
+    :attr:`signed`, :attr:`slow`, :attr:`order`, :attr:`default`,
+    :attr:`sets`, :attr:`source`, :attr:`summary`; they document their
+    parameters in :meth:`parameters` and compute maps in :meth:`attribute`.
+    :func:`check_method` checks the declarations when a method registers.
 
     Parameters
     ----------
-    options : HeatmapOptions
-        Heatmap options of the run.
+    options : HeatmapOptions or MethodOptions
+        Heatmap options of the run; the method keeps only ``explain_output``
+        and the fields it declares in :attr:`uses` (:class:`MethodOptions`).
     context : MethodContext
         Grid, batch size, seed and device.
     """
 
+    #: The ``--methods`` name (the registered name).
     name: ClassVar[str]
+    #: Whether maps have both signs.
     signed: ClassVar[bool]
+    #: Too slow for the default run (opt-in).
     slow: ClassVar[bool] = False
+    #: Position in ``--methods all``, the reports and README.md's table (unique).
+    order: ClassVar[int]
+    #: Part of the default ``--methods``.
+    default: ClassVar[bool] = False
+    #: Study sets of ``--methods`` that include the method (e.g. ``"wang2023"``).
+    sets: ClassVar[tuple[str, ...]] = ()
+    #: Study the method is taken from (README.md's table).
+    source: ClassVar[str]
+    #: What the method computes, one line of Markdown (README.md's table).
+    summary: ClassVar[str]
+    #: Why a fast method is not a default (README.md's table).
+    default_note: ClassVar[str] = ""
+    #: The :class:`~adheat_app.config.HeatmapOptions` fields the method reads, besides ``explain_output``.
+    uses: ClassVar[tuple[str, ...]] = ()
     #: Why a map of this method can be zero everywhere (appended to the runner's warning).
     all_zero_reason: ClassVar[str] = ""
 
-    def __init__(self, options: HeatmapOptions, context: MethodContext):
-        self.options = options
+    def __init__(self, options: HeatmapOptions | MethodOptions, context: MethodContext):
+        self.options = MethodOptions(getattr(self, "name", type(self).__name__),
+                                     {field: getattr(options, field) for field in ("explain_output", *self.uses)})
         self.context = context
         #: Per-scan values for the sidecar by scan key, filled by :meth:`attribute` (e.g. IG's completeness).
         self.diagnostics: dict[str, dict] = {}
@@ -269,3 +310,39 @@ class GradientMethod(Method):
             maps = self.explain(model, rows, pad_targets(targets[index], self.context.batch))
             out[index] = maps[: len(index)].detach().float()
         return per_channel(out)
+
+
+def check_method(name: str, cls: type) -> None:
+    """Raise when a registered heatmap method's class breaks the method contract.
+
+    The class must subclass :class:`Method`, be registered under its own
+    :attr:`~Method.name`, declare :attr:`~Method.signed`, :attr:`~Method.slow`
+    and :attr:`~Method.default` as booleans, an integer :attr:`~Method.order`,
+    a :attr:`~Method.source` and a :attr:`~Method.summary`, implement
+    :meth:`~Method.parameters` and :meth:`~Method.attribute`, and not be both
+    slow and a default.
+
+    Raises
+    ------
+    TypeError
+        Naming the method and every rule it breaks.
+    """
+    problems = []
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"heatmap method {name!r} must be a subclass of adheat_app.attribution.base.Method")
+    if getattr(cls, "name", None) != name:
+        problems.append(f"its name attribute is {getattr(cls, 'name', None)!r}, not the registered {name!r}")
+    for attribute, kind in (("signed", bool), ("slow", bool), ("default", bool), ("order", int), ("source", str),
+                            ("summary", str), ("default_note", str)):
+        if not isinstance(getattr(cls, attribute, None), kind):
+            problems.append(f"declare {attribute} ({kind.__name__})")
+    fields = {f.name for f in dataclasses.fields(HeatmapOptions)}
+    unknown = [u for u in getattr(cls, "uses", ()) if u not in fields]
+    if unknown:
+        problems.append(f"uses names no heatmap option: {', '.join(unknown)}")
+    if getattr(cls, "slow", False) and getattr(cls, "default", False):
+        problems.append("a slow method cannot be a default")
+    if getattr(cls, "__abstractmethods__", None):
+        problems.append(f"implement {', '.join(sorted(cls.__abstractmethods__))}")
+    if problems:
+        raise TypeError(f"heatmap method {name!r} breaks the method contract: " + "; ".join(problems))

@@ -181,10 +181,9 @@ def split_input_layer(model: nn.Module, example: torch.Tensor) -> InputSplit:
 def split_on_cpu(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """:func:`split_input_layer` of ``model`` on the CPU; ``model`` itself elsewhere or where it cannot be split.
 
-    On the CPU the input convolution (one input channel, the finest grid) is
-    about half the time of a forward pass of the ``rieke2018`` network at 2 mm;
-    cuDNN's is cheap (measured on an H200: no gain for IG), so other devices
-    run the whole model.
+    On the CPU the input convolution (one input channel, the finest grid) is a
+    large part of a pass; cuDNN's is cheap, so other devices run the whole
+    model (``docs/performance.md``).
     """
     if example.device.type != "cpu":
         return model

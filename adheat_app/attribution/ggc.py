@@ -97,6 +97,13 @@ class GGC(GradientMethod):
     name = "GGC"
     signed = True
     all_zero_reason = ": Grad-CAM's weighted channel sum was negative at every unit of the layer"
+    order = 3
+    sets = ("wang2023",)
+    source = "Wang 2023"
+    summary = ("Guided Grad-CAM of the explained output on the last conv layer, read after its BatchNorm; each CAM "
+               "unit placed at its receptive-field centre in the input and interpolated linearly between centres; "
+               "times guided backpropagation; signed")
+    default_note = "class-insensitive (below)"
 
     def parameters(self) -> dict:
         """Layer, placement on the input grid and output explained."""

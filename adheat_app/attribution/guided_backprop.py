@@ -22,6 +22,11 @@ class GuidedBackprop(GradientMethod):
 
     name = "GuidedBackprop"
     signed = True
+    order = 5
+    sets = ("rieke2018",)
+    source = "Rieke 2018"
+    summary = "guided backpropagation of the explained output"
+    default_note = "class-insensitive (below)"
 
     def parameters(self) -> dict:
         """Output explained."""

@@ -16,12 +16,10 @@ The input convolution is affine, so the path is integrated at its output
 (:func:`~adheat_app.attribution.canonize.split_input_layer`): each step
 starts from ``layer(baseline) + a * W*(x - baseline)``, the weighted
 gradients at the layer's output are summed, and the sum is mapped back to the
-input by one transposed convolution per scan. On the ``rieke2018`` network at
-2 mm the input convolution's forward and backward were half the time of a
-step (measured; with the split IG runs 3.1x faster than captum per scan on 2
-CPU threads). The split is made once per fold model (:meth:`IG.prepare`), on
-the CPU only: cuDNN's input convolution is cheap (on an H200 IG ran at 0.8x
-captum's speed with the split and without it, measured). Models whose input is
+input by one transposed convolution per scan, which saves the input
+convolution's forward and backward at every step. The split is made once per
+fold model (:meth:`IG.prepare`), on the CPU only, where that convolution is
+expensive (``docs/performance.md``). Models whose input is
 used past their first convolution, and models passed without preparing, are
 integrated through the whole model.
 
@@ -66,6 +64,12 @@ class IG(Method):
 
     name = "IG"
     signed = True
+    uses = ("ig_steps", "ig_baseline")
+    order = 1
+    default = True
+    sets = ("wang2023",)
+    source = "Wang 2023"
+    summary = "Integrated Gradients of the explained output from `--ig-baseline`, `--ig-steps`; signed"
 
     def parameters(self) -> dict:
         """Steps, baseline, quadrature and output explained."""

@@ -4,11 +4,10 @@ Every gradient method ends by carrying the gradient of the first
 convolution's output (``C`` channels on the finest grid) back to its
 one-channel input: ``dx = sum_c flip(w_c) * dy_c``. torch computes that with
 oneDNN's backward-data primitive, which handles a single output channel
-poorly: for the ``rieke2018`` network at 2 mm it took 51 ms of a 91 ms
-saliency pass per scan (2 CPU threads). Written as a depthwise convolution
-of ``dy`` with the flipped kernels (``groups = C``, vectorised across the
-channels) followed by a sum over the channels, the same gradient took 14 ms
-(measured on the same machine). :class:`SingleChannelConv3d` is a Conv3d whose
+poorly; here it is a depthwise convolution of ``dy`` with the flipped kernels
+(``groups = C``, vectorised across the channels) followed by a sum over the
+channels (several times faster on the CPU: ``docs/performance.md``).
+:class:`SingleChannelConv3d` is a Conv3d whose
 backward does that; :func:`with_fast_input_gradient` puts it in place of every
 eligible Conv3d of a model (frozen weights, one input channel, stride and
 dilation 1, zero padding), and :func:`conv3d` is the functional form LRP's

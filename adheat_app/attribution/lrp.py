@@ -267,6 +267,13 @@ class LRP(GradientMethod):
 
     name = "LRP"
     signed = True
+    uses = ("lrp_rule", "lrp_epsilon")
+    order = 2
+    sets = ("wang2023",)
+    source = "Wang 2023"
+    summary = ("layer-wise relevance propagation from the explained output; BatchNorm folded into the preceding conv "
+               "first; `--lrp-rule alphabeta` (α=1.5, β=0.5, as Wang et al.), `epsilon` or `zplus`; signed")
+    default_note = "class-insensitive (below)"
 
     def parameters(self) -> dict:
         """Rule, its alpha/beta, epsilon and output explained."""

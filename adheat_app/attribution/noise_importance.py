@@ -46,6 +46,11 @@ class NoiseImportance(Method):
     name = "NoiseImportance"
     signed = False
     slow = True
+    uses = ("noise_steps", "noise_lambda")
+    order = 8
+    source = "Bintsi 2021"
+    summary = ("learned per-voxel noise map: the most noise that keeps the explained output; importance = "
+               "1 − noise")
 
     def parameters(self) -> dict:
         """Regularisation, steps, optimiser, noise scale and map resolution."""

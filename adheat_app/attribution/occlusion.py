@@ -44,6 +44,7 @@ class Ablation(Method):
 
     signed = False
     slow = True
+    uses = ("occlusion_fill",)
 
     @property
     def needs_template(self) -> bool:
@@ -184,6 +185,12 @@ class Occlusion(Ablation):
     """A cube of zeros slid over the scan (unsigned)."""
 
     name = "Occlusion"
+    uses = ("occlusion_fill", "occlusion_size", "occlusion_stride")
+    order = 6
+    sets = ("rieke2018",)
+    source = "Rieke 2018"
+    summary = ("drop in the explained output when a cube of `--occlusion-size` mm is filled with `--occlusion-fill`, "
+               "stride `--occlusion-stride`")
 
     def voxels(self, millimetres: float) -> int:
         """A length in mm as a whole number of voxels (at least 1)."""

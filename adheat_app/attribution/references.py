@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from adheat_app.bids import sidecar_path
 from adheat_app.cohort import Cohort
 from adheat_app.errors import InputError
 from adheat_app.io import read_json, save_nifti, write_json
+from adheat_app.layout import sidecar_path
 
 LOGGER = logging.getLogger(__name__)
 

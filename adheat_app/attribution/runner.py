@@ -15,7 +15,9 @@ Outputs per scan and method: ``desc-<Method>_heatmap.nii.gz`` in template
 space at the model's resolution (float32) with a sidecar, and with
 ``--native-space`` the same map on the subject's T1w grid (``space-T1w``).
 Every sidecar records the explained output (``ExplainedOutput``,
-``--explain-output``) and whether the map is zero everywhere (``AllZero``;
+``--explain-output``), whether forward-only passes (predictions, occlusion
+drops) ran in mixed precision (``MixedPrecision``: on CUDA unless
+``--no-amp``; a change recomputes the maps) and whether the map is zero everywhere (``AllZero``;
 such maps are counted in a warning per method, and the group means leave
 them out), and ``ModelBetterThanChance``: the cross-validated model's verdict
 against chance (``models/<model>/verdict.json``; null before it exists). IG
@@ -23,14 +25,17 @@ sidecars add the completeness error (``IGConvergenceDelta``,
 ``IGConvergenceDeltaRelative``; a fold mean records the largest over its
 fold models). Each fold's training mean image (the ``template`` baseline and
 fill, :mod:`.references`) is written next to its model whenever the run holds
-the fold's training scans. ``--sanity-check`` runs :mod:`.sanity`.
+the fold's training scans. :func:`heatmap_run` sets up the models and data for
+the heatmaps and for the group level's sanity check (:mod:`.sanity`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,63 +46,21 @@ from torch import nn
 
 from adheat_app.attribution import METHODS
 from adheat_app.attribution.base import Method, MethodContext, batch_size, channels_last, class_probability
+from adheat_app.attribution.catalog import selected_methods
 from adheat_app.attribution.references import TRAINING_MEAN, training_mean
-from adheat_app.bids import Derivatives, T1wInput, is_complete, sidecar_path, software_versions
+from adheat_app.bids import Derivatives, T1wInput, is_complete, software_versions
 from adheat_app.cohort import Cohort, Scan
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.inputs import INPUTS, channel_paths, load_inputs
-from adheat_app.io import read_json
+from adheat_app.io import nifti_image, read_json
+from adheat_app.layout import heatmap_path, sidecar_path, trained_folds
 from adheat_app.templates import parse_resolution
 
 LOGGER = logging.getLogger(__name__)
 
-#: Every method in report order; ``--methods all`` selects them all.
-METHOD_ORDER = ("IG", "LRP", "GGC", "Saliency", "GuidedBackprop", "Occlusion", "AreaOcclusion",
-                "NoiseImportance")
 #: Scans held in memory at once, in multiples of the pass size.
 CHUNK_PASSES = 4
-
-
-#: Method sets selectable by name in ``--methods``: the methods of each reference study.
-METHOD_SETS = {"wang2023": ("IG", "LRP", "GGC"),
-               "rieke2018": ("Saliency", "GuidedBackprop", "Occlusion", "AreaOcclusion")}
-
-
-def selected_methods(names: tuple[str, ...]) -> list[str]:
-    """The method names of ``--methods`` (``all`` and the :data:`METHOD_SETS` expand), in :data:`METHOD_ORDER`.
-
-    Raises
-    ------
-    InputError
-        For a name that is neither a registered method nor a set.
-    """
-    available = [name for name in METHOD_ORDER if name in METHODS] + sorted(set(METHODS) - set(METHOD_ORDER))
-    if "all" in names:
-        return available
-    expanded = {m for n in names for m in METHOD_SETS.get(n, (n,))}
-    unknown = [n for n in names if n not in METHODS and n not in METHOD_SETS]
-    if unknown:
-        raise InputError(f"--methods {' '.join(unknown)}: unknown method(s); available: "
-                         f"{', '.join(available)}, a study's set ({', '.join(METHOD_SETS)}) or 'all'")
-    return [n for n in available if n in expanded]
-
-
-def completed_folds(config: RunConfig) -> list[int]:
-    """Indices of the fold models of ``--model`` under the models folder that finished training."""
-    root = config.models_dir / config.training.model
-    folds = []
-    for path in root.glob("fold-*/model.json"):
-        suffix = path.parent.name.removeprefix("fold-")
-        if suffix.isdigit():
-            folds.append(int(suffix))
-    return sorted(folds)
-
-
-def heatmap_path(derivs: Derivatives, cohort: Cohort, scan: Scan, method: str) -> Path:
-    """Template-space heatmap of one scan and method."""
-    return derivs.subject_path(scan.subject, scan.session, "heatmap", space=cohort.space, res=cohort.res_label,
-                               desc=method)
 
 
 def model_channels(cards: dict[int, dict]) -> tuple[str, ...]:
@@ -243,11 +206,15 @@ class HeatmapRun:
             return int(a.scan.target)
         return predicted
 
+    def heatmap(self, a: Assignment, name: str) -> Path:
+        """The template-space heatmap ``desc-<name>`` of one scan."""
+        return heatmap_path(self.derivs.root, a.scan, self.cohort.space, self.cohort.res_label, name)
+
     def expected(self, method: Method, a: Assignment) -> dict:
         """Sidecar values that must match for an existing heatmap to be reused."""
         values = {"Method": method.name, "Parameters": json.loads(json.dumps(method.parameters())),
                   "Model": self.config.training.model, "Input": self.input, "Fold": a.fold_label,
-                  "TargetClass": self.target(a)}
+                  "TargetClass": self.target(a), "MixedPrecision": self.context.amp}
         if a.fold is None:
             values["FoldsAveraged"] = list(self.folds)
         return values
@@ -257,7 +224,7 @@ class HeatmapRun:
         if self.config.execution.overwrite:
             return list(self.assignments)
         return [a for a in self.assignments
-                if not is_complete(heatmap_path(self.derivs, self.cohort, a.scan, method.name),
+                if not is_complete(self.heatmap(a, method.name),
                                    **self.expected(method, a))]
 
     def compute(self, method: Method, model: nn.Module, fold: int, todo: list[Assignment]
@@ -285,10 +252,8 @@ class HeatmapRun:
 
     def _write_map(self, method: Method, a: Assignment, name: str, data: np.ndarray, seconds: float,
                    diagnostics: dict | None, extra: dict) -> None:
-        path = heatmap_path(self.derivs, self.cohort, a.scan, name)
-        img = nib.Nifti1Image(data.astype(np.float32), self.affine)
-        img.set_qform(self.affine, code=4)
-        img.set_sform(self.affine, code=4)
+        path = self.heatmap(a, name)
+        img = nifti_image(data.astype(np.float32), self.affine)
         sidecar = {
             **self.expected(method, a),
             "Description": f"{method.name} heatmap of the {self.config.training.model} classifier",
@@ -320,11 +285,11 @@ class HeatmapRun:
         """The heatmap ``desc-<name>`` on the subject's T1w grid, through the saved inverse transform."""
         from adheat_app.preprocess import to_native
 
-        path = self.derivs.subject_path(a.scan.subject, a.scan.session, "heatmap", space="T1w", desc=name)
+        path = heatmap_path(self.derivs.root, a.scan, "T1w", None, name)
         native = to_native(img, self.derivs, raw_t1w(self.derivs, a.scan))
         self.derivs.write_image(path, native, {
             **sidecar, "Space": "T1w",
-            "Sources": [self.derivs.source_uri(heatmap_path(self.derivs, self.cohort, a.scan, name))]})
+            "Sources": [self.derivs.source_uri(self.heatmap(a, name))]})
 
     def run_method(self, method: Method) -> None:
         """Every pending heatmap of one method: out-of-fold scans, then fold means."""
@@ -366,25 +331,31 @@ class HeatmapRun:
                            "leave them out)%s", method.name, self.all_zero, len(todo), method.all_zero_reason)
 
 
+@contextlib.contextmanager
+def heatmap_run(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> Iterator[HeatmapRun | None]:
+    """A :class:`HeatmapRun` of every trained fold model of ``--model``, computing deterministically in the block.
+
+    Yields None (with a warning) when no trained fold model exists.
+    """
+    from adheat_app.memory import reuse_cpu_memory
+    from adheat_app.training.device import deterministic
+
+    folds = trained_folds(config.models_dir, config.training.model)
+    if not folds:
+        LOGGER.warning("no trained %s fold model in %s: no heatmaps", config.training.model,
+                       config.models_dir / config.training.model)
+        yield None
+        return
+    run = HeatmapRun(config, derivs, cohort, folds)
+    with deterministic(run.device, config.execution.omp_nthreads, exact=True), reuse_cpu_memory(run.device):
+        yield run
+
+
 def run_heatmaps(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> None:
     """Derive every selected method's heatmap of every scan of ``cohort`` (see the module docstring).
 
     Does nothing (with a warning) when no trained fold model of ``--model`` exists.
     """
-    from adheat_app.memory import reuse_cpu_memory
-    from adheat_app.training.device import deterministic
-
-    folds = completed_folds(config)
-    if not folds:
-        LOGGER.warning("no trained %s fold model in %s: no heatmaps", config.training.model,
-                       config.models_dir / config.training.model)
-        return
-    selected_methods(config.heatmaps.methods)  # unknown names fail before any model is loaded
-    run = HeatmapRun(config, derivs, cohort, folds)
-    with deterministic(run.device, config.execution.omp_nthreads, exact=True), reuse_cpu_memory(run.device):
-        for method in run.methods:
+    with heatmap_run(config, derivs, cohort) as run:
+        for method in run.methods if run else ():
             run.run_method(method)
-        if config.heatmaps.sanity_check:
-            from adheat_app.attribution.sanity import run_sanity_check
-
-            run_sanity_check(run)

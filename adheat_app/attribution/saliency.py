@@ -22,6 +22,11 @@ class Saliency(GradientMethod):
 
     name = "Saliency"
     signed = False
+    order = 4
+    default = True
+    sets = ("rieke2018",)
+    source = "Rieke 2018"
+    summary = "sensitivity analysis, \\|∂f / ∂x\\| of the explained output f"
 
     def parameters(self) -> dict:
         """Output explained and the absolute value."""

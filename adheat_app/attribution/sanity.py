@@ -25,8 +25,9 @@ Writes ``group/sanity_check.tsv`` (method, step, layer, spearman,
 spearman_input, drop_layer, flagged, folds, n_scans; means over the checked
 scans) and adds ``SanityCheck`` (per-layer correlations with the trained and
 the input map, the drop layer, the flag) to the sidecars of the checked
-scans' heatmaps. Re-initialisation is seeded (run seed and step), so the
-check is reproducible.
+scans' heatmaps, under the output folder's lock. Re-initialisation is seeded
+(run seed and step), so the check is reproducible. The group level runs it
+(:func:`sanity_check`) after the heatmaps, before the evaluation.
 
 It then writes, for every scan the run explains, each method's map of the
 fully randomised model (every learned layer re-initialised: the cascade's last
@@ -50,10 +51,13 @@ from torch import nn
 
 from adheat_app.attribution.base import Method
 from adheat_app.attribution.canonize import traced_forward
-from adheat_app.attribution.runner import Assignment, HeatmapRun, heatmap_path
-from adheat_app.bids import sidecar_path
+from adheat_app.attribution.runner import Assignment, HeatmapRun, heatmap_run
+from adheat_app.bids import Derivatives
+from adheat_app.cohort import Cohort
+from adheat_app.config import RunConfig
 from adheat_app.evaluation.controls import RANDOM_SUFFIX
 from adheat_app.io import read_json, write_json, write_tsv
+from adheat_app.layout import group_dir, sidecar_path
 
 LOGGER = logging.getLogger(__name__)
 
@@ -209,15 +213,23 @@ def run_sanity_check(run: HeatmapRun) -> pd.DataFrame:
     table["flagged"] = table["method"].map(final > FLAG_THRESHOLD)
     table["folds"] = ",".join(str(k) for k in drawn)
     table["n_scans"] = len(checked)
-    write_tsv(run.derivs.root / "group" / "sanity_check.tsv", table)
-    for method in run.methods:
-        for a in checked:
-            side = sidecar_path(heatmap_path(run.derivs, run.cohort, a.scan, method.name))
-            if side.is_file():
-                values = read_json(side)
-                values["SanityCheck"] = {**per_scan[a.scan.key][method.name], "DropBelowHalfAt": drop[method.name],
-                                         "Flagged": bool(final[method.name] > FLAG_THRESHOLD)}
-                write_json(side, values)
+    with run.derivs.lock():  # concurrent runs rewrite group tables and heatmap sidecars
+        write_tsv(group_dir(run.derivs.root) / "sanity_check.tsv", table)
+        for method in run.methods:
+            for a in checked:
+                side = sidecar_path(run.heatmap(a, method.name))
+                if side.is_file():
+                    values = read_json(side)
+                    values["SanityCheck"] = {**per_scan[a.scan.key][method.name],
+                                             "DropBelowHalfAt": drop[method.name],
+                                             "Flagged": bool(final[method.name] > FLAG_THRESHOLD)}
+                    write_json(side, values)
     for method in run.methods:
         run.run_method(RandomModelControl(method))
     return table
+
+
+def sanity_check(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> pd.DataFrame:
+    """``--sanity-check`` at the group level: :func:`run_sanity_check` of the trained fold models of ``--model``."""
+    with heatmap_run(config, derivs, cohort) as run:
+        return pd.DataFrame() if run is None else run_sanity_check(run)

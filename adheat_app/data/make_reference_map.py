@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from adheat_app.evaluation.reference import BUILTIN_MAP, ale_fwhm, ale_map
+from adheat_app.io import nifti_image
 from adheat_app.templates import load_aal3
 
 HERE = Path(__file__).resolve().parent
@@ -102,10 +103,8 @@ def build() -> tuple[Path, Path]:
     single = ale_map([(foci[["x", "y", "z"]].to_numpy()[:1], NOMINAL_N)], GRID_SHAPE, GRID_AFFINE).max()
     threshold = float(THRESHOLD_FRACTION * single)
     slope = float(ale.max()) / 65535.0
-    img = nib.Nifti1Image(np.rint(ale / slope).astype(np.uint16), GRID_AFFINE)
+    img = nifti_image(np.rint(ale / slope).astype(np.uint16), GRID_AFFINE)
     img.header.set_slope_inter(slope, 0.0)
-    img.set_qform(GRID_AFFINE, code=4)
-    img.set_sform(GRID_AFFINE, code=4)
     out = HERE / BUILTIN_MAP
     nib.save(img, out)
     sidecar = {

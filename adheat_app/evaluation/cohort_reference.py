@@ -34,8 +34,8 @@ import pandas as pd
 from adheat_app.bids import Derivatives, is_complete, software_versions
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
-from adheat_app.evaluation.group_maps import entity_label
 from adheat_app.evaluation.reference import Reference
+from adheat_app.layout import to_label
 from adheat_app.templates import Template
 from adheat_app.volumes import cache_key, load_volumes
 
@@ -49,7 +49,7 @@ MIN_PER_CLASS = 3
 
 
 def _contrast(cohort: Cohort) -> str:
-    return f"{entity_label(cohort.positive_label)}vs{entity_label(cohort.negative_label)}"
+    return f"{to_label(cohort.positive_label)}vs{to_label(cohort.negative_label)}"
 
 
 def cohort_paths(derivs: Derivatives, cohort: Cohort) -> dict[str, object]:

@@ -20,7 +20,7 @@ averaged test subjects of both classes), and, where ``group/predictions.tsv``
 holds the CNN's (``--model``) out-of-fold predictions, the correctly and
 incorrectly classified scans of the positive and negative class
 (``ADcorrect``, ``ADincorrect``, ``CNcorrect``, ``CNincorrect``). Outputs, one
-folder per method (:func:`group_map_path`):
+folder per method (:func:`adheat_app.layout.group_map_path`):
 ``group/<Method>/space-<s>_res-<r>_label-<L>_desc-<Method>_stat-mean_heatmap.nii.gz``
 (mean of absolute, unit-total maps) and ``..._stat-signedmean_heatmap.nii.gz``
 (signed methods), each with a sidecar listing its subjects and sources and
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,9 +45,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from adheat_app.bids import Derivatives, is_complete, sidecar_path, software_versions
+from adheat_app.bids import Derivatives, is_complete, software_versions
 from adheat_app.cohort import Cohort, Scan
 from adheat_app.io import read_json
+from adheat_app.layout import group_map_path, heatmap_path, scan_key, sidecar_path, to_label
 from adheat_app.templates import Template
 
 LOGGER = logging.getLogger(__name__)
@@ -58,27 +58,6 @@ NORMALISATION = ("absolute value of each subject's map divided by its total insi
                  "(unit total relevance per subject), then averaged")
 SIGNED_NORMALISATION = ("each subject's signed map divided by the total of its absolute values inside the "
                         "template brain mask, then averaged")
-
-
-def entity_label(text: str) -> str:
-    """``text`` reduced to a BIDS label (letters and digits)."""
-    return re.sub(r"[^A-Za-z0-9]", "", str(text)) or "unknown"
-
-
-def discover_methods(derivs: Derivatives, space: str, res_label: str) -> list[str]:
-    """Methods that have at least one per-subject heatmap on the analysis grid."""
-    pattern = re.compile(rf"_space-{re.escape(space)}_res-{re.escape(res_label)}_desc-([A-Za-z0-9]+)_heatmap\.nii\.gz$")
-    found = set()
-    for path in derivs.root.glob("sub-*/**/*_heatmap.nii.gz"):
-        match = pattern.search(path.name)
-        if match:
-            found.add(match.group(1))
-    return sorted(found)
-
-
-def heatmap_path(derivs: Derivatives, scan: Scan, space: str, res_label: str, method: str) -> Path:
-    """Path of one scan's heatmap of ``method``."""
-    return derivs.subject_path(scan.subject, scan.session, "heatmap", space=space, res=res_label, desc=method)
 
 
 def read_predictions(derivs: Derivatives, model: str) -> dict[str, int]:
@@ -91,18 +70,17 @@ def read_predictions(derivs: Derivatives, model: str) -> dict[str, int]:
     out = {}
     for row in table.itertuples(index=False):
         session = row.session if isinstance(row.session, str) and row.session else None
-        key = f"sub-{row.subject}" + (f"_ses-{session}" if session else "")
-        out[key] = int(int(row.predicted) == int(row.target))
+        out[scan_key(row.subject, session)] = int(int(row.predicted) == int(row.target))
     return out
 
 
 def scan_groups(scan: Scan, correct: dict[str, int], positive: str, negative: str) -> list[str]:
     """The ``label`` groups a scan belongs to."""
-    groups = [entity_label(scan.diagnosis)] if scan.diagnosis else []
+    groups = [to_label(scan.diagnosis)] if scan.diagnosis else []
     if scan.diagnosis in (positive, negative):
         groups.append(ALL)
         if scan.key in correct:
-            groups.append(entity_label(scan.diagnosis) + ("correct" if correct[scan.key] else "incorrect"))
+            groups.append(to_label(scan.diagnosis) + ("correct" if correct[scan.key] else "incorrect"))
     return groups
 
 
@@ -114,7 +92,7 @@ def method_digest(derivs: Derivatives, cohort: Cohort, method: str, correct: dic
     """
     digest = hashlib.sha256()
     for scan in cohort.scans:
-        path = heatmap_path(derivs, scan, cohort.space, cohort.res_label, method)
+        path = heatmap_path(derivs.root, scan, cohort.space, cohort.res_label, method)
         if path.is_file():
             side = sidecar_path(path)
             groups = scan_groups(scan, correct, cohort.positive_label, cohort.negative_label)
@@ -186,7 +164,7 @@ def load_method(derivs: Derivatives, cohort: Cohort, template: Template, method:
     groups: dict[str, list[int]] = {}
     signed_sums: dict[str, np.ndarray] = {}
     for scan in cohort.scans:
-        path = heatmap_path(derivs, scan, cohort.space, cohort.res_label, method)
+        path = heatmap_path(derivs.root, scan, cohort.space, cohort.res_label, method)
         if not path.is_file():
             continue
         data = np.asarray(nib.load(path).dataobj, dtype=np.float32)[mask]
@@ -226,13 +204,6 @@ def load_method(derivs: Derivatives, cohort: Cohort, template: Template, method:
     return maps
 
 
-def group_map_path(derivs: Derivatives, template: Template, method: str, label: str, stat: str = "mean") -> Path:
-    """Path of a group map: ``group/<method>/space-..._label-<label>_desc-<method>_stat-<stat>_heatmap.nii.gz``."""
-    name = derivs.filename("heatmap", ".nii.gz", space=template.space, res=template.res_label, label=label,
-                           desc=method, stat=stat)
-    return derivs.root / "group" / method / name
-
-
 def write_group_maps(derivs: Derivatives, template: Template, maps: MethodMaps, overwrite: bool) -> list[Path]:
     """Write the mean (and signed mean) map of every group; skip files already made from the same inputs."""
     mask = template.mask_array()
@@ -242,7 +213,7 @@ def write_group_maps(derivs: Derivatives, template: Template, maps: MethodMaps, 
         if label in maps.signed_means:
             outputs.append(("signedmean", maps.signed_means[label], SIGNED_NORMALISATION))
         for stat, values, normalisation in outputs:
-            path = group_map_path(derivs, template, maps.method, label, stat)
+            path = group_map_path(derivs.root, template.space, template.res_label, maps.method, label, stat)
             written.append(path)
             if not overwrite and is_complete(path, InputsHash=maps.digest):
                 continue

@@ -37,12 +37,13 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from adheat_app.bids import Derivatives, file_hash, is_complete, sidecar_path, software_versions
+from adheat_app.bids import Derivatives, file_hash, is_complete, software_versions
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.evaluation.reference import Reference, is_foci_file
 from adheat_app.io import read_json
+from adheat_app.layout import sidecar_path
 from adheat_app.templates import Template, resample
 
 LOGGER = logging.getLogger(__name__)

@@ -46,6 +46,7 @@ import numpy as np
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.io import read_json
+from adheat_app.layout import sidecar_path
 from adheat_app.templates import Template, resample
 
 LOGGER = logging.getLogger(__name__)
@@ -155,12 +156,8 @@ def builtin_reference_path() -> Path:
 
 
 def _sidecar(path: Path) -> dict:
-    name = path.name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            side = path.with_name(name[: -len(ext)] + ".json")
-            return read_json(side) if side.is_file() else {}
-    return {}
+    side = sidecar_path(path)
+    return read_json(side) if side.is_file() else {}
 
 
 def load_map(path: Path, template: Template, name: str, threshold: float | None, option: str) -> Reference:

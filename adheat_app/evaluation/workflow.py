@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from adheat_app.baseline.svm import output_paths
-from adheat_app.bids import Derivatives, is_complete, sidecar_path, software_versions
+from adheat_app.bids import Derivatives, is_complete, software_versions
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.evaluation.chance import chance_levels
@@ -53,7 +53,7 @@ from adheat_app.evaluation.controls import (
 )
 from adheat_app.evaluation.distances import map_distances
 from adheat_app.evaluation.group_maps import (
-    ALL, discover_methods, entity_label, load_method, method_digest, read_predictions, scan_groups, write_group_maps,
+    ALL, load_method, method_digest, read_predictions, scan_groups, write_group_maps,
 )
 from adheat_app.evaluation.overlap import (
     TOP_PERCENT, bootstrap, overlap_metrics, percentile_interval, resample_counts, score_resamples, sorted_metrics,
@@ -64,6 +64,8 @@ from adheat_app.evaluation.scoring import (
     ANSWER_METRIC, Scores, answer_table, constant_samples, overlap_rows, paired_differences,
 )
 from adheat_app.io import write_json, write_tsv
+from adheat_app.plotting import overlap_curves, save_png
+from adheat_app.layout import heatmap_methods, sidecar_path, to_label
 from adheat_app.templates import Template, get_atlas
 from adheat_app.inputs import channel_names, input_key, load_inputs
 
@@ -108,7 +110,7 @@ class _Scorer:
         self.binaries = [ref.binary()[mask] for ref in references]
         self.continuous = [ref.values[mask] for ref in references]
         positive, negative = cohort.positive_label, cohort.negative_label
-        labels = [entity_label(positive), entity_label(negative), ALL]
+        labels = [to_label(positive), to_label(negative), ALL]
         self.keys = {label: [s.key for s in cohort.scans if label in scan_groups(s, correct, positive, negative)]
                      for label in labels}
         self.keys = {label: keys for label, keys in self.keys.items() if keys}
@@ -176,13 +178,12 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
     template : Template
         Analysis template (grid, brain mask and grey-matter probability).
     """
-    from adheat_app.report.figures import overlap_curves, save_png  # lazy: the report package imports this one
 
     start = time.time()
     ev = config.evaluation
     group = derivs.root / "group"
     mask = template.mask_array()
-    methods = discover_methods(derivs, template.space, template.res_label)
+    methods = heatmap_methods(derivs.root, template.space, template.res_label)
     pattern_path, weights_path = output_paths(derivs, cohort)
     has_svm = pattern_path.is_file()
     if not methods and not has_svm:

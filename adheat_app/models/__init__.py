@@ -5,8 +5,11 @@ Each submodule defines one architecture and registers a builder with
 ``(X, Y, Z)`` and the number of input channels ``C`` (``--input``, 1 by default)
 and returns an ``nn.Module`` mapping ``(N, C, X, Y, Z)`` volumes to ``(N, 2)``
 logits (index 1 = positive class). Adding a model is adding a file.
+Every model is checked against the contract the heatmap methods rely on when
+it registers (:func:`~adheat_app.models._contract.check_model`).
 """
 
+from adheat_app.models._contract import check_model
 from adheat_app.registry import Registry
 
-MODELS = Registry("adheat_app.models", "model")
+MODELS = Registry("adheat_app.models", "model", check=check_model)

@@ -15,8 +15,7 @@ global linear part, is written on the analysis grid as well
 (:func:`.register.log_jacobian`; the tensor-based-morphometry input of
 ``--input logjacobian|both``). N4 runs on the brain
 alone: the bias field that matters is the brain's, and the cropped brain is
-half the voxels of the head (measured: 12 s instead of 25 s on a 0.88 mm
-head, same registration quality).
+half the voxels of the head (half the time: ``docs/performance.md``).
 
 Everything is computed in memory and under the job's own folder of the work
 directory (which also receives antspyx's temporary files); outputs are written
@@ -38,10 +37,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from adheat_app import plotting
 from adheat_app.bids import Derivatives, T1wInput, file_hash, is_complete, software_versions
-from adheat_app.cohort import logjacobian_path, preproc_paths
 from adheat_app.config import RunConfig
-from adheat_app.io import atomic_path, write_json, write_text
+from adheat_app.io import atomic_path, nifti_image, write_json, write_text
+from adheat_app.layout import logjacobian_path, preproc_paths, registration_figure, sidecar_path
 from adheat_app.preprocess import checks, intensity, qc, register, skullstrip
 from adheat_app.preprocess.reuse import AnatFiles
 from adheat_app.templates import Template, grid_for, resample
@@ -66,14 +66,14 @@ class OutputPaths:
 
 def output_paths(derivs: Derivatives, t1w: T1wInput, template: Template) -> OutputPaths:
     """The output paths of one input (README.md, "Outputs")."""
-    image, mask = preproc_paths(derivs, t1w, template.space, template.res_label)
+    image, mask = preproc_paths(derivs.root, t1w, template.space, template.res_label)
     forward = derivs.subject_path(t1w.subject, t1w.session, "xfm", ".h5", from_="T1w", to=template.space,
                                   mode="image")
     inverse = derivs.subject_path(t1w.subject, t1w.session, "xfm", ".h5", from_=template.space, to="T1w",
                                   mode="image")
-    figure = derivs.root / f"sub-{t1w.subject}" / "figures" / f"{t1w.key}_desc-reg_T1w.svg"
+    figure = registration_figure(derivs.root, t1w)
     return OutputPaths(image, mask, forward, inverse, figure,
-                       logjacobian_path(derivs, t1w, template.space, template.res_label))
+                       logjacobian_path(derivs.root, t1w, template.space, template.res_label))
 
 
 def settings(config: RunConfig, template: Template) -> dict:
@@ -246,11 +246,7 @@ def _copy(source: Path, target: Path) -> None:
 
 
 def _grid_image(data: np.ndarray, template: Template) -> nib.Nifti1Image:
-    img = nib.Nifti1Image(data, template.affine)
-    img.set_qform(template.affine, code=4)
-    img.set_sform(template.affine, code=4)
-    img.header.set_xyzt_units("mm")
-    return img
+    return nifti_image(data, template.affine, units=("mm",))
 
 
 def process(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Template,
@@ -293,16 +289,16 @@ def process(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Tem
         data = intensity.normalise(result.warped, result.mask, config.preprocessing.intensity_norm, template_data,
                                    template_mask)
         paths = output_paths(derivs, t1w, template)
-        figure = qc.figure_svg(result.warped, template_data, template_mask,
-                               f"{t1w.key}: registered T1w, template brain outline (red) and mid-intensity "
-                               f"contour (yellow); NCC {score:.3f}, brain-mask Dice {overlap:.3f}")
+        figure = plotting.registration_svg(
+            result.warped, template_data, template_mask, f"{t1w.key}: registered T1w, template brain outline (red) and "
+            f"mid-intensity contour (yellow); NCC {score:.3f}, brain-mask Dice {overlap:.3f}")
         sources = [derivs.source_uri(anat.image if anat else t1w.path)] + \
             ([derivs.source_uri(anat.mask)] if anat else [])
         if result.registration is not None:
             _copy(result.registration.forward, paths.forward)
             _copy(result.registration.inverse, paths.inverse)
             for path, direction in ((paths.forward, "T1w to template"), (paths.inverse, "template to T1w")):
-                write_json(path.with_name(path.name.replace(".h5", ".json")), {
+                write_json(sidecar_path(path), {
                     "Sources": sources, "Type": "ANTs composite transform (HDF5)", "Direction": direction,
                     "FromSpace": "T1w" if path == paths.forward else template.space,
                     "ToSpace": template.space if path == paths.forward else "T1w",
@@ -316,7 +312,7 @@ def process(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Tem
         write_text(paths.figure, figure)
         if result.logjacobian is not None:
             derivs.write_image(paths.logjacobian, _grid_image(result.logjacobian, template), {
-                "Sources": [derivs.source_uri(paths.forward)], "Space": template.space,
+                "Sources": [derivs.source_uri(paths.forward)], "SkullStripped": True, "Space": template.space,
                 "Resolution": template.res_description, "Units": "natural log of a volume ratio",
                 "Description": "log Jacobian determinant of the T1w-to-template deformation minus the log "
                                "determinant of its global affine part, inside the template brain mask (0 outside): "

@@ -1,14 +1,13 @@
-"""Quality control of preprocessing: registration NCC, brain-mask Dice, the overlay figure and ``group/preproc_qc.tsv``.
+"""Quality control of preprocessing: registration NCC, brain-mask Dice and ``group/preproc_qc.tsv``.
 
 Two registration-quality numbers per scan. The normalised cross-correlation
 (Pearson correlation) between the registered, bias-corrected T1w and the
 template inside the template's brain mask measures how well the inside of the
 brain lines up; it cannot see the brain's outline drifting out of that mask.
 The Dice overlap of the registered brain mask with the template's brain mask
-does (measured on the two real heads: 0.977 / 0.974 with the default
-registration, 0.957 / 0.949 when the metric was restricted to the template
-mask, which raised NCC from 0.87 to 0.90), and it also shows a brain
-extraction that cut off or kept too much. A scan is flagged as an outlier
+does (``docs/performance.md``: a registration restricted to the template mask
+raised NCC and lowered this Dice), and it also shows a brain extraction that
+cut off or kept too much. A scan is flagged as an outlier
 when either number is below its floor (:data:`MIN_NCC`, :data:`MIN_DICE`) or
 below the cohort median minus :data:`MAD_FACTOR` scaled median absolute
 deviations (the scaled MAD taken as at least :data:`MIN_SPREAD`, so a cohort
@@ -18,8 +17,6 @@ when the deformation folds.
 
 from __future__ import annotations
 
-import io
-import re
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +24,7 @@ import pandas as pd
 
 from adheat_app.bids import Derivatives
 from adheat_app.io import read_json, write_tsv
+from adheat_app.layout import find_preproc
 
 #: NCC below which a registration is always an outlier.
 MIN_NCC = 0.5
@@ -36,7 +34,6 @@ MIN_DICE = 0.9
 MAD_FACTOR = 3.0
 #: Smallest scaled MAD used by :func:`flag_outliers`.
 MIN_SPREAD = 0.01
-_KEY_RE = re.compile(r"^sub-(?P<sub>[A-Za-z0-9]+)(?:_ses-(?P<ses>[A-Za-z0-9]+))?_")
 
 
 def ncc(image: np.ndarray, template: np.ndarray, mask: np.ndarray) -> float:
@@ -53,44 +50,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice overlap ``2 |a & b| / (|a| + |b|)`` of two boolean arrays (0 when both are empty)."""
     total = int(a.sum()) + int(b.sum())
     return 2.0 * int(np.logical_and(a, b).sum()) / total if total else 0.0
-
-
-def figure_svg(image: np.ndarray, template: np.ndarray, mask: np.ndarray, title: str) -> str:
-    """Three orthogonal slices of the registered T1w with template contours, as SVG text.
-
-    Parameters
-    ----------
-    image, template, mask : numpy.ndarray
-        Registered T1w, template T1w and template mask on the template grid (RAS).
-    title : str
-        Figure title (the scan key and its quality numbers).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    voxels = np.argwhere(mask)
-    centre = [int(round(c)) for c in voxels.mean(axis=0)]
-    centre[0] = int(np.percentile(voxels[:, 0], 35))  # sagittal cut through a hemisphere, not the midline
-    inside = image[mask]
-    low, high = np.percentile(inside, [1, 99]) if inside.size else (0.0, 1.0)
-    levels = np.percentile(template[mask], [50]) if mask.any() else [0.5]
-    fig = Figure(figsize=(9, 3.4))
-    views = (("sagittal", lambda a: a[centre[0], :, :]), ("coronal", lambda a: a[:, centre[1], :]),
-             ("axial", lambda a: a[:, :, centre[2]]))
-    for index, (name, cut) in enumerate(views):
-        ax = fig.add_subplot(1, 3, index + 1)
-        ax.imshow(cut(image).T, origin="lower", cmap="gray", vmin=low, vmax=high, rasterized=True)
-        ax.contour(cut(mask.astype(np.float32)).T, levels=[0.5], colors="#ff3030", linewidths=0.8)
-        ax.contour(cut(template).T, levels=levels, colors="#ffd000", linewidths=0.5)
-        ax.set_title(name, fontsize=9)
-        ax.set_axis_off()
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", dpi=90)
-    return buffer.getvalue()
 
 
 def flag_outliers(values: pd.Series, floor: float = MIN_NCC) -> pd.Series:
@@ -124,16 +83,12 @@ def write_qc_table(derivs: Derivatives) -> Path:
 def _write_qc_table(derivs: Derivatives) -> Path:
     """:func:`write_qc_table` without the lock."""
     rows = []
-    for side in sorted(derivs.root.glob("sub-*/**/anat/*_desc-preproc_T1w.json")):
-        match = _KEY_RE.match(side.name)
-        if not match:
-            continue
-        entities = dict(part.split("-", 1) for part in side.name.split("_")[:-1] if "-" in part)
+    for side, name in find_preproc(derivs.root, extension=".json"):
         meta = read_json(side)
         if "RegistrationNCC" not in meta:
             continue
-        rows.append({"subject": match["sub"], "session": match["ses"], "space": entities.get("space"),
-                     "res": entities.get("res"), "ncc": round(float(meta["RegistrationNCC"]), 4),
+        rows.append({"subject": name.get("sub"), "session": name.get("ses"), "space": name.get("space"),
+                     "res": name.get("res"), "ncc": round(float(meta["RegistrationNCC"]), 4),
                      "brain_dice": meta.get("BrainMaskDice"),
                      "folded_percent": (meta.get("JacobianDeterminant") or {}).get("FoldedPercent"),
                      "skull_stripped_input": meta.get("InputSkullStripped"),

@@ -15,32 +15,11 @@ analysis registers at 2 mm and resamples the 1 mm output through the same
 transform. :func:`jacobian` gives the determinant of the result for QC (a
 folding deformation can fit any image: NCC alone does not show it).
 
-Measured on the two shared real whole heads (``--resolution 2``, NCC with the
-template inside its brain mask; seed 1, 2 threads): naive whole-head SyN
-0.27 / 0.68; one SyN stage with step 0.3 (60x40x20) 0.81 / 0.84; step 0.5
-0.83 / 0.86; step 0.7 0.85 / 0.88, which lowered the simulated scans' NCC
-(0.959 to 0.945 on one); these stages 0.87 / 0.88 (0.86 / 0.88 through the
-pipeline with its test's seed), no folded voxel (minimum Jacobian determinant
-0.04 / 0.15). Smaller update-field smoothing
-(flow sigma 1 or 1.5) and the CC metric were worse; ANTs'
-GaussianDisplacementField reached NCC 0.95 by folding 2.5-2.8 % of the brain.
-Time (2 threads, real heads): rigid 1-1.5 s, affine 1-1.5 s, coarse SyN
-3.5-4 s, the fine stage 28-32 s (1.4-1.6 s per iteration on the 83x100x86
-grid; one thread 43-47 s); without the fine stage NCC is 0.69-0.76. Tried
-for a cheaper fine stage, none adopted: no update-field smoothing (a third
-of its time; NCC 0.78 / 0.82); MeanSquares after histogram matching (same
-time, 0.86 / 0.87); GaussianDisplacementField with the total field smoothed
-(0.5 or 1 voxel: 49-50 s, still 0.1-0.5 % folded); a 4 mm instead of 10 mm
-crop margin (17 % fewer voxels, within timing noise); the template brain
-mask as fixed mask (NCC 0.90 / 0.91, same time, but the brain outline
-drifts: Dice of the warped brain mask with the template's, 0.977 / 0.974
-without it, falls to 0.957 / 0.949 even with the mask dilated by two
-voxels).
-On the simulated cohort the pipeline gives NCC 0.96-0.98 and Dice 0.76-0.95 for
-the planted region and the hippocampus mapped back to the native grid. The
-result is saved as two ANTs composite HDF5 transforms (forward: T1w ->
-template, for images; inverse: template -> T1w), so template-space maps can be
-brought back to the native grid (:func:`apply_transform`).
+The quality and time of these stages, and the alternatives that were measured
+and rejected, are in ``docs/performance.md``. The result is saved as two ANTs
+composite HDF5 transforms (forward: T1w -> template, for images; inverse:
+template -> T1w), so template-space maps can be brought back to the native
+grid (:func:`apply_transform`).
 
 Determinism: ANTs' sampling is seeded with ``--seed`` (``--random-seed``);
 with one thread per job (``--omp-nthreads 1``) a rerun gives bit-identical
@@ -56,6 +35,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from adheat_app.io import nifti_image
 
 
 @dataclass(frozen=True)
@@ -149,10 +130,7 @@ def to_ants(img: nib.Nifti1Image):
 
 def to_nifti(image, reference: nib.Nifti1Image) -> nib.Nifti1Image:
     """The array of an ANTs image on ``reference``'s grid as a float32 NIfTI image."""
-    out = nib.Nifti1Image(image.numpy().astype(np.float32), reference.affine)
-    out.set_qform(reference.affine, code=1)
-    out.set_sform(reference.affine, code=1)
-    return out
+    return nifti_image(image.numpy().astype(np.float32), reference.affine, code=1)
 
 
 def n4(img: nib.Nifti1Image, mask: np.ndarray | None = None) -> nib.Nifti1Image:
@@ -208,11 +186,7 @@ def register(moving: nib.Nifti1Image, fixed: nib.Nifti1Image, method: str, seed:
 
 def to_nifti_float(img: nib.Nifti1Image) -> nib.Nifti1Image:
     """``img`` as a float32 NIfTI image with qform and sform set (what ANTs reads)."""
-    out = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
-    out.set_qform(img.affine, code=1)
-    out.set_sform(img.affine, code=1)
-    out.header.set_xyzt_units("mm", "sec")
-    return out
+    return nifti_image(np.asarray(img.dataobj, dtype=np.float32), img.affine, code=1, units=("mm", "sec"))
 
 
 def identity(workdir: Path) -> Registration:

@@ -11,15 +11,13 @@ before any output is written.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from adheat_app.bids import T1wInput
 from adheat_app.errors import InputError
+from adheat_app.layout import find_fmriprep_anat, fmriprep_mask
 
-_NAME_RE = re.compile(r"^sub-(?P<sub>[A-Za-z0-9]+)(?:_ses-(?P<ses>[A-Za-z0-9]+))?(?:_[a-z]+-[A-Za-z0-9]+)*?"
-                      r"_space-(?P<space>[A-Za-z0-9]+)(?:_res-(?P<res>[A-Za-z0-9]+))?_desc-preproc_T1w\.nii(\.gz)?$")
 #: Voxel size (mm) of each TemplateFlow ``res`` label of MNI152NLin2009cAsym (no label: 1 mm).
 RES_MM = {None: 1.0, "1": 1.0, "01": 1.0, "2": 2.0, "02": 2.0}
 
@@ -30,16 +28,6 @@ class AnatFiles:
 
     image: Path
     mask: Path
-
-
-def _candidates(root: Path, t1w: T1wInput) -> list[Path]:
-    folders = [root / f"sub-{t1w.subject}" / "anat"]
-    if t1w.session:
-        folders.insert(0, root / f"sub-{t1w.subject}" / f"ses-{t1w.session}" / "anat")
-    found = []
-    for folder in folders:
-        found.extend(sorted(folder.glob(f"sub-{t1w.subject}*_desc-preproc_T1w.nii*")))
-    return found
 
 
 def find_anat(root: Path, t1w: T1wInput, space: str, resolution: float) -> AnatFiles:
@@ -53,14 +41,11 @@ def find_anat(root: Path, t1w: T1wInput, space: str, resolution: float) -> AnatF
     """
     matches = []
     other_spaces = set()
-    for path in _candidates(root, t1w):
-        m = _NAME_RE.match(path.name)
-        if not m or (m["ses"] and m["ses"] != t1w.session):
+    for path, name in find_fmriprep_anat(root, t1w):
+        if name.get("space") != space:
+            other_spaces.add(name.get("space"))
             continue
-        if m["space"] != space:
-            other_spaces.add(m["space"])
-            continue
-        mm = RES_MM.get(m["res"], float("nan"))
+        mm = RES_MM.get(name.get("res"), float("nan"))
         matches.append((abs(mm - resolution) if mm == mm else 99.0, path))
     where = f"{root}/sub-{t1w.subject}"
     if not matches:
@@ -71,7 +56,7 @@ def find_anat(root: Path, t1w: T1wInput, space: str, resolution: float) -> AnatF
         raise InputError(f"--anat-derivatives {root}: no {t1w.key}*_space-{space}_desc-preproc_T1w.nii.gz under "
                          f"{where}; point --anat-derivatives at the fMRIPrep output folder")
     image = min(matches)[1]
-    mask = image.with_name(image.name.replace("_desc-preproc_T1w", "_desc-brain_mask"))
+    mask = fmriprep_mask(image)
     if not mask.is_file():
         raise InputError(f"--anat-derivatives {root}: {image.name} has no brain mask ({mask.name} is missing)")
     return AnatFiles(image, mask)

@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from adheat_app.layout import sidecar_path
 from adheat_app.memory import reuse_cpu_memory
 
 #: Foreground volume (ml) below which an image without a sidecar verdict counts as skull-stripped.
@@ -28,15 +29,8 @@ STRIPPED_THRESHOLD = 0.08
 
 def sidecar_says_stripped(path: Path) -> bool | None:
     """``SkullStripped`` from the JSON sidecar next to a BIDS image (None when absent)."""
-    name = Path(path).name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            side = Path(path).with_name(name[: -len(ext)] + ".json")
-            break
-    else:
-        return None
     try:
-        value = json.loads(side.read_text()).get("SkullStripped")
+        value = json.loads(sidecar_path(path).read_text()).get("SkullStripped")
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, bool) else None

@@ -16,21 +16,20 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from adheat_app import plotting
 from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
-from adheat_app.evaluation.group_maps import entity_label, group_map_path
 from adheat_app.evaluation.reference import ANATOMICAL_PRIOR, HEADLINE_ORDER
 from adheat_app.io import write_text
-from adheat_app.report import figures
+from adheat_app.layout import group_map_methods, group_map_path, to_label
 from adheat_app.report.html import Section, esc, image, markdown, not_computed, note, page, table
 from adheat_app.templates import Template
 
@@ -170,7 +169,7 @@ def _roc(group: Path) -> str:
     predictions = read_tsv(group / "predictions.tsv")
     if predictions is None or predictions.empty:
         return not_computed("group/predictions.tsv is absent")
-    body = image(figures.roc_curves(predictions), "ROC curves")
+    body = image(plotting.roc_curves(predictions), "ROC curves")
     counts = predictions.groupby("model").size().rename("scans").reset_index()
     return body + note("Pooled out-of-fold predictions of every model.") + table(counts)
 
@@ -184,29 +183,22 @@ def _training(config: RunConfig) -> str:
                    for p in curves)
 
 
-def _group_methods(group: Path, template: Template) -> list[str]:
-    pattern = re.compile(rf"^space-{re.escape(template.space)}_res-{re.escape(template.res_label)}_label-all_"
-                         r"desc-([A-Za-z0-9]+)_stat-mean_heatmap\.nii\.gz$")
-    return sorted({m.group(1) for p in group.glob("*/*_heatmap.nii.gz")
-                   if (m := pattern.match(p.name)) and p.parent.name == m.group(1)})
-
-
 def _heatmaps(derivs: Derivatives, cohort: Cohort, template: Template) -> str:
     group = derivs.root / "group"
-    methods = _group_methods(group, template)
+    methods = group_map_methods(derivs.root, template.space, template.res_label)
     if not methods:
         return not_computed("no group mean heatmaps (no per-subject heatmaps, or evaluation not run)")
     parts = [note("Mean of per-subject absolute heatmaps, each normalised to unit total relevance inside the brain "
                   "mask (maps are scaled to their 99.5th percentile).")]
     for method in methods:
         parts.append(f"<h3>{esc(method)}</h3>")
-        for label in (entity_label(cohort.positive_label), entity_label(cohort.negative_label)):
-            path = group_map_path(derivs, template, method, label)
+        for label in (to_label(cohort.positive_label), to_label(cohort.negative_label)):
+            path = group_map_path(derivs.root, template.space, template.res_label, method, label)
             if path.is_file():
-                parts.append(image(figures.stat_mosaic(nib.load(path), template.t1w, f"{method} mean, {label}"),
+                parts.append(image(plotting.stat_mosaic(nib.load(path), template.t1w, f"{method} mean, {label}"),
                                    f"{method} {label} mosaic"))
-        path = group_map_path(derivs, template, method, "all")
-        parts.append(image(figures.glass_brain(nib.load(path), f"{method} mean, all"), f"{method} glass brain"))
+        path = group_map_path(derivs.root, template.space, template.res_label, method, "all")
+        parts.append(image(plotting.glass_brain(nib.load(path), f"{method} mean, all"), f"{method} glass brain"))
     return "".join(parts)
 
 
@@ -218,11 +210,11 @@ def _svm(derivs: Derivatives, cohort: Cohort, template: Template) -> str:
         return not_computed("the SVM baseline has not run (no desc-SVM_pattern map)")
     parts = [note("Activation pattern cov(Z) w / var(w'z) (Haufe et al. 2014), mean over folds; negative values: "
                   f"lower intensity goes with {cohort.positive_label}."),
-             image(figures.stat_mosaic(nib.load(pattern), template.t1w, "SVM activation pattern", signed=True),
+             image(plotting.stat_mosaic(nib.load(pattern), template.t1w, "SVM activation pattern", signed=True),
                    "SVM pattern mosaic"),
-             image(figures.glass_brain(nib.load(pattern), "SVM activation pattern", signed=True), "SVM glass brain")]
+             image(plotting.glass_brain(nib.load(pattern), "SVM activation pattern", signed=True), "SVM glass brain")]
     if weights.is_file():
-        parts.append(image(figures.stat_mosaic(nib.load(weights), template.t1w, "SVM weights (not a map of effects)",
+        parts.append(image(plotting.stat_mosaic(nib.load(weights), template.t1w, "SVM weights (not a map of effects)",
                                                signed=True), "SVM weights mosaic"))
     return "".join(parts)
 
@@ -246,7 +238,7 @@ def _reference(config: RunConfig, derivs: Derivatives, cohort: Cohort, template:
                      + note(f"Source: {ref.source}; "
                             + ("reference voxels as described" if ref.mask is not None
                                else f"binarised above {ref.threshold:g}") + f": {int(ref.binary().sum())} voxels.")
-                     + image(figures.stat_mosaic(img, template.t1w, f"reference: {ref.name}"), f"reference {ref.name}"))
+                     + image(plotting.stat_mosaic(img, template.t1w, f"reference: {ref.name}"), f"reference {ref.name}"))
     return "".join(parts)
 
 
@@ -288,7 +280,7 @@ def _overlap(group: Path, cohort: Cohort) -> str:
                   "averages fewer distinct "
                   "subjects and is noisier than the full mean, so for metrics that reward sharp maps the interval "
                   "can lie below the value.")]
-    for label in ("all", entity_label(cohort.positive_label)):
+    for label in ("all", to_label(cohort.positive_label)):
         wide = overlap_summary(overlap, label)
         if not wide.empty:
             parts.append(f"<h3>label: {esc(label)}</h3>" + table(wide))
@@ -301,7 +293,7 @@ def _regions(group: Path, cohort: Cohort) -> str:
     regions = read_tsv(group / "regions.tsv")
     if regions is None or regions.empty:
         return not_computed("group/regions.tsv is absent")
-    top = regions[(regions["rank"] <= 10) & regions["label"].isin(["all", entity_label(cohort.positive_label)])]
+    top = regions[(regions["rank"] <= 10) & regions["label"].isin(["all", to_label(cohort.positive_label)])]
     return (note("Ten regions (AAL3) with the largest share of each method's mean relevance; enrichment = share of "
                  "relevance / share of brain volume. Full table: group/regions.tsv.") + table(top, max_rows=400))
 
@@ -317,7 +309,7 @@ def _distances(group: Path) -> str:
         rows = distances[distances["label"] == distances["label"].iloc[0]]
     parts = [note("Between mean maps (label all): Euclidean distance of unit-norm maps, and 1 - Pearson r.")]
     for column in ("euclidean", "correlation_distance"):
-        parts.append(image(figures.matrix_heatmap(distance_matrix(rows, column), column.replace("_", " ")), column))
+        parts.append(image(plotting.matrix_heatmap(distance_matrix(rows, column), column.replace("_", " ")), column))
     return "".join(parts) + table(distances)
 
 

@@ -1,10 +1,8 @@
 """Self-contained HTML pages: layout, tables, embedded images, and a minimal Markdown renderer.
 
 Every page is one file with its style sheet inline and every image embedded
-as a ``data:`` URI, so a report can be mailed or opened offline. A small
-inline script records any JavaScript error in ``<html data-errors=...>`` and
-marks the page rendered (``<body data-rendered=N>``, N sections), which the
-headless-browser test reads from the rendered DOM.
+as a ``data:`` URI, so a report can be mailed or opened offline. Pages hold no
+script.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from adheat_app import __version__
-from adheat_app.report.figures import data_uri
+from adheat_app.plotting import data_uri
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 0 1.5em 3em; color: #222; }
@@ -35,16 +33,6 @@ img { max-width: 100%; display: block; margin: .5em 0; }
 code { background: #f4f4f4; padding: 0 .2em; }
 .scroll { overflow-x: auto; }
 """
-
-ERROR_HOOK = """
-window.addEventListener('error', function (event) {
-  var root = document.documentElement;
-  root.dataset.errors = (root.dataset.errors ? root.dataset.errors + ' | ' : '') + (event.message || 'resource error');
-}, true);
-"""
-
-RENDERED_MARK = "document.body.dataset.rendered = String(document.querySelectorAll('section').length);"
-
 
 @dataclass(frozen=True)
 class Section:
@@ -127,6 +115,5 @@ def page(title: str, sections: Sequence[Section]) -> str:
     nav = " ".join(f'<a href="#{esc(s.id)}">{esc(s.title)}</a>' for s in sections)
     body = "\n".join(f'<section id="{esc(s.id)}">\n<h2>{esc(s.title)}</h2>\n{s.body}\n</section>' for s in sections)
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{esc(title)}</title>\n"
-            f"<script>{ERROR_HOOK}</script>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{esc(title)}</h1>\n"
-            f"<p class=\"note\">adheat {esc(__version__)}</p>\n<nav>{nav}</nav>\n{body}\n"
-            f"<script>{RENDERED_MARK}</script>\n</body>\n</html>\n")
+            f"<style>{STYLE}</style>\n</head>\n<body>\n<h1>{esc(title)}</h1>\n"
+            f"<p class=\"note\">adheat {esc(__version__)}</p>\n<nav>{nav}</nav>\n{body}\n</body>\n</html>\n")

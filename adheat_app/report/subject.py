@@ -11,25 +11,23 @@ Works from whatever files exist for the subject.
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from adheat_app.bids import Derivatives, normalize_label, read_participants, sidecar_path
+from adheat_app import plotting
+from adheat_app.bids import Derivatives, normalize_label, read_participants
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.io import read_json, write_text
-from adheat_app.report import figures
+from adheat_app.layout import find_heatmaps, find_preproc, scan_figures, sidecar_path
 from adheat_app.report.group import read_tsv
 from adheat_app.report.html import Section, esc, image, not_computed, note, page, svg_image, table
 
 LOGGER = logging.getLogger(__name__)
 
-_PREPROC = re.compile(r"^(?P<key>sub-[A-Za-z0-9]+(?:_ses-[A-Za-z0-9]+)?)_space-(?P<space>[A-Za-z0-9]+)_"
-                      r"res-(?P<res>[0-9p]+)_desc-preproc_T1w\.nii\.gz$")
 HEATMAP_KEYS = ("Method", "Fold", "TargetClass", "TrueLabel", "PredictedProbability", "Signed", "Model",
                 "WallTimeSeconds")
 
@@ -41,12 +39,7 @@ def _scalars(sidecar: dict) -> pd.DataFrame:
 
 def _sessions(derivs: Derivatives, subject: str) -> list[tuple[str, Path, str, str]]:
     """(key, preprocessed T1w, space, res) of every preprocessed session of a subject."""
-    found = []
-    for path in sorted((derivs.root / f"sub-{subject}").glob("**/anat/*_desc-preproc_T1w.nii.gz")):
-        match = _PREPROC.match(path.name)
-        if match:
-            found.append((match["key"], path, match["space"], match["res"]))
-    return found
+    return [(name.key, path, name.get("space"), name.get("res")) for path, name in find_preproc(derivs.root, subject)]
 
 
 def _preprocessing(derivs: Derivatives, subject: str, sessions: list) -> str:
@@ -55,8 +48,7 @@ def _preprocessing(derivs: Derivatives, subject: str, sessions: list) -> str:
     parts = []
     for key, path, _, _ in sessions:
         parts.append(f"<h3>{esc(key)}</h3>")
-        figures_dir = derivs.root / f"sub-{subject}" / "figures"
-        qc = sorted(list(figures_dir.glob(f"{key}_*.svg")) + list(figures_dir.glob(f"{key}_*.png")))
+        qc = scan_figures(derivs.root, subject, key)
         if qc:
             for figure in qc:
                 parts.append(svg_image(figure.read_bytes(), figure.name) if figure.suffix == ".svg"
@@ -78,21 +70,21 @@ def _predictions(derivs: Derivatives, subject: str) -> str:
     return note("Out-of-fold: each model predicted this subject from the fold that held it out.") + table(rows)
 
 
-def _heatmaps(derivs: Derivatives, sessions: list) -> str:
+def _heatmaps(derivs: Derivatives, subject: str, sessions: list) -> str:
     parts = []
     for key, path, space, res in sessions:
-        maps = sorted(path.parent.glob(f"{key}_space-{space}_res-{res}_desc-*_heatmap.nii.gz"))
+        maps = [(heatmap, name.get("desc")) for heatmap, name in find_heatmaps(derivs.root, space, res, subject)
+                if name.key == key]
         if not maps:
             continue
         volumes, rows = {}, []
-        for heatmap in maps:
-            method = re.search(r"_desc-([A-Za-z0-9]+)_heatmap", heatmap.name).group(1)
+        for heatmap, method in maps:
             volumes[method] = np.asarray(nib.load(heatmap).dataobj, dtype=np.float32)
             side = sidecar_path(heatmap)
             sidecar = read_json(side) if side.is_file() else {}
             rows.append({k: sidecar.get(k) for k in HEATMAP_KEYS} | {"Method": method})
         background = np.asarray(nib.load(path).dataobj, dtype=np.float32)
-        parts.append(f"<h3>{esc(key)}</h3>" + image(figures.quick_mosaic(volumes, background), f"{key} heatmaps")
+        parts.append(f"<h3>{esc(key)}</h3>" + image(plotting.quick_mosaic(volumes, background), f"{key} heatmaps")
                      + table(pd.DataFrame(rows)))
     return "".join(parts) or not_computed("no heatmaps for this subject")
 
@@ -113,7 +105,7 @@ def write_subject_report(config: RunConfig, derivs: Derivatives, subject: str) -
         Section("summary", "Subject", summary),
         Section("preprocessing", "Preprocessing", _preprocessing(derivs, subject, sessions)),
         Section("predictions", "Predictions", _predictions(derivs, subject)),
-        Section("heatmaps", "Heatmaps", _heatmaps(derivs, sessions)),
+        Section("heatmaps", "Heatmaps", _heatmaps(derivs, subject, sessions)),
     ]
     path = write_text(derivs.root / f"sub-{subject}.html", page(f"adheat report: sub-{subject}", sections))
     LOGGER.info("wrote %s", path)

@@ -4,7 +4,7 @@ Modules: :mod:`~adheat_app.training.folds` (subject-level stratified folds,
 split files, leakage guard, label checks), :mod:`~adheat_app.training.loop`
 (one fold's training with early stopping and resumable epochs),
 :mod:`~adheat_app.training.checkpoint`, :mod:`~adheat_app.training.device`
-(device, seeds, determinism), :mod:`~adheat_app.training.figures`,
+(device, seeds, determinism),
 :mod:`~adheat_app.training.metrics` (shared with the SVM baseline) and
 :mod:`~adheat_app.training.runner` (the group-level entry point).
 """

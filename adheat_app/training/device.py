@@ -55,8 +55,7 @@ def deterministic(device: torch.device, n_threads: int, exact: bool = False) -> 
 
     torch's deterministic mode also fills every new tensor with NaN (a debugging
     aid that catches reads of uninitialised memory); that is switched off here,
-    since results do not depend on it and it cost ~10 % of a heatmap pass on
-    the CPU (measured with ``benchmarks/heatmaps.py``).
+    since results do not depend on it and it costs time (``docs/performance.md``).
 
     Parameters
     ----------
@@ -65,9 +64,8 @@ def deterministic(device: torch.device, n_threads: int, exact: bool = False) -> 
     n_threads : int
         Intra-op threads for torch; 0 keeps the current setting.
     exact : bool
-        Also turn TF32 off for CUDA convolutions and matrix products (heatmaps:
-        measured on an H200, TF32 lowered the correlation of LRP and saliency
-        maps with the same maps in float32 to 0.98).
+        Also turn TF32 off for CUDA convolutions and matrix products (heatmaps,
+        whose maps TF32 changes: ``docs/performance.md``).
     """
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
                 torch.get_num_threads(), torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,

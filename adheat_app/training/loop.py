@@ -103,8 +103,8 @@ class ScanSet:
 def read_batch(volumes: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Rows of the input cache ``(N, C, X, Y, Z)`` (:func:`adheat_app.inputs.load_inputs`) as float32.
 
-    The float16 -> float32 conversion is torch's (vectorised; numpy's took
-    3-4 ms per 2 mm volume here, torch's 0.7 ms): the same values.
+    The float16 -> float32 conversion is torch's (vectorised, faster than
+    numpy's: ``docs/performance.md``): the same values.
     """
     return torch.from_numpy(np.ascontiguousarray(volumes[rows])).float().numpy()
 

@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from adheat_app import layout
 from adheat_app.bids import Derivatives, is_complete, software_versions
 from adheat_app.cohort import Cohort, Scan
 from adheat_app.config import RunConfig
@@ -45,9 +46,9 @@ from adheat_app.errors import InputError
 from adheat_app.io import atomic_path, read_json, write_json, write_tsv
 from adheat_app.memory import reuse_cpu_memory
 from adheat_app.models import MODELS
+from adheat_app.plotting import roc_curves, save_png, training_curve
 from adheat_app.templates import parse_resolution
 from adheat_app.training.device import deterministic, epoch_seed, resolve_device, seed_everything
-from adheat_app.training.figures import plot_roc, plot_training_curve
 from adheat_app.training.folds import Fold, check_labels, check_no_leakage, make_folds, split_hash, write_split
 from adheat_app.training.loop import CURVE_COLUMNS, FoldResult, ScanSet, TrainSettings, predict_logits, train_fold
 from adheat_app.training.metrics import classification_metrics, summarize_folds, update_table
@@ -66,7 +67,7 @@ PREDICTION_COLUMNS = ("model", "fold", "subject", "session", "diagnosis", "targe
 
 def fold_dir(config: RunConfig, k: int) -> Path:
     """Folder of fold ``k`` of ``--model``: ``models_dir/<model>/fold-<k>``."""
-    return config.models_dir / config.training.model / f"fold-{k}"
+    return layout.fold_dir(config.models_dir, config.training.model, k)
 
 
 def verdict_path(models_dir: Path, model: str) -> Path:
@@ -192,7 +193,7 @@ def _train_one(config: RunConfig, cohort: Cohort, fold: Fold, volumes: np.ndarra
     _write_state_dict(folder / "model.pt", model)
     curve = pd.DataFrame({"epoch": np.arange(1, result.epochs_run + 1), **result.history})
     write_tsv(folder / "training_curve.tsv", curve[["epoch", *CURVE_COLUMNS]])
-    plot_training_curve(curve, result.best_epoch, f"{tr.model} fold {fold.index}", folder / "training_curve.png")
+    save_png(training_curve(curve, result.best_epoch, f"{tr.model} fold {fold.index}"), folder / "training_curve.png")
     write_tsv(folder / "predictions.tsv", _predictions(tr.model, fold, probability))
     write_json(folder / "model.json", _model_card(config, cohort, fold, model, shape, result, metrics, key,
                                                   data_hash, device))
@@ -220,7 +221,8 @@ def write_group_results(config: RunConfig, derivs: Derivatives) -> pd.DataFrame:
     group = derivs.root / "group"
     update_table(group / "cv_metrics.tsv", table, tr.model)
     update_table(group / "predictions.tsv", predictions, tr.model)
-    plot_roc(predictions, tr.model, derivs.group_path("roc", ".png", desc=tr.model))
+    save_png(roc_curves(predictions, by="fold", title=f"{tr.model}: ROC per fold (test subjects)", prefix="fold "),
+             derivs.group_path("roc", ".png", desc=tr.model))
     mean, sd, pooled = (table[table["fold"] == name].iloc[0] for name in ("mean", "sd", "pooled"))
     LOGGER.info("%s cross-validation (%d folds): balanced accuracy %.3f +- %.3f, AUC %.3f +- %.3f; pooled AUC %.3f "
                 "(95%% CI %.3f-%.3f, p = %.2g)", tr.model, tr.folds, mean["balanced_accuracy"],

@@ -22,6 +22,7 @@ LOGGER = logging.getLogger(__name__)
 def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
     """Run the group level; return the number of failed items (0: failures raise)."""
     from adheat_app.attribution.runner import run_heatmaps
+    from adheat_app.attribution.sanity import sanity_check
     from adheat_app.baseline import run_svm
     from adheat_app.evaluation import run_evaluation
     from adheat_app.report import write_group_report, write_subject_report
@@ -45,6 +46,8 @@ def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
     folds = make_folds(cohort, tr.folds, config.execution.seed, tr.val_fraction)
     run_svm(config, derivs, cohort, folds)
     run_heatmaps(config, derivs, cohort)
+    if config.heatmaps.sanity_check:
+        sanity_check(config, derivs, cohort)
     run_evaluation(config, derivs, cohort, template)
     for subject in sorted({s.subject for s in cohort.scans}):
         write_subject_report(config, derivs, subject)

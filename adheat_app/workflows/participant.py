@@ -12,6 +12,7 @@ import logging
 
 from adheat_app.bids import Derivatives, T1wInput
 from adheat_app.config import RunConfig
+from adheat_app.layout import trained_folds
 from adheat_app.templates import get_template
 
 LOGGER = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ LOGGER = logging.getLogger(__name__)
 
 def trained_folds_exist(config: RunConfig) -> bool:
     """Whether at least one completed fold model of ``--model`` exists."""
-    return any((config.models_dir / config.training.model).glob("fold-*/model.json"))
+    return bool(trained_folds(config.models_dir, config.training.model))
 
 
 def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:

@@ -1,12 +1,16 @@
-"""Every figure adheat draws: overlap curves, ROC curves, distance matrices, brain mosaics and glass brains.
+"""Every figure adheat draws: training curves, ROC curves, registration QC, overlap curves, distance matrices,
+brain mosaics and glass brains.
 
-Figures are rendered off-screen (matplotlib's Agg backend) to PNG bytes;
-:func:`data_uri` embeds them in the self-contained HTML reports, and
-:func:`save_png` writes them atomically where a figure is an output file
-(``group/figures/``). Brain images over the template use nilearn
-(``plot_stat_map`` slice mosaics, ``plot_glass_brain``); the per-subject
-mosaics use plain matplotlib, which is several times faster for the many
-small panels of a cohort.
+The one plotting module, below the steps that make figures (training,
+preprocessing QC, evaluation) and the reports that show them. Figures are
+rendered off-screen (matplotlib's Agg backend) to PNG bytes (or SVG text for
+the registration QC figure); :func:`data_uri` embeds them in the
+self-contained HTML reports, and :func:`save_png` writes them atomically
+where a figure is an output file (``group/figures/``, ``group/*_roc.png``,
+``models/<model>/fold-<k>/training_curve.png``). Brain images over the
+template use nilearn (``plot_stat_map`` slice mosaics, ``plot_glass_brain``);
+the per-subject mosaics use plain matplotlib, which is several times faster
+for the many small panels of a cohort.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
 
 from adheat_app.io import atomic_path  # noqa: E402
 
@@ -96,22 +99,91 @@ def overlap_curves(method: str, percents: Sequence[float], curves: Mapping[str, 
     return figure_png(fig)
 
 
-def roc_curves(predictions: pd.DataFrame) -> bytes:
-    """Pooled out-of-fold ROC curve of every model in ``group/predictions.tsv``."""
-    fig = plt.figure(figsize=(4.2, 4))
+def roc_curves(predictions: pd.DataFrame, by: str = "model", title: str = "Out-of-fold ROC curves",
+               prefix: str = "") -> bytes:
+    """One ROC curve per group of rows (columns ``by``, ``target``, ``probability``), with the chance diagonal.
+
+    Parameters
+    ----------
+    predictions : pandas.DataFrame
+        E.g. ``group/predictions.tsv``: ``by="model"`` draws every model's
+        pooled out-of-fold predictions, ``by="fold"`` each fold's test scans.
+    by : str
+        Column whose values are the curves (groups with one class only are left out).
+    title : str
+        Figure title.
+    prefix : str
+        Text before each group's value in the legend (e.g. ``"fold "``).
+    """
+    from sklearn.metrics import roc_curve
+
+    fig = plt.figure(figsize=(4.5, 4.5))
     ax = fig.subplots()
-    for model, rows in predictions.groupby("model"):
+    for name, rows in predictions.groupby(by, sort=True):
         target = rows["target"].astype(int).to_numpy()
         if len(set(target)) < 2:
             continue
         fpr, tpr, _ = roc_curve(target, rows["probability"].astype(float))
-        ax.plot(fpr, tpr, label=str(model))
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        ax.plot(fpr, tpr, label=f"{prefix}{name}")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
-    ax.legend()
-    ax.set_title("Out-of-fold ROC curves")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title)
     return figure_png(fig)
+
+
+def training_curve(curve: pd.DataFrame, best_epoch: int, title: str) -> bytes:
+    """Training and validation loss (left axis) and validation accuracy (right) per epoch, best epoch marked."""
+    fig = plt.figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(curve["epoch"], curve["train_loss"], label="training loss")
+    ax.plot(curve["epoch"], curve["val_loss"], label="validation loss")
+    ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch ({best_epoch})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy (class-weighted)")
+    acc = ax.twinx()
+    acc.plot(curve["epoch"], curve["val_accuracy"], color="tab:green", alpha=0.6, label="validation accuracy")
+    acc.set_ylim(0, 1)
+    acc.set_ylabel("validation accuracy")
+    handles = ax.get_legend_handles_labels()[0] + acc.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, fontsize=8, loc="upper right")
+    ax.set_title(title)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def registration_svg(image: np.ndarray, template: np.ndarray, mask: np.ndarray, title: str) -> str:
+    """Three orthogonal slices of a registered T1w with the template's contours, as SVG text.
+
+    Parameters
+    ----------
+    image, template, mask : numpy.ndarray
+        Registered T1w, template T1w and template mask on the template grid (RAS).
+    title : str
+        Figure title (the scan key and its quality numbers).
+    """
+    voxels = np.argwhere(mask)
+    centre = [int(round(c)) for c in voxels.mean(axis=0)]
+    centre[0] = int(np.percentile(voxels[:, 0], 35))  # sagittal cut through a hemisphere, not the midline
+    inside = image[mask]
+    low, high = np.percentile(inside, [1, 99]) if inside.size else (0.0, 1.0)
+    levels = np.percentile(template[mask], [50]) if mask.any() else [0.5]
+    fig = Figure(figsize=(9, 3.4))
+    views = (("sagittal", lambda a: a[centre[0], :, :]), ("coronal", lambda a: a[:, centre[1], :]),
+             ("axial", lambda a: a[:, :, centre[2]]))
+    for index, (name, cut) in enumerate(views):
+        ax = fig.add_subplot(1, 3, index + 1)
+        ax.imshow(cut(image).T, origin="lower", cmap="gray", vmin=low, vmax=high, rasterized=True)
+        ax.contour(cut(mask.astype(np.float32)).T, levels=[0.5], colors="#ff3030", linewidths=0.8)
+        ax.contour(cut(template).T, levels=levels, colors="#ffd000", linewidths=0.5)
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", dpi=90)
+    return buffer.getvalue()
 
 
 def matrix_heatmap(matrix: pd.DataFrame, title: str) -> bytes:

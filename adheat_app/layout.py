@@ -1,0 +1,297 @@
+"""The output layout: every file and folder name adheat writes or reads back is built and parsed here.
+
+File names follow the BIDS grammar ``key-value_key-value_<suffix><extension>``:
+:func:`filename` builds one from entities in :data:`ENTITY_ORDER`,
+:func:`parse_name` splits one back into its entities (no regular expression:
+the grammar is split on ``_`` and ``-``, and every value must be a BIDS label).
+The named builders below (:func:`preproc_paths`, :func:`heatmap_path`,
+:func:`group_map_path`, :func:`fold_dir`, ...) are the only places that put a
+derivative together, and the finders (:func:`find_preproc`,
+:func:`find_heatmaps`, :func:`group_map_methods`, :func:`trained_folds`, ...)
+the only places that read names back, so the two cannot drift apart.
+
+Layout of an output folder::
+
+    sub-<s>/[ses-<x>/]anat/<key>_space-<S>_res-<r>_desc-preproc_T1w.nii.gz   preprocessed T1w (+ .json)
+    sub-<s>/[ses-<x>/]anat/<key>_space-<S>_res-<r>_desc-brain_mask.nii.gz    brain mask
+    sub-<s>/[ses-<x>/]anat/<key>_space-<S>_res-<r>_desc-logjacobian_T1w.nii.gz log Jacobian determinant (SyN)
+    sub-<s>/[ses-<x>/]anat/<key>_space-<S>_res-<r>_desc-<Method>_heatmap.nii.gz
+    sub-<s>/figures/<key>_desc-reg_T1w.svg                                    registration QC figure
+    group/<Method>/space-<S>_res-<r>_label-<L>_desc-<Method>_stat-<stat>_heatmap.nii.gz
+    group/*.tsv, group/figures/                                               group tables and figures
+    models/<model>/fold-<k>/model.pt + model.json                              trained fold models
+
+``<key>`` is the scan key :func:`scan_key`: ``sub-<s>`` or ``sub-<s>_ses-<x>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+#: Order of entities in output file names (BIDS entity table order; ``stat`` last).
+ENTITY_ORDER = ("sub", "ses", "from", "to", "mode", "space", "res", "label", "desc", "stat")
+#: Folders and suffixes adheat writes that the BIDS specification does not define. Folders are named without a
+#: trailing slash: bids-validator-deno 3 does not apply ``name/`` patterns to folders (measured).
+BIDSIGNORE = ("work", "logs", "models", "group", "figures", "*.html", "*_heatmap.*", "*_xfm.h5", "*_xfm.json",
+              "*_qc.*")
+#: Extensions :func:`parse_name` and :func:`sidecar_path` recognise (longest first).
+EXTENSIONS = (".nii.gz", ".nii", ".h5", ".tsv", ".json", ".png", ".svg", ".html")
+#: Files of one trained fold model.
+MODEL_WEIGHTS, MODEL_CARD = "model.pt", "model.json"
+
+
+class ScanLike(Protocol):
+    """Anything with BIDS ``subject`` and ``session`` labels (a raw input or a preprocessed scan)."""
+
+    subject: str
+    session: str | None
+
+
+def is_label(text: str) -> bool:
+    """Whether ``text`` is a BIDS label: one or more ASCII letters and digits."""
+    return bool(text) and text.isascii() and text.isalnum()
+
+
+def to_label(text: object) -> str:
+    """``text`` reduced to a BIDS label (its ASCII letters and digits; ``unknown`` when none is left)."""
+    return "".join(c for c in str(text) if c.isascii() and c.isalnum()) or "unknown"
+
+
+def scan_key(subject: str, session: str | None = None) -> str:
+    """``sub-01`` or ``sub-01_ses-02``: the prefix of every per-scan output name."""
+    return f"sub-{subject}" + (f"_ses-{session}" if session else "")
+
+
+def filename(suffix: str, extension: str = ".nii.gz", **entities: str | float | None) -> str:
+    """Build a BIDS file name from entities in canonical order.
+
+    Entity keys are those of :data:`ENTITY_ORDER` (``from_`` may be used for
+    ``from``); None values are left out.
+    """
+    values = {k.rstrip("_"): v for k, v in entities.items() if v is not None}
+    unknown = set(values) - set(ENTITY_ORDER)
+    if unknown:
+        raise ValueError(f"unknown BIDS entities: {sorted(unknown)}")
+    parts = [f"{k}-{values[k]}" for k in ENTITY_ORDER if k in values]
+    return "_".join([*parts, suffix]) + extension
+
+
+@dataclass(frozen=True)
+class Name:
+    """A parsed BIDS file name: entities in file order, suffix and extension."""
+
+    entities: dict[str, str] = field(default_factory=dict)
+    suffix: str = ""
+    extension: str = ""
+
+    def get(self, entity: str) -> str | None:
+        """The value of one entity (None when the name lacks it)."""
+        return self.entities.get(entity)
+
+    @property
+    def key(self) -> str:
+        """The scan key (:func:`scan_key`) of a per-scan name."""
+        return scan_key(self.entities["sub"], self.get("ses"))
+
+
+def parse_name(name: str) -> Name | None:
+    """Split a file name into entities, suffix and extension (None when it is not a BIDS name).
+
+    A BIDS name is ``key-value`` pairs joined by ``_`` (keys lower-case
+    letters, values BIDS labels, no key twice), then ``_<suffix>`` (letters
+    and digits) and one of :data:`EXTENSIONS`.
+    """
+    extension = next((ext for ext in EXTENSIONS if name.endswith(ext)), None)
+    if extension is None:
+        return None
+    *pairs, suffix = name[: -len(extension)].split("_")
+    if not is_label(suffix):
+        return None
+    entities: dict[str, str] = {}
+    for pair in pairs:
+        key, dash, value = pair.partition("-")
+        if not dash or not (key.isascii() and key.isalpha() and key.islower()) or not is_label(value) \
+                or key in entities:
+            return None
+        entities[key] = value
+    return Name(entities, suffix, extension)
+
+
+def _matches(name: Name | None, suffix: str, extensions: Iterable[str], **entities: str | None) -> bool:
+    """Whether ``name`` has ``suffix``, one of ``extensions`` and exactly the given entities (None: absent)."""
+    if name is None or name.suffix != suffix or name.extension not in extensions:
+        return False
+    return all(name.get(k.rstrip("_")) == v for k, v in entities.items())
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON sidecar of a data file (``x.nii.gz`` -> ``x.json``)."""
+    name = Path(path).name
+    for ext in EXTENSIONS:
+        if name.endswith(ext) and ext != ".json":
+            return Path(path).with_name(name[: -len(ext)] + ".json")
+    return Path(path).with_suffix(".json")
+
+
+# Per-scan derivatives ------------------------------------------------------------------------------------------
+
+def subject_dir(root: Path, subject: str) -> Path:
+    """``root/sub-<subject>``."""
+    return Path(root) / f"sub-{subject}"
+
+
+def subject_path(root: Path, subject: str, session: str | None, suffix: str, extension: str = ".nii.gz",
+                 datatype: str = "anat", **entities: str | float | None) -> Path:
+    """Path of a per-scan output: ``sub-X/[ses-Y/]<datatype>/sub-X[_ses-Y]_..._<suffix><ext>``."""
+    folder = subject_dir(root, subject)
+    if session:
+        folder = folder / f"ses-{session}"
+    return folder / datatype / filename(suffix, extension, sub=subject, ses=session, **entities)
+
+
+def preproc_paths(root: Path, scan: ScanLike, space: str, res: str) -> tuple[Path, Path]:
+    """The preprocessed T1w and the brain mask of one scan on the ``space``/``res`` grid."""
+    image = subject_path(root, scan.subject, scan.session, "T1w", space=space, res=res, desc="preproc")
+    mask = subject_path(root, scan.subject, scan.session, "mask", space=space, res=res, desc="brain")
+    return image, mask
+
+
+def logjacobian_path(root: Path, scan: ScanLike, space: str, res: str) -> Path:
+    """The log Jacobian determinant map of one scan's registration on the ``space``/``res`` grid."""
+    return subject_path(root, scan.subject, scan.session, "T1w", space=space, res=res, desc="logjacobian")
+
+
+def find_preproc(root: Path, subject: str = "*", extension: str = ".nii.gz") -> list[tuple[Path, Name]]:
+    """Preprocessed T1w files (``extension``: the image or its ``.json`` sidecar) of one or every subject.
+
+    Only names adheat writes count: a scan key, ``space``, ``res`` and
+    ``desc-preproc``, suffix ``T1w``; sorted by path.
+    """
+    found = []
+    for path in sorted(Path(root).glob(f"sub-{subject}/**/anat/*_desc-preproc_T1w{extension}")):
+        name = parse_name(path.name)
+        if _matches(name, "T1w", (extension,), desc="preproc") and set(name.entities) - {"ses"} == \
+                {"sub", "space", "res", "desc"}:
+            found.append((path, name))
+    return found
+
+
+def registration_figure(root: Path, scan: ScanLike) -> Path:
+    """The registration QC figure of one scan: ``sub-<s>/figures/<key>_desc-reg_T1w.svg``."""
+    return subject_dir(root, scan.subject) / "figures" / filename("T1w", ".svg", sub=scan.subject, ses=scan.session,
+                                                                  desc="reg")
+
+
+def scan_figures(root: Path, subject: str, key: str) -> list[Path]:
+    """Every figure (SVG or PNG) of one scan in its subject's ``figures`` folder, sorted."""
+    folder = subject_dir(root, subject) / "figures"
+    return sorted([*folder.glob(f"{key}_*.svg"), *folder.glob(f"{key}_*.png")])
+
+
+def transform_paths(root: Path, scan: ScanLike) -> list[Path]:
+    """The saved template-to-T1w transforms of one scan (``..._from-<S>_to-T1w_mode-image_xfm.h5``)."""
+    folder = subject_path(root, scan.subject, scan.session, "xfm", ".h5").parent
+    key = scan_key(scan.subject, scan.session)
+    return [path for path in sorted(folder.glob(f"{key}_from-*_to-T1w_mode-image_xfm.h5"))
+            if _matches(parse_name(path.name), "xfm", (".h5",), to="T1w", mode="image")]
+
+
+def heatmap_path(root: Path, scan: ScanLike, space: str, res: str | None, method: str) -> Path:
+    """One scan's heatmap of ``method`` on the ``space``/``res`` grid (``res`` None: the native ``T1w`` grid)."""
+    return subject_path(root, scan.subject, scan.session, "heatmap", space=space, res=res, desc=method)
+
+
+def find_heatmaps(root: Path, space: str, res: str, subject: str = "*") -> list[tuple[Path, Name]]:
+    """Per-scan heatmaps on the ``space``/``res`` grid of one or every subject; the method is ``desc``."""
+    found = []
+    for path in sorted(Path(root).glob(f"sub-{subject}/**/*_heatmap.nii.gz")):
+        name = parse_name(path.name)
+        if _matches(name, "heatmap", (".nii.gz",), space=space, res=res) and name.get("desc"):
+            found.append((path, name))
+    return found
+
+
+def heatmap_methods(root: Path, space: str, res: str) -> list[str]:
+    """Methods with at least one per-scan heatmap on the ``space``/``res`` grid, sorted."""
+    return sorted({name.get("desc") for _, name in find_heatmaps(root, space, res)})
+
+
+# Group derivatives ---------------------------------------------------------------------------------------------
+
+def group_dir(root: Path) -> Path:
+    """``root/group``: the group tables, figures and maps."""
+    return Path(root) / "group"
+
+
+def group_path(root: Path, suffix: str, extension: str = ".nii.gz", **entities: str | float | None) -> Path:
+    """Path of a group-level output under ``group/``."""
+    return group_dir(root) / filename(suffix, extension, **entities)
+
+
+def group_map_path(root: Path, space: str, res: str, method: str, label: str, stat: str = "mean") -> Path:
+    """A group map: ``group/<method>/space-..._res-..._label-<label>_desc-<method>_stat-<stat>_heatmap.nii.gz``."""
+    return group_dir(root) / method / filename("heatmap", ".nii.gz", space=space, res=res, label=label, desc=method,
+                                               stat=stat)
+
+
+def group_map_methods(root: Path, space: str, res: str, label: str = "all") -> list[str]:
+    """Methods with a group mean map of ``label`` on the ``space``/``res`` grid, in their own folder."""
+    methods = set()
+    for path in group_dir(root).glob("*/*_heatmap.nii.gz"):
+        name = parse_name(path.name)
+        if _matches(name, "heatmap", (".nii.gz",), sub=None, space=space, res=res, label=label, stat="mean") \
+                and name.get("desc") == path.parent.name:
+            methods.add(path.parent.name)
+    return sorted(methods)
+
+
+# Trained models ------------------------------------------------------------------------------------------------
+
+def fold_dir(models_dir: Path, model: str, k: int) -> Path:
+    """Folder of fold ``k`` of ``model``: ``models_dir/<model>/fold-<k>``."""
+    return Path(models_dir) / model / f"fold-{k}"
+
+
+def trained_folds(models_dir: Path, model: str) -> list[int]:
+    """Indices of the folds of ``model`` whose training finished (``fold-<k>/model.json`` exists), sorted."""
+    folds = []
+    for card in (Path(models_dir) / model).glob(f"fold-*/{MODEL_CARD}"):
+        suffix = card.parent.name.removeprefix("fold-")
+        if suffix.isdigit():
+            folds.append(int(suffix))
+    return sorted(folds)
+
+
+def trained_models(models_dir: Path) -> list[str]:
+    """Models with at least one finished fold under ``models_dir``, sorted."""
+    return sorted(p.name for p in Path(models_dir).glob("*") if p.is_dir() and trained_folds(models_dir, p.name))
+
+
+# fMRIPrep/sMRIPrep anatomical derivatives (``--anat-derivatives``) -------------------------------------------------
+
+def find_fmriprep_anat(root: Path, scan: ScanLike) -> list[tuple[Path, Name]]:
+    """The fMRIPrep preprocessed T1w images of one scan, in any space: the session's ``anat`` folder first.
+
+    fMRIPrep writes one anatomical reference per subject (its ``anat``
+    folder) or per session; names carry any entities between the scan key and
+    ``space``, an optional ``res``, and end in ``desc-preproc_T1w.nii[.gz]``.
+    """
+    folders = [subject_dir(root, scan.subject) / "anat"]
+    if scan.session:
+        folders.insert(0, subject_dir(root, scan.subject) / f"ses-{scan.session}" / "anat")
+    found = []
+    for folder in folders:
+        for path in sorted(folder.glob(f"sub-{scan.subject}*_desc-preproc_T1w.nii*")):
+            name = parse_name(path.name)
+            if _matches(name, "T1w", (".nii.gz", ".nii"), sub=scan.subject, desc="preproc") and name.get("space") \
+                    and name.get("ses") in (None, scan.session):
+                found.append((path, name))
+    return found
+
+
+def fmriprep_mask(image: Path) -> Path:
+    """The brain mask fMRIPrep writes beside a preprocessed T1w (``desc-brain_mask``)."""
+    return image.with_name(image.name.replace("_desc-preproc_T1w", "_desc-brain_mask"))
