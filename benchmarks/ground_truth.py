@@ -142,7 +142,8 @@ def run(root: Path, args: argparse.Namespace, null: bool, imbalance: float | Non
     _command(ADHEAT, bids, out, "participant", *common, "--registration", args.registration)
     participant = time.perf_counter() - tic
     tic = time.perf_counter()
-    _command(ADHEAT, bids, out, "group", *common, "--input", args.input, "--methods", *args.methods)
+    _command(ADHEAT, bids, out, "group", *common, "--input", args.input,
+             *(["--methods", *args.methods] if args.methods else []))
     print(f"participant {participant:.0f} s, group {time.perf_counter() - tic:.0f} s", flush=True)
     metrics = pd.read_csv(out / "group" / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
     pooled = metrics[metrics["fold"] == "pooled"][["model", "roc_auc", "roc_auc_ci_low", "roc_auc_ci_high",
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run a null cohort with --site-imbalance 0.8 over 2 sites (or --sites)")
     parser.add_argument("--registration", default="syn", choices=("syn", "affine"))
     parser.add_argument("--input", default="intensity", choices=("intensity", "logjacobian", "both"))
-    parser.add_argument("--methods", nargs="+", default=["IG", "Saliency", "Occlusion"])
+    parser.add_argument("--methods", nargs="+", default=None, help="heatmap methods (default: adheat's)")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--keep", type=Path, default=None, help="keep the outputs in this folder")
