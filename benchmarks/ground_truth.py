@@ -88,7 +88,7 @@ def input_maps(out: Path, grid: str, kind: str, brain: np.ndarray) -> np.ndarray
     return unit_total(sum(channels))
 
 
-def table(out: Path, bids: Path, kind: str, seed: int) -> pd.DataFrame:
+def table(out: Path, bids: Path, input_kind: str, seed: int) -> pd.DataFrame:
     """One row per map: the planted truth's recovery (see the module docstring)."""
     group = out / "group"
     overlap = pd.read_csv(group / "overlap.tsv", sep="\t", na_values=["n/a"])
@@ -110,7 +110,7 @@ def table(out: Path, bids: Path, kind: str, seed: int) -> pd.DataFrame:
         dice = rows_of[(rows_of["metric"] == "dice") & (rows_of["top_percent"].astype(float) == DICE_PERCENT)].iloc[0]
         paths = sorted(out.glob(f"sub-*/**/*_{grid}_desc-{method}_heatmap.nii.gz"))
         if method == "InputMagnitude":
-            ratio = ratio_with_interval(input_maps(out, grid, kind, brain), region, seed)
+            ratio = ratio_with_interval(input_maps(out, grid, input_kind, brain), region, seed)
         elif paths:
             maps = unit_total(np.stack([np.asarray(nib.load(p).dataobj, np.float32)[brain] for p in paths]))
             ratio = ratio_with_interval(maps, region, seed)
