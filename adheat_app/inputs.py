@@ -26,8 +26,8 @@ from adheat_app.volumes import cache_key, load_channels
 #: Channels of each ``--input`` choice, in channel order.
 INPUTS: dict[str, tuple[str, ...]] = {"intensity": ("intensity",), "logjacobian": ("logjacobian",),
                                       "both": ("intensity", "logjacobian")}
-#: The log Jacobian channel is the log Jacobian divided by this (a 20 % local volume change, log 0.8 = -0.22,
-#: is then about 1, the grey/white contrast of the intensity channel after white-matter normalisation).
+#: The log Jacobian channel is the log Jacobian divided by this: a 20 % local volume loss (log 0.8 = -0.22) reads
+#: about -1.1, the scale of the intensity channel (white matter 1 after white-matter normalisation).
 LOGJACOBIAN_UNIT = 0.2
 
 
