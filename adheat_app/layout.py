@@ -41,6 +41,9 @@ BIDSIGNORE = ("work", "logs", "models", "group", "figures", "*.html", "*_heatmap
 EXTENSIONS = (".nii.gz", ".nii", ".h5", ".tsv", ".json", ".png", ".svg", ".html")
 #: Files of one trained fold model.
 MODEL_WEIGHTS, MODEL_CARD = "model.pt", "model.json"
+#: Suffix of a method's name for its maps of a randomly initialised model (``desc-<Method>Random``, a control; a
+#: channel's name may follow it, e.g. ``IGRandomlogjacobian``).
+RANDOM_SUFFIX = "Random"
 
 
 class ScanLike(Protocol):

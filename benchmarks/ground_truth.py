@@ -40,7 +40,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from adheat_app.evaluation.controls import grey_matter_prior
+from adheat_app.evaluation.controls import grey_matter_prior, unit_total
 from adheat_app.templates import get_template
 
 #: Top-k (%) of the Dice column.
@@ -70,13 +70,6 @@ def ratio_with_interval(maps: np.ndarray, region: np.ndarray, seed: int) -> tupl
     rng = np.random.default_rng(seed)
     samples = [mean_ratio(maps[rng.integers(0, len(maps), len(maps))]) for _ in range(BOOTSTRAP)]
     return (mean_ratio(maps), *_interval(np.asarray(samples)))
-
-
-def unit_total(maps: np.ndarray) -> np.ndarray:
-    """Absolute maps ``(n, V)`` each scaled to unit total."""
-    values = np.abs(maps)
-    total = values.sum(axis=1, keepdims=True)
-    return values / np.where(total > 0, total, 1)
 
 
 def input_maps(out: Path, grid: str, kind: str, brain: np.ndarray) -> np.ndarray:

@@ -55,9 +55,8 @@ from adheat_app.attribution.runner import Assignment, HeatmapRun, heatmap_run
 from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
-from adheat_app.evaluation.controls import RANDOM_SUFFIX
 from adheat_app.io import read_json, write_json, write_tsv
-from adheat_app.layout import group_dir, sidecar_path
+from adheat_app.layout import RANDOM_SUFFIX, group_dir, sidecar_path
 
 LOGGER = logging.getLogger(__name__)
 

@@ -165,10 +165,11 @@ def _folds_digest(folds: Sequence) -> str:
     return hashlib.sha256(json.dumps(layout).encode()).hexdigest()[:16]
 
 
-def output_paths(derivs: Derivatives, cohort: Cohort) -> tuple[Path, Path]:
-    """Paths of the mean activation pattern and the mean weight map."""
-    grid = {"space": cohort.space, "res": cohort.res_label}
-    return (derivs.group_path("pattern", **grid, desc=MODEL), derivs.group_path("weights", **grid, desc=MODEL))
+def output_paths(derivs: Derivatives, cohort: Cohort, channel: str = "") -> tuple[Path, Path]:
+    """Paths of the mean activation pattern and the mean weight map (of one input ``channel``: ``desc-SVM<channel>``;
+    default: the sum over channels)."""
+    grid = {"space": cohort.space, "res": cohort.res_label, "desc": f"{MODEL}{channel}"}
+    return derivs.group_path("pattern", **grid), derivs.group_path("weights", **grid)
 
 
 def _has_rows(path: Path, model: str) -> bool:
@@ -259,18 +260,19 @@ def run_svm(config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: Seque
         "Software": software_versions(),
         "WallTimeSeconds": round(time.time() - start, 3),
     }
-    for path, maps, description in (
-        (pattern_path, patterns, "Mean over folds of the activation pattern cov(Z) w / var(w^T z) (Haufe et al. "
+    for index, maps, description in (
+        (0, patterns, "Mean over folds of the activation pattern cov(Z) w / var(w^T z) (Haufe et al. "
                                  "2014) of the fold's linear SVM over its training scans; positive values: "
                                  "higher z-scored intensity goes with the positive class."),
-        (weights_path, weights, "Mean over folds of the unit-norm linear SVM weight vector w (z-scored features); "
+        (1, weights, "Mean over folds of the unit-norm linear SVM weight vector w (z-scored features); "
                                 "weights are not interpretable as locations of effects (Haufe et al. 2014)."),
     ):
         per_channel = np.mean(maps, axis=0).reshape(len(channels), -1)
+        path = (pattern_path, weights_path)[index]
         outputs = [(path, per_channel.sum(axis=0), description)]
         if len(channels) > 1:
-            outputs += [(path.with_name(path.name.replace(f"desc-{MODEL}_", f"desc-{MODEL}{name}_")), values,
-                         f"Channel {name} of: {description}") for name, values in zip(channels, per_channel)]
+            outputs += [(output_paths(derivs, cohort, name)[index], values, f"Channel {name} of: {description}")
+                        for name, values in zip(channels, per_channel)]
         for target, values, text in outputs:
             volume = np.zeros(template.shape, dtype=np.float32)
             volume[mask] = values

@@ -26,13 +26,11 @@ from collections.abc import Iterator
 import numpy as np
 
 from adheat_app.evaluation.overlap import BATCH
+from adheat_app.layout import RANDOM_SUFFIX
 from adheat_app.templates import Template, resample
 
 INPUT_MAGNITUDE = "InputMagnitude"
 GREY_MATTER_PRIOR = "GreyMatterPrior"
-#: Suffix of a method computed on a randomly initialised model (a control when such maps exist; a channel's
-#: name may follow it, e.g. ``IGRandomlogjacobian``).
-RANDOM_SUFFIX = "Random"
 
 
 def is_control(method: str) -> bool:

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from adheat_app.evaluation.controls import INPUT_MAGNITUDE, RANDOM_SUFFIX
+from adheat_app.evaluation.controls import INPUT_MAGNITUDE
 from adheat_app.evaluation.overlap import BOOTSTRAPPED, TOP_PERCENT, percentile_interval
+from adheat_app.layout import RANDOM_SUFFIX
 
 #: Metric of the answer table (threshold-free; chance 0.5 whatever the reference's size).
 ANSWER_METRIC = "roc_auc"

@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -142,15 +141,14 @@ class _Scorer:
         self.scores.append(Scores(method, kind, label, "absolute", n_subjects, point, samples))
 
 
-def _svm_samples(scorer: _Scorer, inputs: np.ndarray, cohort: Cohort, mask: np.ndarray, weights_path: Path,
+def _svm_samples(scorer: _Scorer, inputs: np.ndarray, derivs: Derivatives, cohort: Cohort, mask: np.ndarray,
                  channels: tuple[str, ...]) -> list[dict] | None:
     """Bootstrap scores of the SVM pattern on the label-``all`` resamples (None without a weight map).
 
     With several input channels the features are every channel's voxels and the weights are read from the
     per-channel weight maps; each resampled pattern is the sum of its channels' patterns, as the written map.
     """
-    paths = [weights_path] if len(channels) == 1 else [
-        weights_path.with_name(weights_path.name.replace(f"desc-{SVM}_", f"desc-{SVM}{name}_")) for name in channels]
+    paths = [output_paths(derivs, cohort, name if len(channels) > 1 else "")[1] for name in channels]
     if not all(p.is_file() for p in paths) or ALL not in scorer.keys:
         return None
     index = {s.key: i for i, s in enumerate(cohort.scans)}
@@ -184,7 +182,7 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
     group = derivs.root / "group"
     mask = template.mask_array()
     methods = heatmap_methods(derivs.root, template.space, template.res_label)
-    pattern_path, weights_path = output_paths(derivs, cohort)
+    pattern_path = output_paths(derivs, cohort)[0]
     has_svm = pattern_path.is_file()
     if not methods and not has_svm:
         LOGGER.warning("evaluation: no heatmaps and no SVM pattern in %s; nothing to evaluate", derivs.root)
@@ -250,7 +248,7 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
         pattern = np.abs(np.asarray(nib.load(pattern_path).dataobj, dtype=np.float64))[mask]
         total = pattern.sum()
         pattern = pattern / total if total > 0 else pattern
-        samples = _svm_samples(scorer, inputs, cohort, mask, weights_path, channels)
+        samples = _svm_samples(scorer, inputs, derivs, cohort, mask, channels)
         if ALL in scorer.keys:
             scorer.constant(SVM, "baseline", ALL, pattern, samples, len(scorer.keys[ALL]))
         save_png(overlap_curves(f"{SVM} pattern", CURVE_PERCENT, _curves(pattern, references, scorer.binaries),
