@@ -18,8 +18,8 @@ from pathlib import Path
 from adheat_app.attribution.references import BLUR_FWHM_MM
 from adheat_app.bids import Derivatives, software_versions
 from adheat_app.config import RunConfig, TrainingOptions
-from adheat_app.io import write_text
-from adheat_app.layout import find_preproc, trained_folds
+from adheat_app.io import read_json, write_text
+from adheat_app.layout import MODEL_CARD, find_preproc, fold_dir, trained_folds
 
 _SECTION_RE = re.compile(r"<!-- step: (?P<step>\w+) -->\n(?P<body>.*?)<!-- end -->\n?", re.S)
 _BIB_RE = re.compile(r"^@\w+\{(?P<key>[^,]+),.*?^\}\n?", re.S | re.M)
@@ -89,8 +89,29 @@ def _training_text(tr: TrainingOptions) -> str:
     return text + "."
 
 
-def render_citation(config: RunConfig, steps: set[str]) -> tuple[str, str]:
-    """Render the Markdown methods text and the BibTeX of the given steps."""
+#: What the classifiers read, per input channel set (the model cards' ``Input.Channels``).
+INPUT_TEXT = {
+    ("intensity",): "the preprocessed T1w images",
+    ("logjacobian",): "the log Jacobian determinant of each image's deformation to the template beyond its global "
+                      "affine part (tensor-based morphometry)",
+    ("intensity", "logjacobian"): "two channels: the preprocessed T1w image and the log Jacobian determinant of its "
+                                  "deformation to the template beyond its global affine part (tensor-based "
+                                  "morphometry)",
+}
+
+
+def trained_channels(derivs: Derivatives, model: str) -> tuple[str, ...]:
+    """The input channels of ``model``'s trained folds (its first fold's model card; () before training)."""
+    folds = trained_folds(derivs.root / "models", model)
+    if not folds:
+        return ()
+    card = read_json(fold_dir(derivs.root / "models", model, folds[0]) / MODEL_CARD)
+    return tuple(card["Input"].get("Channels", ["intensity"]))
+
+
+def render_citation(config: RunConfig, steps: set[str], channels: tuple[str, ...] = ("intensity",)
+                    ) -> tuple[str, str]:
+    """Render the Markdown methods text and the BibTeX of the given steps (``channels``: what the models read)."""
     from adheat_app.attribution.catalog import selected_methods
 
     folder = boilerplate_dir()
@@ -106,6 +127,7 @@ def render_citation(config: RunConfig, steps: set[str]) -> tuple[str, str]:
                            "zscore": "z-scored within the brain mask",
                            "histogram": "normalised by histogram matching within the brain mask"}[pre.intensity_norm],
         "model": tr.model, "folds": tr.folds, "training_text": _training_text(tr), "seed": ex.seed,
+        "input_text": INPUT_TEXT.get(channels, ", ".join(channels)),
         "positive": tr.positive_label, "negative": tr.negative_label,
         "methods": ", ".join(selected_methods(hm.methods)), "ig_steps": hm.ig_steps, "lrp_rule": hm.lrp_rule,
         "target_text": {"positive": f"the positive class ({tr.positive_label}) for every scan",
@@ -129,9 +151,15 @@ def render_citation(config: RunConfig, steps: set[str]) -> tuple[str, str]:
     return markdown, "\n".join(entries)
 
 
+def dataset_citation(config: RunConfig, derivs: Derivatives) -> tuple[str, str]:
+    """The methods text and BibTeX of the steps whose outputs exist in ``derivs``, for the input the models read."""
+    model = config.training.model
+    return render_citation(config, steps_present(derivs, model), trained_channels(derivs, model) or ("intensity",))
+
+
 def write_citation(config: RunConfig, derivs: Derivatives) -> None:
     """Write ``logs/CITATION.md`` and ``logs/CITATION.bib`` for the steps present."""
     with derivs.lock():  # concurrent runs: the pair is rendered and written by one run at a time
-        markdown, bib = render_citation(config, steps_present(derivs, config.training.model))
+        markdown, bib = dataset_citation(config, derivs)
         write_text(derivs.root / "logs" / "CITATION.md", markdown)
         write_text(derivs.root / "logs" / "CITATION.bib", bib)

@@ -107,10 +107,16 @@ class TrainingOptions:
         "model A; Adam 1e-4, weight decay 1e-4, batch 5, up to 200 epochs, early stopping with patience 10). "
         "Training options given explicitly override the preset.", choices=("adheat", "rieke2018", "wang2023"))
     model: str = option("resnet3d", "CNN architecture (see 'Models' in README).", type=str)
-    input: str = option("intensity", "What the CNN and the SVM read: the preprocessed T1w (intensity), the log "
+    input: str = option("auto", "What the CNN and the SVM read: the preprocessed T1w (intensity), the log "
                         "Jacobian determinant of its deformation to the template (logjacobian; needs "
-                        "--registration syn at the participant level), or both as two channels.",
-                        choices=("intensity", "logjacobian", "both"))
+                        "--registration syn at the participant level), both as two channels, or auto: both "
+                        "when every scan has a log Jacobian map, else intensity.",
+                        choices=("auto", "intensity", "logjacobian", "both"))
+    covariates: tuple[str, ...] = option(
+        ("age", "sex", "site"), "participants.tsv columns tested as confounds: a logistic regression on each column "
+        "alone is cross-validated on the CNN's folds (model covariate-<column> in group/cv_metrics.tsv); one that "
+        "predicts the diagnosis better than chance is flagged in the report. Absent columns are skipped; 'none' "
+        "tests none.", metavar="COLUMN", type=str)
     folds: int = option(5, "Number of cross-validation folds (split by subject, stratified).", type=int)
     fold: int | None = option(None, "Train only this fold (0-based), e.g. one scheduler job per fold.",
                               type=int)

@@ -115,7 +115,7 @@ def check_options(config: RunConfig) -> None:
     if tr.patience > 0 and tr.val_fraction == 0:
         raise InputError(f"--patience {tr.patience}: early stopping needs a validation set; add --val-fraction 0.2 "
                          "or set --patience 0")
-    if tr.input != "intensity" and config.preprocessing.registration == "affine" \
+    if tr.input in ("logjacobian", "both") and config.preprocessing.registration == "affine" \
             and "participant" in config.analysis_level:
         raise InputError(f"--input {tr.input} reads the log Jacobian of the SyN deformation, which --registration "
                          "affine does not compute; use --registration syn or --input intensity")

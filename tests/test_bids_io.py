@@ -197,6 +197,9 @@ def test_citation_names_the_steps_present(tiny_bids, tmp_path):
     own = full[full.index("adheat's own implementations") - 700:full.index("call Captum")]
     assert all(name in own for name in ("Integrated Gradients", "layer-wise relevance", "occlusion", "Grad-CAM"))
     assert "the positive class (AD) for every scan" in full and "difference of the two logits" in full
+    assert "The network read the preprocessed T1w images." in full
+    both, _ = render_citation(config, {"always", "training"}, ("intensity", "logjacobian"))
+    assert "two channels: the preprocessed T1w image and the log Jacobian determinant" in both
     cited = set(__import__("re").findall(r"@([A-Za-z0-9_:-]+)", full))
     assert cited and all(f"{{{key}," in full_bib for key in cited)
     d = Derivatives(tmp_path / "out", tiny_bids)

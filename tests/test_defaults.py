@@ -73,3 +73,25 @@ def test_defaults_on_a_null_cohort_stay_at_chance_and_say_so(tmp_path):
     warning = html.index('id="model-warning"')
     assert warning < html.index('id="summary"') and warning < html.index('id="heatmaps"')
     assert "resnet3d is not better than chance" in html[warning:warning + 400]
+
+
+def test_defaults_learn_a_site_confound_and_the_report_says_so(tmp_path):
+    """No atrophy, every AD subject from site 0 and every CN from site 1 (--site-imbalance 1.0 --null): the
+    default CNN learns the scanner, the site-only control classifier matches it, and the report warns."""
+    from adheat_app.baseline.covariates import run_covariates
+    from adheat_app.training import make_folds
+
+    config, derivs, cohort, truth = make_preprocessed_cohort(tmp_path, n_subjects=16, seed=3, null=True, sites=2,
+                                                             site_imbalance=1.0)
+    assert config.training == TrainingOptions()
+    run_training(config, derivs, cohort)
+    run_covariates(config, derivs, make_folds(cohort, config.training.folds, config.execution.seed, 0.0))
+    table = pd.read_csv(derivs.root / "group" / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
+    pooled = table[table["fold"] == "pooled"].set_index("model")
+    assert bool(pooled.loc["resnet3d", "better_than_chance"]), pooled  # it learned something: the site
+    assert pooled.loc["covariate-site", "roc_auc"] == 1.0 and bool(pooled.loc["covariate-site", "better_than_chance"])
+    assert not bool(pooled.loc["covariate-sex", "better_than_chance"]), pooled
+    html = write_group_report(config, derivs, cohort, truth.template).read_text()
+    warning = html.index('id="confound-warning"')
+    assert warning < html.index('id="summary"')
+    assert "site alone separates AD from CN" in html[warning:warning + 600]

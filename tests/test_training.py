@@ -412,3 +412,23 @@ def test_chance_verdict_resamples_subjects_not_sessions():
     rows = pd.DataFrame({"subject": np.repeat([f"{i:02d}" for i in range(8)], 2), "target": np.repeat(target, 2),
                          "probability": np.repeat(scores, 2) + np.tile([-0.01, 0.01], 8)})
     assert chance_verdict(rows, 100, seed=0)["p_value"] == pytest.approx(1 / 70, rel=1e-9)  # 1 / C(8, 4)
+
+
+def test_input_auto_reads_the_log_jacobian_only_when_every_scan_has_one(tmp_path, caplog):
+    """The default --input auto: both channels after SyN (every scan has a log Jacobian), intensity otherwise,
+    with a warning naming how many scans lack one; an explicit --input is kept."""
+    from adheat_app.inputs import resolve_input
+
+    def scans(with_jacobian: int, total: int = 4) -> list[Scan]:
+        return [Scan(f"{i:02d}", None, tmp_path / f"{i}.nii.gz", tmp_path / f"{i}_mask.nii.gz", "AD", 1,
+                     tmp_path / f"{i}_logjac.nii.gz" if i < with_jacobian else None) for i in range(total)]
+
+    config = build_config(tmp_path, tmp_path / "out", ("group",), {}, {})
+    assert config.training.input == "auto"
+    assert resolve_input(config, scans(4)).training.input == "both"
+    assert resolve_input(config, scans(0)).training.input == "intensity"
+    with caplog.at_level(logging.WARNING):
+        assert resolve_input(config, scans(3)).training.input == "intensity"
+    assert "1 of 4 scans have no log Jacobian map" in caplog.text
+    explicit = build_config(tmp_path, tmp_path / "out", ("group",), {}, {"training": {"input": "logjacobian"}})
+    assert resolve_input(explicit, scans(0)) is explicit

@@ -55,7 +55,7 @@ from adheat_app.bids import Derivatives, is_complete, software_versions
 from adheat_app.cohort import Cohort, Scan
 from adheat_app.config import RunConfig
 from adheat_app.templates import get_template, parse_resolution
-from adheat_app.inputs import channel_names, channel_paths, input_key, load_inputs
+from adheat_app.inputs import channel_names, channel_paths, input_key, load_inputs, with_input
 
 LOGGER = logging.getLogger(__name__)
 
@@ -193,8 +193,10 @@ def run_svm(config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: Seque
         Cross-validation folds: objects with ``index`` and ``train``/``val``/``test``
         tuples of :class:`~adheat_app.cohort.Scan` (:class:`adheat_app.training.Fold`).
     """
-    from adheat_app.training.metrics import classification_metrics, summarize_folds, update_table
+    from adheat_app.training.metrics import (classification_metrics, prediction_rows, summarize_folds,
+                                             update_table)
 
+    config = with_input(config, cohort.scans)
     if not folds:
         LOGGER.warning("no cross-validation folds: skipping the SVM baseline")
         return
@@ -218,7 +220,7 @@ def run_svm(config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: Seque
     volumes = load_inputs(scans, kind, config.work_dir)
     features = np.stack([np.asarray(volumes[i][:, mask], dtype=np.float32).reshape(-1) for i in range(len(scans))])
     row = {s.key: i for i, s in enumerate(scans)}
-    fold_rows, prediction_rows, patterns, weights, fold_info = [], [], [], [], []
+    fold_rows, predictions, patterns, weights, fold_info = [], [], [], [], []
     for fold in folds:
         train = [row[s.key] for s in (*fold.train, *fold.val)]
         test = [row[s.key] for s in fold.test]
@@ -229,11 +231,7 @@ def run_svm(config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: Seque
         y_test = np.array([scans[i].target for i in test])
         metrics = classification_metrics(y_test, probability)
         fold_rows.append({"fold": fold.index, "n_test": len(test), **metrics})
-        for i, p in zip(test, probability):
-            s = scans[i]
-            prediction_rows.append({"model": MODEL, "fold": str(fold.index), "subject": s.subject,
-                                    "session": s.session, "diagnosis": s.diagnosis, "target": s.target,
-                                    "probability": float(p), "predicted": int(p >= 0.5)})
+        predictions += prediction_rows(MODEL, fold.index, [scans[i] for i in test], probability)
         norm = np.linalg.norm(model["weights"])
         weights.append(model["weights"] / norm if norm > 0 else model["weights"])
         patterns.append(model["pattern"])
@@ -241,7 +239,7 @@ def run_svm(config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: Seque
                           "NTrain": len(train), "NTest": len(test), "PlattSlope": model["platt"]})
         LOGGER.info("SVM fold %d: C=%g, test balanced accuracy %.3f (%d scans)", fold.index, model["C"],
                     metrics["balanced_accuracy"], len(test))
-    predictions = pd.DataFrame(prediction_rows)
+    predictions = pd.DataFrame(predictions)
     update_table(group / "cv_metrics.tsv",
                  summarize_folds(MODEL, fold_rows, predictions, config.evaluation.n_bootstrap, seed), MODEL)
     update_table(group / "predictions.tsv", predictions, MODEL)

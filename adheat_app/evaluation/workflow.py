@@ -66,7 +66,7 @@ from adheat_app.io import write_json, write_tsv
 from adheat_app.plotting import overlap_curves, save_png
 from adheat_app.layout import heatmap_methods, sidecar_path, to_label
 from adheat_app.templates import Template, get_atlas
-from adheat_app.inputs import channel_names, input_key, load_inputs
+from adheat_app.inputs import channel_names, input_key, load_inputs, with_input
 
 LOGGER = logging.getLogger(__name__)
 
@@ -178,6 +178,7 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
     """
 
     start = time.time()
+    config = with_input(config, cohort.scans)
     ev = config.evaluation
     group = derivs.root / "group"
     mask = template.mask_array()

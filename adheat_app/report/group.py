@@ -2,7 +2,9 @@
 
 Sections (anchor ids): ``answer`` first (does each method find each
 reference, and is the model better than chance; a ``model-warning`` banner
-when a model is not), then ``summary``, ``cv-metrics`` (CNN and SVM folds),
+when a model is not, a ``confound-warning`` banner when a covariate alone
+predicts the diagnosis), then ``summary``, ``cv-metrics`` (CNN, SVM and
+covariate-only folds),
 ``roc``, ``training``, ``heatmaps`` (mean map per method and class: slice
 mosaics and glass brains over the template), ``svm`` (activation pattern and
 weights), ``reference`` (the reference maps scored against), ``overlap``
@@ -23,11 +25,13 @@ import numpy as np
 import pandas as pd
 
 from adheat_app import plotting
+from adheat_app.baseline.covariates import PREFIX as COVARIATE_PREFIX, is_covariate_model
 from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.evaluation.reference import ANATOMICAL_PRIOR, HEADLINE_ORDER
+from adheat_app.inputs import split_channel
 from adheat_app.io import write_text
 from adheat_app.layout import group_map_methods, group_map_path, to_label
 from adheat_app.report.html import Section, esc, image, markdown, not_computed, note, page, table
@@ -96,11 +100,29 @@ def _interval(value: float, low: float, high: float) -> str:
     return text if math.isnan(low) or math.isnan(high) else f"{text} [{low:.3f}, {high:.3f}]"
 
 
+def _confound_warning(config: RunConfig, verdicts: dict[str, dict]) -> str:
+    """A ``confound-warning`` banner naming each covariate that alone predicts the diagnosis (empty if none)."""
+    confounds = [m for m, verdict in verdicts.items() if is_covariate_model(m) and verdict["better"]]
+    if not confounds:
+        return ""
+    cnn = verdicts.get(config.training.model)
+    names = [m.removeprefix(COVARIATE_PREFIX) for m in confounds]
+    return ('<div id="confound-warning" class="warning">' + "".join(
+        f"<p><strong>{esc(name)} alone separates {esc(config.training.positive_label)} from "
+        f"{esc(config.training.negative_label)}</strong>{esc(_verdict_details(verdicts[m]))}.</p>"
+        for name, m in zip(names, confounds))
+        + f"<p>A model can reach such scores by recognising {esc(' or '.join(names))} instead of the disease"
+        + (f" (the CNN: {esc(_verdict_details(cnn).strip(' ()'))})" if cnn else "")
+        + "; its heatmaps may then show where those differ. Balance the cohort on it, or compare with a cohort "
+        "where it does not predict the diagnosis (rows covariate-&lt;column&gt; of the cross-validation table; "
+        "--covariates).</p></div>")
+
+
 def _answer(config: RunConfig, group: Path) -> str:
     """The answer first: model verdicts (with a warning banner) and, per method and reference, finds it or not."""
     verdicts = model_verdicts(group)
-    parts = []
-    failing = [model for model, verdict in verdicts.items() if verdict["better"] is False]
+    parts = [_confound_warning(config, verdicts)]
+    failing = [m for m, verdict in verdicts.items() if verdict["better"] is False and not is_covariate_model(m)]
     if failing:
         parts.append('<div id="model-warning" class="warning">' + "".join(
             f"<p><strong>{esc(m)} is not better than chance</strong> at separating "
@@ -185,12 +207,20 @@ def _training(config: RunConfig) -> str:
 
 def _heatmaps(derivs: Derivatives, cohort: Cohort, template: Template) -> str:
     group = derivs.root / "group"
-    methods = group_map_methods(derivs.root, template.space, template.res_label)
+    methods = sorted(group_map_methods(derivs.root, template.space, template.res_label),
+                     key=lambda m: (split_channel(m)[0], split_channel(m)[1] or ""))
     if not methods:
         return not_computed("no group mean heatmaps (no per-subject heatmaps, or evaluation not run)")
     parts = [note("Mean of per-subject absolute heatmaps, each normalised to unit total relevance inside the brain "
-                  "mask (maps are scaled to their 99.5th percentile).")]
+                  "mask (maps are scaled to their 99.5th percentile). A model of several input channels: the "
+                  "sum over channels per class, then each channel's map of all subjects.")]
     for method in methods:
+        base, channel = split_channel(method)
+        if channel is not None and base in methods:  # one glass brain per channel, below the summed map
+            path = group_map_path(derivs.root, template.space, template.res_label, method, "all")
+            parts.append(image(plotting.glass_brain(nib.load(path), f"{base}, {channel} channel, mean, all"),
+                               f"{method} glass brain"))
+            continue
         parts.append(f"<h3>{esc(method)}</h3>")
         for label in (to_label(cohort.positive_label), to_label(cohort.negative_label)):
             path = group_map_path(derivs.root, template.space, template.res_label, method, label)
@@ -332,10 +362,10 @@ def _preproc_qc(group: Path) -> str:
 
 def _methods(config: RunConfig, derivs: Derivatives) -> str:
     """The methods text of the steps whose outputs exist now (what ``logs/CITATION.md`` will hold)."""
-    from adheat_app.citation import render_citation, steps_present
+    from adheat_app.citation import dataset_citation
 
     try:
-        text, _ = render_citation(config, steps_present(derivs, config.training.model))
+        text, _ = dataset_citation(config, derivs)
     except FileNotFoundError as exc:
         return not_computed(str(exc))
     return markdown(text) + note("Also in logs/CITATION.md, with the BibTeX entries in logs/CITATION.bib.")
@@ -347,7 +377,8 @@ def write_group_report(config: RunConfig, derivs: Derivatives, cohort: Cohort, t
     sections = [
         Section("answer", "Answer: does a method find the reference?", _answer(config, group)),
         Section("summary", "Cohort", _summary(cohort, template)),
-        Section("cv-metrics", "Cross-validated classification (CNN and SVM)", _cv_metrics(group)),
+        Section("cv-metrics", "Cross-validated classification (CNN, SVM and covariate-only controls)",
+                _cv_metrics(group)),
         Section("roc", "ROC curves", _roc(group)),
         Section("training", "Training curves", _training(config)),
         Section("heatmaps", "Mean heatmaps", _heatmaps(derivs, cohort, template)),

@@ -22,6 +22,7 @@ from adheat_app.bids import Derivatives, normalize_label, read_participants
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.io import read_json, write_text
+from adheat_app.inputs import split_channel
 from adheat_app.layout import find_heatmaps, find_preproc, scan_figures, sidecar_path
 from adheat_app.report.group import read_tsv
 from adheat_app.report.html import Section, esc, image, not_computed, note, page, svg_image, table
@@ -75,8 +76,15 @@ def _heatmaps(derivs: Derivatives, subject: str, sessions: list) -> str:
     for key, path, space, res in sessions:
         maps = [(heatmap, name.get("desc")) for heatmap, name in find_heatmaps(derivs.root, space, res, subject)
                 if name.key == key]
+        methods = {method for _, method in maps}
+        summed = [(heatmap, method) for heatmap, method in maps
+                  if split_channel(method)[1] is None or split_channel(method)[0] not in methods]
         if not maps:
             continue
+        if len(summed) < len(maps):
+            parts.append(note("Two-channel model: each map is the sum over the input channels; the map of each "
+                              "channel is in the file desc-<Method><channel>_heatmap beside it."))
+        maps = summed
         volumes, rows = {}, []
         for heatmap, method in maps:
             volumes[method] = np.asarray(nib.load(heatmap).dataobj, dtype=np.float32)

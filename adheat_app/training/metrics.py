@@ -1,7 +1,7 @@
 """Classification metrics, the verdict against chance, and the shared group tables of cross-validation results.
 
-Both the CNN (:mod:`adheat_app.training`) and the SVM baseline
-(:mod:`adheat_app.baseline`) report through these functions, so their rows in
+The CNN (:mod:`adheat_app.training`), the SVM baseline and the covariate-only
+controls (:mod:`adheat_app.baseline`) report through these functions, so their rows in
 ``group/cv_metrics.tsv`` and ``group/predictions.tsv`` are computed and
 formatted the same way.
 
@@ -16,6 +16,7 @@ the positive subjects' scores being higher than the negative subjects'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import pandas as pd
 from scipy.stats import mannwhitneyu
 from sklearn.metrics import roc_auc_score
 
+from adheat_app.cohort import Scan
 from adheat_app.io import write_tsv
 
 METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
@@ -139,6 +141,13 @@ def summarize_folds(model: str, fold_rows: list[dict], predictions: pd.DataFrame
          **chance_verdict(predictions, n_bootstrap, seed)},
     ])
     return pd.concat([table.astype({"fold": str}), summary], ignore_index=True)
+
+
+def prediction_rows(model: str, fold: int, scans: Sequence[Scan], probability: Sequence[float]) -> list[dict]:
+    """Rows of ``group/predictions.tsv``: one per held-out scan of ``fold`` (probability of the positive class)."""
+    return [{"model": model, "fold": fold, "subject": s.subject, "session": s.session, "diagnosis": s.diagnosis,
+             "target": s.target, "probability": float(p), "predicted": int(p >= 0.5)}
+            for s, p in zip(scans, probability)]
 
 
 def update_table(path: Path, rows: pd.DataFrame, model: str) -> pd.DataFrame:

@@ -51,8 +51,8 @@ from adheat_app.templates import parse_resolution
 from adheat_app.training.device import deterministic, epoch_seed, resolve_device, seed_everything
 from adheat_app.training.folds import Fold, check_labels, check_no_leakage, make_folds, split_hash, write_split
 from adheat_app.training.loop import CURVE_COLUMNS, FoldResult, ScanSet, TrainSettings, predict_logits, train_fold
-from adheat_app.training.metrics import classification_metrics, summarize_folds, update_table
-from adheat_app.inputs import LOGJACOBIAN_UNIT, channel_names, input_key, load_inputs
+from adheat_app.training.metrics import classification_metrics, prediction_rows, summarize_folds, update_table
+from adheat_app.inputs import LOGJACOBIAN_UNIT, channel_names, input_key, load_inputs, with_input
 
 LOGGER = logging.getLogger(__name__)
 
@@ -120,10 +120,8 @@ def _build_model(name: str, shape: tuple[int, ...], channels: int) -> nn.Module:
 
 
 def _predictions(model_name: str, fold: Fold, probability: np.ndarray) -> pd.DataFrame:
-    rows = [{"model": model_name, "fold": fold.index, "subject": s.subject, "session": s.session,
-             "diagnosis": s.diagnosis, "target": s.target, "probability": float(p), "predicted": int(p >= 0.5)}
-            for s, p in zip(fold.test, probability)]
-    return pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
+    return pd.DataFrame(prediction_rows(model_name, fold.index, fold.test, probability),
+                        columns=list(PREDICTION_COLUMNS))
 
 
 def _write_state_dict(path: Path, model: nn.Module) -> None:
@@ -268,6 +266,7 @@ def run_training(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> list
         For cohorts that cannot be cross-validated (see
         :func:`adheat_app.training.folds.check_labels`) or a grid too small for the model.
     """
+    config = with_input(config, cohort.scans)
     tr = config.training
     check_labels(config, cohort)
     labelled = sorted(cohort.labelled, key=lambda s: s.key)

@@ -2,7 +2,8 @@
 
 After one participant pass this level gives the complete result: it trains the
 folds that are missing (or only ``--fold K``, for one scheduler job per fold),
-fits the linear SVM on the same folds, derives any heatmap the participant level
+fits the linear SVM and the covariate-only control classifiers on the same
+folds, derives any heatmap the participant level
 did not, averages and scores them, and writes ``group.html``.
 """
 
@@ -14,6 +15,7 @@ from adheat_app.bids import Derivatives, T1wInput
 from adheat_app.cohort import load_cohort
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
+from adheat_app.inputs import resolve_input
 from adheat_app.templates import get_template, parse_resolution
 
 LOGGER = logging.getLogger(__name__)
@@ -23,12 +25,13 @@ def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
     """Run the group level; return the number of failed items (0: failures raise)."""
     from adheat_app.attribution.runner import run_heatmaps
     from adheat_app.attribution.sanity import sanity_check
-    from adheat_app.baseline import run_svm
+    from adheat_app.baseline import run_covariates, run_svm
     from adheat_app.evaluation import run_evaluation
     from adheat_app.report import write_group_report, write_subject_report
     from adheat_app.training import make_folds, run_training
 
     cohort = load_cohort(config, derivs, inputs)
+    config = resolve_input(config, cohort.scans)
     resolution = parse_resolution(cohort.res_label)
     if resolution != config.execution.resolution:
         LOGGER.info("using the preprocessed grid of %s mm (not --resolution %s)", resolution,
@@ -45,6 +48,7 @@ def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
     tr = config.training
     folds = make_folds(cohort, tr.folds, config.execution.seed, tr.val_fraction)
     run_svm(config, derivs, cohort, folds)
+    run_covariates(config, derivs, folds)
     run_heatmaps(config, derivs, cohort)
     if config.heatmaps.sanity_check:
         sanity_check(config, derivs, cohort)

@@ -1,0 +1,136 @@
+"""Covariate-only control classifiers: can site, age or sex alone tell the classes apart?
+
+A CNN reaches a high cross-validated ROC AUC just as well by recognising
+something other than the disease that differs between the classes: the
+scanner of a cohort whose AD subjects come mostly from one site, age, sex or
+head size. For every ``--covariates`` column of ``participants.tsv`` this
+module cross-validates, on the CNN's folds, a logistic regression
+(scikit-learn) that reads that column alone, and writes its out-of-fold
+predictions and metrics as rows of model ``covariate-<column>`` in
+``group/cv_metrics.tsv`` and ``group/predictions.tsv``, through the same
+functions as the CNN and the SVM (:mod:`adheat_app.training.metrics`): pooled
+ROC AUC, bootstrap interval and verdict against chance. A covariate model
+better than chance marks a confound the CNN may have learned instead of the
+disease; the group report warns about it and sets its ROC AUC beside the
+CNN's.
+
+A column is categorical (one-hot) when ``participants.json`` gives it
+``Levels``, when a value is not a number, or when it has neither ``Units`` nor
+more than :data:`MAX_LEVELS` distinct values (e.g. sites numbered 0, 1, 2);
+otherwise it is numeric, standardised with the fold's training subjects.
+Missing values become their own category, or the training median. Columns
+absent from ``participants.tsv``, or with one value among the labelled
+subjects, are skipped with a log message. The fits take milliseconds, so a
+rerun recomputes them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from adheat_app.bids import Derivatives, read_participants
+from adheat_app.cohort import Scan
+from adheat_app.config import RunConfig
+
+LOGGER = logging.getLogger(__name__)
+
+#: Model names of the covariate classifiers in the group tables: ``covariate-<column>``.
+PREFIX = "covariate-"
+#: A numeric column without ``Units`` and with at most this many distinct values is taken as categorical.
+MAX_LEVELS = 10
+
+
+def is_covariate_model(model: str) -> bool:
+    """Whether a model name of the group tables is a covariate-only control."""
+    return str(model).startswith(PREFIX)
+
+
+def is_categorical(values: pd.Series, sidecar: dict) -> bool:
+    """Whether a ``participants.tsv`` column is categorical (see the module docstring)."""
+    if "Levels" in sidecar:
+        return True
+    present = values.dropna()
+    if pd.to_numeric(present, errors="coerce").isna().any():
+        return True
+    return "Units" not in sidecar and present.nunique() <= MAX_LEVELS
+
+
+def covariate_columns(config: RunConfig, scans: Sequence[Scan]) -> dict[str, tuple[pd.Series, bool]]:
+    """The usable ``--covariates`` columns: per column, its value for each scan and whether it is categorical."""
+    wanted = [c for c in config.training.covariates if c.lower() != "none"]
+    if not wanted:
+        return {}
+    participants = read_participants(config.bids_dir)
+    sidecar_path = config.bids_dir / "participants.json"
+    sidecars = json.loads(sidecar_path.read_text(encoding="utf-8")) if sidecar_path.is_file() else {}
+    columns = {}
+    for name in wanted:
+        if name not in participants.columns or name == config.training.label_column:
+            LOGGER.info("covariate %r: not a column of participants.tsv (or the label column); not tested", name)
+            continue
+        values = pd.Series([participants[name].get(s.subject) for s in scans], dtype=object)
+        if values.dropna().nunique() < 2:
+            LOGGER.info("covariate %r: one value among the labelled subjects; not tested", name)
+            continue
+        columns[name] = (values, is_categorical(values, sidecars.get(name, {})))
+    return columns
+
+
+def covariate_classifier(categorical: bool, seed: int) -> Pipeline:
+    """The logistic regression on one column (an sklearn pipeline taking an ``(n, 1)`` array)."""
+    encode = ((SimpleImputer(strategy="constant", fill_value="n/a"), OneHotEncoder(handle_unknown="ignore"))
+              if categorical else (SimpleImputer(strategy="median"), StandardScaler()))
+    return make_pipeline(*encode, LogisticRegression(random_state=seed))
+
+
+def run_covariates(config: RunConfig, derivs: Derivatives, folds: Sequence) -> None:
+    """Cross-validate each covariate alone on the CNN's folds and write its rows of the group tables.
+
+    Parameters
+    ----------
+    config : RunConfig
+        Run configuration (``--covariates``, label column, seed, bootstrap resamples).
+    derivs : Derivatives
+        Output dataset.
+    folds : sequence
+        Cross-validation folds (:class:`adheat_app.training.Fold`); validation scans are training scans here.
+    """
+    from adheat_app.training.metrics import (classification_metrics, prediction_rows, summarize_folds,
+                                             update_table)
+
+    scans: list[Scan] = list(dict.fromkeys(s for f in folds for part in (f.train, f.val, f.test) for s in part))
+    columns = covariate_columns(config, scans)
+    row = {s.key: i for i, s in enumerate(scans)}
+    seed = config.execution.seed
+    group = derivs.root / "group"
+    for name, (values, categorical) in columns.items():
+        model_name = f"{PREFIX}{name}"
+        features = (values.to_numpy(object) if categorical else pd.to_numeric(values).to_numpy(float)).reshape(-1, 1)
+        fold_rows, predictions = [], []
+        for fold in folds:
+            train = [row[s.key] for s in (*fold.train, *fold.val)]
+            test = [row[s.key] for s in fold.test]
+            classifier = covariate_classifier(categorical, seed + fold.index)
+            classifier.fit(features[train], np.array([scans[i].target for i in train]))
+            probability = classifier.predict_proba(features[test])[:, 1]
+            fold_rows.append({"fold": fold.index, "n_test": len(test),
+                              **classification_metrics([scans[i].target for i in test], probability)})
+            predictions += prediction_rows(model_name, fold.index, [scans[i] for i in test], probability)
+        predictions = pd.DataFrame(predictions)
+        summary = summarize_folds(model_name, fold_rows, predictions, config.evaluation.n_bootstrap, seed)
+        update_table(group / "cv_metrics.tsv", summary, model_name)
+        update_table(group / "predictions.tsv", predictions, model_name)
+        pooled = summary[summary["fold"] == "pooled"].iloc[0]
+        LOGGER.info("covariate %s alone (%s): pooled ROC AUC %.3f [%.3f, %.3f]%s", name,
+                    "categorical" if categorical else "numeric", pooled["roc_auc"], pooled["roc_auc_ci_low"],
+                    pooled["roc_auc_ci_high"], ": better than chance, a possible confound"
+                    if pooled["better_than_chance"] else "")
