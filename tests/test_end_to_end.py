@@ -103,7 +103,8 @@ def test_every_design_output_exists(run):
 def test_tables_hold_both_models_and_every_method(run):
     group = run["out"] / "group"
     metrics = pd.read_csv(group / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
-    assert set(metrics["model"]) == {"resnet3d", "SVM"}
+    # the simulated participants.tsv has age and sex (one site: no site control)
+    assert set(metrics["model"]) == {"resnet3d", "SVM", "covariate-age", "covariate-sex"}
     assert set(metrics["fold"]) >= {"0", "1", "2", "mean", "sd"}
     predictions = pd.read_csv(group / "predictions.tsv", sep="\t", dtype={"subject": str})
     assert len(predictions[predictions["model"] == "resnet3d"]) == 12
