@@ -18,18 +18,21 @@ CNN's and the SVM's cross-validated ROC AUC head the table.
 ``--confounded`` adds the run the site confound needs: the same cohort size
 with no atrophy and ``--site-imbalance`` (default 0.8) of the AD subjects from
 site 0, so a model can only follow the site; its table shows what a
-site-following model's maps look like. Not a test: numbers depend on the cohort
+site-following model's maps look like, and the ``covariate-site`` row of the
+cross-validation table (a classifier reading the site alone) shows what a
+model can score without the brain. Not a test: numbers depend on the cohort
 draw and the machine.
 
 Usage::
 
     python benchmarks/ground_truth.py [--subjects 120] [--resolution 4] [--registration syn]
-        [--input intensity] [--atrophy-model tissue-loss] [--sites 1] [--confounded]
+        [--input auto] [--atrophy-model tissue-loss] [--sites 1] [--confounded]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -72,16 +75,22 @@ def ratio_with_interval(maps: np.ndarray, region: np.ndarray, seed: int) -> tupl
     return (mean_ratio(maps), *_interval(np.asarray(samples)))
 
 
-def input_maps(out: Path, grid: str, kind: str, brain: np.ndarray) -> np.ndarray:
+def model_channels(out: Path) -> list[str]:
+    """The input channels the CNN was trained on (its first fold's model card)."""
+    card = json.loads(next((out / "models").glob("*/fold-0/model.json")).read_text())
+    return card["Input"]["Channels"]
+
+
+def input_maps(out: Path, grid: str, channels: list[str], brain: np.ndarray) -> np.ndarray:
     """The ``InputMagnitude`` control's per-scan maps ``(n, V)``: each input channel at unit total, summed."""
-    names = {"intensity": ("preproc",), "logjacobian": ("logjacobian",), "both": ("preproc", "logjacobian")}[kind]
-    channels = [unit_total(np.stack([np.asarray(nib.load(p).dataobj, np.float32)[brain] for p in
-                                     sorted(out.glob(f"sub-*/**/*_{grid}_desc-{name}_T1w.nii.gz"))]))
-                for name in names]
-    return unit_total(sum(channels))
+    descs = {"intensity": "preproc", "logjacobian": "logjacobian"}
+    maps = [unit_total(np.stack([np.asarray(nib.load(p).dataobj, np.float32)[brain] for p in
+                                 sorted(out.glob(f"sub-*/**/*_{grid}_desc-{descs[name]}_T1w.nii.gz"))]))
+            for name in channels]
+    return unit_total(sum(maps))
 
 
-def table(out: Path, bids: Path, input_kind: str, seed: int) -> pd.DataFrame:
+def table(out: Path, bids: Path, seed: int) -> pd.DataFrame:
     """One row per map: the planted truth's recovery (see the module docstring)."""
     group = out / "group"
     overlap = pd.read_csv(group / "overlap.tsv", sep="\t", na_values=["n/a"])
@@ -103,7 +112,7 @@ def table(out: Path, bids: Path, input_kind: str, seed: int) -> pd.DataFrame:
         dice = rows_of[(rows_of["metric"] == "dice") & (rows_of["top_percent"].astype(float) == DICE_PERCENT)].iloc[0]
         paths = sorted(out.glob(f"sub-*/**/*_{grid}_desc-{method}_heatmap.nii.gz"))
         if method == "InputMagnitude":
-            ratio = ratio_with_interval(input_maps(out, grid, input_kind, brain), region, seed)
+            ratio = ratio_with_interval(input_maps(out, grid, model_channels(out), brain), region, seed)
         elif paths:
             maps = unit_total(np.stack([np.asarray(nib.load(p).dataobj, np.float32)[brain] for p in paths]))
             ratio = ratio_with_interval(maps, region, seed)
@@ -120,12 +129,12 @@ def table(out: Path, bids: Path, input_kind: str, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run(root: Path, args: argparse.Namespace, null: bool, imbalance: float | None
+def run(root: Path, args: argparse.Namespace, null: bool, sites: int, imbalance: float | None
         ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Simulate, run both levels; return the cross-validation rows and the recovery table."""
     bids, out = root / "bids", root / "out"
     simulate = [bids, "--n-subjects", args.subjects, "--resolution", args.resolution,
-                "--seed", args.seed, "--atrophy-model", args.atrophy_model, "--sites", args.sites,
+                "--seed", args.seed, "--atrophy-model", args.atrophy_model, "--sites", sites,
                 *(["--site-imbalance", imbalance] if imbalance is not None else []), "--nprocs", args.nprocs]
     if not (bids / "participants.tsv").is_file():  # a kept folder: same cohort, other --input or --methods
         _command(SIMULATE, *simulate, *(["--null"] if null else []))
@@ -143,7 +152,7 @@ def run(root: Path, args: argparse.Namespace, null: bool, imbalance: float | Non
                                                    "p_value", "better_than_chance"]]
     balanced = metrics[metrics["fold"] == "mean"].set_index("model")["balanced_accuracy"]
     pooled = pooled.assign(balanced_accuracy=pooled["model"].map(balanced))
-    return pooled, table(out, bids, args.input, args.seed)
+    return pooled, table(out, bids, args.seed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,24 +168,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confounded", action="store_true",
                         help="also run a null cohort with --site-imbalance 0.8 over 2 sites (or --sites)")
     parser.add_argument("--registration", default="syn", choices=("syn", "affine"))
-    parser.add_argument("--input", default="intensity", choices=("intensity", "logjacobian", "both"))
+    parser.add_argument("--input", default="auto", choices=("auto", "intensity", "logjacobian", "both"))
     parser.add_argument("--methods", nargs="+", default=None, help="heatmap methods (default: adheat's)")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--keep", type=Path, default=None, help="keep the outputs in this folder")
     args = parser.parse_args(argv)
-    runs = [("planted" if not args.null else "null", args.null, args.site_imbalance)]
+    runs = [("planted" if not args.null else "null", args.null, args.sites, args.site_imbalance)]
     if args.confounded:
-        args.sites = max(args.sites, 2)
-        runs.append(("confounded", True, 0.8 if args.site_imbalance is None else args.site_imbalance))
+        runs.append(("confounded", True, max(args.sites, 2),
+                     0.8 if args.site_imbalance is None else args.site_imbalance))
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
-        for name, null, imbalance in runs:
-            pooled, recovery = run(root / name, args, null, imbalance)
+        for name, null, sites, imbalance in runs:
+            pooled, recovery = run(root / name, args, null, sites, imbalance)
             print(f"\n## {name}: {args.subjects} subjects, {args.resolution:g} mm, {args.atrophy_model}, "
-                  f"{args.sites} site(s), site imbalance {'balanced' if imbalance is None else imbalance}"
+                  f"{sites} site(s), site imbalance {'balanced' if imbalance is None else imbalance}"
                   f"{', no atrophy' if null else ''}; "
-                  f"--registration {args.registration} --input {args.input}")
+                  f"--registration {args.registration} --input {args.input} (the CNN read: "
+                  f"{' + '.join(model_channels(root / name / 'out'))})")
             print(pooled.round(3).to_string(index=False))
             print(recovery.to_string(index=False), flush=True)
     print("\nroc_auc and dice: the group level's values with 95 % bootstrap intervals over subjects (label all, "
