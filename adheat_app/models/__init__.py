@@ -2,7 +2,7 @@
 
 Each submodule defines one architecture and registers a builder with
 ``@MODELS.register("name")``; a builder takes the input grid shape
-``(X, Y, Z)`` and the number of input channels ``C`` (``--input``, 1 by default)
+``(X, Y, Z)`` and the number of input channels ``C`` (``--input``: 1 or 2)
 and returns an ``nn.Module`` mapping ``(N, C, X, Y, Z)`` volumes to ``(N, 2)``
 logits (index 1 = positive class). Adding a model is adding a file.
 Every model is checked against the contract the heatmap methods rely on when

@@ -13,7 +13,7 @@ grid, intensity normalisation inside the warped brain mask
 registration the log Jacobian determinant of the deformation, beyond its
 global linear part, is written on the analysis grid as well
 (:func:`.register.log_jacobian`; the tensor-based-morphometry input of
-``--input logjacobian|both``). N4 runs on the brain
+``--input logjacobian|both``, and of the default ``auto``). N4 runs on the brain
 alone: the bias field that matters is the brain's, and the cropped brain is
 half the voxels of the head (half the time: ``docs/performance.md``).
 
