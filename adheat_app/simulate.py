@@ -1168,7 +1168,9 @@ def _write_dataset_files(out_dir: Path, truth: GroundTruth, specs: list[SubjectS
             "MCI": "mild cognitive impairment (half the AD atrophy)"}},
         "age": {"Description": "Age at scan (simulated: AD 75 +- 8, CN 73 +- 6, MCI 74 +- 7)", "Units": "year"},
         "sex": {"Description": "Sex (simulated)", "Levels": {"F": "female", "M": "male"}},
-        "site": {"Description": "Scanner site (simulated; 0 is the reference scanner)"},
+        "site": {"Description": "Scanner site (simulated; 0 is the reference scanner)",
+                 "Levels": {str(site.index): "reference scanner" if site.index == 0 else f"scanner {site.index}"
+                            for site in sites}},
     })
     model = ("grey matter of" if parameters["atrophy_model"] == "tissue-loss" else "darkening of")
     write_text(out_dir / "README", (

@@ -132,8 +132,9 @@ def test_covariate_controls_catch_a_site_confound_and_read_columns_right(tmp_pat
     columns = covariate_columns(config, cohort.scans)
     assert {name: categorical for name, (_, categorical) in columns.items()} == \
         {"age": False, "sex": True, "site": True}
-    assert is_categorical(pd.Series(["0", "1", "2", "1"]), {}) and not is_categorical(pd.Series(["0", "1"]),
-                                                                                       {"Units": "mm"})
+    assert is_categorical(pd.Series(["002", "941", None]), {}) and is_categorical(pd.Series(["A", "B"]), {})
+    assert not is_categorical(pd.Series(["71", "80.5", None]), {}) and is_categorical(pd.Series(["0", "1"]),
+                                                                                     {"Levels": {}})
     run_covariates(config, derivs, folds)
     table = pd.read_csv(derivs.root / "group" / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
     pooled = table[table["fold"] == "pooled"].set_index("model")

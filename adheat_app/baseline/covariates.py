@@ -15,9 +15,11 @@ disease; the group report warns about it and sets its ROC AUC beside the
 CNN's.
 
 A column is categorical (one-hot) when ``participants.json`` gives it
-``Levels``, when a value is not a number, or when it has neither ``Units`` nor
-more than :data:`MAX_LEVELS` distinct values (e.g. sites numbered 0, 1, 2);
-otherwise it is numeric, standardised with the fold's training subjects.
+``Levels`` (as BIDS asks of categorical columns), when a value is not a number,
+or when its numbers are codes with leading zeros (``002``, ``941``); otherwise
+it is numeric, standardised with the fold's training subjects. Numbered sites
+without ``Levels`` are therefore read as numbers; the log says how each column
+was read.
 Missing values become their own category, or the training median. Columns
 absent from ``participants.tsv``, or with one value among the labelled
 subjects, are skipped with a log message. The fits take milliseconds, so a
@@ -45,8 +47,6 @@ LOGGER = logging.getLogger(__name__)
 
 #: Model names of the covariate classifiers in the group tables: ``covariate-<column>``.
 PREFIX = "covariate-"
-#: A numeric column without ``Units`` and with at most this many distinct values is taken as categorical.
-MAX_LEVELS = 10
 
 
 def is_covariate_model(model: str) -> bool:
@@ -58,10 +58,10 @@ def is_categorical(values: pd.Series, sidecar: dict) -> bool:
     """Whether a ``participants.tsv`` column is categorical (see the module docstring)."""
     if "Levels" in sidecar:
         return True
-    present = values.dropna()
+    present = values.dropna().astype(str).str.strip()
     if pd.to_numeric(present, errors="coerce").isna().any():
         return True
-    return "Units" not in sidecar and present.nunique() <= MAX_LEVELS
+    return bool(present.str.fullmatch(r"0\d+").any())
 
 
 def covariate_columns(config: RunConfig, scans: Sequence[Scan]) -> dict[str, tuple[pd.Series, bool]]:
