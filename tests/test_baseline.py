@@ -147,3 +147,6 @@ def test_covariate_controls_catch_a_site_confound_and_read_columns_right(tmp_pat
     assert ((site["probability"] > 0.5) == (site["target"] == 1)).all()
     none = dataclasses.replace(config, training=dataclasses.replace(config.training, covariates=("none",)))
     assert covariate_columns(none, cohort.scans) == {}
+    run_covariates(none, derivs, folds)  # a rerun without covariates leaves none of their rows behind
+    for name in ("cv_metrics.tsv", "predictions.tsv"):
+        assert pd.read_csv(derivs.root / "group" / name, sep="\t").empty

@@ -104,14 +104,17 @@ def run_covariates(config: RunConfig, derivs: Derivatives, folds: Sequence) -> N
     folds : sequence
         Cross-validation folds (:class:`adheat_app.training.Fold`); validation scans are training scans here.
     """
-    from adheat_app.training.metrics import (classification_metrics, prediction_rows, summarize_folds,
-                                             update_table)
+    from adheat_app.training.metrics import (classification_metrics, prediction_rows, remove_models,
+                                             summarize_folds, update_table)
 
     scans: list[Scan] = list(dict.fromkeys(s for f in folds for part in (f.train, f.val, f.test) for s in part))
     columns = covariate_columns(config, scans)
     row = {s.key: i for i, s in enumerate(scans)}
     seed = config.execution.seed
     group = derivs.root / "group"
+    for table in ("cv_metrics.tsv", "predictions.tsv"):  # columns no longer asked for: drop their old rows
+        remove_models(group / table, lambda model: is_covariate_model(model) and
+                      model.removeprefix(PREFIX) not in columns)
     for name, (values, categorical) in columns.items():
         model_name = f"{PREFIX}{name}"
         features = (values.to_numpy(object) if categorical else pd.to_numeric(values).to_numpy(float)).reshape(-1, 1)

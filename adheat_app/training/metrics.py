@@ -16,7 +16,7 @@ the positive subjects' scores being higher than the negative subjects'
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +150,20 @@ def prediction_rows(model: str, fold: int, scans: Sequence[Scan], probability: S
             for s, p in zip(scans, probability)]
 
 
+def _read_table(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", dtype={"fold": str, "subject": str, "session": str})
+
+
+def remove_models(path: Path, drop: Callable[[str], bool]) -> None:
+    """Remove from a group TSV the rows of every model for which ``drop(model)`` is true (atomically)."""
+    if not Path(path).is_file():
+        return
+    table = _read_table(path)
+    kept = table[[not drop(str(model)) for model in table["model"]]]
+    if len(kept) < len(table):
+        write_tsv(path, kept)
+
+
 def update_table(path: Path, rows: pd.DataFrame, model: str) -> pd.DataFrame:
     """Replace the rows of ``model`` in a group TSV (creating it) and write it atomically.
 
@@ -159,7 +173,7 @@ def update_table(path: Path, rows: pd.DataFrame, model: str) -> pd.DataFrame:
     """
     path = Path(path)
     if path.is_file():
-        old = pd.read_csv(path, sep="\t", dtype={"fold": str, "subject": str, "session": str})
+        old = _read_table(path)
         blocks = [rows if name == model else part for name, part in old.groupby("model", sort=False)]
         table = pd.concat(blocks if model in set(old["model"]) else [*blocks, rows], ignore_index=True)
     else:
