@@ -32,11 +32,11 @@ from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.volumes import cache_key, load_channels
 
+LOGGER = logging.getLogger(__name__)
+
 #: Channels of each ``--input`` choice, in channel order.
 INPUTS: dict[str, tuple[str, ...]] = {"intensity": ("intensity",), "logjacobian": ("logjacobian",),
                                       "both": ("intensity", "logjacobian")}
-LOGGER = logging.getLogger(__name__)
-
 #: The log Jacobian channel is the log Jacobian divided by this: a 20 % local volume loss (log 0.8 = -0.22) reads
 #: about -1.1, the scale of the intensity channel (white matter 1 after white-matter normalisation).
 LOGJACOBIAN_UNIT = 0.2
