@@ -181,7 +181,8 @@ def _summary(cohort: Cohort, template: Template) -> str:
 def _cv_metrics(group: Path) -> str:
     metrics = read_tsv(group / "cv_metrics.tsv")
     if metrics is None:
-        return not_computed("group/cv_metrics.tsv is absent (run the group level to train the CNN and the SVM)")
+        return not_computed("group/cv_metrics.tsv is absent (run the group level to train the CNN, the SVM and "
+                            "the covariate controls)")
     summary = metrics[metrics["fold"].isin(["mean", "sd"])]
     return ("<h3>Mean and SD over folds</h3>" + table(summary) + "<h3>Per fold</h3>"
             + table(metrics[~metrics["fold"].isin(["mean", "sd"])]))
