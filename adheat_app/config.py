@@ -115,8 +115,8 @@ class TrainingOptions:
     covariates: tuple[str, ...] = option(
         ("age", "sex", "site"), "participants.tsv columns tested as confounds: a logistic regression on each column "
         "alone is cross-validated on the CNN's folds (model covariate-<column> in group/cv_metrics.tsv); one that "
-        "predicts the diagnosis better than chance is flagged in the report. Absent columns are skipped; 'none' "
-        "tests none.", metavar="COLUMN", type=str)
+        "predicts the diagnosis better than chance is flagged in the report. Default columns that are absent are "
+        "skipped, columns you name must exist; 'none' tests none.", metavar="COLUMN", type=str)
     folds: int = option(5, "Number of cross-validation folds (split by subject, stratified).", type=int)
     fold: int | None = option(None, "Train only this fold (0-based), e.g. one scheduler job per fold.",
                               type=int)

@@ -131,6 +131,9 @@ def check_options(config: RunConfig) -> None:
         if value and not Path(value).exists():
             raise InputError(f"{name} {value} does not exist")
     check_models_dir(config)
+    if "group" in config.analysis_level:
+        from adheat_app.baseline.covariates import check_covariates
+        check_covariates(config)
     if ex.device == "cuda":
         import torch
         if not torch.cuda.is_available():

@@ -142,6 +142,9 @@ def test_both_levels_in_one_call(tiny_bids, tmp_path):
         (lambda b, o: [b, o, "group", "--n-bootstrap", "-1"], "--n-bootstrap -1 is out of range"),
         (lambda b, o: [b, o, "participant", "--seed", "-1"], "--seed -1 is out of range"),
         (lambda b, o: [b, o, "participant", "--mem-gb", "-1"], "--mem-gb -1 is out of range"),
+        (lambda b, o: [b, o, "group", "--covariates", "diagnosis", "scanner"],
+         "participants.tsv has no column 'scanner' named by --covariates (columns: participant_id, diagnosis); "
+         "fix --covariates or pass --covariates none"),
         (lambda b, o: [b, o, "participant", "--models", b.parent / "nomodels"], "does not exist"),
         (lambda b, o: [b, o, "participant", "--models", _models(b, "empty")],
          "holds no trained resnet3d model (expected {m}/resnet3d/fold-<k>/model.pt + model.json); train them"),

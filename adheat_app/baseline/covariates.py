@@ -41,7 +41,8 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from adheat_app.bids import Derivatives, read_participants
 from adheat_app.cohort import Scan
-from adheat_app.config import RunConfig
+from adheat_app.config import RunConfig, TrainingOptions
+from adheat_app.errors import InputError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -62,6 +63,29 @@ def is_categorical(values: pd.Series, sidecar: dict) -> bool:
     if pd.to_numeric(present, errors="coerce").isna().any():
         return True
     return bool(present.str.fullmatch(r"0\d+").any())
+
+
+def check_covariates(config: RunConfig) -> None:
+    """Refuse ``--covariates`` columns given on the command line that ``participants.tsv`` lacks.
+
+    The default columns (``age sex site``) are tested where present; columns a user names must exist, so that a
+    typo is not silently left untested.
+
+    Raises
+    ------
+    InputError
+        Naming the file, the missing columns and the columns it has.
+    """
+    wanted = [c for c in config.training.covariates if c.lower() != "none"]
+    if tuple(config.training.covariates) == TrainingOptions().covariates or not wanted:
+        return
+    participants = read_participants(config.bids_dir)
+    missing = [c for c in wanted if c not in participants.columns]
+    if missing:
+        raise InputError(f"{config.bids_dir / 'participants.tsv'} has no column{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(map(repr, missing))} "
+                         f"named by --covariates (columns: {', '.join(participants.columns)}); fix --covariates or "
+                         "pass --covariates none")
 
 
 def covariate_columns(config: RunConfig, scans: Sequence[Scan]) -> dict[str, tuple[pd.Series, bool]]:
