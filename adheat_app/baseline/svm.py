@@ -259,11 +259,11 @@ def run_svm(config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: Seque
         "WallTimeSeconds": round(time.time() - start, 3),
     }
     for index, maps, description in (
-        (0, patterns, "Mean over folds of the activation pattern cov(Z) w / var(w^T z) (Haufe et al. "
-                                 "2014) of the fold's linear SVM over its training scans; positive values: "
-                                 "higher z-scored intensity goes with the positive class."),
-        (1, weights, "Mean over folds of the unit-norm linear SVM weight vector w (z-scored features); "
-                                "weights are not interpretable as locations of effects (Haufe et al. 2014)."),
+        (0, patterns, "Mean over folds of the activation pattern cov(Z) w / var(w^T z) (Haufe et al. 2014) of "
+                      "the fold's linear SVM over its training scans; positive values: higher z-scored intensity "
+                      "goes with the positive class."),
+        (1, weights, "Mean over folds of the unit-norm linear SVM weight vector w (z-scored features); weights are "
+                     "not interpretable as locations of effects (Haufe et al. 2014)."),
     ):
         per_channel = np.mean(maps, axis=0).reshape(len(channels), -1)
         path = (pattern_path, weights_path)[index]
