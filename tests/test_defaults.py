@@ -1,8 +1,9 @@
 """The product's defaults: the default CNN learns planted atrophy, stays at chance without it, its heatmaps find
-the planted region, and a model that learned nothing is reported as such.
+the planted region, a model that learned nothing is reported as such, and one that learned the scanner is caught
+by the site-only control.
 
 Every test here trains with the default training options (no training flag: model, step budget, optimiser,
-schedule, regularisation, folds); only the cohort is small (24 subjects at 4 mm, oracle-preprocessed by
+schedule, regularisation, folds); only the cohort is small (16-24 subjects at 4 mm, oracle-preprocessed by
 ``conftest.make_preprocessed_cohort`` with the default intensity normalisation). One test per cohort, so that
 pytest-xdist trains each cohort once.
 """
