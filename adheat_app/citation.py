@@ -18,6 +18,7 @@ from pathlib import Path
 from adheat_app.attribution.references import BLUR_FWHM_MM
 from adheat_app.bids import Derivatives, software_versions
 from adheat_app.config import RunConfig, TrainingOptions
+from adheat_app.inputs import card_channels
 from adheat_app.io import read_json, write_text
 from adheat_app.layout import MODEL_CARD, find_preproc, fold_dir, trained_folds
 
@@ -106,7 +107,7 @@ def trained_channels(derivs: Derivatives, model: str) -> tuple[str, ...]:
     if not folds:
         return ()
     card = read_json(fold_dir(derivs.root / "models", model, folds[0]) / MODEL_CARD)
-    return tuple(card["Input"].get("Channels", ["intensity"]))
+    return card_channels(card)
 
 
 def render_citation(config: RunConfig, steps: set[str], channels: tuple[str, ...] = ("intensity",)

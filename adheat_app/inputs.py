@@ -73,6 +73,11 @@ def channel_names(kind: str) -> tuple[str, ...]:
     return INPUTS[kind]
 
 
+def card_channels(card: dict) -> tuple[str, ...]:
+    """The input channels a model card records (``Input.Channels``; intensity for cards written before it existed)."""
+    return tuple(card["Input"].get("Channels", ["intensity"]))
+
+
 def split_channel(method: str) -> tuple[str, str | None]:
     """A map name and its channel: ``IGlogjacobian`` -> ``("IG", "logjacobian")``, ``IG`` -> ``("IG", None)``."""
     for name in sorted({c for names in INPUTS.values() for c in names}):

@@ -32,7 +32,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,8 @@ import numpy as np
 import pandas as pd
 
 from adheat_app.evaluation.controls import grey_matter_prior, unit_total
+from adheat_app.inputs import card_channels
+from adheat_app.io import read_json
 from adheat_app.templates import get_template
 
 #: Top-k (%) of the Dice column.
@@ -75,13 +76,12 @@ def ratio_with_interval(maps: np.ndarray, region: np.ndarray, seed: int) -> tupl
     return (mean_ratio(maps), *_interval(np.asarray(samples)))
 
 
-def model_channels(out: Path) -> list[str]:
+def model_channels(out: Path) -> tuple[str, ...]:
     """The input channels the CNN was trained on (its first fold's model card)."""
-    card = json.loads(next((out / "models").glob("*/fold-0/model.json")).read_text())
-    return card["Input"]["Channels"]
+    return card_channels(read_json(next((out / "models").glob("*/fold-0/model.json"))))
 
 
-def input_maps(out: Path, grid: str, channels: list[str], brain: np.ndarray) -> np.ndarray:
+def input_maps(out: Path, grid: str, channels: tuple[str, ...], brain: np.ndarray) -> np.ndarray:
     """The ``InputMagnitude`` control's per-scan maps ``(n, V)``: each input channel at unit total, summed."""
     descs = {"intensity": "preproc", "logjacobian": "logjacobian"}
     maps = [unit_total(np.stack([np.asarray(nib.load(p).dataobj, np.float32)[brain] for p in

@@ -52,7 +52,7 @@ from adheat_app.bids import Derivatives, T1wInput, is_complete, software_version
 from adheat_app.cohort import Cohort, Scan
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
-from adheat_app.inputs import INPUTS, channel_paths, load_inputs
+from adheat_app.inputs import INPUTS, card_channels, channel_paths, load_inputs
 from adheat_app.io import nifti_image, read_json
 from adheat_app.layout import heatmap_path, sidecar_path, trained_folds
 from adheat_app.templates import parse_resolution
@@ -71,7 +71,7 @@ def model_channels(cards: dict[int, dict]) -> tuple[str, ...]:
     InputError
         When the fold models were trained on different inputs.
     """
-    found = {k: tuple(card["Input"].get("Channels", ["intensity"])) for k, card in cards.items()}
+    found = {k: card_channels(card) for k, card in cards.items()}
     if len(set(found.values())) > 1:
         raise InputError(f"the fold models were trained on different inputs ({found}); retrain them with one "
                          "--input (--overwrite)")

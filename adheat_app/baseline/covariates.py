@@ -65,6 +65,11 @@ def is_categorical(values: pd.Series, sidecar: dict) -> bool:
     return bool(present.str.fullmatch(r"0\d+").any())
 
 
+def _wanted(config: RunConfig) -> list[str]:
+    """The ``--covariates`` columns (none for ``--covariates none``)."""
+    return [c for c in config.training.covariates if c.lower() != "none"]
+
+
 def check_covariates(config: RunConfig) -> None:
     """Refuse ``--covariates`` columns given on the command line that ``participants.tsv`` lacks.
 
@@ -76,7 +81,7 @@ def check_covariates(config: RunConfig) -> None:
     InputError
         Naming the file, the missing columns and the columns it has.
     """
-    wanted = [c for c in config.training.covariates if c.lower() != "none"]
+    wanted = _wanted(config)
     if tuple(config.training.covariates) == TrainingOptions().covariates or not wanted:
         return
     participants = read_participants(config.bids_dir)
@@ -90,7 +95,7 @@ def check_covariates(config: RunConfig) -> None:
 
 def covariate_columns(config: RunConfig, scans: Sequence[Scan]) -> dict[str, tuple[pd.Series, bool]]:
     """The usable ``--covariates`` columns: per column, its value for each scan and whether it is categorical."""
-    wanted = [c for c in config.training.covariates if c.lower() != "none"]
+    wanted = _wanted(config)
     if not wanted:
         return {}
     participants = read_participants(config.bids_dir)

@@ -52,7 +52,7 @@ from adheat_app.training.device import deterministic, epoch_seed, resolve_device
 from adheat_app.training.folds import Fold, check_labels, check_no_leakage, make_folds, split_hash, write_split
 from adheat_app.training.loop import CURVE_COLUMNS, FoldResult, ScanSet, TrainSettings, predict_logits, train_fold
 from adheat_app.training.metrics import classification_metrics, prediction_rows, summarize_folds, update_table
-from adheat_app.inputs import LOGJACOBIAN_UNIT, channel_names, input_key, load_inputs, with_input
+from adheat_app.inputs import LOGJACOBIAN_UNIT, card_channels, channel_names, input_key, load_inputs, with_input
 
 LOGGER = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def read_verdict(models_dir: Path, model: str) -> dict | None:
 def load_fold_model(fold_dir: Path, device: torch.device) -> tuple[nn.Module, dict]:
     """The trained model of a completed fold folder (eval mode, on ``device``) and its model card."""
     card = read_json(Path(fold_dir) / "model.json")
-    model = MODELS[card["Model"]](tuple(card["Input"]["Shape"]), len(card["Input"].get("Channels", ["intensity"])))
+    model = MODELS[card["Model"]](tuple(card["Input"]["Shape"]), len(card_channels(card)))
     model.load_state_dict(torch.load(Path(fold_dir) / "model.pt", map_location=device, weights_only=True))
     return model.to(device).eval(), card
 
