@@ -53,7 +53,7 @@ BOOTSTRAP = 1000
 
 
 #: The two commands, as a user runs them (``adheat-simulate`` and ``adheat``), in this interpreter.
-SIMULATE = ["-c", "import sys; from adheat_app.simulate import main; sys.exit(main(sys.argv[1:]))"]
+SIMULATE = ["-m", "adheat_app.simulate"]
 ADHEAT = ["-m", "adheat_app"]
 
 

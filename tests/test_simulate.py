@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from adheat_app import simulate
+from adheat_app.simulate import cli
 from adheat_app.bids import run_bids_validator, validator_command
 from conftest import tree_digest
 
@@ -324,7 +325,7 @@ def test_null_cohort_carries_no_atrophy_and_keeps_everything_else(cohort, null_t
 
 
 def test_command_line_writes_a_cohort(tmp_path, capsys):
-    code = simulate.main([str(tmp_path / "cli"), "--n-subjects", "2", "--resolution", "8", "--seed", "3",
+    code = cli.main([str(tmp_path / "cli"), "--n-subjects", "2", "--resolution", "8", "--seed", "3",
                           "--effect-size", "0.2", "--regions", "Hippocampus", "--atrophy-model", "darkening",
                           "--sites", "2", "--site-imbalance", "1"])
     assert code == 0 and capsys.readouterr().out.strip() == str(tmp_path / "cli")
@@ -354,7 +355,7 @@ def test_command_line_writes_a_cohort(tmp_path, capsys):
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, message):
     out = tmp_path / "out"
-    code = simulate.main([str(out), "--resolution", "8", *args])
+    code = cli.main([str(out), "--resolution", "8", *args])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, err
@@ -364,6 +365,6 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, message):
 
 def test_a_non_empty_output_folder_is_refused(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("mine")
-    assert simulate.main([str(tmp_path), "--resolution", "8"]) == 2
+    assert cli.main([str(tmp_path), "--resolution", "8"]) == 2
     assert "is not an empty folder" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
