@@ -298,3 +298,35 @@ def find_fmriprep_anat(root: Path, scan: ScanLike) -> list[tuple[Path, Name]]:
 def fmriprep_mask(image: Path) -> Path:
     """The brain mask fMRIPrep writes beside a preprocessed T1w (``desc-brain_mask``)."""
     return image.with_name(image.name.replace("_desc-preproc_T1w", "_desc-brain_mask"))
+
+
+# Simulated ground truth (``adheat-simulate``: ``bids_dir/derivatives/simulation``) --------------------------------
+
+def simulation_root(bids_dir: Path) -> Path:
+    """The simulator's truth dataset inside a simulated BIDS dataset."""
+    return Path(bids_dir) / "derivatives" / "simulation"
+
+
+def simulation_cohort_map(root: Path, space: str, res: str) -> Path:
+    """The cohort's truth map (mean over AD of the subjects' planted-region maps) on the template grid."""
+    return Path(root) / filename("probseg", space=space, res=res, desc="atrophy")
+
+
+def simulation_subject_map(root: Path, subject: str, space: str, res: str, suffix: str) -> Path:
+    """A subject's template-space truth: ``suffix`` ``logjacobian`` (planted change) or ``probseg`` (region map)."""
+    return subject_path(root, subject, None, suffix, space=space, res=res, desc="atrophy")
+
+
+def simulation_twin(root: Path, scan: ScanLike) -> Path:
+    """The scan without its planted atrophy (``--twins``), on the raw scan's grid."""
+    return subject_path(root, scan.subject, scan.session, "T1w", desc="twin")
+
+
+def simulation_parent_paths(root: Path, parent: str, space: str, res: str) -> dict[str, Path]:
+    """A parent's prepared brain, mask, AAL3 labels and SyN transforms (to the template and back)."""
+    folder = Path(root) / "parents" / parent
+    return {"brain": folder / filename("T1w", space=space, res=res, desc="brain"),
+            "mask": folder / filename("mask", space=space, res=res, desc="brain"),
+            "labels": folder / filename("dseg", space=space, res=res, desc="AAL3"),
+            "forward": folder / filename("xfm", ".h5", from_="parent", to=space, mode="image"),
+            "inverse": folder / filename("xfm", ".h5", from_=space, to="parent", mode="image")}

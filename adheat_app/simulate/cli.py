@@ -12,6 +12,7 @@ from adheat_app.errors import EXIT_OK, EXIT_USAGE, InputError
 from adheat_app.simulate.anatomy import DEFAULT_REGIONS
 from adheat_app.simulate.cohort import ATROPHY_MODELS, DEFAULT_EFFECT_SIZE, MAX_EFFECT_SIZE
 from adheat_app.simulate.dataset import simulate_cohort
+from adheat_app.simulate.parents import BUILTIN, DEFAULT_ANATOMY
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "deformation (intensities keep their tissue values); 'darkening': the earlier model, "
                              "the regions' intensity falls (default: %(default)s).")
     parser.add_argument("--effect-size", type=float, default=None,
-                        help="Expected planted loss in AD: fraction of the regions' volume (tissue-loss, default "
+                        help="Planted loss in AD: the hippocampal volume fraction a typical patient of severity 1 "
+                             "loses, other regions at their own rates (tissue-loss, default "
                              f"{DEFAULT_EFFECT_SIZE['tissue-loss']}, at most {MAX_EFFECT_SIZE['tissue-loss']}) or "
                              f"of their mean intensity (darkening, default {DEFAULT_EFFECT_SIZE['darkening']}, at "
                              f"most {MAX_EFFECT_SIZE['darkening']}).")
@@ -54,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Share of the AD subjects scanned at site 0 (default: 1 / sites, balanced; no effect "
                              "with one site); CN fill site 0 with the share (1 - F) / (sites - 1). With --sites 2, "
                              "--null and F = 1 the label is carried by the site only.")
+    parser.add_argument("--anatomy", nargs="+", default=list(DEFAULT_ANATOMY), metavar="FILE",
+                        help="Parent heads the subjects are made from, assigned balanced by diagnosis: T1w files "
+                             "(whole head or skull-stripped, any orientation), 'template' (the registration target "
+                             f"itself) or a built-in ({', '.join(BUILTIN)}) (default: %(default)s).")
+    parser.add_argument("--twins", action="store_true",
+                        help="Also write every AD and MCI scan without its planted atrophy (same anatomy, pose, "
+                             "bias and noise) under OUT/derivatives/simulation (desc-twin_T1w).")
     parser.add_argument("--nprocs", type=int, default=1,
                         help="Subjects simulated in parallel; 0 = every CPU (default: %(default)s).")
     parser.add_argument("-v", "--verbose", action="store_true", help="Log progress.")
@@ -83,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               seed=args.seed, effect_size=args.effect_size, regions=args.regions,
                               sessions=args.sessions, null=args.null, n_mci=args.n_mci, nprocs=args.nprocs,
                               atrophy_model=args.atrophy_model, sites=args.sites,
-                              site_imbalance=args.site_imbalance)
+                              site_imbalance=args.site_imbalance, anatomy=args.anatomy, twins=args.twins)
     except InputError as exc:
         print(f"adheat-simulate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -16,16 +16,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from adheat_app.simulate.parents import DEFAULT_ANATOMY
+from adheat_app.simulate.regions import draw_asymmetry, draw_subtype
+
 
 #: Atrophy models: the first is the default.
 ATROPHY_MODELS: tuple[str, ...] = ("tissue-loss", "darkening")
-#: Default effect size of each atrophy model (expected fractional volume / intensity loss of the region in AD).
-DEFAULT_EFFECT_SIZE = {"tissue-loss": 0.3, "darkening": 0.3}
+#: Default effect size of each atrophy model: the hippocampal volume loss of a typical AD patient of severity 1
+#: (tissue-loss; Du et al. 2001: 27 %), or the uniform loss of the region's mean intensity (darkening).
+DEFAULT_EFFECT_SIZE = {"tissue-loss": 0.27, "darkening": 0.3}
 #: Largest effect size accepted per model (the most severe subject, severity 1.5, loses 1.5 times it).
 MAX_EFFECT_SIZE = {"tissue-loss": 0.35, "darkening": 0.5}
 SEVERITY_RANGE = (0.5, 1.5)
 MCI_FRACTION = 0.5
-AGE_DISTRIBUTION = {"AD": (75.0, 8.0), "CN": (73.0, 6.0), "MCI": (74.0, 7.0)}
+#: Baseline ages of ADNI-1 (Petersen et al. 2010, Neurology 74:201, Table 1): mean, SD.
+AGE_DISTRIBUTION = {"AD": (75.3, 7.5), "CN": (75.8, 5.0), "MCI": (74.7, 7.4)}
 AGE_LIMITS = (55, 95)
 HEAD_SCALE = {"F": 0.98, "M": 1.02}
 HEAD_SCALE_SD = 0.03
@@ -114,6 +119,12 @@ class SubjectSpec:
         The subject's own seed.
     sessions : int
         Number of sessions.
+    anatomy : str
+        The parent the subject is made from (``participants.tsv`` column ``anatomy``).
+    subtype : str
+        Atrophy subtype (:data:`adheat_app.simulate.regions.SUBTYPES`; drawn for everybody, used by carriers).
+    asymmetry : float
+        Left/right asymmetry ``a`` of the planted loss (+: left more).
     """
 
     label: str
@@ -128,6 +139,9 @@ class SubjectSpec:
     atrophy_model: str
     seed: np.random.SeedSequence
     sessions: int
+    anatomy: str = "template"
+    subtype: str = "typical"
+    asymmetry: float = 0.0
 
     @property
     def participant_id(self) -> str:
@@ -135,9 +149,15 @@ class SubjectSpec:
         return f"sub-{self.label}"
 
     @property
-    def planted_loss(self) -> float:
-        """Planted loss ``l_s = sigma_s * e``: fraction of the region's volume (tissue-loss) or mean intensity."""
+    def scale(self) -> float:
+        """``sigma_s * e``: the hippocampal loss of a typical patient of this severity (tissue-loss), or the
+        uniform intensity loss (darkening); 0 for non-carriers."""
         return self.severity * self.effect_size
+
+    @property
+    def carrier(self) -> bool:
+        """Whether the subject carries planted atrophy."""
+        return self.severity > 0
 
     def session_label(self, session: int) -> str | None:
         """BIDS session label of the 0-based ``session`` (None for single-session cohorts)."""
@@ -185,10 +205,20 @@ def _assign_sites(diagnoses: Sequence[str], n_sites: int, imbalance: float, rng:
     return sites
 
 
+def _assign_parents(diagnoses: Sequence[str], parents: list[str], rng: np.random.Generator) -> list[str]:
+    """Parent of every subject: within each diagnosis, the parents in turn over a seeded order of its members."""
+    assigned = [parents[0]] * len(diagnoses)
+    for group in ("AD", "CN", "MCI"):
+        members = rng.permutation(np.flatnonzero(np.asarray(diagnoses) == group))
+        for turn, member in enumerate(members):
+            assigned[int(member)] = parents[turn % len(parents)]
+    return assigned
+
+
 def plan_cohort(n_subjects: int, *, seed: int = 0, effect_size: float | None = None, null: bool = False,
                 n_mci: int = 0, sessions: int = 1, atrophy_model: str = ATROPHY_MODELS[0], sites: int = 1,
-                site_imbalance: float | None = None) -> list[SubjectSpec]:
-    """Decide every subject's label, diagnosis, demographics, site, severity and seed.
+                site_imbalance: float | None = None, anatomy: Sequence[str] = DEFAULT_ANATOMY) -> list[SubjectSpec]:
+    """Decide every subject's label, diagnosis, demographics, parent, site, severity, pattern and seed.
 
     Parameters
     ----------
@@ -212,6 +242,10 @@ def plan_cohort(n_subjects: int, *, seed: int = 0, effect_size: float | None = N
     site_imbalance : float, optional
         Share of the AD subjects scanned at site 0 (default ``1 / sites``;
         no effect with one site).
+    anatomy : sequence of str
+        Names of the parents (:func:`adheat_app.simulate.parents.parent_name`);
+        within each diagnosis, subjects take them in turn in a seeded order,
+        so every parent gets the same number of each diagnosis (+-1).
 
     Returns
     -------
@@ -228,6 +262,7 @@ def plan_cohort(n_subjects: int, *, seed: int = 0, effect_size: float | None = N
     scanners = draw_sites(seed, sites)
     imbalance = 1.0 / sites if site_imbalance is None or sites == 1 else site_imbalance
     site_of = _assign_sites(diagnoses, sites, imbalance, np.random.default_rng(child_seed(child_seed(root, 0), 1)))
+    parent_of = _assign_parents(diagnoses, list(anatomy), np.random.default_rng(child_seed(child_seed(root, 0), 2)))
     width = max(2, len(str(len(diagnoses))))
     specs = []
     for number, diagnosis in enumerate(diagnoses, start=1):
@@ -240,8 +275,10 @@ def plan_cohort(n_subjects: int, *, seed: int = 0, effect_size: float | None = N
         ventricle_scale = float(np.exp(rng.normal(0.0, VENTRICLE_LOG_SD)))
         draw = float(rng.uniform(*SEVERITY_RANGE))
         severity = 0.0 if null or diagnosis == "CN" else draw * (MCI_FRACTION if diagnosis == "MCI" else 1.0)
+        subtype, asymmetry = draw_subtype(rng), draw_asymmetry(rng)
         specs.append(SubjectSpec(
             label=f"{number:0{width}d}", diagnosis=diagnosis, age=age, sex=sex, head_scale=head_scale,
             ventricle_scale=ventricle_scale, site=scanners[site_of[number - 1]], severity=severity,
-            effect_size=float(effect_size), atrophy_model=atrophy_model, seed=subject_seed, sessions=sessions))
+            effect_size=float(effect_size), atrophy_model=atrophy_model, seed=subject_seed, sessions=sessions,
+            anatomy=parent_of[number - 1], subtype=subtype, asymmetry=asymmetry))
     return specs

@@ -21,13 +21,14 @@ from adheat_app.deformation import (
     sample_field,
     sub_voxel_gradients,
 )
-from adheat_app.simulate.anatomy import ANATOMY_GRID_MM, GroundTruth
+from adheat_app.simulate.anatomy import ANATOMY_GRID_MM, GroundTruth, atrophy_flow
 from adheat_app.simulate.cohort import SubjectSpec, child_seed
+from adheat_app.simulate.regions import region_losses
 
 
 SHIFT_MM_PER_EFFECT = 3.0
 AGE_REFERENCE = 73.0
-GM_LOSS_PER_YEAR = 0.005
+GM_LOSS_PER_YEAR = 0.009
 ANISOTROPY = 0.03
 ANATOMY_SD_MM = 1.5
 ANATOMY_SIGMA_MM = 12.0
@@ -61,7 +62,14 @@ class SubjectAnatomy:
         subject), inverted at every sampled point; None for darkening and
         without atrophy.
     log_jacobian : numpy.ndarray or None
-        Template-space log-Jacobian of the planted deformation (float32); None without atrophy.
+        Log-Jacobian of the planted deformation in the parent's anatomy
+        (float32); None without atrophy.
+    losses : dict of int to float
+        Planted fractional loss of every AAL3 region of ``R`` (label value ->
+        loss; :func:`adheat_app.simulate.regions.region_losses`).
+    planted_loss : float
+        The mean of those losses over the voxels of ``R``: the fraction of
+        ``R``'s volume (tissue-loss) or mean intensity (darkening) planted.
     volume_loss : float
         Fraction of the region's volume the planted deformation removes.
     shift : float
@@ -76,6 +84,8 @@ class SubjectAnatomy:
     atrophy_pullback: np.ndarray | None
     atrophy_forward: np.ndarray | None
     log_jacobian: np.ndarray | None
+    losses: dict[int, float]
+    planted_loss: float
     volume_loss: float
     shift: float
     gain: float
@@ -134,8 +144,8 @@ def _atrophy_gain(truth: GroundTruth, shift: float, loss: float) -> float:
     return float(optimize.brentq(excess, 0.0, upper, xtol=1e-12))
 
 
-def _tissue_loss_amplitude(truth: GroundTruth, loss: float) -> float:
-    """Amplitude ``A`` of the unit atrophy flow for which ``R`` loses exactly ``loss`` of its volume.
+def _tissue_loss_amplitude(truth: GroundTruth, flow: np.ndarray, loss: float) -> float:
+    """Amplitude ``A`` of the atrophy ``flow`` for which ``R`` loses exactly ``loss`` of its volume.
 
     The volume is that of the voxel cubes of ``R`` under the trilinear flow
     (:func:`adheat_app.deformation.cell_jacobian`), as the scans sample it.
@@ -147,7 +157,7 @@ def _tissue_loss_amplitude(truth: GroundTruth, loss: float) -> float:
     """
     corners = np.argwhere(truth.region)
     box = tuple(slice(int(a), int(b) + 1) for a, b in zip(corners.min(axis=0), corners.max(axis=0)))
-    gradients = sub_voxel_gradients(truth.atrophy_flow, box)[truth.region[box]]
+    gradients = sub_voxel_gradients(flow, box)[truth.region[box]]
     identity = np.eye(3)
 
     def remaining(amplitude: float) -> float:
@@ -183,14 +193,23 @@ def subject_anatomy(truth: GroundTruth, spec: SubjectSpec) -> SubjectAnatomy:
     # First order: the inverse of the small flow y -> y + f(y) is y -> y - f(y).
     anatomy_pullback = -(GM_LOSS_PER_YEAR * (spec.age - AGE_REFERENCE) * truth.age_flow
                          + math.log(spec.ventricle_scale) * truth.ventricle_flow)
-    loss = spec.planted_loss
+    names = {value: truth.names[value] for value in truth.region_values}
+    if spec.atrophy_model == "tissue-loss":
+        losses = region_losses(names, spec.scale, spec.subtype, spec.asymmetry)
+    else:  # darkening: one uniform loss
+        losses = {value: spec.scale for value in names}
+    lookup = np.zeros(int(truth.labels.max()) + 1)
+    lookup[list(losses)] = list(losses.values())
+    loss_map = lookup[truth.labels] * truth.region
+    loss = float(loss_map[truth.region].mean())
     shift = gain = 0.0
     if loss <= 0:
         return SubjectAnatomy(field.astype(np.float32), scaling, anatomy_pullback.astype(np.float32), None, None,
-                              None, 0.0, shift, gain)
+                              None, losses, 0.0, 0.0, shift, gain)
     pullback = None
     if spec.atrophy_model == "tissue-loss":
-        forward = _tissue_loss_amplitude(truth, loss) * truth.atrophy_flow.astype(np.float64)
+        flow = atrophy_flow(truth, loss_map)
+        forward = _tissue_loss_amplitude(truth, flow, loss) * flow
     else:
         shift = SHIFT_MM_PER_EFFECT * loss
         gain = _atrophy_gain(truth, shift, loss)
@@ -200,7 +219,7 @@ def subject_anatomy(truth: GroundTruth, spec: SubjectSpec) -> SubjectAnatomy:
     volume_loss = 1.0 - float(determinant[truth.region].mean())
     return SubjectAnatomy(field.astype(np.float32), scaling, anatomy_pullback.astype(np.float32), pullback,
                           forward.astype(np.float32) if pullback is None else None,
-                          np.log(determinant).astype(np.float32), volume_loss, shift, gain)
+                          np.log(determinant).astype(np.float32), losses, loss, volume_loss, shift, gain)
 
 
 def sample_subject(truth: GroundTruth, anatomy: SubjectAnatomy, points: np.ndarray, individual: bool = True) -> Sample:

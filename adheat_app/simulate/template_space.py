@@ -6,7 +6,7 @@ seconds (no native scan, no registration).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -23,14 +23,16 @@ def template_space_image(truth: GroundTruth, spec: SubjectSpec, individual: bool
     Parameters
     ----------
     truth : GroundTruth
-        The cohort's template-space truth.
+        The anatomy of the subject's parent. A parent other than the template
+        is sampled through its SyN correspondence, as a perfect registration
+        would bring it onto the template.
     spec : SubjectSpec
         The subject.
     individual : bool
         Include the individual displacement, age and ventricle flows. False
-        gives the template with only the planted atrophy, on which the effect
-        size is defined (for ``darkening``: its mean inside ``truth.region``
-        is ``1 - spec.planted_loss`` times the template's).
+        gives the parent with only the planted atrophy (for ``darkening`` and
+        the template parent: its mean inside ``truth.region`` is ``1 -
+        spec.scale`` times the template's).
 
     Returns
     -------
@@ -38,7 +40,7 @@ def template_space_image(truth: GroundTruth, spec: SubjectSpec, individual: bool
         float32 array on the template grid, in the units of ``truth.intensity``.
     """
     anatomy = subject_anatomy(truth, spec)
-    sample = sample_subject(truth, anatomy, truth.grid_points(), individual)
+    sample = sample_subject(truth, anatomy, truth.template_points(), individual)
     return sample.intensity(spec.site.class_means(truth.class_means)).astype(np.float32)
 
 
@@ -63,7 +65,8 @@ def relevance_ratio(maps: np.ndarray, region: np.ndarray, brain: np.ndarray) -> 
     return float(mean[region & brain].mean() / mean[~region & brain].mean())
 
 
-def write_template_space_derivatives(derivs: Derivatives, truth: GroundTruth, specs: Sequence[SubjectSpec],
+def write_template_space_derivatives(derivs: Derivatives, truths: Mapping[str, GroundTruth],
+                                     specs: Sequence[SubjectSpec],
                                      intensity_norm: str = "whitematter", noise: float = 0.02,
                                      seed: int = 0) -> list[T1wInput]:
     """Write each simulated scan's template-space image where the participant level writes its output.
@@ -77,7 +80,8 @@ def write_template_space_derivatives(derivs: Derivatives, truth: GroundTruth, sp
     written with that mask as ``desc-preproc_T1w`` / ``desc-brain_mask``.
     Training, heatmap and evaluation benchmarks and tests start from here in
     seconds. The raw dataset (``derivs.bids_dir``) must come from
-    :func:`simulate_cohort` with the same ``specs``.
+    :func:`simulate_cohort` with the same ``specs``; ``truths`` holds the
+    anatomy of every parent the specs name (``spec.anatomy``).
 
     Returns
     -------
@@ -87,13 +91,13 @@ def write_template_space_derivatives(derivs: Derivatives, truth: GroundTruth, sp
     from adheat_app.layout import preproc_paths
     from adheat_app.preprocess.intensity import normalise
 
-    template = truth.template
+    template = next(iter(truths.values())).template
     mask = template.mask_array().astype(bool)
     template_data = np.asarray(template.t1w.dataobj, dtype=np.float32)
     rng = np.random.default_rng(seed)
     inputs = []
     for spec in specs:
-        image = template_space_image(truth, spec)
+        image = template_space_image(truths[spec.anatomy], spec)
         for session in range(spec.sessions):
             ses = spec.session_label(session)
             folder = derivs.bids_dir / spec.participant_id / (f"ses-{ses}" if ses else "") / "anat"
