@@ -30,11 +30,15 @@ from adheat_app.templates import DEFAULT_SPACE, Template, get_atlas, get_templat
 DEFAULT_REGIONS: tuple[str, ...] = default_regions()
 #: Tissue classes of the fraction maps, in order (label values 1, 2, 3 of the native tissue truth).
 TISSUES: tuple[str, ...] = ("CSF", "GM", "WM")
+#: Smoothing of region maps (Gaussian sigma, mm).
 REGION_SIGMA_MM = 3.0
+#: Reach of the space the planted loss frees (Gaussian sigma of the distance to ``R``, mm).
 COMPENSATION_SIGMA_MM = 8.0
+#: CSF deeper than this below the brain surface counts as ventricle (mm).
 VENTRICLE_DEPTH_MM = 15.0
-ANATOMY_GRID_MM = 4.0
-ANATOMY_MARGIN_MM = 48.0
+#: Coarse grid of the individual displacement: spacing and margin around the template (mm).
+ANATOMY_GRID_MM, ANATOMY_MARGIN_MM = 4.0, 48.0
+#: Zero padding of the Poisson solves (mm).
 FLOW_PAD_MM = 32.0
 #: This module's model parameters, as the dataset description records them.
 PARAMETERS = {"region_sigma_mm": REGION_SIGMA_MM, "compensation_sigma_mm": COMPENSATION_SIGMA_MM,

@@ -174,14 +174,10 @@ def _tissue_loss_amplitude(truth: GroundTruth, flow: np.ndarray, loss: float) ->
 
 
 def subject_anatomy(truth: GroundTruth, spec: SubjectSpec) -> SubjectAnatomy:
-    """Draw a subject's displacement fields and head size, and calibrate its atrophy.
+    """Draw a subject's displacement fields and head size, and calibrate its atrophy region by region.
 
-    Parameters
-    ----------
-    truth : GroundTruth
-        The cohort's template-space truth.
-    spec : SubjectSpec
-        The subject.
+    ``truth`` is the anatomy of the subject's parent (``spec.anatomy``); the
+    subject's region losses follow :func:`adheat_app.simulate.regions.region_losses`.
     """
     rng = np.random.default_rng(child_seed(spec.seed, 1))
     field = np.zeros((3, *truth.anatomy_shape))
