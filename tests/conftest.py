@@ -127,10 +127,15 @@ def pytest_report_header(config):
             f"TEMPLATEFLOW_HOME (before session fixture): {os.environ.get('TEMPLATEFLOW_HOME', 'unset')}"]
 
 
+#: The planted set the training, heatmap and evaluation tests were calibrated on.
+CALIBRATED_REGIONS = ("Hippocampus", "Amygdala", "ParaHippocampal", "Temporal_Inf")
+
+
 def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float = 4.0, seed: int = 0,
                              effect_size: float = 0.3, null: bool = False, sessions: int = 1, n_mci: int = 0,
                              atrophy_model: str = "darkening", sites: int = 1, site_imbalance: float | None = None,
-                             anatomy: tuple[str, ...] = ("template",), **options):
+                             anatomy: tuple[str, ...] = ("template",), regions: tuple[str, ...] = CALIBRATED_REGIONS,
+                             **options):
     """A simulated cohort whose *preprocessed* derivatives are written directly, without registration.
 
     The raw BIDS dataset and its ground truth come from :func:`adheat_app.simulate.simulate_cohort`;
@@ -149,6 +154,9 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
         cohorts of these sizes the default CNN learns far less (docs/simulation.md).
     anatomy : tuple of str
         The parent (one): the registration target itself by default, on which these tests were calibrated.
+    regions : tuple of str
+        The planted set: by default the medial and inferior temporal set these tests were calibrated on (the
+        simulator's default set is larger since it plants region-specific rates).
     options
         ``section__field=value`` overrides of the run configuration (e.g. ``training__folds=3``).
 
@@ -165,8 +173,8 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
     bids_dir = simulate.simulate_cohort(root / "bids", n_subjects=n_subjects, resolution=resolution, seed=seed,
                                         effect_size=effect_size, null=null, sessions=sessions, n_mci=n_mci,
                                         atrophy_model=atrophy_model, sites=sites, site_imbalance=site_imbalance,
-                                        anatomy=anatomy)
-    truth = simulate.build_ground_truth(resolution, anatomy=anatomy[0])
+                                        anatomy=anatomy, regions=regions)
+    truth = simulate.build_ground_truth(resolution, regions, anatomy=anatomy[0])
     sections: dict[str, dict] = {"execution": {"resolution": resolution, "seed": seed, "nprocs": 1,
                                                "omp_nthreads": 1}}
     for key, value in options.items():

@@ -242,9 +242,13 @@ def test_anat_derivatives_in_another_space_are_refused_before_writing(tmp_path, 
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory, tf_home):
-    """Two simulated subjects at 2 mm, a truncated scan and a scan already in template space, preprocessed once."""
+    """Two simulated subjects at 2 mm, a truncated scan and a scan already in template space, preprocessed once.
+
+    Made from the template itself (``anatomy=("template",)``): registration accuracy is measured against the
+    exact truth, which only that parent has (other parents' regions come through a registration themselves)."""
     root = tmp_path_factory.mktemp("preproc")
-    bids_dir = simulate.simulate_cohort(root / "bids", n_subjects=2, resolution=2.0, seed=11, effect_size=0.1)
+    bids_dir = simulate.simulate_cohort(root / "bids", n_subjects=2, resolution=2.0, seed=11, effect_size=0.1,
+                                        anatomy=("template",))
     template = get_template(2.0)
     broken = bids_dir / "sub-03" / "anat" / "sub-03_T1w.nii.gz"
     broken.parent.mkdir(parents=True)
