@@ -146,7 +146,8 @@ def run(root: Path, args: argparse.Namespace, null: bool, sites: int, imbalance:
     """Simulate, run both levels; return the cross-validation rows and the recovery table."""
     bids, out = root / "bids", root / "out"
     simulate = [bids, "--n-subjects", args.subjects, "--resolution", args.resolution,
-                "--seed", args.seed, "--anatomy", *args.anatomy, "--atrophy-model", args.atrophy_model, "--sites", sites,
+                "--seed", args.seed, "--anatomy", *args.anatomy, "--atrophy-model", args.atrophy_model,
+                "--sites", sites,
                 *(["--site-imbalance", imbalance] if imbalance is not None else []), "--nprocs", args.nprocs]
     if not (bids / "participants.tsv").is_file():  # a kept folder: same cohort, other --input or --methods
         _command(SIMULATE, *simulate, *(["--null"] if null else []))

@@ -186,7 +186,8 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
     specs = simulate.plan_cohort(n_subjects, seed=seed, effect_size=effect_size, null=null, n_mci=n_mci,
                                  sessions=sessions, atrophy_model=atrophy_model, sites=sites,
                                  site_imbalance=site_imbalance, anatomy=anatomy)
-    inputs = simulate.write_template_space_derivatives(derivs, {anatomy[0]: truth}, specs, config.preprocessing.intensity_norm,
+    inputs = simulate.write_template_space_derivatives(derivs, {anatomy[0]: truth}, specs,
+                                                       config.preprocessing.intensity_norm,
                                                        seed=seed)
     cohort = load_cohort(config, derivs, inputs)
     return config, derivs, cohort, truth

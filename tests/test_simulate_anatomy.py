@@ -1,4 +1,4 @@
-"""Parent anatomies of ``adheat-simulate --anatomy``: bad files are refused, a real head makes a cohort both levels run on.
+"""Parent anatomies of ``adheat-simulate --anatomy``: bad files are refused, a real head makes a usable cohort.
 
 The real-head test builds a tiny cohort (4 subjects, 6 mm) from the shared whole-head scan through the command
 line, then runs ``adheat participant group`` on it (measured: about 2 minutes on 2 quiet cores, most of it the

@@ -35,15 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Analysis-grid voxel size in mm (default: %(default)s).")
     parser.add_argument("--seed", type=int, default=0, help="Random seed (default: %(default)s).")
     parser.add_argument("--atrophy-model", choices=ATROPHY_MODELS, default=ATROPHY_MODELS[0],
-                        help="'tissue-loss': grey matter of the regions loses volume to CSF through a smooth "
-                             "deformation (intensities keep their tissue values); 'darkening': the earlier model, "
+                        help="'tissue-loss': the tissue of the regions loses volume to CSF, each region at its own "
+                             "rate, through a smooth deformation (intensities keep their tissue values); "
+                             "'darkening': the earlier model, "
                              "the regions' intensity falls (default: %(default)s).")
     parser.add_argument("--effect-size", type=float, default=None,
                         help="Planted loss in AD: the hippocampal volume fraction a typical patient of severity 1 "
                              "loses, other regions at their own rates (tissue-loss, default "
                              f"{DEFAULT_EFFECT_SIZE['tissue-loss']}, at most {MAX_EFFECT_SIZE['tissue-loss']}) or "
-                             f"of their mean intensity (darkening, default {DEFAULT_EFFECT_SIZE['darkening']}, at "
-                             f"most {MAX_EFFECT_SIZE['darkening']}).")
+                             f"the loss of their mean intensity (darkening, default "
+                             f"{DEFAULT_EFFECT_SIZE['darkening']}, at most {MAX_EFFECT_SIZE['darkening']}).")
     parser.add_argument("--regions", nargs="+", default=list(DEFAULT_REGIONS), metavar="PATTERN",
                         help="AAL3 region name patterns of the planted atrophy (default: %(default)s).")
     parser.add_argument("--sessions", type=int, default=1, help="Sessions per subject (default: %(default)s).")

@@ -213,7 +213,8 @@ def _write_parents(truth_root: Path, truths: dict[str, GroundTruth]) -> None:
                                     f"{parent.name}: placed on the analysis grid by an affine registration to "
                                     "the template; its AAL3 labels came through one SyN registration."}
         derivs = Derivatives(truth_root, truth_root.parent.parent)
-        derivs.write_image(paths["brain"], nifti(parent.brain, template.affine, 4), {**described, "SkullStripped": True})
+        derivs.write_image(paths["brain"], nifti(parent.brain, template.affine, 4),
+                           {**described, "SkullStripped": True})
         derivs.write_image(paths["mask"], nifti(parent.mask.astype(np.uint8), template.affine, 4),
                            {**described, "Type": "Brain"})
         derivs.write_image(paths["labels"], nifti(parent.labels, template.affine, 4), {**described, "Atlas": "AAL3"})
