@@ -16,7 +16,8 @@ Preparing a file parent:
 4. an affine registration of the brain to the template brain places the
    parent on the analysis grid (its own anatomy, template-aligned only
    linearly), then one SyN registration of that image to the template
-   (:func:`adheat_app.preprocess.register.register`, seed 0) brings the AAL3
+   (:func:`adheat_app.preprocess.register.register`, seed 0; on the analysis
+   grid, no finer than :data:`PARENT_REGISTRATION_MM`) brings the AAL3
    regions into the parent (label interpolation) and gives, for every
    template voxel, the parent voxel it corresponds to (``to_template``), so
    truth maps made in the parent's anatomy can be written in template space.
