@@ -53,10 +53,13 @@ def one_parent(work: Path, anatomy: str, args: argparse.Namespace) -> dict:
     """Simulate, register and measure one parent's cohort."""
     bids, out = work / "bids", work / "out"
     tic = time.perf_counter()
-    for command in (["-m", "adheat_app.simulate", bids, "--anatomy", anatomy, "--n-subjects", args.subjects,
-                     "--resolution", args.resolution, "--seed", args.seed, "--nprocs", args.nprocs],
+    simulate = ["-m", "adheat_app.simulate", bids, "--anatomy", anatomy, "--n-subjects", args.subjects,
+                "--resolution", args.resolution, "--seed", args.seed, "--nprocs", args.nprocs]
+    for command in ([] if (bids / "participants.tsv").is_file() else simulate,
                     ["-m", "adheat_app", bids, out, "participant", "--resolution", args.resolution,
                      "--nprocs", args.nprocs, "--omp-nthreads", "1", "--skip-bids-validation"]):
+        if not command:
+            continue
         proc = subprocess.run([sys.executable, *map(str, command)], capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"{' '.join(map(str, command[:3]))} failed:\n{proc.stderr[-3000:]}")
@@ -64,8 +67,7 @@ def one_parent(work: Path, anatomy: str, args: argparse.Namespace) -> dict:
     table = pd.read_csv(bids / "participants.tsv", sep="\t")
     maps = {pid: np.asarray(nib.load(next((out / pid / "anat").glob("*_desc-logjacobian_T1w.nii.gz"))).dataobj)
             for pid in table["participant_id"]}
-    first = nib.load(next((out / table["participant_id"][0] / "anat").glob("*_desc-logjacobian_T1w.nii.gz")))
-    name = first.name
+    name = next((out / table["participant_id"][0] / "anat").glob("*_desc-logjacobian_T1w.nii.gz")).name
     space = name.split("space-")[1].split("_")[0]
     res = name.split("res-")[1].split("_")[0]
     root = simulation_root(bids)
@@ -103,14 +105,15 @@ def main() -> None:
     parser.add_argument("--resolution", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--nprocs", type=int, default=2)
+    parser.add_argument("--keep", type=Path, default=None, help="keep the cohorts and outputs in this folder")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for k, anatomy in enumerate(args.anatomy):
-            rows.append(one_parent(Path(tmp) / f"parent-{k}", anatomy, args))
+            rows.append(one_parent((args.keep or Path(tmp)) / f"parent-{k}", anatomy, args))
             print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
     print()
-    print(pd.DataFrame(rows).to_markdown(index=False))
+    print(pd.DataFrame(rows).to_string(index=False))
 
 
 if __name__ == "__main__":
