@@ -34,8 +34,8 @@ from adheat_app import __version__
 from adheat_app.errors import InputError
 from adheat_app.io import file_lock, read_json, save_nifti, write_json, write_text
 from adheat_app.layout import (
-    BIDSIGNORE, NIFTI, NIFTI_EXTENSIONS, dataset_description, filename, group_path, is_label, participants_table, scan_key,
-    sidecar_path, subject_path,
+    BIDSIGNORE, NIFTI, NIFTI_EXTENSIONS, dataset_description, filename, group_path, is_label, participants_table,
+    scan_key, sidecar_path, subject_path,
 )
 
 LOGGER = logging.getLogger(__name__)

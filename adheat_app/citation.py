@@ -20,7 +20,9 @@ from adheat_app.bids import Derivatives, software_versions
 from adheat_app.config import RunConfig, TrainingOptions
 from adheat_app.inputs import card_channels
 from adheat_app.io import read_json, write_text
-from adheat_app.layout import MODEL_CARD, OVERLAP, find_preproc, fold_dir, group_table, has_heatmaps, is_foci_file, trained_folds
+from adheat_app.layout import (
+    MODEL_CARD, OVERLAP, find_preproc, fold_dir, group_table, has_heatmaps, is_foci_file, trained_folds,
+)
 
 _SECTION_RE = re.compile(r"<!-- step: (?P<step>\w+) -->\n(?P<body>.*?)<!-- end -->\n?", re.S)
 _BIB_RE = re.compile(r"^@\w+\{(?P<key>[^,]+),.*?^\}\n?", re.S | re.M)

@@ -100,7 +100,7 @@ def filename_literals(source: str) -> list[str]:
 
 
 def long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> list[tuple[str, int]]:
-    """Functions of ``source`` longer than ``limit`` lines whose docstring does not hold :data:`LONG_FUNCTION_REASON`."""
+    """Functions of ``source`` over ``limit`` lines whose docstring does not hold :data:`LONG_FUNCTION_REASON`."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):

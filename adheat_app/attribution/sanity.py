@@ -178,7 +178,8 @@ def run_sanity_check(run: HeatmapRun) -> pd.DataFrame:
     checked = [a for own in drawn.values() for a in own]
     masks = {a.scan.key: np.asarray(nib.load(a.scan.mask).dataobj) > 0 for a in checked}
     images = {a.scan.key: run.fold_models.tensor([a.index])[0].abs().sum(0).cpu().numpy() for a in checked}
-    layers = {k: learned_layers(run.fold_models.models[k], run.fold_models.tensor([own[0].index])) for k, own in drawn.items()}
+    models = run.fold_models
+    layers = {k: learned_layers(models.models[k], models.tensor([own[0].index])) for k, own in drawn.items()}
     steps = len(next(iter(layers.values())))
     rows, per_scan = [], {a.scan.key: {} for a in checked}
     for method in run.methods:

@@ -96,8 +96,8 @@ def train_settings(config: RunConfig) -> TrainSettings:
 def training_key(config: RunConfig, channels: tuple[str, ...], fold: Fold, data_hash: str) -> str:
     """Hash of everything that determines a fold's model (input ``channels`` included; device and AMP aside)."""
     tr = config.training
-    identity = {"model": tr.model, "input": input_kind(channels), "settings": dataclasses.asdict(train_settings(config)), "folds": tr.folds,
-                "val_fraction": tr.val_fraction, "labels": [tr.negative_label, tr.positive_label],
+    identity = {"model": tr.model, "input": input_kind(channels), "settings": dataclasses.asdict(train_settings(config)),
+                "folds": tr.folds, "val_fraction": tr.val_fraction, "labels": [tr.negative_label, tr.positive_label],
                 "fold": fold.index, "split": split_hash(fold), "data": data_hash}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
