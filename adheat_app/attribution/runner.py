@@ -43,7 +43,6 @@ import logging
 import time
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
