@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from adheat_app.layout import simulation_cohort_map, simulation_root, simulation_subject_map
+from adheat_app.layout import simulation_root, simulation_subject_map, simulation_truth_path
 from adheat_app.simulate.parents import DEFAULT_ANATOMY, TEMPLATE_PARENT
 
 BOOTSTRAP = 1000
@@ -71,7 +71,7 @@ def one_parent(work: Path, anatomy: str, args: argparse.Namespace) -> dict:
     space = name.split("space-")[1].split("_")[0]
     res = name.split("res-")[1].split("_")[0]
     root = simulation_root(bids)
-    truth = np.asarray(nib.load(simulation_cohort_map(root, space, res)).dataobj) >= 0.5
+    truth = np.asarray(nib.load(simulation_truth_path(bids, space, res)).dataobj) >= 0.5
     planted_any = np.zeros_like(truth)
     for pid in table["participant_id"]:
         planted_any |= np.asarray(nib.load(simulation_subject_map(root, pid.removeprefix("sub-"), space, res,

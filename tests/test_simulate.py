@@ -412,7 +412,7 @@ def test_each_ad_subject_has_its_own_truth_overlapping_the_cohort_map(cohort, tr
     """Per-subject truth (no images for the many, the written maps for the module's cohort): the masks of 40 AD
     subjects' region maps differ (mean pairwise Dice below 0.8) while each overlaps the cohort map (their mean),
     and the written cohort map is the mean of the written subject maps of the AD carriers."""
-    from adheat_app.layout import simulation_cohort_map, simulation_subject_map
+    from adheat_app.layout import simulation_subject_map, simulation_truth_path
     from adheat_app.simulate.anatomy import region_map
     from adheat_app.simulate.regions import region_losses
 
@@ -429,7 +429,7 @@ def test_each_ad_subject_has_its_own_truth_overlapping_the_cohort_map(cohort, tr
     space, res = truth.template.space, truth.template.res_label
     written = {s.label: np.asarray(nib.load(simulation_subject_map(root, s.label, space, res, "probseg")).dataobj)
                for s in plan()}
-    cohort_map = np.asarray(nib.load(simulation_cohort_map(root, space, res)).dataobj)
+    cohort_map = np.asarray(nib.load(simulation_truth_path(cohort, space, res)).dataobj)
     ad = [written[s.label] for s in plan() if s.diagnosis == "AD"]
     np.testing.assert_allclose(cohort_map, np.mean(ad, axis=0), atol=1e-6)
     assert all(not written[s.label].any() for s in plan() if s.diagnosis == "CN")

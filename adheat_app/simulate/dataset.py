@@ -19,10 +19,14 @@ from adheat_app.bids import Derivatives, T1wInput, sidecar_path
 from adheat_app.errors import InputError
 from adheat_app.io import atomic_path, save_nifti, write_json, write_text, write_tsv
 from adheat_app.layout import (
-    simulation_cohort_map,
+    dataset_description,
+    participants_sidecar,
+    participants_table,
     simulation_parent_paths,
     simulation_root,
+    simulation_sites,
     simulation_subject_map,
+    simulation_truth_path,
     simulation_twin,
 )
 from adheat_app.simulate import anatomy as anatomy_model
@@ -51,8 +55,8 @@ from adheat_app.simulate.cohort import (
 from adheat_app.simulate.geometry import nifti
 from adheat_app.simulate.parents import BUILTIN, DEFAULT_ANATOMY, parent_name
 from adheat_app.simulate.regions import ATROPHIED_LOSS, SUBTYPES
-from adheat_app.simulate.scan import simulate_scan
-from adheat_app.simulate.subject import subject_anatomy
+from adheat_app.simulate.scan import NativeScan, simulate_scan
+from adheat_app.simulate.subject import SubjectAnatomy, subject_anatomy
 
 LOGGER = logging.getLogger(__name__)
 
@@ -99,6 +103,30 @@ def write_subject(truth: GroundTruth, spec: SubjectSpec, out_dir: Path, twins: b
     raw = Derivatives(out_dir, out_dir)  # used for BIDS path naming only
     truth_root = simulation_root(out_dir)
     truth_dir = Derivatives(truth_root, out_dir)
+    _write_template_space_truth(truth_dir, truth, spec, anatomy)
+    twin_spec = dataclasses.replace(spec, severity=0.0)
+    twin_anatomy = subject_anatomy(truth, twin_spec) if twins and spec.carrier else None
+    for session in range(spec.sessions):
+        scan = simulate_scan(truth, spec, anatomy, session)
+        ses = spec.session_label(session)
+        t1w = raw.subject_path(spec.label, ses, "T1w")
+        save_nifti(t1w, scan.t1w)
+        write_json(sidecar_path(t1w), {"SkullStripped": True})
+        source = f"bids:raw:{t1w.relative_to(out_dir).as_posix()}"
+        if twin_anatomy is not None:
+            twin = simulate_scan(truth, twin_spec, twin_anatomy, session)
+            truth_dir.write_image(simulation_twin(truth_root, T1wInput(spec.label, ses, t1w)), twin.t1w, {
+                "Description": "The raw scan's twin without the disease: the same parent, individual anatomy, age, "
+                               "pose, grid, site, bias field and noise draw, with no planted atrophy.",
+                "Sources": [source], "TwinOf": source, "SkullStripped": True, "PlantedLoss": 0.0})
+        _write_scan_truth(truth_dir, truth, spec, anatomy, scan, ses, source)
+    return SubjectResult(anatomy.planted_loss, anatomy.volume_loss, anatomy.losses)
+
+
+def _write_template_space_truth(truth_dir: Derivatives, truth: GroundTruth, spec: SubjectSpec,
+                                anatomy: SubjectAnatomy) -> None:
+    """A subject's planted log-Jacobian and region map on the template grid."""
+    truth_root = truth_dir.root
     template = truth.template
     log_jacobian = to_template_space(truth, anatomy.log_jacobian) if anatomy.log_jacobian is not None \
         else np.zeros(template.shape, np.float32)
@@ -123,45 +151,34 @@ def write_subject(truth: GroundTruth, spec: SubjectSpec, out_dir: Path, twins: b
                        f"{ATROPHIED_LOSS:g} of their volume) on the template, smoothed by a Gaussian (sigma "
                        f"{REGION_SIGMA_MM} mm), 0..1; all 0 for non-carriers.", "Atlas": "AAL3",
         "AtrophiedLoss": ATROPHIED_LOSS, "SmoothingSigmaMM": REGION_SIGMA_MM, **described})
-    twin_spec = dataclasses.replace(spec, severity=0.0)
-    twin_anatomy = subject_anatomy(truth, twin_spec) if twins and spec.carrier else None
-    for session in range(spec.sessions):
-        scan = simulate_scan(truth, spec, anatomy, session)
-        ses = spec.session_label(session)
-        t1w = raw.subject_path(spec.label, ses, "T1w")
-        save_nifti(t1w, scan.t1w)
-        write_json(sidecar_path(t1w), {"SkullStripped": True})
-        source = f"bids:raw:{t1w.relative_to(out_dir).as_posix()}"
-        if twin_anatomy is not None:
-            twin = simulate_scan(truth, twin_spec, twin_anatomy, session)
-            truth_dir.write_image(simulation_twin(truth_root, T1wInput(spec.label, ses, t1w)), twin.t1w, {
-                "Description": "The raw scan's twin without the disease: the same parent, individual anatomy, age, "
-                               "pose, grid, site, bias field and noise draw, with no planted atrophy.",
-                "Sources": [source], "TwinOf": source, "SkullStripped": True, "PlantedLoss": 0.0})
-        atrophy = truth_dir.subject_path(spec.label, ses, "mask", desc="atrophy")
-        truth_dir.write_image(atrophy, scan.atrophy_mask, {
-            "Description": "Planted atrophy region (AAL3 regions matching Regions) mapped through this scan's "
-                           "true warp onto the T1w grid (nearest neighbour).",
-            "Type": "ROI", "Sources": [source], "Atlas": "AAL3", "Regions": list(truth.regions),
-            "AtlasRegions": truth.region_names, "Diagnosis": spec.diagnosis, "AtrophyModel": spec.atrophy_model,
-            "Anatomy": spec.anatomy, "Severity": spec.severity, "PlantedLoss": anatomy.planted_loss,
-            "Carried": spec.carrier, "VolumeLoss": anatomy.volume_loss, "ShiftMM": anatomy.shift,
-            "IntensityGain": anatomy.gain, "Site": spec.site.index, "Orientation": scan.orientation,
-        })
-        hippocampus = truth_dir.subject_path(spec.label, ses, "mask", desc="hippocampus")
-        truth_dir.write_image(hippocampus, scan.hippocampus_mask, {
-            "Description": "AAL3 hippocampus (left and right) mapped through this scan's true warp onto the T1w "
-                           "grid (nearest neighbour).",
-            "Type": "ROI", "Sources": [source], "Atlas": "AAL3",
-            "AtlasRegions": truth.hippocampus_names,
-        })
-        tissue = truth_dir.subject_path(spec.label, ses, "dseg", desc="tissue")
-        truth_dir.write_image(tissue, scan.tissue, {
-            "Description": "Tissue class of largest partial-volume fraction on the T1w grid, after the true warp "
-                           "(background where less than half the voxel is brain).",
-            "Sources": [source], "Labels": {"0": "background", **{str(i + 1): t for i, t in enumerate(TISSUES)}},
-        })
-    return SubjectResult(anatomy.planted_loss, anatomy.volume_loss, anatomy.losses)
+
+
+def _write_scan_truth(truth_dir: Derivatives, truth: GroundTruth, spec: SubjectSpec, anatomy: SubjectAnatomy,
+                      scan: NativeScan, ses: str | None, source: str) -> None:
+    """One scan's truth on its grid: the planted region, the hippocampus and the tissue classes."""
+    atrophy = truth_dir.subject_path(spec.label, ses, "mask", desc="atrophy")
+    truth_dir.write_image(atrophy, scan.atrophy_mask, {
+        "Description": "Planted atrophy region (AAL3 regions matching Regions) mapped through this scan's "
+                       "true warp onto the T1w grid (nearest neighbour).",
+        "Type": "ROI", "Sources": [source], "Atlas": "AAL3", "Regions": list(truth.regions),
+        "AtlasRegions": truth.region_names, "Diagnosis": spec.diagnosis, "AtrophyModel": spec.atrophy_model,
+        "Anatomy": spec.anatomy, "Severity": spec.severity, "PlantedLoss": anatomy.planted_loss,
+        "Carried": spec.carrier, "VolumeLoss": anatomy.volume_loss, "ShiftMM": anatomy.shift,
+        "IntensityGain": anatomy.gain, "Site": spec.site.index, "Orientation": scan.orientation,
+    })
+    hippocampus = truth_dir.subject_path(spec.label, ses, "mask", desc="hippocampus")
+    truth_dir.write_image(hippocampus, scan.hippocampus_mask, {
+        "Description": "AAL3 hippocampus (left and right) mapped through this scan's true warp onto the T1w "
+                       "grid (nearest neighbour).",
+        "Type": "ROI", "Sources": [source], "Atlas": "AAL3",
+        "AtlasRegions": truth.hippocampus_names,
+    })
+    tissue = truth_dir.subject_path(spec.label, ses, "dseg", desc="tissue")
+    truth_dir.write_image(tissue, scan.tissue, {
+        "Description": "Tissue class of largest partial-volume fraction on the T1w grid, after the true warp "
+                       "(background where less than half the voxel is brain).",
+        "Sources": [source], "Labels": {"0": "background", **{str(i + 1): t for i, t in enumerate(TISSUES)}},
+    })
 
 
 _WORKER_TRUTHS: dict[str, GroundTruth] = {}
@@ -246,7 +263,7 @@ def _write_dataset_files(out_dir: Path, truths: dict[str, GroundTruth], specs: l
     region_ml = float(truth.template_region.sum()) * truth.voxel_ml
     carriers = [s.participant_id for s in specs if s.carrier]
     Derivatives(truth_root, out_dir).write_image(
-        simulation_cohort_map(truth_root, template.space, template.res_label),
+        simulation_truth_path(out_dir, template.space, template.res_label),
         nifti(_cohort_map(truths, specs, results), template.affine, 4), {
             "Description": "The cohort's planted atrophy: the mean over the AD subjects of their region maps "
                            "(sub-*/anat/*_desc-atrophy_probseg: the AAL3 regions each loses at least "
@@ -261,10 +278,25 @@ def _write_dataset_files(out_dir: Path, truths: dict[str, GroundTruth], specs: l
             "MeanOver": [s.participant_id for s in specs if s.diagnosis == "AD" and s.carrier],
         })
     _write_parents(truth_root, truths)
-    demographics = {
-        "participant_id": [s.participant_id for s in specs], "diagnosis": [s.diagnosis for s in specs],
-        "age": [s.age for s in specs], "sex": [s.sex for s in specs], "site": [s.site.index for s in specs],
-        "anatomy": [s.anatomy for s in specs]}
+    sites = _write_truth_tables(truth_root, truths, specs, results)
+    write_json(dataset_description(truth_root), {
+        "Name": "adheat-simulate ground truth", "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
+        "GeneratedBy": [_generated_by()], "DatasetLinks": {"raw": "../.."}, "Simulation": parameters,
+    })
+    _write_raw_files(out_dir, truths, specs, sites, parameters)
+
+
+def _demographics(specs: list[SubjectSpec]) -> dict[str, list]:
+    """The columns of the raw ``participants.tsv``."""
+    return {"participant_id": [s.participant_id for s in specs], "diagnosis": [s.diagnosis for s in specs],
+            "age": [s.age for s in specs], "sex": [s.sex for s in specs], "site": [s.site.index for s in specs],
+            "anatomy": [s.anatomy for s in specs]}
+
+
+def _write_truth_tables(truth_root: Path, truths: dict[str, GroundTruth], specs: list[SubjectSpec],
+                        results: list[SubjectResult]) -> list:
+    """The truth's ``participants.tsv`` and ``sites.tsv`` with their sidecars; returns the sites."""
+    demographics = _demographics(specs)
     parent_ml = {name: float(t.region.sum()) * t.voxel_ml for name, t in truths.items()}
     truth_table = pd.DataFrame({
         **demographics, "head_scale": [round(s.head_scale, 6) for s in specs],
@@ -275,8 +307,8 @@ def _write_dataset_files(out_dir: Path, truths: dict[str, GroundTruth], specs: l
         "planted_loss": [round(r.planted_loss, 6) for r in results],
         "volume_loss": [round(r.volume_loss, 6) for r in results],
         "volume_loss_ml": [round(r.volume_loss * parent_ml[s.anatomy], 4) for s, r in zip(specs, results)]})
-    write_tsv(truth_root / "participants.tsv", truth_table)
-    write_json(truth_root / "participants.json", {
+    write_tsv(participants_table(truth_root), truth_table)
+    write_json(participants_sidecar(truth_root), {
         "diagnosis": {"Description": "Simulated diagnosis (as in the raw participants.tsv)."},
         "age": {"Description": "Age (years) as in the raw participants.tsv."},
         "sex": {"Description": "Sex as in the raw participants.tsv."},
@@ -304,15 +336,20 @@ def _write_dataset_files(out_dir: Path, truths: dict[str, GroundTruth], specs: l
          **{f"n_{group}": sum(s.site == site and s.diagnosis == group for s in specs)
             for group in ("AD", "CN", "MCI")}}
         for site in sites])
-    write_tsv(truth_root / "sites.tsv", site_table)
-    write_json(truth_root / "sites.json", {name: {"Description": text} for name, text in SITE_COLUMNS.items()})
-    write_json(truth_root / "dataset_description.json", {
-        "Name": "adheat-simulate ground truth", "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
-        "GeneratedBy": [_generated_by()], "DatasetLinks": {"raw": "../.."}, "Simulation": parameters,
-    })
-    write_tsv(out_dir / "participants.tsv", pd.DataFrame(demographics))
+    write_tsv(simulation_sites(truth_root), site_table)
+    write_json(sidecar_path(simulation_sites(truth_root)),
+               {name: {"Description": text} for name, text in SITE_COLUMNS.items()})
+    return sites
+
+
+def _write_raw_files(out_dir: Path, truths: dict[str, GroundTruth], specs: list[SubjectSpec], sites: list,
+                     parameters: dict) -> None:
+    """The raw dataset's ``participants.tsv`` and sidecar, README and description (last)."""
+    truth = next(iter(truths.values()))
+    template = truth.template
+    write_tsv(participants_table(out_dir), pd.DataFrame(_demographics(specs)))
     ages = ", ".join(f"{group} {mean:g} +- {sd:g}" for group, (mean, sd) in AGE_DISTRIBUTION.items())
-    write_json(out_dir / "participants.json", {
+    write_json(participants_sidecar(out_dir), {
         "diagnosis": {"Description": "Simulated diagnosis", "Levels": {
             "AD": "Alzheimer's disease (planted atrophy)", "CN": "cognitively normal control",
             "MCI": "mild cognitive impairment (half the AD atrophy)"}},
@@ -342,7 +379,7 @@ def _write_dataset_files(out_dir: Path, truths: dict[str, GroundTruth], specs: l
         + ("No real person's data are included.\n" if all(n in ("template", *BUILTIN) for n in truths) else
            "The parents given with --anatomy are their owners' images: share this dataset only as their terms "
            "allow.\n")))
-    write_json(out_dir / "dataset_description.json", {
+    write_json(dataset_description(out_dir), {
         "Name": "adheat-simulate cohort", "BIDSVersion": BIDS_VERSION, "DatasetType": "raw",
         "GeneratedBy": [_generated_by()],
     })
@@ -367,11 +404,9 @@ def simulate_cohort(out_dir: str | os.PathLike, n_subjects: int = 40, resolution
     seed : int
         Root seed; the same seed gives byte-identical files.
     effect_size : float, optional
-        Tissue-loss: the hippocampal volume loss of a typical AD patient of
-        severity 1 (other regions scale with their group's rate,
-        :mod:`adheat_app.simulate.regions`); darkening: the loss of the
-        region's mean intensity. Default :data:`DEFAULT_EFFECT_SIZE` of the
-        model, at most :data:`MAX_EFFECT_SIZE`.
+        Tissue-loss: the hippocampal volume loss of a typical AD patient of severity 1 (other regions at
+        their rates, :mod:`adheat_app.simulate.regions`); darkening: the loss of the region's mean
+        intensity. Default :data:`DEFAULT_EFFECT_SIZE` of the model, at most :data:`MAX_EFFECT_SIZE`.
     regions : sequence of str
         AAL3 name patterns of the planted set.
     sessions : int
@@ -419,32 +454,42 @@ def simulate_cohort(out_dir: str | os.PathLike, n_subjects: int = 40, resolution
     truths = {name: build_ground_truth(resolution, regions, a) for name, a in zip(names, anatomy)}
     specs = plan_cohort(n_subjects, seed=seed, effect_size=effect_size, null=null, n_mci=n_mci, sessions=sessions,
                         atrophy_model=atrophy_model, sites=sites, site_imbalance=site_imbalance, anatomy=names)
-    workers = min(nprocs or os.cpu_count() or 1, len(specs))
-    LOGGER.info("Simulating %d subject(s) x %d session(s) at %g mm from %s in %s (%d process(es))",
-                len(specs), sessions, resolution, ", ".join(names), out, workers)
     try:
-        if workers == 1:
-            results = [write_subject(truths[spec.anatomy], spec, out, twins) for spec in specs]
-        else:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_init_worker, initargs=(truths,)) as pool:
-                futures = [pool.submit(_write_subject_in_worker, spec, out, twins) for spec in specs]
-                results = [future.result() for future in futures]
+        results = _write_subjects(truths, specs, out, twins, nprocs)
     except ValueError as exc:  # a planted loss the deformation cannot reach
         raise InputError(f"--effect-size {effect_size}: {exc}") from None
-    truth = truths[names[0]]
-    parameters = {
-        "seed": seed, "atrophy_model": atrophy_model, "effect_size": effect_size, "regions": list(regions),
-        "null": null, "space": truth.template.space, "resolution": truth.template.resolution,
+    parameters = _parameters(truths, seed=seed, atrophy_model=atrophy_model, effect_size=effect_size,
+                             regions=list(regions), null=null, twins=twins, n_subjects=n_subjects, n_mci=n_mci,
+                             sessions=sessions, sites=sites,
+                             site_imbalance=1.0 / sites if site_imbalance is None or sites == 1 else site_imbalance)
+    _write_dataset_files(out, truths, specs, results, parameters)
+    return out
+
+
+def _write_subjects(truths: dict[str, GroundTruth], specs: list[SubjectSpec], out: Path, twins: bool,
+                    nprocs: int) -> list[SubjectResult]:
+    """Every subject, in ``nprocs`` processes (0: every CPU); the results in the order of ``specs``."""
+    workers = min(nprocs or os.cpu_count() or 1, len(specs))
+    LOGGER.info("Simulating %d subject(s) from %s in %s (%d process(es))", len(specs), ", ".join(truths), out,
+                workers)
+    if workers == 1:
+        return [write_subject(truths[spec.anatomy], spec, out, twins) for spec in specs]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(truths,)) as pool:
+        futures = [pool.submit(_write_subject_in_worker, spec, out, twins) for spec in specs]
+        return [future.result() for future in futures]
+
+
+def _parameters(truths: dict[str, GroundTruth], **options) -> dict:
+    """Every simulation parameter, for the truth's dataset description."""
+    truth = next(iter(truths.values()))
+    return {
+        **options, "space": truth.template.space, "resolution": truth.template.resolution,
         "res_label": truth.template.res_label, "template_source": truth.template.source,
-        "anatomy": {name: t.parent.source for name, t in truths.items()}, "twins": twins,
-        "n_subjects": n_subjects, "n_mci": n_mci, "sessions": sessions, "sites": sites,
-        "site_imbalance": 1.0 / sites if site_imbalance is None or sites == 1 else site_imbalance,
+        "anatomy": {name: t.parent.source for name, t in truths.items()},
         "model": {
             "tissue_means": {name: [round(float(m), 6) for m in t.class_means] for name, t in truths.items()},
             **anatomy_model.PARAMETERS, **cohort_model.PARAMETERS, **subject_model.PARAMETERS,
             **scan_model.PARAMETERS, **regions_model.PARAMETERS,
         },
     }
-    _write_dataset_files(out, truths, specs, results, parameters)
-    return out

@@ -43,6 +43,7 @@ import numpy as np
 
 from adheat_app.errors import InputError
 from adheat_app.io import atomic_path, file_lock
+from adheat_app.layout import BUILTIN_PARENT_FILES
 from adheat_app.simulate.geometry import affine_points
 from adheat_app.templates import Template, get_atlas, get_template
 
@@ -112,9 +113,7 @@ def cache_dir() -> Path:
 
 def builtin_path(name: str) -> Path:
     """The file of a built-in parent, inside the installed package that ships it (not imported)."""
-    package, *parts = {"MNI152NLin6Asym": ("nimare", "resources", "templates", "tpl-MNI152NLin6Asym_res-01_T1w.nii.gz"),
-                       "MNI152NLin2009aSym": ("nilearn", "datasets", "data",
-                                              "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")}[name]
+    package, parts = BUILTIN_PARENT_FILES[name]
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise InputError(f"--anatomy {name}: the package {package} that ships it is not installed")

@@ -88,7 +88,7 @@ def write_template_space_derivatives(derivs: Derivatives, truths: Mapping[str, G
     list of T1wInput
         The raw inputs the written images stand for, in the order of ``specs``.
     """
-    from adheat_app.layout import preproc_paths
+    from adheat_app.layout import preproc_paths, subject_path
     from adheat_app.preprocess.intensity import normalise
 
     template = next(iter(truths.values())).template
@@ -100,9 +100,7 @@ def write_template_space_derivatives(derivs: Derivatives, truths: Mapping[str, G
         image = template_space_image(truths[spec.anatomy], spec)
         for session in range(spec.sessions):
             ses = spec.session_label(session)
-            folder = derivs.bids_dir / spec.participant_id / (f"ses-{ses}" if ses else "") / "anat"
-            name = spec.participant_id + (f"_ses-{ses}" if ses else "") + "_T1w.nii.gz"
-            t1w = T1wInput(spec.label, ses, folder / name)
+            t1w = T1wInput(spec.label, ses, subject_path(derivs.bids_dir, spec.label, ses, "T1w"))
             sd = noise * spec.site.noise / REFERENCE_SITE.noise
             noisy = image + rng.normal(0, sd, image.shape).astype(np.float32)
             data = normalise(noisy, mask, intensity_norm, template_data, mask)
