@@ -2,10 +2,13 @@
 
 This package owns the ``adheat-simulate`` command and everything it writes: a raw
 BIDS dataset of skull-stripped T1w scans of Alzheimer's disease (AD), control
-(CN) and optionally MCI subjects made from the analysis template, with atrophy
-planted in named AAL3 regions, and a ``derivatives/simulation`` dataset holding
-the truth: the planted region in template space; per subject the template-space
-log-Jacobian of the planted change and the volume it removed; per scan the
+(CN) and optionally MCI subjects made from parent heads (:mod:`.parents`: by
+default one that is not the registration target), with atrophy planted in
+named AAL3 regions at region-specific rates (:mod:`.regions`), and a
+``derivatives/simulation`` dataset holding the truth: the cohort's planted
+atrophy in template space; per subject the template-space log-Jacobian of the
+planted change, its region map and the volume it removed; optionally each
+carrier's scan without its atrophy (``--twins``); per scan the
 planted region, the hippocampus and the tissue classes mapped through the
 scan's true warp onto its native grid (so registration accuracy can be
 measured). The demo and the tests of preprocessing, training and heatmaps are
@@ -13,21 +16,24 @@ built on it. ``docs/simulation.md`` relates every parameter to the literature.
 
 Generative model
 ----------------
-Coordinates are world millimetres; displacement fields live on the template
-grid in voxel units (:mod:`adheat_app.deformation`).
+Coordinates are world millimetres; displacement fields live on the analysis
+grid (the template's) in voxel units (:mod:`adheat_app.deformation`). "The
+template" below is the subject's parent placed on that grid.
 
-0. Tissue: the template T1w ``T`` (scaled so its 99th brain percentile is 1)
+0. Tissue: the parent T1w ``T`` (scaled so its 99th brain percentile is 1)
    is unmixed into partial-volume fractions of CSF, GM and WM: ``mu`` are the
    means of a 3-class Gaussian mixture of ``T`` inside the brain, and a voxel of
    intensity between two neighbouring class means is a linear mix of the two.
    An image is synthesised from fractions as ``sum_c f_c mu_c``, so the
    template itself is reproduced (within ``[mu_CSF, mu_WM]``).
-1. Planted atrophy (severity ``sigma_s``, effect size ``e``, planted loss
-   ``l_s = sigma_s e``), on the template grid. ``R`` is the union of the AAL3
-   regions matching ``regions``, ``w = G_3mm * 1_R`` (the ``probseg`` map).
+1. Planted atrophy (severity ``sigma_s``, effect size ``e``), on the grid.
+   ``R`` is the union of the AAL3 regions matching ``regions``, ``w = G_3mm *
+   1_R``. Each region ``r`` of ``R`` has its loss ``l_r``
+   (:func:`.regions.region_losses`: rate, subtype, asymmetry); ``l_s`` is their
+   mean over the voxels of ``R``.
 
    * ``tissue-loss`` (default): a flow ``v = A grad(u)`` whose divergence is
-     ``-(f_GM + f_WM) 1_R`` (the tissue of ``R``: the grey matter of its AAL
+     ``-(f_GM + f_WM) l(x) 1_R`` (the tissue of ``R``: the grey matter of its AAL
      labels and the partial-volume white matter inside them, loses volume)
      plus a positive source of equal total in the CSF and the space just
      outside the brain near ``R`` (weight ``exp(-d^2 / 2 (8 mm)^2)``, ``d``
@@ -43,7 +49,7 @@ grid in voxel units (:mod:`adheat_app.deformation`).
      w(y))`` with ``p = -grad(w) / max|grad(w)|``, ``c_s = 3 mm l_s`` and the
      gain ``g_s`` solved so that the mean intensity in ``R`` falls by exactly
      ``l_s``.
-2. Age and individual anatomy: grey matter shrinks by 0.5 % per year of age
+2. Age and individual anatomy: grey matter shrinks by 0.9 % per year of age
    above 73 (below: grows) everywhere, the volume going to the CSF in
    proportion to its fraction (ventricles and sulci widen with age); the
    ventricles (CSF deeper than 15 mm) are scaled by a log-normal factor (SD
@@ -70,8 +76,9 @@ fractions and labels.
 Cohort
 ------
 AD get ``ceil(n / 2)`` of ``n_subjects``, CN the rest, plus ``n_mci`` MCI.
-Ages are normal, AD 75 +- 8, CN 73 +- 6, MCI 74 +- 7 years (clipped to
-55-95), sexes equally likely. ``sigma_s ~ U(0.5, 1.5)`` for AD, half such a
+Ages are normal with ADNI-1's baseline means and SDs (:data:`.cohort.AGE_DISTRIBUTION`,
+clipped to 55-95), sexes equally likely; parents are assigned in turn within each
+diagnosis; every subject draws a subtype and an asymmetry (used by carriers). ``sigma_s ~ U(0.5, 1.5)`` for AD, half such a
 draw for MCI, 0 for CN and for everybody in a ``null`` cohort (whose
 diagnoses, ages and sites stay as they would be). With ``sites`` > 1, a share
 ``site_imbalance`` of the AD subjects is scanned at site 0 (default: 1 /
@@ -81,11 +88,12 @@ the reference scanner.
 
 Modules
 -------
-``anatomy`` (tissue fractions, atlas regions and unit flows on the template
-grid), ``cohort`` (the plan: diagnoses, demographics, severities, sites, seeds),
+``parents`` (the parent heads, prepared and cached), ``regions`` (where and how
+much atrophy: rates, subtypes, asymmetry), ``anatomy`` (a parent's tissue
+fractions, atlas regions and flows on the grid), ``cohort`` (the plan: diagnoses, demographics, severities, sites, seeds),
 ``subject`` (a subject's anatomy and calibrated atrophy), ``scan`` (native scan
 synthesis), ``template_space`` (the template-space writer of the tests),
-``dataset`` (the raw dataset and its truth) and ``cli`` (the command line).
+``dataset`` (the raw dataset, its truth and the twins) and ``cli`` (the command line).
 """
 
 from adheat_app.simulate.anatomy import DEFAULT_REGIONS, GroundTruth, build_ground_truth
