@@ -21,6 +21,7 @@ from adheat_app.config import RunConfig, TrainingOptions
 from adheat_app.inputs import card_channels
 from adheat_app.io import read_json, write_text
 from adheat_app.layout import MODEL_CARD, find_preproc, fold_dir, trained_folds
+from adheat_app.preprocess.backends import BACKENDS
 
 _SECTION_RE = re.compile(r"<!-- step: (?P<step>\w+) -->\n(?P<body>.*?)<!-- end -->\n?", re.S)
 _BIB_RE = re.compile(r"^@\w+\{(?P<key>[^,]+),.*?^\}\n?", re.S | re.M)
@@ -121,8 +122,7 @@ def render_citation(config: RunConfig, steps: set[str], channels: tuple[str, ...
     values = {
         **{k.replace("-", "_"): v for k, v in versions.items()},
         "resolution": f"{ex.resolution:g}",
-        "registration": {"syn": "rigid, affine and symmetric normalisation (SyN)",
-                         "affine": "rigid and affine"}[pre.registration],
+        "registration_text": BACKENDS[pre.registration].methods_text(versions),
         "intensity_norm": {"whitematter": "divided by the median intensity of the template's white matter "
                                           "(standardisation on white matter, after [@shinohara2014whitestripe])",
                            "zscore": "z-scored within the brain mask",

@@ -15,6 +15,7 @@ and can be passed back with ``--config-file`` to repeat a run.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import tomllib
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from adheat_app.errors import InputError
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None, metavar: str | None = None,
-           short: str | None = None, type: Any = None) -> Any:
+           short: str | None = None, type: Any = None, registry: str | None = None) -> Any:
     """Declare a configuration field with its command-line help.
 
     Parameters
@@ -42,11 +43,24 @@ def option(default: Any, help: str, *, choices: tuple | None = None, metavar: st
         Command-line metavariable and short flag (e.g. ``"-w"``).
     type : callable, optional
         Element type when ``default`` is None or an empty tuple.
+    registry : str, optional
+        ``"module:NAME"`` of the :class:`~adheat_app.registry.Registry` whose names are the allowed values
+        (read when the parser is built or options are checked: this module imports no step).
     """
-    meta = {"help": help, "choices": choices, "metavar": metavar, "short": short, "type": type}
+    meta = {"help": help, "choices": choices, "metavar": metavar, "short": short, "type": type,
+            "registry": registry}
     if isinstance(default, (list, tuple)):
         return field(default=tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def option_choices(fld: dataclasses.Field) -> tuple | None:
+    """The allowed values of an option: its ``choices``, or the names of its ``registry`` (sorted)."""
+    registry = fld.metadata.get("registry")
+    if registry is None:
+        return fld.metadata.get("choices")
+    module, _, name = registry.partition(":")
+    return tuple(sorted(getattr(importlib.import_module(module), name)))
 
 
 @dataclass(frozen=True)
@@ -79,8 +93,8 @@ class ExecutionOptions:
 class PreprocessingOptions:
     """T1w to template space."""
 
-    registration: str = option("syn", "Registration to the template: 'syn' (rigid, affine, then SyN) "
-                               "or 'affine' (rigid then affine).", choices=("affine", "syn"))
+    registration: str = option("syn", "Registration backend to the template (the backends are described in "
+                               "README, 'Registration').", registry="adheat_app.preprocess.backends:BACKENDS")
     skull_strip: str = option("auto", "Brain extraction with deepbet: 'auto' skips inputs that are "
                               "already skull-stripped.", choices=("auto", "force", "skip"))
     intensity_norm: str = option(
@@ -109,7 +123,7 @@ class TrainingOptions:
     model: str = option("resnet3d", "CNN architecture (see 'Models' in README).", type=str)
     input: str = option("auto", "What the CNN and the SVM read: the preprocessed T1w (intensity), the log "
                         "Jacobian determinant of its deformation to the template (logjacobian; needs "
-                        "--registration syn at the participant level), both as two channels, or auto: both "
+                        "a deformable --registration, syn or fireants, at the participant level), both as two channels, or auto: both "
                         "when every scan has a log Jacobian map, else intensity.",
                         choices=("auto", "intensity", "logjacobian", "both"))
     covariates: tuple[str, ...] = option(

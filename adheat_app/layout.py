@@ -194,12 +194,12 @@ def scan_figures(root: Path, subject: str, key: str) -> list[Path]:
     return sorted([*folder.glob(f"{key}_*.svg"), *folder.glob(f"{key}_*.png")])
 
 
-def transform_paths(root: Path, scan: ScanLike) -> list[Path]:
-    """The saved template-to-T1w transforms of one scan (``..._from-<S>_to-T1w_mode-image_xfm.h5``)."""
+def transform_paths(root: Path, scan: ScanLike, extensions: tuple[str, ...] = (".h5",)) -> list[Path]:
+    """The saved template-to-T1w transforms of one scan (``..._from-<S>_to-T1w_mode-image_xfm<extension>``)."""
     folder = subject_path(root, scan.subject, scan.session, "xfm", ".h5").parent
     key = scan_key(scan.subject, scan.session)
-    return [path for path in sorted(folder.glob(f"{key}_from-*_to-T1w_mode-image_xfm.h5"))
-            if _matches(parse_name(path.name), "xfm", (".h5",), to="T1w", mode="image")]
+    return [path for path in sorted(folder.glob(f"{key}_from-*_to-T1w_mode-image_xfm.*"))
+            if _matches(parse_name(path.name), "xfm", extensions, to="T1w", mode="image")]
 
 
 def heatmap_path(root: Path, scan: ScanLike, space: str, res: str | None, method: str) -> Path:

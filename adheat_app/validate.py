@@ -106,6 +106,21 @@ def check_models_dir(config: RunConfig) -> None:
     raise InputError(f"--models {root} holds no trained {model} model (expected {layout}); {hint}")
 
 
+def check_registration(config: RunConfig) -> None:
+    """Refuse an unknown ``--registration`` backend, or a log-Jacobian ``--input`` with a linear one."""
+    from adheat_app.preprocess.backends import BACKENDS
+
+    name, wanted = config.preprocessing.registration, config.training.input
+    if name not in BACKENDS:
+        raise InputError(f"--registration {name}: unknown registration backend; available: "
+                         f"{', '.join(sorted(BACKENDS))} (default syn)")
+    if wanted in ("logjacobian", "both") and not BACKENDS[name].deformable and "participant" in config.analysis_level:
+        deformable = ", ".join(sorted(n for n, backend in BACKENDS.items() if backend.deformable))
+        raise InputError(f"--input {wanted} reads the log Jacobian of a deformation, which --registration {name} "
+                         f"does not compute; use --registration {deformable.replace(', ', ' or ')} or --input "
+                         "intensity")
+
+
 def check_options(config: RunConfig) -> None:
     """Reject option values that cannot work, naming the option (nothing is written before this passes)."""
     check_ranges(config)
@@ -115,10 +130,7 @@ def check_options(config: RunConfig) -> None:
     if tr.patience > 0 and tr.val_fraction == 0:
         raise InputError(f"--patience {tr.patience}: early stopping needs a validation set; add --val-fraction 0.2 "
                          "or set --patience 0")
-    if tr.input in ("logjacobian", "both") and config.preprocessing.registration == "affine" \
-            and "participant" in config.analysis_level:
-        raise InputError(f"--input {tr.input} reads the log Jacobian of the SyN deformation, which --registration "
-                         "affine does not compute; use --registration syn or --input intensity")
+    check_registration(config)
     if tr.positive_label == tr.negative_label:
         raise InputError("--positive-label and --negative-label must differ")
     from adheat_app.models import MODELS

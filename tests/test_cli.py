@@ -125,7 +125,8 @@ def test_both_levels_in_one_call(tiny_bids, tmp_path):
          "--patience 5: early stopping needs a validation set"),
         (lambda b, o: [b, o, "group", "--steps", "-1"], "--steps -1 is out of range: it must be at least 0"),
         (lambda b, o: [b, o, "participant", "--input", "both", "--registration", "affine"],
-         "--input both reads the log Jacobian of the SyN deformation"),
+         "--input both reads the log Jacobian of a deformation, which --registration affine does not compute; use "
+         "--registration fireants or syn or --input intensity"),
         (lambda b, o: [b, o, "group", "--input-noise", "-0.1"], "--input-noise -0.1 is out of range"),
         (lambda b, o: [b, o, "group", "--learning-rate", "0"], "--learning-rate 0 is out of range: it must be "
                                                                "greater than 0"),
