@@ -71,3 +71,16 @@ def planted_region(template, radius_mm: float = 1.5 * LOSS_SIGMA) -> np.ndarray:
     world = index @ template.affine[:3, :3].T + template.affine[:3, 3]
     near = (((world - LOSS_CENTRE) ** 2).sum(1) <= radius_mm ** 2).reshape(template.shape)
     return near & template.mask_array()
+
+
+def native_region(path: Path, template, radius_mm: float = 1.5 * LOSS_SIGMA) -> np.ndarray:
+    """The native voxels of the moved head at ``path`` whose template position lies in :func:`planted_region`."""
+    img = nib.load(path)
+    index = np.indices(img.shape).reshape(3, -1).T
+    world = _native_to_template(index @ img.affine[:3, :3].T + img.affine[:3, 3])
+    near = ((world - LOSS_CENTRE) ** 2).sum(1) <= radius_mm ** 2
+    voxel = np.rint((np.linalg.inv(template.affine) @ np.c_[world, np.ones(len(world))].T)[:3]).astype(int).T
+    inside = np.all((voxel >= 0) & (voxel < np.asarray(template.shape)), axis=1)
+    brain = np.zeros(len(world), bool)
+    brain[inside] = template.mask_array()[tuple(voxel[inside].T)]
+    return (near & brain).reshape(img.shape)

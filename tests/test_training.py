@@ -290,6 +290,7 @@ def test_outputs_of_a_full_run(small):
         assert loaded_card == card and not model.training
         assert card["Parameters"] == sum(p.numel() for p in model.parameters())
         assert card["Model"] == "resnet3d" and card["Fold"] == k and card["Seed"] == 2
+        assert card["Threads"] == (config.execution.omp_nthreads or torch.get_num_threads())
         assert card["Input"]["Shape"] == list(nib_shape(cohort)) and card["Input"]["ResLabel"] == "4"
         assert card["Labels"] == {"0": "CN", "1": "AD"} and "torch" in card["Software"]
         assert 1 <= card["BestEpoch"] <= card["EpochsRun"] <= 3

@@ -155,6 +155,7 @@ def _model_card(config: RunConfig, cohort: Cohort, fold: Fold, model: nn.Module,
         "TrainingKey": key,
         "Metrics": metrics,
         "Seed": config.execution.seed,
+        "Threads": config.execution.omp_nthreads or torch.get_num_threads(),  # CPU sums depend on it (README)
         "Preset": tr.preset,
         "Training": {**dataclasses.asdict(train_settings(config)), "val_fraction": tr.val_fraction,
                      "loss": "cross-entropy, class-weighted", "early_stopping": tr.patience > 0,

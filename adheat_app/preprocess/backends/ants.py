@@ -147,4 +147,4 @@ BACKENDS.register("syn")(AntsBackend(
     "syn", (RIGID, AFFINE, SYN, SYN_FINE), True, "ANTs: rigid, affine, then symmetric normalisation (SyN)",
     "rigid, affine and symmetric normalisation (SyN)"))
 BACKENDS.register("affine")(AntsBackend(
-    "affine", (RIGID, AFFINE), False, "ANTs: rigid, then affine (no log Jacobian)", "rigid and affine"))
+    "affine", (RIGID, AFFINE), False, "ANTs: rigid, then affine", "rigid and affine"))

@@ -46,7 +46,7 @@ from adheat_app.preprocess.register import to_nifti_float
 #: Voxel sizes (mm) of the multi-resolution levels, coarse to fine; levels finer than the fixed grid are dropped.
 LEVELS_MM = (8.0, 4.0, 2.0)
 #: Iterations of the affine and of the deformable stage per level of :data:`LEVELS_MM`.
-AFFINE_ITERATIONS, GREEDY_ITERATIONS = (200, 100, 50), (200, 100, 50)
+AFFINE_ITERATIONS, GREEDY_ITERATIONS = (100, 50, 25), (200, 100, 50)
 #: Side (voxels) of the local cross-correlation window.
 CC_KERNEL = 5
 #: Learning rates of the affine and deformable stages, and the smoothing (voxels) of the update and of the warp.
@@ -114,7 +114,7 @@ class FireAntsBackend(Backend):
     """FireANTs: moments, affine and greedy deformable stages, saved as ANTs composite transforms."""
 
     name = "fireants"
-    summary = "FireANTs (GPU when available): affine, then greedy diffeomorphic; ANTs-format transforms"
+    summary = "FireANTs (CUDA when available, else CPU): centres of mass, affine, then greedy diffeomorphic"
     deformable = True
     transform_extension = ".h5"
     transform_type = "ANTs composite transform (HDF5) of a FireANTs registration"
