@@ -55,7 +55,7 @@ def _config(bids_dir, out, registration, resolution=4.0):
 
 @pytest.fixture(scope="module")
 def moved(tmp_path_factory, tf_home):
-    """The moved head in a one-subject BIDS dataset, and a lazy per-backend run of the participant pipeline."""
+    """The moved head in a one-subject BIDS dataset, and a lazy per-backend run of the participant level."""
     root = tmp_path_factory.mktemp("registration")
     bids_dir = write_tiny_bids(root / "bids", {"01": "AD"})
     shutil.rmtree(bids_dir / "sub-01")
@@ -69,10 +69,9 @@ def moved(tmp_path_factory, tf_home):
             config = _config(bids_dir, root / f"out-{name}", name)
             derivs = Derivatives(config.output_dir, bids_dir)
             derivs.initialize()
-            result = pipeline.process(config, derivs, t1w, template)
+            assert run_preprocessing(config, [t1w], derivs, template) == []  # one job, one thread: as pinned
             paths = pipeline.output_paths(derivs, t1w, template, name)
-            runs[name] = {"result": result, "paths": paths, "derivs": derivs,
-                          "sidecar": json.loads(sidecar_path(paths.image).read_text())}
+            runs[name] = {"paths": paths, "derivs": derivs, "sidecar": json.loads(sidecar_path(paths.image).read_text())}
         return runs[name]
 
     return {"run": run, "template": template, "t1w": t1w}

@@ -63,6 +63,15 @@ def to_nifti_float(img: nib.Nifti1Image) -> nib.Nifti1Image:
     return nifti_image(np.asarray(img.dataobj, dtype=np.float32), img.affine, code=1, units=("mm", "sec"))
 
 
+def save_pair(moving: nib.Nifti1Image, fixed: nib.Nifti1Image, workdir: Path) -> tuple[Path, Path]:
+    """Write ``moving`` and ``fixed`` as float32 NIfTI files under ``workdir`` (what registration libraries read)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    fixed_path, moving_path = workdir / "fixed.nii", workdir / "moving.nii"
+    nib.save(to_nifti_float(fixed), fixed_path)
+    nib.save(to_nifti_float(moving), moving_path)
+    return moving_path, fixed_path
+
+
 def identity_transforms(workdir: Path) -> tuple[Path, Path]:
     """Identity transforms as ANTs affine transforms (forward and inverse files) under ``workdir``."""
     import ants

@@ -79,9 +79,17 @@ class Backend:
 
     def register(self, moving: nib.Nifti1Image, fixed: nib.Nifti1Image, config: RunConfig, workdir: Path
                  ) -> Registration:
-        """Register ``moving`` (native brain) to ``fixed`` (template brain); transform files go under ``workdir``.
+        """Register ``moving`` (native brain) to ``fixed`` (template brain).
 
-        ``config`` gives the seed (``--seed``) and the device (``--device``).
+        Parameters
+        ----------
+        moving, fixed : nibabel.Nifti1Image
+            Skull-stripped images (``fixed``: the template on a grid no finer than
+            :data:`~adheat_app.preprocess.register.REGISTRATION_MM`, cut to its brain's box).
+        config : RunConfig
+            The seed (``--seed``) and the device (``--device``).
+        workdir : Path
+            Folder (under the run's work folder) for the images handed to the library and the transform files.
         """
         raise NotImplementedError
 

@@ -30,7 +30,7 @@ import numpy as np
 from adheat_app.config import RunConfig
 from adheat_app.preprocess.backends import BACKENDS
 from adheat_app.preprocess.backends._contract import Backend, Registration
-from adheat_app.preprocess.register import to_nifti_float
+from adheat_app.preprocess.register import save_pair
 
 
 @dataclass(frozen=True)
@@ -100,25 +100,11 @@ class AntsBackend(Backend):
 
     def register(self, moving: nib.Nifti1Image, fixed: nib.Nifti1Image, config: RunConfig, workdir: Path
                  ) -> Registration:
-        """Register ``moving`` (native brain) to ``fixed`` (template brain) in one antsRegistration call.
-
-        Parameters
-        ----------
-        moving, fixed : nibabel.Nifti1Image
-            Skull-stripped images.
-        config : RunConfig
-            ``--seed`` seeds ANTs' metric sampling.
-        workdir : Path
-            Folder for the images handed to ANTs and the transform files (under the
-            run's work folder).
-        """
+        """One antsRegistration call of :attr:`stages`, its metric sampling seeded with ``--seed``."""
         from ants import lib  # the compiled ANTs programs (antspyx's own registration calls the same function)
 
         seed = int(config.execution.seed)
-        workdir.mkdir(parents=True, exist_ok=True)
-        fixed_path, moving_path = workdir / "fixed.nii", workdir / "moving.nii"
-        nib.save(to_nifti_float(fixed), fixed_path)
-        nib.save(to_nifti_float(moving), moving_path)
+        moving_path, fixed_path = save_pair(moving, fixed, workdir)
         prefix = workdir / "registration_"
         arguments = ["--dimensionality", "3", "--float", "1", "--collapse-output-transforms", "1",
                      "--write-composite-transform", "1", "--random-seed", str(seed),

@@ -41,7 +41,7 @@ import numpy as np
 from adheat_app.config import RunConfig
 from adheat_app.preprocess.backends import BACKENDS
 from adheat_app.preprocess.backends._contract import Backend, Registration
-from adheat_app.preprocess.register import to_nifti_float
+from adheat_app.preprocess.register import save_pair
 
 #: Voxel sizes (mm) of the multi-resolution levels, coarse to fine; levels finer than the fixed grid are dropped.
 LEVELS_MM = (8.0, 4.0, 2.0)
@@ -50,7 +50,7 @@ AFFINE_ITERATIONS, GREEDY_ITERATIONS = (100, 50, 25), (200, 100, 50)
 #: Side (voxels) of the local cross-correlation window.
 CC_KERNEL = 5
 #: Learning rates of the affine and deformable stages, and the smoothing (voxels) of the update and of the warp.
-AFFINE_LR, GREEDY_LR, GRAD_SIGMA, WARP_SIGMA = 3e-3, 0.5, 1.0, 0.5
+AFFINE_LR, GREEDY_LR, GRAD_SIGMA, WARP_SIGMA = 3e-3, 1.0, 1.0, 0.5
 
 
 def _levels(fixed: nib.Nifti1Image) -> tuple[list[float], list[int], list[int]]:
@@ -121,28 +121,15 @@ class FireAntsBackend(Backend):
 
     def register(self, moving: nib.Nifti1Image, fixed: nib.Nifti1Image, config: RunConfig, workdir: Path
                  ) -> Registration:
-        """Register ``moving`` (native brain) to ``fixed`` (template brain) with FireANTs.
-
-        Parameters
-        ----------
-        moving, fixed : nibabel.Nifti1Image
-            Skull-stripped images.
-        config : RunConfig
-            ``--seed`` (torch's seed) and ``--device``.
-        workdir : Path
-            Folder for the images handed to FireANTs and the transform files.
-        """
+        """Moments, affine and greedy stages on ``--device``, torch seeded with ``--seed``."""
         import torch
 
         BatchedImages, Image, Moments, Affine, Greedy = _fireants()
         device, seed = _device(config), int(config.execution.seed)
         torch.manual_seed(seed)
-        workdir.mkdir(parents=True, exist_ok=True)
-        paths = {"fixed": workdir / "fixed.nii", "moving": workdir / "moving.nii"}
-        nib.save(to_nifti_float(fixed), paths["fixed"])
-        nib.save(to_nifti_float(moving), paths["moving"])
-        fixed_batch = BatchedImages([Image.load_file(str(paths["fixed"]), device=device)])
-        moving_batch = BatchedImages([Image.load_file(str(paths["moving"]), device=device)])
+        moving_path, fixed_path = save_pair(moving, fixed, workdir)
+        fixed_batch = BatchedImages([Image.load_file(str(fixed_path), device=device)])
+        moving_batch = BatchedImages([Image.load_file(str(moving_path), device=device)])
         scales, affine_iterations, greedy_iterations = _levels(fixed)
         common = {"fixed_images": fixed_batch, "moving_images": moving_batch, "loss_type": "cc",
                   "cc_kernel_size": CC_KERNEL, "progress_bar": False}
