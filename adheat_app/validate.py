@@ -12,6 +12,7 @@ the value given, the values allowed and the default.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,10 @@ def check_registration(config: RunConfig) -> None:
     if name not in BACKENDS:
         raise InputError(f"--registration {name}: unknown registration backend; available: "
                          f"{', '.join(sorted(BACKENDS))} (default syn)")
+    missing = [package for package in BACKENDS[name].requires if importlib.util.find_spec(package) is None]
+    if missing:
+        raise InputError(f"--registration {name} needs the Python package {', '.join(missing)}, which is not "
+                         f"installed: pip install {' '.join(missing)}, or choose another --registration")
     if wanted in ("logjacobian", "both") and not BACKENDS[name].deformable and "participant" in config.analysis_level:
         deformable = ", ".join(sorted(n for n, backend in BACKENDS.items() if backend.deformable))
         raise InputError(f"--input {wanted} reads the log Jacobian of a deformation, which --registration {name} "

@@ -108,7 +108,7 @@ def test_a_backend_that_breaks_the_contract_is_refused_naming_each_rule():
         assert rule in message, rule
 
 
-def test_registration_choices_and_refusals_follow_the_registry(tmp_path):
+def test_registration_choices_and_refusals_follow_the_registry(tmp_path, monkeypatch):
     from adheat_app.cli.parser import build_parser
 
     action = next(a for a in build_parser()._actions if a.dest == "preprocessing.registration")
@@ -121,6 +121,9 @@ def test_registration_choices_and_refusals_follow_the_registry(tmp_path):
         "preprocessing": {"registration": linear[0]}, "training": {"input": "logjacobian"}})
     with pytest.raises(InputError, match=f"--registration {linear[0]} does not compute"):
         check_registration(config)
+    monkeypatch.setattr(BACKENDS["fireants"], "requires", ("no_such_package_here",))
+    with pytest.raises(InputError, match="--registration fireants needs the Python package no_such_package_here"):
+        check_registration(_config(bids_dir, tmp_path / "o", "fireants"))
 
 
 @pytest.mark.slow

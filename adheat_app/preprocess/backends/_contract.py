@@ -65,6 +65,8 @@ class Backend:
         One line for ``--help`` and README's table.
     deformable : bool
         Whether the transform is non-linear: the log Jacobian (``--input logjacobian``) is written only then.
+    requires : tuple of str
+        Python packages it imports when it runs (checked before anything is written).
     transform_extension : str
         Extension of the transform files it writes (``".h5"``, ``".nii.gz"``).
     transform_type : str
@@ -74,6 +76,7 @@ class Backend:
     name: str = ""
     summary: str = ""
     deformable: bool = False
+    requires: tuple[str, ...] = ()
     transform_extension: str = ""
     transform_type: str = ""
 

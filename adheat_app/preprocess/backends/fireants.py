@@ -116,6 +116,7 @@ class FireAntsBackend(Backend):
     name = "fireants"
     summary = "FireANTs (CUDA when available, else CPU): centres of mass, affine, then greedy diffeomorphic"
     deformable = True
+    requires = ("fireants",)
     transform_extension = ".h5"
     transform_type = "ANTs composite transform (HDF5) of a FireANTs registration"
 
@@ -159,9 +160,9 @@ class FireAntsBackend(Backend):
 
     def methods_text(self, versions: dict[str, str]) -> str:
         """The registration clause of the methods text."""
-        return (f"affine and greedy diffeomorphic registration in FireANTs {versions.get('fireants', '')} "
-                "(local normalised cross-correlation, Riemannian Adam; template grid of at least 2 mm) "
-                "[@jena2024fireants]").replace("  ", " ")
+        version = f" {versions['fireants']}" if "fireants" in versions else ""
+        return (f"affine and greedy diffeomorphic registration in FireANTs{version} (local normalised "
+                "cross-correlation, Riemannian Adam; template grid of at least 2 mm) [@jena2024fireants]")
 
 
 BACKENDS.register("fireants")(FireAntsBackend())
