@@ -95,7 +95,7 @@ class PreprocessingOptions:
     """T1w to template space."""
 
     registration: str = option("syn", "Registration backend to the template (the backends are described in "
-                               "README, 'Registration').", registry="adheat_app.preprocess.backends:BACKENDS")
+                               "README, 'Registration backends').", registry="adheat_app.preprocess.backends:BACKENDS")
     skull_strip: str = option("auto", "Brain extraction with deepbet: 'auto' skips inputs that are "
                               "already skull-stripped.", choices=("auto", "force", "skip"))
     intensity_norm: str = option(
