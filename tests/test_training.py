@@ -432,3 +432,12 @@ def test_input_auto_reads_the_log_jacobian_only_when_every_scan_has_one(tmp_path
     assert "1 of 4 scans have no log Jacobian map" in caplog.text
     explicit = build_config(tmp_path, tmp_path / "out", ("group",), {}, {"training": {"input": "logjacobian"}})
     assert resolve_input(explicit, scans(0)) is explicit
+
+
+def test_log_of_a_run_without_validation_names_no_absent_quantity(small, tmp_path, caplog):
+    config, derivs, cohort = _rerun(small, tmp_path, val_fraction=0.0, patience=0, epochs=2)
+    with caplog.at_level(logging.INFO, logger="adheat_app"):
+        run_training(config, derivs, cohort)
+    epochs = [r.getMessage() for r in caplog.records if r.funcName == "train_fold" and "train loss" in r.getMessage()]
+    assert len(epochs) == 4 and not any("val " in line for line in epochs), epochs
+    assert "nan" not in caplog.text.lower()

@@ -55,6 +55,7 @@ from adheat_app.errors import InputError
 from adheat_app.inputs import INPUTS, card_channels, channel_paths, load_inputs
 from adheat_app.io import nifti_image, read_json
 from adheat_app.layout import heatmap_path, sidecar_path, trained_folds
+from adheat_app.progress import tracked
 from adheat_app.templates import parse_resolution
 
 LOGGER = logging.getLogger(__name__)
@@ -303,16 +304,15 @@ class HeatmapRun:
         self.all_zero = 0
         example = self.tensor([todo[0].index])
         models = {k: method.prepare(self.models[k], example) for k in self.folds}
-        for k in self.folds:
-            own = [a for a in todo if a.fold == k]
-            for first in range(0, len(own), chunk):
-                part = own[first:first + chunk]
-                maps, seconds = self.compute(method, models[k], k, part)
-                for a, data in zip(part, maps):
-                    self.write(method, a, data, seconds / len(part), method.diagnostics.pop(a.scan.key, None))
-                    LOGGER.info("%s %s: fold %d, %.1f s", method.name, a.scan.key, k, seconds / len(part))
+        own = {k: [a for a in todo if a.fold == k] for k in self.folds}
         unseen = [a for a in todo if a.fold is None]
-        for first in range(0, len(unseen), chunk):
+        batches = [(k, own[k][first:first + chunk]) for k in self.folds for first in range(0, len(own[k]), chunk)]
+        for k, part in tracked(batches, method.name, "batch"):
+            maps, seconds = self.compute(method, models[k], k, part)
+            for a, data in zip(part, maps):
+                self.write(method, a, data, seconds / len(part), method.diagnostics.pop(a.scan.key, None))
+                LOGGER.info("%s %s: fold %d, %.1f s", method.name, a.scan.key, k, seconds / len(part))
+        for first in tracked(range(0, len(unseen), chunk), f"{method.name} (unseen)", "batch"):
             part = unseen[first:first + chunk]
             total, seconds, worst = 0.0, 0.0, {}
             for k in self.folds:
