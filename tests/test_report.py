@@ -176,6 +176,12 @@ def test_answer_reads_the_control_and_primary_columns_when_present(tmp_path):
     assert "the strongest applicable control (GreyMatterPrior)" in text
     assert "Primary comparisons only, Holm-corrected" in text and "IGintensity" not in text
     assert "Are the maps faithful?" not in text
+    today = pd.DataFrame([{**base, **row} for row in rows]).drop(columns=["control", "primary", "p_holm"])
+    today.to_csv(group / "answer.tsv", sep="\t", index=False)  # the columns of today's table
+    findings = read_findings(group)
+    assert not findings.primary_only and list(findings.rows["method"]) == ["IG", "Saliency"]  # no channel part
+    text = answer_sentences(config, group, findings)
+    assert "the InputMagnitude control" in text and "Primary" not in text
 
 
 def test_faithfulness_is_answered_and_shown_only_when_its_tables_exist(tmp_path):

@@ -17,7 +17,8 @@ is left out when no faithfulness table exists):
     scans), per reference in :data:`HEADLINE_ORDER`: the methods whose ROC AUC
     lies above chance and above the control the table names (its ``control``
     column, else ``InputMagnitude``); only the ``primary`` rows where the
-    table marks them, Holm-corrected where it gives ``p_holm``.
+    table marks them (Holm-corrected where it gives ``p_holm``), else every
+    map but the per-channel parts of a several-channel map.
 ``faithful``
     Are the maps faithful? Only where ``faithfulness.tsv`` or
     ``channel_ablation.tsv`` exist.
@@ -44,6 +45,7 @@ from adheat_app.baseline.covariates import PREFIX as COVARIATE_PREFIX, is_covari
 from adheat_app.config import RunConfig
 from adheat_app.evaluation.overlap import TOP_PERCENT
 from adheat_app.evaluation.reference import ANATOMICAL_PRIOR, HEADLINE_ORDER, Reference
+from adheat_app.inputs import split_channel
 from adheat_app.report.html import esc, image, note
 from adheat_app.report.tables import interval, model_verdicts, read_tsv, truthy, verdict_details
 from adheat_app.templates import Template
@@ -60,7 +62,8 @@ FAITHFUL_COLUMNS = ("faithful", "above_random", "better_than_random")
 
 @dataclass(frozen=True)
 class Findings:
-    """The ``answer.tsv`` rows the answer reads: absolute maps, primary rows where marked, headline order."""
+    """The ``answer.tsv`` rows the answer reads: absolute maps; the primary rows where the table marks them, else
+    every map but the channel parts of a several-channel map."""
 
     rows: pd.DataFrame
     primary_only: bool
@@ -93,6 +96,9 @@ def read_findings(group: Path) -> Findings | None:
     primary_only = "primary" in rows and rows["primary"].map(truthy).any()
     if primary_only:
         rows = rows[rows["primary"].map(truthy).fillna(False).astype(bool)]
+    else:  # a channel's part of a several-channel map stays in the table
+        names = set(rows["method"])
+        rows = rows[[split_channel(m)[1] is None or split_channel(m)[0] not in names for m in rows["method"]]]
     holm = "p_holm" in rows and rows["p_holm"].notna().any()
     return Findings(rows.reset_index(drop=True), bool(primary_only), bool(holm))
 
