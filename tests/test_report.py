@@ -246,3 +246,34 @@ def test_markdown_renderer():
     html = markdown("# Methods\n\nText with `code` and **bold** [@ref].\n\n- one\n- two\n\n<!-- end -->\n")
     assert "<h3>Methods</h3>" in html and "<code>code</code>" in html and "<strong>bold</strong>" in html
     assert "<ul><li>one</li><li>two</li></ul>" in html and "&lt;" not in html
+
+
+@pytest.mark.parametrize("validated", [True, False])
+def test_training_curve_legend_lists_only_what_was_measured(validated, monkeypatch):
+    from adheat_app import plotting
+
+    monkeypatch.setattr(plotting, "figure_png", lambda fig: fig)  # keep the figure to read its legend
+    curve = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.9, 0.7, 0.6],
+                          "val_loss": [0.8, 0.75, 0.7] if validated else [np.nan] * 3,
+                          "val_accuracy": [0.5, 0.6, 0.7] if validated else [np.nan] * 3})
+    fig = plotting.training_curve(curve, 3, "fold 0")
+    labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    expected = ["training loss", "validation loss", "best epoch (3)", "validation accuracy"] if validated else \
+        ["training loss", "best epoch (3)"]
+    assert labels == expected and len(fig.axes) == (2 if validated else 1)
+
+
+def test_top_percent_grid_thresholds_at_the_scoring_top_k():
+    from adheat_app import plotting
+
+    values = np.arange(1000, dtype=np.float32)
+    assert plotting.top_threshold(values, 5.0) == 950.0  # the 50 largest of 1,000
+    assert plotting.top_threshold(np.ones(10, np.float32), 10.0) == 1.0  # ties included
+    brain = np.zeros((10, 10, 10), bool)
+    brain[1:9, 1:9, 1:9] = True
+    reference = np.zeros_like(brain)
+    reference[2:5, 2:5, 2:5] = True
+    rng = np.random.default_rng(0)
+    maps = {"A": rng.random(brain.shape).astype(np.float32) * brain, "B": reference * 1.0}
+    png = plotting.top_percent_grid(maps, brain, brain * 1.0, [("truth", reference)], 5.0, [3])
+    assert png.startswith(b"\x89PNG")

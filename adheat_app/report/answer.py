@@ -100,7 +100,8 @@ def read_findings(group: Path) -> Findings | None:
         names = set(rows["method"])
         rows = rows[[split_channel(m)[1] is None or split_channel(m)[0] not in names for m in rows["method"]]]
     holm = "p_holm" in rows and rows["p_holm"].notna().any()
-    return Findings(rows.reset_index(drop=True), bool(primary_only), bool(holm))
+    rows = rows.drop_duplicates(["method", "reference"]).reset_index(drop=True)
+    return Findings(rows, bool(primary_only), bool(holm))
 
 
 def _item(question: str, text: str, warning_id: str = "") -> str:
