@@ -138,8 +138,8 @@ def test_answer_is_one_sentence_per_question_and_one_figure(full_run):
     questions = re.findall(r"<strong>([^<]+\?)</strong>", sentences)
     assert questions == ["Did the CNN learn?", "Could a confound explain it?", "Which methods find which reference?"]
     warning = sentences.split('id="model-warning"', 1)[1].split("</li>", 1)[0]
-    assert f"{config.training.model} is not better than chance at separating AD from CN (ROC AUC 0.520 " \
-           "[0.310, 0.730], p = 0.44)" in warning
+    assert f"{config.training.model} is not better than chance at separating AD from CN: pooled out-of-fold ROC AUC " \
+           "0.520 [0.310, 0.730] against chance 0.5 (p = 0.44); its heatmaps say nothing" in warning
     assert "The linear SVM on the same folds: better than chance (ROC AUC 0.910 [0.800, 0.990], p = 0.001)" in warning
     assert "Not assessed: no covariate-only classifier" in sentences  # the fixture has no covariate rows
     findings = sentences.split("Which methods find which reference?", 1)[1]

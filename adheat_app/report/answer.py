@@ -109,6 +109,14 @@ def _item(question: str, text: str, warning_id: str = "") -> str:
     return f"<li{attributes}><strong>{esc(question)}</strong> {text}</li>"
 
 
+def _auc(verdict: dict) -> str:
+    """``: pooled out-of-fold ROC AUC a [low, high] against chance 0.5 (p = q)`` (what the table has of it)."""
+    text = "" if math.isnan(verdict["roc_auc"]) else (
+        ": pooled out-of-fold ROC AUC "
+        + interval(verdict["roc_auc"], verdict["roc_auc_ci_low"], verdict["roc_auc_ci_high"]) + " against chance 0.5")
+    return text + ("" if math.isnan(verdict["p_value"]) else f" (p = {verdict['p_value']:.3g})")
+
+
 def _learned(config: RunConfig, verdicts: dict[str, dict]) -> str:
     tr = config.training
     question = "Did the CNN learn?"
@@ -122,11 +130,10 @@ def _learned(config: RunConfig, verdicts: dict[str, dict]) -> str:
         return _item(question, f"Not assessed: group/cv_metrics.tsv has no pooled verdict of {esc(tr.model)} "
                                "(run the group level to train it)." + competitor)
     if cnn["better"]:
-        return _item(question, f"Yes: {esc(tr.model)} separates {classes} better than chance (chance: ROC AUC "
-                               f"0.5){esc(verdict_details(cnn))}." + competitor)
-    return _item(question, f"No: {esc(tr.model)} is not better than chance at separating {classes}"
-                           f"{esc(verdict_details(cnn))}; its heatmaps say nothing about the disease."
-                 + competitor, "model-warning")
+        return _item(question, f"Yes: {esc(tr.model)} separates {classes} better than chance{esc(_auc(cnn))}."
+                     + competitor)
+    return _item(question, f"No: {esc(tr.model)} is not better than chance at separating {classes}{esc(_auc(cnn))}; "
+                           "its heatmaps say nothing about the disease." + competitor, "model-warning")
 
 
 def _confound(config: RunConfig, verdicts: dict[str, dict]) -> str:
@@ -181,6 +188,7 @@ def _findings(config: RunConfig, findings: Findings | None, verdicts: dict[str, 
         sentences.append(f"<em>{esc(label)}</em>: found by {esc(found or 'no map')}"
                          + (f"; not by {esc(_names(others))}" if others else ""))
     metric = str(rows["metric"].iloc[0]) if "metric" in rows else "roc_auc"
+    metric = {"roc_auc": "ROC AUC", "average_precision": "average precision"}.get(metric, metric)
     scope = " Primary comparisons only" + (", Holm-corrected" if findings.holm else "") + "." \
         if findings.primary_only else ""
     caveat = " The CNN did not learn, so its maps are not counted as finding anything." if untrained else ""
