@@ -25,7 +25,9 @@ from adheat_app.bids import Derivatives, software_versions
 from adheat_app.config import RunConfig, TrainingOptions
 from adheat_app.inputs import card_channels
 from adheat_app.io import read_json, write_text
-from adheat_app.layout import MODEL_CARD, find_preproc, fold_dir, sidecar_path, trained_folds
+from adheat_app.layout import (
+    MODEL_CARD, OVERLAP, find_preproc, fold_dir, group_table, has_heatmaps, is_foci_file, sidecar_path, trained_folds,
+)
 from adheat_app.templates import DEFAULT_SPACE
 
 _SECTION_RE = re.compile(r"<!-- step: (?P<step>\w+) -->\n(?P<body>.*?)<!-- end -->\n?", re.S)
@@ -49,17 +51,15 @@ def steps_present(derivs: Derivatives, model: str) -> set[str]:
         steps.add("preprocessing")
     if trained_folds(root / "models", model):
         steps.add("training")
-    if any(root.glob("sub-*/**/*_heatmap.nii.gz")):
+    if has_heatmaps(root):
         steps.add("heatmaps")
-    if (root / "group" / "overlap.tsv").is_file():
+    if group_table(root, OVERLAP).is_file():
         steps.add("evaluation")
     return steps
 
 
 def _reference_text(config: RunConfig) -> str:
     """Sentences naming the reference maps the overlap scores used."""
-    from adheat_app.evaluation.reference import is_foci_file
-
     ref = config.evaluation.reference_map
     text = ""
     if ref and is_foci_file(ref):
@@ -86,7 +86,8 @@ def _training_text(tr: TrainingOptions) -> str:
                 else "a constant learning rate")
     preset = "" if tr.preset == "adheat" else f" (the training set-up of `{tr.preset}`)"
     text = (f"Each network was trained{preset} for {'at most ' if tr.patience > 0 else ''}{length} with "
-            f"{optimiser} ({'peak ' if tr.schedule == 'cosine' else ''}learning rate {tr.learning_rate:g}, weight decay {tr.weight_decay:g}, batch size "
+            f"{optimiser} ({'peak ' if tr.schedule == 'cosine' else ''}learning rate {tr.learning_rate:g}, "
+            f"weight decay {tr.weight_decay:g}, batch size "
             f"{tr.batch_size}) and {schedule}")
     if tr.input_noise > 0:
         text += f", adding Gaussian noise (SD {tr.input_noise:g}) to the brain voxels of each training image"

@@ -145,7 +145,7 @@ def test_answer_is_one_sentence_per_question_and_one_figure(full_run):
     findings = sentences.split("Which methods find which reference?", 1)[1]
     assert findings.index("<em>simulation</em>") < findings.index("<em>anatomicalprior (a region prior")
     assert "the InputMagnitude control" in findings and "its maps are not counted" in findings
-    assert findings.count("<em>") == len(read_findings(derivs.root / "group").references)
+    assert findings.count("<em>") == len(read_findings(derivs.root).references)
     figure = answer.split('<figure id="answer-figure">', 1)[1].split("</figure>", 1)[0]
     assert figure.count("data:image/png;base64,") == 1 and "Ordered by ROC AUC against simulation" in figure
     rows = answer.split("<details>", 1)[1].split("</details>", 1)[0]  # every row of answer.tsv, collapsed
@@ -168,19 +168,19 @@ def test_answer_reads_the_control_and_primary_columns_when_present(tmp_path):
     group = tmp_path / "group"
     group.mkdir()
     pd.DataFrame([{**base, **row} for row in rows]).to_csv(group / "answer.tsv", sep="\t", index=False)
-    findings = read_findings(group)
+    findings = read_findings(tmp_path)
     assert findings.primary_only and findings.holm and list(findings.rows["method"]) == ["IG", "Saliency"]
     config = build_config(tmp_path / "bids", tmp_path / "out", ("group",), {}, {})
-    text = answer_sentences(config, group, findings)
+    text = answer_sentences(config, tmp_path, findings)
     assert "<em>simulation</em>: found by IG (0.800 [0.600, 0.900]); not by Saliency" in text
     assert "the strongest applicable control (GreyMatterPrior)" in text
     assert "Primary comparisons only, Holm-corrected" in text and "IGintensity" not in text
     assert "Are the maps faithful?" not in text
     today = pd.DataFrame([{**base, **row} for row in rows]).drop(columns=["control", "primary", "p_holm"])
     today.to_csv(group / "answer.tsv", sep="\t", index=False)  # the columns of today's table
-    findings = read_findings(group)
+    findings = read_findings(tmp_path)
     assert not findings.primary_only and list(findings.rows["method"]) == ["IG", "Saliency"]  # no channel part
-    text = answer_sentences(config, group, findings)
+    text = answer_sentences(config, tmp_path, findings)
     assert "the InputMagnitude control" in text and "Primary" not in text
 
 
@@ -192,15 +192,15 @@ def test_faithfulness_is_answered_and_shown_only_when_its_tables_exist(tmp_path)
     group = tmp_path / "group"
     group.mkdir()
     config = build_config(tmp_path / "bids", tmp_path / "out", ("group",), {}, {})
-    assert "faithful" not in answer_sentences(config, group, None) and _faithfulness(group) == ""
+    assert "faithful" not in answer_sentences(config, tmp_path, None) and _faithfulness(tmp_path) == ""
     pd.DataFrame({"method": ["IG", "IG", "Saliency"], "aopc": [0.3, 0.2, 0.01],
                   "faithful": [True, True, False]}).to_csv(group / "faithfulness.tsv", sep="\t", index=False)
     pd.DataFrame({"channel": ["intensity", "logjacobian"], "drop": [0.01, 0.4]}).to_csv(
         group / "channel_ablation.tsv", sep="\t", index=False)
-    text = answer_sentences(config, group, None)
+    text = answer_sentences(config, tmp_path, None)
     assert "<strong>Are the maps faithful?</strong> faithful in group/faithfulness.tsv: IG; not: Saliency; " \
            "group/channel_ablation.tsv: 2 rows (below)." in text
-    shown = _faithfulness(group)
+    shown = _faithfulness(tmp_path)
     assert shown.count("<details>") == 2 and 'href="group/channel_ablation.tsv"' in shown
 
 

@@ -45,9 +45,9 @@ from adheat_app.baseline.covariates import PREFIX as COVARIATE_PREFIX, is_covari
 from adheat_app.config import RunConfig
 from adheat_app.evaluation.overlap import TOP_PERCENT
 from adheat_app.evaluation.reference import ANATOMICAL_PRIOR, HEADLINE_ORDER, Reference
-from adheat_app.inputs import split_channel
+from adheat_app.layout import ANSWER, CHANNEL_ABLATION, FAITHFULNESS, MapName
 from adheat_app.report.html import esc, image, note
-from adheat_app.report.tables import interval, model_verdicts, read_tsv, truthy, verdict_details
+from adheat_app.report.tables import interval, model_verdicts, read_group_table, table_link, truthy, verdict_details
 from adheat_app.templates import Template
 
 #: The model name of the SVM's rows (its map is the activation pattern).
@@ -55,7 +55,7 @@ SVM = "SVM"
 #: The control ``finds_reference`` is judged against when ``answer.tsv`` names none.
 DEFAULT_CONTROL = "InputMagnitude"
 #: Tables the faithfulness answer reads, under ``group/``.
-FAITHFULNESS_TABLES = ("faithfulness.tsv", "channel_ablation.tsv")
+FAITHFULNESS_TABLES = (FAITHFULNESS, CHANNEL_ABLATION)
 #: Boolean columns of a faithfulness table that say a method passes (the first present is read).
 FAITHFUL_COLUMNS = ("faithful", "above_random", "better_than_random")
 
@@ -87,9 +87,9 @@ class Findings:
         return rows.set_index("method")["value"].astype(float).sort_values(ascending=False, kind="stable")
 
 
-def read_findings(group: Path) -> Findings | None:
+def read_findings(root: Path) -> Findings | None:
     """The rows of ``answer.tsv`` the answer reads (None when the table is absent or empty)."""
-    answer = read_tsv(group / "answer.tsv")
+    answer = read_group_table(root, ANSWER)
     if answer is None or answer.empty:
         return None
     rows = answer[answer["sign"] == "absolute"] if "sign" in answer else answer
@@ -98,7 +98,8 @@ def read_findings(group: Path) -> Findings | None:
         rows = rows[rows["primary"].map(truthy).fillna(False).astype(bool)]
     else:  # a channel's part of a several-channel map stays in the table
         names = set(rows["method"])
-        rows = rows[[split_channel(m)[1] is None or split_channel(m)[0] not in names for m in rows["method"]]]
+        rows = rows[[MapName.parse(m).channel is None or MapName.parse(m).summed.desc not in names
+                     for m in rows["method"]]]
     holm = "p_holm" in rows and rows["p_holm"].notna().any()
     rows = rows.drop_duplicates(["method", "reference"]).reset_index(drop=True)
     return Findings(rows, bool(primary_only), bool(holm))
@@ -197,9 +198,9 @@ def _findings(config: RunConfig, findings: Findings | None, verdicts: dict[str, 
                            f"with {esc(control)} lies above 0.{esc(scope)}{esc(caveat)}")
 
 
-def _faithful(group: Path) -> str:
+def _faithful(root: Path) -> str:
     """The faithfulness sentence (empty when no faithfulness table exists)."""
-    tables = {name: read_tsv(group / name) for name in FAITHFULNESS_TABLES}
+    tables = {table_link(root, name): read_group_table(root, name) for name in FAITHFULNESS_TABLES}
     tables = {name: frame for name, frame in tables.items() if frame is not None and not frame.empty}
     if not tables:
         return ""
@@ -208,19 +209,19 @@ def _faithful(group: Path) -> str:
         column = next((c for c in FAITHFUL_COLUMNS if c in frame.columns), None)
         key = next((c for c in ("method", "channel") if c in frame.columns), None)
         if column is None or key is None:
-            parts.append(f"group/{name}: {len(frame)} rows (below)")
+            parts.append(f"{name}: {len(frame)} rows (below)")
             continue
         verdict = frame.groupby(key)[column].agg(lambda values: all(truthy(v) for v in values))
-        parts.append(f"{column.replace('_', ' ')} in group/{name}: {_names(list(verdict[verdict].index))}; not: "
+        parts.append(f"{column.replace('_', ' ')} in {name}: {_names(list(verdict[verdict].index))}; not: "
                      f"{_names(list(verdict[~verdict].index))}")
     return _item("Are the maps faithful?", esc("; ".join(parts)) + ".")
 
 
-def answer_sentences(config: RunConfig, group: Path, findings: Findings | None) -> str:
-    """The list of one-sentence answers (``<ul id="answers">``)."""
-    verdicts = model_verdicts(group)
+def answer_sentences(config: RunConfig, root: Path, findings: Findings | None) -> str:
+    """The list of one-sentence answers (``<ul id="answers">``) from the group tables of the outputs in ``root``."""
+    verdicts = model_verdicts(root)
     items = [_learned(config, verdicts), _confound(config, verdicts), _findings(config, findings, verdicts),
-             _faithful(group)]
+             _faithful(root)]
     return '<ul id="answers">' + "".join(items) + "</ul>"
 
 

@@ -32,13 +32,15 @@ from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.evaluation.overlap import TOP_PERCENT
 from adheat_app.evaluation.reference import Reference
-from adheat_app.inputs import split_channel
 from adheat_app.io import write_text
-from adheat_app.layout import RANDOM_SUFFIX, group_map_methods, group_map_path, to_label
+from adheat_app.layout import (
+    ANSWER, CV_METRICS, DISTANCES, OVERLAP, PREDICTIONS, PREPROC_QC, REGIONS, SANITY_CHECK, MapName,
+    group_map_methods, group_map_path, overlap_figures, to_label,
+)
 from adheat_app.report.answer import (FAITHFULNESS_TABLES, SVM, Findings, answer_figure, answer_sentences,
                                       display_percent, read_findings)
 from adheat_app.report.html import Section, details, esc, image, markdown, not_computed, note, page, table
-from adheat_app.report.tables import interval, read_tsv
+from adheat_app.report.tables import interval, read_group_table, table_link
 from adheat_app.templates import Template
 
 LOGGER = logging.getLogger(__name__)
@@ -73,13 +75,13 @@ def _answer_maps(derivs: Derivatives, cohort: Cohort, template: Template) -> dic
 def _answer(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template, findings: Findings | None,
             references: list[Reference]) -> str:
     """One sentence per question, the figure, and every row of ``answer.tsv`` collapsed."""
-    group = derivs.root / "group"
-    parts = [answer_sentences(config, group, findings),
+    root = derivs.root
+    parts = [answer_sentences(config, root, findings),
              answer_figure(findings, _answer_maps(derivs, cohort, template), references, template)]
-    answer = read_tsv(group / "answer.tsv")
+    answer = read_group_table(root, ANSWER)
     if answer is not None and not answer.empty:
         parts.append(details(f"Every row of the answer table ({len(answer)} rows: methods x references x signs)",
-                             table(answer), "group/answer.tsv"))
+                             table(answer), table_link(root, ANSWER)))
     return "".join(parts)
 
 
@@ -93,8 +95,8 @@ def _summary(cohort: Cohort, template: Template) -> str:
             f"({'x'.join(map(str, template.shape))}, template from {esc(template.source)}).</p>")
 
 
-def _cv_metrics(group: Path) -> str:
-    metrics = read_tsv(group / "cv_metrics.tsv")
+def _cv_metrics(root: Path) -> str:
+    metrics = read_group_table(root, CV_METRICS)
     if metrics is None:
         return not_computed("group/cv_metrics.tsv is absent (run the group level to train the CNN, the SVM and "
                             "the covariate controls)")
@@ -103,17 +105,17 @@ def _cv_metrics(group: Path) -> str:
                  "out-of-fold verdict against chance.")
             + details("Mean and SD over folds, then every fold", "<h3>Mean and SD over folds</h3>" + table(summary)
                       + "<h3>Per fold</h3>" + table(metrics[~metrics["fold"].isin(["mean", "sd"])]),
-                      "group/cv_metrics.tsv"))
+                      table_link(root, CV_METRICS)))
 
 
-def _roc(group: Path) -> str:
-    predictions = read_tsv(group / "predictions.tsv")
+def _roc(root: Path) -> str:
+    predictions = read_group_table(root, PREDICTIONS)
     if predictions is None or predictions.empty:
         return not_computed("group/predictions.tsv is absent")
     counts = predictions.groupby("model").size().rename("scans").reset_index()
     return details("Pooled out-of-fold ROC curves of every model", image(plotting.roc_curves(predictions),
                                                                         "ROC curves") + table(counts),
-                   "group/predictions.tsv")
+                   table_link(root, PREDICTIONS))
 
 
 def _training(config: RunConfig) -> str:
@@ -157,8 +159,8 @@ def _scoring(findings: Findings | None, references: list[Reference] | str, templ
 
 def _heatmaps(derivs: Derivatives, cohort: Cohort, template: Template, scoring: Scoring) -> str:
     methods = sorted((m for m in group_map_methods(derivs.root, template.space, template.res_label)
-                      if not split_channel(m)[0].endswith(RANDOM_SUFFIX)),
-                     key=lambda m: (split_channel(m)[0], split_channel(m)[1] or ""))
+                      if not MapName.parse(m).is_control),
+                     key=lambda m: (MapName.parse(m).summed.desc, MapName.parse(m).channel or ""))
     if not methods:
         return not_computed("no group mean heatmaps (no per-subject heatmaps, or evaluation not run)")
     parts = [note("Mean of per-subject absolute heatmaps, each normalised to unit total relevance inside the brain "
@@ -167,7 +169,8 @@ def _heatmaps(derivs: Derivatives, cohort: Cohort, template: Template, scoring: 
                   + " (same colours as the answer figure). A model of several input channels: the sum over channels "
                   "per class, then each channel's map of all subjects.")]
     for method in methods:
-        base, channel = split_channel(method)
+        name = MapName.parse(method)
+        base, channel = name.summed.desc, name.channel
         labels = ("all",) if channel is not None and base in methods else (
             "all", to_label(cohort.positive_label), to_label(cohort.negative_label))
         parts.append(f"<h3>{esc(method)}</h3>")
@@ -212,7 +215,8 @@ def _reference(references: list[Reference] | str, template: Template) -> str:
                      + note(f"Source: {ref.source}; "
                             + ("reference voxels as described" if ref.mask is not None
                                else f"binarised above {ref.threshold:g}") + f": {int(ref.binary().sum())} voxels.")
-                     + image(plotting.stat_mosaic(img, template.t1w, f"reference: {ref.name}"), f"reference {ref.name}"))
+                     + image(plotting.stat_mosaic(img, template.t1w, f"reference: {ref.name}"),
+                             f"reference {ref.name}"))
     return details(f"{len(references)} reference map(s): {', '.join(ref.name for ref in references)}",
                    "".join(parts))
 
@@ -243,8 +247,8 @@ def overlap_summary(overlap: pd.DataFrame, label: str) -> pd.DataFrame:
     return wide
 
 
-def _overlap(group: Path, cohort: Cohort) -> str:
-    overlap = read_tsv(group / "overlap.tsv")
+def _overlap(root: Path, cohort: Cohort) -> str:
+    overlap = read_group_table(root, OVERLAP)
     if overlap is None or overlap.empty:
         return not_computed("group/overlap.tsv is absent")
     parts = [note("Value of the group mean map [95 % percentile bootstrap interval over subjects]; rows 'chance': "
@@ -259,26 +263,26 @@ def _overlap(group: Path, cohort: Cohort) -> str:
         wide = overlap_summary(overlap, label)
         if not wide.empty:
             parts.append(f"<h3>label: {esc(label)}</h3>" + table(wide))
-    for path in sorted((group / "figures").glob("desc-*_overlap.png")):
+    for path in overlap_figures(root):
         parts.append(image(path.read_bytes(), path.stem))
     return details(f"Overlap scores of every map, metric and top-k % ({len(overlap)} rows) and overlap curves",
-                   "".join(parts), "group/overlap.tsv")
+                   "".join(parts), table_link(root, OVERLAP))
 
 
-def _regions(group: Path, cohort: Cohort) -> str:
-    regions = read_tsv(group / "regions.tsv")
+def _regions(root: Path, cohort: Cohort) -> str:
+    regions = read_group_table(root, REGIONS)
     if regions is None or regions.empty:
         return not_computed("group/regions.tsv is absent")
     top = regions[(regions["rank"] <= 10) & regions["label"].isin(["all", to_label(cohort.positive_label)])]
     return details("Ten AAL3 regions with the largest share of each method's mean relevance",
                    note("Enrichment = share of relevance / share of brain volume.") + table(top, max_rows=400),
-                   "group/regions.tsv")
+                   table_link(root, REGIONS))
 
 
-def _distances(group: Path) -> str:
+def _distances(root: Path) -> str:
     from adheat_app.evaluation.distances import distance_matrix
 
-    distances = read_tsv(group / "distances.tsv")
+    distances = read_group_table(root, DISTANCES)
     if distances is None or distances.empty:
         return not_computed("group/distances.tsv is absent (needs at least two methods)")
     rows = distances[distances["label"] == "all"]
@@ -288,29 +292,29 @@ def _distances(group: Path) -> str:
     for column in ("euclidean", "correlation_distance"):
         parts.append(image(plotting.matrix_heatmap(distance_matrix(rows, column), column.replace("_", " ")), column))
     return details("Distances between the methods' mean maps", "".join(parts) + table(distances),
-                   "group/distances.tsv")
+                   table_link(root, DISTANCES))
 
 
-def _faithfulness(group: Path) -> str:
+def _faithfulness(root: Path) -> str:
     """The faithfulness tables that exist, collapsed (empty when none does)."""
     parts = []
     for name in FAITHFULNESS_TABLES:
-        frame = read_tsv(group / name)
+        frame = read_group_table(root, name)
         if frame is not None and not frame.empty:
-            parts.append(details(f"{name} ({len(frame)} rows)", table(frame), f"group/{name}"))
+            parts.append(details(f"{name} ({len(frame)} rows)", table(frame), table_link(root, name)))
     return "".join(parts)
 
 
-def _sanity(group: Path) -> str:
-    sanity = read_tsv(group / "sanity_check.tsv")
+def _sanity(root: Path) -> str:
+    sanity = read_group_table(root, SANITY_CHECK)
     if sanity is None:
         return not_computed("group/sanity_check.tsv is absent (run with --sanity-check)")
     return details("Similarity of each method's maps to those of the model with re-initialised layers",
-                   table(sanity), "group/sanity_check.tsv")
+                   table(sanity), table_link(root, SANITY_CHECK))
 
 
-def _preproc_qc(group: Path) -> str:
-    qc = read_tsv(group / "preproc_qc.tsv")
+def _preproc_qc(root: Path) -> str:
+    qc = read_group_table(root, PREPROC_QC)
     if qc is None:
         return not_computed("group/preproc_qc.tsv is absent (preprocessing QC table)")
     flags = [c for c in qc.columns if "outlier" in c.lower()]
@@ -318,7 +322,7 @@ def _preproc_qc(group: Path) -> str:
     if flags:
         flagged = qc[qc[flags[0]].astype(str).str.lower().isin(["1", "true", "yes"])]
         summary = f"{len(flagged)} of {len(qc)} scan(s) flagged as registration outliers"
-    return details(summary, table(qc, max_rows=500), "group/preproc_qc.tsv")
+    return details(summary, table(qc, max_rows=500), table_link(root, PREPROC_QC))
 
 
 def _methods(config: RunConfig, derivs: Derivatives, template: Template) -> str:
@@ -338,28 +342,28 @@ def _methods(config: RunConfig, derivs: Derivatives, template: Template) -> str:
 
 def write_group_report(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> Path:
     """Write ``output_dir/group.html`` from the group outputs that exist; return its path."""
-    group = derivs.root / "group"
-    findings = read_findings(group)
+    root = derivs.root
+    findings = read_findings(root)
     references = _references(config, derivs, cohort, template)
     scoring = _scoring(findings, references, template)
-    faithfulness = _faithfulness(group)
+    faithfulness = _faithfulness(root)
     sections = [
         Section("answer", "The answer", _answer(config, derivs, cohort, template, findings,
                                                 [] if isinstance(references, str) else references)),
         Section("summary", "Cohort", _summary(cohort, template)),
         Section("cv-metrics", "Cross-validated classification (CNN, SVM and covariate-only controls)",
-                _cv_metrics(group)),
-        Section("roc", "ROC curves", _roc(group)),
+                _cv_metrics(root)),
+        Section("roc", "ROC curves", _roc(root)),
         Section("training", "Training curves", _training(config)),
         Section("heatmaps", "Mean heatmaps", _heatmaps(derivs, cohort, template, scoring)),
         Section("svm", "SVM activation pattern", _svm(derivs, cohort, template, scoring)),
         Section("reference", "Reference maps", _reference(references, template)),
-        Section("overlap", "Overlap with the reference", _overlap(group, cohort)),
-        Section("regions", "Relevance per region", _regions(group, cohort)),
-        Section("distances", "Distances between methods", _distances(group)),
+        Section("overlap", "Overlap with the reference", _overlap(root, cohort)),
+        Section("regions", "Relevance per region", _regions(root, cohort)),
+        Section("distances", "Distances between methods", _distances(root)),
         *([Section("faithfulness", "Faithfulness", faithfulness)] if faithfulness else []),
-        Section("sanity", "Sanity checks (model randomisation)", _sanity(group)),
-        Section("preproc-qc", "Preprocessing quality", _preproc_qc(group)),
+        Section("sanity", "Sanity checks (model randomisation)", _sanity(root)),
+        Section("preproc-qc", "Preprocessing quality", _preproc_qc(root)),
         Section("methods", "Methods", _methods(config, derivs, template)),
     ]
     path = write_text(derivs.root / "group.html", page("adheat group report", sections))

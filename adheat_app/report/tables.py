@@ -13,12 +13,24 @@ from pathlib import Path
 
 import pandas as pd
 
+from adheat_app.layout import CV_METRICS, group_table
+
 
 def read_tsv(path: Path) -> pd.DataFrame | None:
     """A TSV table, or None when the file is absent."""
     if not path.is_file():
         return None
     return pd.read_csv(path, sep="\t", dtype={"subject": str, "session": str, "fold": str}, na_values=["n/a"])
+
+
+def read_group_table(root: Path, table: str) -> pd.DataFrame | None:
+    """The group table ``table`` (:func:`adheat_app.layout.group_table`) of the output dataset ``root``, or None."""
+    return read_tsv(group_table(root, table))
+
+
+def table_link(root: Path, table: str) -> str:
+    """The path of a group table relative to the reports in ``root`` (a link target)."""
+    return group_table(root, table).relative_to(root).as_posix()
 
 
 def truthy(value: object) -> bool | None:
@@ -34,14 +46,14 @@ def interval(value: float, low: float, high: float) -> str:
     return text if math.isnan(low) or math.isnan(high) else f"{text} [{low:.3f}, {high:.3f}]"
 
 
-def model_verdicts(group: Path) -> dict[str, dict]:
+def model_verdicts(root: Path) -> dict[str, dict]:
     """Per model of ``cv_metrics.tsv``: is it better than chance (pooled row), with its ROC AUC and p-value.
 
     Reads the pooled row (``fold`` starting with ``pool``; else any row with a
     ``better_than_chance`` value). Models without such a row, or a table
     without the column, are left out.
     """
-    metrics = read_tsv(group / "cv_metrics.tsv")
+    metrics = read_group_table(root, CV_METRICS)
     if metrics is None or "better_than_chance" not in metrics.columns or "model" not in metrics.columns:
         return {}
     verdicts = {}
