@@ -157,8 +157,9 @@ def _confound(config: RunConfig, verdicts: dict[str, dict]) -> str:
                                "not predict the diagnosis.", "confound-warning")
     best = max(covariates, key=lambda name: -math.inf if math.isnan(covariates[name]["roc_auc"])
                else covariates[name]["roc_auc"])
+    highest = ", ".join(filter(None, (best, verdict_details(covariates[best]).strip(" ()"))))
     return _item(question, f"Not by {esc(', '.join(covariates))} alone: none separates {classes} better than "
-                           f"chance (highest: {esc(best)}{esc(verdict_details(covariates[best]))}).")
+                           f"chance (highest: {esc(highest)}).")
 
 
 def _names(methods: list[str]) -> str:
