@@ -3,7 +3,8 @@
 Sections (anchor ids): ``answer`` first (does each method find each
 reference, and is the model better than chance; a ``model-warning`` banner
 when a model is not, a ``confound-warning`` banner when a covariate alone
-predicts the diagnosis), then ``summary``, ``cv-metrics`` (CNN, SVM and
+predicts the diagnosis), ``viewer`` (the maps in an interactive viewer,
+:mod:`adheat_app.report.viewer_layers`), then ``summary``, ``cv-metrics`` (CNN, SVM and
 covariate-only folds),
 ``roc``, ``training``, ``heatmaps`` (mean map per method and class: slice
 mosaics and glass brains over the template), ``svm`` (activation pattern and
@@ -35,6 +36,7 @@ from adheat_app.inputs import split_channel
 from adheat_app.io import write_text
 from adheat_app.layout import group_map_methods, group_map_path, to_label
 from adheat_app.report.html import Section, esc, image, markdown, not_computed, note, page, table
+from adheat_app.report.viewer_layers import group_viewer
 from adheat_app.templates import Template
 
 LOGGER = logging.getLogger(__name__)
@@ -377,6 +379,8 @@ def write_group_report(config: RunConfig, derivs: Derivatives, cohort: Cohort, t
     group = derivs.root / "group"
     sections = [
         Section("answer", "Answer: does a method find the reference?", _answer(config, group)),
+        # Interactive viewer (report/viewer_layers.py): one section, one call.
+        Section("viewer", "Explore the maps", group_viewer(config, derivs, cohort, template)),
         Section("summary", "Cohort", _summary(cohort, template)),
         Section("cv-metrics", "Cross-validated classification (CNN, SVM and covariate-only controls)",
                 _cv_metrics(group)),

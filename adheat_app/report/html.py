@@ -1,8 +1,9 @@
 """Self-contained HTML pages: layout, tables, embedded images, and a minimal Markdown renderer.
 
 Every page is one file with its style sheet inline and every image embedded
-as a ``data:`` URI, so a report can be mailed or opened offline. Pages hold no
-script.
+as a ``data:`` URI, so a report can be mailed or opened offline. The only
+script is the interactive viewer's (:mod:`adheat_app.report.viewer`), inlined
+with its data.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """``sub-<label>.html``: one subject's preprocessing, prediction and heatmaps on one self-contained page.
 
-Sections (anchor ids): ``summary`` (diagnosis), ``preprocessing`` (per
+Sections (anchor ids): ``summary`` (diagnosis), ``viewer`` (log Jacobian and
+heatmaps over the preprocessed T1w in an interactive viewer,
+:mod:`adheat_app.report.viewer_layers`), ``preprocessing`` (per
 session: the registration QC figure and the numbers of the preprocessed
 T1w's sidecar), ``predictions`` (every model's out-of-fold probability and
 fold) and ``heatmaps`` (per session: every method's map over the subject's
@@ -26,6 +28,7 @@ from adheat_app.inputs import split_channel
 from adheat_app.layout import find_heatmaps, find_preproc, scan_figures, sidecar_path
 from adheat_app.report.group import read_tsv
 from adheat_app.report.html import Section, esc, image, not_computed, note, page, svg_image, table
+from adheat_app.report.viewer_layers import subject_viewer
 
 LOGGER = logging.getLogger(__name__)
 
@@ -111,6 +114,8 @@ def write_subject_report(config: RunConfig, derivs: Derivatives, subject: str) -
                f"{len(sessions)} preprocessed session(s).</p>")
     sections = [
         Section("summary", "Subject", summary),
+        # Interactive viewer (report/viewer_layers.py): one section, one call.
+        Section("viewer", "Explore the maps", subject_viewer(derivs, subject)),
         Section("preprocessing", "Preprocessing", _preprocessing(derivs, subject, sessions)),
         Section("predictions", "Predictions", _predictions(derivs, subject)),
         Section("heatmaps", "Heatmaps", _heatmaps(derivs, subject, sessions)),
