@@ -115,7 +115,7 @@ def encode_volume(values: np.ndarray, affine: np.ndarray, signed: bool) -> str:
 
 
 def _base64_gzip(raw: bytes) -> str:
-    return base64.b64encode(gzip.compress(raw, compresslevel=9, mtime=0)).decode("ascii")
+    return base64.b64encode(gzip.compress(raw, compresslevel=6, mtime=0)).decode("ascii")
 
 
 def encode_labels(atlas: Atlas) -> str:
