@@ -9,7 +9,9 @@ UMD bundle (``static/niivue.umd.js``, vendored at the version recorded in
 JSON block of the volumes. Each volume is quantised to 8 bits with its scale
 in the NIfTI header (``scl_slope``, ``scl_inter``; a signed map keeps 0
 exact), gzipped and base64-encoded; the atlas is its integer labels plus the
-region names. The page shows one background and one overlay at a time, with
+region names. The page shows one background and one overlay at a time (a
+volume is decoded when first shown, so start-up does not grow with the
+number of overlays), with
 pickers for both, a threshold slider and a colour map for the overlay, and a
 readout of the crosshair in MNI mm with the atlas region under it. Without
 WebGL2 (or JavaScript) the fragment shows a message and the caller's static

@@ -1,6 +1,7 @@
 // adheat's interactive viewer (adheat_app/report/viewer.py inlines this file after NiiVue's bundle).
 // Reads the JSON spec of <script id="adheat-viewer-data">: backgrounds, overlays (gzipped NIfTI, base64) and an
-// atlas (label volume + region names). Shows one background and one overlay at a time; the pickers swap them,
+// atlas (label volume + region names). Shows one background and one overlay at a time; the pickers swap them
+// (a volume is decoded when first picked, so the page starts with two volumes whatever their number),
 // the threshold and colour controls change the overlay, and the readout names the crosshair's MNI coordinates,
 // atlas region and overlay value. Without WebGL2 it shows the fallback box instead.
 (function () {
@@ -26,15 +27,22 @@
 
   var nv = new niivue.Niivue({ isColorbar: true, backColor: [0, 0, 0, 1], crosshairColor: [1, 0, 0, 0.7],
                                crosshairWidth: 1, crosshairWidthUnit: 'mm', logLevel: 'error', loadingText: '' });
-  var images = { backgrounds: [], overlays: [] };
+  var decoded = { backgrounds: {}, overlays: {} };
   var atlas = null;
   var current = { background: null, overlay: null, layer: null };
+  var picks = { background: 0, overlay: 0 };
 
   function decode(layer) {
     var options = { base64: layer.data, name: layer.name + '.nii.gz', colormap: layer.colormap, opacity: 1,
                     cal_min: layer.threshold, cal_max: layer.cal_max, trustCalMinMax: true,
                     colorbarVisible: layer.colorbar, colormapNegative: layer.signed ? layer.colormap_negative : '' };
     return niivue.NVImage.loadFromBase64(options);
+  }
+
+  // The image of spec[kind][index], decoded once (a promise).
+  function image(kind, index) {
+    if (!decoded[kind][index]) { decoded[kind][index] = decode(spec[kind][index]); }
+    return decoded[kind][index];
   }
 
   // Values within (-threshold, threshold) are transparent; a signed map's negative side mirrors the positive one.
@@ -83,9 +91,13 @@
     part('colormap').value = layer.colormap;
   }
 
-  function pickOverlay(index) {
+  // Pickers are asynchronous (decoding); a pick superseded by a later one while decoding is dropped.
+  async function pickOverlay(index) {
+    var pick = ++picks.overlay;
+    var chosen = index >= 0 ? await image('overlays', index) : null;
+    if (pick !== picks.overlay) { return; }
     if (current.overlay) { nv.removeVolume(current.overlay); }
-    current.overlay = index >= 0 ? images.overlays[index] : null;
+    current.overlay = chosen;
     current.layer = index >= 0 ? spec.overlays[index] : null;
     if (current.overlay) {
       current.overlay.cal_min = current.layer.threshold;
@@ -97,9 +109,10 @@
     nv.createOnLocationChange();
   }
 
-  function pickBackground(index) {
-    var chosen = images.backgrounds[index];
-    if (chosen === current.background) { return; }
+  async function pickBackground(index) {
+    var pick = ++picks.background;
+    var chosen = await image('backgrounds', index);
+    if (pick !== picks.background || chosen === current.background) { return; }
     nv.addVolume(chosen);
     nv.setVolume(chosen, 0);
     if (current.background) { nv.removeVolume(current.background); }
@@ -134,11 +147,9 @@
   async function start() {
     await nv.attachToCanvas(part('canvas'));
     nv.onLocationChange = showLocation;
-    images.backgrounds = await Promise.all(spec.backgrounds.map(decode));
-    images.overlays = await Promise.all(spec.overlays.map(decode));
     if (spec.atlas) { atlas = await niivue.NVImage.loadFromBase64({ base64: spec.atlas.data, name: 'atlas.nii.gz' }); }
-    pickBackground(0);
-    pickOverlay(spec.initial);
+    await pickBackground(0);
+    await pickOverlay(spec.initial);
     bind();
     root.dataset.state = 'ready';
   }
