@@ -5,7 +5,9 @@ the group mean map (label ``all``) of every method, the SVM activation
 pattern, every reference map scored against (the user's map or meta-analysis,
 the region prior, the simulated truth) and the cohort's two-sample t map.
 ``sub-<label>.html`` (:func:`subject_viewer`): each session's preprocessed
-T1w as background; overlays its log Jacobian and its heatmaps. Both name the
+T1w as background; overlays its log Jacobian and its heatmaps (of a
+two-channel model the sum over channels, as the page's static figures; each
+channel's map stays in its file). Both name the
 AAL3 region under the crosshair. Default thresholds: a reference's own
 binarisation threshold, the t map's FWE threshold, and for every other map
 the top :data:`TOP_PERCENT` % of its nonzero voxels by absolute value (one
@@ -135,14 +137,16 @@ def subject_viewer(derivs: Derivatives, subject: str) -> str:
         if (name.get("space"), name.get("res")) != (space, res):
             continue
         backgrounds.append(Layer(f"{name.key} preprocessed T1w", nib.load(path)))
+        maps = {found.get("desc"): heatmap for heatmap, found in find_heatmaps(derivs.root, space, res, subject)
+                if found.key == name.key}
+        overlays += [_heatmap_layer(heatmap, name.key, method) for method, heatmap in maps.items()
+                     if split_channel(method)[1] is None or split_channel(method)[0] not in maps]  # summed maps
         scan = SimpleNamespace(subject=name.get("sub"), session=name.get("ses"))
         logjacobian = logjacobian_path(derivs.root, scan, space, res)
         if logjacobian.is_file():
             overlays.append(_top_layer(f"{name.key} log Jacobian", nib.load(logjacobian),
                                        f"log Jacobian determinant of {name.key}'s registration (negative: less tissue "
                                        "than the template, relative to the whole brain)", signed=True))
-        overlays += [_heatmap_layer(heatmap, name.key, found.get("desc"))
-                     for heatmap, found in find_heatmaps(derivs.root, space, res, subject) if found.key == name.key]
     if not overlays:
         return not_computed(f"no log Jacobian or heatmaps of sub-{subject} to explore")
     atlas = _atlas_on(backgrounds[0].image, space, parse_resolution(res))
