@@ -14,7 +14,9 @@ ready (every volume decoded and drawn) against the same page with the viewer
 removed (the plain way: a static report), in headless Chromium with
 SwiftShader (software WebGL, so a lower bound on a desktop GPU's speed). The
 page reports its ``performance.now()`` to a local HTTP listener, so no
-virtual time is involved; each page is loaded ``--repeats`` times, median.
+virtual time is involved; Chromium's CPU time (all its processes) is printed
+too, as wall time on a shared machine follows its load. Each page is loaded
+``--repeats`` times, median.
 
 Usage::
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import os
 import re
 import shutil
 import statistics
@@ -77,8 +80,25 @@ class _Listener(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def load_time(exe: str, html: str, folder: Path, port: int) -> tuple[float, str]:
-    """Milliseconds from navigation start until the page reported ready, and the viewer's state."""
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its descendants so far (read from ``/proc``)."""
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+    tree, grew = {pid}, True
+    while grew:
+        children = {p for p, (ppid, _) in stats.items() if ppid in tree} - tree
+        tree, grew = tree | children, bool(children)
+    return sum(stats[p][1] for p in tree if p in stats) / os.sysconf("SC_CLK_TCK")
+
+
+def load_time(exe: str, html: str, folder: Path, port: int) -> tuple[float, float, str]:
+    """Milliseconds from navigation start until the page reported ready, Chromium's CPU seconds until then (every
+    process, from its start), and the viewer's state."""
     end = html.rindex("</body>")
     page = folder / "page.html"
     page.write_text(html[:end] + REPORT_READY.replace("PORT", str(port)) + html[end:])
@@ -89,11 +109,12 @@ def load_time(exe: str, html: str, folder: Path, port: int) -> tuple[float, str]
     try:
         if not _Listener.event.wait(300):
             raise RuntimeError(f"{page}: no ready report within 300 s")
+        cpu = tree_cpu_seconds(proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
         shutil.rmtree(profile, ignore_errors=True)
-    return float(_Listener.received["ms"]), _Listener.received["state"]
+    return float(_Listener.received["ms"]), cpu, _Listener.received["state"]
 
 
 def synthetic_page(resolution: float, overlays: int) -> str:
@@ -118,17 +139,19 @@ def measure(exe: str, name: str, html: str, repeats: int, folder: Path, port: in
                   "niivue.umd.js").read_bytes())
     size, viewer_size = len(html.encode()), len(viewer.group(0).encode()) if viewer else 0
     plain_html = VIEWER.sub("", html)
-    times, plain = [], []
+    runs, plain = [], []
     for _ in range(repeats):
-        ms, state = load_time(exe, html, folder, port)
+        ms, cpu, state = load_time(exe, html, folder, port)
         if state != "ready":
             raise RuntimeError(f"{name}: viewer state {state}")
-        times.append(ms)
-        plain.append(load_time(exe, plain_html, folder, port)[0])
-    with_viewer, without = statistics.median(times), statistics.median(plain)
+        runs.append((ms / 1e3, cpu))
+        ms, cpu, _ = load_time(exe, plain_html, folder, port)
+        plain.append((ms / 1e3, cpu))
+    (wall, cpu), (plain_wall, plain_cpu) = [[statistics.median(v) for v in zip(*r)] for r in (runs, plain)]
     print(f"{name}: {size / 1e6:.2f} MB (viewer {viewer_size / 1e6:.2f} MB: NiiVue {bundle / 1e6:.2f} MB, volumes and "
-          f"script {(viewer_size - bundle) / 1e6:.2f} MB); ready after {with_viewer / 1e3:.2f} s, without the viewer "
-          f"{without / 1e3:.2f} s (ratio {with_viewer / without:.1f}x; median of {repeats})")
+          f"script {(viewer_size - bundle) / 1e6:.2f} MB); ready after {wall:.2f} s wall, Chromium CPU {cpu:.1f} s; "
+          f"without the viewer {plain_wall:.2f} s wall, CPU {plain_cpu:.1f} s (ratios {wall / plain_wall:.1f}x, "
+          f"{cpu / plain_cpu:.1f}x; median of {repeats}; load average {os.getloadavg()[0]:.1f})")
 
 
 def main(argv: list[str] | None = None) -> int:
