@@ -205,3 +205,14 @@ def test_viewer_falls_back_to_static_figures_without_webgl(viewer_page, tmp_path
     assert root["state"] == "fallback" and root["errors"] == ""
     fallback = dom.split('data-role="fallback"', 1)[1].split("</div>", 1)[0]
     assert "hidden" not in fallback.split(">", 1)[0] and "no WebGL2" in fallback and 'id="static-figures"' in fallback
+
+
+def test_layer_names_cannot_end_the_script_and_the_fragment_is_self_contained():
+    values = np.zeros((6, 6, 6), dtype=np.float32)
+    values[2:4, 2:4, 2:4] = 1.0
+    image = nib.Nifti1Image(values, np.eye(4))
+    fragment = viewer_html([Layer("template", image)], [Layer("</script><b>x</b>", image, threshold=0.5)])
+    assert fragment.count("</script>") == 3  # the data, NiiVue's bundle and the viewer's script
+    assert 'src="http' not in fragment and "<link" not in fragment
+    data = json.loads(re.search(r'id="adheat-viewer-data">(.*?)</script>', fragment, re.S).group(1))
+    assert data["overlays"][0]["name"] == "</script><b>x</b>" and data["initial"] == 0 and data["atlas"] is None

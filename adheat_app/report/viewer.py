@@ -129,11 +129,6 @@ def encode_labels(atlas: Atlas) -> str:
     return _base64_gzip(img.to_bytes())
 
 
-def _saturation(values: np.ndarray) -> float:
-    magnitude = np.abs(values[np.isfinite(values) & (values != 0)])
-    return float(np.percentile(magnitude, SATURATION_PERCENTILE)) if magnitude.size else 1.0
-
-
 def _background_spec(layer: Layer) -> dict:
     values = np.asarray(layer.image.dataobj, dtype=np.float32)
     nonzero = values[np.isfinite(values) & (values != 0)]
@@ -151,7 +146,7 @@ def _overlay_spec(layer: Layer) -> dict:
     finite = values[np.isfinite(values)]
     peak = float(np.abs(finite).max()) if finite.size else 0.0
     threshold = float(layer.threshold) if layer.threshold is not None else 0.0
-    cal_max = max(_saturation(values), threshold * 1.01, 1e-6)
+    cal_max = max(top_percent_threshold(values, 100.0 - SATURATION_PERCENTILE), threshold * 1.01, 1e-6)
     return {"name": layer.name, "description": layer.description, "colormap": layer.colormap,
             "colormap_negative": NEGATIVE_COLORMAP, "signed": layer.signed, "threshold": threshold,
             "cal_max": cal_max, "max": max(peak, cal_max), "colorbar": True,
@@ -183,8 +178,8 @@ def _options(items: Sequence[tuple[str, str]], selected: str | None = None) -> s
 
 
 def _script_json(data: dict) -> str:
-    """JSON safe inside a ``<script>`` element (no ``</`` can end it)."""
-    return json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    """JSON safe inside a ``<script>`` element (no ``</`` can end it; NaN, which JSON lacks, raises)."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
 
 
 def viewer_html(backgrounds: Sequence[Layer], overlays: Sequence[Layer], atlas: Atlas | None = None,
