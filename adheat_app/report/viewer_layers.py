@@ -29,10 +29,10 @@ from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
-from adheat_app.inputs import split_channel
 from adheat_app.io import read_json
-from adheat_app.layout import find_heatmaps, find_preproc, group_map_methods, group_map_path, logjacobian_path, \
-    sidecar_path
+from adheat_app.layout import (
+    MapName, find_heatmaps, find_preproc, group_map_methods, group_map_path, logjacobian_path, sidecar_path,
+)
 from adheat_app.report.html import not_computed
 from adheat_app.report.viewer import Layer, top_percent_threshold, viewer_html
 from adheat_app.templates import Atlas, get_atlas, parse_resolution
@@ -80,7 +80,7 @@ def _group_overlays(config: RunConfig, derivs: Derivatives, cohort: Cohort, temp
 
     root, space, res = derivs.root, template.space, template.res_label
     methods = sorted(group_map_methods(root, space, res),
-                     key=lambda m: (split_channel(m)[0], split_channel(m)[1] or ""))
+                     key=lambda m: (MapName.parse(m).summed.desc, MapName.parse(m).channel or ""))
     overlays = [_top_layer(method, nib.load(group_map_path(root, space, res, method, "all")),
                            f"{method}: mean of the per-subject maps, all subjects") for method in methods]
     pattern = output_paths(derivs, cohort)[0]
@@ -140,7 +140,7 @@ def subject_viewer(derivs: Derivatives, subject: str) -> str:
         maps = {found.get("desc"): heatmap for heatmap, found in find_heatmaps(derivs.root, space, res, subject)
                 if found.key == name.key}
         overlays += [_heatmap_layer(heatmap, name.key, method) for method, heatmap in maps.items()
-                     if split_channel(method)[1] is None or split_channel(method)[0] not in maps]  # summed maps
+                     if MapName.parse(method).channel is None or MapName.parse(method).summed.desc not in maps]
         scan = SimpleNamespace(subject=name.get("sub"), session=name.get("ses"))
         logjacobian = logjacobian_path(derivs.root, scan, space, res)
         if logjacobian.is_file():
