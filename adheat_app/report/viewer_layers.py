@@ -35,7 +35,7 @@ from adheat_app.layout import (
 )
 from adheat_app.report.html import not_computed
 from adheat_app.report.viewer import Layer, top_percent_threshold, viewer_html
-from adheat_app.templates import Atlas, get_atlas, parse_resolution
+from adheat_app.templates import Atlas, Template, get_atlas, parse_resolution
 
 LOGGER = logging.getLogger(__name__)
 
@@ -72,9 +72,9 @@ def _atlas_on(image: nib.Nifti1Image, space: str, resolution: float) -> Atlas | 
     return atlas
 
 
-def _group_overlays(config: RunConfig, derivs: Derivatives, cohort: Cohort, template) -> list[Layer]:
+def _group_overlays(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> list[Layer]:
     from adheat_app.baseline.svm import output_paths
-    from adheat_app.evaluation.cohort_reference import NAME as COHORT, cohort_paths, cohort_reference
+    from adheat_app.evaluation.cohort_reference import ALPHA, NAME as COHORT, cohort_paths, cohort_reference
     from adheat_app.evaluation.meta_analysis import meta_reference
     from adheat_app.evaluation.reference import load_references
 
@@ -102,11 +102,11 @@ def _group_overlays(config: RunConfig, derivs: Derivatives, cohort: Cohort, temp
     if t_map.is_file() and tested is not None:
         overlays.append(Layer(f"reference: {COHORT} t", nib.load(t_map), signed=True, threshold=tested.threshold,
                               description=f"Two-sample t, {cohort.positive_label} minus {cohort.negative_label}; "
-                                          f"shown where |t| \u2265 {tested.threshold:.3g} (FWE p < 0.05)."))
+                                          f"shown where |t| \u2265 {tested.threshold:.3g} (FWE p < {ALPHA:g})."))
     return overlays
 
 
-def group_viewer(config: RunConfig, derivs: Derivatives, cohort: Cohort, template) -> str:
+def group_viewer(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> str:
     """The viewer of ``group.html``: group maps, SVM pattern, references and t map over the template."""
     overlays = _group_overlays(config, derivs, cohort, template)
     if not overlays:
