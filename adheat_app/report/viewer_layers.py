@@ -120,8 +120,10 @@ def _heatmap_layer(path: Path, key: str, method: str) -> Layer:
     side = sidecar_path(path)
     sidecar = read_json(side) if side.is_file() else {}
     signed = sidecar.get("Signed")
+    probability = sidecar.get("PredictedProbability")
+    probability = f"{probability:.3f}" if isinstance(probability, (int, float)) else "n/a"
     what = (f"{method} heatmap of {key} (fold {sidecar.get('Fold', 'n/a')}, target "
-            f"{sidecar.get('TargetClass', 'n/a')}, predicted probability {sidecar.get('PredictedProbability', 'n/a')})")
+            f"{sidecar.get('TargetClass', 'n/a')}, predicted probability {probability})")
     return _top_layer(f"{key} {method}", nib.load(path), what, None if signed is None else bool(signed))
 
 
