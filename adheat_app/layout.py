@@ -51,8 +51,8 @@ NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 NIFTI = NIFTI_EXTENSIONS[0]
 #: Extension of the JSON sidecars of data files (:func:`sidecar_path`).
 SIDECAR = ".json"
-#: Files shipped in ``adheat_app/data``: the built-in reference map (with its ``.json`` sidecar) and its foci.
-BUILTIN_REFERENCE_MAP, BUILTIN_REFERENCE_FOCI = "reference_ad_atrophy_ale.nii.gz", "reference_ad_atrophy_foci.tsv"
+#: Files shipped in ``adheat_app/data``: the built-in region prior (with its ``.json`` sidecar) and its foci.
+BUILTIN_REFERENCE_MAP, BUILTIN_REFERENCE_FOCI = "ad_region_prior.nii.gz", "ad_region_prior_foci.tsv"
 #: Files of one trained fold model.
 MODEL_WEIGHTS, MODEL_CARD = "model.pt", "model.json"
 #: Other files of a fold folder: the subjects and their sets, the resumable checkpoint, the training curve (``.tsv``
@@ -63,6 +63,8 @@ SPLIT, CHECKPOINT, TRAINING_CURVE, FOLD_PREDICTIONS, TRAINING_MEAN = (
 CV_METRICS, PREDICTIONS, PREPROC_QC, SANITY_CHECK = "cv_metrics", "predictions", "preproc_qc", "sanity_check"
 OVERLAP, OVERLAP_DIFFERENCES, ANSWER, REGIONS, DISTANCES = (
     "overlap", "overlap_differences", "answer", "regions", "distances")
+#: Faithfulness tables (deletion curves, channel ablation; issue 26), rendered by the report where they exist.
+FAITHFULNESS, CHANNEL_ABLATION = "faithfulness", "channel_ablation"
 #: Controls a map's ``desc`` may name after its method (:class:`MapName`): ``Random``, the method's maps of a
 #: randomly initialised model (``--sanity-check``). A new control is one more entry here.
 CONTROLS: tuple[str, ...] = ("Random",)

@@ -28,6 +28,8 @@ NAME_LITERAL_EXCEPTIONS = {
         "the name of a NiMARE result map, not a file",
     ("preprocess/backends/fireants.py", "fireants_field.nii.gz"):
         "a temporary file in the job's work folder, read back at once, never an output",
+    ("report/viewer.py", "niivue.json"): "a file of the package (report/static/, the vendored NiiVue's record), "
+                                         "not an output",
 }
 #: Modules left out of the file-name literal check, with the reason.
 NAME_LITERAL_MODULES = {"simulate.py": "the simulator is rebuilt into a package by the ground-truth issue; it reads "
