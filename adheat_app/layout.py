@@ -20,6 +20,7 @@ Layout of an output folder::
     group/<Method>/space-<S>_res-<r>_label-<L>_desc-<Method>_stat-<stat>_heatmap.nii.gz
     group/*.tsv, group/figures/                                               group tables and figures
     models/<model>/fold-<k>/model.pt + model.json                              trained fold models
+    models/<model>/repeat-<r>/fold-<k>/                                       repeat r > 0 of --repeats
 
 ``<key>`` is the scan key :func:`scan_key`: ``sub-<s>`` or ``sub-<s>_ses-<x>``.
 """
@@ -229,6 +230,16 @@ def group_dir(root: Path) -> Path:
     return Path(root) / "group"
 
 
+#: Group tables of the training-side yardsticks: does the CNN's score add to the covariates
+#: (:mod:`adheat_app.baseline.nested`), and the permutation test with retraining (:mod:`adheat_app.training.permutation`).
+NESTED_TABLE, PERMUTATION_TABLE = "covariates_nested_test.tsv", "permutation_test.tsv"
+
+
+def group_table(root: Path, name: str) -> Path:
+    """``root/group/<name>``: a group table (e.g. :data:`NESTED_TABLE`)."""
+    return group_dir(root) / name
+
+
 def group_path(root: Path, suffix: str, extension: str = ".nii.gz", **entities: str | float | None) -> Path:
     """Path of a group-level output under ``group/``."""
     return group_dir(root) / filename(suffix, extension, **entities)
@@ -253,9 +264,17 @@ def group_map_methods(root: Path, space: str, res: str, label: str = "all") -> l
 
 # Trained models ------------------------------------------------------------------------------------------------
 
-def fold_dir(models_dir: Path, model: str, k: int) -> Path:
-    """Folder of fold ``k`` of ``model``: ``models_dir/<model>/fold-<k>``."""
-    return Path(models_dir) / model / f"fold-{k}"
+def fold_dir(models_dir: Path, model: str, k: int, repeat: int = 0) -> Path:
+    """Folder of fold ``k`` of ``model``: ``models_dir/<model>/fold-<k>``; repeat ``r`` > 0 of ``--repeats``:
+    ``models_dir/<model>/repeat-<r>/fold-<k>``."""
+    root = Path(models_dir) / model
+    return (root if repeat == 0 else root / f"repeat-{repeat}") / f"fold-{k}"
+
+
+def permutation_checkpoint(work_dir: Path, model: str, permutation: int, k: int) -> Path:
+    """``work_dir/permutation/<model>/permutation-<i>_fold-<k>.pt``: a permutation test model's checkpoint (kept
+    only while it trains)."""
+    return Path(work_dir) / "permutation" / model / f"permutation-{permutation}_fold-{k}.pt"
 
 
 def trained_folds(models_dir: Path, model: str) -> list[int]:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from adheat_app import plotting
-from adheat_app.baseline.covariates import PREFIX as COVARIATE_PREFIX, is_covariate_model
+from adheat_app.baseline.covariates import covariate_claim, covariate_label, is_covariate_model
 from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
@@ -36,6 +36,7 @@ from adheat_app.io import write_text
 from adheat_app.layout import group_map_methods, group_map_path, to_label
 from adheat_app.report.html import Section, esc, image, markdown, not_computed, note, page, table
 from adheat_app.templates import Template
+from adheat_app.training.metrics import BELOW_CHANCE
 
 LOGGER = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def model_verdicts(group: Path) -> dict[str, dict]:
             continue
         row = row.iloc[0]
         verdicts[str(model)] = {"better": _truthy(row["better_than_chance"]),
+                                "below": _truthy(row["below_chance"]) if "below_chance" in row else None,
                                 **{key: float(row[key]) if key in row and pd.notna(row[key]) else float("nan")
                                    for key in ("roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "p_value")}}
     return verdicts
@@ -106,11 +108,11 @@ def _confound_warning(config: RunConfig, verdicts: dict[str, dict]) -> str:
     if not confounds:
         return ""
     cnn = verdicts.get(config.training.model)
-    names = [m.removeprefix(COVARIATE_PREFIX) for m in confounds]
+    names = [covariate_label(m) for m in confounds]
     return ('<div id="confound-warning" class="warning">' + "".join(
-        f"<p><strong>{esc(name)} alone separates {esc(config.training.positive_label)} from "
+        f"<p><strong>{esc(covariate_claim(m))} {esc(config.training.positive_label)} from "
         f"{esc(config.training.negative_label)}</strong>{esc(_verdict_details(verdicts[m]))}.</p>"
-        for name, m in zip(names, confounds))
+        for m in confounds)
         + f"<p>A model can reach such scores by recognising {esc(' or '.join(names))} instead of the disease"
         + (f" (the CNN: {esc(_verdict_details(cnn).strip(' ()'))})" if cnn else "")
         + "; its heatmaps may then show where those differ. Balance the cohort on it, or compare with a cohort "
@@ -127,7 +129,8 @@ def _answer(config: RunConfig, group: Path) -> str:
         parts.append('<div id="model-warning" class="warning">' + "".join(
             f"<p><strong>{esc(m)} is not better than chance</strong> at separating "
             f"{esc(config.training.positive_label)} from {esc(config.training.negative_label)}"
-            f"{esc(_verdict_details(verdicts[m]))}.</p>" for m in failing)
+            f"{esc(_verdict_details(verdicts[m]))}"
+            f"{'; ' + esc(BELOW_CHANCE) if verdicts[m].get('below') else ''}.</p>" for m in failing)
             + "<p>Heatmaps of a model that did not learn the task say nothing about the disease.</p></div>")
     answer = read_tsv(group / "answer.tsv")
     if answer is None or answer.empty:
