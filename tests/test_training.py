@@ -573,3 +573,45 @@ def test_permuted_labels_keep_classes_sessions_and_strata():
     assert [s.target for s in permuted.scans if s.diagnosis == "MCI"] == [None, None]
     assert permutation_p_value(0.8, np.array([0.5, 0.9, 0.8])) == pytest.approx(3 / 4)
     assert permutation_p_value(0.99, np.array([0.5, 0.6])) == pytest.approx(1 / 3)
+
+
+@pytest.mark.slow
+def test_leave_site_out_with_repeats_and_a_permutation_test_end_to_end(tmp_path, monkeypatch):
+    """The group level from the command line on a 12-subject, two-site cohort (4 mm, 2 epochs): --cv leave-site-out
+    (each fold tests one site), --repeats 2 (a second repeat's fold models, its spread in cv_metrics.tsv) and
+    --permutation-test 2 (p from the permuted AUCs, recorded in verdict.json; a rerun trains nothing); the nested
+    test of the CNN beyond the covariates and the methods text follow. About a minute on 2 cores."""
+    from adheat_app.cli.run import main
+    from adheat_app.training import permutation
+
+    config, derivs, cohort, _ = make_preprocessed_cohort(tmp_path, n_subjects=12, seed=5, effect_size=0.4, sites=2)
+    code = main([str(config.bids_dir), str(config.output_dir), "group", "--resolution", "4", "--seed", "5",
+                 "--skip-bids-validation", "--nprocs", "1", "--omp-nthreads", "1", "--cv", "leave-site-out",
+                 "--repeats", "2", "--permutation-test", "2", "--steps", "0", "--epochs", "2", "--methods",
+                 "Saliency", "--n-bootstrap", "20", "--n-permutations", "0"])
+    assert code == 0
+    site = read_participants(config.bids_dir)["site"]
+    models = config.output_dir / "models" / "resnet3d"
+    for repeat in ("", "repeat-1/"):
+        tested = [set(site[read_split(models / f"{repeat}fold-{k}").query("set == 'test'")["subject"]])
+                  for k in (0, 1)]
+        assert all(len(sites) == 1 for sites in tested) and tested[0] != tested[1]
+    group = config.output_dir / "group"
+    metrics = pd.read_csv(group / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
+    assert {"repeat-1", "sd-repeats", "pooled"} <= set(metrics.loc[metrics["model"] == "resnet3d", "fold"])
+    permutations = pd.read_csv(group / "permutation_test.tsv", sep="\t")
+    verdict = read_json(models / "verdict.json")
+    observed = read_json(group / "permutation_test.json")["ObservedRocAuc"]
+    assert list(permutations["permutation"]) == [1, 2] and verdict["Permutations"] == 2
+    assert verdict["PermutationPValue"] == pytest.approx((1 + (permutations["roc_auc"] >= observed).sum()) / 3)
+    assert verdict["CrossValidation"] == "leave-site-out" and verdict["Repeats"] == 2
+    assert (group / "covariates_nested_test.tsv").is_file() and (config.output_dir / "group.html").is_file()
+    citation = (config.output_dir / "logs" / "CITATION.md").read_text()
+    assert "leave-site-out cross-validation" in citation and "permutations of the diagnoses" in citation
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished permutation was trained again")
+
+    monkeypatch.setattr(permutation, "fit_and_test", no_training)
+    rerun = config.replace("training", cv="leave-site-out", repeats=2, permutation_test=2, steps=0, epochs=2)
+    assert permutation.run_permutation_test(rerun, derivs, cohort)["PValue"] == verdict["PermutationPValue"]

@@ -47,7 +47,7 @@ EPS = 1e-6
 
 def _fit(design: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """Unpenalised logistic regression with intercept: log-likelihood, coefficients, their covariance (Wald)."""
-    model = LogisticRegression(penalty=None, max_iter=5000).fit(design, target)
+    model = LogisticRegression(C=np.inf, max_iter=5000).fit(design, target)  # unpenalised
     p = np.clip(model.predict_proba(design)[:, 1], 1e-12, 1 - 1e-12)
     loglik = float(np.sum(target * np.log(p) + (1 - target) * np.log(1 - p)))
     full = np.column_stack([np.ones(len(design)), design])
