@@ -20,7 +20,7 @@ Layout of an output folder::
     group/<Method>/space-<S>_res-<r>_label-<L>_desc-<Method>_stat-<stat>_heatmap.nii.gz
     group/*.tsv, group/figures/                                               group tables and figures
     models/<model>/fold-<k>/model.pt + model.json                              trained fold models
-    models/<model>/repeat-<r>/fold-<k>/                                       repeat r > 0 of --repeats
+    models/<model>/repeat-<r>/fold-<k>/, sub-<s>/anat/*_heatmap.nii.gz         repeat r > 0 of --repeats
 
 ``<key>`` is the scan key :func:`scan_key`: ``sub-<s>`` or ``sub-<s>_ses-<x>``.
 """
@@ -277,10 +277,17 @@ def permutation_checkpoint(work_dir: Path, model: str, permutation: int, k: int)
     return Path(work_dir) / "permutation" / model / f"permutation-{permutation}_fold-{k}.pt"
 
 
-def trained_folds(models_dir: Path, model: str) -> list[int]:
-    """Indices of the folds of ``model`` whose training finished (``fold-<k>/model.json`` exists), sorted."""
+def repeat_root(models_dir: Path, model: str, repeat: int) -> Path:
+    """``models_dir/<model>/repeat-<r>``: repeat ``r`` > 0's fold models and its per-scan out-of-fold heatmaps
+    (``sub-<s>/[ses-<x>/]anat/..._heatmap.nii.gz``, named as those of repeat 0 in the output folder)."""
+    return Path(models_dir) / model / f"repeat-{repeat}"
+
+
+def trained_folds(models_dir: Path, model: str, repeat: int = 0) -> list[int]:
+    """Indices of the folds of ``model`` (of repeat ``repeat``) whose training finished (``fold-<k>/model.json``
+    exists), sorted."""
     folds = []
-    for card in (Path(models_dir) / model).glob(f"fold-*/{MODEL_CARD}"):
+    for card in fold_dir(models_dir, model, 0, repeat).parent.glob(f"fold-*/{MODEL_CARD}"):
         suffix = card.parent.name.removeprefix("fold-")
         if suffix.isdigit():
             folds.append(int(suffix))

@@ -578,7 +578,8 @@ def test_permuted_labels_keep_classes_sessions_and_strata():
 @pytest.mark.slow
 def test_leave_site_out_with_repeats_and_a_permutation_test_end_to_end(tmp_path, monkeypatch):
     """The group level from the command line on a 12-subject, two-site cohort (4 mm, 2 epochs): --cv leave-site-out
-    (each fold tests one site), --repeats 2 (a second repeat's fold models, its spread in cv_metrics.tsv) and
+    (each fold tests one site), --repeats 2 (a second repeat's fold models and out-of-fold maps, its spread in
+    cv_metrics.tsv) and
     --permutation-test 2 (p from the permuted AUCs, recorded in verdict.json; a rerun trains nothing); the nested
     test of the CNN beyond the covariates and the methods text follow. About a minute on 2 cores."""
     from adheat_app.cli.run import main
@@ -606,6 +607,10 @@ def test_leave_site_out_with_repeats_and_a_permutation_test_end_to_end(tmp_path,
     assert verdict["PermutationPValue"] == pytest.approx((1 + (permutations["roc_auc"] >= observed).sum()) / 3)
     assert verdict["CrossValidation"] == "leave-site-out" and verdict["Repeats"] == 2
     assert (group / "covariates_nested_test.tsv").is_file() and (config.output_dir / "group.html").is_file()
+    repeat_maps = sorted((models / "repeat-1").glob("sub-*/anat/*_desc-Saliency_heatmap.nii.gz"))
+    assert len(repeat_maps) == 12 and len(list(config.output_dir.glob("sub-*/anat/*_desc-Saliency_heatmap.nii.gz"))) == 12
+    card = read_json(repeat_maps[0].with_name(repeat_maps[0].name.replace(".nii.gz", ".json")))
+    assert card["Repeat"] == 1 and card["Fold"] in (0, 1)
     citation = (config.output_dir / "logs" / "CITATION.md").read_text()
     assert "leave-site-out cross-validation" in citation and "permutations of the diagnoses" in citation
 

@@ -14,6 +14,9 @@ method, parameters, model and fold(s) are skipped unless ``--overwrite``.
 Outputs per scan and method: ``desc-<Method>_heatmap.nii.gz`` in template
 space at the model's resolution (float32) with a sidecar, and with
 ``--native-space`` the same map on the subject's T1w grid (``space-T1w``).
+With ``--repeats R`` each repeat ``r`` > 0 gets its own out-of-fold maps from
+its fold models, named as above under ``models/<model>/repeat-<r>/``
+(:func:`adheat_app.layout.repeat_root`; sidecars add ``Repeat``).
 Every sidecar records the explained output (``ExplainedOutput``,
 ``--explain-output``), whether forward-only passes (predictions, occlusion
 drops) ran in mixed precision (``MixedPrecision``: on CUDA unless
@@ -54,7 +57,7 @@ from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.inputs import INPUTS, card_channels, channel_paths, load_inputs
 from adheat_app.io import nifti_image, read_json
-from adheat_app.layout import heatmap_path, sidecar_path, trained_folds
+from adheat_app.layout import heatmap_path, repeat_root, sidecar_path, trained_folds
 from adheat_app.templates import parse_resolution
 
 LOGGER = logging.getLogger(__name__)
@@ -103,13 +106,13 @@ class Assignment:
         return "mean" if self.fold is None else self.fold
 
 
-def assign_folds(config: RunConfig, cohort: Cohort, folds: list[int]) -> list[Assignment]:
-    """Each scan's out-of-fold model (``fold=None``: in no test set, mean of all folds)."""
+def assign_folds(config: RunConfig, cohort: Cohort, folds: list[int], repeat: int = 0) -> list[Assignment]:
+    """Each scan's out-of-fold model of repeat ``repeat`` (``fold=None``: in no test set, mean of all folds)."""
     from adheat_app.training import fold_dir, read_split
 
     tested: dict[tuple[str, str | None], int] = {}
     for k in folds:
-        split = read_split(fold_dir(config, k))
+        split = read_split(fold_dir(config, k, repeat))
         for row in split[split["set"] == "test"].itertuples():
             session = None if not isinstance(row.session, str) or row.session in ("", "n/a") else row.session
             tested[(str(row.subject), session)] = k
@@ -119,17 +122,19 @@ def assign_folds(config: RunConfig, cohort: Cohort, folds: list[int]) -> list[As
 class HeatmapRun:
     """State of one :func:`run_heatmaps` call: models, predictions, targets, pending work."""
 
-    def __init__(self, config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: list[int]):
+    def __init__(self, config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: list[int], repeat: int = 0):
         from adheat_app.training import fold_dir, load_fold_model, resolve_device
         from adheat_app.training.runner import read_verdict
 
-        self.config, self.derivs, self.cohort, self.folds = config, derivs, cohort, folds
+        self.config, self.derivs, self.cohort, self.folds, self.repeat = config, derivs, cohort, folds, repeat
+        #: Where the per-scan maps go: the output folder (repeat 0), else the repeat's folder under the models.
+        self.root = derivs.root if repeat == 0 else repeat_root(config.models_dir, config.training.model, repeat)
         hm = config.heatmaps
-        self.assignments = assign_folds(config, cohort, folds)
+        self.assignments = assign_folds(config, cohort, folds, repeat)
         self.device = resolve_device(config)
         self.models, cards = {}, {}
         for k in folds:
-            model, cards[k] = load_fold_model(fold_dir(config, k), self.device)
+            model, cards[k] = load_fold_model(fold_dir(config, k, repeat), self.device)
             for param in model.parameters():
                 param.requires_grad_(False)
             self.models[k] = channels_last(model.eval())
@@ -142,7 +147,7 @@ class HeatmapRun:
                                      batch_size(hm, config.execution.mem_gb, shape), config.execution.seed,
                                      self.device, config.training.amp)
         self.methods: list[Method] = [METHODS[n](hm, self.context) for n in selected_methods(hm.methods)]
-        self.model_files = {k: fold_dir(config, k) / "model.pt" for k in folds}
+        self.model_files = {k: fold_dir(config, k, repeat) / "model.pt" for k in folds}
         verdict = read_verdict(config.models_dir, config.training.model)
         self.better_than_chance = None if verdict is None else bool(verdict["BetterThanChance"])
         if self.better_than_chance is False:
@@ -166,7 +171,7 @@ class HeatmapRun:
         means = {}
         for k in self.folds:
             try:
-                means[k] = torch.from_numpy(training_mean(fold_dir(self.config, k), self.cohort,
+                means[k] = torch.from_numpy(training_mean(fold_dir(self.config, k, self.repeat), self.cohort,
                                                           self.volumes)).to(self.device)
             except InputError:
                 if needed:
@@ -208,13 +213,14 @@ class HeatmapRun:
 
     def heatmap(self, a: Assignment, name: str) -> Path:
         """The template-space heatmap ``desc-<name>`` of one scan."""
-        return heatmap_path(self.derivs.root, a.scan, self.cohort.space, self.cohort.res_label, name)
+        return heatmap_path(self.root, a.scan, self.cohort.space, self.cohort.res_label, name)
 
     def expected(self, method: Method, a: Assignment) -> dict:
         """Sidecar values that must match for an existing heatmap to be reused."""
         values = {"Method": method.name, "Parameters": json.loads(json.dumps(method.parameters())),
                   "Model": self.config.training.model, "Input": self.input, "Fold": a.fold_label,
-                  "TargetClass": self.target(a), "MixedPrecision": self.context.amp}
+                  "TargetClass": self.target(a), "MixedPrecision": self.context.amp,
+                  **({"Repeat": self.repeat} if self.repeat else {})}
         if a.fold is None:
             values["FoldsAveraged"] = list(self.folds)
         return values
@@ -278,7 +284,7 @@ class HeatmapRun:
         }
         self.all_zero += sidecar["AllZero"] and name == method.name
         self.derivs.write_image(path, img, sidecar)
-        if self.config.heatmaps.native_space:
+        if self.config.heatmaps.native_space and not self.repeat:
             self.write_native(name, a, img, sidecar)
 
     def write_native(self, name: str, a: Assignment, img: nib.Nifti1Image, sidecar: dict) -> None:
@@ -332,30 +338,33 @@ class HeatmapRun:
 
 
 @contextlib.contextmanager
-def heatmap_run(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> Iterator[HeatmapRun | None]:
-    """A :class:`HeatmapRun` of every trained fold model of ``--model``, computing deterministically in the block.
+def heatmap_run(config: RunConfig, derivs: Derivatives, cohort: Cohort, repeat: int = 0
+                ) -> Iterator[HeatmapRun | None]:
+    """A :class:`HeatmapRun` of every trained fold model of ``--model`` (of repeat ``repeat``), computing
+    deterministically in the block.
 
     Yields None (with a warning) when no trained fold model exists.
     """
     from adheat_app.memory import reuse_cpu_memory
     from adheat_app.training.device import deterministic
 
-    folds = trained_folds(config.models_dir, config.training.model)
+    folds = trained_folds(config.models_dir, config.training.model, repeat)
     if not folds:
         LOGGER.warning("no trained %s fold model in %s: no heatmaps", config.training.model,
                        config.models_dir / config.training.model)
         yield None
         return
-    run = HeatmapRun(config, derivs, cohort, folds)
+    run = HeatmapRun(config, derivs, cohort, folds, repeat)
     with deterministic(run.device, config.execution.omp_nthreads, exact=True), reuse_cpu_memory(run.device):
         yield run
 
 
-def run_heatmaps(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> None:
-    """Derive every selected method's heatmap of every scan of ``cohort`` (see the module docstring).
+def run_heatmaps(config: RunConfig, derivs: Derivatives, cohort: Cohort, repeat: int = 0) -> None:
+    """Derive every selected method's heatmap of every scan of ``cohort`` (see the module docstring); ``repeat``
+    > 0: from that repeat's fold models, into :func:`~adheat_app.layout.repeat_root` (template space only).
 
     Does nothing (with a warning) when no trained fold model of ``--model`` exists.
     """
-    with heatmap_run(config, derivs, cohort) as run:
+    with heatmap_run(config, derivs, cohort, repeat) as run:
         for method in run.methods if run else ():
             run.run_method(method)

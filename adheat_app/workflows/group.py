@@ -55,6 +55,8 @@ def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
     if config.training.permutation_test:
         run_permutation_test(config, derivs, cohort)
     run_heatmaps(config, derivs, cohort)
+    for repeat in range(1, config.training.repeats):  # each repeat's out-of-fold maps, beside its fold models
+        run_heatmaps(config, derivs, cohort, repeat)
     if config.heatmaps.sanity_check:
         sanity_check(config, derivs, cohort)
     run_evaluation(config, derivs, cohort, template)
