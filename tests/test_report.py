@@ -165,3 +165,24 @@ def test_markdown_renderer():
     html = markdown("# Methods\n\nText with `code` and **bold** [@ref].\n\n- one\n- two\n\n<!-- end -->\n")
     assert "<h3>Methods</h3>" in html and "<code>code</code>" in html and "<strong>bold</strong>" in html
     assert "<ul><li>one</li><li>two</li></ul>" in html and "&lt;" not in html
+
+
+def test_a_model_reliably_below_chance_is_named_as_a_finding(tmp_path):
+    """The model warning names an interval entirely under 0.5 as below chance (confounded folds), not merely as
+    'not better than chance'; the joint covariate model reads 'the covariates together separate'."""
+    from adheat_app.config import build_config
+    from adheat_app.report.group import _answer
+
+    group = tmp_path / "group"
+    group.mkdir()
+    pd.DataFrame([{"model": "resnet3d", "fold": "pooled", "roc_auc": 0.24, "roc_auc_ci_low": 0.07,
+                   "roc_auc_ci_high": 0.45, "p_value": 0.99, "better_than_chance": False, "below_chance": True},
+                  {"model": "covariate-all", "fold": "pooled", "roc_auc": 0.9, "roc_auc_ci_low": 0.7,
+                   "roc_auc_ci_high": 1.0, "p_value": 0.001, "better_than_chance": True, "below_chance": False}]
+                 ).to_csv(group / "cv_metrics.tsv", sep="\t", index=False)
+    config = build_config(tmp_path, tmp_path / "out", ("group",), {}, {})
+    html = _answer(config, group)
+    warning = html.split('id="model-warning"', 1)[1].split("</div>", 1)[0]
+    assert "resnet3d is not better than chance" in warning and "reliably BELOW chance" in warning
+    assert "confounded folds" in warning
+    assert "the covariates together separate AD from CN" in html.split('id="confound-warning"', 1)[1]
