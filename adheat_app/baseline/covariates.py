@@ -47,6 +47,7 @@ from adheat_app.bids import Derivatives, read_participants
 from adheat_app.cohort import Scan
 from adheat_app.config import RunConfig, TrainingOptions
 from adheat_app.errors import InputError
+from adheat_app.layout import CV_METRICS, PREDICTIONS, group_table, participants_sidecar, participants_table
 
 LOGGER = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def check_covariates(config: RunConfig) -> None:
     participants = read_participants(config.bids_dir)
     missing = [c for c in wanted if c not in participants.columns]
     if missing:
-        raise InputError(f"{config.bids_dir / 'participants.tsv'} has no column{'s' if len(missing) > 1 else ''} "
+        raise InputError(f"{participants_table(config.bids_dir)} has no column{'s' if len(missing) > 1 else ''} "
                          f"{', '.join(map(repr, missing))} "
                          f"named by --covariates (columns: {', '.join(participants.columns)}); fix --covariates or "
                          "pass --covariates none")
@@ -116,7 +117,7 @@ def covariate_columns(config: RunConfig, scans: Sequence[Scan]) -> dict[str, tup
     if not wanted:
         return {}
     participants = read_participants(config.bids_dir)
-    sidecar_path = config.bids_dir / "participants.json"
+    sidecar_path = participants_sidecar(config.bids_dir)
     sidecars = json.loads(sidecar_path.read_text(encoding="utf-8")) if sidecar_path.is_file() else {}
     columns = {}
     for name in wanted:
@@ -177,9 +178,8 @@ def _cross_validate(config: RunConfig, derivs: Derivatives, folds: Sequence, sca
         predictions += prediction_rows(model_name, fold.index, [scans[i] for i in test], probability)
     predictions = pd.DataFrame(predictions)
     summary = summarize_folds(model_name, fold_rows, predictions, config.evaluation.n_bootstrap, seed)
-    group = derivs.root / "group"
-    update_table(group / "cv_metrics.tsv", summary, model_name)
-    update_table(group / "predictions.tsv", predictions, model_name)
+    update_table(group_table(derivs.root, CV_METRICS), summary, model_name)
+    update_table(group_table(derivs.root, PREDICTIONS), predictions, model_name)
     return summary[summary["fold"] == "pooled"].iloc[0]
 
 
@@ -204,9 +204,8 @@ def run_covariates(config: RunConfig, derivs: Derivatives, folds: Sequence) -> N
     models = {f"{PREFIX}{name}": {name: categorical} for name, (_, categorical) in columns.items()}
     if len(columns) > 1:
         models[JOINT] = {name: categorical for name, (_, categorical) in columns.items()}
-    group = derivs.root / "group"
-    for table in ("cv_metrics.tsv", "predictions.tsv"):  # models no longer asked for: drop their old rows
-        remove_models(group / table, lambda model: is_covariate_model(model) and model not in models)
+    for table in (CV_METRICS, PREDICTIONS):  # models no longer asked for: drop their old rows
+        remove_models(group_table(derivs.root, table), lambda model: is_covariate_model(model) and model not in models)
     for model_name, kinds in models.items():
         pooled = _cross_validate(config, derivs, folds, scans, features, kinds, model_name)
         LOGGER.info("%s (%s): pooled ROC AUC %.3f [%.3f, %.3f]%s", covariate_label(model_name),

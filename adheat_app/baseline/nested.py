@@ -16,7 +16,7 @@ power (docs/training.md). Its caveat: out-of-fold scores of different fold
 models are treated as fixed predictors, as in any stacked test.
 
 :func:`run_nested_test` writes one row to ``group/covariates_nested_test.tsv``
-(:data:`adheat_app.layout.NESTED_TABLE`), or removes a stale one when there
+(:data:`adheat_app.layout.NESTED_TEST`), or removes a stale one when there
 is no covariate or no CNN prediction.
 """
 
@@ -35,7 +35,7 @@ from adheat_app.baseline.covariates import covariate_columns, covariate_features
 from adheat_app.bids import Derivatives
 from adheat_app.config import RunConfig
 from adheat_app.io import write_tsv
-from adheat_app.layout import NESTED_TABLE, group_table
+from adheat_app.layout import NESTED_TEST, PREDICTIONS, group_table
 
 LOGGER = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def subject_scores(predictions: pd.DataFrame) -> pd.Series:
 
 
 def run_nested_test(config: RunConfig, derivs: Derivatives, folds: Sequence) -> None:
-    """Test whether the CNN adds to the covariates and write :data:`~adheat_app.layout.NESTED_TABLE`.
+    """Test whether the CNN adds to the covariates and write :data:`~adheat_app.layout.NESTED_TEST`.
 
     Parameters
     ----------
@@ -114,11 +114,11 @@ def run_nested_test(config: RunConfig, derivs: Derivatives, folds: Sequence) -> 
     folds : sequence
         The cross-validation folds (:class:`adheat_app.training.Fold`): their scans are the labelled ones.
     """
-    path = group_table(derivs.root, NESTED_TABLE)
+    path = group_table(derivs.root, NESTED_TEST)
     model = config.training.model
     scans = fold_scans(folds)
     columns = covariate_columns(config, scans)
-    predictions = derivs.root / "group" / "predictions.tsv"
+    predictions = group_table(derivs.root, PREDICTIONS)
     cnn = pd.DataFrame()
     if predictions.is_file():
         cnn = pd.read_csv(predictions, sep="\t", dtype={"subject": str, "session": str})

@@ -14,7 +14,7 @@ keeps both classes and the null keeps the sites' class balance.
 
 Cost: ``N`` times the training of one cross-validation (recorded as
 ``Seconds`` in the sidecar). ``group/permutation_test.tsv``
-(:data:`adheat_app.layout.PERMUTATION_TABLE`) holds one row per finished
+(:data:`adheat_app.layout.PERMUTATION_TEST`) holds one row per finished
 permutation (a rerun with the same settings and data resumes after the last);
 its JSON sidecar the p-value, the null distribution's mean and 95 % range
 (its chance level: 0.5) and the cost; ``models/<model>/verdict.json`` gains
@@ -34,13 +34,13 @@ import pandas as pd
 from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
-from adheat_app.inputs import input_key, load_inputs, with_input
+from adheat_app.inputs import input_key, load_inputs
 from adheat_app.io import read_json, write_json, write_tsv
-from adheat_app.layout import PERMUTATION_TABLE, group_table, permutation_checkpoint, sidecar_path
+from adheat_app.layout import PERMUTATION_TEST, group_table, permutation_checkpoint, sidecar_path, verdict_path
 from adheat_app.training.device import resolve_device
 from adheat_app.training.folds import cohort_folds, subject_sites, with_cv
 from adheat_app.training.metrics import CHANCE_AUC, classification_metrics
-from adheat_app.training.runner import collect_predictions, fit_and_test, training_key, verdict_path
+from adheat_app.training.runner import collect_predictions, fit_and_test, training_key
 
 LOGGER = logging.getLogger(__name__)
 
@@ -78,21 +78,21 @@ def run_permutation_test(config: RunConfig, derivs: Derivatives, cohort: Cohort)
     dict
         The sidecar: observed ROC AUC, p-value, null summary, cost.
     """
-    config = with_cv(with_input(config, cohort.scans), cohort)
+    config = with_cv(config, cohort)
     tr, seed = config.training, config.execution.seed
     n = tr.permutation_test
     observed_rows = collect_predictions(config.replace("training", repeats=1))
     observed = classification_metrics(observed_rows["target"], observed_rows["probability"])["roc_auc"]
-    path = group_table(derivs.root, PERMUTATION_TABLE)
+    path = group_table(derivs.root, PERMUTATION_TEST)
     labelled = sorted(cohort.labelled, key=lambda s: s.key)
-    data_hash = input_key(labelled, tr.input)
+    data_hash = input_key(labelled, cohort.channels)
     strata = subject_sites(config.bids_dir) if tr.cv == "leave-site-out" else None
     done = pd.read_csv(path, sep="\t", dtype={"key": str}) if path.is_file() else pd.DataFrame(columns=COLUMNS)
     rows, volumes, device = [], None, None
     for i in range(1, n + 1):
         permuted = permuted_cohort(cohort, int(np.random.SeedSequence([seed, i]).generate_state(1)[0]), strata)
         folds = cohort_folds(config, permuted)
-        keys = [training_key(config, fold, data_hash, extra={"permutation": i}) for fold in folds]
+        keys = [training_key(config, cohort.channels, fold, data_hash, extra={"permutation": i}) for fold in folds]
         key = hashlib.sha256(",".join(keys).encode()).hexdigest()[:20]
         previous = done[(done["permutation"] == i) & (done["key"] == key)]
         if len(previous):
@@ -100,7 +100,7 @@ def run_permutation_test(config: RunConfig, derivs: Derivatives, cohort: Cohort)
             continue
         if volumes is None:
             device = resolve_device(config)
-            volumes = load_inputs(cohort.scans, tr.input, config.work_dir)
+            volumes = load_inputs(cohort.scans, cohort.channels, config.work_dir)
         index = {s.key: j for j, s in enumerate(cohort.scans)}
         tic = time.perf_counter()
         targets, scores = [], []

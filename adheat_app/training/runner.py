@@ -59,7 +59,7 @@ from adheat_app.training.folds import (Fold, check_labels, check_no_leakage, coh
 from adheat_app.training.loop import CURVE_COLUMNS, FoldResult, ScanSet, TrainSettings, predict_logits, train_fold
 from adheat_app.training.metrics import (BELOW_CHANCE, classification_metrics, prediction_rows, summarize_folds,
                                          update_table)
-from adheat_app.inputs import LOGJACOBIAN_UNIT, card_channels, channel_names, input_key, load_inputs, with_input
+from adheat_app.inputs import LOGJACOBIAN, LOGJACOBIAN_UNIT, card_channels, input_key, input_kind, load_inputs
 
 LOGGER = logging.getLogger(__name__)
 
@@ -77,22 +77,17 @@ def fold_dir(config: RunConfig, k: int, repeat: int = 0) -> Path:
     return layout.fold_dir(config.models_dir, config.training.model, k, repeat)
 
 
-def verdict_path(models_dir: Path, model: str) -> Path:
-    """``models_dir/<model>/verdict.json``: the cross-validated model's verdict against chance."""
-    return Path(models_dir) / model / "verdict.json"
-
-
 def read_verdict(models_dir: Path, model: str) -> dict | None:
     """The verdict of :func:`write_group_results` (None before every fold is trained and collected)."""
-    path = verdict_path(models_dir, model)
+    path = layout.verdict_path(models_dir, model)
     return read_json(path) if path.is_file() else None
 
 
 def load_fold_model(fold_dir: Path, device: torch.device) -> tuple[nn.Module, dict]:
     """The trained model of a completed fold folder (eval mode, on ``device``) and its model card."""
-    card = read_json(Path(fold_dir) / "model.json")
+    card = read_json(Path(fold_dir) / layout.MODEL_CARD)
     model = MODELS[card["Model"]](tuple(card["Input"]["Shape"]), len(card_channels(card)))
-    model.load_state_dict(torch.load(Path(fold_dir) / "model.pt", map_location=device, weights_only=True))
+    model.load_state_dict(torch.load(Path(fold_dir) / layout.MODEL_WEIGHTS, map_location=device, weights_only=True))
     return model.to(device).eval(), card
 
 
@@ -105,10 +100,13 @@ def train_settings(config: RunConfig, repeat: int = 0) -> TrainSettings:
                          seed=repeat_seed(config.execution.seed, repeat))
 
 
-def training_key(config: RunConfig, fold: Fold, data_hash: str, repeat: int = 0, extra: dict | None = None) -> str:
-    """Hash of everything that determines a fold's model (device and AMP aside; ``extra``: e.g. a permutation)."""
+def training_key(config: RunConfig, channels: tuple[str, ...], fold: Fold, data_hash: str, repeat: int = 0,
+                 extra: dict | None = None) -> str:
+    """Hash of everything that determines a fold's model (input ``channels`` included; device and AMP aside;
+    ``extra``: e.g. a permutation)."""
     tr = config.training
-    identity = {"model": tr.model, "input": tr.input, "settings": dataclasses.asdict(train_settings(config, repeat)),
+    identity = {"model": tr.model, "input": input_kind(channels),
+                "settings": dataclasses.asdict(train_settings(config, repeat)),
                 "folds": tr.folds, "val_fraction": tr.val_fraction, "labels": [tr.negative_label, tr.positive_label],
                 "fold": fold.index, "split": split_hash(fold), "data": data_hash,
                 **({"cv": tr.cv} if tr.cv != "kfold" else {}), **({"repeat": repeat} if repeat else {}),
@@ -153,10 +151,10 @@ def _model_card(config: RunConfig, cohort: Cohort, fold: Fold, model: nn.Module,
         "ArchitectureNotes": (sys.modules[builder.__module__].__doc__ or "").strip(),
         "Parameters": sum(p.numel() for p in model.parameters()),
         "Input": {"Space": cohort.space, "Resolution": parse_resolution(cohort.res_label),
-                  "ResLabel": cohort.res_label, "Shape": list(shape), "Channels": list(channel_names(tr.input)),
+                  "ResLabel": cohort.res_label, "Shape": list(shape), "Channels": list(cohort.channels),
                   "Layout": "N,C,X,Y,Z", "DType": "float32",
                   "Normalisation": NORMALISATION[config.preprocessing.intensity_norm],
-                  **({"LogJacobianUnit": LOGJACOBIAN_UNIT} if "logjacobian" in channel_names(tr.input) else {})},
+                  **({"LogJacobianUnit": LOGJACOBIAN_UNIT} if LOGJACOBIAN in cohort.channels else {})},
         "Output": "logits (N, 2); softmax index 1 = probability of the positive label",
         "Labels": {"0": tr.negative_label, "1": tr.positive_label},
         "LabelColumn": tr.label_column,
@@ -215,21 +213,22 @@ def _train_one(config: RunConfig, cohort: Cohort, fold: Fold, volumes: np.ndarra
     tr = config.training
     folder = fold_dir(config, fold.index, repeat)
     check_no_leakage(fold)
-    (folder / "model.json").unlink(missing_ok=True)  # a stale fold is incomplete until retrained
-    write_split(folder / "split.tsv", fold)
+    (folder / layout.MODEL_CARD).unlink(missing_ok=True)  # a stale fold is incomplete until retrained
+    write_split(folder / layout.SPLIT, fold)
     shape = tuple(volumes.shape[2:])
-    model, result, probability = fit_and_test(config, fold, volumes, rows, key, device, folder / "checkpoint.pt",
+    model, result, probability = fit_and_test(config, fold, volumes, rows, key, device, folder / layout.CHECKPOINT,
                                               repeat, f" repeat {repeat}" if repeat else "")
     metrics = classification_metrics(np.array([s.target for s in fold.test]), probability)
-    _write_state_dict(folder / "model.pt", model)
+    _write_state_dict(folder / layout.MODEL_WEIGHTS, model)
     curve = pd.DataFrame({"epoch": np.arange(1, result.epochs_run + 1), **result.history})
-    write_tsv(folder / "training_curve.tsv", curve[["epoch", *CURVE_COLUMNS]])
-    save_png(training_curve(curve, result.best_epoch, f"{tr.model} fold {fold.index}"), folder / "training_curve.png")
-    write_tsv(folder / "predictions.tsv", _predictions(tr.model, fold, probability,
-                                                       repeat if tr.repeats > 1 else None))
-    write_json(folder / "model.json", _model_card(config, cohort, fold, model, shape, result, metrics, key,
-                                                  data_hash, device, repeat))
-    (folder / "checkpoint.pt").unlink(missing_ok=True)
+    write_tsv(layout.training_curve_table(folder), curve[["epoch", *CURVE_COLUMNS]])
+    save_png(training_curve(curve, result.best_epoch, f"{tr.model} fold {fold.index}"),
+             layout.training_curve_figure(folder))
+    write_tsv(folder / layout.FOLD_PREDICTIONS, _predictions(tr.model, fold, probability,
+                                                             repeat if tr.repeats > 1 else None))
+    write_json(folder / layout.MODEL_CARD, _model_card(config, cohort, fold, model, shape, result, metrics, key,
+                                                       data_hash, device, repeat))
+    (folder / layout.CHECKPOINT).unlink(missing_ok=True)
     LOGGER.info("%s fold %d done: best epoch %d of %d, test accuracy %.3f, balanced accuracy %.3f, AUC %.3f",
                 tr.model, fold.index, result.best_epoch, result.epochs_run, metrics["accuracy"],
                 metrics["balanced_accuracy"], metrics["roc_auc"])
@@ -244,7 +243,7 @@ INTERVAL_METHOD = {False: "percentile bootstrap over subjects, {n} resamples, 95
 def collect_predictions(config: RunConfig) -> pd.DataFrame:
     """Every fold's (and repeat's) out-of-fold test predictions of ``--model``, in repeat and fold order."""
     tr = config.training
-    return pd.concat([pd.read_csv(fold_dir(config, k, r) / "predictions.tsv", sep="\t",
+    return pd.concat([pd.read_csv(fold_dir(config, k, r) / layout.FOLD_PREDICTIONS, sep="\t",
                                   dtype={"subject": str, "session": str})
                       for r in range(tr.repeats) for k in range(tr.folds)], ignore_index=True)
 
@@ -265,9 +264,8 @@ def write_group_results(config: RunConfig, derivs: Derivatives) -> pd.DataFrame:
                   **classification_metrics(rows["target"], rows["probability"])}
                  for key, rows in predictions.groupby(keys if len(keys) > 1 else keys[0], sort=True)]
     table = summarize_folds(tr.model, fold_rows, predictions, config.evaluation.n_bootstrap, config.execution.seed)
-    group = derivs.root / "group"
-    update_table(group / "cv_metrics.tsv", table, tr.model)
-    update_table(group / "predictions.tsv", predictions, tr.model)
+    update_table(layout.group_table(derivs.root, layout.CV_METRICS), table, tr.model)
+    update_table(layout.group_table(derivs.root, layout.PREDICTIONS), predictions, tr.model)
     first = predictions[predictions["repeat"] == 0] if len(keys) > 1 else predictions
     save_png(roc_curves(first, by="fold", title=f"{tr.model}: ROC per fold (test subjects"
                         f"{', repeat 0' if len(keys) > 1 else ''})", prefix="fold "),
@@ -277,14 +275,14 @@ def write_group_results(config: RunConfig, derivs: Derivatives) -> pd.DataFrame:
                 "pooled AUC %.3f (95%% CI %.3f-%.3f, p = %.2g)", tr.model, tr.folds, tr.repeats,
                 mean["balanced_accuracy"], sd["balanced_accuracy"], mean["roc_auc"], sd["roc_auc"],
                 pooled["roc_auc"], pooled["roc_auc_ci_low"], pooled["roc_auc_ci_high"], pooled["p_value"])
-    write_json(verdict_path(config.models_dir, tr.model), {
+    write_json(layout.verdict_path(config.models_dir, tr.model), {
         "Model": tr.model, "Folds": tr.folds, "CrossValidation": tr.cv, "Repeats": tr.repeats,
         "NScans": int(pooled["n_test"]), "PooledRocAuc": float(pooled["roc_auc"]),
         "RocAucInterval": [float(pooled["roc_auc_ci_low"]), float(pooled["roc_auc_ci_high"])],
         "IntervalMethod": INTERVAL_METHOD[tr.repeats > 1].format(n=config.evaluation.n_bootstrap, r=tr.repeats),
         "PValue": float(pooled["p_value"]), "PValueMethod": "one-sided Mann-Whitney U on subject-mean scores",
         "BetterThanChance": bool(pooled["better_than_chance"]), "BelowChance": bool(pooled["below_chance"]),
-        "TrainingKeys": [read_json(fold_dir(config, k, r) / "model.json")["TrainingKey"]
+        "TrainingKeys": [read_json(fold_dir(config, k, r) / layout.MODEL_CARD)["TrainingKey"]
                          for r in range(tr.repeats) for k in range(tr.folds)]})
     if pooled["below_chance"]:
         LOGGER.warning("%s: %s", tr.model, BELOW_CHANCE)
@@ -320,7 +318,7 @@ def run_training(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> list
         For cohorts that cannot be cross-validated (see
         :func:`adheat_app.training.folds.check_labels`) or a grid too small for the model.
     """
-    config = with_cv(with_input(config, cohort.scans), cohort)
+    config = with_cv(config, cohort)
     tr = config.training
     check_labels(config, cohort)
     labelled = sorted(cohort.labelled, key=lambda s: s.key)
@@ -330,19 +328,19 @@ def run_training(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> list
                 tr.negative_label, sum(s.target == 0 for s in labelled), tr.folds,
                 " (one per site)" if tr.cv == "leave-site-out" else "",
                 f" x {tr.repeats} repeats" if tr.repeats > 1 else "")
-    data_hash = input_key(labelled, tr.input)
+    data_hash = input_key(labelled, cohort.channels)
     repeats = [tr.repeat or 0] if tr.fold is not None else list(range(tr.repeats))
     folds = {r: cohort_folds(config, cohort, r) for r in repeats}
     wanted = [(r, k) for r in repeats for k in ([tr.fold] if tr.fold is not None else range(tr.folds))]
-    keys = {(r, k): training_key(config, folds[r][k], data_hash, r) for r, k in wanted}
+    keys = {(r, k): training_key(config, cohort.channels, folds[r][k], data_hash, r) for r, k in wanted}
     missing = [(r, k) for r, k in wanted if config.execution.overwrite
-               or not is_complete(fold_dir(config, k, r) / "model.pt", TrainingKey=keys[r, k])]
+               or not is_complete(fold_dir(config, k, r) / layout.MODEL_WEIGHTS, TrainingKey=keys[r, k])]
     for r, k in sorted(set(wanted) - set(missing)):
         LOGGER.info("%s fold %d%s: complete model found in %s, skipping", tr.model, k,
                     f" of repeat {r}" if r else "", fold_dir(config, k, r))
     if missing:
         device = resolve_device(config)
-        volumes = load_inputs(cohort.scans, tr.input, config.work_dir)
+        volumes = load_inputs(cohort.scans, cohort.channels, config.work_dir)
         rows = {s.key: i for i, s in enumerate(cohort.scans)}
         LOGGER.info("training fold(s) %s on %s", ", ".join(f"{k}" if not r else f"{k} (repeat {r})"
                                                            for r, k in missing), device)
