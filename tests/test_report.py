@@ -181,7 +181,7 @@ def test_a_model_reliably_below_chance_is_named_as_a_finding(tmp_path):
                    "roc_auc_ci_high": 1.0, "p_value": 0.001, "better_than_chance": True, "below_chance": False}]
                  ).to_csv(group / "cv_metrics.tsv", sep="\t", index=False)
     config = build_config(tmp_path, tmp_path / "out", ("group",), {}, {})
-    html = _answer(config, group)
+    html = _answer(config, tmp_path)
     warning = html.split('id="model-warning"', 1)[1].split("</div>", 1)[0]
     assert "resnet3d is not better than chance" in warning and "reliably BELOW chance" in warning
     assert "confounded folds" in warning
