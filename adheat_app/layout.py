@@ -50,8 +50,8 @@ EXTENSIONS = (".nii.gz", ".nii", ".h5", ".tsv", ".json", ".png", ".svg", ".html"
 #: Extensions of NIfTI images adheat reads; the first is the one it writes.
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 NIFTI = NIFTI_EXTENSIONS[0]
-#: Files shipped in ``adheat_app/data``: the built-in reference map (with its ``.json`` sidecar) and its foci.
-BUILTIN_REFERENCE_MAP, BUILTIN_REFERENCE_FOCI = "reference_ad_atrophy_ale.nii.gz", "reference_ad_atrophy_foci.tsv"
+#: Files shipped in ``adheat_app/data``: the built-in region prior (with its ``.json`` sidecar) and its foci.
+BUILTIN_REFERENCE_MAP, BUILTIN_REFERENCE_FOCI = "ad_region_prior.nii.gz", "ad_region_prior_foci.tsv"
 #: Files of one trained fold model.
 MODEL_WEIGHTS, MODEL_CARD = "model.pt", "model.json"
 #: Other files of a fold folder: the subjects and their sets, the resumable checkpoint, the training curve (``.tsv``
@@ -65,6 +65,8 @@ CV_METRICS, PREDICTIONS, PREPROC_QC, SANITY_CHECK = "cv_metrics", "predictions",
 NESTED_TEST, PERMUTATION_TEST = "covariates_nested_test", "permutation_test"
 OVERLAP, OVERLAP_DIFFERENCES, ANSWER, REGIONS, DISTANCES = (
     "overlap", "overlap_differences", "answer", "regions", "distances")
+#: Faithfulness tables (deletion curves, channel ablation; issue 26), rendered by the report where they exist.
+FAITHFULNESS, CHANNEL_ABLATION = "faithfulness", "channel_ablation"
 #: Controls a map's ``desc`` may name after its method (:class:`MapName`): ``Random``, the method's maps of a
 #: randomly initialised model (``--sanity-check``). A new control is one more entry here.
 CONTROLS: tuple[str, ...] = ("Random",)
