@@ -129,12 +129,27 @@ class TrainingOptions:
                         choices=("auto", "intensity", "logjacobian", "both"))
     covariates: tuple[str, ...] = option(
         ("age", "sex", "site"), "participants.tsv columns tested as confounds: a logistic regression on each column "
-        "alone is cross-validated on the CNN's folds (model covariate-<column> in group/cv_metrics.tsv); one that "
-        "predicts the diagnosis better than chance is flagged in the report. Default columns that are absent are "
-        "skipped, columns you name must exist; 'none' tests none.", metavar="COLUMN", type=str)
+        "alone, and one on all together (covariate-all), is cross-validated on the CNN's folds (model "
+        "covariate-<column> in group/cv_metrics.tsv); one that predicts the diagnosis better than chance is flagged "
+        "in the report. Nested logistic models test whether the CNN adds to them "
+        "(group/covariates_nested_test.tsv). Default columns that are absent are skipped, columns you name must "
+        "exist; 'none' tests none.", metavar="COLUMN", type=str)
     folds: int = option(5, "Number of cross-validation folds (split by subject, stratified).", type=int)
     fold: int | None = option(None, "Train only this fold (0-based), e.g. one scheduler job per fold.",
                               type=int)
+    cv: str = option("kfold", "Cross-validation: kfold (--folds stratified folds grouped by subject) or "
+                     "leave-site-out (one fold per value of participants.tsv's 'site' column: each site is "
+                     "tested by models trained on the other sites; --folds is ignored).",
+                     choices=("kfold", "leave-site-out"))
+    repeats: int = option(1, "Repeats of the cross-validation with new fold splits and seeds (repeat 0 is the "
+                          "plain run); the verdict's interval then adds repeat-to-repeat variation to subject "
+                          "resampling (docs/training.md). Costs R times the training.", type=int)
+    repeat: int | None = option(None, "With --fold: train that fold of this repeat (0-based), e.g. one scheduler "
+                                "job per repeat and fold.", type=int)
+    permutation_test: int = option(
+        0, "Label permutations of the permutation test with retraining (Ojala & Garriga 2010): the whole "
+        "cross-validation is rerun N times on permuted diagnoses; p = (1 + #{AUC_perm >= AUC}) / (1 + N). "
+        "Costs N times the training; 0 = none.", metavar="N", type=int)
     steps: int = option(600, "Training budget in optimiser steps per fold, rounded up to whole epochs "
                         "(a small cohort trains as long as a large one); 0 = train --epochs epochs.", type=int)
     epochs: int = option(30, "Training epochs per fold when --steps is 0 (the maximum, with early stopping).",

@@ -22,6 +22,7 @@ Layout of an output folder::
     group/<table>.tsv (+ .json)  cv_metrics, predictions, overlap, answer, ...  group tables (:func:`group_table`)
     group/figures/desc-<Map>_overlap.png                                      overlap curves
     models/<model>/fold-<k>/model.pt + model.json, split.tsv, ...              trained fold models
+    models/<model>/repeat-<r>/fold-<k>/, sub-<s>/anat/*_heatmap.nii.gz         repeat r > 0 of --repeats
     models/<model>/verdict.json                                               the model's verdict against chance
 
 A map's ``desc`` value packs the method, an optional control and an optional
@@ -61,6 +62,9 @@ SPLIT, CHECKPOINT, TRAINING_CURVE, FOLD_PREDICTIONS, TRAINING_MEAN = (
     "split.tsv", "checkpoint.pt", "training_curve", "predictions.tsv", "training_mean.nii.gz")
 #: Group tables (``group/<name>.tsv``, :func:`group_table`).
 CV_METRICS, PREDICTIONS, PREPROC_QC, SANITY_CHECK = "cv_metrics", "predictions", "preproc_qc", "sanity_check"
+#: The training-side yardsticks: does the CNN's score add to the covariates (:mod:`adheat_app.baseline.nested`),
+#: and the permutation test with retraining (:mod:`adheat_app.training.permutation`).
+NESTED_TEST, PERMUTATION_TEST = "covariates_nested_test", "permutation_test"
 OVERLAP, OVERLAP_DIFFERENCES, ANSWER, REGIONS, DISTANCES = (
     "overlap", "overlap_differences", "answer", "regions", "distances")
 #: Faithfulness tables (deletion curves, channel ablation; issue 26), rendered by the report where they exist.
@@ -397,9 +401,23 @@ def group_map_methods(root: Path, space: str, res: str, label: str = "all") -> l
 
 # Trained models ------------------------------------------------------------------------------------------------
 
-def fold_dir(models_dir: Path, model: str, k: int) -> Path:
-    """Folder of fold ``k`` of ``model``: ``models_dir/<model>/fold-<k>``."""
-    return Path(models_dir) / model / f"fold-{k}"
+def fold_dir(models_dir: Path, model: str, k: int, repeat: int = 0) -> Path:
+    """Folder of fold ``k`` of ``model``: ``models_dir/<model>/fold-<k>``; repeat ``r`` > 0 of ``--repeats``:
+    ``models_dir/<model>/repeat-<r>/fold-<k>``."""
+    root = Path(models_dir) / model
+    return (root if repeat == 0 else root / f"repeat-{repeat}") / f"fold-{k}"
+
+
+def permutation_checkpoint(work_dir: Path, model: str, permutation: int, k: int) -> Path:
+    """``work_dir/permutation/<model>/permutation-<i>_fold-<k>.pt``: a permutation test model's checkpoint (kept
+    only while it trains)."""
+    return Path(work_dir) / "permutation" / model / f"permutation-{permutation}_fold-{k}.pt"
+
+
+def repeat_root(models_dir: Path, model: str, repeat: int) -> Path:
+    """``models_dir/<model>/repeat-<r>``: repeat ``r`` > 0's fold models and its per-scan out-of-fold heatmaps
+    (``sub-<s>/[ses-<x>/]anat/..._heatmap.nii.gz``, named as those of repeat 0 in the output folder)."""
+    return Path(models_dir) / model / f"repeat-{repeat}"
 
 
 def verdict_path(models_dir: Path, model: str) -> Path:
@@ -417,10 +435,11 @@ def training_curve_figure(folder: Path) -> Path:
     return Path(folder) / f"{TRAINING_CURVE}.png"
 
 
-def trained_folds(models_dir: Path, model: str) -> list[int]:
-    """Indices of the folds of ``model`` whose training finished (``fold-<k>/model.json`` exists), sorted."""
+def trained_folds(models_dir: Path, model: str, repeat: int = 0) -> list[int]:
+    """Indices of the folds of ``model`` (of repeat ``repeat``) whose training finished (``fold-<k>/model.json``
+    exists), sorted."""
     folds = []
-    for card in (Path(models_dir) / model).glob(f"fold-*/{MODEL_CARD}"):
+    for card in fold_dir(models_dir, model, 0, repeat).parent.glob(f"fold-*/{MODEL_CARD}"):
         suffix = card.parent.name.removeprefix("fold-")
         if suffix.isdigit():
             folds.append(int(suffix))

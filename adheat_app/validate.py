@@ -58,7 +58,8 @@ RULES: dict[str, dict[str, Range]] = {
                   "seed": NON_NEGATIVE, "resolution": Range(0.5, 8)},
     "training": {"folds": Range(2), "fold": NON_NEGATIVE, "steps": NON_NEGATIVE, "epochs": AT_LEAST_1,
                  "batch_size": AT_LEAST_1, "learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE,
-                 "input_noise": NON_NEGATIVE, "patience": NON_NEGATIVE, "val_fraction": Range(0, 0.5, open_high=True)},
+                 "input_noise": NON_NEGATIVE, "patience": NON_NEGATIVE, "val_fraction": Range(0, 0.5, open_high=True),
+                 "repeats": AT_LEAST_1, "repeat": NON_NEGATIVE, "permutation_test": NON_NEGATIVE},
     "heatmaps": {"ig_steps": AT_LEAST_1, "lrp_epsilon": POSITIVE, "occlusion_size": POSITIVE,
                  "occlusion_stride": POSITIVE, "noise_lambda": NON_NEGATIVE, "noise_steps": AT_LEAST_1,
                  "heatmap_batch_size": NON_NEGATIVE},
@@ -130,8 +131,11 @@ def check_options(config: RunConfig) -> None:
     """Reject option values that cannot work, naming the option (nothing is written before this passes)."""
     check_ranges(config)
     ex, tr = config.execution, config.training
-    if tr.fold is not None and not 0 <= tr.fold < tr.folds:
+    if tr.fold is not None and tr.cv == "kfold" and not 0 <= tr.fold < tr.folds:
         raise InputError(f"--fold {tr.fold}: folds are numbered 0 to {tr.folds - 1}")
+    if tr.repeat is not None and (tr.fold is None or tr.repeat >= tr.repeats):
+        raise InputError(f"--repeat {tr.repeat}: it selects the repeat of a --fold job, numbered 0 to "
+                         f"{tr.repeats - 1} (--repeats {tr.repeats}); pass --fold K and --repeats R > {tr.repeat}")
     if tr.patience > 0 and tr.val_fraction == 0:
         raise InputError(f"--patience {tr.patience}: early stopping needs a validation set; add --val-fraction 0.2 "
                          "or set --patience 0")
@@ -150,7 +154,9 @@ def check_options(config: RunConfig) -> None:
     check_models_dir(config)
     if "group" in config.analysis_level:
         from adheat_app.baseline.covariates import check_covariates
+        from adheat_app.training.folds import check_cv
         check_covariates(config)
+        check_cv(config)
     if ex.device == "cuda":
         import torch
         if not torch.cuda.is_available():

@@ -146,6 +146,13 @@ def test_both_levels_in_one_call(tiny_bids, tmp_path):
         (lambda b, o: [b, o, "group", "--covariates", "diagnosis", "scanner"],
          "participants.tsv has no column 'scanner' named by --covariates (columns: participant_id, diagnosis); "
          "fix --covariates or pass --covariates none"),
+        (lambda b, o: [b, o, "group", "--cv", "leave-site-out"],
+         "participants.tsv has no 'site' column (columns: participant_id, diagnosis); add one or use --cv kfold"),
+        (lambda b, o: [b, o, "group", "--repeats", "0"], "--repeats 0 is out of range: it must be at least 1"),
+        (lambda b, o: [b, o, "group", "--repeat", "1", "--repeats", "2"], "--repeat 1: it selects the repeat of a "
+                                                                         "--fold job"),
+        (lambda b, o: [b, o, "group", "--fold", "0", "--repeat", "2", "--repeats", "2"], "--repeat 2"),
+        (lambda b, o: [b, o, "group", "--permutation-test", "-1"], "--permutation-test -1 is out of range"),
         (lambda b, o: [b, o, "participant", "--models", b.parent / "nomodels"], "does not exist"),
         (lambda b, o: [b, o, "participant", "--models", _models(b, "empty")],
          "holds no trained resnet3d model (expected {m}/resnet3d/fold-<k>/model.pt + model.json); train them"),

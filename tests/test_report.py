@@ -269,3 +269,26 @@ def test_top_percent_grid_thresholds_at_the_scoring_top_k():
     maps = {"A": rng.random(brain.shape).astype(np.float32) * brain, "B": reference * 1.0}
     png = plotting.top_percent_grid(maps, brain, brain * 1.0, [("truth", reference)], 5.0, [3])
     assert png.startswith(b"\x89PNG")
+
+
+def test_a_model_reliably_below_chance_is_named_as_a_finding(tmp_path):
+    """The model warning names an interval entirely under 0.5 as below chance (confounded folds), not merely as
+    'not better than chance'; the joint covariate model reads 'the covariates together separate'."""
+    from adheat_app.config import build_config
+    from adheat_app.report.answer import _confound, _learned
+    from adheat_app.report.tables import model_verdicts
+
+    group = tmp_path / "group"
+    group.mkdir()
+    pd.DataFrame([{"model": "resnet3d", "fold": "pooled", "roc_auc": 0.24, "roc_auc_ci_low": 0.07,
+                   "roc_auc_ci_high": 0.45, "p_value": 0.99, "better_than_chance": False, "below_chance": True},
+                  {"model": "covariate-all", "fold": "pooled", "roc_auc": 0.9, "roc_auc_ci_low": 0.7,
+                   "roc_auc_ci_high": 1.0, "p_value": 0.001, "better_than_chance": True, "below_chance": False}]
+                 ).to_csv(group / "cv_metrics.tsv", sep="\t", index=False)
+    config = build_config(tmp_path, tmp_path / "out", ("group",), {}, {})
+    verdicts = model_verdicts(tmp_path)
+    learned = _learned(config, verdicts)
+    assert "model-warning" in learned and "resnet3d is not better than chance" in learned
+    assert "reliably BELOW chance" in learned and "confounded folds" in learned
+    confound = _confound(config, verdicts)
+    assert "confound-warning" in confound and "the covariates together separate AD from CN" in confound
