@@ -23,10 +23,11 @@ from pathlib import Path
 from adheat_app.attribution.references import BLUR_FWHM_MM
 from adheat_app.bids import Derivatives, software_versions
 from adheat_app.config import RunConfig, TrainingOptions
+from adheat_app.evaluation.references._catalog import methods_text as reference_methods_text
 from adheat_app.inputs import card_channels
 from adheat_app.io import read_json, write_text
 from adheat_app.layout import (
-    MODEL_CARD, OVERLAP, find_preproc, fold_dir, group_table, has_heatmaps, is_foci_file, sidecar_path, trained_folds,
+    MODEL_CARD, OVERLAP, find_preproc, fold_dir, group_table, has_heatmaps, sidecar_path, trained_folds,
 )
 from adheat_app.preprocess.backends import BACKENDS
 from adheat_app.templates import DEFAULT_SPACE
@@ -57,26 +58,6 @@ def steps_present(derivs: Derivatives, model: str) -> set[str]:
     if group_table(root, OVERLAP).is_file():
         steps.add("evaluation")
     return steps
-
-
-def _reference_text(config: RunConfig) -> str:
-    """Sentences naming the reference maps the overlap scores used."""
-    ref = config.evaluation.reference_map
-    text = ""
-    if ref and is_foci_file(ref):
-        text = (f"The reference map was an activation likelihood estimation (ALE) meta-analysis "
-                f"[@eickhoff2009ale; @eickhoff2012ale] of the foci in `{Path(ref).name}`, computed with NiMARE and "
-                "thresholded at cluster-level family-wise error p < 0.05 (cluster-forming p < 0.001) unless a "
-                "threshold was given. ")
-    elif ref:
-        text = f"The reference map was the user-supplied `{Path(ref).name}`. "
-    if config.evaluation.n_permutations > 0:
-        text += ("A cohort reference was computed as a voxel-wise two-sample t-test of the preprocessed images "
-                 f"(positive vs negative class), family-wise error controlled by max-t over "
-                 f"{config.evaluation.n_permutations} label permutations (Nilearn). ")
-    return text + ("Scores against adheat's built-in region prior, an ALE-style map [@eickhoff2009ale; "
-                   "@eickhoff2012ale] of anatomically defined foci (AAL3 centroids of the regions that VBM "
-                   "meta-analyses report as atrophic in AD), are reported too; it is not a meta-analysis.")
 
 
 def _training_text(tr: TrainingOptions) -> str:
@@ -247,7 +228,7 @@ def render_citation(config: RunConfig, steps: set[str], channels: tuple[str, ...
         "occlusion_fill_text": {"template": "the mean image of the fold's training scans",
                                 "zero": "zero"}[hm.occlusion_fill],
         "n_bootstrap": config.evaluation.n_bootstrap,
-        "reference_text": _reference_text(config),
+        "reference_text": reference_methods_text(config),
     }
     text = (folder / "CITATION.md").read_text(encoding="utf-8")
     kept = _SECTION_RE.sub(lambda m: m["body"] if m["step"] in steps else "", text)

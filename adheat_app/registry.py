@@ -1,9 +1,11 @@
 """Name-keyed registries, filled by the modules of a package.
 
-Models (:mod:`adheat_app.models`) and heatmap methods
-(:mod:`adheat_app.attribution`) are each a package whose submodules register
-one entry with :meth:`Registry.register`. The registry imports every submodule
-of its package on first use, so adding a model or a method is adding one file.
+Models (:mod:`adheat_app.models`), heatmap methods
+(:mod:`adheat_app.attribution`), registration backends
+(:mod:`adheat_app.preprocess.backends`) and reference kinds
+(:mod:`adheat_app.evaluation.references`) are each a package whose submodules
+register one entry with :meth:`Registry.register`. The registry imports every
+submodule of its package on first use, so adding one is adding one file.
 A registry may hold a contract (``check``): every entry is checked when it
 registers, so an entry that breaks the contract fails at import with a message
 naming it, before any run uses it.

@@ -1,30 +1,12 @@
-"""Reference maps of Alzheimer's-disease atrophy that heatmaps are scored against.
+"""Reference maps of Alzheimer's-disease atrophy: the :class:`Reference` type and the map readers.
 
-Sources:
-
-* ``--reference-map FOCI.txt|FOCI.tsv``: peak coordinates of published
-  experiments, turned into an ALE meta-analysis by NiMARE
-  (:mod:`.meta_analysis`), named ``meta``.
-* ``--reference-map PATH``: any NIfTI in MNI space (e.g. a published ALE map),
-  resampled linearly onto the analysis grid and binarised at
-  ``--reference-threshold`` (default: the ``Threshold`` of its JSON sidecar
-  when it has one, else 0: voxels above 0, the convention of thresholded
-  meta-analysis maps), named ``custom``.
-* The built-in **region prior** ``anatomicalprior``
-  (:func:`builtin_reference_path`), shipped in
-  ``adheat_app/data/`` (``ad_region_prior.nii.gz``) and always scored: the ALE kernels of :func:`ale_map`
-  placed by ``adheat_app/data/make_reference_map.py`` at a
-  curated list of **anatomically defined foci**: the centroids of the AAL3
-  regions that coordinate-based meta-analyses of voxel-based morphometry
-  repeatedly report as sites of grey-matter loss in AD. It is *not* computed
-  from published peak coordinates; its sidecar and the foci table beside it
-  (``ad_region_prior_foci.tsv``) say exactly how it was made. It is a
-  prior on which regions to expect, not a meta-analysis of published results,
-  so it is never the headline reference (:data:`HEADLINE_ORDER`).
-* On simulated cohorts (``bids_dir/derivatives/simulation`` holds the
-  planted-atrophy map of the analysis grid), the planted ground truth, named
-  ``simulation`` and binarised at 0.5 (the border of the planted regions,
-  which the simulator smooths by a Gaussian of sigma 3 mm).
+Where the maps come from is the reference kinds' business
+(:mod:`adheat_app.evaluation.references`: the simulated truth, the cohort's own
+test, an ALE of foci, the user's NIfTI, the built-in region prior). This module
+holds what they share: :class:`Reference`, :func:`load_map` (a NIfTI in MNI
+space onto the analysis grid, with its threshold, and its coverage logged),
+the built-in map's path and :func:`ale_map`, which placed the built-in prior's
+foci (``adheat_app/data/make_reference_map.py``).
 
 ALE (Eickhoff et al. 2009, 2012; Turkeltaub et al. 2012): each focus becomes
 a 3D Gaussian probability distribution whose FWHM combines between-template
@@ -43,23 +25,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.io import read_json
-from adheat_app.layout import BUILTIN_REFERENCE_MAP, is_foci_file, sidecar_path, simulation_truth_path
+from adheat_app.layout import BUILTIN_REFERENCE_MAP, sidecar_path
 from adheat_app.templates import Template, resample
 
 LOGGER = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-SIMULATION_THRESHOLD = 0.5
-ANATOMICAL_PRIOR = "anatomicalprior"
-PRIOR_DESCRIPTION = ("Region prior, not a meta-analysis: an ALE-style map of 20 foci placed at the AAL3 centroids "
-                     "of regions that VBM meta-analyses report as atrophic in AD (hippocampus, amygdala, "
-                     "parahippocampal gyrus, temporal cortex, posterior cingulate, precuneus, insula, thalamus). "
-                     "No coordinate comes from a published study.")
-#: References in the order the answer puts first (the region prior is never the headline).
-HEADLINE_ORDER = ("simulation", "cohort", "meta", "custom", ANATOMICAL_PRIOR)
 #: Spatial uncertainty of ALE (Eickhoff et al. 2009), as FWHM in mm.
 TEMPLATE_FWHM_MM = 5.7
 SUBJECT_FWHM_MM = 11.6
@@ -72,7 +45,7 @@ class Reference:
     Attributes
     ----------
     name : str
-        Short name used in tables (``anatomicalprior``, ``custom``, ``meta``, ``cohort`` or ``simulation``).
+        Short name used in tables (one of its reference kind's ``names``).
     values : numpy.ndarray
         Continuous map on the analysis grid (float32, 0 outside the brain).
     threshold : float
@@ -160,7 +133,7 @@ def _sidecar(path: Path) -> dict:
 
 
 def load_map(path: Path, template: Template, name: str, threshold: float | None, option: str) -> Reference:
-    """Read a reference NIfTI, resample it to the analysis grid and pick its threshold.
+    """Read a reference NIfTI, resample it to the analysis grid, pick its threshold and log its coverage.
 
     Raises
     ------
@@ -186,26 +159,9 @@ def load_map(path: Path, template: Template, name: str, threshold: float | None,
     if threshold is None:
         threshold = float(sidecar.get("Threshold", 0.0))
     description = str(sidecar.get("Description", f"user-supplied map {path.name}"))
-    return Reference(name, values, float(threshold), description, str(path))
-
-
-def load_references(config: RunConfig, template: Template) -> list[Reference]:
-    """The reference maps of this run: the user's map, the region prior, and the simulated truth when present."""
-    ev = config.evaluation
-    references = []
-    if ev.reference_map and not is_foci_file(ev.reference_map):
-        references.append(load_map(Path(ev.reference_map), template, "custom", ev.reference_threshold,
-                                   "--reference-map"))
-    prior = load_map(builtin_reference_path(), template, ANATOMICAL_PRIOR,
-                     None if ev.reference_map else ev.reference_threshold, "built-in reference")
-    references.append(Reference(prior.name, prior.values, prior.threshold, PRIOR_DESCRIPTION, prior.source))
-    truth = simulation_truth_path(config.bids_dir, template.space, template.res_label)
-    if truth.is_file():
-        references.append(load_map(truth, template, "simulation", SIMULATION_THRESHOLD, "simulated truth"))
-    brain = int(template.mask_array().sum())
-    for ref in references:
-        check_coverage(ref, brain)
-    return references
+    reference = Reference(name, values, float(threshold), description, str(path))
+    check_coverage(reference, int(template.mask_array().sum()))
+    return reference
 
 
 def check_coverage(ref: Reference, brain: int) -> None:

@@ -30,8 +30,8 @@ Each table has a JSON sidecar recording a hash of every input and parameter;
 a rerun with the same hash skips the step.
 
 :func:`run_evaluation` is four steps, each a seam for what comes next:
-:func:`collect_references` (the reference maps: built-in, user, simulated
-truth, ALE of foci, cohort statistics), scoring (:mod:`.scorer`: every map,
+:func:`collect_references` (the reference maps of every reference kind:
+:mod:`.references`), scoring (:mod:`.scorer`: every map,
 control and the SVM pattern on shared resamples), :func:`.tables.build_tables`
 and :func:`.tables.write_tables` (the tables and their sidecars).
 """
@@ -48,11 +48,11 @@ from adheat_app.baseline.svm import output_paths
 from adheat_app.bids import Derivatives, is_complete, software_versions
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
-from adheat_app.evaluation.cohort_reference import cohort_reference
 from adheat_app.evaluation.group_maps import method_digest, read_predictions
-from adheat_app.evaluation.meta_analysis import meta_reference
 from adheat_app.evaluation.overlap import TOP_PERCENT
-from adheat_app.evaluation.reference import Reference, load_references
+from adheat_app.evaluation.reference import Reference
+from adheat_app.evaluation.references import Context
+from adheat_app.evaluation.references._catalog import all_references
 from adheat_app.evaluation.scorer import SVM, Scorer, score_controls, score_methods, score_svm
 from adheat_app.evaluation.tables import TABLES, build_tables, write_tables
 from adheat_app.inputs import input_key, load_inputs
@@ -79,17 +79,9 @@ def _evaluation_hash(config: RunConfig, derivs: Derivatives, cohort: Cohort, met
 
 
 def collect_references(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> list[Reference]:
-    """Every reference map of this run: built-in and user maps and the simulated truth
-    (:func:`.reference.load_references`), the ALE of ``--reference-map`` foci, the cohort's own statistics."""
-    references = load_references(config, template)
-    meta = meta_reference(config, derivs, cohort, template)
-    references += [meta] if meta is not None else []
-    cohort_ref = cohort_reference(config, derivs, cohort, template)
-    if cohort_ref is not None and not cohort_ref.binary().any():
-        LOGGER.info("cohort reference: no voxel survives FWE correction; not scored")
-    elif cohort_ref is not None:
-        references.append(cohort_ref)
-    return references
+    """Every reference map of this run, from every registered reference kind (:mod:`.references`): the user's
+    map, the region prior, the simulated truth, the ALE of ``--reference-map`` foci, the cohort's own statistics."""
+    return all_references(Context(config, derivs, cohort, template))
 
 
 def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> None:

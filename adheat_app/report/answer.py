@@ -14,7 +14,7 @@ is left out when no faithfulness table exists):
     when one of them separates the classes.
 ``findings``
     Which methods find which reference? ``answer.tsv`` (absolute maps, all
-    scans), per reference in :data:`HEADLINE_ORDER`: the methods whose ROC AUC
+    scans), per reference in headline order (:func:`~adheat_app.evaluation.references.headline_order`): the methods whose ROC AUC
     lies above chance and above the control the table names (its ``control``
     column, else ``InputMagnitude``); only the ``primary`` rows where the
     table marks them (Holm-corrected where it gives ``p_holm``), else every
@@ -44,7 +44,8 @@ from adheat_app import plotting
 from adheat_app.baseline.covariates import JOINT, covariate_claim, covariate_label, is_covariate_model
 from adheat_app.config import RunConfig
 from adheat_app.evaluation.overlap import TOP_PERCENT
-from adheat_app.evaluation.reference import ANATOMICAL_PRIOR, HEADLINE_ORDER, Reference
+from adheat_app.evaluation.reference import Reference
+from adheat_app.evaluation.references._catalog import headline_order, kind_of
 from adheat_app.layout import ANSWER, CHANNEL_ABLATION, FAITHFULNESS, MapName
 from adheat_app.report.html import esc, image, note
 from adheat_app.report.tables import interval, model_verdicts, read_group_table, table_link, truthy, verdict_details
@@ -72,15 +73,16 @@ class Findings:
 
     @property
     def references(self) -> list[str]:
-        """References present, in :data:`HEADLINE_ORDER` (others after them)."""
-        order = {name: i for i, name in enumerate(HEADLINE_ORDER)}
+        """References present, in the reference kinds' headline order (others after them)."""
+        order = {name: i for i, name in enumerate(headline_order())}
         return sorted(dict.fromkeys(self.rows["reference"]), key=lambda name: order.get(name, len(order)))
 
     @property
     def headline(self) -> str | None:
-        """The first reference that is not the region prior (the prior when it is the only one)."""
+        """The first reference whose kind may be the headline (the first reference when none may)."""
         names = self.references
-        return next((n for n in names if n != ANATOMICAL_PRIOR), names[0] if names else None)
+        eligible = (n for n in names if kind_of(n) is None or kind_of(n).headline is not None)
+        return next(eligible, names[0] if names else None)
 
     def scores(self, reference: str) -> pd.Series:
         """Each method's value against ``reference``, highest first."""
@@ -188,7 +190,8 @@ def _findings(config: RunConfig, findings: Findings | None, verdicts: dict[str, 
         found = "; ".join(f"{m} ({interval(*here.loc[m, ['value', 'ci_low', 'ci_high']].astype(float))})"
                           for m in finds)
         others = [m for m in scores.index if m not in finds]
-        label = f"{reference} (a region prior, not a meta-analysis)" if reference == ANATOMICAL_PRIOR else reference
+        caveat = kind.caveat if (kind := kind_of(reference)) is not None else ""
+        label = f"{reference} ({caveat})" if caveat else reference
         sentences.append(f"<em>{esc(label)}</em>: found by {esc(found or 'no map')}"
                          + (f"; not by {esc(_names(others))}" if others else ""))
     metric = str(rows["metric"].iloc[0]) if "metric" in rows else "roc_auc"

@@ -51,17 +51,13 @@ LOGGER = logging.getLogger(__name__)
 def _references(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template
                 ) -> list[Reference] | str:
     """The reference maps scored against (computed ones only where they exist), or why they cannot be loaded."""
-    from adheat_app.evaluation.cohort_reference import cohort_reference
-    from adheat_app.evaluation.meta_analysis import meta_reference
-    from adheat_app.evaluation.reference import load_references
+    from adheat_app.evaluation.references import Context
+    from adheat_app.evaluation.references._catalog import all_references
 
     try:
-        references = load_references(config, template)
+        return all_references(Context(config, derivs, cohort, template, compute=False))
     except InputError as exc:
         return str(exc)
-    extra = (meta_reference(config, derivs, cohort, template, compute=False),
-             cohort_reference(config, derivs, cohort, template, compute=False))
-    return references + [ref for ref in extra if ref is not None]
 
 
 def _answer_maps(derivs: Derivatives, cohort: Cohort, template: Template) -> dict[str, Path]:

@@ -75,8 +75,8 @@ def _atlas_on(image: nib.Nifti1Image, space: str, resolution: float) -> Atlas | 
 def _group_overlays(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> list[Layer]:
     from adheat_app.baseline.svm import output_paths
     from adheat_app.evaluation.cohort_reference import ALPHA, NAME as COHORT, cohort_paths, cohort_reference
-    from adheat_app.evaluation.meta_analysis import meta_reference
-    from adheat_app.evaluation.reference import load_references
+    from adheat_app.evaluation.references import REFERENCES, Context
+    from adheat_app.evaluation.references._catalog import all_references
 
     root, space, res = derivs.root, template.space, template.res_label
     methods = sorted(group_map_methods(root, space, res),
@@ -88,11 +88,12 @@ def _group_overlays(config: RunConfig, derivs: Derivatives, cohort: Cohort, temp
         overlays.append(_top_layer("SVM pattern", nib.load(pattern), "SVM activation pattern (Haufe et al. 2014), "
                                    "mean over folds", signed=True))
     try:
-        references = load_references(config, template)
+        references = all_references(Context(config, derivs, cohort, template, compute=False))
     except InputError as exc:
         LOGGER.warning("viewer: no reference maps (%s)", exc)
         references = []
-    references += [ref for ref in (meta_reference(config, derivs, cohort, template, compute=False),) if ref]
+    # the cohort's maps are shown as its signed t map below
+    references = [ref for ref in references if ref.name not in REFERENCES[COHORT].names]
     for ref in references:
         overlays.append(Layer(f"reference: {ref.name}", nib.Nifti1Image(ref.values.astype(np.float32), template.affine),
                               colormap="green", threshold=ref.threshold,
