@@ -170,8 +170,10 @@ class HeatmapOptions:
         "(zero: after per-brain z-scoring a flat brain at the subject's mean intensity, not black as in Wang et "
         "al.), or the scan blurred by a 12 mm FWHM Gaussian.", choices=("template", "zero", "blurred"))
     lrp_rule: str = option("alphabeta", "LRP rule on conv/linear layers (BatchNorm is folded first): "
-                           "alphabeta (alpha=1.5, beta=0.5, as Wang et al.), epsilon, or zplus.",
-                           choices=("alphabeta", "epsilon", "zplus"))
+                           "alphabeta (alpha=1.5, beta=0.5, as Wang et al.), epsilon, zplus, or the "
+                           "composite epsilonplusflat (flat rule at the input layer, z+ on convolutions, epsilon on "
+                           "dense layers; Kohlbrenner et al. 2020).",
+                           choices=("alphabeta", "epsilon", "zplus", "epsilonplusflat"))
     lrp_epsilon: float = option(1e-6, "LRP epsilon (epsilon rule, and stabiliser of the others).",
                                 type=float)
     occlusion_size: float = option(20.0, "Occlusion patch edge in mm (Rieke et al.: 40).", type=float)
