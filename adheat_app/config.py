@@ -185,6 +185,10 @@ class HeatmapOptions:
     noise_lambda: float = option(1e-3, "NoiseImportance: weight of the noise-maximising term.",
                                  type=float)
     noise_steps: int = option(100, "NoiseImportance: optimisation steps per subject.", type=int)
+    smoothgrad_samples: int = option(25, "SmoothGrad: noisy copies of each scan (gradients averaged).", type=int)
+    smoothgrad_noise: float = option(
+        0.15, "SmoothGrad: noise standard deviation as a fraction of each input channel's range of values "
+        "(Smilkov et al.: 0.1-0.2).", type=float)
     native_space: bool = option(False, "Also write heatmaps mapped back to each subject's T1w grid.")
     sanity_check: bool = option(False, "Adebayo et al. model-randomisation check of every method; also writes each "
                                 "method's maps of the fully randomised models (<Method>Random controls).")

@@ -234,6 +234,11 @@ def group_path(root: Path, suffix: str, extension: str = ".nii.gz", **entities: 
     return group_dir(root) / filename(suffix, extension, **entities)
 
 
+def channel_ablation_path(root: Path) -> Path:
+    """``group/channel_ablation.tsv``: the output drop per input channel of several-channel models."""
+    return group_dir(root) / "channel_ablation.tsv"
+
+
 def group_map_path(root: Path, space: str, res: str, method: str, label: str, stat: str = "mean") -> Path:
     """A group map: ``group/<method>/space-..._res-..._label-<label>_desc-<method>_stat-<stat>_heatmap.nii.gz``."""
     return group_dir(root) / method / filename("heatmap", ".nii.gz", space=space, res=res, label=label, desc=method,

@@ -60,7 +60,7 @@ RULES: dict[str, dict[str, Range]] = {
                  "input_noise": NON_NEGATIVE, "patience": NON_NEGATIVE, "val_fraction": Range(0, 0.5, open_high=True)},
     "heatmaps": {"ig_steps": AT_LEAST_1, "lrp_epsilon": POSITIVE, "occlusion_size": POSITIVE,
                  "occlusion_stride": POSITIVE, "noise_lambda": NON_NEGATIVE, "noise_steps": AT_LEAST_1,
-                 "heatmap_batch_size": NON_NEGATIVE},
+                 "smoothgrad_samples": AT_LEAST_1, "smoothgrad_noise": POSITIVE, "heatmap_batch_size": NON_NEGATIVE},
     "evaluation": {"n_bootstrap": NON_NEGATIVE},
 }
 

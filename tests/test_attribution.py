@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 from captum.attr import LRP as CaptumLRP
-from captum.attr import FeatureAblation, GuidedBackprop, IntegratedGradients, LayerGradCam, Saliency
+from captum.attr import FeatureAblation, GuidedBackprop, IntegratedGradients, LayerGradCam, NoiseTunnel, Saliency
 from captum.attr import Occlusion as CaptumOcclusion
 from captum.attr._utils.lrp_rules import EpsilonRule
 from torch import nn
@@ -286,6 +286,40 @@ def test_gradient_methods_on_the_folded_model_equal_captum_on_the_trained_model(
     reference = reference[:, 0].detach()
     assert float(reference.abs().max()) > 0
     np.testing.assert_allclose(ours.numpy(), reference.numpy(), atol=1e-5 * float(reference.abs().max()))
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("output", ["difference", "probability"])
+def test_smoothgrad_equals_captums_noise_tunnel_with_the_same_noise_draws(output, channels):
+    """Batched SmoothGrad on the folded model = captum's NoiseTunnel (smoothgrad) of the gradient, scan by scan.
+
+    captum draws its noise from the global generator, one sample per call with
+    ``nt_samples_batch_size=1``; seeding it with the scan's seed gives the
+    draws adheat's per-scan generator makes. Two channels get their own noise
+    scale; here the second channel is rescaled to the first's range, so one
+    ``stdevs`` serves captum.
+    """
+    model = random_model(seed=5, in_channels=channels)
+    x, targets, keys = volumes(3, seed=6, channels=channels), torch.tensor([1, 0, 1]), ["a", "b", "c"]
+    if channels == 2:
+        spread = lambda v: v.amax(dim=(1, 2, 3)) - v.amin(dim=(1, 2, 3))  # noqa: E731
+        x[:, 1] = 0.1 * x[:, 1] + 0.3
+        x[:, 1] *= (spread(x[:, 0]) / spread(x[:, 1]))[:, None, None, None]
+    options = HeatmapOptions(explain_output=output, smoothgrad_samples=5, smoothgrad_noise=0.15)
+    method = METHODS["SmoothGrad"](options, context(batch=4, seed=3))
+    ours = method.attribute(method.prepare(model, x[:1]), x, targets, keys)
+    ours = ours if channels == 2 else ours[:, None]
+    tunnel = NoiseTunnel(Saliency(OutputModel(model, output)))
+    for i, key in enumerate(keys):
+        sigma = 0.15 * float(x[i, 0].max() - x[i, 0].min())
+        torch.manual_seed(scan_seed(3, key))
+        reference = tunnel.attribute(x[i:i + 1].clone().requires_grad_(True), nt_type="smoothgrad", nt_samples=5,
+                                     nt_samples_batch_size=1, stdevs=sigma, target=int(targets[i]), abs=False)
+        assert float(reference.abs().max()) > 0
+        np.testing.assert_allclose(ours[i].numpy(), reference[0].detach().numpy(),
+                                   atol=1e-5 * float(reference.abs().max()))
+    plain = METHODS["Saliency"](options, context(batch=4)).attribute(model, x, targets, keys)
+    assert not torch.allclose(ours.abs(), plain if channels == 2 else plain[:, None])  # the noise matters
 
 
 @pytest.mark.parametrize("output", ["difference", "logit"])

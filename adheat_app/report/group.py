@@ -33,7 +33,7 @@ from adheat_app.errors import InputError
 from adheat_app.evaluation.reference import ANATOMICAL_PRIOR, HEADLINE_ORDER
 from adheat_app.inputs import split_channel
 from adheat_app.io import write_text
-from adheat_app.layout import group_map_methods, group_map_path, to_label
+from adheat_app.layout import channel_ablation_path, group_map_methods, group_map_path, to_label
 from adheat_app.report.html import Section, esc, image, markdown, not_computed, note, page, table
 from adheat_app.templates import Template
 
@@ -388,6 +388,9 @@ def write_group_report(config: RunConfig, derivs: Derivatives, cohort: Cohort, t
         Section("overlap", "Overlap with the reference", _overlap(group, cohort)),
         Section("regions", "Relevance per region", _regions(group, cohort)),
         Section("distances", "Distances between methods", _distances(group)),
+        Section("channel-ablation", "Which input channel the model uses (channel ablation)",
+                _simple_table(channel_ablation_path(derivs.root),
+                              "group/channel_ablation.tsv is absent (the model reads one input channel)")),
         Section("sanity", "Sanity checks (model randomisation)",
                 _simple_table(group / "sanity_check.tsv",
                               "group/sanity_check.tsv is absent (run with --sanity-check)")),

@@ -23,6 +23,7 @@ LOGGER = logging.getLogger(__name__)
 
 def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
     """Run the group level; return the number of failed items (0: failures raise)."""
+    from adheat_app.attribution.channel_ablation import run_channel_ablation
     from adheat_app.attribution.runner import run_heatmaps
     from adheat_app.attribution.sanity import sanity_check
     from adheat_app.baseline import run_covariates, run_svm
@@ -50,6 +51,7 @@ def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
     run_svm(config, derivs, cohort, folds)
     run_covariates(config, derivs, folds)
     run_heatmaps(config, derivs, cohort)
+    run_channel_ablation(config, derivs, cohort)
     if config.heatmaps.sanity_check:
         sanity_check(config, derivs, cohort)
     run_evaluation(config, derivs, cohort, template)
