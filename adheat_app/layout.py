@@ -44,6 +44,9 @@ MODEL_WEIGHTS, MODEL_CARD = "model.pt", "model.json"
 #: Suffix of a method's name for its maps of a randomly initialised model (``desc-<Method>Random``, a control; a
 #: channel's name may follow it, e.g. ``IGRandomlogjacobian``).
 RANDOM_SUFFIX = "Random"
+#: Suffix of a method's name for its maps of the models trained on permuted labels (``desc-<Method>PermutedLabels``,
+#: a control).
+PERMUTED_LABELS_SUFFIX = "PermutedLabels"
 
 
 class ScanLike(Protocol):
@@ -261,6 +264,11 @@ def group_map_methods(root: Path, space: str, res: str, label: str = "all") -> l
 def fold_dir(models_dir: Path, model: str, k: int) -> Path:
     """Folder of fold ``k`` of ``model``: ``models_dir/<model>/fold-<k>``."""
     return Path(models_dir) / model / f"fold-{k}"
+
+
+def permuted_labels_models_dir(models_dir: Path) -> Path:
+    """``models_dir/permutedlabels``: the fold models trained on permuted labels (``--sanity-check``)."""
+    return Path(models_dir) / "permutedlabels"
 
 
 def trained_folds(models_dir: Path, model: str) -> list[int]:

@@ -34,6 +34,7 @@ from adheat_app.attribution.lrp import lrp
 from adheat_app.attribution.output import OutputModel, difference_head, explained, output_drop
 from adheat_app.attribution.receptive import UnitGrid, interpolation_matrix
 from adheat_app.attribution.base import Method, check_method
+from adheat_app.attribution.data_randomisation import permuted_cohort, permuted_labels_config
 from adheat_app.attribution.catalog import (default_methods, method_names, method_sets, methods_markdown,
                                             selected_methods)
 from adheat_app.attribution.runner import run_heatmaps
@@ -770,6 +771,39 @@ def test_heatmaps_find_nothing_in_a_null_cohort(tmp_path_factory):
         assert not ratio >= 3.0, (name, ratios)  # NaN: the method gave all-zero maps (GGC of a null model)
 
 
+@pytest.mark.slow
+def test_permuted_label_models_give_maps_unlike_the_real_ones(tmp_path_factory):
+    """Adebayo et al.'s data randomisation: the same training on permuted labels loses the planted region.
+
+    Same scans, same training, labels permuted across subjects
+    (:func:`permuted_cohort`): IG and Saliency of the real model point at the
+    planted atrophy, those of the permuted-label model do not, and the two
+    models' mean maps hardly rank voxels alike.
+    """
+    from scipy.stats import spearmanr
+
+    root = tmp_path_factory.mktemp("permuted")
+    _, _, cohort, truth = make_preprocessed_cohort(root, n_subjects=12, seed=1, effect_size=0.4,
+                                                   preprocessing__intensity_norm="zscore")
+    permuted, unchanged = permuted_cohort(cohort, seed=0)
+    assert sorted(permuted.targets()) == sorted(cohort.targets()) and unchanged < 1
+    assert permuted_cohort(cohort, seed=0)[0] == permuted  # seeded
+    real, x, y = train_tiny(cohort, root / "work")
+    control, _, _ = train_tiny(permuted, root / "work")
+    ad = y == 1
+    brain = truth.template.mask_array()
+    for name in ("IG", "Saliency"):
+        method = METHODS[name](HeatmapOptions(ig_steps=16), context(batch=8))
+        maps = {label: method.attribute(method.prepare(model, x[:1]), x[ad], y[ad], [""] * int(ad.sum()),
+                                        template=x.mean(0)[0]).numpy()
+                for label, model in (("real", real), ("permuted", control))}
+        ratios = {label: relevance_ratio(m, truth.region, brain) for label, m in maps.items()}
+        similarity = spearmanr(np.abs(maps["real"]).mean(0)[brain], np.abs(maps["permuted"]).mean(0)[brain])[0]
+        print(name, ratios, similarity)
+        assert ratios["real"] >= 3.0 and ratios["permuted"] < 0.5 * ratios["real"], (name, ratios)
+        assert similarity < 0.7, (name, similarity)  # anatomy alone makes gradient magnitudes alike
+
+
 # --------------------------------------------------------------------------- runner
 
 RUN = {"training__model": "resnet3d", "training__folds": 2, "training__steps": 0, "training__epochs": 3,
@@ -913,6 +947,21 @@ def test_sanity_check_draws_scans_from_every_fold_and_compares_with_the_input(tr
                                atol=1e-3 * float(expected.abs().max()))
     trained_map = np.asarray(nib.load(heatmap_file(derivs2, cohort2, scan, "Saliency")).dataobj)
     assert not np.allclose(trained_map, expected[0].numpy(), atol=1e-3 * float(np.abs(trained_map).max()))
+    # <Method>PermutedLabels: fold models trained on permuted labels, on the same folds
+    from adheat_app.layout import permuted_labels_models_dir, trained_folds
+    from adheat_app.training import read_split
+
+    permuted_models = permuted_labels_models_dir(config2.models_dir)
+    assert trained_folds(permuted_models, config2.training.model) == [0, 1]
+    for k in (0, 1):
+        real, control = (read_split(fold_dir(c, k)) for c in (config2, permuted_labels_config(config2)))
+        assert real[["subject", "set"]].equals(control[["subject", "set"]])
+    side = read_json(sidecar_path(heatmap_file(derivs2, cohort2, scan, "SaliencyPermutedLabels")))
+    assert side["Method"] == "SaliencyPermutedLabels" and 0 <= side["Parameters"]["LabelsUnchanged"] < 1
+    assert side["Parameters"]["Control"].startswith("model trained on permuted labels")
+    assert any("/permutedlabels/" in source for source in side["Sources"])
+    assert all(heatmap_file(derivs2, cohort2, s, f"{m}PermutedLabels").is_file() for s in cohort2.labelled
+               for m in ("Saliency", "GGC"))
     # scored as controls, and beside each method in the answer
     from adheat_app.evaluation.workflow import run_evaluation
     from adheat_app.templates import get_template

@@ -242,7 +242,8 @@ def write_group_results(config: RunConfig, derivs: Derivatives) -> pd.DataFrame:
     return table
 
 
-def run_training(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> list[int]:
+def run_training(config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: list[Fold] | None = None,
+                 write_results: bool = True) -> list[int]:
     """Train the missing fold models (or only ``--fold K``) and, for a full run, write the group results.
 
     Parameters
@@ -254,6 +255,11 @@ def run_training(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> list
         The output dataset (group tables go to ``group/``).
     cohort : Cohort
         Scans with targets; only labelled scans are used.
+    folds : list of Fold, optional
+        The folds to train (default: :func:`~adheat_app.training.folds.make_folds` of ``cohort``); the
+        permuted-label control passes the real folds with its own labels.
+    write_results : bool
+        Write the group tables and the verdict (``group/cv_metrics.tsv``, ...) after a full run.
 
     Returns
     -------
@@ -274,7 +280,7 @@ def run_training(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> list
     LOGGER.info("training %s on %d scan(s) of %d subject(s) (%s %d, %s %d scans), %d folds", tr.model,
                 len(labelled), len(subjects), tr.positive_label, sum(s.target == 1 for s in labelled),
                 tr.negative_label, sum(s.target == 0 for s in labelled), tr.folds)
-    folds = make_folds(cohort, tr.folds, config.execution.seed, tr.val_fraction)
+    folds = folds or make_folds(cohort, tr.folds, config.execution.seed, tr.val_fraction)
     data_hash = input_key(labelled, tr.input)
     wanted = [tr.fold] if tr.fold is not None else list(range(tr.folds))
     keys = {k: training_key(config, folds[k], data_hash) for k in wanted}
@@ -291,6 +297,6 @@ def run_training(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> list
             tic = time.perf_counter()
             _train_one(config, cohort, folds[k], volumes, rows, data_hash, keys[k], device)
             LOGGER.info("%s fold %d took %.1f s", tr.model, k, time.perf_counter() - tic)
-    if tr.fold is None:
+    if tr.fold is None and write_results:
         write_group_results(config, derivs)
     return wanted
