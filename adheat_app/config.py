@@ -190,8 +190,10 @@ class HeatmapOptions:
         0.15, "SmoothGrad: noise standard deviation as a fraction of each input channel's range of values "
         "(Smilkov et al.: 0.1-0.2).", type=float)
     native_space: bool = option(False, "Also write heatmaps mapped back to each subject's T1w grid.")
-    sanity_check: bool = option(False, "Adebayo et al. model-randomisation check of every method; also writes each "
-                                "method's maps of the fully randomised models (<Method>Random controls).")
+    sanity_check: bool = option(False, "Adebayo et al. randomisation checks of every method: the model-randomisation "
+                                "cascade, each method's maps of the fully randomised models (<Method>Random "
+                                "controls) and of fold models trained on permuted labels (<Method>PermutedLabels "
+                                "controls; trains every fold a second time).")
     heatmap_batch_size: int = option(
         0, "Volumes per forward/backward pass of the heatmap methods (scans, IG steps, occlusion "
         "patches); 0 = sized from --mem-gb (16 at most). Keep it equal between participant and group "
