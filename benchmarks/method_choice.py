@@ -15,7 +15,7 @@ test: numbers depend on the cohort draw and the machine.
 
 Usage::
 
-    python benchmarks/method_choice.py [--subjects 24] [--resolution 4] [--folds 3] [--seed 1] [--keep DIR]
+    python benchmarks/method_choice.py [--subjects 24] [--resolution 4] [--folds 3] [--steps 600] [--seed 1] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subjects", type=int, default=24)
     parser.add_argument("--resolution", type=float, default=4.0)
     parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=600, help="training steps per fold (--steps)")
     parser.add_argument("--effect-size", type=float, default=0.4)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", type=Path, default=None)
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                                      effect_size=args.effect_size, atrophy_model="darkening")
         truth = simulate.build_ground_truth(args.resolution)
         sections = {"execution": {"resolution": args.resolution, "seed": args.seed, "nprocs": 1, "omp_nthreads": 2},
-                    "training": {"folds": args.folds}}
+                    "training": {"folds": args.folds, "steps": args.steps}}
         config = build_config(bids, root / "out", ("group",), {}, sections)
         derivs = Derivatives(config.output_dir, bids)
         derivs.initialize()

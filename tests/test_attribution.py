@@ -778,7 +778,10 @@ def test_permuted_label_models_give_maps_unlike_the_real_ones(tmp_path_factory):
     Same scans, same training, labels permuted across subjects
     (:func:`permuted_cohort`): IG and Saliency of the real model point at the
     planted atrophy, those of the permuted-label model do not, and the two
-    models' mean maps hardly rank voxels alike.
+    models' mean maps hardly rank voxels alike. Measured (relevance ratio
+    real / permuted, Spearman of the mean |maps|): IG 10.3 / 1.8, 0.50;
+    Saliency 6.2 / 0.9, 0.12. About 60 s on a quiet 2-core machine (two
+    trainings), 230 s under load.
     """
     from scipy.stats import spearmanr
 
@@ -799,7 +802,6 @@ def test_permuted_label_models_give_maps_unlike_the_real_ones(tmp_path_factory):
                 for label, model in (("real", real), ("permuted", control))}
         ratios = {label: relevance_ratio(m, truth.region, brain) for label, m in maps.items()}
         similarity = spearmanr(np.abs(maps["real"]).mean(0)[brain], np.abs(maps["permuted"]).mean(0)[brain])[0]
-        print(name, ratios, similarity)
         assert ratios["real"] >= 3.0 and ratios["permuted"] < 0.5 * ratios["real"], (name, ratios)
         assert similarity < 0.7, (name, similarity)  # anatomy alone makes gradient magnitudes alike
 
