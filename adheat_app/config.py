@@ -217,6 +217,10 @@ class EvaluationOptions:
     atlas: str = option("AAL3", "Atlas for the region table.", choices=("AAL3",))
     n_bootstrap: int = option(1000, "Bootstrap resamples (over subjects) for confidence intervals.",
                               type=int)
+    faithfulness: bool = option(
+        False, "Deletion and insertion curves (AOPC; Samek et al. 2017) of every method's and control's maps: AAL3 "
+        "regions and 5 % blocks of voxels removed most relevant first, least relevant first and at random, filled "
+        "with the fold's training mean (group/faithfulness.tsv; 120 forward passes per scan and map).")
     n_permutations: int = option(
         1000, "Label permutations of the cohort reference (voxel-wise AD vs CN t-test, max-t FWE; 0 skips it) "
         "and Monte Carlo iterations of the cluster-level FWE of an ALE from --reference-map foci.",

@@ -242,6 +242,11 @@ def channel_ablation_path(root: Path) -> Path:
     return group_dir(root) / "channel_ablation.tsv"
 
 
+def faithfulness_path(root: Path) -> Path:
+    """``group/faithfulness.tsv``: deletion and insertion curves (AOPC) of every map (``--faithfulness``)."""
+    return group_dir(root) / "faithfulness.tsv"
+
+
 def group_map_path(root: Path, space: str, res: str, method: str, label: str, stat: str = "mean") -> Path:
     """A group map: ``group/<method>/space-..._res-..._label-<label>_desc-<method>_stat-<stat>_heatmap.nii.gz``."""
     return group_dir(root) / method / filename("heatmap", ".nii.gz", space=space, res=res, label=label, desc=method,

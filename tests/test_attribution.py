@@ -978,6 +978,23 @@ def test_sanity_check_draws_scans_from_every_fold_and_compares_with_the_input(tr
 
 
 @pytest.mark.slow
+def test_faithfulness_table_of_the_out_of_fold_maps(trained):
+    """--faithfulness: every order and unit kind of the Saliency maps, each scan perturbed by its own fold model."""
+    from adheat_app.evaluation.faithfulness import run_faithfulness
+    from adheat_app.layout import faithfulness_path
+
+    config, derivs, cohort = trained
+    config = config.replace("heatmaps", methods=("Saliency",)).replace("evaluation", faithfulness=True,
+                                                                        n_bootstrap=50)
+    table = run_faithfulness(config, derivs, cohort)
+    assert set(table["map"]) == {"Saliency"} and len(table) == 6  # 2 unit kinds x 3 orders
+    assert (table["n_subjects"] == 10).all() and table["deletion_aopc_ci_low"].notna().all()
+    written = pd.read_csv(faithfulness_path(derivs.root), sep="\t")
+    assert set(written["order"]) == {"morf", "lerf", "random"}
+    assert read_json(sidecar_path(faithfulness_path(derivs.root)))["NScans"] == 10
+
+
+@pytest.mark.slow
 def test_group_maps_say_which_classes_they_explain(trained, tmp_path, caplog):
     """--target positive (default): 'all' averages explanations of the positive class only; --target true mixes
     AD-class maps of AD scans with CN-class maps of CN scans, and the group map says so."""

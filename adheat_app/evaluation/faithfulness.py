@@ -25,11 +25,16 @@ Every (scan, step) is one row of padded forward passes
 (:func:`~adheat_app.attribution.base.class_logits`): ``2 x 3 x STEPS`` rows per
 scan, unit kind and map. :func:`aopc_table` averages per subject and adds 95 %
 percentile bootstrap intervals over subjects, with the paired difference to the
-random order.
+random order. With ``--faithfulness`` the group level writes
+``group/faithfulness.tsv`` (:func:`run_faithfulness`) for every method and its
+control maps.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
@@ -37,6 +42,12 @@ from torch import nn
 
 from adheat_app.attribution.base import MethodContext, class_logits
 from adheat_app.attribution.output import explained
+from adheat_app.bids import Derivatives
+from adheat_app.cohort import Cohort
+from adheat_app.config import RunConfig
+from adheat_app.io import write_json, write_tsv
+from adheat_app.layout import PERMUTED_LABELS_SUFFIX, RANDOM_SUFFIX, faithfulness_path, sidecar_path
+from adheat_app.templates import get_atlas
 
 #: Perturbation steps per curve.
 STEPS = 10
@@ -45,6 +56,8 @@ BLOCK_PERCENT = 5.0
 ORDERS = ("morf", "lerf", "random")
 #: Interval coverage.
 LEVEL = 0.95
+#: Suffixes of the control maps scored beside each method.
+CONTROL_SUFFIXES = (RANDOM_SUFFIX, PERMUTED_LABELS_SUFFIX)
 
 
 def unit_orders(relevance: np.ndarray, units: np.ndarray, seed: int) -> dict[str, list[np.ndarray]]:
@@ -162,3 +175,59 @@ def aopc_table(curves: pd.DataFrame, n_bootstrap: int, seed: int) -> pd.DataFram
                     row[f"{key}_ci_low"], row[f"{key}_ci_high"] = float(low), float(high)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def map_names(methods: list[str], found: Callable[[str], bool]) -> list[str]:
+    """Each method and its control maps (``<Method><suffix>``) that ``found`` says exist."""
+    return [name for method in methods for name in (method, *(f"{method}{s}" for s in CONTROL_SUFFIXES))
+            if found(name)]
+
+
+def run_faithfulness(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> pd.DataFrame | None:
+    """``--faithfulness``: curves of every method's and control's per-scan maps; writes ``group/faithfulness.tsv``.
+
+    Each scan is perturbed and explained by the fold model that held it out (its maps' model), with that fold's
+    training mean as the fill; scans in no test fold are left out. Returns None when the option is off or no map
+    exists.
+    """
+    from adheat_app.attribution.catalog import selected_methods
+    from adheat_app.attribution.runner import heatmap_run
+
+    if not config.evaluation.faithfulness:
+        return None
+    seed = config.execution.seed
+    with heatmap_run(config, derivs, cohort) as run:
+        if run is None:
+            return None
+        scans = [a for a in run.assignments if a.fold is not None and a.fold in run.templates]
+        names = map_names(selected_methods(config.heatmaps.methods),
+                          lambda name: bool(scans) and run.heatmap(scans[0], name).is_file())
+        atlas = get_atlas(run.context.resolution, cohort.space).array().astype(np.int32)
+        rows = []
+        for a in scans:
+            brain = np.asarray(nib.load(a.scan.mask).dataobj) > 0
+            x = run.tensor([a.index])[0]
+            for name in names:
+                path = run.heatmap(a, name)
+                if not path.is_file():
+                    continue
+                relevance = np.asarray(nib.load(path).dataobj, np.float32)
+                for row in scan_curves(run.models[a.fold], x, run.templates[a.fold], relevance,
+                                       np.where(brain, atlas, 0), brain, run.target(a), run.context,
+                                       config.heatmaps.explain_output, seed):
+                    rows.append({**row, "map": name, "subject": a.scan.subject})
+        if not rows:
+            return None
+        table = aopc_table(pd.DataFrame(rows), config.evaluation.n_bootstrap, seed)
+        path = faithfulness_path(derivs.root)
+        with derivs.lock():
+            write_tsv(path, table)
+            write_json(sidecar_path(path), {
+                "Description": "deletion (AOPC) and insertion curves of every map: units removed in the map's order "
+                               "and replaced by the fold's training mean; explained output by the fold model that "
+                               "held the scan out; mean over subjects",
+                "Steps": STEPS, "BlockPercent": BLOCK_PERCENT, "Orders": list(ORDERS), "Units": ["regions", "blocks"],
+                "Atlas": "AAL3", "ExplainedOutput": config.heatmaps.explain_output, "Seed": seed,
+                "Interval": f"{LEVEL:.0%} percentile bootstrap over subjects",
+                "NBootstrap": config.evaluation.n_bootstrap, "NScans": len(scans)})
+        return table

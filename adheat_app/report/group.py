@@ -33,7 +33,7 @@ from adheat_app.errors import InputError
 from adheat_app.evaluation.reference import ANATOMICAL_PRIOR, HEADLINE_ORDER
 from adheat_app.inputs import split_channel
 from adheat_app.io import write_text
-from adheat_app.layout import channel_ablation_path, group_map_methods, group_map_path, to_label
+from adheat_app.layout import channel_ablation_path, faithfulness_path, group_map_methods, group_map_path, to_label
 from adheat_app.report.html import Section, esc, image, markdown, not_computed, note, page, table
 from adheat_app.templates import Template
 
@@ -391,6 +391,9 @@ def write_group_report(config: RunConfig, derivs: Derivatives, cohort: Cohort, t
         Section("channel-ablation", "Which input channel the model uses (channel ablation)",
                 _simple_table(channel_ablation_path(derivs.root),
                               "group/channel_ablation.tsv is absent (the model reads one input channel)")),
+        Section("faithfulness", "Faithfulness (deletion and insertion curves, AOPC)",
+                _simple_table(faithfulness_path(derivs.root),
+                              "group/faithfulness.tsv is absent (run with --faithfulness)")),
         Section("sanity", "Sanity checks (model randomisation)",
                 _simple_table(group / "sanity_check.tsv",
                               "group/sanity_check.tsv is absent (run with --sanity-check)")),

@@ -28,6 +28,7 @@ def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
     from adheat_app.attribution.sanity import sanity_check
     from adheat_app.baseline import run_covariates, run_svm
     from adheat_app.evaluation import run_evaluation
+    from adheat_app.evaluation.faithfulness import run_faithfulness
     from adheat_app.report import write_group_report, write_subject_report
     from adheat_app.training import make_folds, run_training
 
@@ -54,6 +55,7 @@ def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
     run_channel_ablation(config, derivs, cohort)
     if config.heatmaps.sanity_check:
         sanity_check(config, derivs, cohort)
+    run_faithfulness(config, derivs, cohort)
     run_evaluation(config, derivs, cohort, template)
     for subject in sorted({s.subject for s in cohort.scans}):
         write_subject_report(config, derivs, subject)
