@@ -219,8 +219,9 @@ class EvaluationOptions:
                               type=int)
     faithfulness: bool = option(
         False, "Deletion and insertion curves (AOPC; Samek et al. 2017) of every method's and control's maps: AAL3 "
-        "regions and 5 % blocks of voxels removed most relevant first, least relevant first and at random, filled "
-        "with the fold's training mean (group/faithfulness.tsv; 120 forward passes per scan and map).")
+        "regions and blocks of 5 percent of the voxels removed most relevant first, least relevant first and at "
+        "random, filled with the fold's training mean (group/faithfulness.tsv; 120 forward passes per scan and "
+        "map).")
     n_permutations: int = option(
         1000, "Label permutations of the cohort reference (voxel-wise AD vs CN t-test, max-t FWE; 0 skips it) "
         "and Monte Carlo iterations of the cluster-level FWE of an ALE from --reference-map foci.",

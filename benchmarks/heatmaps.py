@@ -155,9 +155,9 @@ def captum_reference(name: str, model: nn.Module, x: torch.Tensor, target: int, 
     if name == "SmoothGrad":
         torch.manual_seed(scan_seed(0, key))  # adheat's per-scan draws (run seed 0)
         sigma = OPTIONS.smoothgrad_noise * float(x[0, 0].max() - x[0, 0].min())  # every channel: one range
-        return NoiseTunnel(Saliency(explained)).attribute(x, nt_type="smoothgrad", nt_samples=OPTIONS.smoothgrad_samples,
-                                                         nt_samples_batch_size=1, stdevs=sigma, target=target,
-                                                         abs=False)
+        return NoiseTunnel(Saliency(explained)).attribute(
+            x, nt_type="smoothgrad", nt_samples=OPTIONS.smoothgrad_samples, nt_samples_batch_size=1, stdevs=sigma,
+            target=target, abs=False)
     if name == "IG":
         return IntegratedGradients(explained).attribute(x, target=target, n_steps=OPTIONS.ig_steps,
                                                     internal_batch_size=8)

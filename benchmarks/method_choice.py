@@ -15,7 +15,8 @@ test: numbers depend on the cohort draw and the machine.
 
 Usage::
 
-    python benchmarks/method_choice.py [--subjects 24] [--resolution 4] [--folds 3] [--steps 600] [--seed 1] [--keep DIR]
+    python benchmarks/method_choice.py [--subjects 24] [--resolution 4] [--folds 3] [--steps 600] [--seed 1]
+                                       [--keep DIR]
 """
 
 from __future__ import annotations

@@ -39,8 +39,8 @@ def test_deletion_ranks_the_region_s_map_above_a_random_map_and_its_complement()
         maps = {"region": region + 0.01 * rng.random(GRID), "random": rng.random(GRID),
                 "complement": ~region + 0.01 * rng.random(GRID)}
         for name, relevance in maps.items():
-            for row in scan_curves(model, scan, fill, relevance, regions, brain, 1, context, "difference", seed=subject):
-                rows.append({**row, "map": name, "subject": f"s{subject}"})
+            curves = scan_curves(model, scan, fill, relevance, regions, brain, 1, context, "difference", subject)
+            rows += [{**row, "map": name, "subject": f"s{subject}"} for row in curves]
     curves = pd.DataFrame(rows)
     morf = curves[(curves["order"] == "morf") & (curves["units"] == "regions")].groupby("map")["deletion_aopc"].mean()
     clean = curves["clean"].mean()

@@ -101,7 +101,8 @@ def voxel_blocks(relevance: np.ndarray, brain: np.ndarray) -> np.ndarray:
 
 
 def perturbation_outputs(model: nn.Module, scan: torch.Tensor, fill: torch.Tensor, masks: list[np.ndarray],
-                         target: int, context: MethodContext, output: str) -> tuple[np.ndarray, np.ndarray, float, float]:
+                         target: int, context: MethodContext, output: str
+                         ) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Explained outputs after each deletion step and each insertion step of one scan.
 
     Parameters
