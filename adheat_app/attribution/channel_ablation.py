@@ -39,7 +39,7 @@ from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.io import write_json, write_tsv
-from adheat_app.layout import channel_ablation_path, sidecar_path
+from adheat_app.layout import CHANNEL_ABLATION, group_table, sidecar_path
 
 LOGGER = logging.getLogger(__name__)
 
@@ -124,23 +124,26 @@ def run_channel_ablation(config: RunConfig, derivs: Derivatives, cohort: Cohort)
     from adheat_app.attribution.runner import heatmap_run
 
     with heatmap_run(config, derivs, cohort) as run:
-        if run is None or len(run.channels) < 2:
+        if run is None or len(run.fold_models.channels) < 2:
             return None
+        models = run.fold_models
+        if not models.templates:
+            models.load_training_means(needed=False)
         rows, subjects = [], []
         for k in run.folds:
-            own = [a for a in run.assignments if a.fold == k and a.scan.target is not None]
-            if not own or k not in run.templates:
+            own = [a for a in models.assignments if a.fold == k and a.scan.target is not None]
+            if not own or k not in models.templates:
                 continue
-            targets = torch.tensor([int(a.scan.target) for a in own], device=run.device)
-            rows.append(channel_drops(run.models[k], run.tensor([a.index for a in own]), targets, run.templates[k],
-                                      run.context, config.heatmaps.explain_output))
+            targets = torch.tensor([int(a.scan.target) for a in own], device=models.device)
+            rows.append(channel_drops(models.models[k], models.tensor([a.index for a in own]), targets,
+                                      models.templates[k], models.context, config.heatmaps.explain_output))
             subjects += [a.scan.subject for a in own]
         if not rows:
             LOGGER.warning("channel ablation: no fold model has labelled test scans; skipped")
             return None
-        table = ablation_table(np.concatenate(rows), subjects, run.channels, config.evaluation.n_bootstrap,
+        table = ablation_table(np.concatenate(rows), subjects, models.channels, config.evaluation.n_bootstrap,
                                config.execution.seed)
-        path = channel_ablation_path(derivs.root)
+        path = group_table(derivs.root, CHANNEL_ABLATION)
         with derivs.lock():
             write_tsv(path, table)
             write_json(sidecar_path(path), {
@@ -148,7 +151,7 @@ def run_channel_ablation(config: RunConfig, derivs: Derivatives, cohort: Cohort)
                                "(or all) is replaced by the fold's training mean image, by the fold model that held "
                                "the scan out; mean over subjects",
                 "ExplainedOutput": config.heatmaps.explain_output, "Fill": "fold training mean image",
-                "Model": config.training.model, "Folds": list(run.folds), "Channels": list(run.channels),
+                "Model": config.training.model, "Folds": list(run.folds), "Channels": list(models.channels),
                 "Interval": f"{LEVEL:.0%} percentile bootstrap over subjects",
                 "NBootstrap": config.evaluation.n_bootstrap,
                 "Seed": config.execution.seed,

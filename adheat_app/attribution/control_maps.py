@@ -17,7 +17,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from adheat_app.attribution.base import Method
+from adheat_app.attribution.base import Attribution, Method
+from adheat_app.layout import MapName
 
 
 class ControlMethod(Method):
@@ -35,10 +36,9 @@ class ControlMethod(Method):
     def __init__(self, method: Method):
         super().__init__(method.options, method.context)
         self.method = method
-        self.name = f"{method.name}{self.suffix}"
+        self.name = MapName(method.name, self.suffix).desc
         self.signed = method.signed
         self.all_zero_reason = method.all_zero_reason
-        self.diagnostics = method.diagnostics
 
     @property
     def needs_template(self) -> bool:
@@ -70,3 +70,8 @@ class ControlMethod(Method):
                   template: torch.Tensor | None = None) -> torch.Tensor:
         """The wrapped method's maps of the control model."""
         return self.method.attribute(model, volumes, targets, keys, template)
+
+    def attribution(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str],
+                    template: torch.Tensor | None = None) -> Attribution:
+        """The wrapped method's maps of the control model and its per-scan values."""
+        return self.method.attribution(model, volumes, targets, keys, template)

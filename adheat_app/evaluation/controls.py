@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from adheat_app.evaluation.overlap import BATCH
-from adheat_app.layout import RANDOM_SUFFIX
+from adheat_app.layout import MapName
 from adheat_app.templates import Template, resample
 
 INPUT_MAGNITUDE = "InputMagnitude"
@@ -35,7 +35,7 @@ GREY_MATTER_PRIOR = "GreyMatterPrior"
 
 def is_control(method: str) -> bool:
     """Whether ``method`` names a control map rather than an explanation of the trained model."""
-    return method in (INPUT_MAGNITUDE, GREY_MATTER_PRIOR) or (RANDOM_SUFFIX in method and method != RANDOM_SUFFIX)
+    return method in (INPUT_MAGNITUDE, GREY_MATTER_PRIOR) or MapName.parse(method).is_control
 
 
 def unit_total(maps: np.ndarray) -> np.ndarray:

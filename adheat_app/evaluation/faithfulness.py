@@ -46,7 +46,7 @@ from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.io import write_json, write_tsv
-from adheat_app.layout import PERMUTED_LABELS_SUFFIX, RANDOM_SUFFIX, faithfulness_path, sidecar_path
+from adheat_app.layout import CONTROLS, FAITHFULNESS, MapName, group_table, sidecar_path
 from adheat_app.templates import get_atlas
 
 #: Perturbation steps per curve.
@@ -56,8 +56,6 @@ BLOCK_PERCENT = 5.0
 ORDERS = ("morf", "lerf", "random")
 #: Interval coverage.
 LEVEL = 0.95
-#: Suffixes of the control maps scored beside each method.
-CONTROL_SUFFIXES = (RANDOM_SUFFIX, PERMUTED_LABELS_SUFFIX)
 
 
 def unit_orders(relevance: np.ndarray, units: np.ndarray, seed: int) -> dict[str, list[np.ndarray]]:
@@ -179,8 +177,8 @@ def aopc_table(curves: pd.DataFrame, n_bootstrap: int, seed: int) -> pd.DataFram
 
 
 def map_names(methods: list[str], found: Callable[[str], bool]) -> list[str]:
-    """Each method and its control maps (``<Method><suffix>``) that ``found`` says exist."""
-    return [name for method in methods for name in (method, *(f"{method}{s}" for s in CONTROL_SUFFIXES))
+    """Each method and its control maps (:data:`~adheat_app.layout.CONTROLS`) that ``found`` says exist."""
+    return [name for method in methods for name in (method, *(MapName(method, c).desc for c in CONTROLS))
             if found(name)]
 
 
@@ -200,27 +198,30 @@ def run_faithfulness(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> 
     with heatmap_run(config, derivs, cohort) as run:
         if run is None:
             return None
-        scans = [a for a in run.assignments if a.fold is not None and a.fold in run.templates]
+        models = run.fold_models
+        if not models.templates:
+            models.load_training_means(needed=False)
+        scans = [a for a in models.assignments if a.fold is not None and a.fold in models.templates]
         names = map_names(selected_methods(config.heatmaps.methods),
-                          lambda name: bool(scans) and run.heatmap(scans[0], name).is_file())
-        atlas = get_atlas(run.context.resolution, cohort.space).array().astype(np.int32)
+                          lambda name: bool(scans) and run.writer.heatmap(scans[0], name).is_file())
+        atlas = get_atlas(models.context.resolution, cohort.space).array().astype(np.int32)
         rows = []
         for a in scans:
             brain = np.asarray(nib.load(a.scan.mask).dataobj) > 0
-            x = run.tensor([a.index])[0]
+            x = models.tensor([a.index])[0]
             for name in names:
-                path = run.heatmap(a, name)
+                path = run.writer.heatmap(a, name)
                 if not path.is_file():
                     continue
                 relevance = np.asarray(nib.load(path).dataobj, np.float32)
-                for row in scan_curves(run.models[a.fold], x, run.templates[a.fold], relevance,
-                                       np.where(brain, atlas, 0), brain, run.target(a), run.context,
+                for row in scan_curves(models.models[a.fold], x, models.templates[a.fold], relevance,
+                                       np.where(brain, atlas, 0), brain, models.target(a), models.context,
                                        config.heatmaps.explain_output, seed):
                     rows.append({**row, "map": name, "subject": a.scan.subject})
         if not rows:
             return None
         table = aopc_table(pd.DataFrame(rows), config.evaluation.n_bootstrap, seed)
-        path = faithfulness_path(derivs.root)
+        path = group_table(derivs.root, FAITHFULNESS)
         with derivs.lock():
             write_tsv(path, table)
             write_json(sidecar_path(path), {

@@ -21,7 +21,7 @@ import pandas as pd
 
 from adheat_app.evaluation.controls import INPUT_MAGNITUDE
 from adheat_app.evaluation.overlap import BOOTSTRAPPED, TOP_PERCENT, percentile_interval
-from adheat_app.layout import RANDOM_SUFFIX
+from adheat_app.layout import RANDOM_SUFFIX, MapName
 
 #: Metric of the answer table (threshold-free; chance 0.5 whatever the reference's size).
 ANSWER_METRIC = "roc_auc"
@@ -165,7 +165,7 @@ def answer_table(overlap: pd.DataFrame, differences: pd.DataFrame, label: str,
         pairs = differences[(differences["label"] == label) & (differences["reference"] == row.reference)
                             & (differences["metric"] == metric)]
         diff, low, high = _paired(pairs, row.method, row.sign, INPUT_MAGNITUDE, "absolute")
-        random = _paired(pairs, row.method, row.sign, f"{row.method}{RANDOM_SUFFIX}", row.sign)
+        random = _paired(pairs, row.method, row.sign, MapName(row.method, RANDOM_SUFFIX).desc, row.sign)
         above_chance = bool(row.ci_low > row.chance)
         above_control = bool(low > 0)
         out.append({"method": row.method, "reference": row.reference, "sign": row.sign, "metric": metric,
