@@ -974,6 +974,7 @@ def test_sanity_check_draws_scans_from_every_fold_and_compares_with_the_input(tr
                    get_template(config2.execution.resolution, cohort2.space))
     overlap = pd.read_csv(derivs2.root / "group" / "overlap.tsv", sep="\t")
     assert set(overlap.loc[overlap["method"].str.endswith("Random"), "kind"]) == {"control"}
+    assert set(overlap.loc[overlap["method"].str.endswith("PermutedLabels"), "kind"]) == {"control"}
     answer = pd.read_csv(derivs2.root / "group" / "answer.tsv", sep="\t").set_index(["method", "reference", "sign"])
     assert set(answer.index.get_level_values("method")) == {"Saliency", "GGC"}
     assert answer["vs_random"].notna().all() and answer["above_random"].isin([True, False]).all()
