@@ -154,7 +154,7 @@ def captum_reference(name: str, model: nn.Module, x: torch.Tensor, target: int, 
         return zennit_composite(model, x.detach(), target)
     if name == "SmoothGrad":
         torch.manual_seed(scan_seed(0, key))  # adheat's per-scan draws (run seed 0)
-        sigma = OPTIONS.smoothgrad_noise * float(x[0, 0].max() - x[0, 0].min())  # every channel: one range
+        sigma = OPTIONS.smoothgrad_noise * float(x.detach()[0, 0].max() - x.detach()[0, 0].min())  # one range
         return NoiseTunnel(Saliency(explained)).attribute(
             x, nt_type="smoothgrad", nt_samples=OPTIONS.smoothgrad_samples, nt_samples_batch_size=1, stdevs=sigma,
             target=target, abs=False)
