@@ -49,8 +49,8 @@ EXTENSIONS = (".nii.gz", ".nii", ".h5", ".tsv", ".json", ".png", ".svg", ".html"
 #: Extensions of NIfTI images adheat reads; the first is the one it writes.
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 NIFTI = NIFTI_EXTENSIONS[0]
-#: Files shipped in ``adheat_app/data``: the built-in reference map (with its ``.json`` sidecar) and its foci.
-BUILTIN_REFERENCE_MAP, BUILTIN_REFERENCE_FOCI = "reference_ad_atrophy_ale.nii.gz", "reference_ad_atrophy_foci.tsv"
+#: Files shipped in ``adheat_app/data``: the built-in region prior (with its ``.json`` sidecar) and its foci.
+BUILTIN_REFERENCE_MAP, BUILTIN_REFERENCE_FOCI = "ad_region_prior.nii.gz", "ad_region_prior_foci.tsv"
 #: Files of one trained fold model.
 MODEL_WEIGHTS, MODEL_CARD = "model.pt", "model.json"
 #: Other files of a fold folder: the subjects and their sets, the resumable checkpoint, the training curve (``.tsv``
@@ -59,9 +59,10 @@ SPLIT, CHECKPOINT, TRAINING_CURVE, FOLD_PREDICTIONS, TRAINING_MEAN = (
     "split.tsv", "checkpoint.pt", "training_curve", "predictions.tsv", "training_mean.nii.gz")
 #: Group tables (``group/<name>.tsv``, :func:`group_table`).
 CV_METRICS, PREDICTIONS, PREPROC_QC, SANITY_CHECK = "cv_metrics", "predictions", "preproc_qc", "sanity_check"
-CHANNEL_ABLATION, FAITHFULNESS = "channel_ablation", "faithfulness"
 OVERLAP, OVERLAP_DIFFERENCES, ANSWER, REGIONS, DISTANCES = (
     "overlap", "overlap_differences", "answer", "regions", "distances")
+#: Faithfulness tables (deletion curves, channel ablation; issue 26), rendered by the report where they exist.
+FAITHFULNESS, CHANNEL_ABLATION = "faithfulness", "channel_ablation"
 #: Controls a map's ``desc`` may name after its method (:class:`MapName`): ``Random``, the method's maps of a
 #: randomly initialised model, and ``PermutedLabels``, its maps of the models trained on permuted labels (both
 #: ``--sanity-check``). A new control is one more entry here.

@@ -990,7 +990,7 @@ def test_faithfulness_table_of_the_out_of_fold_maps(trained):
     config = config.replace("heatmaps", methods=("Saliency",)).replace("evaluation", faithfulness=True,
                                                                         n_bootstrap=50)
     table = run_faithfulness(config, derivs, cohort)
-    assert set(table["map"]) == {"Saliency"} and len(table) == 6  # 2 unit kinds x 3 orders
+    assert set(table["method"]) == {"Saliency"} and len(table) == 6  # 2 unit kinds x 3 orders
     assert (table["n_subjects"] == 10).all() and table["deletion_aopc_ci_low"].notna().all()
     written = pd.read_csv(group_table(derivs.root, FAITHFULNESS), sep="\t")
     assert set(written["order"]) == {"morf", "lerf", "random"}

@@ -40,14 +40,18 @@ def test_deletion_ranks_the_region_s_map_above_a_random_map_and_its_complement()
                 "complement": ~region + 0.01 * rng.random(GRID)}
         for name, relevance in maps.items():
             curves = scan_curves(model, scan, fill, relevance, regions, brain, 1, context, "difference", subject)
-            rows += [{**row, "map": name, "subject": f"s{subject}"} for row in curves]
+            rows += [{**row, "method": name, "subject": f"s{subject}"} for row in curves]
     curves = pd.DataFrame(rows)
-    morf = curves[(curves["order"] == "morf") & (curves["units"] == "regions")].groupby("map")["deletion_aopc"].mean()
+    morf = curves[(curves["order"] == "morf") & (curves["units"] == "regions")].groupby("method")["deletion_aopc"]
+    morf = morf.mean()
     clean = curves["clean"].mean()
     assert morf["region"] > morf["random"] > morf["complement"]
     np.testing.assert_allclose(morf["region"], clean, rtol=1e-5)  # the whole output goes at the first step
     np.testing.assert_allclose(morf["complement"], clean / STEPS, rtol=1e-5)  # ... or only at the last
-    table = aopc_table(curves, n_bootstrap=200, seed=0).set_index(["map", "units", "order"])
+    table = aopc_table(curves, n_bootstrap=200, seed=0)
+    assert table.groupby("method")["faithful"].all().to_dict() == {"region": True, "random": False,
+                                                                   "complement": False}
+    table = table.set_index(["method", "units", "order"])
     assert set(table.index.get_level_values("order")) == set(ORDERS)
     top = table.loc[("region", "regions", "morf")]
     assert top["deletion_aopc_vs_random_ci_low"] > 0 and top["insertion_area_vs_random_ci_low"] > 0

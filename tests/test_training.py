@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -436,3 +437,12 @@ def test_input_auto_reads_the_log_jacobian_only_when_every_scan_has_one(tmp_path
     with caplog.at_level(logging.WARNING):
         log_input(config, partial)
     assert "1 of 4 scans have no log Jacobian map" in caplog.text
+
+
+def test_log_of_a_run_without_validation_names_no_absent_quantity(small, tmp_path, caplog):
+    config, derivs, cohort = _rerun(small, tmp_path, val_fraction=0.0, patience=0, epochs=2)
+    with caplog.at_level(logging.INFO, logger="adheat_app"):
+        run_training(config, derivs, cohort)
+    epochs = [r.getMessage() for r in caplog.records if r.funcName == "train_fold" and "train loss" in r.getMessage()]
+    assert len(epochs) == 4 and not any("val " in line for line in epochs), epochs
+    assert not re.search(r"\bnan\b", caplog.text, re.IGNORECASE), caplog.text

@@ -55,6 +55,7 @@ from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.layout import trained_folds
+from adheat_app.progress import tracked
 
 LOGGER = logging.getLogger(__name__)
 
@@ -101,16 +102,16 @@ class HeatmapRun:
             LOGGER.warning("%s: %d of %d maps are zero everywhere (AllZero in their sidecars; the group means "
                            "leave them out)%s", method.name, all_zero, len(todo), method.all_zero_reason)
 
-    def _chunks(self, todo: list[Assignment]) -> Iterator[list[Assignment]]:
+    def _chunks(self, todo: list[Assignment], desc: str) -> Iterator[list[Assignment]]:
+        """``todo`` in batches of :data:`CHUNK_PASSES` passes, with a progress bar named ``desc`` on a terminal."""
         chunk = self.fold_models.context.batch * CHUNK_PASSES
-        for first in range(0, len(todo), chunk):
-            yield todo[first:first + chunk]
+        yield from tracked([todo[first:first + chunk] for first in range(0, len(todo), chunk)], desc, "batch")
 
     def _out_of_fold(self, method: Method, prepared: dict[int, nn.Module], todo: list[Assignment]) -> int:
         """Maps of the scans a fold model held out, by that model; return how many are zero everywhere."""
         all_zero = 0
         for k in self.folds:
-            for part in self._chunks([a for a in todo if a.fold == k]):
+            for part in self._chunks([a for a in todo if a.fold == k], f"{method.name} fold {k}"):
                 (maps, diagnostics), seconds = self.compute(method, prepared[k], k, part)
                 for a, data in zip(part, maps):
                     all_zero += self.writer.write(method, a, data, seconds / len(part),
@@ -122,7 +123,7 @@ class HeatmapRun:
         """Mean maps over every fold model of the scans in no test set (the largest of each per-scan value);
         return how many are zero everywhere."""
         all_zero = 0
-        for part in self._chunks([a for a in todo if a.fold is None]):
+        for part in self._chunks([a for a in todo if a.fold is None], f"{method.name} fold means"):
             total, seconds, worst = 0.0, 0.0, {}
             for k in self.folds:
                 (maps, diagnostics), spent = self.compute(method, prepared[k], k, part)

@@ -25,7 +25,9 @@ Every (scan, step) is one row of padded forward passes
 (:func:`~adheat_app.attribution.base.class_logits`): ``2 x 3 x STEPS`` rows per
 scan, unit kind and map. :func:`aopc_table` averages per subject and adds 95 %
 percentile bootstrap intervals over subjects, with the paired difference to the
-random order. With ``--faithfulness`` the group level writes
+random order, and ``faithful`` (on every row of a map and unit kind): the
+interval of the most-relevant-first deletion AOPC minus the random order's lies
+above 0. With ``--faithfulness`` the group level writes
 ``group/faithfulness.tsv`` (:func:`run_faithfulness`) for every method and its
 control maps.
 """
@@ -145,7 +147,8 @@ def aopc_table(curves: pd.DataFrame, n_bootstrap: int, seed: int) -> pd.DataFram
     Parameters
     ----------
     curves : pandas.DataFrame
-        One row per scan, map, unit kind and order (columns ``map``, ``subject``, ``units``, ``order``,
+        One row per scan, map, unit kind and order (columns ``method`` (the map's name), ``subject``, ``units``,
+        ``order``,
         ``deletion_aopc``, ``insertion_area``), as :func:`scan_curves` rows with the map and subject added.
     n_bootstrap : int
         Resamples of subjects (0: no intervals).
@@ -153,16 +156,16 @@ def aopc_table(curves: pd.DataFrame, n_bootstrap: int, seed: int) -> pd.DataFram
         Seed of the resampling.
     """
     rows = []
-    per_subject = curves.groupby(["map", "units", "order", "subject"], sort=False)[
+    per_subject = curves.groupby(["method", "units", "order", "subject"], sort=False)[
         ["deletion_aopc", "insertion_area"]].mean().reset_index()
     rng = np.random.default_rng(seed)
-    for (name, units), group in per_subject.groupby(["map", "units"], sort=False):
+    for (name, units), group in per_subject.groupby(["method", "units"], sort=False):
         wide = {metric: group.pivot(index="subject", columns="order", values=metric)
                 for metric in ("deletion_aopc", "insertion_area")}
         subjects = len(wide["deletion_aopc"])
         draws = rng.integers(0, subjects, size=(n_bootstrap, subjects)) if n_bootstrap and subjects else None
         for order in ORDERS:
-            row = {"map": name, "units": units, "order": order, "n_subjects": subjects}
+            row = {"method": name, "units": units, "order": order, "n_subjects": subjects}
             for metric, table in wide.items():
                 values = table[order].to_numpy()
                 gap = values - table["random"].to_numpy()
@@ -173,7 +176,10 @@ def aopc_table(curves: pd.DataFrame, n_bootstrap: int, seed: int) -> pd.DataFram
                                  if draws is not None else (np.nan, np.nan))
                     row[f"{key}_ci_low"], row[f"{key}_ci_high"] = float(low), float(high)
             rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    morf = table[table["order"] == "morf"].set_index(["method", "units"])["deletion_aopc_vs_random_ci_low"] > 0
+    table["faithful"] = [bool(morf[(m, u)]) for m, u in zip(table["method"], table["units"])]
+    return table
 
 
 def map_names(methods: list[str], found: Callable[[str], bool]) -> list[str]:
@@ -217,7 +223,7 @@ def run_faithfulness(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> 
                 for row in scan_curves(models.models[a.fold], x, models.templates[a.fold], relevance,
                                        np.where(brain, atlas, 0), brain, models.target(a), models.context,
                                        config.heatmaps.explain_output, seed):
-                    rows.append({**row, "map": name, "subject": a.scan.subject})
+                    rows.append({**row, "method": name, "subject": a.scan.subject})
         if not rows:
             return None
         table = aopc_table(pd.DataFrame(rows), config.evaluation.n_bootstrap, seed)

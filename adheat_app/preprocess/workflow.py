@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import sys
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -32,6 +31,7 @@ from adheat_app.errors import InputError
 from adheat_app.io import is_storage_error, write_text
 from adheat_app.layout import transform_paths
 from adheat_app.preprocess import pipeline, qc, register, reuse
+from adheat_app.progress import tracked
 from adheat_app.templates import Template
 
 LOGGER = logging.getLogger(__name__)
@@ -140,16 +140,12 @@ def run_preprocessing(config: RunConfig, inputs: list[T1wInput], derivs: Derivat
 
 def _run_pool(config: RunConfig, derivs: Derivatives, todo: list[T1wInput], template: Template,
               anat: dict, workers: int, threads: int) -> list[str]:
-    from tqdm import tqdm
-
     failed = []
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=(threads, template)) as pool:
         futures = {pool.submit(_job, config, derivs, t, anat.get(t.key)): t for t in todo}
-        bar = tqdm(total=len(todo), desc="preprocessing", unit="scan", file=sys.stderr,
-                   disable=not sys.stderr.isatty())
-        for future in as_completed(futures):
+        for future in tracked(as_completed(futures), "preprocessing", "scan", total=len(futures)):
             t1w = futures[future]
             try:
                 result = future.result()
@@ -164,8 +160,6 @@ def _run_pool(config: RunConfig, derivs: Derivatives, todo: list[T1wInput], temp
                     LOGGER.info("%s", note)
                 LOGGER.info("%s: done in %.1f s, registration NCC %.3f, brain-mask Dice %.3f", t1w.key,
                             result["seconds"], result["ncc"], result["dice"])
-            bar.update(1)
-        bar.close()
     return sorted(failed)
 
 
