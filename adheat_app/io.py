@@ -194,6 +194,12 @@ def write_tsv(path: str | os.PathLike, table: pd.DataFrame) -> Path:
     return write_text(path, table.to_csv(sep="\t", index=False, na_rep="n/a", lineterminator="\n"))
 
 
+def write_table(path: str | os.PathLike, table: pd.DataFrame, sidecar: dict) -> Path:
+    """Write a TSV table and its JSON sidecar (the same name ending in ``.json``), each atomically."""
+    write_json(Path(path).with_suffix(".json"), sidecar)
+    return write_tsv(path, table)
+
+
 def nifti_image(data: np.ndarray, affine: np.ndarray, code: int = 4, header: nib.Nifti1Header | None = None,
                 units: tuple[str, ...] = ()) -> nib.Nifti1Image:
     """A NIfTI image whose qform and sform are both ``affine`` with ``code``.

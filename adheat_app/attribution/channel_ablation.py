@@ -38,8 +38,8 @@ from adheat_app.attribution.output import output_drop
 from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
-from adheat_app.io import write_json, write_tsv
-from adheat_app.layout import CHANNEL_ABLATION, group_table, sidecar_path
+from adheat_app.io import write_table
+from adheat_app.layout import CHANNEL_ABLATION, group_table
 
 LOGGER = logging.getLogger(__name__)
 
@@ -143,10 +143,8 @@ def run_channel_ablation(config: RunConfig, derivs: Derivatives, cohort: Cohort)
             return None
         table = ablation_table(np.concatenate(rows), subjects, models.channels, config.evaluation.n_bootstrap,
                                config.execution.seed)
-        path = group_table(derivs.root, CHANNEL_ABLATION)
         with derivs.lock():
-            write_tsv(path, table)
-            write_json(sidecar_path(path), {
+            write_table(group_table(derivs.root, CHANNEL_ABLATION), table, {
                 "Description": "drop of the explained output for each test scan's true class when one input channel "
                                "(or all) is replaced by the fold's training mean image, by the fold model that held "
                                "the scan out; mean over subjects",

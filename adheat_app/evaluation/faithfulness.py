@@ -47,8 +47,8 @@ from adheat_app.attribution.output import explained
 from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
-from adheat_app.io import write_json, write_tsv
-from adheat_app.layout import CONTROLS, FAITHFULNESS, MapName, group_table, sidecar_path
+from adheat_app.io import write_table
+from adheat_app.layout import CONTROLS, FAITHFULNESS, MapName, group_table
 from adheat_app.templates import get_atlas
 
 #: Perturbation steps per curve.
@@ -227,10 +227,8 @@ def run_faithfulness(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> 
         if not rows:
             return None
         table = aopc_table(pd.DataFrame(rows), config.evaluation.n_bootstrap, seed)
-        path = group_table(derivs.root, FAITHFULNESS)
         with derivs.lock():
-            write_tsv(path, table)
-            write_json(sidecar_path(path), {
+            write_table(group_table(derivs.root, FAITHFULNESS), table, {
                 "Description": "deletion (AOPC) and insertion curves of every map: units removed in the map's order "
                                "and replaced by the fold's training mean; explained output by the fold model that "
                                "held the scan out; mean over subjects",
