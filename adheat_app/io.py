@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from adheat_app.layout import EXTENSIONS
+from adheat_app.layout import EXTENSIONS, sidecar_path
 
 
 #: ``errno`` values of a file system that takes no more writes (full, over quota, read-only): every job would fail.
@@ -195,8 +195,8 @@ def write_tsv(path: str | os.PathLike, table: pd.DataFrame) -> Path:
 
 
 def write_table(path: str | os.PathLike, table: pd.DataFrame, sidecar: dict) -> Path:
-    """Write a TSV table and its JSON sidecar (the same name ending in ``.json``), each atomically."""
-    write_json(Path(path).with_suffix(".json"), sidecar)
+    """Write a TSV table and its JSON sidecar (:func:`~adheat_app.layout.sidecar_path`), each atomically."""
+    write_json(sidecar_path(path), sidecar)
     return write_tsv(path, table)
 
 
