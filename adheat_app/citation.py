@@ -28,6 +28,7 @@ from adheat_app.io import read_json, write_text
 from adheat_app.layout import (
     MODEL_CARD, OVERLAP, find_preproc, fold_dir, group_table, has_heatmaps, is_foci_file, sidecar_path, trained_folds,
 )
+from adheat_app.preprocess.backends import BACKENDS
 from adheat_app.templates import DEFAULT_SPACE
 
 _SECTION_RE = re.compile(r"<!-- step: (?P<step>\w+) -->\n(?P<body>.*?)<!-- end -->\n?", re.S)
@@ -95,6 +96,36 @@ def _training_text(tr: TrainingOptions) -> str:
         text += (f"; a subject-level validation split of each training fold served early stopping "
                  f"(patience {tr.patience} epochs)")
     return text + "."
+
+
+def _cv_text(tr: TrainingOptions) -> str:
+    """The cross-validation scheme in words (``--cv``, ``--folds``, ``--repeats``)."""
+    text = ("leave-site-out cross-validation (each site of participants.tsv tested by models trained on the other "
+            "sites)" if tr.cv == "leave-site-out" else
+            f"{tr.folds}-fold cross-validation stratified by diagnosis and grouped by subject")
+    return text + (f", repeated {tr.repeats} times with new fold splits and seeds" if tr.repeats > 1 else "")
+
+
+def _validation_text(config: RunConfig) -> str:
+    """How the classifiers were judged: the verdict's interval, the covariate controls, the permutation test."""
+    tr = config.training
+    text = (f"Each classifier's pooled out-of-fold ROC AUC was compared with chance (0.5) by a 95 % percentile "
+            f"bootstrap interval over subjects ({config.evaluation.n_bootstrap} resamples"
+            + (", each also drawing one repeat of the cross-validation at random, so that the interval holds the "
+               "repeat-to-repeat variation of training" if tr.repeats > 1 else "")
+            + "); an interval entirely below 0.5 was reported as a finding (below chance: usually confounded folds).")
+    covariates = [c for c in tr.covariates if c.lower() != "none"]
+    if covariates:
+        text += (f" As confound controls, logistic regressions on each covariate ({', '.join(covariates)}) alone and "
+                 "on all together were cross-validated on the same folds; whether the network's out-of-fold logit "
+                 "added to the covariates was tested with nested logistic regressions on one row per subject "
+                 "(likelihood-ratio test, 1 degree of freedom; odds ratio per SD with its Wald 95 % interval).")
+    if tr.permutation_test:
+        text += (f" A label-permutation test with retraining [@ojala2010permutation] reran the whole "
+                 f"cross-validation on {tr.permutation_test} permutations of the diagnoses"
+                 + (" (within each site)" if tr.cv == "leave-site-out" else "")
+                 + "; p = (1 + #{AUC_perm >= AUC}) / (1 + N).")
+    return text
 
 
 #: What the classifiers read, per input channel set (the model cards' ``Input.Channels``).
@@ -194,15 +225,15 @@ def render_citation(config: RunConfig, steps: set[str], channels: tuple[str, ...
     values = {
         **{k.replace("-", "_"): v for k, v in versions.items()},
         "resolution": f"{ex.resolution:g}",
+        "registration_text": BACKENDS[pre.registration].methods_text(versions),
         "template_text": template_text(made.space or DEFAULT_SPACE,
                                        made.template_source if made.space else "templateflow", versions),
-        "registration": {"syn": "rigid, affine and symmetric normalisation (SyN)",
-                         "affine": "rigid and affine"}[pre.registration],
         "intensity_norm": {"whitematter": "divided by the median intensity of the template's white matter "
                                           "(standardisation on white matter, after [@shinohara2014whitestripe])",
                            "zscore": "z-scored within the brain mask",
                            "histogram": "normalised by histogram matching within the brain mask"}[pre.intensity_norm],
-        "model": tr.model, "folds": tr.folds, "training_text": _training_text(tr), "seed": ex.seed,
+        "model": tr.model, "training_text": _training_text(tr), "seed": ex.seed,
+        "cv_text": _cv_text(tr), "validation_text": _validation_text(config),
         "input_text": INPUT_TEXT.get(channels, ", ".join(channels)),
         "positive": tr.positive_label, "negative": tr.negative_label,
         "methods": ", ".join(selected_methods(hm.methods)), "ig_steps": hm.ig_steps, "lrp_rule": hm.lrp_rule,

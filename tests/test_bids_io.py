@@ -200,6 +200,14 @@ def test_citation_names_the_steps_present(tiny_bids, tmp_path):
     assert "The network read the preprocessed T1w images." in full
     both, _ = render_citation(config, {"always", "training"}, ("intensity", "logjacobian"))
     assert "two channels: the preprocessed T1w image and the log Jacobian determinant" in both
+    assert "5-fold cross-validation stratified by diagnosis" in full and "bootstrap interval over subjects" in full
+    assert "covariate (age, sex, site) alone and on all together" in full and "likelihood-ratio" in full
+    assert "ojala2010permutation" not in full
+    yardsticks = config.replace("training", cv="leave-site-out", repeats=3, permutation_test=50)
+    text, bib = render_citation(yardsticks, {"always", "training"})
+    assert "leave-site-out cross-validation" in text and "repeated 3 times with new fold splits" in text
+    assert "each also drawing one repeat" in text and "50 permutations of the diagnoses (within each site)" in text
+    assert "@article{ojala2010permutation," in bib
     cited = set(__import__("re").findall(r"@([A-Za-z0-9_:-]+)", full))
     assert cited and all(f"{{{key}," in full_bib for key in cited)
     d = Derivatives(tmp_path / "out", tiny_bids)

@@ -96,7 +96,7 @@ def test_every_design_output_exists(run):
             assert (fold / name).is_file()
     group = out / "group"
     for name in ("cv_metrics.tsv", "predictions.tsv", "overlap.tsv", "overlap_differences.tsv", "answer.tsv",
-                 "regions.tsv", "distances.tsv", "preproc_qc.tsv"):
+                 "regions.tsv", "distances.tsv", "preproc_qc.tsv", "covariates_nested_test.tsv"):
         assert (group / name).is_file(), name
     for method in METHODS:
         for label in ("AD", "CN"):
@@ -116,8 +116,8 @@ def test_logs_name_no_absent_quantity(run):
 def test_tables_hold_both_models_and_every_method(run):
     group = run["out"] / "group"
     metrics = pd.read_csv(group / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
-    # the simulated participants.tsv has age and sex (one site: no site control)
-    assert set(metrics["model"]) == {"resnet3d", "SVM", "covariate-age", "covariate-sex"}
+    # the simulated participants.tsv has age and sex (one site: no site control), and both together
+    assert set(metrics["model"]) == {"resnet3d", "SVM", "covariate-age", "covariate-sex", "covariate-all"}
     assert set(metrics["fold"]) >= {"0", "1", "2", "mean", "sd"}
     predictions = pd.read_csv(group / "predictions.tsv", sep="\t", dtype={"subject": str})
     assert len(predictions[predictions["model"] == "resnet3d"]) == 12

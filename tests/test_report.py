@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import nibabel as nib
@@ -21,32 +20,20 @@ from adheat_app.report.html import markdown
 from conftest import make_preprocessed_cohort
 from test_baseline import round_robin_folds
 from test_evaluation import write_synthetic_heatmaps, write_synthetic_predictions
+from test_viewer import CHROMIUM_FLAGS, ERROR_HOOK, chromium, viewer_root, without_viewer
 
-GROUP_SECTIONS = ("answer", "summary", "cv-metrics", "roc", "training", "heatmaps", "svm", "reference", "overlap",
-                  "regions", "distances", "sanity", "preproc-qc", "methods")
-SUBJECT_SECTIONS = ("summary", "preprocessing", "predictions", "heatmaps")
-#: Height budget of group.html with every <details> closed, at 1,400 px wide: about three screens of 900 px.
-GROUP_PAGE_MAX_HEIGHT = 3 * 900
+GROUP_SECTIONS = ("answer", "viewer", "summary", "cv-metrics", "roc", "training", "heatmaps", "svm", "reference",
+                  "overlap", "regions", "distances", "sanity", "preproc-qc", "methods")
+SUBJECT_SECTIONS = ("summary", "viewer", "preprocessing", "predictions", "heatmaps")
+#: Height budget of group.html with every <details> closed, at 1,400 px wide: about three screens of 900 px, plus
+#: the interactive viewer (a 520 px canvas and its controls).
+GROUP_PAGE_MAX_HEIGHT = 3 * 900 + 700
 QC_SVG = (b'<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20">'
           b'<rect width="40" height="20" fill="red"/></svg>')
 
 
-def chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if exe is None:
-        pytest.skip("headless Chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    return exe
-
-
-#: Test-only scripts put into a copy of a report: record any JavaScript or resource error in
-#: ``<html data-errors=...>`` (first in ``<head>``), and mark the page rendered with its number of sections
-#: (``<body data-rendered=N>``, last in ``<body>``: it runs only when everything before it parsed).
-ERROR_HOOK = """<script>
-window.addEventListener('error', function (event) {
-  var root = document.documentElement;
-  root.dataset.errors = (root.dataset.errors ? root.dataset.errors + ' | ' : '') + (event.message || 'resource error');
-}, true);
-</script>"""
+#: Test-only script put last into ``<body>``: marks the page rendered with its number of sections
+#: (``<body data-rendered=N>``; it runs only when everything before it parsed).
 RENDERED_MARK = "<script>document.body.dataset.rendered = String(document.querySelectorAll('section').length);</script>"
 #: Test-only script: once every image has loaded, the page's height in CSS pixels (``<body data-height=...>``).
 HEIGHT_MARK = ("<script>window.addEventListener('load', function () {"
@@ -56,13 +43,15 @@ HEIGHT_MARK = ("<script>window.addEventListener('load', function () {"
 def rendered_dom(exe: str, page, profile) -> str:
     """The DOM of a copy of ``page`` with the test scripts, after Chromium loaded it (1,400 px wide) and ran them."""
     text = page.read_text()
+    assert "<script" not in without_viewer(text)  # the viewer's are the only scripts
     probe = profile.with_suffix(".html")
-    probe.write_text(text.replace("<head>", "<head>" + ERROR_HOOK, 1).replace(
-        "</body>", RENDERED_MARK + HEIGHT_MARK + "</body>", 1))
+    end = text.rindex("</body>")  # the last one: the viewer's NiiVue bundle holds the string too
+    probe.write_text(text[:end].replace("<head>", "<head>" + ERROR_HOOK, 1) + RENDERED_MARK + HEIGHT_MARK
+                     + text[end:])
+    flags = [flag for flag in CHROMIUM_FLAGS if not flag.startswith("--window-size=")]
     proc = subprocess.run(
-        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-         "--enable-logging=stderr", "--v=0", "--window-size=1400,900", "--virtual-time-budget=10000", "--dump-dom",
+        [exe, *flags, "--window-size=1400,900", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+         "--dump-dom",
          probe.as_uri()],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -208,7 +197,7 @@ def test_faithfulness_is_answered_and_shown_only_when_its_tables_exist(tmp_path)
 def test_subject_report_embeds_qc_and_heatmaps(full_run):
     *_, subject_html = full_run
     text = subject_html.read_text()
-    assert "data:image/svg+xml;base64," in text and text.count("data:image/png;base64,") == 1
+    assert "data:image/svg+xml;base64," in text and without_viewer(text).count("data:image/png;base64,") == 1
     assert "Not computed" not in text
     heatmaps = section(text, "heatmaps")
     assert "First row: the log Jacobian determinant" in heatmaps and "IG" in heatmaps and "Saliency" in heatmaps
@@ -239,7 +228,10 @@ def test_reports_render_in_headless_chromium(full_run, tmp_path):
     assert dom.index('id="answer-figure"') < dom.index("<table") < dom.index('<section id="summary">')
     height = int(re.search(r'data-height="(\d+)"', dom).group(1))
     assert 1000 < height <= GROUP_PAGE_MAX_HEIGHT, height  # every <details> closed
-    check_dom(rendered_dom(exe, subject_html, tmp_path / "profile2"), SUBJECT_SECTIONS)
+    assert viewer_root(dom)["state"] == "ready"
+    dom = rendered_dom(exe, subject_html, tmp_path / "profile2")
+    check_dom(dom, SUBJECT_SECTIONS)
+    assert viewer_root(dom)["state"] == "ready" and viewer_root(dom)["errors"] == ""
 
 
 def test_markdown_renderer():
@@ -277,3 +269,26 @@ def test_top_percent_grid_thresholds_at_the_scoring_top_k():
     maps = {"A": rng.random(brain.shape).astype(np.float32) * brain, "B": reference * 1.0}
     png = plotting.top_percent_grid(maps, brain, brain * 1.0, [("truth", reference)], 5.0, [3])
     assert png.startswith(b"\x89PNG")
+
+
+def test_a_model_reliably_below_chance_is_named_as_a_finding(tmp_path):
+    """The model warning names an interval entirely under 0.5 as below chance (confounded folds), not merely as
+    'not better than chance'; the joint covariate model reads 'the covariates together separate'."""
+    from adheat_app.config import build_config
+    from adheat_app.report.answer import _confound, _learned
+    from adheat_app.report.tables import model_verdicts
+
+    group = tmp_path / "group"
+    group.mkdir()
+    pd.DataFrame([{"model": "resnet3d", "fold": "pooled", "roc_auc": 0.24, "roc_auc_ci_low": 0.07,
+                   "roc_auc_ci_high": 0.45, "p_value": 0.99, "better_than_chance": False, "below_chance": True},
+                  {"model": "covariate-all", "fold": "pooled", "roc_auc": 0.9, "roc_auc_ci_low": 0.7,
+                   "roc_auc_ci_high": 1.0, "p_value": 0.001, "better_than_chance": True, "below_chance": False}]
+                 ).to_csv(group / "cv_metrics.tsv", sep="\t", index=False)
+    config = build_config(tmp_path, tmp_path / "out", ("group",), {}, {})
+    verdicts = model_verdicts(tmp_path)
+    learned = _learned(config, verdicts)
+    assert "model-warning" in learned and "resnet3d is not better than chance" in learned
+    assert "reliably BELOW chance" in learned and "confounded folds" in learned
+    confound = _confound(config, verdicts)
+    assert "confound-warning" in confound and "the covariates together separate AD from CN" in confound

@@ -87,14 +87,15 @@ def permuted_labels_config(config: RunConfig) -> RunConfig:
 def run_data_randomisation(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> None:
     """Train the permuted-label fold models on the real folds and write every method's control maps."""
     from adheat_app.attribution.runner import heatmap_run
-    from adheat_app.training import make_folds, run_training
+    from adheat_app.training import run_training
+    from adheat_app.training.folds import cohort_folds
 
     tr = config.training
     permuted, unchanged = permuted_cohort(cohort, config.execution.seed)
     relabelled = {s.key: s for s in permuted.scans}
     folds = [dataclasses.replace(fold, **{name: tuple(relabelled[s.key] for s in scans)
                                           for name, scans in fold.sets().items()})
-             for fold in make_folds(cohort, tr.folds, config.execution.seed, tr.val_fraction)]
+             for fold in cohort_folds(config, cohort)]
     control = permuted_labels_config(config)
     LOGGER.info("data randomisation: training %s on permuted labels (%.0f %% of subjects keep theirs) in %s",
                 tr.model, 100 * unchanged, control.models_dir)

@@ -11,7 +11,8 @@ made from the same file content and settings are skipped unless
 scan in the output dataset.
 
 :func:`to_native` maps a template-space image back onto a subject's T1w grid
-through the saved inverse transform (``--native-space`` heatmaps).
+through the saved inverse transform (``--native-space`` heatmaps), with the
+registration backend that reads its format.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.io import is_storage_error, write_text
 from adheat_app.layout import transform_paths
-from adheat_app.preprocess import pipeline, qc, register, reuse
+from adheat_app.preprocess import pipeline, qc, reuse
+from adheat_app.preprocess.backends import BACKENDS
 from adheat_app.progress import tracked
 from adheat_app.templates import Template
 
@@ -184,9 +186,11 @@ def to_native(img: nib.Nifti1Image, derivs: Derivatives, t1w: T1wInput, interpol
         When the inverse transform does not exist (not preprocessed, or reused
         from ``--anat-derivatives``, which provides no transform).
     """
-    found = transform_paths(derivs.root, t1w)
+    extensions = tuple(sorted({backend.transform_extension for backend in BACKENDS.values()}))
+    found = transform_paths(derivs.root, t1w, extensions)
     if not found:
         folder = derivs.subject_path(t1w.subject, t1w.session, "xfm", ".h5").parent
         raise InputError(f"no template-to-T1w transform for {t1w.key} in {folder}: run the participant level "
                          "without --anat-derivatives to get native-space maps")
-    return register.apply_transform(img, nib.load(t1w.path), found[0], interpolation)
+    backend = next(backend for backend in BACKENDS.values() if backend.reads(found[0]))
+    return backend.apply(img, nib.load(t1w.path), found[0], interpolation)

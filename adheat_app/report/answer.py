@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from adheat_app import plotting
-from adheat_app.baseline.covariates import PREFIX as COVARIATE_PREFIX, is_covariate_model
+from adheat_app.baseline.covariates import JOINT, covariate_claim, covariate_label, is_covariate_model
 from adheat_app.config import RunConfig
 from adheat_app.evaluation.overlap import TOP_PERCENT
 from adheat_app.evaluation.reference import ANATOMICAL_PRIOR, HEADLINE_ORDER, Reference
@@ -49,6 +49,7 @@ from adheat_app.layout import ANSWER, CHANNEL_ABLATION, FAITHFULNESS, MapName
 from adheat_app.report.html import esc, image, note
 from adheat_app.report.tables import interval, model_verdicts, read_group_table, table_link, truthy, verdict_details
 from adheat_app.templates import Template
+from adheat_app.training.metrics import BELOW_CHANCE
 
 #: The model name of the SVM's rows (its map is the activation pattern).
 SVM = "SVM"
@@ -133,33 +134,34 @@ def _learned(config: RunConfig, verdicts: dict[str, dict]) -> str:
     if cnn["better"]:
         return _item(question, f"Yes: {esc(tr.model)} separates {classes} better than chance{esc(_auc(cnn))}."
                      + competitor)
-    return _item(question, f"No: {esc(tr.model)} is not better than chance at separating {classes}{esc(_auc(cnn))}; "
-                           "its heatmaps say nothing about the disease." + competitor, "model-warning")
+    below = f"; {esc(BELOW_CHANCE)}" if cnn.get("below") else ""
+    return _item(question, f"No: {esc(tr.model)} is not better than chance at separating {classes}{esc(_auc(cnn))}"
+                           f"{below}; its heatmaps say nothing about the disease." + competitor, "model-warning")
 
 
 def _confound(config: RunConfig, verdicts: dict[str, dict]) -> str:
     tr = config.training
     question = "Could a confound explain it?"
-    covariates = {m.removeprefix(COVARIATE_PREFIX): v for m, v in verdicts.items()
-                  if is_covariate_model(m) and v["better"] is not None}
+    covariates = {m: v for m, v in verdicts.items() if is_covariate_model(m) and v["better"] is not None}
     if not covariates:
         asked = ", ".join(tr.covariates) or "none"
         return _item(question, f"Not assessed: no covariate-only classifier in group/cv_metrics.tsv (--covariates: "
                                f"{esc(asked)}; the columns must be in participants.tsv).")
     classes = f"{esc(tr.positive_label)} from {esc(tr.negative_label)}"
-    confounds = [name for name, v in covariates.items() if v["better"]]
+    confounds = [m for m, v in covariates.items() if v["better"]]
     if confounds:
-        found = "; ".join(f"{esc(name)} alone separates {classes}{esc(verdict_details(covariates[name]))}"
-                          for name in confounds)
+        found = "; ".join(f"{esc(covariate_claim(m))} {classes}{esc(verdict_details(covariates[m]))}"
+                          for m in confounds)
         return _item(question, f"Possibly: {found}. A model can reach its score by recognising "
-                               f"{esc(' or '.join(confounds))} instead of the disease, and its heatmaps then show "
-                               "where those differ; balance the cohort on it, or compare with a cohort where it does "
-                               "not predict the diagnosis.", "confound-warning")
+                               f"{esc(' or '.join(map(covariate_label, confounds)))} instead of the disease, and its "
+                               "heatmaps then show where those differ; balance the cohort on it, or compare with a "
+                               "cohort where it does not predict the diagnosis.", "confound-warning")
     best = max(covariates, key=lambda name: -math.inf if math.isnan(covariates[name]["roc_auc"])
                else covariates[name]["roc_auc"])
-    highest = ", ".join(filter(None, (best, verdict_details(covariates[best]).strip(" ()"))))
-    return _item(question, f"Not by {esc(', '.join(covariates))} alone: none separates {classes} better than "
-                           f"chance (highest: {esc(highest)}).")
+    highest = ", ".join(filter(None, (covariate_label(best), verdict_details(covariates[best]).strip(" ()"))))
+    alone = [covariate_label(m) for m in covariates if m != JOINT]
+    return _item(question, f"Not by {esc(', '.join(alone))} alone{' or together' if JOINT in covariates else ''}: "
+                           f"none separates {classes} better than chance (highest: {esc(highest)}).")
 
 
 def _names(methods: list[str]) -> str:

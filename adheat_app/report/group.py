@@ -2,7 +2,8 @@
 
 Sections (anchor ids): ``answer`` (one sentence per question and one figure,
 :mod:`adheat_app.report.answer`; every row of ``answer.tsv`` collapsed below),
-then ``summary`` (cohort), ``cv-metrics`` (CNN, SVM and covariate-only folds),
+``viewer`` (the maps in an interactive viewer,
+:mod:`adheat_app.report.viewer_layers`), then ``summary`` (cohort), ``cv-metrics`` (CNN, SVM and covariate-only folds),
 ``roc``, ``training``, ``heatmaps`` (mean map per method and class at the
 overlap scores' top-k % threshold with the references' outlines and a colour
 bar), ``svm`` (activation pattern and weights), ``reference`` (the reference
@@ -41,6 +42,7 @@ from adheat_app.report.answer import (FAITHFULNESS_TABLES, SVM, Findings, answer
                                       display_percent, read_findings)
 from adheat_app.report.html import Section, details, esc, image, markdown, not_computed, note, page, table
 from adheat_app.report.tables import interval, read_group_table, table_link
+from adheat_app.report.viewer_layers import group_viewer
 from adheat_app.templates import Template
 
 LOGGER = logging.getLogger(__name__)
@@ -350,6 +352,8 @@ def write_group_report(config: RunConfig, derivs: Derivatives, cohort: Cohort, t
     sections = [
         Section("answer", "The answer", _answer(config, derivs, cohort, template, findings,
                                                 [] if isinstance(references, str) else references)),
+        # Interactive viewer (report/viewer_layers.py): one section, one call.
+        Section("viewer", "Explore the maps", group_viewer(config, derivs, cohort, template)),
         Section("summary", "Cohort", _summary(cohort, template)),
         Section("cv-metrics", "Cross-validated classification (CNN, SVM and covariate-only controls)",
                 _cv_metrics(root)),

@@ -4,7 +4,8 @@ Every page is one file with its style sheet inline and every image embedded
 as a ``data:`` URI, so a report can be mailed or opened offline. Long content
 sits in collapsed ``<details>`` blocks (:func:`details`) whose summary line
 links the TSV file the table comes from, so a page reads in a few screens
-with every block closed.
+with every block closed. The only script is the interactive viewer's
+(:mod:`adheat_app.report.viewer`), inlined with its data.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """``sub-<label>.html``: one subject's preprocessing, prediction and heatmaps on one self-contained page.
 
-Sections (anchor ids): ``summary`` (diagnosis), ``preprocessing`` (per
+Sections (anchor ids): ``summary`` (diagnosis), ``viewer`` (log Jacobian and
+heatmaps over the preprocessed T1w in an interactive viewer,
+:mod:`adheat_app.report.viewer_layers`), ``preprocessing`` (per
 session: the registration QC figure and the numbers of the preprocessed
 T1w's sidecar), ``predictions`` (every model's out-of-fold probability and
 fold) and ``heatmaps`` (per session: the subject's log-Jacobian map, then
@@ -29,6 +31,7 @@ from adheat_app.layout import (
 )
 from adheat_app.report.tables import read_group_table
 from adheat_app.report.html import Section, esc, image, not_computed, note, page, svg_image, table
+from adheat_app.report.viewer_layers import subject_viewer
 
 LOGGER = logging.getLogger(__name__)
 
@@ -139,6 +142,8 @@ def write_subject_report(config: RunConfig, derivs: Derivatives, subject: str) -
                f"{len(sessions)} preprocessed session(s).</p>")
     sections = [
         Section("summary", "Subject", summary),
+        # Interactive viewer (report/viewer_layers.py): one section, one call.
+        Section("viewer", "Explore the maps", subject_viewer(derivs, subject)),
         Section("preprocessing", "Preprocessing", _preprocessing(derivs, subject, sessions)),
         Section("predictions", "Predictions", _predictions(derivs, subject)),
         Section("heatmaps", "Log Jacobian and heatmaps", _heatmaps(derivs, sessions)),

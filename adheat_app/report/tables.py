@@ -65,6 +65,7 @@ def model_verdicts(root: Path) -> dict[str, dict]:
             continue
         row = row.iloc[0]
         verdicts[str(model)] = {"better": truthy(row["better_than_chance"]),
+                                "below": truthy(row["below_chance"]) if "below_chance" in row else None,
                                 **{key: float(row[key]) if key in row and pd.notna(row[key]) else float("nan")
                                    for key in ("roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "p_value")}}
     return verdicts
