@@ -249,7 +249,7 @@ def participants_sidecar(bids_dir: Path) -> Path:
 def simulation_truth_path(bids_dir: Path, space: str, res: str) -> Path:
     """The planted-atrophy map of a simulated cohort on the ``space``/``res`` grid, which the simulator writes and the
     evaluation reads: ``bids_dir/derivatives/simulation/space-<S>_res-<r>_desc-atrophy_probseg.nii.gz``."""
-    return Path(bids_dir) / "derivatives" / "simulation" / filename("probseg", space=space, res=res, desc="atrophy")
+    return simulation_root(bids_dir) / filename("probseg", space=space, res=res, desc="atrophy")
 
 
 def is_foci_file(path: str | Path) -> bool:
@@ -484,3 +484,42 @@ def find_fmriprep_anat(root: Path, scan: ScanLike) -> list[tuple[Path, Name]]:
 def fmriprep_mask(image: Path) -> Path:
     """The brain mask fMRIPrep writes beside a preprocessed T1w (``desc-brain_mask``)."""
     return image.with_name(image.name.replace("_desc-preproc_T1w", "_desc-brain_mask"))
+
+
+# Simulated ground truth (``adheat-simulate``: ``bids_dir/derivatives/simulation``) --------------------------------
+
+def simulation_root(bids_dir: Path) -> Path:
+    """The simulator's truth dataset in a simulated BIDS dataset (its cohort map: :func:`simulation_truth_path`)."""
+    return Path(bids_dir) / "derivatives" / "simulation"
+
+
+def simulation_subject_map(root: Path, subject: str, space: str, res: str, suffix: str) -> Path:
+    """A subject's template-space truth: ``suffix`` ``logjacobian`` (planted change) or ``probseg`` (region map)."""
+    return subject_path(root, subject, None, suffix, space=space, res=res, desc="atrophy")
+
+
+def simulation_sites(root: Path) -> Path:
+    """The simulated scanner sites' table (``sites.tsv``; its sidecar: :func:`sidecar_path`)."""
+    return Path(root) / "sites.tsv"
+
+
+def simulation_twin(root: Path, scan: ScanLike) -> Path:
+    """The scan without its planted atrophy (``--twins``), on the raw scan's grid."""
+    return subject_path(root, scan.subject, scan.session, "T1w", desc="twin")
+
+
+#: Files of the built-in parent heads inside the packages that ship them: name -> (package, path in it).
+BUILTIN_PARENT_FILES = {
+    "MNI152NLin6Asym": ("nimare", ("resources", "templates", "tpl-MNI152NLin6Asym_res-01_T1w.nii.gz")),
+    "MNI152NLin2009aSym": ("nilearn", ("datasets", "data", "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")),
+}
+
+
+def simulation_parent_paths(root: Path, parent: str, space: str, res: str) -> dict[str, Path]:
+    """A parent's prepared brain, mask, AAL3 labels and SyN transforms (to the template and back)."""
+    folder = Path(root) / "parents" / parent
+    return {"brain": folder / filename("T1w", space=space, res=res, desc="brain"),
+            "mask": folder / filename("mask", space=space, res=res, desc="brain"),
+            "labels": folder / filename("dseg", space=space, res=res, desc="AAL3"),
+            "forward": folder / filename("xfm", ".h5", from_="parent", to=space, mode="image"),
+            "inverse": folder / filename("xfm", ".h5", from_=space, to="parent", mode="image")}

@@ -56,8 +56,8 @@ def one_size(folder: Path, n: int, args: argparse.Namespace) -> dict:
     """Simulate, train and explain one cohort of ``n`` subjects with the defaults; return its row."""
     bids = simulate.simulate_cohort(folder / "bids", n_subjects=n, resolution=args.resolution, seed=args.seed,
                                     effect_size=args.effect_size, null=args.null, regions=tuple(args.regions),
-                                    nprocs=args.threads, atrophy_model=args.atrophy_model)
-    truth = simulate.build_ground_truth(args.resolution, tuple(args.regions))
+                                    nprocs=args.threads, atrophy_model=args.atrophy_model, anatomy=[args.anatomy])
+    truth = simulate.build_ground_truth(args.resolution, tuple(args.regions), args.anatomy)
     sections = {"execution": {"resolution": args.resolution, "seed": args.seed, "omp_nthreads": args.threads},
                 "heatmaps": {"methods": METHODS, "occlusion_size": args.occlusion_size,
                              "occlusion_stride": args.occlusion_stride}}
@@ -65,8 +65,8 @@ def one_size(folder: Path, n: int, args: argparse.Namespace) -> dict:
     derivs = Derivatives(config.output_dir, bids)
     derivs.initialize()
     specs = simulate.plan_cohort(n, seed=args.seed, effect_size=args.effect_size, null=args.null,
-                                 atrophy_model=args.atrophy_model)
-    inputs = simulate.write_template_space_derivatives(derivs, truth, specs, config.preprocessing.intensity_norm,
+                                 atrophy_model=args.atrophy_model, anatomy=[truth.parent.name])
+    inputs = simulate.write_template_space_derivatives(derivs, {truth.parent.name: truth}, specs, config.preprocessing.intensity_norm,
                                                        seed=args.seed)
     cohort = load_cohort(config, derivs, inputs)
     tic = time.perf_counter()
@@ -85,7 +85,7 @@ def one_size(folder: Path, n: int, args: argparse.Namespace) -> dict:
     for method in METHODS:
         maps = np.stack([np.asarray(nib.load(heatmap_path(derivs.root, s, cohort.space, cohort.res_label, method)).dataobj)
                          for s in ad])
-        row[method] = relevance_ratio(maps, truth.region, brain)
+        row[method] = relevance_ratio(maps, truth.template_region, brain)
     return row
 
 
@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--atrophy-model", choices=simulate.ATROPHY_MODELS, default=simulate.ATROPHY_MODELS[0])
     parser.add_argument("--effect-size", type=float, default=None, help="default: the atrophy model's")
     parser.add_argument("--regions", nargs="+", default=list(simulate.DEFAULT_REGIONS))
+    parser.add_argument("--anatomy", default="template",
+                        help="the parent (one; template-space images through its SyN correspondence)")
     parser.add_argument("--null", action="store_true", help="no atrophy (the ratios should stay near 1)")
     parser.add_argument("--occlusion-size", type=float, default=40.0, help="Occlusion patch edge (mm)")
     parser.add_argument("--occlusion-stride", type=float, default=20.0, help="Occlusion stride (mm)")

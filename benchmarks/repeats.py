@@ -49,7 +49,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         bids = simulate.simulate_cohort(root / "bids", n_subjects=args.subjects, resolution=args.resolution,
-                                        seed=args.seed, effect_size=args.effect_size, atrophy_model="darkening")
+                                        seed=args.seed, effect_size=args.effect_size, atrophy_model="darkening",
+                                        anatomy=("template",))
         sections = {"execution": {"resolution": args.resolution, "seed": args.seed, "nprocs": 1},
                     "training": {"folds": args.folds, "repeats": args.repeats, "steps": args.steps,
                                  "input": "intensity"}}
@@ -58,8 +59,9 @@ def main() -> None:
         derivs.initialize()
         truth = simulate.build_ground_truth(args.resolution)
         specs = simulate.plan_cohort(args.subjects, seed=args.seed, effect_size=args.effect_size,
-                                     atrophy_model="darkening")
-        inputs = simulate.write_template_space_derivatives(derivs, truth, specs, "whitematter", seed=args.seed)
+                                     atrophy_model="darkening", anatomy=("template",))
+        inputs = simulate.write_template_space_derivatives(derivs, {"template": truth}, specs, "whitematter",
+                                                           seed=args.seed)
         cohort = load_cohort(config, derivs, inputs)
         seconds = []
         for r in range(args.repeats):  # one repeat at a time, to time each

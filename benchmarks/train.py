@@ -42,7 +42,7 @@ def write_cohort(folder: Path, n_subjects: int, resolution: float) -> tuple[list
     truth = simulate.build_ground_truth(resolution)
     mask = truth.template.mask_array()
     paths, targets = [], []
-    for spec in simulate.plan_cohort(n_subjects, seed=0, effect_size=0.3):
+    for spec in simulate.plan_cohort(n_subjects, seed=0, effect_size=0.3, anatomy=("template",)):
         image = simulate.template_space_image(truth, spec)
         values = image[mask]
         data = np.where(mask, (image - values.mean()) / values.std(), 0).astype(np.float32)

@@ -127,9 +127,14 @@ def pytest_report_header(config):
             f"TEMPLATEFLOW_HOME (before session fixture): {os.environ.get('TEMPLATEFLOW_HOME', 'unset')}"]
 
 
+#: The planted set the training, heatmap and evaluation tests were calibrated on.
+CALIBRATED_REGIONS = ("Hippocampus", "Amygdala", "ParaHippocampal", "Temporal_Inf")
+
+
 def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float = 4.0, seed: int = 0,
                              effect_size: float = 0.3, null: bool = False, sessions: int = 1, n_mci: int = 0,
                              atrophy_model: str = "darkening", sites: int = 1, site_imbalance: float | None = None,
+                             anatomy: tuple[str, ...] = ("template",), regions: tuple[str, ...] = CALIBRATED_REGIONS,
                              **options):
     """A simulated cohort whose *preprocessed* derivatives are written directly, without registration.
 
@@ -147,6 +152,11 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
         The simulator's atrophy model. Darkening by default: the training, heatmap and evaluation tests that use
         this helper were calibrated on it (effect sizes up to 0.5 of the region's intensity); on tissue-loss
         cohorts of these sizes the default CNN learns far less (docs/simulation.md).
+    anatomy : tuple of str
+        The parent (one): the registration target itself by default, on which these tests were calibrated.
+    regions : tuple of str
+        The planted set: by default the medial and inferior temporal set these tests were calibrated on (the
+        simulator's default set is larger since it plants region-specific rates).
     options
         ``section__field=value`` overrides of the run configuration (e.g. ``training__folds=3``).
 
@@ -162,8 +172,9 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
 
     bids_dir = simulate.simulate_cohort(root / "bids", n_subjects=n_subjects, resolution=resolution, seed=seed,
                                         effect_size=effect_size, null=null, sessions=sessions, n_mci=n_mci,
-                                        atrophy_model=atrophy_model, sites=sites, site_imbalance=site_imbalance)
-    truth = simulate.build_ground_truth(resolution)
+                                        atrophy_model=atrophy_model, sites=sites, site_imbalance=site_imbalance,
+                                        anatomy=anatomy, regions=regions)
+    truth = simulate.build_ground_truth(resolution, regions, anatomy=anatomy[0])
     sections: dict[str, dict] = {"execution": {"resolution": resolution, "seed": seed, "nprocs": 1,
                                                "omp_nthreads": 1}}
     for key, value in options.items():
@@ -174,8 +185,9 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
     derivs.initialize()
     specs = simulate.plan_cohort(n_subjects, seed=seed, effect_size=effect_size, null=null, n_mci=n_mci,
                                  sessions=sessions, atrophy_model=atrophy_model, sites=sites,
-                                 site_imbalance=site_imbalance)
-    inputs = simulate.write_template_space_derivatives(derivs, truth, specs, config.preprocessing.intensity_norm,
+                                 site_imbalance=site_imbalance, anatomy=anatomy)
+    inputs = simulate.write_template_space_derivatives(derivs, {anatomy[0]: truth}, specs,
+                                                       config.preprocessing.intensity_norm,
                                                        seed=seed)
     cohort = load_cohort(config, derivs, inputs)
     return config, derivs, cohort, truth

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from adheat_app import simulate
+from adheat_app.simulate import cli
 from adheat_app.bids import run_bids_validator, validator_command
 from conftest import tree_digest
 
@@ -29,20 +30,25 @@ N_MCI = 1
 SESSIONS = 2
 SEED = 7
 EFFECT = 0.3
+#: The module's cohorts are made from the registration target (fast, and the volume tests' calibration); the
+#: other parents have tests of their own below.
+ANATOMY = ("template",)
 
 
 def plan(**options) -> list[simulate.SubjectSpec]:
     """The plan of the module's cohort."""
     return simulate.plan_cohort(N_SUBJECTS, seed=SEED, effect_size=EFFECT, n_mci=N_MCI, sessions=SESSIONS,
+                                anatomy=ANATOMY,
                                 **options)
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    """6 AD/CN subjects and 1 MCI, 2 sessions each, simulated serially."""
+    """6 AD/CN subjects and 1 MCI, 2 sessions each, with twins, simulated serially."""
     root = tmp_path_factory.mktemp("sim") / "bids"
     out = simulate.simulate_cohort(root, n_subjects=N_SUBJECTS, resolution=RESOLUTION, seed=SEED,
-                                   effect_size=EFFECT, sessions=SESSIONS, n_mci=N_MCI, nprocs=1)
+                                   effect_size=EFFECT, sessions=SESSIONS, n_mci=N_MCI, nprocs=1, anatomy=ANATOMY,
+                                   twins=True)
     return out
 
 
@@ -51,7 +57,7 @@ def null_twin(tmp_path_factory):
     """The module's cohort made null: the same subjects, scans and poses, nobody carries atrophy."""
     root = tmp_path_factory.mktemp("null") / "bids"
     return simulate.simulate_cohort(root, n_subjects=N_SUBJECTS, resolution=RESOLUTION, seed=SEED,
-                                    effect_size=EFFECT, sessions=SESSIONS, n_mci=N_MCI, null=True)
+                                    effect_size=EFFECT, sessions=SESSIONS, n_mci=N_MCI, null=True, anatomy=ANATOMY)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +76,12 @@ def native(cohort, spec, session="01", desc=None, suffix="mask") -> np.ndarray:
     return np.asarray(nib.load(path).dataobj)
 
 
+def planted(cohort) -> dict[str, float]:
+    """Each subject's planted loss (the truth table's ``planted_loss``) by label."""
+    table = pd.read_csv(cohort / "derivatives" / "simulation" / "participants.tsv", sep="\t")
+    return {pid.removeprefix("sub-"): loss for pid, loss in zip(table["participant_id"], table["planted_loss"])}
+
+
 def voxel_ml(cohort, spec, session="01") -> float:
     """Voxel volume (ml) of a native scan."""
     path = cohort / f"sub-{spec.label}" / f"ses-{session}" / "anat" / f"sub-{spec.label}_ses-{session}_T1w.nii.gz"
@@ -86,13 +98,15 @@ def test_pybids_finds_every_t1w_and_the_tables_match_the_plan(cohort):
     files = layout.get(suffix="T1w", extension=".nii.gz", return_type="filename")
     assert len(files) == len(specs) * SESSIONS
     table = pd.read_csv(cohort / "participants.tsv", sep="\t", dtype={"participant_id": str})
-    assert list(table.columns) == ["participant_id", "diagnosis", "age", "sex", "site"]
+    assert list(table.columns) == ["participant_id", "diagnosis", "age", "sex", "site", "anatomy"]
+    assert table["anatomy"].eq("template").all()
     assert list(table["participant_id"]) == [s.participant_id for s in specs]
     assert table["diagnosis"].value_counts().to_dict() == {"AD": 3, "CN": 3, "MCI": 1}
     assert list(table["age"]) == [s.age for s in specs] and table["age"].between(55, 95).all()
     assert set(table["sex"]) <= {"F", "M"} and table["site"].eq(0).all()
     loss = pd.read_csv(cohort / "derivatives" / "simulation" / "participants.tsv", sep="\t")
-    assert np.allclose(loss["planted_loss"], [s.planted_loss for s in specs], atol=1e-6)
+    assert ((loss["planted_loss"] > 0) == [s.carrier for s in specs]).all()
+    assert list(loss["subtype"].fillna("n/a")) == [s.subtype if s.carrier else "n/a" for s in specs]
     # tissue-loss: the volume removed from the region is the planted loss, to the calibration's precision
     assert np.allclose(loss["volume_loss"], loss["planted_loss"], atol=1e-5)
     region_ml = json.loads(next((cohort / "derivatives" / "simulation").glob("*_probseg.json")).read_text())[
@@ -112,7 +126,7 @@ def test_planted_volume_loss_is_real_on_the_native_scans(cohort, null_twin):
     """Each carrier's region, counted in its native truth masks, is smaller than in its atrophy-free twin by
     the planted fraction (4 mm voxels, after anatomy, age, pose and a new grid: within 0.035); controls are
     byte-identical in both cohorts."""
-    errors = []
+    errors, losses = [], planted(cohort)
     for spec in plan():
         for session in ("01", "02"):
             volume = native(cohort, spec, session, desc="atrophy").sum() * voxel_ml(cohort, spec, session)
@@ -120,14 +134,15 @@ def test_planted_volume_loss_is_real_on_the_native_scans(cohort, null_twin):
             if spec.diagnosis == "CN":
                 assert volume == twin
                 continue
-            errors.append(volume / twin - (1 - spec.planted_loss))
+            errors.append(volume / twin - (1 - losses[spec.label]))
     # measured: errors -0.018..0.020, mean 0.002
     assert np.abs(errors).max() < 0.035 and abs(np.mean(errors)) < 0.015, errors
 
 
 def test_grey_matter_keeps_its_intensity_while_losing_volume(cohort, null_twin):
-    """Tissue-loss is morphometric: the mean and SD of the scan inside native grey matter stay within 1 % / 3 %
+    """Tissue-loss is morphometric: the mean and SD of the scan inside native grey matter stay within 1 % / 5 %
     of the twin's, while the grey-matter volume falls by part of the region's loss."""
+    losses = planted(cohort)
     for spec in plan():
         if spec.diagnosis == "CN":
             continue
@@ -135,9 +150,10 @@ def test_grey_matter_keeps_its_intensity_while_losing_volume(cohort, null_twin):
         grey = [native(c, spec, desc="tissue", suffix="dseg") == 2 for c in (cohort, null_twin)]
         means = [scan[g].mean() for scan, g in zip(scans, grey)]
         sds = [scan[g].std() for scan, g in zip(scans, grey)]
-        assert means[0] == pytest.approx(means[1], rel=0.01) and sds[0] == pytest.approx(sds[1], rel=0.03), spec
+        # measured (seed 7): means within 0.3 %, SDs within 3.9 % (the cortex loses volume too)
+        assert means[0] == pytest.approx(means[1], rel=0.01) and sds[0] == pytest.approx(sds[1], rel=0.05), spec
         lost_ml = (grey[1].sum() - grey[0].sum()) * voxel_ml(cohort, spec)
-        assert lost_ml > 0.05 * spec.planted_loss * 87, (spec, lost_ml)  # the region is about 87 ml
+        assert lost_ml > 0.05 * losses[spec.label] * 87, (spec, lost_ml)
 
 
 def test_log_jacobian_is_the_planted_change(cohort, truth):
@@ -157,37 +173,38 @@ def test_log_jacobian_is_the_planted_change(cohort, truth):
         if spec.diagnosis == "CN":
             assert not log_jacobian.any()
         else:
-            assert log_jacobian[truth.region].mean() < np.log(1 - 0.9 * spec.planted_loss)
+            assert log_jacobian[truth.region].mean() < np.log(1 - 0.9 * loss)
 
 
 def test_darkening_model_plants_the_intensity_loss(truth):
     """Darkening: L_s = 1 - mean_R(T_s) / mean_R(T) equals severity x e; AD minus CN differs by the AD mean loss."""
-    specs = plan(atrophy_model="darkening")
+    specs = plan(atrophy_model="darkening")  # one uniform loss: severity x effect size
     region = truth.region
     reference = float(truth.intensity[region].mean())
     means = {}
     for spec in specs:
         image = simulate.template_space_image(truth, spec, individual=False)
         loss = 1.0 - float(image[region].mean()) / reference
-        assert loss == pytest.approx(spec.planted_loss, abs=1e-4), spec
+        assert loss == pytest.approx(spec.scale, abs=1e-4), spec
         means.setdefault(spec.diagnosis, []).append(float(image[region].mean()))
-    ad_losses = [s.planted_loss for s in specs if s.diagnosis == "AD"]
+    ad_losses = [s.scale for s in specs if s.diagnosis == "AD"]
     difference = (np.mean(means["CN"]) - np.mean(means["AD"])) / reference
     assert difference == pytest.approx(np.mean(ad_losses), abs=1e-4)
     assert np.mean(means["CN"]) == pytest.approx(reference, rel=1e-5)
     mci = next(s for s in specs if s.diagnosis == "MCI")
-    assert 0.25 * EFFECT <= mci.planted_loss <= 0.75 * EFFECT
+    assert 0.25 * EFFECT <= mci.scale <= 0.75 * EFFECT
 
 
 def test_darkening_loss_is_measurable_on_the_native_scans(tmp_path, truth):
     """Darkening, through the truth masks, after warp, pose, bias and noise: AD minus CN is close to the planted
     loss."""
     cohort = simulate.simulate_cohort(tmp_path / "dark", n_subjects=N_SUBJECTS, resolution=RESOLUTION, seed=SEED,
-                                      effect_size=EFFECT, atrophy_model="darkening")
+                                      effect_size=EFFECT, atrophy_model="darkening", anatomy=ANATOMY)
     brain = truth.template.mask_array()
     template_ratio = truth.intensity[truth.region].mean() / truth.intensity[brain & ~truth.region].mean()
     measured = {}
-    specs = simulate.plan_cohort(N_SUBJECTS, seed=SEED, effect_size=EFFECT, atrophy_model="darkening")
+    specs = simulate.plan_cohort(N_SUBJECTS, seed=SEED, effect_size=EFFECT, atrophy_model="darkening",
+                                 anatomy=ANATOMY)
     for spec in specs:
         name = f"sub-{spec.label}"
         scan = np.asarray(nib.load(cohort / name / "anat" / f"{name}_T1w.nii.gz").dataobj).astype(np.float64)
@@ -198,9 +215,9 @@ def test_darkening_loss_is_measurable_on_the_native_scans(tmp_path, truth):
         assert not (hippocampus & ~region).any()  # the default regions include the hippocampus
         rest = (scan > 0.1 * np.percentile(scan, 99)) & ~region
         measured.setdefault(spec.diagnosis, []).append(1 - scan[region].mean() / scan[rest].mean() / template_ratio)
-    planted = np.mean([s.planted_loss for s in specs if s.diagnosis == "AD"])
+    expected = np.mean([s.scale for s in specs if s.diagnosis == "AD"])
     difference = np.mean(measured["AD"]) - np.mean(measured["CN"])
-    assert difference == pytest.approx(planted, abs=0.1)
+    assert difference == pytest.approx(expected, abs=0.1)
     assert min(measured["AD"]) > max(measured["CN"])
     table = pd.read_csv(cohort / "derivatives" / "simulation" / "participants.tsv", sep="\t")
     carriers = table["planted_loss"] > 0
@@ -210,13 +227,34 @@ def test_darkening_loss_is_measurable_on_the_native_scans(tmp_path, truth):
     assert table["volume_loss"][~carriers].eq(0).all()
 
 
-def test_expected_ad_loss_is_the_effect_size():
-    """E[L | AD] = e over a large plan (severities drawn from U(0.5, 1.5))."""
-    specs = simulate.plan_cohort(400, seed=1, effect_size=EFFECT)
-    ad = np.array([s.planted_loss for s in specs if s.diagnosis == "AD"])
-    assert len(ad) == 200 and ad.mean() == pytest.approx(EFFECT, abs=0.015)
-    assert ad.min() >= 0.5 * EFFECT and ad.max() <= 1.5 * EFFECT
-    assert all(s.planted_loss == 0 for s in specs if s.diagnosis == "CN")
+def test_subtypes_and_region_rates_follow_their_sources():
+    """Over 4000 AD plans (no images): subtypes in Ferreira et al. 2020's proportions (normalised; within 3 SE),
+    asymmetry SD 0.1, and each group's loss of a typical, symmetric patient at its published rate relative to the
+    hippocampus (the effect size)."""
+    from adheat_app.simulate import regions
+
+    specs = [s for s in simulate.plan_cohort(8000, seed=1, effect_size=EFFECT) if s.diagnosis == "AD"]
+    shares = np.array([v[0] for v in regions.SUBTYPES.values()])
+    shares = shares / shares.sum()
+    for name, share in zip(regions.SUBTYPES, shares):
+        observed = np.mean([s.subtype == name for s in specs])
+        assert observed == pytest.approx(share, abs=3 * np.sqrt(share * (1 - share) / len(specs))), name
+    asymmetry = np.array([s.asymmetry for s in specs])
+    assert asymmetry.std() == pytest.approx(regions.ASYMMETRY_SD, rel=0.05) and abs(asymmetry.mean()) < 0.01
+    names = {1: "Hippocampus_L", 2: "ParaHippocampal_R", 3: "Temporal_Inf_L", 4: "Precuneus_R", 5: "Frontal_Sup_2_L"}
+    typical = regions.region_losses(names, EFFECT, "typical", 0.0)
+    assert typical[1] == pytest.approx(EFFECT)
+    assert typical[2] == pytest.approx(EFFECT * 0.30 / 0.27) and typical[3] == pytest.approx(EFFECT * 0.08 / 0.27)
+    assert typical[4] == pytest.approx(EFFECT * 0.06 / 0.27) and typical[5] == pytest.approx(EFFECT * 0.06 / 0.27)
+    sparing = regions.region_losses(names, EFFECT, "hippocampal-sparing", 0.2)
+    assert sparing[1] < typical[1] and sparing[3] > typical[3] and sparing[1] == pytest.approx(EFFECT * 0.4 * 1.2)
+    limbic = regions.region_losses(names, EFFECT, "limbic-predominant", -0.2)
+    assert limbic[2] > typical[2] and limbic[4] < typical[4]
+    # the mean hippocampal loss over AD subjects: the effect size times the subtype-weighted limbic factor
+    factor = sum(share * v[1] for share, v in zip(shares, regions.SUBTYPES.values()))
+    hippocampus = [regions.region_losses({1: "Hippocampus_L"}, s.scale, s.subtype, s.asymmetry)[1] for s in specs]
+    assert np.mean(hippocampus) == pytest.approx(EFFECT * factor, rel=0.03)
+    assert all(not s.carrier for s in simulate.plan_cohort(400, seed=1) if s.diagnosis == "CN")
 
 
 def test_demographics_follow_the_documented_distributions():
@@ -250,7 +288,7 @@ def test_site_imbalance_assigns_exact_counts(n, sites, imbalance):
 def test_site_only_cohort_carries_the_label_by_site_alone(tmp_path):
     """--sites 2 --site-imbalance 1.0 --null: every AD at site 0, every CN at site 1, nobody atrophied."""
     out = simulate.simulate_cohort(tmp_path / "sites", n_subjects=4, resolution=8.0, seed=4, null=True, sites=2,
-                                   site_imbalance=1.0)
+                                   site_imbalance=1.0, anatomy=ANATOMY)
     table = pd.read_csv(out / "participants.tsv", sep="\t")
     assert (table["site"] == (table["diagnosis"] == "CN").astype(int)).all()
     truth_table = pd.read_csv(out / "derivatives" / "simulation" / "participants.tsv", sep="\t")
@@ -302,7 +340,8 @@ def test_sessions_share_anatomy_but_not_pose(cohort):
 
 def test_same_seed_gives_identical_files_whatever_nprocs(cohort, tmp_path):
     again = simulate.simulate_cohort(tmp_path / "again", n_subjects=N_SUBJECTS, resolution=RESOLUTION, seed=SEED,
-                                     effect_size=EFFECT, sessions=SESSIONS, n_mci=N_MCI, nprocs=2)
+                                     effect_size=EFFECT, sessions=SESSIONS, n_mci=N_MCI, nprocs=2, anatomy=ANATOMY,
+                                     twins=True)
     assert tree_digest(again) == tree_digest(cohort)
 
 
@@ -324,7 +363,7 @@ def test_null_cohort_carries_no_atrophy_and_keeps_everything_else(cohort, null_t
 
 
 def test_command_line_writes_a_cohort(tmp_path, capsys):
-    code = simulate.main([str(tmp_path / "cli"), "--n-subjects", "2", "--resolution", "8", "--seed", "3",
+    code = cli.main([str(tmp_path / "cli"), "--n-subjects", "2", "--resolution", "8", "--seed", "3",
                           "--effect-size", "0.2", "--regions", "Hippocampus", "--atrophy-model", "darkening",
                           "--sites", "2", "--site-imbalance", "1"])
     assert code == 0 and capsys.readouterr().out.strip() == str(tmp_path / "cli")
@@ -354,7 +393,7 @@ def test_command_line_writes_a_cohort(tmp_path, capsys):
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, message):
     out = tmp_path / "out"
-    code = simulate.main([str(out), "--resolution", "8", *args])
+    code = cli.main([str(out), "--resolution", "8", *args])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, err
@@ -364,6 +403,63 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, message):
 
 def test_a_non_empty_output_folder_is_refused(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("mine")
-    assert simulate.main([str(tmp_path), "--resolution", "8"]) == 2
+    assert cli.main([str(tmp_path), "--resolution", "8"]) == 2
     assert "is not an empty folder" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_each_ad_subject_has_its_own_truth_overlapping_the_cohort_map(cohort, truth):
+    """Per-subject truth (no images for the many, the written maps for the module's cohort): the masks of 40 AD
+    subjects' region maps differ (mean pairwise Dice below 0.8) while each overlaps the cohort map (their mean),
+    and the written cohort map is the mean of the written subject maps of the AD carriers."""
+    from adheat_app.layout import simulation_subject_map, simulation_truth_path
+    from adheat_app.simulate.anatomy import region_map
+    from adheat_app.simulate.regions import region_losses
+
+    names = {value: truth.names[value] for value in truth.region_values}
+    specs = [s for s in simulate.plan_cohort(80, seed=3, anatomy=ANATOMY) if s.diagnosis == "AD"]
+    maps = np.stack([region_map(truth, region_losses(names, s.scale, s.subtype, s.asymmetry)) for s in specs])
+    masks = maps >= 0.5
+    cohort_mask = maps.mean(axis=0) >= 0.5
+    dice = [2 * (masks[i] & masks[j]).sum() / (masks[i].sum() + masks[j].sum())
+            for i in range(len(masks)) for j in range(i + 1, len(masks))]
+    assert np.mean(dice) < 0.8, np.mean(dice)
+    assert all((mask & cohort_mask).sum() > 0 for mask in masks)
+    root = cohort / "derivatives" / "simulation"
+    space, res = truth.template.space, truth.template.res_label
+    written = {s.label: np.asarray(nib.load(simulation_subject_map(root, s.label, space, res, "probseg")).dataobj)
+               for s in plan()}
+    cohort_map = np.asarray(nib.load(simulation_truth_path(cohort, space, res)).dataobj)
+    ad = [written[s.label] for s in plan() if s.diagnosis == "AD"]
+    np.testing.assert_allclose(cohort_map, np.mean(ad, axis=0), atol=1e-6)
+    assert all(not written[s.label].any() for s in plan() if s.diagnosis == "CN")
+
+
+def test_twin_equals_its_scan_far_from_the_truth_and_differs_inside(cohort):
+    """--twins: every AD/MCI scan has a twin on its grid under derivatives/simulation, equal (to interpolation
+    of the flow's far field) more than 20 mm from the subject's planted region and different
+    inside it; controls have none and the raw dataset holds no twin."""
+    from scipy import ndimage
+
+    assert not list(cohort.glob("sub-*/**/*twin*"))
+    for spec in plan():
+        for session in ("01", "02"):
+            twin_path = (cohort / "derivatives" / "simulation" / f"sub-{spec.label}" / f"ses-{session}" / "anat"
+                         / f"sub-{spec.label}_ses-{session}_desc-twin_T1w.nii.gz")
+            if not spec.carrier:
+                assert not twin_path.exists()
+                continue
+            scan_img = nib.load(cohort / f"sub-{spec.label}" / f"ses-{session}" / "anat"
+                                / f"sub-{spec.label}_ses-{session}_T1w.nii.gz")
+            twin_img = nib.load(twin_path)
+            assert np.allclose(twin_img.affine, scan_img.affine) and twin_img.shape == scan_img.shape
+            assert json.loads(twin_path.with_name(twin_path.name.replace(".nii.gz", ".json")).read_text())["TwinOf"]
+            scan, twin = (np.asarray(i.dataobj).astype(np.float64) for i in (scan_img, twin_img))
+            region = native(cohort, spec, session, desc="atrophy") > 0
+            zooms = scan_img.header.get_zooms()[:3]
+            far = ndimage.distance_transform_edt(~region, sampling=zooms) > 20
+            scale = np.percentile(scan, 99)
+            far_change = np.abs(scan - twin)[far].mean() / scale
+            inside_change = np.abs(scan - twin)[region].mean() / scale
+            # measured: far from the region 0.2-1 % of the change inside it
+            assert far_change < 0.1 * inside_change and inside_change > 0, (spec, far_change, inside_change)
