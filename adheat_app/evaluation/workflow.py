@@ -10,20 +10,25 @@ It writes (all under ``group/``):
   ``baseline`` for the SVM pattern, ``control`` for :mod:`.controls`), label,
   reference, ``sign`` (``absolute``, or ``positive`` for the positive part of
   signed maps), metric and top-k % (``top_percent``, ``n/a`` for metrics
-  without k): the value of the group mean map, the ``chance`` level
-  (:mod:`.chance`), a 95 % percentile bootstrap interval over subjects
-  (``ci_low``, ``ci_high``; ``n/a`` for Spearman), ``n_subjects`` and
+  without k): the bias-corrected estimate (``value``) and the metric of the
+  group mean map itself (``map_value``), the ``chance`` level (:mod:`.chance`),
+  a 95 % basic bootstrap interval over subjects (``ci_low``, ``ci_high``;
+  :mod:`.intervals`; ``n/a`` for Spearman), ``n_subjects`` and
   ``n_bootstrap`` (:mod:`.overlap`). All maps of a label share the same
-  resamples;
+  resamples of subjects (the sessions of a subject together);
 * ``overlap_differences.tsv``: paired differences of every two maps of a label
   (:func:`.scoring.paired_differences`);
 * ``answer.tsv``: per method, reference and sign, whether the map finds the
-  reference (:func:`.scoring.answer_table`, label ``all``);
+  reference (:mod:`.answer`, label ``all``): the model's verdict, the strongest
+  control, the spatial null (:mod:`.spatial_null`) and Holm's correction of the
+  primary rows;
 * ``regions.tsv`` (:mod:`.regions`) and ``distances.tsv`` (:mod:`.distances`)
   for the labels ``<positive>``, ``<negative>`` and ``all``; the SVM pattern
   (class-independent) appears under every label;
-* the cohort reference (:mod:`.cohort_reference`), scored as reference ``cohort``,
-  and the ALE map of ``--reference-map`` foci (:mod:`.meta_analysis`), reference ``meta``;
+* the cohort reference of each input channel (:mod:`.cohort_reference`), scored
+  as reference ``cohort`` (``cohort<channel>`` with several channels) unless
+  uninformative, and the ALE map of ``--reference-map`` foci
+  (:mod:`.meta_analysis`), reference ``meta``;
 * ``figures/desc-<Method>_overlap.png``: overlap against top-k % curves, with chance levels.
 
 Each table has a JSON sidecar recording a hash of every input and parameter;
@@ -44,24 +49,27 @@ from adheat_app.baseline.svm import output_paths
 from adheat_app.bids import Derivatives, is_complete, software_versions
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
+from adheat_app.config import HeatmapOptions
+from adheat_app.evaluation.answer import ANSWER_METRIC, answer_table
 from adheat_app.evaluation.chance import chance_levels
 from adheat_app.evaluation.cohort_reference import cohort_reference
 from adheat_app.evaluation.meta_analysis import meta_reference
 from adheat_app.evaluation.controls import (
-    GREY_MATTER_PRIOR, INPUT_MAGNITUDE, grey_matter_prior, is_control, svm_pattern_resamples, unit_total,
+    BASELINE_DEVIATION, GREY_MATTER_PRIOR, INPUT_MAGNITUDE, fold_baselines, grey_matter_prior, input_controls,
+    is_control, svm_pattern_resamples, unit_total,
 )
 from adheat_app.evaluation.distances import map_distances
 from adheat_app.evaluation.group_maps import (
     ALL, load_method, method_digest, read_predictions, scan_groups, write_group_maps,
 )
+from adheat_app.evaluation.intervals import basic_interval
 from adheat_app.evaluation.overlap import (
-    TOP_PERCENT, bootstrap, overlap_metrics, percentile_interval, resample_counts, score_resamples, sorted_metrics,
+    TOP_PERCENT, bootstrap, overlap_metrics, resample_counts, score_resamples, sorted_metrics,
 )
 from adheat_app.evaluation.reference import Reference, load_references
 from adheat_app.evaluation.regions import region_table
-from adheat_app.evaluation.scoring import (
-    ANSWER_METRIC, Scores, answer_table, constant_samples, overlap_rows, paired_differences,
-)
+from adheat_app.evaluation.scoring import Scores, constant_samples, overlap_rows, paired_differences
+from adheat_app.evaluation.spatial_null import spatial_null
 from adheat_app.io import write_json, write_tsv
 from adheat_app.plotting import overlap_curves, save_png
 from adheat_app.layout import heatmap_methods, sidecar_path, to_label
@@ -74,8 +82,13 @@ SVM = "SVM"
 #: k values (%) of the overlap curve figures.
 CURVE_PERCENT: tuple[float, ...] = (0.5, 1, 2, 3, 5, 7.5, 10, 12.5, 15, 20, 25, 30, 40, 50)
 TABLES = ("overlap.tsv", "overlap_differences.tsv", "answer.tsv", "regions.tsv", "distances.tsv")
-SVM_INTERVAL = ("activation pattern cov(Z) w / var(w'z) recomputed on each bootstrap resample of the scans with the "
-                "fold-mean SVM weight vector w held fixed (not refit) and Z z-scored per voxel over all scans")
+SVM_INTERVAL = ("activation pattern cov(Z) w / var(w'z) of the fold-mean SVM weight vector w (held fixed, not refit) "
+                "with Z z-scored per voxel over all scans, computed on all scans (the value) and on each bootstrap "
+                "resample of subjects (the interval): one estimator for both; the written desc-SVM_pattern map is "
+                "the mean of the folds' patterns over their training scans")
+INTERVAL = ("95 % basic bootstrap interval over subjects (a subject's sessions resampled together) around the "
+            "bias-corrected estimate 2 t - median(t*) (value; map_value: the metric of the mean map itself); every "
+            "map of a label is scored on the same resamples (paired)")
 
 
 def _evaluation_hash(config: RunConfig, derivs: Derivatives, cohort: Cohort, methods: list[str],
@@ -88,8 +101,8 @@ def _evaluation_hash(config: RunConfig, derivs: Derivatives, cohort: Cohort, met
         digest.update(hashlib.sha256(np.ascontiguousarray(ref.values).tobytes()).digest())
         digest.update(hashlib.sha256(np.packbits(ref.binary())).digest())
     ev = config.evaluation
-    digest.update(f"{svm_sidecar}|{ev.n_bootstrap}|{ev.n_permutations}|{ev.atlas}|{config.execution.seed}|"
-                  f"{TOP_PERCENT}|".encode())
+    digest.update(f"{svm_sidecar}|{ev.n_bootstrap}|{ev.n_permutations}|{ev.n_surrogates}|{ev.atlas}|"
+                  f"{config.execution.seed}|{TOP_PERCENT}|{_verdicts(derivs)}".encode())
     digest.update(input_key(cohort.scans, config.training.input).encode())
     return digest.hexdigest()[:16]
 
@@ -114,7 +127,9 @@ class _Scorer:
                      for label in labels}
         self.keys = {label: keys for label, keys in self.keys.items() if keys}
         n_bootstrap, seed = config.evaluation.n_bootstrap, config.execution.seed
-        self.counts = {label: resample_counts(len(keys), n_bootstrap if len(keys) > 1 else 0, seed + i)
+        subject = {s.key: s.subject for s in cohort.scans}
+        self.counts = {label: resample_counts([subject[k] for k in keys],
+                                              n_bootstrap if len({subject[k] for k in keys}) > 1 else 0, seed + i)
                        for i, (label, keys) in enumerate(self.keys.items())}
         self.columns = {label: {key: j for j, key in enumerate(keys)} for label, keys in self.keys.items()}
         self.scores: list[Scores] = []
@@ -141,12 +156,13 @@ class _Scorer:
         self.scores.append(Scores(method, kind, label, "absolute", n_subjects, point, samples))
 
 
-def _svm_samples(scorer: _Scorer, inputs: np.ndarray, derivs: Derivatives, cohort: Cohort, mask: np.ndarray,
-                 channels: tuple[str, ...]) -> list[dict] | None:
-    """Bootstrap scores of the SVM pattern on the label-``all`` resamples (None without a weight map).
+def _svm_pattern(scorer: _Scorer, inputs: np.ndarray, derivs: Derivatives, cohort: Cohort, mask: np.ndarray,
+                 channels: tuple[str, ...]) -> tuple[np.ndarray, list[dict]] | None:
+    """The scored SVM pattern (all scans) and its bootstrap scores on the label-``all`` resamples (None without a
+    weight map).
 
     With several input channels the features are every channel's voxels and the weights are read from the
-    per-channel weight maps; each resampled pattern is the sum of its channels' patterns, as the written map.
+    per-channel weight maps; each pattern is the sum of its channels' patterns, as the written map.
     """
     paths = [output_paths(derivs, cohort, name if len(channels) > 1 else "")[1] for name in channels]
     if not all(p.is_file() for p in paths) or ALL not in scorer.keys:
@@ -158,8 +174,40 @@ def _svm_samples(scorer: _Scorer, inputs: np.ndarray, derivs: Derivatives, cohor
     sd = features.std(axis=0)
     features /= np.where(sd > 0, sd, 1.0)
     weights = np.concatenate([np.asarray(nib.load(p).dataobj, dtype=np.float32)[mask] for p in paths])
-    return score_resamples(svm_pattern_resamples(features, weights, scorer.counts[ALL], len(channels)),
-                           scorer.binaries)
+    pattern = next(svm_pattern_resamples(features, weights, np.ones((1, len(rows))), len(channels)))[0]
+    return pattern, score_resamples(svm_pattern_resamples(features, weights, scorer.counts[ALL], len(channels)),
+                                    scorer.binaries)
+
+
+def _verdicts(derivs: Derivatives) -> dict[str, bool]:
+    """Per model of ``group/cv_metrics.tsv``, its pooled verdict against chance."""
+    path = derivs.root / "group" / "cv_metrics.tsv"
+    if not path.is_file():
+        return {}
+    table = pd.read_csv(path, sep="\t", dtype={"fold": str})
+    pooled = table[table["fold"] == "pooled"]
+    return {str(row.model): str(row.better_than_chance).lower() == "true" for row in pooled.itertuples(index=False)}
+
+
+def _primary(methods: list[str]) -> set[str]:
+    """The maps of the primary comparisons: each default method's channel-summed map that is present."""
+    return set(HeatmapOptions().methods) & set(methods)
+
+
+def _spatial_nulls(config: RunConfig, maps: dict[str, np.ndarray], mask: np.ndarray, scorer: _Scorer,
+                   overlap: pd.DataFrame) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """The spatial null (mean, sd, p) of every primary map against every reference (:mod:`.spatial_null`)."""
+    n = config.evaluation.n_surrogates
+    out: dict[tuple[str, str], tuple[float, float, float]] = {}
+    if n <= 1:
+        return out
+    rows = overlap[(overlap["label"] == ALL) & (overlap["metric"] == ANSWER_METRIC) & (overlap["sign"] == "absolute")]
+    for i, (method, values) in enumerate(sorted(maps.items())):
+        observed = rows[rows["method"] == method].set_index("reference")["map_value"]
+        nulls = spatial_null(values, mask, scorer.binaries, [float(observed[name]) for name in scorer.names],
+                             ANSWER_METRIC, n, config.execution.seed + i)
+        out.update({(method, name): (null.mean, null.sd, null.p) for name, null in zip(scorer.names, nulls)})
+    return out
 
 
 def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> None:
@@ -191,11 +239,11 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
     references = load_references(config, template)
     meta = meta_reference(config, derivs, cohort, template)
     references += [meta] if meta is not None else []
-    cohort_ref = cohort_reference(config, derivs, cohort, template)
-    if cohort_ref is not None and not cohort_ref.binary().any():
-        LOGGER.info("cohort reference: no voxel survives FWE correction; not scored")
-    elif cohort_ref is not None:
-        references.append(cohort_ref)
+    references += cohort_reference(config, derivs, cohort, template)
+    uninformative = {ref.name: ref.uninformative for ref in references if ref.uninformative}
+    for name, reason in uninformative.items():
+        LOGGER.info("reference %s is uninformative (%s); reported, not scored", name, reason)
+    references = [ref for ref in references if not ref.uninformative]
     correct = read_predictions(derivs, config.training.model)
     svm_sidecar = sidecar_path(pattern_path).read_text() if has_svm else ""
     digest = _evaluation_hash(config, derivs, cohort, methods, correct, references, svm_sidecar)
@@ -203,12 +251,15 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
         LOGGER.info("evaluation: outputs complete for these inputs, skipping (--overwrite recomputes)")
         return
     scorer = _Scorer(config, cohort, correct, references, mask)
-    chances = [chance_levels(float(b.mean())) for b in scorer.binaries]
-    curve_chance = {ref.name: chance_levels(float(b.mean()), CURVE_PERCENT)
+    n_voxels = int(mask.sum())
+    chances = [chance_levels(float(b.mean()), n_voxels) for b in scorer.binaries]
+    curve_chance = {ref.name: chance_levels(float(b.mean()), n_voxels, CURVE_PERCENT)
                     for ref, b in zip(references, scorer.binaries)}
     region_maps: dict[tuple[str, str], np.ndarray] = {}
     label_maps: dict[str, dict[str, np.ndarray]] = {}
     n_subjects: dict[str, dict[str, int]] = {}
+    primary = _primary(methods)
+    primary_maps: dict[str, np.ndarray] = {}
     for method in methods:
         maps = load_method(derivs, cohort, template, method, correct)
         if maps is None:
@@ -225,10 +276,12 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
             if kind == "method":
                 region_maps[(method, label)] = mean
                 label_maps.setdefault(label, {})[method] = mean
+            if label == ALL and method in primary:
+                primary_maps[method] = mean
         if ALL in maps.groups:
             scored = next(s for s in reversed(scorer.scores) if s.method == method and s.label == ALL
                           and s.sign == "absolute")
-            intervals = {name: {m: (TOP_PERCENT, *percentile_interval(scored.samples[r][m]))
+            intervals = {name: {m: (TOP_PERCENT, *basic_interval(scored.point[r][m], scored.samples[r][m])[1:])
                                 for m in ("dice", "overlap_fraction")}
                          for r, name in enumerate(scorer.names) if len(scored.samples[r]["dice"])}
             save_png(overlap_curves(method, CURVE_PERCENT, _curves(maps.mean(ALL), references, scorer.binaries),
@@ -238,10 +291,17 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
     channels = channel_names(config.training.input)
     inputs = load_inputs(cohort.scans, config.training.input, config.work_dir)
     index = {s.key: i for i, s in enumerate(cohort.scans)}
+    baselines = fold_baselines(config, cohort, inputs, mask)
     for label, keys in scorer.keys.items():
-        values = np.asarray(inputs[[index[k] for k in keys]][:, :, mask], dtype=np.float32)
-        magnitude = unit_total(sum(unit_total(values[:, c]) for c in range(len(channels))))
-        scorer.subjects(INPUT_MAGNITUDE, "control", label, "absolute", magnitude, keys)
+        rows = [index[k] for k in keys]
+        values = np.asarray(inputs[rows][:, :, mask], dtype=np.float32)
+        controls = input_controls(np.abs(values), channels, INPUT_MAGNITUDE)
+        if baselines is not None:
+            controls.update(input_controls(np.abs(values - baselines[0][baselines[1][rows]]), channels,
+                                           BASELINE_DEVIATION))
+        for name, control_maps in controls.items():
+            scorer.subjects(name, "control", label, "absolute", control_maps, keys)
+        del values, controls
     prior, prior_source = grey_matter_prior(template)
     for label in scorer.keys:
         scorer.constant(GREY_MATTER_PRIOR, "control", label, prior)
@@ -249,17 +309,21 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
         pattern = np.abs(np.asarray(nib.load(pattern_path).dataobj, dtype=np.float64))[mask]
         total = pattern.sum()
         pattern = pattern / total if total > 0 else pattern
-        samples = _svm_samples(scorer, inputs, derivs, cohort, mask, channels)
+        scored = _svm_pattern(scorer, inputs, derivs, cohort, mask, channels)
         if ALL in scorer.keys:
-            scorer.constant(SVM, "baseline", ALL, pattern, samples, len(scorer.keys[ALL]))
+            scorer.constant(SVM, "baseline", ALL, *(scored or (pattern, None)), len(scorer.keys[ALL]))
         save_png(overlap_curves(f"{SVM} pattern", CURVE_PERCENT, _curves(pattern, references, scorer.binaries),
                                 chance=curve_chance), group / "figures" / f"desc-{SVM}_overlap.png")
         for label in label_maps or {ALL: {}}:
             region_maps[(SVM, label)] = pattern
             label_maps.setdefault(label, {})[SVM] = pattern
-    overlap = pd.DataFrame(overlap_rows(scorer.scores, scorer.names, chances))
+    overlap = overlap_rows(scorer.scores, scorer.names, chances)
     differences = paired_differences(scorer.scores, scorer.names)
-    answer = answer_table(overlap, differences, ALL)
+    verdicts = _verdicts(derivs)
+    models = {name: SVM if name == SVM else config.training.model for name in overlap["method"].unique()}
+    spatial = _spatial_nulls(config, primary_maps, mask, scorer, overlap)
+    answer = answer_table(overlap, differences, ALL, {name: verdicts.get(model) for name, model in models.items()},
+                          primary, spatial)
     atlas = get_atlas(template.resolution, template.space, ev.atlas)
     regions = region_table(region_maps, atlas, mask)
     distances = [map_distances(maps).assign(label=label) for label, maps in label_maps.items() if len(maps) > 1]
@@ -267,14 +331,19 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
                                                               "correlation_distance"]] if distances else \
         pd.DataFrame(columns=["label", "method_a", "method_b", "euclidean", "correlation_distance"])
     common = {"EvaluationHash": digest, "References": [ref.describe() for ref in references],
+              "UninformativeReferences": uninformative,
               "Methods": methods + ([SVM] if has_svm else []), "Subjects": n_subjects,
               "Template": template.describe(), "Seed": config.execution.seed, "Software": software_versions()}
     scheme = {"NBootstrap": ev.n_bootstrap, "TopPercent": list(TOP_PERCENT),
-              "Interval": "95 % percentile bootstrap over scans; every map of a label is scored on the same "
-                          "resamples (paired)", "SVMInterval": SVM_INTERVAL,
+              "TopK": "the ceil(k% V) voxels of highest relevance, ties at the threshold broken at random (in "
+                      "expectation); chance computed for that set",
+              "Interval": INTERVAL, "SVMInterval": SVM_INTERVAL,
               "Controls": {INPUT_MAGNITUDE: "mean over the label's scans of the absolute CNN input (each input "
                                             "channel normalised to unit total inside the brain mask, then summed "
-                                            "and normalised again)",
+                                            "and normalised again; per channel: InputMagnitude<channel>)",
+                           BASELINE_DEVIATION: "as InputMagnitude, of |x - b| with b the mean input of the training "
+                                               "scans of the fold that tested the scan (the IG baseline and "
+                                               "occlusion fill 'template')",
                            GREY_MATTER_PRIOR: f"grey-matter probability map (one map): {prior_source}"}}
     write_tsv(group / "overlap.tsv", overlap)
     write_tsv(group / "overlap_differences.tsv", differences)
@@ -305,10 +374,18 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
         "Description": "Difference method_a - method_b of each bootstrapped metric between two maps of the same "
                        "label, with the 95 % percentile interval of the differences over the shared resamples."})
     write_json(group / "answer.json", {
-        **common, **scheme, "Metric": ANSWER_METRIC,
-        "Description": f"Does a map find the reference? Label all, metric {ANSWER_METRIC}: above_chance when the "
-                       f"interval's lower end exceeds the chance level, above_control when the paired difference "
-                       f"with {INPUT_MAGNITUDE} has a lower end above 0; finds_reference when both."})
+        **common, **scheme, "Metric": ANSWER_METRIC, "Primary": sorted(primary),
+        "NSurrogates": ev.n_surrogates, "Models": models,
+        "Description": f"Does a map find the reference? Label all, metric {ANSWER_METRIC}. finds_reference needs "
+                       "the map's model to be better than chance (pooled verdict of cv_metrics.tsv), the interval's "
+                       "lower end above the chance level (above_chance) and the paired difference with the "
+                       "strongest applicable control (control: highest value among InputMagnitude, "
+                       "BaselineDeviation, GreyMatterPrior of the map's channel and the method's own Random / "
+                       "PermutedLabels maps) above 0 (above_control); primary rows (each default method's summed "
+                       "map, absolute) also need Holm's adjusted p (p_holm, over the primary rows, of the larger of "
+                       "p_control and p_spatial) below 0.05, p_spatial being the two-sided normal p-value of the map "
+                       "against smooth random maps of its own smoothness and values (spatial_null_mean, "
+                       "spatial_null_sd). Secondary rows (primary false) are uncorrected."})
     LOGGER.info("evaluation done in %.1f s: %d method(s), %d reference(s)", time.time() - start,
                 len(methods) + has_svm, len(references))
 

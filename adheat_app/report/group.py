@@ -260,7 +260,7 @@ def _reference(config: RunConfig, derivs: Derivatives, cohort: Cohort, template:
     except InputError as exc:
         return not_computed(str(exc))
     extra = (meta_reference(config, derivs, cohort, template, compute=False),
-             cohort_reference(config, derivs, cohort, template, compute=False))
+             *cohort_reference(config, derivs, cohort, template, compute=False))
     references += [ref for ref in extra if ref is not None]
     parts = []
     for ref in references:
