@@ -212,7 +212,7 @@ class EvaluationOptions:
         "and Monte Carlo iterations of the cluster-level FWE of an ALE from --reference-map foci.",
         type=int)
     n_surrogates: int = option(
-        200, "Smooth random maps per primary comparison: the spatial null of the answer (random maps as smooth as "
+        100, "Smooth random maps per primary comparison: the spatial null of the answer (random maps as smooth as "
         "the method's map, with its values; 0 skips it).", type=int)
 
 

@@ -194,12 +194,40 @@ def write_synthetic_predictions(derivs, cohort, model):
         derivs.root / "group" / "cv_metrics.tsv", sep="\t", index=False)
 
 
+def write_log_jacobians(derivs, cohort, truth, seed=0):
+    """Log-Jacobian maps beside the scans: a smooth pattern shared by every scan (how the template differs from
+    this population, SD 0.3), volume loss in the planted region of AD scans and noise: the cohort then has two
+    input channels (--input auto: both)."""
+    import dataclasses
+
+    from scipy.ndimage import gaussian_filter
+
+    from adheat_app.layout import logjacobian_path
+
+    rng = np.random.default_rng(seed)
+    mask = truth.template.mask_array()
+    shared = gaussian_filter(rng.standard_normal(truth.probseg.shape), 2.0)
+    shared *= 0.3 / shared[mask].std()
+    scans = []
+    for scan in cohort.scans:
+        data = (shared - 0.15 * truth.probseg * (scan.target == 1)
+                + rng.normal(0, 0.02, truth.probseg.shape)) * mask
+        path = logjacobian_path(derivs.root, scan, cohort.space, cohort.res_label)
+        derivs.write_image(path, nib.Nifti1Image(data.astype(np.float32), truth.template.affine),
+                           {"Description": "synthetic log Jacobian"})
+        scans.append(dataclasses.replace(scan, logjacobian=path))
+    return dataclasses.replace(cohort, scans=tuple(scans))
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
+    """Twelve subjects, two input channels, synthetic IG and Saliency maps (truth + noise), no trained folds."""
     root = tmp_path_factory.mktemp("evaluation")
-    config, derivs, cohort, truth = make_preprocessed_cohort(root, n_subjects=8, resolution=4.0, seed=1,
-                                                             evaluation__n_bootstrap=200,
-                                                             evaluation__n_permutations=100)
+    config, derivs, cohort, truth = make_preprocessed_cohort(root, n_subjects=12, resolution=4.0, seed=1,
+                                                             evaluation__n_bootstrap=300,  # Holm over 6 rows
+                                                             evaluation__n_permutations=100,
+                                                             evaluation__n_surrogates=50)
+    cohort = write_log_jacobians(derivs, cohort, truth)
     write_synthetic_heatmaps(derivs, cohort, truth)
     write_synthetic_predictions(derivs, cohort, config.training.model)
     run_evaluation(config, derivs, cohort, truth.template)
@@ -232,10 +260,20 @@ def test_group_maps_and_overlap(evaluated):
     sidecar = json.loads((group / "IG" / f"{grid}_label-ADincorrect_desc-IG_stat-mean_heatmap.json").read_text())
     assert sidecar["N"] == 1 and len(sidecar["Sources"]) == 1
     overlap = pd.read_csv(group / "overlap.tsv", sep="\t")
-    from adheat_app.evaluation.cohort_reference import cohort_paths
+    from adheat_app.evaluation.cohort_reference import cohort_paths, min_voxels
 
-    significant = np.asarray(nib.load(cohort_paths(derivs, cohort)["mask"]).dataobj).any()
-    assert set(overlap["reference"]) == {"anatomicalprior", "simulation"} | ({"cohort"} if significant else set())
+    mask = truth.template.mask_array()
+    scored = set()
+    for channel in ("intensity", "logjacobian"):  # one cohort reference per input channel
+        paths = cohort_paths(derivs, cohort, channel)
+        assert paths["t"].name == f"{grid}_desc-ADvsCN{channel}_stat-t_statmap.nii.gz" and paths["t"].is_file()
+        significant = int((np.asarray(nib.load(paths["mask"]).dataobj) > 0).sum())
+        scored |= {f"cohort{channel}"} if significant >= min_voxels(int(mask.sum())) else set()
+    assert "cohortlogjacobian" in scored  # the planted volume loss
+    assert set(overlap["reference"]) == {"anatomicalprior", "simulation"} | scored
+    references = json.loads((group / "overlap.json").read_text())["References"]
+    cohort_ref = next(r for r in references if r["Name"] == "cohortlogjacobian")
+    assert "same subjects" in cohort_ref["Description"] and "log Jacobian" in cohort_ref["Description"]
     assert "builtin" not in (group / "overlap.json").read_text()
     auc = overlap[(overlap["metric"] == "roc_auc") & (overlap["reference"] == "simulation")
                   & (overlap["label"] == "all") & (overlap["kind"] == "method")
@@ -259,9 +297,11 @@ def test_chance_column_controls_and_signs(evaluated):
     assert np.allclose(dice.to_numpy(), 2 * k * share / (k + share))
     assert np.allclose(sim[sim["metric"] == "average_precision"]["chance"], share)
     controls = overlap[overlap["kind"] == "control"]
-    assert set(controls["method"]) == {"InputMagnitude", "GreyMatterPrior"}  # no trained folds: no baseline
+    # per channel and summed; no trained folds, so no fold baseline for BaselineDeviation
+    assert set(controls["method"]) == {"InputMagnitude", "InputMagnitudeintensity", "InputMagnitudelogjacobian",
+                                       "GreyMatterPrior"}
     assert set(controls["label"]) == {"AD", "CN", "all"}
-    assert (controls[controls["metric"] != "spearman"]["n_bootstrap"] == 200).all()  # like methods
+    assert (controls[controls["metric"] != "spearman"]["n_bootstrap"] == 300).all()  # like methods
     signs = overlap.groupby("method")["sign"].agg(set)
     assert signs["IG"] == {"absolute", "positive"} and signs["Saliency"] == {"absolute"}
 
@@ -280,7 +320,7 @@ def test_paired_differences_match_point_values(evaluated):
         assert row.map_difference == pytest.approx(value[(row.method_a, row.sign_a, *key)]
                                                - value[(row.method_b, row.sign_b, *key)], abs=1e-12)
     pairs = differences[(differences["label"] == "all") & (differences["metric"] == "roc_auc")]
-    assert len(pairs.drop_duplicates(["method_a", "sign_a", "method_b", "sign_b"])) == 10  # 5 maps, every pair
+    assert len(pairs.drop_duplicates(["method_a", "sign_a", "method_b", "sign_b"])) == 21  # 7 maps, every pair
     assert (pairs["ci_low"] <= pairs["ci_high"]).all() and pairs["ci_low"].notna().all()
 
 
@@ -555,3 +595,23 @@ def test_cohort_test_with_covariates_does_not_call_a_site_effect_an_ad_effect():
     assert not (adjusted > significant).any()
     # perfectly confounded: the class is the site
     assert confound_r2(np.where(positive, 1.0, -1.0), pd.DataFrame({"site_1": positive.astype(float)})) > 0.99
+
+
+def test_each_map_meets_the_controls_of_its_channel_and_its_own_model_free_maps():
+    from adheat_app.evaluation.controls import applicable_controls, input_controls, is_control
+
+    controls = ["InputMagnitude", "InputMagnitudeintensity", "InputMagnitudelogjacobian", "BaselineDeviation",
+                "BaselineDeviationlogjacobian", "GreyMatterPrior", "IGRandom", "IGRandomlogjacobian",
+                "IGPermutedLabels", "SaliencyRandom"]
+    assert all(is_control(c) for c in controls) and not any(is_control(m) for m in ("IG", "IGlogjacobian", "SVM"))
+    assert applicable_controls("IG", controls) == ["InputMagnitude", "BaselineDeviation", "GreyMatterPrior",
+                                                   "IGRandom", "IGPermutedLabels"]
+    assert applicable_controls("IGlogjacobian", controls) == [
+        "InputMagnitudelogjacobian", "BaselineDeviationlogjacobian", "GreyMatterPrior", "IGRandomlogjacobian"]
+    assert applicable_controls("SVM", controls) == ["InputMagnitude", "BaselineDeviation", "GreyMatterPrior"]
+    values = np.abs(np.random.default_rng(0).standard_normal((3, 2, 50)))
+    maps = input_controls(values, ("intensity", "logjacobian"), "InputMagnitude")
+    assert set(maps) == {"InputMagnitude", "InputMagnitudeintensity", "InputMagnitudelogjacobian"}
+    assert np.allclose(maps["InputMagnitude"].sum(axis=1), 1) and np.allclose(
+        maps["InputMagnitude"], (maps["InputMagnitudeintensity"] + maps["InputMagnitudelogjacobian"]) / 2)
+    assert set(input_controls(values[:, :1], ("intensity",), "InputMagnitude")) == {"InputMagnitude"}

@@ -50,7 +50,7 @@ from adheat_app.bids import Derivatives, is_complete, software_versions
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.config import HeatmapOptions
-from adheat_app.evaluation.answer import ANSWER_METRIC, answer_table
+from adheat_app.evaluation.answer import ANSWER_METRIC, answer_table, holm_reachable
 from adheat_app.evaluation.chance import chance_levels
 from adheat_app.evaluation.cohort_reference import cohort_reference
 from adheat_app.evaluation.meta_analysis import meta_reference
@@ -324,6 +324,10 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
     spatial = _spatial_nulls(config, primary_maps, mask, scorer, overlap)
     answer = answer_table(overlap, differences, ALL, {name: verdicts.get(model) for name, model in models.items()},
                           primary, spatial)
+    if not holm_reachable(ev.n_bootstrap, int(answer["primary"].sum())):
+        LOGGER.warning("evaluation: with --n-bootstrap %d no p-value is below 0.05 / %d, so no primary comparison can "
+                       "pass Holm's correction; use at least %d resamples", ev.n_bootstrap,
+                       int(answer["primary"].sum()), int(np.ceil(40 * answer["primary"].sum())))
     atlas = get_atlas(template.resolution, template.space, ev.atlas)
     regions = region_table(region_maps, atlas, mask)
     distances = [map_distances(maps).assign(label=label) for label, maps in label_maps.items() if len(maps) > 1]
