@@ -418,7 +418,7 @@ def test_cohort_reference_finds_planted_atrophy_and_nothing_in_a_null_cohort(tmp
                                                              effect_size=0.5, null=null,
                                                              evaluation__n_permutations=200,
                                                              execution__nprocs=0)  # the default: every CPU
-    ref = cohort_reference(config, derivs, cohort, truth.template)
+    [ref] = cohort_reference(config, derivs, cohort, truth.template)  # one input channel: one reference
     mask = truth.template.mask_array()
     found = ref.binary() & mask
     paths = cohort_paths(derivs, cohort)
