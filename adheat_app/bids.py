@@ -33,7 +33,10 @@ import pandas as pd
 from adheat_app import __version__
 from adheat_app.errors import InputError
 from adheat_app.io import file_lock, read_json, save_nifti, write_json, write_text
-from adheat_app.layout import BIDSIGNORE, filename, group_path, is_label, scan_key, sidecar_path, subject_path
+from adheat_app.layout import (
+    BIDSIGNORE, NIFTI, NIFTI_EXTENSIONS, dataset_description, filename, group_path, is_label, participants_table,
+    scan_key, sidecar_path, subject_path,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -64,8 +67,8 @@ def check_dataset_paths(bids_dir: Path, output_dir: Path) -> None:
     """
     if not bids_dir.is_dir():
         raise InputError(f"bids_dir {bids_dir} does not exist or is not a folder; pass the root of a BIDS dataset")
-    if not (bids_dir / "dataset_description.json").is_file():
-        raise InputError(f"{bids_dir / 'dataset_description.json'} is missing: bids_dir must be the root of a "
+    if not dataset_description(bids_dir).is_file():
+        raise InputError(f"{dataset_description(bids_dir)} is missing: bids_dir must be the root of a "
                          "BIDS dataset")
     out = output_dir.resolve()
     root = bids_dir.resolve()
@@ -198,7 +201,7 @@ def collect_t1w(layout, participant_labels: tuple[str, ...] = (), session_labels
     sessions = [normalize_label(s, "ses") for s in session_labels]
     inputs: list[T1wInput] = []
     for subject in subjects:
-        query = {"subject": subject, "suffix": "T1w", "extension": [".nii", ".nii.gz"], "datatype": "anat"}
+        query = {"subject": subject, "suffix": "T1w", "extension": list(NIFTI_EXTENSIONS), "datatype": "anat"}
         if sessions:
             query["session"] = sessions
         files = sorted(layout.get(return_type="file", **query))
@@ -226,7 +229,7 @@ def read_participants(bids_dir: Path, column: str | None = None) -> pd.DataFrame
         A column that must exist (the diagnosis column); an input error names
         the file and the columns that do exist otherwise.
     """
-    path = bids_dir / "participants.tsv"
+    path = participants_table(bids_dir)
     if not path.is_file():
         raise InputError(f"{path} is missing: add it with a participant_id and a diagnosis column")
     table = pd.read_csv(path, sep="\t", dtype=str, na_values=["n/a"], keep_default_na=False)
@@ -317,7 +320,7 @@ class Derivatives:
             "DatasetLinks": {"raw": self.bids_dir.resolve().as_uri()},
             "SourceDatasets": [{"URL": self.bids_dir.resolve().as_uri()}],
         }
-        path = self.root / "dataset_description.json"
+        path = dataset_description(self.root)
         ignore = self.root / ".bidsignore"
         with self.lock():
             if not path.is_file() or read_json(path) != json.loads(json.dumps(description)):
@@ -328,12 +331,12 @@ class Derivatives:
     #: Build a BIDS file name from entities in canonical order (:func:`adheat_app.layout.filename`).
     filename = staticmethod(filename)
 
-    def subject_path(self, subject: str, session: str | None, suffix: str, extension: str = ".nii.gz",
+    def subject_path(self, subject: str, session: str | None, suffix: str, extension: str = NIFTI,
                      datatype: str = "anat", **entities) -> Path:
         """Path of a per-scan output (:func:`adheat_app.layout.subject_path`)."""
         return subject_path(self.root, subject, session, suffix, extension, datatype, **entities)
 
-    def group_path(self, suffix: str, extension: str = ".nii.gz", **entities) -> Path:
+    def group_path(self, suffix: str, extension: str = NIFTI, **entities) -> Path:
         """Path of a group-level output under ``group/`` (:func:`adheat_app.layout.group_path`)."""
         return group_path(self.root, suffix, extension, **entities)
 

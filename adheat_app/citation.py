@@ -20,7 +20,9 @@ from adheat_app.bids import Derivatives, software_versions
 from adheat_app.config import RunConfig, TrainingOptions
 from adheat_app.inputs import card_channels
 from adheat_app.io import read_json, write_text
-from adheat_app.layout import MODEL_CARD, find_preproc, fold_dir, trained_folds
+from adheat_app.layout import (
+    MODEL_CARD, OVERLAP, find_preproc, fold_dir, group_table, has_heatmaps, is_foci_file, trained_folds,
+)
 
 _SECTION_RE = re.compile(r"<!-- step: (?P<step>\w+) -->\n(?P<body>.*?)<!-- end -->\n?", re.S)
 _BIB_RE = re.compile(r"^@\w+\{(?P<key>[^,]+),.*?^\}\n?", re.S | re.M)
@@ -43,17 +45,15 @@ def steps_present(derivs: Derivatives, model: str) -> set[str]:
         steps.add("preprocessing")
     if trained_folds(root / "models", model):
         steps.add("training")
-    if any(root.glob("sub-*/**/*_heatmap.nii.gz")):
+    if has_heatmaps(root):
         steps.add("heatmaps")
-    if (root / "group" / "overlap.tsv").is_file():
+    if group_table(root, OVERLAP).is_file():
         steps.add("evaluation")
     return steps
 
 
 def _reference_text(config: RunConfig) -> str:
     """Sentences naming the reference maps the overlap scores used."""
-    from adheat_app.evaluation.reference import is_foci_file
-
     ref = config.evaluation.reference_map
     text = ""
     if ref and is_foci_file(ref):

@@ -2,7 +2,10 @@
 
 Training, the SVM baseline, heatmaps and evaluation all start from a
 :class:`Cohort`: one :class:`Scan` per subject and session with its
-template-space T1w, its brain mask and its diagnosis from ``participants.tsv``.
+template-space T1w, its brain mask and its diagnosis from ``participants.tsv``,
+and the input channels of ``--input`` (:data:`INPUTS`), resolved once for the
+cohort when it is loaded (``auto``: both channels when every scan has a log
+Jacobian map, else intensity; :func:`input_channels`).
 Scans whose diagnosis is neither the positive nor the negative label (e.g. MCI)
 stay in the cohort (they get heatmaps) but are not used for training.
 """
@@ -18,9 +21,14 @@ import numpy as np
 from adheat_app.bids import Derivatives, T1wInput, read_participants
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
-from adheat_app.layout import find_preproc, logjacobian_path, preproc_paths, scan_key
+from adheat_app.layout import CHANNELS, find_preproc, logjacobian_path, preproc_paths, scan_key
 
 LOGGER = logging.getLogger(__name__)
+
+INTENSITY, LOGJACOBIAN = CHANNELS
+#: Channels of each ``--input`` choice, in channel order.
+INPUTS: dict[str, tuple[str, ...]] = {"intensity": (INTENSITY,), "logjacobian": (LOGJACOBIAN,),
+                                      "both": (INTENSITY, LOGJACOBIAN)}
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,9 @@ class Cohort:
     res_label: str
     positive_label: str
     negative_label: str
+    #: Input channels of ``--input`` (:func:`input_channels`), resolved once by :func:`load_cohort`; training, the
+    #: SVM, the evaluation and the report read them here, and the model cards record them.
+    channels: tuple[str, ...] = (INTENSITY,)
 
     @property
     def labelled(self) -> tuple[Scan, ...]:
@@ -77,6 +88,14 @@ class Cohort:
     def groups(self, scans: tuple[Scan, ...] | None = None) -> np.ndarray:
         """Subject label of each scan: sessions of one subject share a group."""
         return np.array([s.subject for s in (self.labelled if scans is None else scans)])
+
+
+def input_channels(kind: str, scans: tuple[Scan, ...]) -> tuple[str, ...]:
+    """The channels of ``--input kind`` for ``scans``: ``auto`` is both channels when every scan has a log Jacobian
+    map, else intensity."""
+    if kind == "auto":
+        kind = "both" if scans and all(scan.logjacobian is not None for scan in scans) else "intensity"
+    return INPUTS[kind]
 
 
 def _find_preproc(derivs: Derivatives, t1w: T1wInput) -> list[tuple[Path, str, str]]:
@@ -123,7 +142,8 @@ def load_cohort(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) 
         logjacobian = logjacobian_path(derivs.root, t, space, res_label)
         scans.append(Scan(t.subject, t.session, image, mask, diagnosis, target,
                           logjacobian if logjacobian.is_file() else None))
-    cohort = Cohort(tuple(scans), space, res_label, tr.positive_label, tr.negative_label)
+    cohort = Cohort(tuple(scans), space, res_label, tr.positive_label, tr.negative_label,
+                    input_channels(tr.input, tuple(scans)))
     others = sorted({s.diagnosis or "n/a" for s in scans if s.target is None})
     if others:
         LOGGER.info("%d scan(s) with diagnosis %s are not used for training (heatmaps only): %s",

@@ -24,6 +24,7 @@ from typing import Any
 import tomli_w
 
 from adheat_app.errors import InputError
+from adheat_app.layout import is_json
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None, metavar: str | None = None,
@@ -144,12 +145,18 @@ class TrainingOptions:
     amp: bool = option(True, "Mixed precision on CUDA (ignored on CPU); --no-amp disables it.")
 
 
+#: The ``--methods`` value that means the methods declaring themselves defaults (``default = True`` in their
+#: classes): :func:`adheat_app.attribution.catalog.selected_methods` expands it, and the command line shows and
+#: records the methods it stands for (:func:`adheat_app.cli.parser.resolve_defaults`).
+DEFAULT_METHODS = "default"
+
+
 @dataclass(frozen=True)
 class HeatmapOptions:
     """Heatmap (attribution) methods and their parameters."""
 
     methods: tuple[str, ...] = option(
-        ("IG", "Saliency"),
+        (DEFAULT_METHODS,),
         "Heatmap methods. Default: the fast methods that found planted atrophy on simulated cohorts (docs/"
         "training.md). 'wang2023' selects IG LRP GGC, 'rieke2018' Saliency GuidedBackprop Occlusion "
         "AreaOcclusion, 'all' every method.", metavar="METHOD", type=str)
@@ -294,7 +301,7 @@ def load_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
     except OSError as exc:
         raise InputError(f"cannot read config file {path}: {exc.strerror}; check the path") from exc
     try:
-        raw = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+        raw = json.loads(text) if is_json(path) else tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         raise InputError(f"config file {path} is not valid {path.suffix.lstrip('.').upper() or 'TOML'}: "
                          f"{exc}") from exc

@@ -31,6 +31,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from adheat_app.layout import EXTENSIONS
+
 
 #: ``errno`` values of a file system that takes no more writes (full, over quota, read-only): every job would fail.
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
@@ -76,7 +78,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    suffix = next((ext for ext in EXTENSIONS if path.name.endswith(ext)), path.suffix)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_PARTIAL}{_HOST}-{os.getpid()}-", suffix=f".tmp{suffix}",
                                dir=path.parent)
     os.close(fd)

@@ -19,7 +19,14 @@ Layout of an output folder::
     sub-<s>/figures/<key>_desc-reg_T1w.svg                                    registration QC figure
     group/<Method>/space-<S>_res-<r>_label-<L>_desc-<Method>_stat-<stat>_heatmap.nii.gz
     group/*.tsv, group/figures/                                               group tables and figures
-    models/<model>/fold-<k>/model.pt + model.json                              trained fold models
+    group/<table>.tsv (+ .json)  cv_metrics, predictions, overlap, answer, ...  group tables (:func:`group_table`)
+    group/figures/desc-<Map>_overlap.png                                      overlap curves
+    models/<model>/fold-<k>/model.pt + model.json, split.tsv, ...              trained fold models
+    models/<model>/verdict.json                                               the model's verdict against chance
+
+A map's ``desc`` value packs the method, an optional control and an optional
+input channel (``IG``, ``IGlogjacobian``, ``IGRandom``,
+``IGRandomlogjacobian``): :class:`MapName` builds it and parses it back.
 
 ``<key>`` is the scan key :func:`scan_key`: ``sub-<s>`` or ``sub-<s>_ses-<x>``.
 """
@@ -39,11 +46,28 @@ BIDSIGNORE = ("work", "logs", "models", "group", "figures", "*.html", "*_heatmap
               "*_qc.*")
 #: Extensions :func:`parse_name` and :func:`sidecar_path` recognise (longest first).
 EXTENSIONS = (".nii.gz", ".nii", ".h5", ".tsv", ".json", ".png", ".svg", ".html")
+#: Extensions of NIfTI images adheat reads; the first is the one it writes.
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+NIFTI = NIFTI_EXTENSIONS[0]
+#: Files shipped in ``adheat_app/data``: the built-in reference map (with its ``.json`` sidecar) and its foci.
+BUILTIN_REFERENCE_MAP, BUILTIN_REFERENCE_FOCI = "reference_ad_atrophy_ale.nii.gz", "reference_ad_atrophy_foci.tsv"
 #: Files of one trained fold model.
 MODEL_WEIGHTS, MODEL_CARD = "model.pt", "model.json"
-#: Suffix of a method's name for its maps of a randomly initialised model (``desc-<Method>Random``, a control; a
-#: channel's name may follow it, e.g. ``IGRandomlogjacobian``).
-RANDOM_SUFFIX = "Random"
+#: Other files of a fold folder: the subjects and their sets, the resumable checkpoint, the training curve (``.tsv``
+#: and ``.png``), the fold's test predictions and its training mean image (the ``template`` heatmap baseline).
+SPLIT, CHECKPOINT, TRAINING_CURVE, FOLD_PREDICTIONS, TRAINING_MEAN = (
+    "split.tsv", "checkpoint.pt", "training_curve", "predictions.tsv", "training_mean.nii.gz")
+#: Group tables (``group/<name>.tsv``, :func:`group_table`).
+CV_METRICS, PREDICTIONS, PREPROC_QC, SANITY_CHECK = "cv_metrics", "predictions", "preproc_qc", "sanity_check"
+OVERLAP, OVERLAP_DIFFERENCES, ANSWER, REGIONS, DISTANCES = (
+    "overlap", "overlap_differences", "answer", "regions", "distances")
+#: Controls a map's ``desc`` may name after its method (:class:`MapName`): ``Random``, the method's maps of a
+#: randomly initialised model (``--sanity-check``). A new control is one more entry here.
+CONTROLS: tuple[str, ...] = ("Random",)
+#: Input channels a map's ``desc`` may end in (:class:`MapName`; the channels of ``--input``).
+CHANNELS: tuple[str, ...] = ("intensity", "logjacobian")
+#: Suffix of a method's name for its maps of a randomly initialised model (``desc-<Method>Random``).
+RANDOM_SUFFIX = CONTROLS[0]
 
 
 class ScanLike(Protocol):
@@ -139,6 +163,99 @@ def sidecar_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
+@dataclass(frozen=True)
+class MapName:
+    """The name of a map: a method, optionally a control of it and an input channel; :attr:`desc` is its ``desc``.
+
+    ``MapName("IG")`` is ``IG``; ``MapName("IG", channel="logjacobian")`` is
+    ``IGlogjacobian`` (the map of one channel of a several-channel input);
+    ``MapName("IG", "Random")`` is ``IGRandom`` (a control: the method on a
+    randomly initialised model); ``MapName("IG", "Random", "logjacobian")`` is
+    ``IGRandomlogjacobian``. :meth:`parse` reads a ``desc`` back. Controls
+    are those of :data:`CONTROLS`, channels those of :data:`CHANNELS`.
+    """
+
+    method: str
+    control: str | None = None
+    channel: str | None = None
+
+    def __post_init__(self) -> None:
+        if not is_label(self.method):
+            raise ValueError(f"map name {self.method!r}: a method name is a BIDS label (letters and digits)")
+        if self.control is not None and self.control not in CONTROLS:
+            raise ValueError(f"map name control {self.control!r}: not one of {CONTROLS}")
+        if self.channel is not None and self.channel not in CHANNELS:
+            raise ValueError(f"map name channel {self.channel!r}: not one of {CHANNELS}")
+
+    @property
+    def desc(self) -> str:
+        """The ``desc`` value: method, control and channel joined (``IGRandomlogjacobian``)."""
+        return self.method + (self.control or "") + (self.channel or "")
+
+    @property
+    def summed(self) -> MapName:
+        """The name of the map summed over the input channels (this name without its channel)."""
+        return MapName(self.method, self.control)
+
+    @property
+    def is_control(self) -> bool:
+        """Whether the name has a control suffix."""
+        return self.control is not None
+
+    @classmethod
+    def parse(cls, desc: str) -> MapName:
+        """The map name of a ``desc`` value (its channel, then its control, read off the end)."""
+        rest, channel = _strip_suffix(desc, CHANNELS)
+        method, control = _strip_suffix(rest, CONTROLS)
+        return cls(method, control, channel)
+
+
+def _strip_suffix(text: str, suffixes: Iterable[str]) -> tuple[str, str | None]:
+    """``text`` without the longest of ``suffixes`` it ends in (and is longer than), and that suffix."""
+    for suffix in sorted(suffixes, key=len, reverse=True):
+        if text.endswith(suffix) and len(text) > len(suffix):
+            return text.removesuffix(suffix), suffix
+    return text, None
+
+
+# Input datasets (BIDS and simulated cohorts) ---------------------------------------------------------------------
+
+def dataset_description(root: Path) -> Path:
+    """``root/dataset_description.json`` of a BIDS or BIDS-Derivatives dataset."""
+    return Path(root) / "dataset_description.json"
+
+
+def participants_table(bids_dir: Path) -> Path:
+    """``bids_dir/participants.tsv``."""
+    return Path(bids_dir) / "participants.tsv"
+
+
+def participants_sidecar(bids_dir: Path) -> Path:
+    """``bids_dir/participants.json``: the descriptions of the participants table's columns."""
+    return sidecar_path(participants_table(bids_dir))
+
+
+def simulation_truth_path(bids_dir: Path, space: str, res: str) -> Path:
+    """The planted-atrophy map of a simulated cohort on the ``space``/``res`` grid, which the simulator writes and the
+    evaluation reads: ``bids_dir/derivatives/simulation/space-<S>_res-<r>_desc-atrophy_probseg.nii.gz``."""
+    return Path(bids_dir) / "derivatives" / "simulation" / filename("probseg", space=space, res=res, desc="atrophy")
+
+
+def is_foci_file(path: str | Path) -> bool:
+    """Whether a ``--reference-map`` file holds coordinates for a meta-analysis (Sleuth ``.txt`` or foci ``.tsv``)."""
+    return Path(path).suffix.lower() in (".txt", ".tsv")
+
+
+def is_foci_table(path: str | Path) -> bool:
+    """Whether a coordinates file is a foci table (``.tsv``) rather than a Sleuth text file."""
+    return Path(path).suffix.lower() == ".tsv"
+
+
+def is_json(path: str | Path) -> bool:
+    """Whether a file name ends in ``.json`` (any case)."""
+    return Path(path).suffix.lower() == ".json"
+
+
 # Per-scan derivatives ------------------------------------------------------------------------------------------
 
 def subject_dir(root: Path, subject: str) -> Path:
@@ -207,6 +324,12 @@ def heatmap_path(root: Path, scan: ScanLike, space: str, res: str | None, method
     return subject_path(root, scan.subject, scan.session, "heatmap", space=space, res=res, desc=method)
 
 
+def has_heatmaps(root: Path) -> bool:
+    """Whether any per-scan heatmap exists under ``root``, on any grid."""
+    return any(_matches(parse_name(path.name), "heatmap", (".nii.gz",))
+               for path in Path(root).glob("sub-*/**/*_heatmap.nii.gz"))
+
+
 def find_heatmaps(root: Path, space: str, res: str, subject: str = "*") -> list[tuple[Path, Name]]:
     """Per-scan heatmaps on the ``space``/``res`` grid of one or every subject; the method is ``desc``."""
     found = []
@@ -234,6 +357,23 @@ def group_path(root: Path, suffix: str, extension: str = ".nii.gz", **entities: 
     return group_dir(root) / filename(suffix, extension, **entities)
 
 
+def group_table(root: Path, table: str) -> Path:
+    """A group table ``group/<table>.tsv`` (``table``: :data:`CV_METRICS`, :data:`OVERLAP`, ...); its sidecar is
+    :func:`sidecar_path` of it."""
+    return group_dir(root) / f"{table}.tsv"
+
+
+def overlap_figure(root: Path, desc: str) -> Path:
+    """The overlap curves of one map: ``group/figures/desc-<desc>_overlap.png``."""
+    return group_dir(root) / "figures" / filename("overlap", ".png", desc=desc)
+
+
+def overlap_figures(root: Path) -> list[Path]:
+    """Every figure of :func:`overlap_figure` that exists, sorted."""
+    return sorted(path for path in (group_dir(root) / "figures").glob("desc-*_overlap.png")
+                  if _matches(parse_name(path.name), "overlap", (".png",)))
+
+
 def group_map_path(root: Path, space: str, res: str, method: str, label: str, stat: str = "mean") -> Path:
     """A group map: ``group/<method>/space-..._res-..._label-<label>_desc-<method>_stat-<stat>_heatmap.nii.gz``."""
     return group_dir(root) / method / filename("heatmap", ".nii.gz", space=space, res=res, label=label, desc=method,
@@ -256,6 +396,21 @@ def group_map_methods(root: Path, space: str, res: str, label: str = "all") -> l
 def fold_dir(models_dir: Path, model: str, k: int) -> Path:
     """Folder of fold ``k`` of ``model``: ``models_dir/<model>/fold-<k>``."""
     return Path(models_dir) / model / f"fold-{k}"
+
+
+def verdict_path(models_dir: Path, model: str) -> Path:
+    """``models_dir/<model>/verdict.json``: the cross-validated model's verdict against chance."""
+    return Path(models_dir) / model / "verdict.json"
+
+
+def training_curve_table(folder: Path) -> Path:
+    """A fold's training curve table: ``<fold folder>/training_curve.tsv``."""
+    return Path(folder) / f"{TRAINING_CURVE}.tsv"
+
+
+def training_curve_figure(folder: Path) -> Path:
+    """A fold's training curve figure: ``<fold folder>/training_curve.png``."""
+    return Path(folder) / f"{TRAINING_CURVE}.png"
 
 
 def trained_folds(models_dir: Path, model: str) -> list[int]:

@@ -122,6 +122,7 @@ from adheat_app.deformation import (
 )
 from adheat_app.errors import EXIT_OK, EXIT_USAGE, InputError
 from adheat_app.io import save_nifti, write_json, write_text, write_tsv
+from adheat_app.layout import simulation_truth_path
 from adheat_app.templates import DEFAULT_SPACE, Template, get_atlas, get_template
 
 LOGGER = logging.getLogger(__name__)
@@ -1110,7 +1111,7 @@ def _write_dataset_files(out_dir: Path, truth: GroundTruth, specs: list[SubjectS
     """Write the dataset-level files: truth map, tables, README and both descriptions (raw last)."""
     template = truth.template
     truth_root = out_dir / "derivatives" / "simulation"
-    name = f"space-{template.space}_res-{template.res_label}_desc-atrophy_probseg.nii.gz"
+    name = simulation_truth_path(out_dir, template.space, template.res_label).name
     region_ml = float(truth.region.sum()) * truth.voxel_ml
     Derivatives(truth_root, out_dir).write_image(truth_root / name, _nifti(truth.probseg, template.affine, 4), {
         "Description": "Planted atrophy region: the AAL3 regions matching Regions, smoothed by a Gaussian "

@@ -39,16 +39,17 @@ import numpy as np
 import pandas as pd
 
 from adheat_app import simulate
+from adheat_app.attribution.catalog import default_methods
 from adheat_app.attribution.runner import run_heatmaps
 from adheat_app.bids import Derivatives
 from adheat_app.cohort import load_cohort
-from adheat_app.config import HeatmapOptions, build_config
+from adheat_app.config import build_config
 from adheat_app.layout import heatmap_path
 from adheat_app.simulate import relevance_ratio
 from adheat_app.training import run_training
 
 #: Methods scored: the default ones and patch occlusion.
-METHODS = (*HeatmapOptions().methods, "Occlusion")
+METHODS = (*default_methods(), "Occlusion")
 
 
 def one_size(folder: Path, n: int, args: argparse.Namespace) -> dict:

@@ -39,7 +39,8 @@ from adheat_app.attribution.catalog import (default_methods, method_names, metho
 from adheat_app.attribution.runner import run_heatmaps
 from adheat_app.attribution.sanity import sanity_check
 from adheat_app.bids import Derivatives, T1wInput
-from adheat_app.config import HeatmapOptions
+from adheat_app.cli.parser import options_markdown
+from adheat_app.config import DEFAULT_METHODS, HeatmapOptions
 from adheat_app.errors import InputError
 from adheat_app.io import read_json
 from adheat_app.layout import sidecar_path
@@ -131,7 +132,8 @@ def test_registry_has_every_method_with_its_declarations():
         check_method(name, METHODS[name])  # what registering checked
     assert selected_methods(("all",)) == names
     assert selected_methods(HeatmapOptions().methods) == list(default_methods())
-    assert HeatmapOptions().methods == default_methods()  # config.py's default is the methods' own declaration
+    assert HeatmapOptions().methods == (DEFAULT_METHODS,)  # config.py's default stands for the declarations
+    assert f"| `--methods` | {' '.join(default_methods())} |" in options_markdown()  # --help and README show them
     for study, members in method_sets().items():  # the --methods help names each set's methods
         assert f"'{study}' {' '.join(members)}" in fields_help(HeatmapOptions, "methods").replace("selects ", "")
         assert selected_methods((study,)) == list(members)
@@ -218,7 +220,7 @@ def test_ig_baselines_are_complete_equal_captum_and_report_their_convergence(bas
     x, targets = volumes(2), torch.tensor([1, 0])
     template = volumes(1, seed=21)[0, 0]
     ig = METHODS["IG"](HeatmapOptions(ig_steps=64, ig_baseline=baseline), context(batch=5))
-    maps = ig.attribute(ig.prepare(model, x[:1]), x, targets, ["a", "b"], template=template)
+    maps, diagnostics = ig.attribution(ig.prepare(model, x[:1]), x, targets, ["a", "b"], template=template)
     if baseline == "template":
         base = template[None, None].expand_as(x)
     else:
@@ -230,13 +232,13 @@ def test_ig_baselines_are_complete_equal_captum_and_report_their_convergence(bas
     np.testing.assert_allclose(maps.numpy(), reference[:, 0].numpy(), atol=1e-5 * float(reference.abs().max()))
     change = explained(model(x), targets, "difference") - explained(model(base), targets, "difference")
     for i, key in enumerate(["a", "b"]):
-        delta = ig.diagnostics[key]["IGConvergenceDelta"]
+        delta = diagnostics[key]["IGConvergenceDelta"]
         assert delta == pytest.approx(abs(float(maps[i].sum()) - float(change[i])), rel=1e-3, abs=1e-6)
-        assert ig.diagnostics[key]["IGConvergenceDeltaRelative"] < 0.05
+        assert diagnostics[key]["IGConvergenceDeltaRelative"] < 0.05
     coarse = METHODS["IG"](HeatmapOptions(ig_steps=2, ig_baseline=baseline), context(batch=5))
     with caplog.at_level("WARNING"):
-        coarse.attribute(model, x, targets, ["a", "b"], template=template)
-    assert coarse.diagnostics["a"]["IGConvergenceDeltaRelative"] > 0.05 and "raise --ig-steps" in caplog.text
+        _, diagnostics = coarse.attribution(model, x, targets, ["a", "b"], template=template)
+    assert diagnostics["a"]["IGConvergenceDeltaRelative"] > 0.05 and "raise --ig-steps" in caplog.text
 
 
 def test_ig_split_refuses_a_model_that_reuses_its_input():

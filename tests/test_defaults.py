@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from adheat_app.attribution.catalog import default_methods
 from adheat_app.attribution.runner import run_heatmaps
-from adheat_app.config import HeatmapOptions, TrainingOptions
+from adheat_app.config import TrainingOptions
 from adheat_app.evaluation import run_evaluation
 from adheat_app.io import read_json
 from adheat_app.report import write_group_report
@@ -30,7 +31,7 @@ from conftest import heatmap_file, make_preprocessed_cohort
 pytestmark = pytest.mark.slow
 
 #: The default heatmap methods, and patch occlusion (with Rieke et al.'s 40 mm patches, for speed).
-METHODS = (*HeatmapOptions().methods, "Occlusion")
+METHODS = (*default_methods(), "Occlusion")
 OCCLUSION = {"heatmaps__occlusion_size": 40.0, "heatmaps__occlusion_stride": 20.0}
 EVALUATION = {"evaluation__n_bootstrap": 300, "evaluation__n_permutations": 500}
 

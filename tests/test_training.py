@@ -416,19 +416,23 @@ def test_chance_verdict_resamples_subjects_not_sessions():
 
 def test_input_auto_reads_the_log_jacobian_only_when_every_scan_has_one(tmp_path, caplog):
     """The default --input auto: both channels after SyN (every scan has a log Jacobian), intensity otherwise,
-    with a warning naming how many scans lack one; an explicit --input is kept."""
-    from adheat_app.inputs import resolve_input
+    with a warning naming how many scans lack one; an explicit --input is kept. The cohort holds the channels."""
+    from adheat_app.cohort import input_channels
+    from adheat_app.inputs import input_kind, log_input
 
-    def scans(with_jacobian: int, total: int = 4) -> list[Scan]:
-        return [Scan(f"{i:02d}", None, tmp_path / f"{i}.nii.gz", tmp_path / f"{i}_mask.nii.gz", "AD", 1,
-                     tmp_path / f"{i}_logjac.nii.gz" if i < with_jacobian else None) for i in range(total)]
+    def scans(with_jacobian: int, total: int = 4) -> tuple[Scan, ...]:
+        return tuple(Scan(f"{i:02d}", None, tmp_path / f"{i}.nii.gz", tmp_path / f"{i}_mask.nii.gz", "AD", 1,
+                          tmp_path / f"{i}_logjac.nii.gz" if i < with_jacobian else None) for i in range(total))
 
     config = build_config(tmp_path, tmp_path / "out", ("group",), {}, {})
     assert config.training.input == "auto"
-    assert resolve_input(config, scans(4)).training.input == "both"
-    assert resolve_input(config, scans(0)).training.input == "intensity"
+    assert input_channels("auto", scans(4)) == ("intensity", "logjacobian")
+    assert input_channels("auto", scans(0)) == ("intensity",)
+    assert input_channels("auto", scans(3)) == ("intensity",)
+    assert input_channels("logjacobian", scans(0)) == ("logjacobian",)
+    assert [input_kind(input_channels(k, scans(4))) for k in ("intensity", "logjacobian", "both")] == \
+        ["intensity", "logjacobian", "both"]
+    partial = Cohort(scans(3), "MNI152NLin2009cAsym", "4", "AD", "CN", input_channels("auto", scans(3)))
     with caplog.at_level(logging.WARNING):
-        assert resolve_input(config, scans(3)).training.input == "intensity"
+        log_input(config, partial)
     assert "1 of 4 scans have no log Jacobian map" in caplog.text
-    explicit = build_config(tmp_path, tmp_path / "out", ("group",), {}, {"training": {"input": "logjacobian"}})
-    assert resolve_input(explicit, scans(0)) is explicit

@@ -22,7 +22,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -222,8 +222,6 @@ class Method(ABC):
         self.options = MethodOptions(getattr(self, "name", type(self).__name__),
                                      {field: getattr(options, field) for field in ("explain_output", *self.uses)})
         self.context = context
-        #: Per-scan values for the sidecar by scan key, filled by :meth:`attribute` (e.g. IG's completeness).
-        self.diagnostics: dict[str, dict] = {}
 
     @property
     def needs_template(self) -> bool:
@@ -266,7 +264,7 @@ class Method(ABC):
         targets : torch.Tensor
             ``(N,)`` int64 class explained per volume.
         keys : list of str
-            Scan keys (per-scan seeds of stochastic methods, keys of :attr:`diagnostics`).
+            Scan keys (per-scan seeds of stochastic methods, keys of :meth:`attribution`'s diagnostics).
         template : torch.Tensor, optional
             ``(C, X, Y, Z)`` (or ``(X, Y, Z)`` for one channel) mean input of the model's training scans
             (methods whose :attr:`needs_template` is true).
@@ -277,6 +275,24 @@ class Method(ABC):
             ``(N, X, Y, Z)`` float32 for a one-channel input; ``(N, C, X, Y, Z)``, one map per channel,
             otherwise (:func:`per_channel`).
         """
+
+
+    def attribution(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str],
+                    template: torch.Tensor | None = None) -> Attribution:
+        """:meth:`attribute`'s maps beside per-scan values for the sidecars (default: none).
+
+        A method that measures something per scan (e.g. IG's completeness
+        error) overrides this; the runner records the values of each scan in
+        its map's sidecar.
+        """
+        return Attribution(self.attribute(model, volumes, targets, keys, template), {})
+
+
+class Attribution(NamedTuple):
+    """Maps of a batch of scans (:meth:`Method.attribute`) and, per scan key, values for their sidecars."""
+
+    maps: torch.Tensor
+    diagnostics: dict[str, dict]
 
 
 class GradientMethod(Method):

@@ -10,6 +10,7 @@ file declares (``order``, ``default``, ``sets``, ``slow``, ``source``,
 from __future__ import annotations
 
 from adheat_app.attribution import METHODS
+from adheat_app.config import DEFAULT_METHODS
 from adheat_app.errors import InputError
 
 
@@ -33,7 +34,7 @@ def method_sets() -> dict[str, tuple[str, ...]]:
 
 
 def selected_methods(names: tuple[str, ...]) -> list[str]:
-    """The method names of ``--methods`` (``all`` and the :func:`method_sets` expand), in declared order.
+    """The method names of ``--methods`` (``all``, ``default`` and the :func:`method_sets` expand), in declared order.
 
     Raises
     ------
@@ -43,7 +44,7 @@ def selected_methods(names: tuple[str, ...]) -> list[str]:
     available = method_names()
     if "all" in names:
         return available
-    sets = method_sets()
+    sets = {**method_sets(), DEFAULT_METHODS: default_methods()}
     expanded = {m for n in names for m in sets.get(n, (n,))}
     unknown = [n for n in names if n not in METHODS and n not in sets]
     if unknown:

@@ -29,7 +29,7 @@ mean image of the fold's training scans) or ``blurred`` (the scan smoothed).
 
 Completeness: the attributions of a scan sum to ``f(x) - f(baseline)`` up to
 the quadrature error. That error, ``|sum - (f(x) - f(baseline))|``, is
-recorded per scan (:attr:`IG.diagnostics`: ``IGConvergenceDelta`` and its
+recorded per scan (:meth:`IG.attribution`: ``IGConvergenceDelta`` and its
 ratio to ``|f(x) - f(baseline)|``); above :data:`DELTA_WARNING` of it a
 warning suggests more ``--ig-steps``.
 """
@@ -45,7 +45,7 @@ from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import nn
 
 from adheat_app.attribution import METHODS
-from adheat_app.attribution.base import Method, class_logits, pad_targets, padded_batches, per_channel
+from adheat_app.attribution.base import Attribution, Method, class_logits, pad_targets, padded_batches, per_channel
 from adheat_app.attribution.canonize import InputSplit, split_on_cpu
 from adheat_app.attribution.output import explained
 from adheat_app.attribution.references import BLUR_FWHM_MM, blurred
@@ -100,7 +100,12 @@ class IG(Method):
 
     def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str],
                   template: torch.Tensor | None = None) -> torch.Tensor:
-        """IG of every scan, ``context.batch`` scans at a time; the completeness error per scan in :attr:`diagnostics`."""
+        """IG of every scan, ``context.batch`` scans at a time (:meth:`attribution` without the diagnostics)."""
+        return self.attribution(model, volumes, targets, keys, template).maps
+
+    def attribution(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str],
+                    template: torch.Tensor | None = None) -> Attribution:
+        """IG of every scan, ``context.batch`` scans at a time, and the completeness error of each scan."""
         base = self.baseline(volumes, template)
         layer, rest = (model.layer, model.rest) if isinstance(model, InputSplit) else (None, model)
         out = torch.empty(volumes.shape, device=volumes.device)
@@ -108,21 +113,23 @@ class IG(Method):
             part = slice(start, start + self.context.batch)
             out[part] = self._integrate(layer, rest, base[part] if len(base) > 1 else base, volumes[part],
                                         targets[part])
-        self._record_completeness(model, volumes, base.expand_as(volumes), targets, keys, out)
-        return per_channel(out)
+        completeness = self._completeness(model, volumes, base.expand_as(volumes), targets, keys, out)
+        return Attribution(per_channel(out), completeness)
 
-    def _record_completeness(self, model: nn.Module, volumes: torch.Tensor, base: torch.Tensor,
-                             targets: torch.Tensor, keys: list[str], maps: torch.Tensor) -> None:
-        """``IGConvergenceDelta`` per scan: ``|sum of the map - (f(x) - f(baseline))|``, warned above 5 %."""
+    def _completeness(self, model: nn.Module, volumes: torch.Tensor, base: torch.Tensor, targets: torch.Tensor,
+                      keys: list[str], maps: torch.Tensor) -> dict[str, dict]:
+        """``IGConvergenceDelta`` per scan key: ``|sum of the map - (f(x) - f(baseline))|``, warned above 5 %."""
         change = (explained(class_logits(model, volumes, self.context, amp=False), targets, self.output)
                   - explained(class_logits(model, base, self.context, amp=False), targets, self.output))
         delta = (maps.flatten(1).double().sum(1) - change.double()).abs()
+        found = {}
         for key, d, c in zip(keys, delta.tolist(), change.abs().tolist()):
             relative = d / c if c > 0 else float("inf") if d > 0 else 0.0
-            self.diagnostics[key] = {"IGConvergenceDelta": d, "IGConvergenceDeltaRelative": relative}
+            found[key] = {"IGConvergenceDelta": d, "IGConvergenceDeltaRelative": relative}
             if relative > DELTA_WARNING:
                 LOGGER.warning("IG %s: the map sums to f(x) - f(baseline) only within %.1f %% (delta %.3g); "
                                "raise --ig-steps", key, 100 * relative, d)
+        return found
 
     def _integrate(self, layer: nn.Conv3d | None, rest: nn.Module, base: torch.Tensor, volumes: torch.Tensor,
                    targets: torch.Tensor) -> torch.Tensor:

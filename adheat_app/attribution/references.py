@@ -33,14 +33,12 @@ from scipy.ndimage import gaussian_filter
 from adheat_app.cohort import Cohort
 from adheat_app.errors import InputError
 from adheat_app.io import read_json, save_nifti, write_json
-from adheat_app.layout import sidecar_path
+from adheat_app.layout import SPLIT, TRAINING_MEAN, sidecar_path
 
 LOGGER = logging.getLogger(__name__)
 
 #: Full width at half maximum of the ``blurred`` IG baseline, in mm.
 BLUR_FWHM_MM = 12.0
-#: File of a fold's training mean, in the fold folder.
-TRAINING_MEAN = "training_mean.nii.gz"
 
 
 def blurred(volumes: torch.Tensor, resolution: float) -> torch.Tensor:
@@ -52,7 +50,7 @@ def blurred(volumes: torch.Tensor, resolution: float) -> torch.Tensor:
 
 
 def _split_digest(fold_dir: Path) -> str:
-    return hashlib.sha256((fold_dir / "split.tsv").read_bytes()).hexdigest()[:20]
+    return hashlib.sha256((fold_dir / SPLIT).read_bytes()).hexdigest()[:20]
 
 
 def training_mean(fold_dir: Path, cohort: Cohort, volumes: np.ndarray) -> np.ndarray:

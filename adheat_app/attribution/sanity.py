@@ -51,12 +51,14 @@ from torch import nn
 
 from adheat_app.attribution.base import Method
 from adheat_app.attribution.canonize import traced_forward
-from adheat_app.attribution.runner import Assignment, HeatmapRun, heatmap_run
+from adheat_app.attribution.base import Attribution
+from adheat_app.attribution.fold_models import Assignment
+from adheat_app.attribution.runner import HeatmapRun, heatmap_run
 from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.io import read_json, write_json, write_tsv
-from adheat_app.layout import RANDOM_SUFFIX, group_dir, sidecar_path
+from adheat_app.layout import RANDOM_SUFFIX, SANITY_CHECK, MapName, group_table, sidecar_path
 
 LOGGER = logging.getLogger(__name__)
 
@@ -108,10 +110,9 @@ class RandomModelControl(Method):
     def __init__(self, method: Method):
         super().__init__(method.options, method.context)
         self.method = method
-        self.name = f"{method.name}{RANDOM_SUFFIX}"
+        self.name = MapName(method.name, RANDOM_SUFFIX).desc
         self.signed = method.signed
         self.all_zero_reason = method.all_zero_reason
-        self.diagnostics = method.diagnostics
 
     @property
     def needs_template(self) -> bool:
@@ -139,6 +140,11 @@ class RandomModelControl(Method):
         """The wrapped method's maps of the randomised model."""
         return self.method.attribute(model, volumes, targets, keys, template)
 
+    def attribution(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str],
+                    template: torch.Tensor | None = None) -> Attribution:
+        """The wrapped method's maps of the randomised model and its per-scan values."""
+        return self.method.attribution(model, volumes, targets, keys, template)
+
 
 def summed(maps: np.ndarray) -> np.ndarray:
     """Maps ``(n, X, Y, Z)``, summing the channels of several-channel maps ``(n, C, X, Y, Z)`` (as written)."""
@@ -155,7 +161,7 @@ def rank_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 def drawn_scans(run: HeatmapRun) -> dict[int, list[Assignment]]:
     """The checked scans per fold: an even share of :data:`SCANS` from each fold's test scans (seeded draw)."""
-    tested = {k: [a for a in run.assignments if a.fold == k] for k in run.folds}
+    tested = {k: [a for a in run.fold_models.assignments if a.fold == k] for k in run.folds}
     tested = {k: own for k, own in tested.items() if own}
     share = -(-SCANS // max(1, len(tested)))
     rng = np.random.default_rng(run.config.execution.seed)
@@ -171,22 +177,23 @@ def run_sanity_check(run: HeatmapRun) -> pd.DataFrame:
         return pd.DataFrame()
     checked = [a for own in drawn.values() for a in own]
     masks = {a.scan.key: np.asarray(nib.load(a.scan.mask).dataobj) > 0 for a in checked}
-    images = {a.scan.key: run.tensor([a.index])[0].abs().sum(0).cpu().numpy() for a in checked}
-    layers = {k: learned_layers(run.models[k], run.tensor([own[0].index])) for k, own in drawn.items()}
+    images = {a.scan.key: run.fold_models.tensor([a.index])[0].abs().sum(0).cpu().numpy() for a in checked}
+    models = run.fold_models
+    layers = {k: learned_layers(models.models[k], models.tensor([own[0].index])) for k, own in drawn.items()}
     steps = len(next(iter(layers.values())))
     rows, per_scan = [], {a.scan.key: {} for a in checked}
     for method in run.methods:
         to_trained: dict[int, list[float]] = {step: [] for step in range(steps + 1)}
         to_input: dict[int, list[float]] = {step: [] for step in range(steps + 1)}
         for k, own in drawn.items():
-            model, example = run.models[k], run.tensor([own[0].index])
-            trained = summed(run.compute(method, method.prepare(model, example), k, own)[0])
+            model, example = run.fold_models.models[k], run.fold_models.tensor([own[0].index])
+            trained = summed(run.compute(method, method.prepare(model, example), k, own)[0].maps)
             for step in range(steps + 1):
                 if step == 0:
                     maps = trained
                 else:
                     randomised = cascade(model, layers[k], step, run.config.execution.seed)
-                    maps = summed(run.compute(method, method.prepare(randomised, example), k, own)[0])
+                    maps = summed(run.compute(method, method.prepare(randomised, example), k, own)[0].maps)
                 name = "trained" if step == 0 else layers[k][step - 1]
                 for a, t, m in zip(own, trained, maps):
                     key = a.scan.key
@@ -213,10 +220,10 @@ def run_sanity_check(run: HeatmapRun) -> pd.DataFrame:
     table["folds"] = ",".join(str(k) for k in drawn)
     table["n_scans"] = len(checked)
     with run.derivs.lock():  # concurrent runs rewrite group tables and heatmap sidecars
-        write_tsv(group_dir(run.derivs.root) / "sanity_check.tsv", table)
+        write_tsv(group_table(run.derivs.root, SANITY_CHECK), table)
         for method in run.methods:
             for a in checked:
-                side = sidecar_path(run.heatmap(a, method.name))
+                side = sidecar_path(run.writer.heatmap(a, method.name))
                 if side.is_file():
                     values = read_json(side)
                     values["SanityCheck"] = {**per_scan[a.scan.key][method.name],

@@ -43,6 +43,7 @@ from adheat_app.bids import Derivatives, read_participants
 from adheat_app.cohort import Scan
 from adheat_app.config import RunConfig, TrainingOptions
 from adheat_app.errors import InputError
+from adheat_app.layout import CV_METRICS, PREDICTIONS, group_table, participants_sidecar, participants_table
 
 LOGGER = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def check_covariates(config: RunConfig) -> None:
     participants = read_participants(config.bids_dir)
     missing = [c for c in wanted if c not in participants.columns]
     if missing:
-        raise InputError(f"{config.bids_dir / 'participants.tsv'} has no column{'s' if len(missing) > 1 else ''} "
+        raise InputError(f"{participants_table(config.bids_dir)} has no column{'s' if len(missing) > 1 else ''} "
                          f"{', '.join(map(repr, missing))} "
                          f"named by --covariates (columns: {', '.join(participants.columns)}); fix --covariates or "
                          "pass --covariates none")
@@ -99,7 +100,7 @@ def covariate_columns(config: RunConfig, scans: Sequence[Scan]) -> dict[str, tup
     if not wanted:
         return {}
     participants = read_participants(config.bids_dir)
-    sidecar_path = config.bids_dir / "participants.json"
+    sidecar_path = participants_sidecar(config.bids_dir)
     sidecars = json.loads(sidecar_path.read_text(encoding="utf-8")) if sidecar_path.is_file() else {}
     columns = {}
     for name in wanted:
@@ -140,9 +141,8 @@ def run_covariates(config: RunConfig, derivs: Derivatives, folds: Sequence) -> N
     columns = covariate_columns(config, scans)
     row = {s.key: i for i, s in enumerate(scans)}
     seed = config.execution.seed
-    group = derivs.root / "group"
-    for table in ("cv_metrics.tsv", "predictions.tsv"):  # columns no longer asked for: drop their old rows
-        remove_models(group / table, lambda model: is_covariate_model(model) and
+    for table in (CV_METRICS, PREDICTIONS):  # columns no longer asked for: drop their old rows
+        remove_models(group_table(derivs.root, table), lambda model: is_covariate_model(model) and
                       model.removeprefix(PREFIX) not in columns)
     for name, (values, categorical) in columns.items():
         model_name = f"{PREFIX}{name}"
@@ -159,8 +159,8 @@ def run_covariates(config: RunConfig, derivs: Derivatives, folds: Sequence) -> N
             predictions += prediction_rows(model_name, fold.index, [scans[i] for i in test], probability)
         predictions = pd.DataFrame(predictions)
         summary = summarize_folds(model_name, fold_rows, predictions, config.evaluation.n_bootstrap, seed)
-        update_table(group / "cv_metrics.tsv", summary, model_name)
-        update_table(group / "predictions.tsv", predictions, model_name)
+        update_table(group_table(derivs.root, CV_METRICS), summary, model_name)
+        update_table(group_table(derivs.root, PREDICTIONS), predictions, model_name)
         pooled = summary[summary["fold"] == "pooled"].iloc[0]
         LOGGER.info("covariate %s alone (%s): pooled ROC AUC %.3f [%.3f, %.3f]%s", name,
                     "categorical" if categorical else "numeric", pooled["roc_auc"], pooled["roc_auc_ci_low"],

@@ -40,6 +40,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -54,8 +55,9 @@ from adheat_app.baseline.patterns import activation_pattern
 from adheat_app.bids import Derivatives, is_complete, software_versions
 from adheat_app.cohort import Cohort, Scan
 from adheat_app.config import RunConfig
-from adheat_app.templates import get_template, parse_resolution
-from adheat_app.inputs import channel_names, channel_paths, input_key, load_inputs, with_input
+from adheat_app.templates import Template, get_template, parse_resolution
+from adheat_app.inputs import channel_paths, input_key, input_kind, load_inputs
+from adheat_app.layout import CV_METRICS, PREDICTIONS, MapName, group_table
 
 LOGGER = logging.getLogger(__name__)
 
@@ -165,10 +167,10 @@ def _folds_digest(folds: Sequence) -> str:
     return hashlib.sha256(json.dumps(layout).encode()).hexdigest()[:16]
 
 
-def output_paths(derivs: Derivatives, cohort: Cohort, channel: str = "") -> tuple[Path, Path]:
+def output_paths(derivs: Derivatives, cohort: Cohort, channel: str | None = None) -> tuple[Path, Path]:
     """Paths of the mean activation pattern and the mean weight map (of one input ``channel``: ``desc-SVM<channel>``;
     default: the sum over channels)."""
-    grid = {"space": cohort.space, "res": cohort.res_label, "desc": f"{MODEL}{channel}"}
+    grid = {"space": cohort.space, "res": cohort.res_label, "desc": MapName(MODEL, channel=channel).desc}
     return derivs.group_path("pattern", **grid), derivs.group_path("weights", **grid)
 
 
@@ -176,6 +178,93 @@ def _has_rows(path: Path, model: str) -> bool:
     if not path.is_file():
         return False
     return bool((pd.read_csv(path, sep="\t", usecols=["model"])["model"] == model).any())
+
+
+@dataclass
+class SvmFolds:
+    """What the SVM of every fold gave: metric rows, test predictions, weight vectors, patterns, fold sidecars."""
+
+    rows: list[dict] = field(default_factory=list)
+    predictions: list[dict] = field(default_factory=list)
+    weights: list[np.ndarray] = field(default_factory=list)
+    patterns: list[np.ndarray] = field(default_factory=list)
+    info: list[dict] = field(default_factory=list)
+
+
+def fit_folds(features: np.ndarray, scans: Sequence[Scan], folds: Sequence, seed: int) -> SvmFolds:
+    """Fit and test the SVM of every fold (:func:`fit_fold`) on ``features`` (one row per scan of ``scans``)."""
+    from adheat_app.training.metrics import classification_metrics, prediction_rows
+
+    row = {s.key: i for i, s in enumerate(scans)}
+    out = SvmFolds()
+    for fold in folds:
+        train = [row[s.key] for s in (*fold.train, *fold.val)]
+        test = [row[s.key] for s in fold.test]
+        y_train = np.array([scans[i].target for i in train])
+        groups = np.array([scans[i].subject for i in train])
+        model = fit_fold(features[train], y_train, groups, seed + fold.index)
+        _, probability = predict(model, features[test])
+        y_test = np.array([scans[i].target for i in test])
+        metrics = classification_metrics(y_test, probability)
+        out.rows.append({"fold": fold.index, "n_test": len(test), **metrics})
+        out.predictions += prediction_rows(MODEL, fold.index, [scans[i] for i in test], probability)
+        norm = np.linalg.norm(model["weights"])
+        out.weights.append(model["weights"] / norm if norm > 0 else model["weights"])
+        out.patterns.append(model["pattern"])
+        out.info.append({"Fold": fold.index, "C": model["C"], "InnerBalancedAccuracy": model["inner_scores"],
+                         "NTrain": len(train), "NTest": len(test), "PlattSlope": model["platt"]})
+        LOGGER.info("SVM fold %d: C=%g, test balanced accuracy %.3f (%d scans)", fold.index, model["C"],
+                    metrics["balanced_accuracy"], len(test))
+    return out
+
+
+#: Descriptions of the two maps (:func:`output_paths`: pattern, weights).
+MAP_DESCRIPTIONS = (
+    "Mean over folds of the activation pattern cov(Z) w / var(w^T z) (Haufe et al. 2014) of the fold's linear SVM "
+    "over its training scans; positive values: higher z-scored intensity goes with the positive class.",
+    "Mean over folds of the unit-norm linear SVM weight vector w (z-scored features); weights are not interpretable "
+    "as locations of effects (Haufe et al. 2014).",
+)
+
+
+def write_maps(derivs: Derivatives, cohort: Cohort, template: Template, fits: SvmFolds, common: dict) -> None:
+    """The mean pattern and weight maps (summed over channels, and per channel for several) with sidecars."""
+    mask, channels = template.mask_array(), cohort.channels
+    for index, maps in enumerate((fits.patterns, fits.weights)):
+        description = MAP_DESCRIPTIONS[index]
+        per_channel = np.mean(maps, axis=0).reshape(len(channels), -1)
+        path = output_paths(derivs, cohort)[index]
+        outputs = [(path, per_channel.sum(axis=0), description)]
+        if len(channels) > 1:
+            outputs += [(output_paths(derivs, cohort, name)[index], values, f"Channel {name} of: {description}")
+                        for name, values in zip(channels, per_channel)]
+        for target, values, text in outputs:
+            volume = np.zeros(template.shape, dtype=np.float32)
+            volume[mask] = values
+            derivs.write_image(target, nib.Nifti1Image(volume, template.affine),
+                               {**common, "Description": text + (" Sum over the input channels." if
+                                                                 target == path and len(channels) > 1 else ""),
+                                "Method": MODEL, "Signed": True, "Channels": list(channels)})
+
+
+def _sidecar(derivs: Derivatives, scans: Sequence[Scan], channels: tuple[str, ...], parameters: dict,
+             template: Template, fits: SvmFolds, seconds: float) -> dict:
+    """The sidecar values shared by every SVM map."""
+    return {
+        **parameters,
+        "Sources": [derivs.source_uri(p) for s in scans for p in channel_paths(s, channels)],
+        "Mask": "template brain mask",
+        "Template": template.describe(),
+        "Folds": fits.info,
+        "Features": f"voxel values of the input channels ({', '.join(channels)}) inside the template brain mask, "
+                    "z-scored per voxel with mean and SD of each fold's training scans",
+        "Classifier": "sklearn.svm.SVC(kernel='precomputed') on the linear kernel; C by inner cross-validation "
+                      "grouped by subject",
+        "Probability": "Platt scaling through the origin: P = 1/(1+exp(-a f)), slope a fit to the inner-CV "
+                       "out-of-fold decision values f",
+        "Software": software_versions(),
+        "WallTimeSeconds": round(seconds, 3),
+    }
 
 
 def run_svm(config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: Sequence) -> None:
@@ -188,94 +277,37 @@ def run_svm(config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: Seque
     derivs : Derivatives
         Output dataset.
     cohort : Cohort
-        The preprocessed cohort.
+        The preprocessed cohort (its input channels: :attr:`~adheat_app.cohort.Cohort.channels`).
     folds : sequence
         Cross-validation folds: objects with ``index`` and ``train``/``val``/``test``
         tuples of :class:`~adheat_app.cohort.Scan` (:class:`adheat_app.training.Fold`).
     """
-    from adheat_app.training.metrics import (classification_metrics, prediction_rows, summarize_folds,
-                                             update_table)
+    from adheat_app.training.metrics import summarize_folds, update_table
 
-    config = with_input(config, cohort.scans)
     if not folds:
         LOGGER.warning("no cross-validation folds: skipping the SVM baseline")
         return
     scans: list[Scan] = list(dict.fromkeys(s for f in folds for part in (f.train, f.val, f.test) for s in part))
-    kind = config.training.input
-    channels = channel_names(kind)
-    paths = [p for s in scans for p in channel_paths(s, kind)]
-    seed = config.execution.seed
-    parameters = {"Input": kind, "InputsHash": input_key(scans, kind), "FoldsHash": _folds_digest(folds), "Seed": seed,
-                  "CGrid": list(C_GRID), "InnerFolds": INNER_FOLDS}
+    channels, seed = cohort.channels, config.execution.seed
+    parameters = {"Input": input_kind(channels), "InputsHash": input_key(scans, channels),
+                  "FoldsHash": _folds_digest(folds), "Seed": seed, "CGrid": list(C_GRID), "InnerFolds": INNER_FOLDS}
     pattern_path, weights_path = output_paths(derivs, cohort)
-    group = derivs.root / "group"
+    metrics_table, predictions_table = (group_table(derivs.root, name) for name in (CV_METRICS, PREDICTIONS))
     if (not config.execution.overwrite and is_complete(pattern_path, **parameters)
-            and is_complete(weights_path, **parameters) and _has_rows(group / "predictions.tsv", MODEL)
-            and _has_rows(group / "cv_metrics.tsv", MODEL)):
+            and is_complete(weights_path, **parameters) and _has_rows(predictions_table, MODEL)
+            and _has_rows(metrics_table, MODEL)):
         LOGGER.info("SVM baseline: outputs complete, skipping (--overwrite recomputes)")
         return
     start = time.time()
     template = get_template(parse_resolution(cohort.res_label), space=cohort.space)
     mask = template.mask_array()
-    volumes = load_inputs(scans, kind, config.work_dir)
+    volumes = load_inputs(scans, channels, config.work_dir)
     features = np.stack([np.asarray(volumes[i][:, mask], dtype=np.float32).reshape(-1) for i in range(len(scans))])
-    row = {s.key: i for i, s in enumerate(scans)}
-    fold_rows, predictions, patterns, weights, fold_info = [], [], [], [], []
-    for fold in folds:
-        train = [row[s.key] for s in (*fold.train, *fold.val)]
-        test = [row[s.key] for s in fold.test]
-        y_train = np.array([scans[i].target for i in train])
-        groups = np.array([scans[i].subject for i in train])
-        model = fit_fold(features[train], y_train, groups, seed + fold.index)
-        _, probability = predict(model, features[test])
-        y_test = np.array([scans[i].target for i in test])
-        metrics = classification_metrics(y_test, probability)
-        fold_rows.append({"fold": fold.index, "n_test": len(test), **metrics})
-        predictions += prediction_rows(MODEL, fold.index, [scans[i] for i in test], probability)
-        norm = np.linalg.norm(model["weights"])
-        weights.append(model["weights"] / norm if norm > 0 else model["weights"])
-        patterns.append(model["pattern"])
-        fold_info.append({"Fold": fold.index, "C": model["C"], "InnerBalancedAccuracy": model["inner_scores"],
-                          "NTrain": len(train), "NTest": len(test), "PlattSlope": model["platt"]})
-        LOGGER.info("SVM fold %d: C=%g, test balanced accuracy %.3f (%d scans)", fold.index, model["C"],
-                    metrics["balanced_accuracy"], len(test))
-    predictions = pd.DataFrame(predictions)
-    update_table(group / "cv_metrics.tsv",
-                 summarize_folds(MODEL, fold_rows, predictions, config.evaluation.n_bootstrap, seed), MODEL)
-    update_table(group / "predictions.tsv", predictions, MODEL)
-    common = {
-        **parameters,
-        "Sources": [derivs.source_uri(p) for p in paths],
-        "Mask": "template brain mask",
-        "Template": template.describe(),
-        "Folds": fold_info,
-        "Features": f"voxel values of the input channels ({', '.join(channels)}) inside the template brain mask, "
-                    "z-scored per voxel with mean and SD of each fold's training scans",
-        "Classifier": "sklearn.svm.SVC(kernel='precomputed') on the linear kernel; C by inner cross-validation "
-                      "grouped by subject",
-        "Probability": "Platt scaling through the origin: P = 1/(1+exp(-a f)), slope a fit to the inner-CV "
-                       "out-of-fold decision values f",
-        "Software": software_versions(),
-        "WallTimeSeconds": round(time.time() - start, 3),
-    }
-    for index, maps, description in (
-        (0, patterns, "Mean over folds of the activation pattern cov(Z) w / var(w^T z) (Haufe et al. 2014) of "
-                      "the fold's linear SVM over its training scans; positive values: higher z-scored intensity "
-                      "goes with the positive class."),
-        (1, weights, "Mean over folds of the unit-norm linear SVM weight vector w (z-scored features); weights are "
-                     "not interpretable as locations of effects (Haufe et al. 2014)."),
-    ):
-        per_channel = np.mean(maps, axis=0).reshape(len(channels), -1)
-        path = (pattern_path, weights_path)[index]
-        outputs = [(path, per_channel.sum(axis=0), description)]
-        if len(channels) > 1:
-            outputs += [(output_paths(derivs, cohort, name)[index], values, f"Channel {name} of: {description}")
-                        for name, values in zip(channels, per_channel)]
-        for target, values, text in outputs:
-            volume = np.zeros(template.shape, dtype=np.float32)
-            volume[mask] = values
-            derivs.write_image(target, nib.Nifti1Image(volume, template.affine),
-                               {**common, "Description": text + (" Sum over the input channels." if
-                                                                 target == path and len(channels) > 1 else ""),
-                                "Method": MODEL, "Signed": True, "Channels": list(channels)})
+    fits = fit_folds(features, scans, folds, seed)
+    predictions = pd.DataFrame(fits.predictions)
+    update_table(metrics_table, summarize_folds(MODEL, fits.rows, predictions, config.evaluation.n_bootstrap, seed),
+                 MODEL)
+    update_table(predictions_table, predictions, MODEL)
+    write_maps(derivs, cohort, template, fits,
+               _sidecar(derivs, scans, channels, parameters, template, fits, time.time() - start))
     LOGGER.info("SVM baseline done in %.1f s: %s", time.time() - start, pattern_path.name)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from adheat_app import __version__
-from adheat_app.config import SECTIONS
+from adheat_app.config import SECTIONS, RunConfig
 
 DESCRIPTION = (
     "adheat: where does a 3D CNN look when it separates Alzheimer's disease from controls on T1w MRI, "
@@ -64,8 +64,27 @@ def _add_field(group: argparse._ArgumentGroup, section: str, fld: dataclasses.Fi
         group.add_argument(*flags, type=_scalar_type(fld), metavar=metavar, choices=meta.get("choices"), **common)
 
 
-def _default_text(fld: dataclasses.Field) -> str:
-    default = fld.default
+def derived_defaults() -> dict[tuple[str, str], tuple]:
+    """Defaults that follow from declarations elsewhere, by (section, field): ``--methods``' default is the methods
+    that declare ``default = True`` (read here, above the config, so the config does not import the methods)."""
+    from adheat_app.attribution.catalog import default_methods
+
+    return {("heatmaps", "methods"): default_methods()}
+
+
+def resolve_defaults(config: RunConfig) -> RunConfig:
+    """``config`` with each option left at a :func:`derived_defaults` token replaced by the values it stands for
+    (so the saved config records them)."""
+    for (section, name), values in derived_defaults().items():
+        options = getattr(config, section)
+        field_default = next(f.default for f in dataclasses.fields(options) if f.name == name)
+        if getattr(options, name) == field_default:
+            config = config.replace(section, **{name: values})
+    return config
+
+
+def _default_text(fld: dataclasses.Field, section: str = "") -> str:
+    default = derived_defaults().get((section, fld.name), fld.default)
     if default is None or default == () or fld.name == "verbose" or isinstance(default, bool) and not default:
         return ""
     if isinstance(default, tuple):
@@ -103,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         group = parser.add_argument_group(SECTION_TITLES[section])
         for fld in dataclasses.fields(cls):
             _add_field(group, section, fld)
-            defaults[f"{section}.{fld.name}"] = _default_text(fld)
+            defaults[f"{section}.{fld.name}"] = _default_text(fld, section)
     _HelpFormatter.defaults = defaults
     return parser
 
@@ -132,7 +151,7 @@ def options_markdown() -> str:
             choices = fld.metadata.get("choices")
             if choices:
                 flag += " {" + ",".join(map(str, choices)) + "}"
-            default = _default_text(fld) or "–"
+            default = _default_text(fld, section) or "–"
             text = fld.metadata["help"].replace("%(default)s", default).replace("|", "\\|")
             rows.append(f"| `{flag}` | {default} | {text} |")
         blocks.append("\n".join(rows))

@@ -82,14 +82,14 @@ def _close_run_logs(run_id: str) -> None:
 def prepare(argv: list[str] | None):
     """Parse and validate; return the run configuration and its T1w inputs. Writes nothing."""
     from adheat_app.bids import check_dataset_paths, run_bids_validator
-    from adheat_app.cli.parser import build_parser, split_sections
+    from adheat_app.cli.parser import build_parser, resolve_defaults, split_sections
     from adheat_app.config import build_config, load_config_file
     from adheat_app.validate import check_options
 
     args = build_parser().parse_args(argv)
     file_values = load_config_file(args.config_file) if args.config_file else {}
-    config = build_config(args.bids_dir, args.output_dir, tuple(args.analysis_level), file_values,
-                          split_sections(args))
+    config = resolve_defaults(build_config(args.bids_dir, args.output_dir, tuple(args.analysis_level), file_values,
+                                           split_sections(args)))
     if sorted(set(config.analysis_level), key=["participant", "group"].index) != list(config.analysis_level):
         raise InputError("analysis levels must be 'participant', 'group' or 'participant group'")
     check_dataset_paths(config.bids_dir, config.output_dir)

@@ -38,12 +38,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from adheat_app.evaluation.reference import BUILTIN_MAP, ale_fwhm, ale_map
+from adheat_app.evaluation.reference import ale_fwhm, ale_map
 from adheat_app.io import nifti_image
+from adheat_app.layout import BUILTIN_REFERENCE_FOCI, BUILTIN_REFERENCE_MAP, sidecar_path
 from adheat_app.templates import load_aal3
 
 HERE = Path(__file__).resolve().parent
-FOCI_TSV = "reference_ad_atrophy_foci.tsv"
 #: AAL3 name prefixes per pseudo-experiment (both hemispheres); Thal_* is the union of AAL3's thalamic nuclei.
 REGIONS: dict[str, tuple[str, ...]] = {
     "Hippocampus": ("Hippocampus",),
@@ -105,7 +105,7 @@ def build() -> tuple[Path, Path]:
     slope = float(ale.max()) / 65535.0
     img = nifti_image(np.rint(ale / slope).astype(np.uint16), GRID_AFFINE)
     img.header.set_slope_inter(slope, 0.0)
-    out = HERE / BUILTIN_MAP
+    out = HERE / BUILTIN_REFERENCE_MAP
     nib.save(img, out)
     sidecar = {
         "Description": "ALE map (Eickhoff et al. 2009/2012) computed from anatomically defined foci: the centroids "
@@ -117,7 +117,7 @@ def build() -> tuple[Path, Path]:
         "Experiments": "one pseudo-experiment per region pair (left and right centroid)",
         "NominalSampleSize": NOMINAL_N,
         "KernelFWHMmm": round(ale_fwhm(NOMINAL_N), 3),
-        "Foci": FOCI_TSV,
+        "Foci": BUILTIN_REFERENCE_FOCI,
         "Regions": list(REGIONS),
         "Threshold": threshold,
         "ThresholdRule": f"{THRESHOLD_FRACTION} x the peak ALE value of a single focus",
@@ -130,8 +130,8 @@ def build() -> tuple[Path, Path]:
                   "checked against those papers' result tables, and none of the coordinates comes from them.",
         "GeneratedBy": "adheat_app/data/make_reference_map.py",
     }
-    (HERE / BUILTIN_MAP.replace(".nii.gz", ".json")).write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
-    table = HERE / FOCI_TSV
+    sidecar_path(HERE / BUILTIN_REFERENCE_MAP).write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+    table = HERE / BUILTIN_REFERENCE_FOCI
     foci.to_csv(table, sep="\t", index=False, lineterminator="\n")
     return out, table
 

@@ -28,12 +28,14 @@ uncorrected intervals and ``p_holm`` empty.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from adheat_app.evaluation.controls import INPUT_MAGNITUDE, applicable_controls
 from adheat_app.evaluation.intervals import holm
-from adheat_app.layout import RANDOM_SUFFIX
+from adheat_app.layout import CV_METRICS, RANDOM_SUFFIX, MapName, group_table
 
 #: Metric of the answer table (threshold-free; chance 0.5 whatever the reference's size).
 ANSWER_METRIC = "roc_auc"
@@ -70,6 +72,23 @@ def strongest_control(rows: pd.DataFrame, method: str) -> str | None:
         return None
     values = controls[controls["method"].isin(names)].groupby("method")["value"].max()
     return str(values.idxmax())
+
+
+def model_verdicts(root: Path) -> dict[str, bool]:
+    """Per model of the output dataset's ``group/cv_metrics.tsv``, its pooled verdict against chance ({} without)."""
+    path = group_table(root, CV_METRICS)
+    if not path.is_file():
+        return {}
+    table = pd.read_csv(path, sep="\t", dtype={"fold": str})
+    pooled = table[table["fold"] == "pooled"]
+    return {str(row.model): str(row.better_than_chance).lower() == "true" for row in pooled.itertuples(index=False)}
+
+
+def primary_maps(methods) -> set[str]:
+    """The maps of the primary comparisons among ``methods``: each default method's channel-summed map."""
+    from adheat_app.attribution.catalog import default_methods
+
+    return set(default_methods()) & set(methods)
 
 
 def holm_reachable(n_bootstrap: int, n_primary: int) -> bool:
@@ -115,7 +134,8 @@ def answer_table(overlap: pd.DataFrame, differences: pd.DataFrame, label: str, v
         control = strongest_control(same, row.method)
         versus = _paired(pairs, row.method, row.sign, control, "absolute") if control else (np.nan,) * 4
         magnitude = _paired(pairs, row.method, row.sign, INPUT_MAGNITUDE, "absolute")
-        random = _paired(pairs, row.method, row.sign, f"{row.method}{RANDOM_SUFFIX}", row.sign)
+        name = MapName.parse(row.method)
+        random = _paired(pairs, row.method, row.sign, MapName(name.method, RANDOM_SUFFIX, name.channel).desc, row.sign)
         is_primary = row.sign == "absolute" and row.method in primary
         null_mean, null_sd, p_spatial = spatial.get((row.method, row.reference), (np.nan,) * 3)
         out.append({"method": row.method, "reference": row.reference, "sign": row.sign, "metric": metric,

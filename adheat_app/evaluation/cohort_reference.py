@@ -56,7 +56,7 @@ from adheat_app.bids import Derivatives, is_complete, software_versions
 from adheat_app.cohort import Cohort, Scan
 from adheat_app.config import RunConfig
 from adheat_app.evaluation.reference import Reference
-from adheat_app.inputs import channel_names, input_key, load_inputs, with_input
+from adheat_app.inputs import input_key, load_inputs
 from adheat_app.layout import to_label
 from adheat_app.plotting import frozen_heap
 from adheat_app.templates import Template
@@ -189,7 +189,6 @@ def cohort_reference(config: RunConfig, derivs: Derivatives, cohort: Cohort, tem
     """
     if config.evaluation.n_permutations <= 0:
         return []
-    config = with_input(config, cohort.scans)
     first: dict[str, Scan] = {}
     for scan in cohort.labelled:
         first.setdefault(scan.subject, scan)
@@ -198,7 +197,7 @@ def cohort_reference(config: RunConfig, derivs: Derivatives, cohort: Cohort, tem
     if min(positive.sum(), (~positive).sum()) < MIN_PER_CLASS:
         LOGGER.info("cohort reference: fewer than %d subjects in a class; not computed", MIN_PER_CLASS)
         return []
-    channels = channel_names(config.training.input)
+    channels = cohort.channels
     names = [f"{NAME}{c}" if len(channels) > 1 else NAME for c in channels]
     covariates = covariate_design(config, scans)
     r2 = confound_r2(np.where(positive, 1.0, -1.0), covariates)
@@ -209,7 +208,7 @@ def cohort_reference(config: RunConfig, derivs: Derivatives, cohort: Cohort, tem
         return [_uninformative(name, reason, template) for name in names]
     n_perm, seed = config.evaluation.n_permutations, config.execution.seed
     mask = template.mask_array()
-    inputs = hashlib.sha256(f"{input_key(scans, config.training.input)}|{positive.tolist()}|{n_perm}|{seed}|"
+    inputs = hashlib.sha256(f"{input_key(scans, channels)}|{positive.tolist()}|{n_perm}|{seed}|"
                             f"{ALPHA}|{covariates.to_csv()}".encode()).hexdigest()[:16]
     volumes = None
     references = []
@@ -222,7 +221,7 @@ def cohort_reference(config: RunConfig, derivs: Derivatives, cohort: Cohort, tem
             continue
         else:
             if volumes is None:
-                volumes = load_inputs(scans, config.training.input, config.work_dir)
+                volumes = load_inputs(scans, channels, config.work_dir)
             t_map, significant = _compute(config, derivs, cohort, template, scans, positive, covariates, channel,
                                           np.asarray(volumes[:, c], dtype=np.float32), paths, inputs)
         abs_t = np.abs(t_map) * mask

@@ -18,8 +18,9 @@ about the model:
 * ``GreyMatterPrior``: the template's grey-matter probability map
   (:func:`grey_matter_prior`; one map, the same for every resample). Atrophy
   references lie in grey matter, so any grey-matter-shaped map scores above chance.
-* ``<Method>Random`` and ``<Method>PermutedLabels`` maps (the sanity checks'
-  maps of models that learned nothing), when present: controls of their own method.
+* a method's maps of models that learned nothing (the control suffixes of
+  :data:`adheat_app.layout.CONTROLS`: ``<Method>Random`` from the sanity check),
+  when present: controls of their own method.
 
 With several input channels the two input controls exist summed over the
 channels (each channel's map normalised to unit total, summed, normalised
@@ -44,8 +45,7 @@ import numpy as np
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.evaluation.overlap import BATCH
-from adheat_app.inputs import split_channel
-from adheat_app.layout import RANDOM_SUFFIX, trained_folds
+from adheat_app.layout import MapName, trained_folds
 from adheat_app.templates import Template, resample
 
 INPUT_MAGNITUDE = "InputMagnitude"
@@ -53,29 +53,21 @@ BASELINE_DEVIATION = "BaselineDeviation"
 GREY_MATTER_PRIOR = "GreyMatterPrior"
 #: Controls computed from the inputs, per channel and summed over channels.
 INPUT_CONTROLS = (INPUT_MAGNITUDE, BASELINE_DEVIATION)
-#: Suffixes of the maps of a method's models that learned nothing (the sanity checks).
-MODEL_CONTROL_SUFFIXES = (RANDOM_SUFFIX, "PermutedLabels")
-
-
-def _model_control(base: str) -> bool:
-    return any(base.endswith(suffix) and base != suffix for suffix in MODEL_CONTROL_SUFFIXES)
-
-
 def is_control(method: str) -> bool:
     """Whether ``method`` names a control map rather than an explanation of the trained model."""
-    base, _ = split_channel(method)
-    return method == GREY_MATTER_PRIOR or base in INPUT_CONTROLS or _model_control(base)
+    name = MapName.parse(method)
+    return method == GREY_MATTER_PRIOR or name.method in INPUT_CONTROLS or name.is_control
 
 
 def applicable_controls(method: str, controls: Iterable[str]) -> list[str]:
     """The controls among ``controls`` that the map ``method`` is measured against (see the module docstring)."""
-    base, channel = split_channel(method)
-    own = {f"{base}{suffix}" for suffix in MODEL_CONTROL_SUFFIXES}
+    name = MapName.parse(method)
     out = []
     for control in controls:
-        control_base, control_channel = split_channel(control)
-        if control == GREY_MATTER_PRIOR or (control_channel == channel
-                                            and (control_base in INPUT_CONTROLS or control_base in own)):
+        other = MapName.parse(control)
+        same_channel = other.channel == name.channel
+        if control == GREY_MATTER_PRIOR or (same_channel and other.method in INPUT_CONTROLS and not other.is_control) \
+                or (same_channel and other.is_control and other.method == name.method):
             out.append(control)
     return out
 
@@ -88,7 +80,7 @@ def input_controls(values: np.ndarray, channels: tuple[str, ...], name: str) -> 
     per_channel = [unit_total(values[:, c]) for c in range(len(channels))]
     out = {name: unit_total(sum(per_channel))}
     if len(channels) > 1:
-        out.update({f"{name}{channel}": maps for channel, maps in zip(channels, per_channel)})
+        out.update({MapName(name, channel=channel).desc: maps for channel, maps in zip(channels, per_channel)})
     return out
 
 
@@ -172,7 +164,7 @@ def fold_baselines(config: RunConfig, cohort: Cohort, inputs: np.ndarray, mask: 
         scan's row in them; None before any fold is trained.
     """
     from adheat_app.attribution.references import training_mean
-    from adheat_app.attribution.runner import assign_folds
+    from adheat_app.attribution.fold_models import assign_folds
     from adheat_app.training import fold_dir
 
     folds = trained_folds(config.models_dir, config.training.model)

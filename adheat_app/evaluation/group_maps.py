@@ -48,7 +48,7 @@ import pandas as pd
 from adheat_app.bids import Derivatives, is_complete, software_versions
 from adheat_app.cohort import Cohort, Scan
 from adheat_app.io import read_json
-from adheat_app.layout import group_map_path, heatmap_path, scan_key, sidecar_path, to_label
+from adheat_app.layout import PREDICTIONS, group_map_path, group_table, heatmap_path, scan_key, sidecar_path, to_label
 from adheat_app.templates import Template
 
 LOGGER = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ SIGNED_NORMALISATION = ("each subject's signed map divided by the total of its a
 
 def read_predictions(derivs: Derivatives, model: str) -> dict[str, int]:
     """Out-of-fold correctness (1 correct, 0 wrong) per scan key from ``group/predictions.tsv`` rows of ``model``."""
-    path = derivs.root / "group" / "predictions.tsv"
+    path = group_table(derivs.root, PREDICTIONS)
     if not path.is_file():
         return {}
     table = pd.read_csv(path, sep="\t", dtype={"subject": str, "session": str, "fold": str})

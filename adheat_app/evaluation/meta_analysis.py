@@ -41,9 +41,9 @@ from adheat_app.bids import Derivatives, file_hash, is_complete, software_versio
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
-from adheat_app.evaluation.reference import Reference, is_foci_file
+from adheat_app.evaluation.reference import Reference
 from adheat_app.io import read_json
-from adheat_app.layout import sidecar_path
+from adheat_app.layout import is_foci_file, is_foci_table, sidecar_path
 from adheat_app.templates import Template, resample
 
 LOGGER = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def read_foci(path: Path):
         raise InputError(f"{OPTION} {path}: file not found; pass a NIfTI map, a Sleuth .txt or a foci .tsv")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if path.suffix.lower() == ".tsv":
+        if is_foci_table(path):
             return Dataset(_tsv_dataset(path))
         try:
             return convert_sleuth_to_dataset(str(path))

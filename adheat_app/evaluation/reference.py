@@ -46,13 +46,12 @@ import numpy as np
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.io import read_json
-from adheat_app.layout import sidecar_path
+from adheat_app.layout import BUILTIN_REFERENCE_MAP, is_foci_file, sidecar_path, simulation_truth_path
 from adheat_app.templates import Template, resample
 
 LOGGER = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-BUILTIN_MAP = "reference_ad_atrophy_ale.nii.gz"
 SIMULATION_THRESHOLD = 0.5
 ANATOMICAL_PRIOR = "anatomicalprior"
 PRIOR_DESCRIPTION = ("Region prior, not a meta-analysis: an ALE-style map of 20 foci placed at the AAL3 centroids "
@@ -156,7 +155,7 @@ def ale_map(experiments: Sequence[tuple[np.ndarray, float]], shape: Sequence[int
 
 def builtin_reference_path() -> Path:
     """Path of the built-in AD atrophy reference map shipped with adheat."""
-    return DATA_DIR / BUILTIN_MAP
+    return DATA_DIR / BUILTIN_REFERENCE_MAP
 
 
 def _sidecar(path: Path) -> dict:
@@ -194,17 +193,6 @@ def load_map(path: Path, template: Template, name: str, threshold: float | None,
     return Reference(name, values, float(threshold), description, str(path))
 
 
-def simulation_truth_path(config: RunConfig, template: Template) -> Path:
-    """Where a simulated cohort keeps its planted-atrophy map for the analysis grid."""
-    return (config.bids_dir / "derivatives" / "simulation"
-            / f"space-{template.space}_res-{template.res_label}_desc-atrophy_probseg.nii.gz")
-
-
-def is_foci_file(path: str | Path) -> bool:
-    """Whether ``--reference-map`` names coordinates for a meta-analysis (Sleuth ``.txt`` or foci ``.tsv``)."""
-    return Path(path).suffix.lower() in (".txt", ".tsv")
-
-
 def load_references(config: RunConfig, template: Template) -> list[Reference]:
     """The reference maps of this run: the user's map, the region prior, and the simulated truth when present."""
     ev = config.evaluation
@@ -215,7 +203,7 @@ def load_references(config: RunConfig, template: Template) -> list[Reference]:
     prior = load_map(builtin_reference_path(), template, ANATOMICAL_PRIOR,
                      None if ev.reference_map else ev.reference_threshold, "built-in reference")
     references.append(Reference(prior.name, prior.values, prior.threshold, PRIOR_DESCRIPTION, prior.source))
-    truth = simulation_truth_path(config, template)
+    truth = simulation_truth_path(config.bids_dir, template.space, template.res_label)
     if truth.is_file():
         references.append(load_map(truth, template, "simulation", SIMULATION_THRESHOLD, "simulated truth"))
     brain = int(template.mask_array().sum())

@@ -125,3 +125,21 @@ def spatial_null(values: np.ndarray, mask: np.ndarray, references: list[np.ndarr
         z = (value - mean) / sd if sd > 0 else float("nan")
         out.append(NullScores(mean, sd, z, float(2 * stats.norm.sf(abs(z))) if np.isfinite(z) else float("nan")))
     return out
+
+
+def spatial_nulls(maps: dict[str, np.ndarray], mask: np.ndarray, references: list[np.ndarray], names: list[str],
+                  observed: dict[tuple[str, str], float], metric: str, n: int, seed: int
+                  ) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """:func:`spatial_null` of several maps: ``(map, reference)`` to the null's mean, SD and p-value.
+
+    ``observed`` holds each map's score per reference name; no null (an empty dict) with fewer than 2 surrogates.
+    """
+    out: dict[tuple[str, str], tuple[float, float, float]] = {}
+    if n < 2:
+        return out
+    for i, (method, values) in enumerate(sorted(maps.items())):
+        nulls = spatial_null(values, mask, references, [observed[(method, name)] for name in names], metric, n,
+                             seed + i)
+        out.update({(method, name): (null.mean, null.sd, null.p) for name, null in zip(names, nulls)})
+    return out
+

@@ -31,9 +31,11 @@ from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.evaluation.reference import ANATOMICAL_PRIOR, HEADLINE_ORDER
-from adheat_app.inputs import split_channel
 from adheat_app.io import write_text
-from adheat_app.layout import group_map_methods, group_map_path, to_label
+from adheat_app.layout import (
+    ANSWER, CV_METRICS, DISTANCES, OVERLAP, PREDICTIONS, PREPROC_QC, REGIONS, SANITY_CHECK, MapName,
+    group_map_methods, group_map_path, group_table, overlap_figures, to_label,
+)
 from adheat_app.report.html import Section, esc, image, markdown, not_computed, note, page, table
 from adheat_app.templates import Template
 
@@ -54,14 +56,14 @@ def _truthy(value: object) -> bool | None:
     return str(value).strip().lower() in ("true", "1", "1.0", "yes")
 
 
-def model_verdicts(group: Path) -> dict[str, dict]:
+def model_verdicts(root: Path) -> dict[str, dict]:
     """Per model of ``cv_metrics.tsv``: is it better than chance (pooled row), with its ROC AUC and p-value.
 
     Reads the pooled row (``fold`` starting with ``pool``; else any row with a
     ``better_than_chance`` value). Models without such a row, or a table
     without the column, are left out.
     """
-    metrics = read_tsv(group / "cv_metrics.tsv")
+    metrics = read_tsv(group_table(root, CV_METRICS))
     if metrics is None or "better_than_chance" not in metrics.columns or "model" not in metrics.columns:
         return {}
     verdicts = {}
@@ -118,9 +120,9 @@ def _confound_warning(config: RunConfig, verdicts: dict[str, dict]) -> str:
         "--covariates).</p></div>")
 
 
-def _answer(config: RunConfig, group: Path) -> str:
+def _answer(config: RunConfig, root: Path) -> str:
     """The answer first: model verdicts (with a warning banner) and, per method and reference, finds it or not."""
-    verdicts = model_verdicts(group)
+    verdicts = model_verdicts(root)
     parts = [_confound_warning(config, verdicts)]
     failing = [m for m, verdict in verdicts.items() if verdict["better"] is False and not is_covariate_model(m)]
     if failing:
@@ -129,7 +131,7 @@ def _answer(config: RunConfig, group: Path) -> str:
             f"{esc(config.training.positive_label)} from {esc(config.training.negative_label)}"
             f"{esc(_verdict_details(verdicts[m]))}.</p>" for m in failing)
             + "<p>Heatmaps of a model that did not learn the task say nothing about the disease.</p></div>")
-    answer = read_tsv(group / "answer.tsv")
+    answer = read_tsv(group_table(root, ANSWER))
     if answer is None or answer.empty:
         parts.append(not_computed("group/answer.tsv is absent (run the group level with heatmaps or the SVM)"))
         if verdicts:
@@ -178,8 +180,8 @@ def _summary(cohort: Cohort, template: Template) -> str:
             f"({'x'.join(map(str, template.shape))}, template from {esc(template.source)}).</p>" + table(rows))
 
 
-def _cv_metrics(group: Path) -> str:
-    metrics = read_tsv(group / "cv_metrics.tsv")
+def _cv_metrics(root: Path) -> str:
+    metrics = read_tsv(group_table(root, CV_METRICS))
     if metrics is None:
         return not_computed("group/cv_metrics.tsv is absent (run the group level to train the CNN, the SVM and "
                             "the covariate controls)")
@@ -188,8 +190,8 @@ def _cv_metrics(group: Path) -> str:
             + table(metrics[~metrics["fold"].isin(["mean", "sd"])]))
 
 
-def _roc(group: Path) -> str:
-    predictions = read_tsv(group / "predictions.tsv")
+def _roc(root: Path) -> str:
+    predictions = read_tsv(group_table(root, PREDICTIONS))
     if predictions is None or predictions.empty:
         return not_computed("group/predictions.tsv is absent")
     body = image(plotting.roc_curves(predictions), "ROC curves")
@@ -207,16 +209,16 @@ def _training(config: RunConfig) -> str:
 
 
 def _heatmaps(derivs: Derivatives, cohort: Cohort, template: Template) -> str:
-    group = derivs.root / "group"
     methods = sorted(group_map_methods(derivs.root, template.space, template.res_label),
-                     key=lambda m: (split_channel(m)[0], split_channel(m)[1] or ""))
+                     key=lambda m: (MapName.parse(m).summed.desc, MapName.parse(m).channel or ""))
     if not methods:
         return not_computed("no group mean heatmaps (no per-subject heatmaps, or evaluation not run)")
     parts = [note("Mean of per-subject absolute heatmaps, each normalised to unit total relevance inside the brain "
                   "mask (maps are scaled to their 99.5th percentile). A model of several input channels: the "
                   "sum over channels per class, then each channel's map of all subjects.")]
     for method in methods:
-        base, channel = split_channel(method)
+        name = MapName.parse(method)
+        base, channel = name.summed.desc, name.channel
         if channel is not None and base in methods:  # one glass brain per channel, below the summed map
             path = group_map_path(derivs.root, template.space, template.res_label, method, "all")
             parts.append(image(plotting.glass_brain(nib.load(path), f"{base}, {channel} channel, mean, all"),
@@ -299,8 +301,8 @@ def overlap_summary(overlap: pd.DataFrame, label: str) -> pd.DataFrame:
     return wide
 
 
-def _overlap(group: Path, cohort: Cohort) -> str:
-    overlap = read_tsv(group / "overlap.tsv")
+def _overlap(root: Path, cohort: Cohort) -> str:
+    overlap = read_tsv(group_table(root, OVERLAP))
     if overlap is None or overlap.empty:
         return not_computed("group/overlap.tsv is absent")
     parts = [note("Value of the group mean map [95 % percentile bootstrap interval over subjects]; rows 'chance': "
@@ -315,13 +317,13 @@ def _overlap(group: Path, cohort: Cohort) -> str:
         wide = overlap_summary(overlap, label)
         if not wide.empty:
             parts.append(f"<h3>label: {esc(label)}</h3>" + table(wide))
-    for path in sorted((group / "figures").glob("desc-*_overlap.png")):
+    for path in overlap_figures(root):
         parts.append(image(path.read_bytes(), path.stem))
     return "".join(parts)
 
 
-def _regions(group: Path, cohort: Cohort) -> str:
-    regions = read_tsv(group / "regions.tsv")
+def _regions(root: Path, cohort: Cohort) -> str:
+    regions = read_tsv(group_table(root, REGIONS))
     if regions is None or regions.empty:
         return not_computed("group/regions.tsv is absent")
     top = regions[(regions["rank"] <= 10) & regions["label"].isin(["all", to_label(cohort.positive_label)])]
@@ -329,10 +331,10 @@ def _regions(group: Path, cohort: Cohort) -> str:
                  "relevance / share of brain volume. Full table: group/regions.tsv.") + table(top, max_rows=400))
 
 
-def _distances(group: Path) -> str:
+def _distances(root: Path) -> str:
     from adheat_app.evaluation.distances import distance_matrix
 
-    distances = read_tsv(group / "distances.tsv")
+    distances = read_tsv(group_table(root, DISTANCES))
     if distances is None or distances.empty:
         return not_computed("group/distances.tsv is absent (needs at least two methods)")
     rows = distances[distances["label"] == "all"]
@@ -349,8 +351,8 @@ def _simple_table(path: Path, missing: str) -> str:
     return not_computed(missing) if frame is None else table(frame)
 
 
-def _preproc_qc(group: Path) -> str:
-    qc = read_tsv(group / "preproc_qc.tsv")
+def _preproc_qc(root: Path) -> str:
+    qc = read_tsv(group_table(root, PREPROC_QC))
     if qc is None:
         return not_computed("group/preproc_qc.tsv is absent (preprocessing QC table)")
     flags = [c for c in qc.columns if "outlier" in c.lower()]
@@ -374,24 +376,24 @@ def _methods(config: RunConfig, derivs: Derivatives) -> str:
 
 def write_group_report(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> Path:
     """Write ``output_dir/group.html`` from the group outputs that exist; return its path."""
-    group = derivs.root / "group"
+    root = derivs.root
     sections = [
-        Section("answer", "Answer: does a method find the reference?", _answer(config, group)),
+        Section("answer", "Answer: does a method find the reference?", _answer(config, root)),
         Section("summary", "Cohort", _summary(cohort, template)),
         Section("cv-metrics", "Cross-validated classification (CNN, SVM and covariate-only controls)",
-                _cv_metrics(group)),
-        Section("roc", "ROC curves", _roc(group)),
+                _cv_metrics(root)),
+        Section("roc", "ROC curves", _roc(root)),
         Section("training", "Training curves", _training(config)),
         Section("heatmaps", "Mean heatmaps", _heatmaps(derivs, cohort, template)),
         Section("svm", "SVM activation pattern", _svm(derivs, cohort, template)),
         Section("reference", "Reference maps", _reference(config, derivs, cohort, template)),
-        Section("overlap", "Overlap with the reference", _overlap(group, cohort)),
-        Section("regions", "Relevance per region", _regions(group, cohort)),
-        Section("distances", "Distances between methods", _distances(group)),
+        Section("overlap", "Overlap with the reference", _overlap(root, cohort)),
+        Section("regions", "Relevance per region", _regions(root, cohort)),
+        Section("distances", "Distances between methods", _distances(root)),
         Section("sanity", "Sanity checks (model randomisation)",
-                _simple_table(group / "sanity_check.tsv",
+                _simple_table(group_table(root, SANITY_CHECK),
                               "group/sanity_check.tsv is absent (run with --sanity-check)")),
-        Section("preproc-qc", "Preprocessing quality", _preproc_qc(group)),
+        Section("preproc-qc", "Preprocessing quality", _preproc_qc(root)),
         Section("methods", "Methods", _methods(config, derivs)),
     ]
     path = write_text(derivs.root / "group.html", page("adheat group report", sections))

@@ -22,8 +22,7 @@ from adheat_app.bids import Derivatives, normalize_label, read_participants
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.io import read_json, write_text
-from adheat_app.inputs import split_channel
-from adheat_app.layout import find_heatmaps, find_preproc, scan_figures, sidecar_path
+from adheat_app.layout import PREDICTIONS, MapName, find_heatmaps, find_preproc, group_table, scan_figures, sidecar_path
 from adheat_app.report.group import read_tsv
 from adheat_app.report.html import Section, esc, image, not_computed, note, page, svg_image, table
 
@@ -62,7 +61,7 @@ def _preprocessing(derivs: Derivatives, subject: str, sessions: list) -> str:
 
 
 def _predictions(derivs: Derivatives, subject: str) -> str:
-    predictions = read_tsv(derivs.root / "group" / "predictions.tsv")
+    predictions = read_tsv(group_table(derivs.root, PREDICTIONS))
     if predictions is None:
         return not_computed("group/predictions.tsv is absent")
     rows = predictions[predictions["subject"] == subject]
@@ -78,7 +77,7 @@ def _heatmaps(derivs: Derivatives, subject: str, sessions: list) -> str:
                 if name.key == key]
         methods = {method for _, method in maps}
         summed = [(heatmap, method) for heatmap, method in maps
-                  if split_channel(method)[1] is None or split_channel(method)[0] not in methods]
+                  if MapName.parse(method).channel is None or MapName.parse(method).summed.desc not in methods]
         if not maps:
             continue
         if len(summed) < len(maps):

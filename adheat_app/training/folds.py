@@ -25,6 +25,7 @@ from adheat_app.cohort import Cohort, Scan
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.io import write_tsv
+from adheat_app.layout import SPLIT, participants_table
 
 SETS = ("train", "val", "test")
 #: Subjects of each class every fold's training part needs: the CNN's validation split and the SVM's inner
@@ -148,7 +149,7 @@ def check_labels(config: RunConfig, cohort: Cohort) -> None:
         ``--folds`` needs (:func:`min_subjects_per_class`).
     """
     tr = config.training
-    path = config.bids_dir / "participants.tsv"
+    path = participants_table(config.bids_dir)
     options = {tr.positive_label: "--positive-label", tr.negative_label: "--negative-label"}
     in_table = set(read_participants(config.bids_dir, tr.label_column)[tr.label_column].dropna())
     absent = [f"{option} {label!r}" for label, option in options.items() if label not in in_table]
@@ -196,6 +197,6 @@ def read_split(fold_dir: Path) -> pd.DataFrame:
 
     Subject and session labels stay strings; a missing session reads as None.
     """
-    table = pd.read_csv(Path(fold_dir) / "split.tsv", sep="\t", dtype=str, na_values=["n/a"],
+    table = pd.read_csv(Path(fold_dir) / SPLIT, sep="\t", dtype=str, na_values=["n/a"],
                         keep_default_na=False)
     return table.astype(object).where(table.notna(), None)

@@ -312,21 +312,9 @@ def train_fold(model: nn.Module, volumes: np.ndarray, train: ScanSet, val: ScanS
     criterion = nn.CrossEntropyLoss(weight=weights.to(device))
     optimizer = make_optimizer(model, settings)
     scaler = torch.amp.GradScaler(device.type, enabled=settings.amp and device.type == "cuda")
-    val_targets = torch.from_numpy(val.targets)
     stopping = settings.patience > 0 and len(val) > 0
     total_epochs = n_epochs(settings, len(train))
-    state = load_checkpoint(checkpoint, device)
-    if state is not None and state["key"] != key:
-        LOGGER.info("%s: ignoring checkpoint %s of other settings or data", label, checkpoint)
-        state = None
-    if state is None:
-        state = {"key": key, "epoch": 0, "best_epoch": 0, "best_val_loss": math.inf, "bad_epochs": 0,
-                 "history": {c: [] for c in CURVE_COLUMNS}, "best_model": _copy_state(model)}
-    else:
-        LOGGER.info("%s: resuming after epoch %d from %s", label, state["epoch"], checkpoint)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+    state = _start_state(model, optimizer, scaler, checkpoint, key, device, label)
     start = time.perf_counter()
     epochs = range(state["epoch"], total_epochs)
     progress = tqdm(epochs, desc=label, unit="epoch", disable=not sys.stderr.isatty(), leave=False)
@@ -337,11 +325,7 @@ def train_fold(model: nn.Module, volumes: np.ndarray, train: ScanSet, val: ScanS
         rng = seed_everything(epoch_seed(settings.seed, fold, epoch + 1))
         train_loss = _train_epoch(model, optimizer, scaler, criterion, volumes, train, settings, device, rng,
                                   epoch, total_epochs)
-        val_loss = val_accuracy = math.nan
-        if len(val):
-            logits = predict_logits(model, volumes, val.rows, device, settings.batch_size, settings.amp)
-            val_loss = float(nn.functional.cross_entropy(logits, val_targets, weight=weights))
-            val_accuracy = float((logits.argmax(1) == val_targets).float().mean())
+        val_loss, val_accuracy = _validate(model, volumes, val, weights, settings, device)
         improved = val_loss < state["best_val_loss"] if stopping else True
         if improved:
             state.update(best_epoch=epoch + 1, best_val_loss=val_loss, bad_epochs=0,
@@ -356,14 +340,50 @@ def train_fold(model: nn.Module, volumes: np.ndarray, train: ScanSet, val: ScanS
         save_checkpoint(checkpoint, state)
         LOGGER.info("%s epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.3f%s", label, epoch + 1,
                     total_epochs, train_loss, val_loss, val_accuracy, " (best)" if stopping and improved else "")
-    if stopping:
-        model.load_state_dict(state["best_model"])
+    _finish(model, volumes, train, settings, device, state["best_model"] if stopping else None, label)
+    return FoldResult(history=state["history"], best_epoch=state["best_epoch"], epochs_run=state["epoch"],
+                      early_stopped=state["epoch"] < total_epochs, class_weights=weights.tolist(),
+                      seconds=time.perf_counter() - start)
+
+
+def _start_state(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 checkpoint: Path, key: str, device: torch.device, label: str) -> dict:
+    """The training state to start from: the ``checkpoint`` of this ``key`` (loaded into ``model``, ``optimizer``
+    and ``scaler``), else a fresh one."""
+    state = load_checkpoint(checkpoint, device)
+    if state is not None and state["key"] != key:
+        LOGGER.info("%s: ignoring checkpoint %s of other settings or data", label, checkpoint)
+        state = None
+    if state is None:
+        return {"key": key, "epoch": 0, "best_epoch": 0, "best_val_loss": math.inf, "bad_epochs": 0,
+                "history": {c: [] for c in CURVE_COLUMNS}, "best_model": _copy_state(model)}
+    LOGGER.info("%s: resuming after epoch %d from %s", label, state["epoch"], checkpoint)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    return state
+
+
+def _validate(model: nn.Module, volumes: np.ndarray, val: ScanSet, weights: torch.Tensor, settings: TrainSettings,
+              device: torch.device) -> tuple[float, float]:
+    """Class-weighted loss and accuracy on the validation scans (NaN without any)."""
+    if not len(val):
+        return math.nan, math.nan
+    targets = torch.from_numpy(val.targets)
+    logits = predict_logits(model, volumes, val.rows, device, settings.batch_size, settings.amp)
+    return (float(nn.functional.cross_entropy(logits, targets, weight=weights)),
+            float((logits.argmax(1) == targets).float().mean()))
+
+
+def _finish(model: nn.Module, volumes: np.ndarray, train: ScanSet, settings: TrainSettings, device: torch.device,
+            best: dict | None, label: str) -> None:
+    """Leave ``model`` in eval mode with the ``best`` weights (early stopping; None: the last epoch's), its
+    BatchNorm statistics and decision threshold re-estimated on clean training scans after input noise."""
+    if best is not None:
+        model.load_state_dict(best)
     if settings.input_noise > 0:
         recalibrate_batchnorm(model, volumes, train.rows, device, settings.batch_size)
         shift = recenter_decision(model, volumes, train, device, settings.batch_size)
         LOGGER.info("%s: BatchNorm statistics of clean training scans; decision threshold moved by %.3f", label,
                     shift)
     model.eval()
-    return FoldResult(history=state["history"], best_epoch=state["best_epoch"], epochs_run=state["epoch"],
-                      early_stopped=state["epoch"] < total_epochs, class_weights=weights.tolist(),
-                      seconds=time.perf_counter() - start)

@@ -52,7 +52,7 @@ from adheat_app.training.device import deterministic, epoch_seed, resolve_device
 from adheat_app.training.folds import Fold, check_labels, check_no_leakage, make_folds, split_hash, write_split
 from adheat_app.training.loop import CURVE_COLUMNS, FoldResult, ScanSet, TrainSettings, predict_logits, train_fold
 from adheat_app.training.metrics import classification_metrics, prediction_rows, summarize_folds, update_table
-from adheat_app.inputs import LOGJACOBIAN_UNIT, card_channels, channel_names, input_key, load_inputs, with_input
+from adheat_app.inputs import LOGJACOBIAN, LOGJACOBIAN_UNIT, card_channels, input_key, input_kind, load_inputs
 
 LOGGER = logging.getLogger(__name__)
 
@@ -70,22 +70,17 @@ def fold_dir(config: RunConfig, k: int) -> Path:
     return layout.fold_dir(config.models_dir, config.training.model, k)
 
 
-def verdict_path(models_dir: Path, model: str) -> Path:
-    """``models_dir/<model>/verdict.json``: the cross-validated model's verdict against chance."""
-    return Path(models_dir) / model / "verdict.json"
-
-
 def read_verdict(models_dir: Path, model: str) -> dict | None:
     """The verdict of :func:`write_group_results` (None before every fold is trained and collected)."""
-    path = verdict_path(models_dir, model)
+    path = layout.verdict_path(models_dir, model)
     return read_json(path) if path.is_file() else None
 
 
 def load_fold_model(fold_dir: Path, device: torch.device) -> tuple[nn.Module, dict]:
     """The trained model of a completed fold folder (eval mode, on ``device``) and its model card."""
-    card = read_json(Path(fold_dir) / "model.json")
+    card = read_json(Path(fold_dir) / layout.MODEL_CARD)
     model = MODELS[card["Model"]](tuple(card["Input"]["Shape"]), len(card_channels(card)))
-    model.load_state_dict(torch.load(Path(fold_dir) / "model.pt", map_location=device, weights_only=True))
+    model.load_state_dict(torch.load(Path(fold_dir) / layout.MODEL_WEIGHTS, map_location=device, weights_only=True))
     return model.to(device).eval(), card
 
 
@@ -98,11 +93,11 @@ def train_settings(config: RunConfig) -> TrainSettings:
                          seed=config.execution.seed)
 
 
-def training_key(config: RunConfig, fold: Fold, data_hash: str) -> str:
-    """Hash of everything that determines a fold's model (device and AMP aside)."""
+def training_key(config: RunConfig, channels: tuple[str, ...], fold: Fold, data_hash: str) -> str:
+    """Hash of everything that determines a fold's model (input ``channels`` included; device and AMP aside)."""
     tr = config.training
-    identity = {"model": tr.model, "input": tr.input, "settings": dataclasses.asdict(train_settings(config)), "folds": tr.folds,
-                "val_fraction": tr.val_fraction, "labels": [tr.negative_label, tr.positive_label],
+    identity = {"model": tr.model, "input": input_kind(channels), "settings": dataclasses.asdict(train_settings(config)),
+                "folds": tr.folds, "val_fraction": tr.val_fraction, "labels": [tr.negative_label, tr.positive_label],
                 "fold": fold.index, "split": split_hash(fold), "data": data_hash}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -139,10 +134,10 @@ def _model_card(config: RunConfig, cohort: Cohort, fold: Fold, model: nn.Module,
         "ArchitectureNotes": (sys.modules[builder.__module__].__doc__ or "").strip(),
         "Parameters": sum(p.numel() for p in model.parameters()),
         "Input": {"Space": cohort.space, "Resolution": parse_resolution(cohort.res_label),
-                  "ResLabel": cohort.res_label, "Shape": list(shape), "Channels": list(channel_names(tr.input)),
+                  "ResLabel": cohort.res_label, "Shape": list(shape), "Channels": list(cohort.channels),
                   "Layout": "N,C,X,Y,Z", "DType": "float32",
                   "Normalisation": NORMALISATION[config.preprocessing.intensity_norm],
-                  **({"LogJacobianUnit": LOGJACOBIAN_UNIT} if "logjacobian" in channel_names(tr.input) else {})},
+                  **({"LogJacobianUnit": LOGJACOBIAN_UNIT} if LOGJACOBIAN in cohort.channels else {})},
         "Output": "logits (N, 2); softmax index 1 = probability of the positive label",
         "Labels": {"0": tr.negative_label, "1": tr.positive_label},
         "LabelColumn": tr.label_column,
@@ -174,28 +169,29 @@ def _train_one(config: RunConfig, cohort: Cohort, fold: Fold, volumes: np.ndarra
     tr = config.training
     folder = fold_dir(config, fold.index)
     check_no_leakage(fold)
-    (folder / "model.json").unlink(missing_ok=True)  # a stale fold is incomplete until retrained
-    write_split(folder / "split.tsv", fold)
+    (folder / layout.MODEL_CARD).unlink(missing_ok=True)  # a stale fold is incomplete until retrained
+    write_split(folder / layout.SPLIT, fold)
     shape = tuple(volumes.shape[2:])
     settings = train_settings(config)
     with deterministic(device, config.execution.omp_nthreads), reuse_cpu_memory(device):
         seed_everything(epoch_seed(settings.seed, fold.index, 0))
         model = _build_model(tr.model, shape, volumes.shape[1]).to(device)
         result = train_fold(model, volumes, _scan_set(fold.train, rows), _scan_set(fold.val, rows), settings,
-                            fold.index, device, folder / "checkpoint.pt", key,
+                            fold.index, device, folder / layout.CHECKPOINT, key,
                             label=f"{tr.model} fold {fold.index + 1}/{tr.folds}")
         test = _scan_set(fold.test, rows)
         logits = predict_logits(model, volumes, test.rows, device, settings.batch_size, settings.amp)
     probability = torch.softmax(logits, 1)[:, 1].numpy()
     metrics = classification_metrics(test.targets, probability)
-    _write_state_dict(folder / "model.pt", model)
+    _write_state_dict(folder / layout.MODEL_WEIGHTS, model)
     curve = pd.DataFrame({"epoch": np.arange(1, result.epochs_run + 1), **result.history})
-    write_tsv(folder / "training_curve.tsv", curve[["epoch", *CURVE_COLUMNS]])
-    save_png(training_curve(curve, result.best_epoch, f"{tr.model} fold {fold.index}"), folder / "training_curve.png")
-    write_tsv(folder / "predictions.tsv", _predictions(tr.model, fold, probability))
-    write_json(folder / "model.json", _model_card(config, cohort, fold, model, shape, result, metrics, key,
+    write_tsv(layout.training_curve_table(folder), curve[["epoch", *CURVE_COLUMNS]])
+    save_png(training_curve(curve, result.best_epoch, f"{tr.model} fold {fold.index}"),
+             layout.training_curve_figure(folder))
+    write_tsv(folder / layout.FOLD_PREDICTIONS, _predictions(tr.model, fold, probability))
+    write_json(folder / layout.MODEL_CARD, _model_card(config, cohort, fold, model, shape, result, metrics, key,
                                                   data_hash, device))
-    (folder / "checkpoint.pt").unlink(missing_ok=True)
+    (folder / layout.CHECKPOINT).unlink(missing_ok=True)
     LOGGER.info("%s fold %d done: best epoch %d of %d, test accuracy %.3f, balanced accuracy %.3f, AUC %.3f",
                 tr.model, fold.index, result.best_epoch, result.epochs_run, metrics["accuracy"],
                 metrics["balanced_accuracy"], metrics["roc_auc"])
@@ -210,15 +206,14 @@ def write_group_results(config: RunConfig, derivs: Derivatives) -> pd.DataFrame:
         This model's rows of ``group/cv_metrics.tsv`` (per fold, mean, sd, pooled with the verdict).
     """
     tr = config.training
-    predictions = pd.concat([pd.read_csv(fold_dir(config, k) / "predictions.tsv", sep="\t",
+    predictions = pd.concat([pd.read_csv(fold_dir(config, k) / layout.FOLD_PREDICTIONS, sep="\t",
                                          dtype={"subject": str, "session": str}) for k in range(tr.folds)],
                             ignore_index=True)
     fold_rows = [{"fold": k, "n_test": len(rows), **classification_metrics(rows["target"], rows["probability"])}
                  for k, rows in predictions.groupby("fold", sort=True)]
     table = summarize_folds(tr.model, fold_rows, predictions, config.evaluation.n_bootstrap, config.execution.seed)
-    group = derivs.root / "group"
-    update_table(group / "cv_metrics.tsv", table, tr.model)
-    update_table(group / "predictions.tsv", predictions, tr.model)
+    update_table(layout.group_table(derivs.root, layout.CV_METRICS), table, tr.model)
+    update_table(layout.group_table(derivs.root, layout.PREDICTIONS), predictions, tr.model)
     save_png(roc_curves(predictions, by="fold", title=f"{tr.model}: ROC per fold (test subjects)", prefix="fold "),
              derivs.group_path("roc", ".png", desc=tr.model))
     mean, sd, pooled = (table[table["fold"] == name].iloc[0] for name in ("mean", "sd", "pooled"))
@@ -226,14 +221,14 @@ def write_group_results(config: RunConfig, derivs: Derivatives) -> pd.DataFrame:
                 "(95%% CI %.3f-%.3f, p = %.2g)", tr.model, tr.folds, mean["balanced_accuracy"],
                 sd["balanced_accuracy"], mean["roc_auc"], sd["roc_auc"], pooled["roc_auc"],
                 pooled["roc_auc_ci_low"], pooled["roc_auc_ci_high"], pooled["p_value"])
-    write_json(verdict_path(config.models_dir, tr.model), {
+    write_json(layout.verdict_path(config.models_dir, tr.model), {
         "Model": tr.model, "Folds": tr.folds, "NScans": int(pooled["n_test"]),
         "PooledRocAuc": float(pooled["roc_auc"]),
         "RocAucInterval": [float(pooled["roc_auc_ci_low"]), float(pooled["roc_auc_ci_high"])],
         "IntervalMethod": f"percentile bootstrap over subjects, {config.evaluation.n_bootstrap} resamples, 95 %",
         "PValue": float(pooled["p_value"]), "PValueMethod": "one-sided Mann-Whitney U on subject-mean scores",
         "BetterThanChance": bool(pooled["better_than_chance"]),
-        "TrainingKeys": [read_json(fold_dir(config, k) / "model.json")["TrainingKey"] for k in range(tr.folds)]})
+        "TrainingKeys": [read_json(fold_dir(config, k) / layout.MODEL_CARD)["TrainingKey"] for k in range(tr.folds)]})
     if not pooled["better_than_chance"]:
         LOGGER.warning("%s is not better than chance: the 95%% interval of its pooled out-of-fold ROC AUC "
                        "(%.3f-%.3f) does not lie above 0.5; its heatmaps explain a model that has not learned to "
@@ -266,7 +261,6 @@ def run_training(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> list
         For cohorts that cannot be cross-validated (see
         :func:`adheat_app.training.folds.check_labels`) or a grid too small for the model.
     """
-    config = with_input(config, cohort.scans)
     tr = config.training
     check_labels(config, cohort)
     labelled = sorted(cohort.labelled, key=lambda s: s.key)
@@ -275,16 +269,16 @@ def run_training(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> list
                 len(labelled), len(subjects), tr.positive_label, sum(s.target == 1 for s in labelled),
                 tr.negative_label, sum(s.target == 0 for s in labelled), tr.folds)
     folds = make_folds(cohort, tr.folds, config.execution.seed, tr.val_fraction)
-    data_hash = input_key(labelled, tr.input)
+    data_hash = input_key(labelled, cohort.channels)
     wanted = [tr.fold] if tr.fold is not None else list(range(tr.folds))
-    keys = {k: training_key(config, folds[k], data_hash) for k in wanted}
+    keys = {k: training_key(config, cohort.channels, folds[k], data_hash) for k in wanted}
     missing = [k for k in wanted if config.execution.overwrite
-               or not is_complete(fold_dir(config, k) / "model.pt", TrainingKey=keys[k])]
+               or not is_complete(fold_dir(config, k) / layout.MODEL_WEIGHTS, TrainingKey=keys[k])]
     for k in sorted(set(wanted) - set(missing)):
         LOGGER.info("%s fold %d: complete model found in %s, skipping", tr.model, k, fold_dir(config, k))
     if missing:
         device = resolve_device(config)
-        volumes = load_inputs(cohort.scans, tr.input, config.work_dir)
+        volumes = load_inputs(cohort.scans, cohort.channels, config.work_dir)
         rows = {s.key: i for i, s in enumerate(cohort.scans)}
         LOGGER.info("training fold(s) %s on %s", ", ".join(map(str, missing)), device)
         for k in missing:

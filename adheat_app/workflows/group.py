@@ -15,7 +15,7 @@ from adheat_app.bids import Derivatives, T1wInput
 from adheat_app.cohort import load_cohort
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
-from adheat_app.inputs import resolve_input
+from adheat_app.inputs import log_input
 from adheat_app.templates import get_template, parse_resolution
 
 LOGGER = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
     from adheat_app.training import make_folds, run_training
 
     cohort = load_cohort(config, derivs, inputs)
-    config = resolve_input(config, cohort.scans)
+    log_input(config, cohort)
     resolution = parse_resolution(cohort.res_label)
     if resolution != config.execution.resolution:
         LOGGER.info("using the preprocessed grid of %s mm (not --resolution %s)", resolution,

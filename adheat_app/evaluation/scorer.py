@@ -1,0 +1,215 @@
+"""Scoring of the evaluation step: every map of every label on that label's shared bootstrap resamples.
+
+:class:`Scorer` holds the reference maps on the brain mask and, per label
+(``<positive>``, ``<negative>``, ``all``), the scans and their bootstrap
+resamples; each map scored on it adds one :class:`~.scoring.Scores`. The
+scored maps are the heatmap methods (:func:`score_methods`, which also writes
+their group maps and overlap curve figures), the controls
+(:func:`score_controls`: input magnitude and baseline deviation, summed and per
+channel, and the grey-matter prior; a method's ``Random`` maps are scored as
+methods of kind ``control``) and the SVM pattern (:func:`score_svm`: one
+estimator for value and resamples). The resamples are of subjects (a
+subject's sessions together). A new kind of scored map is one more function here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import nibabel as nib
+import numpy as np
+
+from adheat_app.baseline.svm import output_paths
+from adheat_app.bids import Derivatives
+from adheat_app.cohort import Cohort
+from adheat_app.config import RunConfig
+from adheat_app.evaluation.chance import chance_levels
+from adheat_app.evaluation.controls import (
+    BASELINE_DEVIATION, GREY_MATTER_PRIOR, INPUT_MAGNITUDE, fold_baselines, grey_matter_prior, input_controls,
+    is_control, svm_pattern_resamples,
+)
+from adheat_app.evaluation.group_maps import ALL, load_method, scan_groups, write_group_maps
+from adheat_app.evaluation.intervals import basic_interval
+from adheat_app.evaluation.overlap import (
+    TOP_PERCENT, bootstrap, overlap_metrics, resample_counts, score_resamples, sorted_metrics,
+)
+from adheat_app.evaluation.reference import Reference
+from adheat_app.evaluation.scoring import Scores, constant_samples
+from adheat_app.layout import MapName, overlap_figure, to_label
+from adheat_app.plotting import overlap_curves, save_png
+from adheat_app.templates import Template
+
+LOGGER = logging.getLogger(__name__)
+
+SVM = "SVM"
+#: k values (%) of the overlap curve figures.
+CURVE_PERCENT: tuple[float, ...] = (0.5, 1, 2, 3, 5, 7.5, 10, 12.5, 15, 20, 25, 30, 40, 50)
+
+
+class Scorer:
+    """Scores maps of each label on that label's shared bootstrap resamples."""
+
+    def __init__(self, config: RunConfig, cohort: Cohort, correct: dict[str, int], references: list[Reference],
+                 mask: np.ndarray):
+        self.references = references
+        self.mask = mask
+        self.names = [ref.name for ref in references]
+        self.binaries = [ref.binary()[mask] for ref in references]
+        self.continuous = [ref.values[mask] for ref in references]
+        n_voxels = int(mask.sum())
+        self.chances = [chance_levels(float(b.mean()), n_voxels) for b in self.binaries]
+        self.curve_chance = {ref.name: chance_levels(float(b.mean()), n_voxels, CURVE_PERCENT)
+                             for ref, b in zip(references, self.binaries)}
+        positive, negative = cohort.positive_label, cohort.negative_label
+        labels = [to_label(positive), to_label(negative), ALL]
+        self.keys = {label: [s.key for s in cohort.scans if label in scan_groups(s, correct, positive, negative)]
+                     for label in labels}
+        self.keys = {label: keys for label, keys in self.keys.items() if keys}
+        n_bootstrap, seed = config.evaluation.n_bootstrap, config.execution.seed
+        subject = {s.key: s.subject for s in cohort.scans}
+        self.counts = {label: resample_counts([subject[k] for k in keys],
+                                              n_bootstrap if len({subject[k] for k in keys}) > 1 else 0, seed + i)
+                       for i, (label, keys) in enumerate(self.keys.items())}
+        self.columns = {label: {key: j for j, key in enumerate(keys)} for label, keys in self.keys.items()}
+        self.scores: list[Scores] = []
+
+    def points(self, mean: np.ndarray) -> list[dict]:
+        """Metrics of one map against every reference."""
+        return [overlap_metrics(mean, b, c) for b, c in zip(self.binaries, self.continuous)]
+
+    def subjects(self, method: str, kind: str, label: str, sign: str, maps: np.ndarray,
+                 keys: list[str]) -> np.ndarray:
+        """Score the mean of per-scan ``maps`` (rows: scans ``keys`` of ``label``); return the mean."""
+        mean = maps.mean(axis=0)
+        counts = self.counts[label][:, [self.columns[label][k] for k in keys]]
+        samples = bootstrap(maps, self.binaries, counts)
+        self.scores.append(Scores(method, kind, label, sign, len(keys), self.points(mean), samples))
+        return mean
+
+    def constant(self, method: str, kind: str, label: str, values: np.ndarray, samples: list[dict] | None = None,
+                 n_subjects: int | None = None) -> None:
+        """Score one map of ``label`` (samples: the map's own resamples, else its value on every resample)."""
+        point = self.points(values)
+        if samples is None:
+            samples = constant_samples(point, len(self.counts[label]))
+        self.scores.append(Scores(method, kind, label, "absolute", n_subjects, point, samples))
+
+    def curves(self, relevance: np.ndarray) -> dict:
+        """Dice and overlap fraction at every k of :data:`CURVE_PERCENT`, per reference."""
+        metrics = sorted_metrics(relevance[None], self.binaries, CURVE_PERCENT)
+        return {ref.name: {k: v[0] for k, v in m.items()} for ref, m in zip(self.references, metrics)}
+
+
+@dataclass
+class ScoredMaps:
+    """The mean maps the region and distance tables need, and the scans behind each method's group maps."""
+
+    #: Mean map of each (method, label), for the region table.
+    region_maps: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    #: Mean maps of each label by method, for the distance table.
+    label_maps: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    #: Scans in each method's group maps, per label.
+    n_subjects: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def score_methods(scorer: Scorer, config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template,
+                  methods: list[str], correct: dict[str, int]) -> ScoredMaps:
+    """Write each method's group maps, score its mean maps per label and sign, draw its overlap curves.
+
+    ``correct``: whether the CNN classified each scan correctly (:func:`.group_maps.read_predictions`).
+    """
+    scored = ScoredMaps()
+    for method in methods:
+        maps = load_method(derivs, cohort, template, method, correct)
+        if maps is None:
+            continue
+        write_group_maps(derivs, template, maps, config.execution.overwrite)
+        scored.n_subjects[method] = {label: len(rows) for label, rows in maps.groups.items()}
+        kind = "control" if is_control(method) else "method"
+        for label in (label for label in scorer.keys if label in maps.groups):
+            rows = maps.groups[label]
+            keys = [maps.scans[i].key for i in rows]
+            mean = scorer.subjects(method, kind, label, "absolute", maps.values[rows], keys)
+            if maps.positive is not None:
+                scorer.subjects(method, kind, label, "positive", maps.positive[rows], keys)
+            if kind == "method":
+                scored.region_maps[(method, label)] = mean
+                scored.label_maps.setdefault(label, {})[method] = mean
+        if ALL in maps.groups:
+            _method_curves(scorer, derivs, method, maps.mean(ALL))
+        LOGGER.info("evaluation: %s done (%d subjects)", method, len(maps.scans))
+        del maps
+    return scored
+
+
+def _method_curves(scorer: Scorer, derivs: Derivatives, method: str, mean: np.ndarray) -> None:
+    """The overlap curves of a method's label-``all`` mean map, with its bootstrap intervals at the top k."""
+    scored = next(s for s in reversed(scorer.scores) if s.method == method and s.label == ALL
+                  and s.sign == "absolute")
+    intervals = {name: {m: (TOP_PERCENT, *basic_interval(scored.point[r][m], scored.samples[r][m])[1:])
+                        for m in ("dice", "overlap_fraction")}
+                 for r, name in enumerate(scorer.names) if len(scored.samples[r]["dice"])}
+    save_png(overlap_curves(method, CURVE_PERCENT, scorer.curves(mean), intervals, scorer.curve_chance),
+             overlap_figure(derivs.root, method))
+
+
+def score_controls(scorer: Scorer, config: RunConfig, cohort: Cohort, template: Template, inputs: np.ndarray) -> str:
+    """Score the controls of every label (input magnitude and, once folds are trained, baseline deviation of the
+    cohort's ``inputs``, summed and per channel; the grey-matter prior); return where the prior comes from."""
+    index = {s.key: i for i, s in enumerate(cohort.scans)}
+    baselines = fold_baselines(config, cohort, inputs, scorer.mask)
+    for label, keys in scorer.keys.items():
+        rows = [index[k] for k in keys]
+        values = np.asarray(inputs[rows][:, :, scorer.mask], dtype=np.float32)
+        controls = input_controls(np.abs(values), cohort.channels, INPUT_MAGNITUDE)
+        if baselines is not None:
+            controls.update(input_controls(np.abs(values - baselines[0][baselines[1][rows]]), cohort.channels,
+                                           BASELINE_DEVIATION))
+        for name, maps in controls.items():
+            scorer.subjects(name, "control", label, "absolute", maps, keys)
+        del values, controls
+    prior, prior_source = grey_matter_prior(template)
+    for label in scorer.keys:
+        scorer.constant(GREY_MATTER_PRIOR, "control", label, prior)
+    return prior_source
+
+
+def _svm_pattern(scorer: Scorer, inputs: np.ndarray, derivs: Derivatives, cohort: Cohort
+                 ) -> tuple[np.ndarray, list[dict]] | None:
+    """The scored SVM pattern (all subjects) and its bootstrap scores on the label-``all`` resamples of subjects
+    (None without a weight map): one estimator for both.
+
+    With several input channels the features are every channel's voxels and the weights are read from the
+    per-channel weight maps; each pattern is the sum of its channels' patterns, as the written map.
+    """
+    channels, mask = cohort.channels, scorer.mask
+    paths = [output_paths(derivs, cohort, name if len(channels) > 1 else None)[1] for name in channels]
+    if not all(p.is_file() for p in paths) or ALL not in scorer.keys:
+        return None
+    index = {s.key: i for i, s in enumerate(cohort.scans)}
+    rows = [index[k] for k in scorer.keys[ALL]]
+    features = np.asarray(inputs[rows][:, :, mask], dtype=np.float32).reshape(len(rows), -1)
+    features -= features.mean(axis=0)
+    sd = features.std(axis=0)
+    features /= np.where(sd > 0, sd, 1.0)
+    weights = np.concatenate([np.asarray(nib.load(p).dataobj, dtype=np.float32)[mask] for p in paths])
+    pattern = next(svm_pattern_resamples(features, weights, np.ones((1, len(rows))), len(channels)))[0]
+    return pattern, score_resamples(svm_pattern_resamples(features, weights, scorer.counts[ALL], len(channels)),
+                                    scorer.binaries)
+
+
+def score_svm(scorer: Scorer, scored: ScoredMaps, derivs: Derivatives, cohort: Cohort, inputs: np.ndarray) -> None:
+    """Score the SVM's absolute activation pattern (label ``all``), draw its curves, add it to the region and
+    distance tables of every label."""
+    pattern = np.abs(np.asarray(nib.load(output_paths(derivs, cohort)[0]).dataobj, dtype=np.float64))[scorer.mask]
+    total = pattern.sum()
+    pattern = pattern / total if total > 0 else pattern
+    estimated = _svm_pattern(scorer, inputs, derivs, cohort)
+    if ALL in scorer.keys:
+        scorer.constant(SVM, "baseline", ALL, *(estimated or (pattern, None)), len(scorer.keys[ALL]))
+    save_png(overlap_curves(f"{SVM} pattern", CURVE_PERCENT, scorer.curves(pattern), chance=scorer.curve_chance),
+             overlap_figure(derivs.root, MapName(SVM).desc))
+    for label in scored.label_maps or {ALL: {}}:
+        scored.region_maps[(SVM, label)] = pattern
+        scored.label_maps.setdefault(label, {})[SVM] = pattern
