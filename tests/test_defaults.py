@@ -4,7 +4,7 @@ by the site-only control; the evaluation's primary answer says "finds" only for 
 
 Every test here trains with the default training options (no training flag: model, step budget, optimiser,
 schedule, regularisation, folds); only the cohort is small (16-24 subjects at 4 mm, oracle-preprocessed by
-``conftest.make_preprocessed_cohort`` with the default intensity normalisation), and the evaluation uses 300
+``conftest.make_preprocessed_cohort`` with the default intensity normalisation), and the evaluation uses 400
 bootstrap resamples and 500 permutations instead of 1000 (the smallest that let Holm's correction of the primary
 rows pass, :func:`adheat_app.evaluation.answer.holm_reachable`). One test per cohort, so that pytest-xdist trains
 each cohort once.
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 #: The default heatmap methods, and patch occlusion (with Rieke et al.'s 40 mm patches, for speed).
 METHODS = (*default_methods(), "Occlusion")
 OCCLUSION = {"heatmaps__occlusion_size": 40.0, "heatmaps__occlusion_stride": 20.0}
-EVALUATION = {"evaluation__n_bootstrap": 300, "evaluation__n_permutations": 500}
+EVALUATION = {"evaluation__n_bootstrap": 400, "evaluation__n_permutations": 500}
 
 
 def evaluate(config, derivs, cohort, truth) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -70,7 +70,7 @@ def default_run(root, null: bool):
 
 
 def test_defaults_learn_planted_atrophy_and_their_heatmaps_find_it(tmp_path):
-    config, derivs, cohort, _, table, ratios = default_run(tmp_path, null=False)
+    config, derivs, cohort, truth, table, ratios = default_run(tmp_path, null=False)
     assert table.loc["mean", "balanced_accuracy"] >= 0.85, table
     assert bool(table.loc["pooled", "better_than_chance"]) and table.loc["pooled", "p_value"] < 0.01
     failing = {name: round(r, 2) for name, r in ratios.items() if not r >= 3.0}
