@@ -5,8 +5,8 @@ by the site-only control; the evaluation's primary answer says "finds" only for 
 Every test here trains with the default training options (no training flag: model, step budget, optimiser,
 schedule, regularisation, folds); only the cohort is small (16-24 subjects at 4 mm, oracle-preprocessed by
 ``conftest.make_preprocessed_cohort`` with the default intensity normalisation), and the evaluation uses 400
-bootstrap resamples and 500 permutations instead of 1000 (the smallest that let Holm's correction of the primary
-rows pass, :func:`adheat_app.evaluation.answer.holm_reachable`). One test per cohort, so that pytest-xdist trains
+bootstrap resamples and 500 permutations instead of 1000 (enough for Holm's correction of up to 10 primary
+rows, :func:`adheat_app.evaluation.answer.holm_reachable`). One test per cohort, so that pytest-xdist trains
 each cohort once.
 """
 
