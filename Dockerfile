@@ -100,9 +100,14 @@ USER 10001:10001
 WORKDIR /tmp
 
 # Proof that runs never download: as the runtime user and with no network,
-# the 2009c template comes from the prefetched TemplateFlow home.
+# the 2009c template comes from the prefetched TemplateFlow home. FireANTs
+# (--registration fireants) runs on the base image's CUDA torch with
+# `docker run --gpus all` (on the CPU without it); its optional fused CUDA ops
+# need nvcc and are not built (FireANTs falls back to plain torch): check it
+# imports beside that torch.
 RUN --network=none adheat --version \
     && python -c "from adheat_app.templates import get_template; t = get_template(2.0, allow_fallback=False); assert t.source == 'templateflow', t.source; print(t.space, t.shape, 'offline from', *t.sources)" \
+    && python -c "import fireants.registration.greedy" > /dev/null \
     && find /tmp -mindepth 1 -delete
 
 ENTRYPOINT ["adheat"]

@@ -269,8 +269,8 @@ def software_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {"adheat": __version__, "python": sys.version.split()[0]}
-    for dist in ("torch", "antspyx", "deepbet", "captum", "scikit-learn", "nibabel", "nilearn", "templateflow",
-                 "pybids", "numpy", "scipy"):
+    for dist in ("torch", "antspyx", "fireants", "deepbet", "captum", "scikit-learn", "nibabel", "nilearn",
+                 "templateflow", "pybids", "numpy", "scipy"):
         try:
             versions[dist] = version(dist)
         except PackageNotFoundError:

@@ -3,13 +3,18 @@
 The templates live in the top-level ``boilerplate/`` folder (installed to
 ``share/adheat/boilerplate``). ``CITATION.md`` holds one section per step,
 marked ``<!-- step: NAME -->``; a section is kept when the output dataset
-contains that step's outputs, and its ``${placeholders}`` are filled from the
-run configuration and software versions. Citations are written ``[@key]``;
-``CITATION.bib`` receives exactly the entries the kept text cites.
+contains that step's outputs, and its ``${placeholders}`` are filled from
+what ran: the template (the ``space`` entity of the preprocessed scans and the
+``Template`` record of their sidecars: TemplateFlow or nilearn's offline
+copy), the preprocessing options and software versions of those sidecars, and
+the training set-up and versions of the first fold's model card; the run
+configuration fills in what no output records. Citations are written
+``[@key]``; ``CITATION.bib`` receives exactly the entries the kept text cites.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import string
 import sys
@@ -21,8 +26,10 @@ from adheat_app.config import RunConfig, TrainingOptions
 from adheat_app.inputs import card_channels
 from adheat_app.io import read_json, write_text
 from adheat_app.layout import (
-    MODEL_CARD, OVERLAP, find_preproc, fold_dir, group_table, has_heatmaps, is_foci_file, trained_folds,
+    MODEL_CARD, OVERLAP, find_preproc, fold_dir, group_table, has_heatmaps, is_foci_file, sidecar_path, trained_folds,
 )
+from adheat_app.preprocess.backends import BACKENDS
+from adheat_app.templates import DEFAULT_SPACE
 
 _SECTION_RE = re.compile(r"<!-- step: (?P<step>\w+) -->\n(?P<body>.*?)<!-- end -->\n?", re.S)
 _BIB_RE = re.compile(r"^@\w+\{(?P<key>[^,]+),.*?^\}\n?", re.S | re.M)
@@ -85,7 +92,8 @@ def _training_text(tr: TrainingOptions) -> str:
                 else "a constant learning rate")
     preset = "" if tr.preset == "adheat" else f" (the training set-up of `{tr.preset}`)"
     text = (f"Each network was trained{preset} for {'at most ' if tr.patience > 0 else ''}{length} with "
-            f"{optimiser} ({'peak ' if tr.schedule == 'cosine' else ''}learning rate {tr.learning_rate:g}, weight decay {tr.weight_decay:g}, batch size "
+            f"{optimiser} ({'peak ' if tr.schedule == 'cosine' else ''}learning rate {tr.learning_rate:g}, "
+            f"weight decay {tr.weight_decay:g}, batch size "
             f"{tr.batch_size}) and {schedule}")
     if tr.input_noise > 0:
         text += f", adding Gaussian noise (SD {tr.input_noise:g}) to the brain voxels of each training image"
@@ -93,6 +101,36 @@ def _training_text(tr: TrainingOptions) -> str:
         text += (f"; a subject-level validation split of each training fold served early stopping "
                  f"(patience {tr.patience} epochs)")
     return text + "."
+
+
+def _cv_text(tr: TrainingOptions) -> str:
+    """The cross-validation scheme in words (``--cv``, ``--folds``, ``--repeats``)."""
+    text = ("leave-site-out cross-validation (each site of participants.tsv tested by models trained on the other "
+            "sites)" if tr.cv == "leave-site-out" else
+            f"{tr.folds}-fold cross-validation stratified by diagnosis and grouped by subject")
+    return text + (f", repeated {tr.repeats} times with new fold splits and seeds" if tr.repeats > 1 else "")
+
+
+def _validation_text(config: RunConfig) -> str:
+    """How the classifiers were judged: the verdict's interval, the covariate controls, the permutation test."""
+    tr = config.training
+    text = (f"Each classifier's pooled out-of-fold ROC AUC was compared with chance (0.5) by a 95 % percentile "
+            f"bootstrap interval over subjects ({config.evaluation.n_bootstrap} resamples"
+            + (", each also drawing one repeat of the cross-validation at random, so that the interval holds the "
+               "repeat-to-repeat variation of training" if tr.repeats > 1 else "")
+            + "); an interval entirely below 0.5 was reported as a finding (below chance: usually confounded folds).")
+    covariates = [c for c in tr.covariates if c.lower() != "none"]
+    if covariates:
+        text += (f" As confound controls, logistic regressions on each covariate ({', '.join(covariates)}) alone and "
+                 "on all together were cross-validated on the same folds; whether the network's out-of-fold logit "
+                 "added to the covariates was tested with nested logistic regressions on one row per subject "
+                 "(likelihood-ratio test, 1 degree of freedom; odds ratio per SD with its Wald 95 % interval).")
+    if tr.permutation_test:
+        text += (f" A label-permutation test with retraining [@ojala2010permutation] reran the whole "
+                 f"cross-validation on {tr.permutation_test} permutations of the diagnoses"
+                 + (" (within each site)" if tr.cv == "leave-site-out" else "")
+                 + "; p = (1 + #{AUC_perm >= AUC}) / (1 + N).")
+    return text
 
 
 #: What the classifiers read, per input channel set (the model cards' ``Input.Channels``).
@@ -106,33 +144,101 @@ INPUT_TEXT = {
 }
 
 
-def trained_channels(derivs: Derivatives, model: str) -> tuple[str, ...]:
-    """The input channels of ``model``'s trained folds (its first fold's model card; () before training)."""
+#: What the template of each space is (the ICBM 2009 templates of Fonov et al.), by TemplateFlow identifier.
+TEMPLATE_NAMES = {
+    "MNI152NLin2009cAsym": "the ICBM 2009c nonlinear asymmetric template",
+    "MNI152NLin2009aSym": "the ICBM 2009a nonlinear symmetric template",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """What the outputs record about how they were made (empty before any step ran).
+
+    Attributes
+    ----------
+    space, template_source : str or None
+        The ``space`` entity of the preprocessed scans and where the template came from
+        (``Template.TemplateSource`` of their sidecar: ``templateflow`` or ``nilearn``).
+    preprocessing : dict
+        The first preprocessed scan's sidecar.
+    card : dict
+        The first trained fold's model card.
+    """
+
+    space: str | None = None
+    template_source: str | None = None
+    preprocessing: dict = dataclasses.field(default_factory=dict)
+    card: dict = dataclasses.field(default_factory=dict)
+
+    def versions(self) -> dict[str, str]:
+        """Software versions: this installation's, replaced by the model card's and then the scans' records."""
+        return {**software_versions(), **self.card.get("Software", {}), **self.preprocessing.get("Software", {})}
+
+    def training(self, tr: TrainingOptions) -> TrainingOptions:
+        """``tr`` with the model, folds, preset and settings the model card records."""
+        recorded = {**self.card.get("Training", {}), "model": self.card.get("Model"), "folds": self.card.get("Folds"),
+                    "preset": self.card.get("Preset")}
+        fields = {f.name for f in dataclasses.fields(tr)}
+        return dataclasses.replace(tr, **{k: v for k, v in recorded.items() if k in fields and v is not None})
+
+
+def provenance(derivs: Derivatives, model: str) -> Provenance:
+    """Read :class:`Provenance` from the first preprocessed scan and the first trained fold of ``model``."""
+    found = find_preproc(derivs.root)
+    side = sidecar_path(found[0][0]) if found else None
+    preprocessing = read_json(side) if side is not None and side.is_file() else {}
     folds = trained_folds(derivs.root / "models", model)
-    if not folds:
-        return ()
-    card = read_json(fold_dir(derivs.root / "models", model, folds[0]) / MODEL_CARD)
-    return card_channels(card)
+    card = read_json(fold_dir(derivs.root / "models", model, folds[0]) / MODEL_CARD) if folds else {}
+    return Provenance(space=found[0][1].get("space") if found else None,
+                      template_source=preprocessing.get("Template", {}).get("TemplateSource"),
+                      preprocessing=preprocessing, card=card)
 
 
-def render_citation(config: RunConfig, steps: set[str], channels: tuple[str, ...] = ("intensity",)
-                    ) -> tuple[str, str]:
-    """Render the Markdown methods text and the BibTeX of the given steps (``channels``: what the models read)."""
+def template_text(space: str, source: str | None, versions: dict[str, str]) -> str:
+    """The template a run registered to, where it came from, and why when it is the offline fallback."""
+    text = (f"the brain of {TEMPLATE_NAMES.get(space, 'the template')} [@fonov2009unbiased; @fonov2011unbiased] "
+            f"(TemplateFlow identifier `{space}`)")
+    if source == "templateflow":
+        return text + f", obtained through TemplateFlow {versions.get('templateflow', '')} [@ciric2022templateflow]"
+    if source == "nilearn":
+        text += f", the copy distributed with Nilearn {versions.get('nilearn', '')} [@abraham2014nilearn]"
+        if space != DEFAULT_SPACE:
+            text += f" (TemplateFlow could not provide {DEFAULT_SPACE} when the scans were preprocessed)"
+    return text
+
+
+def render_citation(config: RunConfig, steps: set[str], channels: tuple[str, ...] = ("intensity",),
+                    made: Provenance | None = None) -> tuple[str, str]:
+    """Render the Markdown methods text and the BibTeX of the given steps.
+
+    ``channels``: what the models read; ``made``: what the outputs record (:func:`provenance`), which wins over
+    ``config`` and this installation's versions (default: nothing recorded; the template then is the one
+    ``config`` asks for, from TemplateFlow).
+    """
     from adheat_app.attribution.catalog import selected_methods
 
+    made = made or Provenance()
     folder = boilerplate_dir()
-    versions = software_versions()
-    ex, pre, tr, hm = config.execution, config.preprocessing, config.training, config.heatmaps
+    versions = made.versions()
+    ex, hm = config.execution, config.heatmaps
+    pre = dataclasses.replace(config.preprocessing, **{
+        field: made.preprocessing[key] for field, key in (("registration", "RegistrationMethod"),
+                                                         ("intensity_norm", "IntensityNormalization"))
+        if key in made.preprocessing})
+    tr = made.training(config.training)
     values = {
         **{k.replace("-", "_"): v for k, v in versions.items()},
         "resolution": f"{ex.resolution:g}",
-        "registration": {"syn": "rigid, affine and symmetric normalisation (SyN)",
-                         "affine": "rigid and affine"}[pre.registration],
+        "registration_text": BACKENDS[pre.registration].methods_text(versions),
+        "template_text": template_text(made.space or DEFAULT_SPACE,
+                                       made.template_source if made.space else "templateflow", versions),
         "intensity_norm": {"whitematter": "divided by the median intensity of the template's white matter "
                                           "(standardisation on white matter, after [@shinohara2014whitestripe])",
                            "zscore": "z-scored within the brain mask",
                            "histogram": "normalised by histogram matching within the brain mask"}[pre.intensity_norm],
-        "model": tr.model, "folds": tr.folds, "training_text": _training_text(tr), "seed": ex.seed,
+        "model": tr.model, "training_text": _training_text(tr), "seed": ex.seed,
+        "cv_text": _cv_text(tr), "validation_text": _validation_text(config),
         "input_text": INPUT_TEXT.get(channels, ", ".join(channels)),
         "positive": tr.positive_label, "negative": tr.negative_label,
         "methods": ", ".join(selected_methods(hm.methods)), "ig_steps": hm.ig_steps, "lrp_rule": hm.lrp_rule,
@@ -160,7 +266,9 @@ def render_citation(config: RunConfig, steps: set[str], channels: tuple[str, ...
 def dataset_citation(config: RunConfig, derivs: Derivatives) -> tuple[str, str]:
     """The methods text and BibTeX of the steps whose outputs exist in ``derivs``, for the input the models read."""
     model = config.training.model
-    return render_citation(config, steps_present(derivs, model), trained_channels(derivs, model) or ("intensity",))
+    made = provenance(derivs, model)
+    return render_citation(config, steps_present(derivs, model),
+                           card_channels(made.card) if made.card else ("intensity",), made)
 
 
 def write_citation(config: RunConfig, derivs: Derivatives) -> None:

@@ -15,6 +15,7 @@ and can be passed back with ``--config-file`` to repeat a run.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import tomllib
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from adheat_app.layout import is_json
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None, metavar: str | None = None,
-           short: str | None = None, type: Any = None) -> Any:
+           short: str | None = None, type: Any = None, registry: str | None = None) -> Any:
     """Declare a configuration field with its command-line help.
 
     Parameters
@@ -43,11 +44,24 @@ def option(default: Any, help: str, *, choices: tuple | None = None, metavar: st
         Command-line metavariable and short flag (e.g. ``"-w"``).
     type : callable, optional
         Element type when ``default`` is None or an empty tuple.
+    registry : str, optional
+        ``"module:NAME"`` of the :class:`~adheat_app.registry.Registry` whose names are the allowed values
+        (read when the parser is built or options are checked: this module imports no step).
     """
-    meta = {"help": help, "choices": choices, "metavar": metavar, "short": short, "type": type}
+    meta = {"help": help, "choices": choices, "metavar": metavar, "short": short, "type": type,
+            "registry": registry}
     if isinstance(default, (list, tuple)):
         return field(default=tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def option_choices(fld: dataclasses.Field) -> tuple | None:
+    """The allowed values of an option: its ``choices``, or the names of its ``registry`` (sorted)."""
+    registry = fld.metadata.get("registry")
+    if registry is None:
+        return fld.metadata.get("choices")
+    module, _, name = registry.partition(":")
+    return tuple(sorted(getattr(importlib.import_module(module), name)))
 
 
 @dataclass(frozen=True)
@@ -80,8 +94,8 @@ class ExecutionOptions:
 class PreprocessingOptions:
     """T1w to template space."""
 
-    registration: str = option("syn", "Registration to the template: 'syn' (rigid, affine, then SyN) "
-                               "or 'affine' (rigid then affine).", choices=("affine", "syn"))
+    registration: str = option("syn", "Registration backend to the template (the backends are described in "
+                               "README, 'Registration backends').", registry="adheat_app.preprocess.backends:BACKENDS")
     skull_strip: str = option("auto", "Brain extraction with deepbet: 'auto' skips inputs that are "
                               "already skull-stripped.", choices=("auto", "force", "skip"))
     intensity_norm: str = option(
@@ -110,17 +124,32 @@ class TrainingOptions:
     model: str = option("resnet3d", "CNN architecture (see 'Models' in README).", type=str)
     input: str = option("auto", "What the CNN and the SVM read: the preprocessed T1w (intensity), the log "
                         "Jacobian determinant of its deformation to the template (logjacobian; needs "
-                        "--registration syn at the participant level), both as two channels, or auto: both "
+                        "a deformable --registration, syn or fireants, at the participant level), both as two channels, or auto: both "
                         "when every scan has a log Jacobian map, else intensity.",
                         choices=("auto", "intensity", "logjacobian", "both"))
     covariates: tuple[str, ...] = option(
         ("age", "sex", "site"), "participants.tsv columns tested as confounds: a logistic regression on each column "
-        "alone is cross-validated on the CNN's folds (model covariate-<column> in group/cv_metrics.tsv); one that "
-        "predicts the diagnosis better than chance is flagged in the report. Default columns that are absent are "
-        "skipped, columns you name must exist; 'none' tests none.", metavar="COLUMN", type=str)
+        "alone, and one on all together (covariate-all), is cross-validated on the CNN's folds (model "
+        "covariate-<column> in group/cv_metrics.tsv); one that predicts the diagnosis better than chance is flagged "
+        "in the report. Nested logistic models test whether the CNN adds to them "
+        "(group/covariates_nested_test.tsv). Default columns that are absent are skipped, columns you name must "
+        "exist; 'none' tests none.", metavar="COLUMN", type=str)
     folds: int = option(5, "Number of cross-validation folds (split by subject, stratified).", type=int)
     fold: int | None = option(None, "Train only this fold (0-based), e.g. one scheduler job per fold.",
                               type=int)
+    cv: str = option("kfold", "Cross-validation: kfold (--folds stratified folds grouped by subject) or "
+                     "leave-site-out (one fold per value of participants.tsv's 'site' column: each site is "
+                     "tested by models trained on the other sites; --folds is ignored).",
+                     choices=("kfold", "leave-site-out"))
+    repeats: int = option(1, "Repeats of the cross-validation with new fold splits and seeds (repeat 0 is the "
+                          "plain run); the verdict's interval then adds repeat-to-repeat variation to subject "
+                          "resampling (docs/training.md). Costs R times the training.", type=int)
+    repeat: int | None = option(None, "With --fold: train that fold of this repeat (0-based), e.g. one scheduler "
+                                "job per repeat and fold.", type=int)
+    permutation_test: int = option(
+        0, "Label permutations of the permutation test with retraining (Ojala & Garriga 2010): the whole "
+        "cross-validation is rerun N times on permuted diagnoses; p = (1 + #{AUC_perm >= AUC}) / (1 + N). "
+        "Costs N times the training; 0 = none.", metavar="N", type=int)
     steps: int = option(600, "Training budget in optimiser steps per fold, rounded up to whole epochs "
                         "(a small cohort trains as long as a large one); 0 = train --epochs epochs.", type=int)
     epochs: int = option(30, "Training epochs per fold when --steps is 0 (the maximum, with early stopping).",

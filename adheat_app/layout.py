@@ -22,6 +22,7 @@ Layout of an output folder::
     group/<table>.tsv (+ .json)  cv_metrics, predictions, overlap, answer, ...  group tables (:func:`group_table`)
     group/figures/desc-<Map>_overlap.png                                      overlap curves
     models/<model>/fold-<k>/model.pt + model.json, split.tsv, ...              trained fold models
+    models/<model>/repeat-<r>/fold-<k>/, sub-<s>/anat/*_heatmap.nii.gz         repeat r > 0 of --repeats
     models/<model>/verdict.json                                               the model's verdict against chance
 
 A map's ``desc`` value packs the method, an optional control and an optional
@@ -49,8 +50,10 @@ EXTENSIONS = (".nii.gz", ".nii", ".h5", ".tsv", ".json", ".png", ".svg", ".html"
 #: Extensions of NIfTI images adheat reads; the first is the one it writes.
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 NIFTI = NIFTI_EXTENSIONS[0]
-#: Files shipped in ``adheat_app/data``: the built-in reference map (with its ``.json`` sidecar) and its foci.
-BUILTIN_REFERENCE_MAP, BUILTIN_REFERENCE_FOCI = "reference_ad_atrophy_ale.nii.gz", "reference_ad_atrophy_foci.tsv"
+#: Extension of the JSON sidecars of data files (:func:`sidecar_path`).
+SIDECAR = ".json"
+#: Files shipped in ``adheat_app/data``: the built-in region prior (with its ``.json`` sidecar) and its foci.
+BUILTIN_REFERENCE_MAP, BUILTIN_REFERENCE_FOCI = "ad_region_prior.nii.gz", "ad_region_prior_foci.tsv"
 #: Files of one trained fold model.
 MODEL_WEIGHTS, MODEL_CARD = "model.pt", "model.json"
 #: Other files of a fold folder: the subjects and their sets, the resumable checkpoint, the training curve (``.tsv``
@@ -59,8 +62,13 @@ SPLIT, CHECKPOINT, TRAINING_CURVE, FOLD_PREDICTIONS, TRAINING_MEAN = (
     "split.tsv", "checkpoint.pt", "training_curve", "predictions.tsv", "training_mean.nii.gz")
 #: Group tables (``group/<name>.tsv``, :func:`group_table`).
 CV_METRICS, PREDICTIONS, PREPROC_QC, SANITY_CHECK = "cv_metrics", "predictions", "preproc_qc", "sanity_check"
+#: The training-side yardsticks: does the CNN's score add to the covariates (:mod:`adheat_app.baseline.nested`),
+#: and the permutation test with retraining (:mod:`adheat_app.training.permutation`).
+NESTED_TEST, PERMUTATION_TEST = "covariates_nested_test", "permutation_test"
 OVERLAP, OVERLAP_DIFFERENCES, ANSWER, REGIONS, DISTANCES = (
     "overlap", "overlap_differences", "answer", "regions", "distances")
+#: Faithfulness tables (deletion curves, channel ablation; issue 26), rendered by the report where they exist.
+FAITHFULNESS, CHANNEL_ABLATION = "faithfulness", "channel_ablation"
 #: Controls a map's ``desc`` may name after its method (:class:`MapName`): ``Random``, the method's maps of a
 #: randomly initialised model (``--sanity-check``). A new control is one more entry here.
 CONTROLS: tuple[str, ...] = ("Random",)
@@ -311,12 +319,12 @@ def scan_figures(root: Path, subject: str, key: str) -> list[Path]:
     return sorted([*folder.glob(f"{key}_*.svg"), *folder.glob(f"{key}_*.png")])
 
 
-def transform_paths(root: Path, scan: ScanLike) -> list[Path]:
-    """The saved template-to-T1w transforms of one scan (``..._from-<S>_to-T1w_mode-image_xfm.h5``)."""
+def transform_paths(root: Path, scan: ScanLike, extensions: tuple[str, ...] = (".h5",)) -> list[Path]:
+    """The saved template-to-T1w transforms of one scan (``..._from-<S>_to-T1w_mode-image_xfm<extension>``)."""
     folder = subject_path(root, scan.subject, scan.session, "xfm", ".h5").parent
     key = scan_key(scan.subject, scan.session)
-    return [path for path in sorted(folder.glob(f"{key}_from-*_to-T1w_mode-image_xfm.h5"))
-            if _matches(parse_name(path.name), "xfm", (".h5",), to="T1w", mode="image")]
+    return [path for path in sorted(folder.glob(f"{key}_from-*_to-T1w_mode-image_xfm.*"))
+            if _matches(parse_name(path.name), "xfm", extensions, to="T1w", mode="image")]
 
 
 def heatmap_path(root: Path, scan: ScanLike, space: str, res: str | None, method: str) -> Path:
@@ -393,9 +401,23 @@ def group_map_methods(root: Path, space: str, res: str, label: str = "all") -> l
 
 # Trained models ------------------------------------------------------------------------------------------------
 
-def fold_dir(models_dir: Path, model: str, k: int) -> Path:
-    """Folder of fold ``k`` of ``model``: ``models_dir/<model>/fold-<k>``."""
-    return Path(models_dir) / model / f"fold-{k}"
+def fold_dir(models_dir: Path, model: str, k: int, repeat: int = 0) -> Path:
+    """Folder of fold ``k`` of ``model``: ``models_dir/<model>/fold-<k>``; repeat ``r`` > 0 of ``--repeats``:
+    ``models_dir/<model>/repeat-<r>/fold-<k>``."""
+    root = Path(models_dir) / model
+    return (root if repeat == 0 else root / f"repeat-{repeat}") / f"fold-{k}"
+
+
+def permutation_checkpoint(work_dir: Path, model: str, permutation: int, k: int) -> Path:
+    """``work_dir/permutation/<model>/permutation-<i>_fold-<k>.pt``: a permutation test model's checkpoint (kept
+    only while it trains)."""
+    return Path(work_dir) / "permutation" / model / f"permutation-{permutation}_fold-{k}.pt"
+
+
+def repeat_root(models_dir: Path, model: str, repeat: int) -> Path:
+    """``models_dir/<model>/repeat-<r>``: repeat ``r`` > 0's fold models and its per-scan out-of-fold heatmaps
+    (``sub-<s>/[ses-<x>/]anat/..._heatmap.nii.gz``, named as those of repeat 0 in the output folder)."""
+    return Path(models_dir) / model / f"repeat-{repeat}"
 
 
 def verdict_path(models_dir: Path, model: str) -> Path:
@@ -413,10 +435,11 @@ def training_curve_figure(folder: Path) -> Path:
     return Path(folder) / f"{TRAINING_CURVE}.png"
 
 
-def trained_folds(models_dir: Path, model: str) -> list[int]:
-    """Indices of the folds of ``model`` whose training finished (``fold-<k>/model.json`` exists), sorted."""
+def trained_folds(models_dir: Path, model: str, repeat: int = 0) -> list[int]:
+    """Indices of the folds of ``model`` (of repeat ``repeat``) whose training finished (``fold-<k>/model.json``
+    exists), sorted."""
     folds = []
-    for card in (Path(models_dir) / model).glob(f"fold-*/{MODEL_CARD}"):
+    for card in fold_dir(models_dir, model, 0, repeat).parent.glob(f"fold-*/{MODEL_CARD}"):
         suffix = card.parent.name.removeprefix("fold-")
         if suffix.isdigit():
             folds.append(int(suffix))

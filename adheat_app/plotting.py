@@ -21,7 +21,8 @@ import base64
 import functools
 import gc
 import io
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -37,8 +38,11 @@ from matplotlib.figure import Figure  # noqa: E402
 from adheat_app.io import atomic_path  # noqa: E402
 
 DPI = 90
-#: Map values below this fraction of the display maximum (99.5th percentile of |map|) are not drawn.
+#: Map values below this fraction of the display maximum (99.5th percentile of |map|) are not drawn, unless a
+#: figure is given its own threshold (the mean maps: the top-k % of the overlap scores).
 DISPLAY_THRESHOLD = 0.2
+#: Colours of reference outlines (contours), cycled in the order the references are listed.
+OUTLINE_COLORS = ("#00b4ff", "#30d030", "#ff40ff", "#ffd000", "#ff7a00")
 
 
 def figure_png(fig) -> bytes:
@@ -138,19 +142,27 @@ def roc_curves(predictions: pd.DataFrame, by: str = "model", title: str = "Out-o
 
 
 def training_curve(curve: pd.DataFrame, best_epoch: int, title: str) -> bytes:
-    """Training and validation loss (left axis) and validation accuracy (right) per epoch, best epoch marked."""
+    """Training loss per epoch, best epoch marked; validation loss and accuracy (right axis) where they were measured.
+
+    A run without a validation split has no validation values (NaN in the curve): neither its lines nor its
+    legend entries are drawn.
+    """
+    validated = bool(np.isfinite(curve["val_loss"].to_numpy(dtype=float)).any())
     fig = plt.figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.plot(curve["epoch"], curve["train_loss"], label="training loss")
-    ax.plot(curve["epoch"], curve["val_loss"], label="validation loss")
+    if validated:
+        ax.plot(curve["epoch"], curve["val_loss"], label="validation loss")
     ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch ({best_epoch})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("cross-entropy (class-weighted)")
-    acc = ax.twinx()
-    acc.plot(curve["epoch"], curve["val_accuracy"], color="tab:green", alpha=0.6, label="validation accuracy")
-    acc.set_ylim(0, 1)
-    acc.set_ylabel("validation accuracy")
-    handles = ax.get_legend_handles_labels()[0] + acc.get_legend_handles_labels()[0]
+    handles = ax.get_legend_handles_labels()[0]
+    if validated:
+        acc = ax.twinx()
+        acc.plot(curve["epoch"], curve["val_accuracy"], color="tab:green", alpha=0.6, label="validation accuracy")
+        acc.set_ylim(0, 1)
+        acc.set_ylabel("validation accuracy")
+        handles += acc.get_legend_handles_labels()[0]
     ax.legend(handles=handles, fontsize=8, loc="upper right")
     ax.set_title(title)
     fig.tight_layout()
@@ -230,67 +242,191 @@ def _display_max(img: nib.Nifti1Image) -> float:
     return float(np.percentile(data[data > 0], 99.5)) if np.any(data > 0) else 1.0
 
 
+def top_threshold(values: np.ndarray, percent: float) -> float:
+    """The smallest of the top ``percent`` % of ``values`` (ties with it included, as the overlap scores count).
+
+    ``values`` are the brain voxels of a map (absolute relevance); the top ``k`` % are the
+    ``ceil(k/100 * n)`` largest.
+    """
+    flat = np.ravel(values)
+    count = max(1, math.ceil(percent / 100.0 * flat.size))
+    return float(np.partition(flat, flat.size - count)[flat.size - count])
+
+
+def outline_color(index: int) -> str:
+    """The colour of the ``index``-th reference outline (the same reference keeps its colour in every figure)."""
+    return OUTLINE_COLORS[index % len(OUTLINE_COLORS)]
+
+
 @frozen_heap
-def stat_mosaic(img: nib.Nifti1Image, background: nib.Nifti1Image, title: str, signed: bool = False) -> bytes:
-    """Axial slice mosaic of a map over the template (nilearn ``plot_stat_map``)."""
+def stat_mosaic(img: nib.Nifti1Image, background: nib.Nifti1Image, title: str, signed: bool = False,
+                threshold: float | None = None, outlines: Sequence[tuple[str, nib.Nifti1Image]] = ()) -> bytes:
+    """Axial slice mosaic of a map over the template (nilearn ``plot_stat_map``), with its colour bar.
+
+    Parameters
+    ----------
+    threshold : float, optional
+        |values| below it are not drawn (default: :data:`DISPLAY_THRESHOLD` of the display maximum).
+    outlines : sequence of (name, image)
+        Binary images (e.g. reference maps) drawn as contours in :func:`outline_color` order.
+    """
     from nilearn import plotting
 
     vmax = _display_max(img)
+    if threshold is not None:
+        vmax = max(vmax, threshold * 1.0001)
     fig = plt.figure(figsize=(11, 2.4))
     display = plotting.plot_stat_map(
         img, bg_img=background, display_mode="z", cut_coords=7, title=title, figure=fig, colorbar=True,
-        cmap="RdBu_r" if signed else "hot", vmax=vmax, symmetric_cbar=signed, threshold=vmax * DISPLAY_THRESHOLD,
+        cmap="RdBu_r" if signed else "hot", vmax=vmax, symmetric_cbar=signed,
+        threshold=vmax * DISPLAY_THRESHOLD if threshold is None else threshold,
         annotate=False, draw_cross=False, black_bg=False)
+    for index, (_, outline) in enumerate(outlines):
+        display.add_contours(outline, levels=[0.5], colors=[outline_color(index)], linewidths=1.0)
     png = figure_png(fig)
     display.close()
     return png
 
 
 @frozen_heap
-def glass_brain(img: nib.Nifti1Image, title: str, signed: bool = False) -> bytes:
-    """Glass-brain projection of a map (nilearn ``plot_glass_brain``)."""
+def glass_brain(img: nib.Nifti1Image, title: str, signed: bool = False, threshold: float | None = None) -> bytes:
+    """Glass-brain projection of a map (nilearn ``plot_glass_brain``), |values| below ``threshold`` left out."""
     from nilearn import plotting
 
     vmax = _display_max(img)
+    if threshold is not None:
+        vmax = max(vmax, threshold * 1.0001)
     fig = plt.figure(figsize=(7, 2.4))
     display = plotting.plot_glass_brain(img, title=title, figure=fig, colorbar=True, plot_abs=not signed,
                                         cmap="RdBu_r" if signed else "hot", vmax=vmax,
-                                        threshold=vmax * DISPLAY_THRESHOLD, annotate=False, black_bg=False)
+                                        threshold=vmax * DISPLAY_THRESHOLD if threshold is None else threshold,
+                                        annotate=False, black_bg=False)
     png = figure_png(fig)
     display.close()
     return png
 
 
-def quick_mosaic(maps: Mapping[str, np.ndarray], background: np.ndarray, n_slices: int = 6) -> bytes:
-    """Rows of axial slices, one row per map, over a background volume (plain matplotlib, fast).
+def top_percent_grid(maps: Mapping[str, np.ndarray], brain: np.ndarray, background: np.ndarray,
+                     outlines: Sequence[tuple[str, np.ndarray]], percent: float, slices: Sequence[int]) -> bytes:
+    """Each map's top ``percent`` % of brain voxels over the template, the references' outlines on top.
+
+    One column per map (in the given order; the key is its title), one row per view: the maximum projection
+    along z, then an axial slice at each index of ``slices``. A voxel is coloured by the percentile of its
+    absolute value among the map's brain voxels, so every column shares one colour bar from ``100 - percent``
+    to 100.
 
     Parameters
     ----------
     maps : mapping of str to numpy.ndarray
-        Volumes on the background's grid (absolute values are shown, scaled to their 99.5th percentile).
+        Column title -> map on the template grid (absolute values are ranked).
+    brain : numpy.ndarray
+        Brain mask (bool) of the grid: the voxels ranked and the outline's extent.
+    background : numpy.ndarray
+        Template T1w on the grid.
+    outlines : sequence of (str, numpy.ndarray)
+        Reference name and binary reference, drawn as contours in :func:`outline_color` order.
+    percent : float
+        The top-k % shown (one of the overlap scores' thresholds).
+    slices : sequence of int
+        Axial slice indices.
+    """
+    from scipy.stats import rankdata
+
+    views = [("projection", None)] + [(f"z = {z}", int(z)) for z in slices]
+    columns = max(1, len(maps))
+    fig = Figure(figsize=(1.55 * columns + 0.9, 1.75 * len(views) + 0.7))
+    grid = fig.add_gridspec(len(views), columns + 1, width_ratios=[1] * columns + [0.12], wspace=0.04,
+                            hspace=0.08)
+    bg_values = background[brain] if brain.any() else np.array([0.0, 1.0])
+    low, high = np.percentile(bg_values, (1, 99))
+    cmap = plt.get_cmap("hot")
+    shown = None
+    for c, (title, volume) in enumerate(maps.items()):
+        values = np.abs(np.asarray(volume, dtype=np.float32))[brain]
+        rank = np.zeros(brain.shape, dtype=np.float32)
+        if values.size:
+            rank[brain] = 100.0 * rankdata(values, method="max") / values.size
+            rank[brain & (np.abs(volume) < top_threshold(values, percent))] = 0.0
+        for r, (view, z) in enumerate(views):
+            ax = fig.add_subplot(grid[r, c])
+            if z is None:
+                base, top = background.max(axis=2), rank.max(axis=2)
+                masks = [mask.any(axis=2) for _, mask in outlines]
+            else:
+                base, top = background[:, :, z], rank[:, :, z]
+                masks = [mask[:, :, z] for _, mask in outlines]
+            ax.imshow(base.T, origin="lower", cmap="gray", vmin=low, vmax=high)
+            shown = ax.imshow(np.ma.masked_less_equal(top.T, 0), origin="lower", cmap=cmap,
+                              vmin=100.0 - percent, vmax=100.0)
+            for index, mask in enumerate(masks):
+                if mask.any():
+                    ax.contour(mask.T.astype(np.float32), levels=[0.5], colors=[outline_color(index)],
+                               linewidths=0.9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(view, fontsize=8)
+    if shown is not None:
+        bar = fig.colorbar(shown, cax=fig.add_subplot(grid[:, columns]))
+        bar.set_label(f"percentile of the map's brain voxels (top {percent:g} %)", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=outline_color(i), label=name) for i, (name, _) in enumerate(outlines)]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False,
+                   title="reference outlines", title_fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    return buffer.getvalue()
+
+
+def quick_mosaic(maps: Mapping[str, np.ndarray], background: np.ndarray, n_slices: int = 5,
+                 signed: Collection[str] = ()) -> bytes:
+    """Rows of axial slices, one row per map with its colour bar, over a background volume (plain matplotlib).
+
+    Parameters
+    ----------
+    maps : mapping of str to numpy.ndarray
+        Row title -> volume on the background's grid. Absolute values are shown from
+        :data:`DISPLAY_THRESHOLD` of their 99.5th percentile up (``hot``), except for the maps named in
+        ``signed``: every value, on a symmetric blue-red scale up to the 99th percentile of |values|.
     background : numpy.ndarray
         Anatomical volume (the template or the subject's preprocessed T1w).
     n_slices : int
         Axial slices per row, evenly spaced over the brain.
+    signed : collection of str
+        Names of ``maps`` drawn signed (e.g. the log Jacobian).
     """
     brain = np.argwhere(background != 0)
     low, high = (brain[:, 2].min(), brain[:, 2].max()) if len(brain) else (0, background.shape[2] - 1)
     slices = np.linspace(low, high, n_slices + 2)[1:-1].round().astype(int)
     rows = max(1, len(maps))
-    fig = Figure(figsize=(1.6 * n_slices, 1.8 * rows))
-    axes = np.atleast_2d(fig.subplots(rows, n_slices))
+    fig = Figure(figsize=(2.2 * n_slices + 0.8, 2.45 * rows))
+    grid = fig.add_gridspec(rows, n_slices + 1, width_ratios=[1] * n_slices + [0.08], wspace=0.03, hspace=0.25)
     vmin_bg, vmax_bg = (np.percentile(background[background != 0], (1, 99)) if len(brain) else (0, 1))
     for r, (name, volume) in enumerate(maps.items()):
-        values = np.abs(np.asarray(volume, dtype=np.float32))
-        top = float(np.percentile(values[values > 0], 99.5)) if np.any(values > 0) else 1.0
+        values = np.asarray(volume, dtype=np.float32)
+        if name in signed:
+            top = float(np.percentile(np.abs(values[values != 0]), 99)) if np.any(values != 0) else 1.0
+            shown, cmap, vmin, label = np.ma.masked_equal(values, 0), "RdBu_r", -top, name
+        else:
+            values = np.abs(values)
+            top = float(np.percentile(values[values > 0], 99.5)) if np.any(values > 0) else 1.0
+            shown, cmap, vmin, label = np.ma.masked_less_equal(values, DISPLAY_THRESHOLD * top), "hot", 0.0, \
+                "|relevance|"
         for c, z in enumerate(slices):
-            ax = axes[r, c]
+            ax = fig.add_subplot(grid[r, c])
             ax.imshow(background[:, :, z].T, origin="lower", cmap="gray", vmin=vmin_bg, vmax=vmax_bg)
-            overlay = np.ma.masked_less_equal(values[:, :, z].T, DISPLAY_THRESHOLD * top)
-            ax.imshow(overlay, origin="lower", cmap="hot", vmin=0, vmax=top, alpha=0.8)
+            drawn = ax.imshow(shown[:, :, z].T, origin="lower", cmap=cmap, vmin=vmin, vmax=top, alpha=0.85)
             ax.set_axis_off()
             if c == 0:
-                ax.set_title(name, loc="left", fontsize=9)
+                ax.set_title(name, loc="left", fontsize=10)
+        bar = fig.colorbar(drawn, cax=fig.add_subplot(grid[r, n_slices]))
+        bar.set_label(label, fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
     return buffer.getvalue()

@@ -12,6 +12,7 @@ the value given, the values allowed and the default.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,8 @@ RULES: dict[str, dict[str, Range]] = {
                   "seed": NON_NEGATIVE, "resolution": Range(0.5, 8)},
     "training": {"folds": Range(2), "fold": NON_NEGATIVE, "steps": NON_NEGATIVE, "epochs": AT_LEAST_1,
                  "batch_size": AT_LEAST_1, "learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE,
-                 "input_noise": NON_NEGATIVE, "patience": NON_NEGATIVE, "val_fraction": Range(0, 0.5, open_high=True)},
+                 "input_noise": NON_NEGATIVE, "patience": NON_NEGATIVE, "val_fraction": Range(0, 0.5, open_high=True),
+                 "repeats": AT_LEAST_1, "repeat": NON_NEGATIVE, "permutation_test": NON_NEGATIVE},
     "heatmaps": {"ig_steps": AT_LEAST_1, "lrp_epsilon": POSITIVE, "occlusion_size": POSITIVE,
                  "occlusion_stride": POSITIVE, "noise_lambda": NON_NEGATIVE, "noise_steps": AT_LEAST_1,
                  "heatmap_batch_size": NON_NEGATIVE},
@@ -106,19 +108,38 @@ def check_models_dir(config: RunConfig) -> None:
     raise InputError(f"--models {root} holds no trained {model} model (expected {layout}); {hint}")
 
 
+def check_registration(config: RunConfig) -> None:
+    """Refuse an unknown ``--registration`` backend, or a log-Jacobian ``--input`` with a linear one."""
+    from adheat_app.preprocess.backends import BACKENDS
+
+    name, wanted = config.preprocessing.registration, config.training.input
+    if name not in BACKENDS:
+        raise InputError(f"--registration {name}: unknown registration backend; available: "
+                         f"{', '.join(sorted(BACKENDS))} (default syn)")
+    missing = [package for package in BACKENDS[name].requires if importlib.util.find_spec(package) is None]
+    if missing:
+        raise InputError(f"--registration {name} needs the Python package {', '.join(missing)}, which is not "
+                         f"installed: pip install {' '.join(missing)}, or choose another --registration")
+    if wanted in ("logjacobian", "both") and not BACKENDS[name].deformable and "participant" in config.analysis_level:
+        deformable = ", ".join(sorted(n for n, backend in BACKENDS.items() if backend.deformable))
+        raise InputError(f"--input {wanted} reads the log Jacobian of a deformation, which --registration {name} "
+                         f"does not compute; use --registration {deformable.replace(', ', ' or ')} or --input "
+                         "intensity")
+
+
 def check_options(config: RunConfig) -> None:
     """Reject option values that cannot work, naming the option (nothing is written before this passes)."""
     check_ranges(config)
     ex, tr = config.execution, config.training
-    if tr.fold is not None and not 0 <= tr.fold < tr.folds:
+    if tr.fold is not None and tr.cv == "kfold" and not 0 <= tr.fold < tr.folds:
         raise InputError(f"--fold {tr.fold}: folds are numbered 0 to {tr.folds - 1}")
+    if tr.repeat is not None and (tr.fold is None or tr.repeat >= tr.repeats):
+        raise InputError(f"--repeat {tr.repeat}: it selects the repeat of a --fold job, numbered 0 to "
+                         f"{tr.repeats - 1} (--repeats {tr.repeats}); pass --fold K and --repeats R > {tr.repeat}")
     if tr.patience > 0 and tr.val_fraction == 0:
         raise InputError(f"--patience {tr.patience}: early stopping needs a validation set; add --val-fraction 0.2 "
                          "or set --patience 0")
-    if tr.input in ("logjacobian", "both") and config.preprocessing.registration == "affine" \
-            and "participant" in config.analysis_level:
-        raise InputError(f"--input {tr.input} reads the log Jacobian of the SyN deformation, which --registration "
-                         "affine does not compute; use --registration syn or --input intensity")
+    check_registration(config)
     if tr.positive_label == tr.negative_label:
         raise InputError("--positive-label and --negative-label must differ")
     from adheat_app.models import MODELS
@@ -133,7 +154,9 @@ def check_options(config: RunConfig) -> None:
     check_models_dir(config)
     if "group" in config.analysis_level:
         from adheat_app.baseline.covariates import check_covariates
+        from adheat_app.training.folds import check_cv
         check_covariates(config)
+        check_cv(config)
     if ex.device == "cuda":
         import torch
         if not torch.cuda.is_available():

@@ -13,7 +13,9 @@
 #       participants.tsv (1-based, header excluded)
 #   sbatch --array=0-4 --gres=gpu:1 slurm_adheat.sh fold [ADHEAT OPTIONS]
 #       one cross-validation fold per array task: task K runs
-#       'group --fold K' (folds are 0-based, as adheat's --fold)
+#       'group --fold K' (folds are 0-based, as adheat's --fold); with
+#       ADHEAT_REPEATS=R > 1 the array is 0-(R*F-1) and task T runs fold
+#       T % F of repeat T / F ('group --fold K --repeat R --repeats R')
 #   sbatch --gres=gpu:1          slurm_adheat.sh group [ADHEAT OPTIONS]
 #       collects the folds: SVM baseline, group heatmaps, scores, report
 #
@@ -23,7 +25,9 @@
 #   ADHEAT_SIF         path to adheat-<version>.sif (required unless ADHEAT_RUNTIME=none)
 #   BIDS_DIR           input BIDS dataset, bound read-only            (required)
 #   OUTPUT_DIR         output derivatives dataset (created if absent)  (required)
-#   ADHEAT_FOLDS       number of cross-validation folds               (default 5)
+#   ADHEAT_FOLDS       number of cross-validation folds               (default 5;
+#                      with --cv leave-site-out: the number of sites)
+#   ADHEAT_REPEATS     repeats of the cross-validation (--repeats)     (default 1)
 #   ADHEAT_DEVICE      cpu, cuda or auto; default: cuda when SLURM gave
 #                      this job a GPU (CUDA_VISIBLE_DEVICES), else cpu
 #   ADHEAT_WORK_DIR    work folder; default: a fresh folder on node-local
@@ -77,6 +81,13 @@ case "$runtime" in
 esac
 folds="${ADHEAT_FOLDS:-5}"
 case "$folds" in '' | *[!0-9]*) die "ADHEAT_FOLDS=$folds is not a whole number" ;; esac
+repeats="${ADHEAT_REPEATS:-1}"
+case "$repeats" in '' | *[!0-9]* | 0) die "ADHEAT_REPEATS=$repeats is not a whole number of at least 1" ;; esac
+# --repeats only where the cross-validation is repeated (one repeat is the plain run).
+repeat_opts=()
+if [ "$repeats" -gt 1 ]; then
+    repeat_opts=(--repeats "$repeats")
+fi
 
 # The N-th participant_id (first column) of a participants.tsv, N >= 1.
 nth_participant() {
@@ -94,12 +105,16 @@ case "$mode" in
         level=(participant --participant-label "${label#sub-}" --nprocs 1)
         ;;
     fold)
-        [ -n "$task" ] || die "fold: submit as an array job, e.g. sbatch --array=0-$((folds - 1))"
-        [ "$task" -lt "$folds" ] || die "array task $task: folds are numbered 0 to $((folds - 1))"
-        level=(group --folds "$folds" --fold "$task" --nprocs 1)
+        jobs=$((folds * repeats))
+        [ -n "$task" ] || die "fold: submit as an array job, e.g. sbatch --array=0-$((jobs - 1))"
+        [ "$task" -lt "$jobs" ] || die "array task $task: folds are numbered 0 to $((jobs - 1)) ($folds folds x $repeats repeats)"
+        level=(group --folds "$folds" --fold "$((task % folds))" --nprocs 1)
+        if [ "$repeats" -gt 1 ]; then
+            level+=(--repeat "$((task / folds))" "${repeat_opts[@]}")
+        fi
         ;;
     group)
-        level=(group --folds "$folds")
+        level=(group --folds "$folds" "${repeat_opts[@]}")
         ;;
     *)
         die "unknown mode '$mode'; $usage"

@@ -123,6 +123,7 @@ def test_covariate_controls_catch_a_site_confound_and_read_columns_right(tmp_pat
     (ROC AUC 1, better than chance); sex, drawn independently of the diagnosis, does not; numbered sites are
     categorical, ages numeric; an absent column is skipped and 'none' tests nothing."""
     from adheat_app.baseline.covariates import covariate_columns, is_categorical, run_covariates
+    from adheat_app.baseline.nested import run_nested_test
     from adheat_app.training import make_folds
 
     config, derivs, cohort, _ = make_preprocessed_cohort(tmp_path, n_subjects=16, seed=3, null=True, sites=2,
@@ -138,15 +139,56 @@ def test_covariate_controls_catch_a_site_confound_and_read_columns_right(tmp_pat
     run_covariates(config, derivs, folds)
     table = pd.read_csv(derivs.root / "group" / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
     pooled = table[table["fold"] == "pooled"].set_index("model")
-    assert set(pooled.index) == {"covariate-age", "covariate-sex", "covariate-site"}
+    assert set(pooled.index) == {"covariate-age", "covariate-sex", "covariate-site", "covariate-all"}
     assert pooled.loc["covariate-site", "roc_auc"] == 1.0 and bool(pooled.loc["covariate-site", "better_than_chance"])
     assert not bool(pooled.loc["covariate-sex", "better_than_chance"])
+    assert bool(pooled.loc["covariate-all", "better_than_chance"])  # the joint model sees the site too
     predictions = pd.read_csv(derivs.root / "group" / "predictions.tsv", sep="\t", dtype={"subject": str})
     assert (predictions.groupby("model").size() == 16).all()
     site = predictions[predictions["model"] == "covariate-site"]
     assert ((site["probability"] > 0.5) == (site["target"] == 1)).all()
+    # a CNN that read only the scanner adds nothing to the covariates; the nested test says so
+    cnn = site.assign(model=config.training.model)
+    pd.concat([predictions, cnn]).to_csv(derivs.root / "group" / "predictions.tsv", sep="\t", index=False)
+    run_nested_test(config, derivs, folds)
+    nested = pd.read_csv(derivs.root / "group" / "covariates_nested_test.tsv", sep="\t").iloc[0]
+    assert nested["covariates"] == "age,sex,site" and nested["n_subjects"] == 16 and nested["lr_chance"] == 1
+    assert not nested["adds_to_covariates"] and nested["p_value"] > 0.05
     none = dataclasses.replace(config, training=dataclasses.replace(config.training, covariates=("none",)))
     assert covariate_columns(none, cohort.scans) == {}
     run_covariates(none, derivs, folds)  # a rerun without covariates leaves none of their rows behind
-    for name in ("cv_metrics.tsv", "predictions.tsv"):
-        assert pd.read_csv(derivs.root / "group" / name, sep="\t").empty
+    assert pd.read_csv(derivs.root / "group" / "cv_metrics.tsv", sep="\t").empty
+    assert set(pd.read_csv(derivs.root / "group" / "predictions.tsv", sep="\t")["model"]) == {"resnet3d"}
+    run_nested_test(none, derivs, folds)
+    assert not (derivs.root / "group" / "covariates_nested_test.tsv").exists()
+
+
+def _synthetic_subjects(n: int, seed: int) -> tuple[np.ndarray, pd.DataFrame, np.ndarray, np.ndarray]:
+    """Diagnoses, covariates (a site that predicts them in part, age, sex), a disease signal and noise."""
+    rng = np.random.default_rng(seed)
+    target = np.repeat([0, 1], n // 2)
+    site = np.where(rng.random(n) < 0.3 + 0.4 * target, "B", "A").astype(object)
+    covariates = pd.DataFrame({"site": site, "age": rng.normal(72, 6, n),
+                               "sex": rng.choice(np.array(["F", "M"], dtype=object), n)})
+    return target, covariates, 1.5 * target + rng.normal(0, 1, n), rng.normal(0, 1, n)
+
+
+def test_nested_test_finds_a_score_beyond_the_covariates_and_not_a_site_proxy():
+    """Synthetic subjects, no CNN: a score carrying disease signal independent of the covariates adds to them
+    (likelihood ratio far above its chance level 1, odds ratio interval above 1); pure noise and a score that is
+    the site itself do not."""
+    from adheat_app.baseline.nested import nested_test
+
+    kinds = {"site": True, "age": False, "sex": True}
+    target, covariates, signal, noise = _synthetic_subjects(120, seed=0)
+    found = nested_test(target, covariates, kinds, signal)
+    assert found["adds_to_covariates"] and found["p_value"] < 1e-4 and found["lr_statistic"] > 15
+    assert 1 < found["odds_ratio_ci_low"] < found["odds_ratio"] < found["odds_ratio_ci_high"]
+    proxy = (covariates["site"] == "B").to_numpy(float) + 1e-3 * noise
+    for score in (noise, proxy):
+        result = nested_test(target, covariates, kinds, score)
+        assert not result["adds_to_covariates"]
+        assert result["odds_ratio_ci_low"] < result["odds_ratio_chance"] < result["odds_ratio_ci_high"]
+    rejections = [nested_test(*_synthetic_subjects(60, seed)[:2], kinds, _synthetic_subjects(60, seed)[3])
+                  ["adds_to_covariates"] for seed in range(1, 41)]
+    assert sum(rejections) <= 6  # ~5 % false positives under the null (binomial 40 x 0.05: 6 or fewer, p > 0.95)

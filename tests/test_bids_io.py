@@ -200,10 +200,61 @@ def test_citation_names_the_steps_present(tiny_bids, tmp_path):
     assert "The network read the preprocessed T1w images." in full
     both, _ = render_citation(config, {"always", "training"}, ("intensity", "logjacobian"))
     assert "two channels: the preprocessed T1w image and the log Jacobian determinant" in both
+    assert "5-fold cross-validation stratified by diagnosis" in full and "bootstrap interval over subjects" in full
+    assert "covariate (age, sex, site) alone and on all together" in full and "likelihood-ratio" in full
+    assert "ojala2010permutation" not in full
+    yardsticks = config.replace("training", cv="leave-site-out", repeats=3, permutation_test=50)
+    text, bib = render_citation(yardsticks, {"always", "training"})
+    assert "leave-site-out cross-validation" in text and "repeated 3 times with new fold splits" in text
+    assert "each also drawing one repeat" in text and "50 permutations of the diagnoses (within each site)" in text
+    assert "@article{ojala2010permutation," in bib
     cited = set(__import__("re").findall(r"@([A-Za-z0-9_:-]+)", full))
     assert cited and all(f"{{{key}," in full_bib for key in cited)
     d = Derivatives(tmp_path / "out", tiny_bids)
     assert steps_present(d, "rieke2018") == {"always"}
+
+
+@pytest.mark.parametrize("source", ["nilearn", "templateflow"])
+def test_methods_text_names_the_template_and_options_the_scans_were_made_with(source, tiny_bids, tmp_path,
+                                                                              request, monkeypatch):
+    """The space entity and the sidecar's template record decide the text, not the configuration."""
+    import requests
+
+    from adheat_app.citation import dataset_citation
+    from adheat_app.layout import preproc_paths
+
+    if source == "templateflow":
+        request.getfixturevalue("tf_home")
+    else:  # TemplateFlow offline with an empty home: the fallback get_template chooses
+        def offline(space):
+            raise requests.exceptions.ConnectionError("no network")
+        monkeypatch.setattr(templates, "_load_templateflow", offline)
+    templates.get_template.cache_clear()
+    record = templates.get_template(4.0).describe()
+    templates.get_template.cache_clear()
+    assert record["TemplateSource"] == source
+    config = prepare([str(tiny_bids), str(tmp_path / "out"), "group", "--skip-bids-validation"])
+    assert config.preprocessing.registration == "syn"
+    derivs = Derivatives(config.output_dir, tiny_bids)
+    derivs.initialize()
+    scan = collect_t1w(load_layout(tiny_bids, tmp_path / "work"))[0]
+    image, _ = preproc_paths(derivs.root, scan, record["Space"], "4")
+    derivs.write_image(image, nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)),
+                       {"Template": record, "RegistrationMethod": "affine", "IntensityNormalization": "zscore",
+                        "Software": {"antspyx": "0.0.1-recorded"}})
+    text, bib = dataset_citation(config, derivs)
+    methods = " ".join(text.split())
+    assert "rigid and affine registration in ANTs (antspyx 0.0.1-recorded;" in methods  # what ran, not the config
+    assert "z-scored within the brain mask" in methods
+    if source == "nilearn":
+        assert "the ICBM 2009a nonlinear symmetric template" in methods and "`MNI152NLin2009aSym`" in methods
+        assert "the copy distributed with Nilearn" in methods and "could not provide MNI152NLin2009cAsym" in methods
+        assert "2009c nonlinear" not in methods and "through TemplateFlow" not in methods
+        assert "abraham2014nilearn" in bib and "ciric2022templateflow" not in bib
+    else:
+        assert "the ICBM 2009c nonlinear asymmetric template" in methods and "`MNI152NLin2009cAsym`" in methods
+        assert "obtained through TemplateFlow" in methods and "Nilearn" not in methods.split("Intensities")[0]
+        assert "ciric2022templateflow" in bib
 
 
 def test_atomic_outputs_follow_the_umask(tmp_path):

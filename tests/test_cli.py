@@ -125,7 +125,8 @@ def test_both_levels_in_one_call(tiny_bids, tmp_path):
          "--patience 5: early stopping needs a validation set"),
         (lambda b, o: [b, o, "group", "--steps", "-1"], "--steps -1 is out of range: it must be at least 0"),
         (lambda b, o: [b, o, "participant", "--input", "both", "--registration", "affine"],
-         "--input both reads the log Jacobian of the SyN deformation"),
+         "--input both reads the log Jacobian of a deformation, which --registration affine does not compute; use "
+         "--registration fireants or syn or --input intensity"),
         (lambda b, o: [b, o, "group", "--input-noise", "-0.1"], "--input-noise -0.1 is out of range"),
         (lambda b, o: [b, o, "group", "--learning-rate", "0"], "--learning-rate 0 is out of range: it must be "
                                                                "greater than 0"),
@@ -145,6 +146,13 @@ def test_both_levels_in_one_call(tiny_bids, tmp_path):
         (lambda b, o: [b, o, "group", "--covariates", "diagnosis", "scanner"],
          "participants.tsv has no column 'scanner' named by --covariates (columns: participant_id, diagnosis); "
          "fix --covariates or pass --covariates none"),
+        (lambda b, o: [b, o, "group", "--cv", "leave-site-out"],
+         "participants.tsv has no 'site' column (columns: participant_id, diagnosis); add one or use --cv kfold"),
+        (lambda b, o: [b, o, "group", "--repeats", "0"], "--repeats 0 is out of range: it must be at least 1"),
+        (lambda b, o: [b, o, "group", "--repeat", "1", "--repeats", "2"], "--repeat 1: it selects the repeat of a "
+                                                                         "--fold job"),
+        (lambda b, o: [b, o, "group", "--fold", "0", "--repeat", "2", "--repeats", "2"], "--repeat 2"),
+        (lambda b, o: [b, o, "group", "--permutation-test", "-1"], "--permutation-test -1 is out of range"),
         (lambda b, o: [b, o, "participant", "--models", b.parent / "nomodels"], "does not exist"),
         (lambda b, o: [b, o, "participant", "--models", _models(b, "empty")],
          "holds no trained resnet3d model (expected {m}/resnet3d/fold-<k>/model.pt + model.json); train them"),

@@ -334,6 +334,26 @@ def test_slurm_fold_task_trains_one_fold_on_the_gpu(slurm_env):
     assert "/data/bids /out group --folds 5 --fold 3 --nprocs 1" in text and "--device cuda" in text
 
 
+def test_slurm_fold_tasks_of_a_repeated_cross_validation_run_one_repeat_and_fold_each(slurm_env, tmp_path):
+    """ADHEAT_REPEATS=2 with 3 folds: 6 tasks, task 4 is fold 1 of repeat 1; the group job collects every repeat;
+    submit_all.sh sizes the fold array to folds x repeats."""
+    env = {**slurm_env, "ADHEAT_FOLDS": "3", "ADHEAT_REPEATS": "2"}
+    text = " ".join(shlex.split(slurm({**env, "SLURM_ARRAY_TASK_ID": "4"}, "fold").stdout))
+    assert "group --folds 3 --fold 1 --nprocs 1 --repeat 1 --repeats 2" in text
+    assert "group --folds 3 --repeats 2 --work-dir" in " ".join(shlex.split(slurm(env, "group").stdout))
+    refused = slurm({**env, "SLURM_ARRAY_TASK_ID": "6"}, "fold")
+    assert refused.returncode == 2 and "numbered 0 to 5 (3 folds x 2 repeats)" in refused.stderr
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/bash\nprintf "%s\\n" "$*" >> "$SBATCH_LOG"\necho 7\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    calls = tmp_path / "sbatch.log"
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "submit_all.sh")], capture_output=True, text=True,
+                          env={**env, "PATH": f"{bin_dir}:{env['PATH']}", "SBATCH_LOG": str(calls)}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--array=0-5" in calls.read_text().splitlines()[1]
+
+
 def test_slurm_bare_metal_runtime_runs_the_installed_adheat(slurm_env, tmp_path):
     """ADHEAT_RUNTIME=none: no image needed, the adheat on PATH gets the real paths."""
     bin_dir = tmp_path / "bin"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,11 @@ def test_every_design_output_exists(run):
     citation = (out / "logs" / "CITATION.md").read_text()
     for step in ("Anatomical preprocessing", "Classification", "Heatmaps", "Evaluation"):
         assert step in citation
+    if space == "MNI152NLin2009cAsym":  # the template the run used, from where (conftest's TemplateFlow home)
+        assert "ICBM 2009c nonlinear asymmetric template" in citation and "obtained through TemplateFlow" in citation
+    else:
+        assert space == "MNI152NLin2009aSym" and "the copy distributed with Nilearn" in citation
+    assert f"`{space}`" in citation and f"template: {space} from" in (out / "group.html").read_text()
     subjects = sorted(p.name for p in out.glob("sub-*") if p.is_dir())
     assert len(subjects) == 12
     for sub in subjects:
@@ -90,7 +96,7 @@ def test_every_design_output_exists(run):
             assert (fold / name).is_file()
     group = out / "group"
     for name in ("cv_metrics.tsv", "predictions.tsv", "overlap.tsv", "overlap_differences.tsv", "answer.tsv",
-                 "regions.tsv", "distances.tsv", "preproc_qc.tsv"):
+                 "regions.tsv", "distances.tsv", "preproc_qc.tsv", "covariates_nested_test.tsv"):
         assert (group / name).is_file(), name
     for method in METHODS:
         for label in ("AD", "CN"):
@@ -100,11 +106,18 @@ def test_every_design_output_exists(run):
     assert (out / "group.html").stat().st_size > 10_000
 
 
+def test_logs_name_no_absent_quantity(run):
+    """Trained without a validation split (the default): no epoch line reports a validation loss of nan."""
+    logs = run["logs"] + "".join(p.read_text() for p in (run["out"] / "logs").glob("adheat-*.log"))
+    assert "train loss" in logs and "val loss" not in logs
+    assert not re.search(r"\bnan\b", logs, re.IGNORECASE), re.search(r".*\bnan\b.*", logs, re.IGNORECASE).group(0)
+
+
 def test_tables_hold_both_models_and_every_method(run):
     group = run["out"] / "group"
     metrics = pd.read_csv(group / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
-    # the simulated participants.tsv has age and sex (one site: no site control)
-    assert set(metrics["model"]) == {"resnet3d", "SVM", "covariate-age", "covariate-sex"}
+    # the simulated participants.tsv has age and sex (one site: no site control), and both together
+    assert set(metrics["model"]) == {"resnet3d", "SVM", "covariate-age", "covariate-sex", "covariate-all"}
     assert set(metrics["fold"]) >= {"0", "1", "2", "mean", "sd"}
     predictions = pd.read_csv(group / "predictions.tsv", sep="\t", dtype={"subject": str})
     assert len(predictions[predictions["model"] == "resnet3d"]) == 12

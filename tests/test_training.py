@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -290,6 +291,7 @@ def test_outputs_of_a_full_run(small):
         assert loaded_card == card and not model.training
         assert card["Parameters"] == sum(p.numel() for p in model.parameters())
         assert card["Model"] == "resnet3d" and card["Fold"] == k and card["Seed"] == 2
+        assert card["Threads"] == (config.execution.omp_nthreads or torch.get_num_threads())
         assert card["Input"]["Shape"] == list(nib_shape(cohort)) and card["Input"]["ResLabel"] == "4"
         assert card["Labels"] == {"0": "CN", "1": "AD"} and "torch" in card["Software"]
         assert 1 <= card["BestEpoch"] <= card["EpochsRun"] <= 3
@@ -436,3 +438,199 @@ def test_input_auto_reads_the_log_jacobian_only_when_every_scan_has_one(tmp_path
     with caplog.at_level(logging.WARNING):
         log_input(config, partial)
     assert "1 of 4 scans have no log Jacobian map" in caplog.text
+
+
+def test_log_of_a_run_without_validation_names_no_absent_quantity(small, tmp_path, caplog):
+    config, derivs, cohort = _rerun(small, tmp_path, val_fraction=0.0, patience=0, epochs=2)
+    with caplog.at_level(logging.INFO, logger="adheat_app"):
+        run_training(config, derivs, cohort)
+    epochs = [r.getMessage() for r in caplog.records if r.funcName == "train_fold" and "train loss" in r.getMessage()]
+    assert len(epochs) == 4 and not any("val " in line for line in epochs), epochs
+    assert not re.search(r"\bnan\b", caplog.text, re.IGNORECASE), caplog.text
+
+
+# --- repeated cross-validation, leave-site-out, the permutation test ----------------------------------------------
+
+def test_repeats_keep_repeat_0_and_add_new_splits_with_their_spread(small, tmp_path):
+    """--repeats 2: repeat 0 is the plain run (same split and weights), repeat 1 a new split; the table shows each
+    repeat's pooled metrics and their SD; the pooled row is their mean; every scan is predicted once per repeat;
+    a --fold --repeat job trains only its folder."""
+    from adheat_app.training.folds import repeat_seed
+
+    config, derivs, cohort = _rerun(small, tmp_path, repeats=2)
+    assert repeat_seed(2, 0) == 2 and repeat_seed(2, 1) != 2
+    assert run_training(config.replace("training", fold=1, repeat=1), derivs, cohort) == [1]
+    assert (fold_dir(config, 1, 1) / "model.json").is_file() and not fold_dir(config, 0, 1).exists()
+    assert fold_dir(config, 1, 1) == config.models_dir / "resnet3d" / "repeat-1" / "fold-1"
+    run_training(config, derivs, cohort)
+    for k in (0, 1):
+        assert (fold_dir(config, k) / "split.tsv").read_bytes() == (fold_dir(small[0], k) / "split.tsv").read_bytes()
+        assert state_dicts_equal(fold_dir(small[0], k) / "model.pt", fold_dir(config, k) / "model.pt")
+        assert read_json(fold_dir(config, k, 1) / "model.json")["Repeat"] == 1
+    assert any(not read_split(fold_dir(config, k)).equals(read_split(fold_dir(config, k, 1))) for k in (0, 1))
+    group = derivs.root / "group"
+    predictions = pd.read_csv(group / "predictions.tsv", sep="\t", dtype={"subject": str})
+    assert list(predictions.columns[:3]) == ["model", "repeat", "fold"]
+    assert (predictions.groupby(["repeat", "subject"]).size() == 1).all() and set(predictions["repeat"]) == {0, 1}
+    metrics = pd.read_csv(group / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
+    assert list(metrics["fold"]) == ["0", "1", "0", "1", "repeat-0", "repeat-1", "mean", "sd", "sd-repeats",
+                                     "pooled"]
+    rows = metrics.set_index("fold")
+    assert rows.loc["pooled", "roc_auc"] == pytest.approx(rows.loc[["repeat-0", "repeat-1"], "roc_auc"].mean())
+    assert rows.loc["sd-repeats", "roc_auc"] == pytest.approx(rows.loc[["repeat-0", "repeat-1"], "roc_auc"].std())
+    plain = pd.read_csv(small[1].root / "group" / "cv_metrics.tsv", sep="\t", dtype={"fold": str}).set_index("fold")
+    assert rows.loc["repeat-0", "roc_auc"] == pytest.approx(plain.loc["pooled", "roc_auc"])
+    verdict = read_json(config.models_dir / "resnet3d" / "verdict.json")
+    assert verdict["Repeats"] == 2 and "one of the 2 repeats" in verdict["IntervalMethod"]
+    assert len(verdict["TrainingKeys"]) == 4
+
+
+def test_chance_verdict_with_repeats_draws_one_repeat_per_resample():
+    """Two repeats, one perfect and one reversed: each resample scores one of them, so the interval spans both
+    (a single repeat's interval is a point); one repeat resamples exactly as without the column."""
+    from adheat_app.training.metrics import chance_verdict
+
+    target = np.array([1, 0] * 5)
+    scores = np.linspace(0.05, 0.45, 10) + 0.5 * target
+    one = pd.DataFrame({"subject": [f"{i:02d}" for i in range(10)], "target": target, "probability": scores})
+    two = pd.concat([one.assign(repeat=0), one.assign(repeat=1, probability=1 - scores)], ignore_index=True)
+    verdict = chance_verdict(two, 200, seed=0)
+    assert verdict["roc_auc_ci_low"] == pytest.approx(0.0) and verdict["roc_auc_ci_high"] == pytest.approx(1.0)
+    assert chance_verdict(one.assign(repeat=0), 100, seed=3) == chance_verdict(one, 100, seed=3)
+
+
+def test_a_reliably_below_chance_auc_is_named(small, tmp_path, caplog):
+    """Reversed scores: interval entirely under 0.5, below_chance in the table, BelowChance in verdict.json, and a
+    warning that names it as a finding (confounded folds)."""
+    from adheat_app.training.metrics import chance_verdict
+    from adheat_app.training.runner import write_group_results
+
+    target = np.array([1, 0] * 5)
+    reversed_ = pd.DataFrame({"subject": [f"{i:02d}" for i in range(10)], "target": target,
+                              "probability": 1 - (np.linspace(0.05, 0.45, 10) + 0.5 * target)})
+    assert chance_verdict(reversed_, 100, seed=0)["below_chance"]
+    config, derivs, cohort = _rerun(small, tmp_path)
+    for k in (0, 1):  # the small run's folds with every probability flipped
+        folder = fold_dir(config, k)
+        folder.mkdir(parents=True)
+        for name in ("model.json", "split.tsv"):
+            (folder / name).write_bytes((fold_dir(small[0], k) / name).read_bytes())
+        rows = pd.read_csv(fold_dir(small[0], k) / "predictions.tsv", sep="\t", dtype={"subject": str})
+        rows["probability"] = np.where(rows["target"] == 1, 0.1, 0.9) + 0.01 * np.arange(len(rows))
+        rows.to_csv(folder / "predictions.tsv", sep="\t", index=False)
+    with caplog.at_level(logging.WARNING):
+        table = write_group_results(config, derivs)
+    pooled = table.set_index("fold").loc["pooled"]
+    assert pooled["roc_auc_ci_high"] < 0.5 and pooled["below_chance"] and not pooled["better_than_chance"]
+    assert read_json(config.models_dir / "resnet3d" / "verdict.json")["BelowChance"] is True
+    assert "reliably BELOW chance" in caplog.text and "confounded folds" in caplog.text
+
+
+def _site_cohort(tmp_path: Path, sites: dict[str, str], n: int = 12) -> Cohort:
+    """A fake cohort of ``n`` subjects (alternating CN/AD) and a participants.tsv with their ``site``."""
+    cohort = fake_cohort(n)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    rows = ["participant_id\tdiagnosis\tsite"] + [f"sub-{s.subject}\t{s.diagnosis}\t{sites.get(s.subject, 'n/a')}"
+                                                  for s in cohort.scans]
+    (tmp_path / "participants.tsv").write_text("\n".join(rows) + "\n")
+    return cohort
+
+
+def test_leave_site_out_folds_test_one_site_each(tmp_path):
+    from adheat_app.training.folds import cohort_folds, with_cv
+
+    cohort = _site_cohort(tmp_path, {f"{i:03d}": "ABC"[i % 3] for i in range(12)})
+    config = build_config(tmp_path, tmp_path / "out", ("group",), {},
+                          {"training": {"cv": "leave-site-out", "val_fraction": 0.2}})
+    config = with_cv(config, cohort)
+    assert config.training.folds == 3
+    folds = cohort_folds(config, cohort)
+    site_of = {f"{i:03d}": "ABC"[i % 3] for i in range(12)}
+    for fold, site in zip(folds, "ABC"):
+        assert {site_of[s.subject] for s in fold.test} == {site}
+        assert site not in {site_of[s.subject] for s in (*fold.train, *fold.val)} and fold.val
+        check_no_leakage(fold)
+    assert cohort_folds(config, cohort, 1)[0].test == folds[0].test  # repeats keep the sites, change the seeds
+
+
+@pytest.mark.parametrize(("sites", "message"), [
+    (None, "participants.tsv has no 'site' column"),
+    ({f"{i:03d}": "A" for i in range(12)}, "names 1 site(s) in column 'site'"),
+    ({**{f"{i:03d}": "A" for i in range(12)}, "001": "B"}, "site 'B' of participants.tsv has subjects of one class"),
+    ({f"{i:03d}": "AB"[i % 2 or i > 5] for i in range(1, 12)}, "gives no 'site' for sub-000"),
+])
+def test_leave_site_out_refuses_what_it_cannot_split(tmp_path, sites, message):
+    from adheat_app.training.folds import check_cv
+
+    cohort = _site_cohort(tmp_path, sites or {})
+    if sites is None:
+        (tmp_path / "participants.tsv").write_text("participant_id\tdiagnosis\n" + "".join(
+            f"sub-{s.subject}\t{s.diagnosis}\n" for s in cohort.scans))
+    config = build_config(tmp_path, tmp_path / "out", ("group",), {}, {"training": {"cv": "leave-site-out"}})
+    with pytest.raises(InputError, match=re.escape(message)):
+        check_cv(config)
+
+
+def test_permuted_labels_keep_classes_sessions_and_strata():
+    from adheat_app.training.permutation import permutation_p_value, permuted_cohort
+
+    cohort = fake_cohort(12, sessions=2, n_mci=1)
+    strata = {f"{i:03d}": "AB"[i >= 6] for i in range(12)}
+    permuted = permuted_cohort(cohort, 5, strata)
+    labels = {s.subject: s.target for s in permuted.scans}
+    assert all(labels[s.subject] == s.target for s in permuted.scans)  # sessions share their subject's label
+    for site in "AB":
+        members = [subject for subject, stratum in strata.items() if stratum == site]
+        assert sorted(labels[m] for m in members) == sorted(s.target for s in cohort.scans if s.subject in members
+                                                            and s.session == "01")
+    assert labels != {s.subject: s.target for s in cohort.scans}
+    assert [s.target for s in permuted.scans if s.diagnosis == "MCI"] == [None, None]
+    assert permutation_p_value(0.8, np.array([0.5, 0.9, 0.8])) == pytest.approx(3 / 4)
+    assert permutation_p_value(0.99, np.array([0.5, 0.6])) == pytest.approx(1 / 3)
+
+
+@pytest.mark.slow
+def test_leave_site_out_with_repeats_and_a_permutation_test_end_to_end(tmp_path, monkeypatch):
+    """The group level from the command line on a 12-subject, two-site cohort (4 mm, 2 epochs): --cv leave-site-out
+    (each fold tests one site), --repeats 2 (a second repeat's fold models and out-of-fold maps, its spread in
+    cv_metrics.tsv) and
+    --permutation-test 2 (p from the permuted AUCs, recorded in verdict.json; a rerun trains nothing); the nested
+    test of the CNN beyond the covariates and the methods text follow. About a minute on 2 cores."""
+    from adheat_app.cli.run import main
+    from adheat_app.training import permutation
+
+    config, derivs, cohort, _ = make_preprocessed_cohort(tmp_path, n_subjects=12, seed=5, effect_size=0.4, sites=2)
+    code = main([str(config.bids_dir), str(config.output_dir), "group", "--resolution", "4", "--seed", "5",
+                 "--skip-bids-validation", "--nprocs", "1", "--omp-nthreads", "1", "--cv", "leave-site-out",
+                 "--repeats", "2", "--permutation-test", "2", "--steps", "0", "--epochs", "2", "--methods",
+                 "Saliency", "--n-bootstrap", "20", "--n-permutations", "0"])
+    assert code == 0
+    site = read_participants(config.bids_dir)["site"]
+    models = config.output_dir / "models" / "resnet3d"
+    for repeat in ("", "repeat-1/"):
+        tested = [set(site[read_split(models / f"{repeat}fold-{k}").query("set == 'test'")["subject"]])
+                  for k in (0, 1)]
+        assert all(len(sites) == 1 for sites in tested) and tested[0] != tested[1]
+    group = config.output_dir / "group"
+    metrics = pd.read_csv(group / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
+    assert {"repeat-1", "sd-repeats", "pooled"} <= set(metrics.loc[metrics["model"] == "resnet3d", "fold"])
+    permutations = pd.read_csv(group / "permutation_test.tsv", sep="\t")
+    verdict = read_json(models / "verdict.json")
+    observed = read_json(group / "permutation_test.json")["ObservedRocAuc"]
+    assert list(permutations["permutation"]) == [1, 2] and verdict["Permutations"] == 2
+    assert verdict["PermutationPValue"] == pytest.approx((1 + (permutations["roc_auc"] >= observed).sum()) / 3)
+    assert verdict["CrossValidation"] == "leave-site-out" and verdict["Repeats"] == 2
+    assert (group / "covariates_nested_test.tsv").is_file() and (config.output_dir / "group.html").is_file()
+    repeat_maps = sorted((models / "repeat-1").glob("sub-*/anat/*_desc-Saliency_heatmap.nii.gz"))
+    assert len(repeat_maps) == 12 and len(list(config.output_dir.glob("sub-*/anat/*_desc-Saliency_heatmap.nii.gz"))) == 12
+    card = read_json(repeat_maps[0].with_name(repeat_maps[0].name.replace(".nii.gz", ".json")))
+    assert card["Repeat"] == 1 and card["Fold"] in (0, 1)
+    citation = (config.output_dir / "logs" / "CITATION.md").read_text()
+    assert "leave-site-out cross-validation" in citation and "permutations of the diagnoses" in citation
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished permutation was trained again")
+
+    monkeypatch.setattr(permutation, "fit_and_test", no_training)
+    rerun = config.replace("training", cv="leave-site-out", repeats=2, permutation_test=2, steps=0, epochs=2)
+    assert permutation.run_permutation_test(rerun, derivs, cohort)["PValue"] == verdict["PermutationPValue"]

@@ -62,13 +62,13 @@ class Assignment:
         return "mean" if self.fold is None else self.fold
 
 
-def assign_folds(config: RunConfig, cohort: Cohort, folds: list[int]) -> list[Assignment]:
-    """Each scan's out-of-fold model (``fold=None``: in no test set, mean of all folds)."""
+def assign_folds(config: RunConfig, cohort: Cohort, folds: list[int], repeat: int = 0) -> list[Assignment]:
+    """Each scan's out-of-fold model of repeat ``repeat`` (``fold=None``: in no test set, mean of all folds)."""
     from adheat_app.training import fold_dir, read_split
 
     tested: dict[tuple[str, str | None], int] = {}
     for k in folds:
-        split = read_split(fold_dir(config, k))
+        split = read_split(fold_dir(config, k, repeat))
         for row in split[split["set"] == "test"].itertuples():
             session = None if not isinstance(row.session, str) or row.session in ("", "n/a") else row.session
             tested[(str(row.subject), session)] = k
@@ -86,18 +86,20 @@ class FoldModels:
         The scans to explain.
     folds : list of int
         The trained folds (:func:`adheat_app.layout.trained_folds`).
+    repeat : int
+        The repeat of ``--repeats`` whose fold models these are (0: the plain run).
     """
 
-    def __init__(self, config: RunConfig, cohort: Cohort, folds: list[int]):
+    def __init__(self, config: RunConfig, cohort: Cohort, folds: list[int], repeat: int = 0):
         from adheat_app.training import fold_dir, load_fold_model, resolve_device
         from adheat_app.training.runner import read_verdict
 
-        self.config, self.cohort, self.folds = config, cohort, folds
-        self.assignments = assign_folds(config, cohort, folds)
+        self.config, self.cohort, self.folds, self.repeat = config, cohort, folds, repeat
+        self.assignments = assign_folds(config, cohort, folds, repeat)
         self.device = resolve_device(config)
         self.models, cards = {}, {}
         for k in folds:
-            model, cards[k] = load_fold_model(fold_dir(config, k), self.device)
+            model, cards[k] = load_fold_model(fold_dir(config, k, repeat), self.device)
             for param in model.parameters():
                 param.requires_grad_(False)
             self.models[k] = channels_last(model.eval())
@@ -108,7 +110,7 @@ class FoldModels:
         self.context = MethodContext(parse_resolution(cohort.res_label), cohort.space,
                                      batch_size(config.heatmaps, config.execution.mem_gb, shape),
                                      config.execution.seed, self.device, config.training.amp)
-        self.files = {k: fold_dir(config, k) / MODEL_WEIGHTS for k in folds}
+        self.files = {k: fold_dir(config, k, repeat) / MODEL_WEIGHTS for k in folds}
         verdict = read_verdict(config.models_dir, config.training.model)
         self.better_than_chance = None if verdict is None else bool(verdict["BetterThanChance"])
         if self.better_than_chance is False:
@@ -133,7 +135,7 @@ class FoldModels:
         means = {}
         for k in self.folds:
             try:
-                means[k] = torch.from_numpy(training_mean(fold_dir(self.config, k), self.cohort,
+                means[k] = torch.from_numpy(training_mean(fold_dir(self.config, k, self.repeat), self.cohort,
                                                           self.volumes)).to(self.device)
             except InputError:
                 if needed:

@@ -14,6 +14,9 @@ method, parameters, model and fold(s) are skipped unless ``--overwrite``.
 Outputs per scan and method: ``desc-<Method>_heatmap.nii.gz`` in template
 space at the model's resolution (float32) with a sidecar, and with
 ``--native-space`` the same map on the subject's T1w grid (``space-T1w``).
+With ``--repeats R`` each repeat ``r`` > 0 gets its own out-of-fold maps from
+its fold models, named as above under ``models/<model>/repeat-<r>/``
+(:func:`adheat_app.layout.repeat_root`; sidecars add ``Repeat``).
 Every sidecar records the explained output (``ExplainedOutput``,
 ``--explain-output``), whether forward-only passes (predictions, occlusion
 drops) ran in mixed precision (``MixedPrecision``: on CUDA unless
@@ -55,6 +58,7 @@ from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.layout import trained_folds
+from adheat_app.progress import tracked
 
 LOGGER = logging.getLogger(__name__)
 
@@ -65,9 +69,9 @@ CHUNK_PASSES = 4
 class HeatmapRun:
     """One :func:`run_heatmaps` call: the fold models, the writer and the selected methods."""
 
-    def __init__(self, config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: list[int]):
+    def __init__(self, config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: list[int], repeat: int = 0):
         self.config, self.derivs, self.folds = config, derivs, folds
-        self.fold_models = FoldModels(config, cohort, folds)
+        self.fold_models = FoldModels(config, cohort, folds, repeat)
         self.methods: list[Method] = [METHODS[n](config.heatmaps, self.fold_models.context)
                                       for n in selected_methods(config.heatmaps.methods)]
         self.fold_models.load_training_means(any(m.needs_template for m in self.methods))
@@ -101,16 +105,16 @@ class HeatmapRun:
             LOGGER.warning("%s: %d of %d maps are zero everywhere (AllZero in their sidecars; the group means "
                            "leave them out)%s", method.name, all_zero, len(todo), method.all_zero_reason)
 
-    def _chunks(self, todo: list[Assignment]) -> Iterator[list[Assignment]]:
+    def _chunks(self, todo: list[Assignment], desc: str) -> Iterator[list[Assignment]]:
+        """``todo`` in batches of :data:`CHUNK_PASSES` passes, with a progress bar named ``desc`` on a terminal."""
         chunk = self.fold_models.context.batch * CHUNK_PASSES
-        for first in range(0, len(todo), chunk):
-            yield todo[first:first + chunk]
+        yield from tracked([todo[first:first + chunk] for first in range(0, len(todo), chunk)], desc, "batch")
 
     def _out_of_fold(self, method: Method, prepared: dict[int, nn.Module], todo: list[Assignment]) -> int:
         """Maps of the scans a fold model held out, by that model; return how many are zero everywhere."""
         all_zero = 0
         for k in self.folds:
-            for part in self._chunks([a for a in todo if a.fold == k]):
+            for part in self._chunks([a for a in todo if a.fold == k], f"{method.name} fold {k}"):
                 (maps, diagnostics), seconds = self.compute(method, prepared[k], k, part)
                 for a, data in zip(part, maps):
                     all_zero += self.writer.write(method, a, data, seconds / len(part),
@@ -122,7 +126,7 @@ class HeatmapRun:
         """Mean maps over every fold model of the scans in no test set (the largest of each per-scan value);
         return how many are zero everywhere."""
         all_zero = 0
-        for part in self._chunks([a for a in todo if a.fold is None]):
+        for part in self._chunks([a for a in todo if a.fold is None], f"{method.name} fold means"):
             total, seconds, worst = 0.0, 0.0, {}
             for k in self.folds:
                 (maps, diagnostics), spent = self.compute(method, prepared[k], k, part)
@@ -139,31 +143,34 @@ class HeatmapRun:
 
 
 @contextlib.contextmanager
-def heatmap_run(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> Iterator[HeatmapRun | None]:
-    """A :class:`HeatmapRun` of every trained fold model of ``--model``, computing deterministically in the block.
+def heatmap_run(config: RunConfig, derivs: Derivatives, cohort: Cohort, repeat: int = 0
+                ) -> Iterator[HeatmapRun | None]:
+    """A :class:`HeatmapRun` of every trained fold model of ``--model`` (of repeat ``repeat``), computing
+    deterministically in the block.
 
     Yields None (with a warning) when no trained fold model exists.
     """
     from adheat_app.memory import reuse_cpu_memory
     from adheat_app.training.device import deterministic
 
-    folds = trained_folds(config.models_dir, config.training.model)
+    folds = trained_folds(config.models_dir, config.training.model, repeat)
     if not folds:
         LOGGER.warning("no trained %s fold model in %s: no heatmaps", config.training.model,
                        config.models_dir / config.training.model)
         yield None
         return
-    run = HeatmapRun(config, derivs, cohort, folds)
+    run = HeatmapRun(config, derivs, cohort, folds, repeat)
     device = run.fold_models.device
     with deterministic(device, config.execution.omp_nthreads, exact=True), reuse_cpu_memory(device):
         yield run
 
 
-def run_heatmaps(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> None:
-    """Derive every selected method's heatmap of every scan of ``cohort`` (see the module docstring).
+def run_heatmaps(config: RunConfig, derivs: Derivatives, cohort: Cohort, repeat: int = 0) -> None:
+    """Derive every selected method's heatmap of every scan of ``cohort`` (see the module docstring); ``repeat``
+    > 0: from that repeat's fold models, into :func:`~adheat_app.layout.repeat_root` (template space only).
 
     Does nothing (with a warning) when no trained fold model of ``--model`` exists.
     """
-    with heatmap_run(config, derivs, cohort) as run:
+    with heatmap_run(config, derivs, cohort, repeat) as run:
         for method in run.methods if run else ():
             run.run_method(method)

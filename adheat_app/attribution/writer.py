@@ -27,7 +27,7 @@ from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.inputs import channel_paths, input_kind
 from adheat_app.io import nifti_image, read_json
-from adheat_app.layout import TRAINING_MEAN, MapName, heatmap_path, sidecar_path
+from adheat_app.layout import TRAINING_MEAN, MapName, heatmap_path, repeat_root, sidecar_path
 
 
 def raw_t1w(derivs: Derivatives, scan: Scan) -> T1wInput:
@@ -46,18 +46,22 @@ class HeatmapWriter:
 
     def __init__(self, config: RunConfig, derivs: Derivatives, models: FoldModels):
         self.config, self.derivs, self.models = config, derivs, models
+        #: Where the per-scan maps go: the output folder (repeat 0), else the repeat's folder beside its models.
+        self.root = derivs.root if not models.repeat else repeat_root(config.models_dir, config.training.model,
+                                                                      models.repeat)
 
     def heatmap(self, a: Assignment, name: str) -> Path:
         """The template-space heatmap ``desc-<name>`` of one scan."""
         cohort = self.models.cohort
-        return heatmap_path(self.derivs.root, a.scan, cohort.space, cohort.res_label, name)
+        return heatmap_path(self.root, a.scan, cohort.space, cohort.res_label, name)
 
     def expected(self, method: Method, a: Assignment) -> dict:
         """Sidecar values that must match for an existing heatmap to be reused."""
         values = {"Method": method.name, "Parameters": json.loads(json.dumps(method.parameters())),
                   "Model": self.config.training.model, "Input": input_kind(self.models.channels),
                   "Fold": a.fold_label, "TargetClass": self.models.target(a),
-                  "MixedPrecision": self.models.context.amp}
+                  "MixedPrecision": self.models.context.amp,
+                  **({"Repeat": self.models.repeat} if self.models.repeat else {})}
         if a.fold is None:
             values["FoldsAveraged"] = list(self.models.folds)
         return values
@@ -113,7 +117,7 @@ class HeatmapWriter:
                           for k in models.models_of(a) if method.needs_template)],
         }
         self.derivs.write_image(self.heatmap(a, name), img, sidecar)
-        if self.config.heatmaps.native_space:
+        if self.config.heatmaps.native_space and not self.models.repeat:
             self.write_native(name, a, img, sidecar)
         return sidecar["AllZero"]
 

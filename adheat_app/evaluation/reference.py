@@ -12,13 +12,13 @@ Sources:
   meta-analysis maps), named ``custom``.
 * The built-in **region prior** ``anatomicalprior``
   (:func:`builtin_reference_path`), shipped in
-  ``adheat_app/data/`` and always scored: an activation likelihood estimation (ALE) map computed
-  by ``adheat_app/data/make_reference_map.py`` with :func:`ale_map` from a
+  ``adheat_app/data/`` (``ad_region_prior.nii.gz``) and always scored: the ALE kernels of :func:`ale_map`
+  placed by ``adheat_app/data/make_reference_map.py`` at a
   curated list of **anatomically defined foci**: the centroids of the AAL3
   regions that coordinate-based meta-analyses of voxel-based morphometry
   repeatedly report as sites of grey-matter loss in AD. It is *not* computed
   from published peak coordinates; its sidecar and the foci table beside it
-  (``reference_ad_atrophy_foci.tsv``) say exactly how it was made. It is a
+  (``ad_region_prior_foci.tsv``) say exactly how it was made. It is a
   prior on which regions to expect, not a meta-analysis of published results,
   so it is never the headline reference (:data:`HEADLINE_ORDER`).
 * On simulated cohorts (``bids_dir/derivatives/simulation`` holds the

@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from adheat_app.errors import InputError
+from adheat_app.layout import NIFTI_EXTENSIONS
 
 #: Smallest and largest voxel edge (mm) accepted for a T1w scan.
 VOXEL_RANGE_MM = (0.2, 8.0)
@@ -46,7 +47,7 @@ def load_t1w(path: Path) -> nib.Nifti1Image:
         or holding NaN/Inf values.
     """
     path = Path(path)
-    if not path.name.endswith((".nii", ".nii.gz")):
+    if not path.name.endswith(NIFTI_EXTENSIONS):
         raise InputError(f"{path}: not a NIfTI file (.nii or .nii.gz); convert it with dcm2niix")
     try:
         img = nib.load(path)

@@ -5,32 +5,34 @@ extraction unless the input is already skull-stripped (:mod:`.skullstrip`),
 cropping to the brain and, where the scan is finer than the analysis grid,
 anti-aliased down-sampling to it (smoothed as the template is, so fine detail
 does not alias into the output), N4 bias-field correction inside the brain
-mask, brain-to-brain registration to the template (:mod:`.register`; skipped,
-with identity transforms, when the input already matches the template at
-least as well as :data:`TEMPLATE_SPACE_NCC`), resampling to the analysis
-grid, intensity normalisation inside the warped brain mask
-(:mod:`.intensity`) and quality control (:mod:`.qc`). After a SyN
-registration the log Jacobian determinant of the deformation, beyond its
-global linear part, is written on the analysis grid as well
-(:func:`.register.log_jacobian`; the tensor-based-morphometry input of
+mask, brain-to-brain registration to the template by the ``--registration``
+backend (:mod:`.backends`; skipped, with identity transforms, when the input
+already matches the template at least as well as :data:`TEMPLATE_SPACE_NCC`),
+resampling to the analysis grid, intensity normalisation inside the warped
+brain mask (:mod:`.intensity`) and quality control (:mod:`.qc`). After a
+deformable registration the log Jacobian determinant of the deformation,
+beyond its global linear part, is written on the analysis grid as well
+(:meth:`.backends.Backend.log_jacobian`; the tensor-based-morphometry input of
 ``--input logjacobian|both``, and of the default ``auto``). N4 runs on the brain
 alone: the bias field that matters is the brain's, and the cropped brain is
 half the voxels of the head (half the time: ``docs/performance.md``).
 
 Everything is computed in memory and under the job's own folder of the work
-directory (which also receives antspyx's temporary files); outputs are written
+directory (which also receives the registration libraries' temporary files); outputs are written
 only when every step succeeded, the preprocessed T1w's sidecar last, as the
 completion mark checked on reruns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +45,8 @@ from adheat_app.config import RunConfig
 from adheat_app.io import atomic_path, nifti_image, write_json, write_text
 from adheat_app.layout import logjacobian_path, preproc_paths, registration_figure, sidecar_path
 from adheat_app.preprocess import checks, intensity, qc, register, skullstrip
+from adheat_app.preprocess.backends import BACKENDS, Backend, Registration
+from adheat_app.preprocess.backends._contract import SKIPPED
 from adheat_app.preprocess.reuse import AnatFiles
 from adheat_app.templates import Template, grid_for, resample
 
@@ -64,12 +68,14 @@ class OutputPaths:
     logjacobian: Path
 
 
-def output_paths(derivs: Derivatives, t1w: T1wInput, template: Template) -> OutputPaths:
-    """The output paths of one input (README.md, "Outputs")."""
+def output_paths(derivs: Derivatives, t1w: T1wInput, template: Template, registration: str = "syn"
+                 ) -> OutputPaths:
+    """The output paths of one input (README.md, "Outputs"); transforms in ``registration``'s format."""
     image, mask = preproc_paths(derivs.root, t1w, template.space, template.res_label)
-    forward = derivs.subject_path(t1w.subject, t1w.session, "xfm", ".h5", from_="T1w", to=template.space,
+    extension = BACKENDS[registration].transform_extension
+    forward = derivs.subject_path(t1w.subject, t1w.session, "xfm", extension, from_="T1w", to=template.space,
                                   mode="image")
-    inverse = derivs.subject_path(t1w.subject, t1w.session, "xfm", ".h5", from_=template.space, to="T1w",
+    inverse = derivs.subject_path(t1w.subject, t1w.session, "xfm", extension, from_=template.space, to="T1w",
                                   mode="image")
     figure = registration_figure(derivs.root, t1w)
     return OutputPaths(image, mask, forward, inverse, figure,
@@ -94,9 +100,10 @@ def input_hash(t1w: T1wInput, anat: AnatFiles | None) -> str:
 def is_done(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Template,
             anat: AnatFiles | None) -> bool:
     """Whether every output of ``t1w`` exists and was made from the same input with the same settings."""
-    paths = output_paths(derivs, t1w, template)
+    backend = BACKENDS[config.preprocessing.registration]
+    paths = output_paths(derivs, t1w, template, backend.name)
     needed = [paths.mask, paths.figure] + ([] if anat else [paths.forward, paths.inverse])
-    if anat is None and config.preprocessing.registration == "syn":
+    if anat is None and backend.deformable:
         needed.append(paths.logjacobian)
     if not all(p.is_file() for p in needed):
         return False
@@ -110,11 +117,13 @@ class _Result:
     warped: np.ndarray
     mask: np.ndarray
     meta: dict
-    registration: register.Registration | None
+    registration: Registration | None
     logjacobian: np.ndarray | None = None
 
 
-def _native(config: RunConfig, t1w: T1wInput, template: Template, workdir: Path, timing: dict) -> _Result:
+def _native_brain(config: RunConfig, t1w: T1wInput, template: Template, timing: dict
+                  ) -> tuple[nib.Nifti1Image, nib.Nifti1Image, dict]:
+    """The T1w's brain and mask, cropped, on the working grid, N4-corrected; and the skull-stripping record."""
     start = time.perf_counter()
     img = checks.load_t1w(t1w.path)
     stripped, reason = skullstrip.is_skull_stripped(img, t1w.path, config.preprocessing.skull_strip)
@@ -135,45 +144,64 @@ def _native(config: RunConfig, t1w: T1wInput, template: Template, workdir: Path,
                                            mask, img.affine), template.resolution)
     brain = register.n4(brain, np.asarray(mask_img.dataobj) > 0)
     timing["N4"] = time.perf_counter() - start
-    template_data = np.asarray(template.t1w.dataobj, dtype=np.float32)
-    template_mask = template.mask_array()
+    return brain, mask_img, {"InputSkullStripped": stripped,
+                             "SkullStripping": {"Method": method, "Decision": reason},
+                             "BiasFieldCorrection": "N4BiasFieldCorrection (ANTs) inside the brain mask, shrink "
+                                                    "factor 4"}
+
+
+def _register(config: RunConfig, t1w: T1wInput, template: Template, brain: nib.Nifti1Image, workdir: Path,
+              timing: dict) -> tuple[Registration, dict]:
+    """Register ``brain`` with the ``--registration`` backend, or not at all when it is already in template space."""
+    backend = BACKENDS[config.preprocessing.registration]
     start = time.perf_counter()
-    before = qc.ncc(np.asarray(resample(brain, template.shape, template.affine).dataobj), template_data,
-                    template_mask)
+    before = qc.ncc(np.asarray(resample(brain, template.shape, template.affine).dataobj),
+                    np.asarray(template.t1w.dataobj, dtype=np.float32), template.mask_array())
     notes = []
-    target, target_mask = _registration_target(template)
     if before >= TEMPLATE_SPACE_NCC:
-        registration = register.identity(workdir)
+        registration = backend.identity(workdir)
         notes.append(f"{t1w.path} is already in {template.space} space (NCC {before:.3f} with the template "
                      "before registration): registration skipped")
     else:
-        registration = register.register(brain, target, config.preprocessing.registration, config.execution.seed,
-                                         workdir)
+        registration = backend.register(brain, _registration_target(template)[0], config, workdir)
     timing["Registration"] = time.perf_counter() - start
+    return registration, {"Registration": registration.settings, "NCCBeforeRegistration": round(before, 4),
+                          "Notes": notes}
+
+
+def _deformation(backend: Backend, registration: Registration, template: Template, workdir: Path, timing: dict
+                 ) -> tuple[np.ndarray | None, dict]:
+    """The log Jacobian on the analysis grid and the Jacobian QC of a deformable backend (None, {} otherwise)."""
+    if not backend.deformable:
+        return None, {}
+    if registration.settings.get("Method") == SKIPPED:  # the identity deforms nothing
+        return np.zeros(template.shape, np.float32), {
+            "LogJacobian": {"Method": "identity transform (input already in template space): 0 everywhere"}}
+    target, target_mask = _registration_target(template)
+    start = time.perf_counter()  # on the grid the deformation was estimated on
+    determinant = backend.jacobian(registration.forward, target, workdir)[np.asarray(target_mask.dataobj) > 0]
+    timing["Jacobian"] = time.perf_counter() - start
+    meta = {"JacobianDeterminant": {"Min": round(float(determinant.min()), 4),
+                                    "FoldedPercent": round(100 * float(np.mean(determinant <= 0)), 4),
+                                    "Region": "template brain mask on the registration grid"}}
     start = time.perf_counter()
-    warped = np.asarray(register.apply_transform(brain, template.t1w, registration.forward).dataobj)
-    warped_mask = np.asarray(register.apply_transform(mask_img, template.t1w, registration.forward).dataobj) >= 0.5
+    logjacobian, meta["LogJacobian"] = backend.log_jacobian(registration.forward, template.t1w,
+                                                            template.mask_array(), workdir)
+    timing["LogJacobian"] = time.perf_counter() - start
+    return logjacobian, meta
+
+
+def _native(config: RunConfig, t1w: T1wInput, template: Template, workdir: Path, timing: dict) -> _Result:
+    backend = BACKENDS[config.preprocessing.registration]
+    brain, mask_img, meta = _native_brain(config, t1w, template, timing)
+    registration, registered = _register(config, t1w, template, brain, workdir, timing)
+    start = time.perf_counter()
+    warped = np.asarray(backend.apply(brain, template.t1w, registration.forward).dataobj)
+    warped_mask = np.asarray(backend.apply(mask_img, template.t1w, registration.forward).dataobj) >= 0.5
     timing["Resampling"] = time.perf_counter() - start
-    meta = {"InputSkullStripped": stripped,
-            "SkullStripping": {"Method": method, "Decision": reason},
-            "BiasFieldCorrection": "N4BiasFieldCorrection (ANTs) inside the brain mask, shrink factor 4",
-            "Registration": registration.settings, "NCCBeforeRegistration": round(before, 4), "Notes": notes}
-    if registration.settings.get("Method") == "syn":  # on the grid the deformation was estimated on
-        start = time.perf_counter()
-        determinant = register.jacobian(registration.forward, target, workdir)[np.asarray(target_mask.dataobj) > 0]
-        timing["Jacobian"] = time.perf_counter() - start
-        meta["JacobianDeterminant"] = {"Min": round(float(determinant.min()), 4),
-                                       "FoldedPercent": round(100 * float(np.mean(determinant <= 0)), 4),
-                                       "Region": "template brain mask on the registration grid"}
-        start = time.perf_counter()
-        logjacobian, meta["LogJacobian"] = register.log_jacobian(registration.forward, template.t1w,
-                                                                 template.mask_array(), workdir)
-        timing["LogJacobian"] = time.perf_counter() - start
-    elif config.preprocessing.registration == "syn":  # registration skipped: the identity deforms nothing
-        logjacobian = np.zeros(template.shape, np.float32)
-        meta["LogJacobian"] = {"Method": "identity transform (input already in template space): 0 everywhere"}
-    else:
-        logjacobian = None
+    meta.update(registered)
+    logjacobian, deformation = _deformation(backend, registration, template, workdir, timing)
+    meta.update(deformation)
     return _Result(warped.astype(np.float32), warped_mask, meta, registration, logjacobian)
 
 
@@ -249,6 +277,91 @@ def _grid_image(data: np.ndarray, template: Template) -> nib.Nifti1Image:
     return nifti_image(data, template.affine, units=("mm",))
 
 
+@contextlib.contextmanager
+def _job_folder(config: RunConfig, t1w: T1wInput) -> Iterator[Path]:
+    """A fresh work folder for one input, also the temporary folder of every library meanwhile; removed after."""
+    workdir = config.work_dir / "preprocess" / t1w.key
+    shutil.rmtree(workdir, ignore_errors=True)
+    tmp = workdir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir, os.environ["TMPDIR"] = str(tmp), str(tmp)
+    try:
+        yield workdir
+    finally:
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _write_transforms(derivs: Derivatives, template: Template, backend: Backend, result: _Result,
+                      paths: OutputPaths, sources: list[str]) -> dict | None:
+    """Copy the forward and inverse transforms to the outputs with their sidecars; their URIs (None if reused)."""
+    if result.registration is None:
+        return None
+    _copy(result.registration.forward, paths.forward)
+    _copy(result.registration.inverse, paths.inverse)
+    for path, direction in ((paths.forward, "T1w to template"), (paths.inverse, "template to T1w")):
+        write_json(sidecar_path(path), {
+            "Sources": sources, "Type": backend.transform_type, "Direction": direction,
+            "FromSpace": "T1w" if path == paths.forward else template.space,
+            "ToSpace": template.space if path == paths.forward else "T1w",
+            "Registration": result.meta["Registration"], "Software": software_versions()})
+    return {"Forward": derivs.source_uri(paths.forward), "Inverse": derivs.source_uri(paths.inverse)}
+
+
+def _write_maps(derivs: Derivatives, t1w: T1wInput, template: Template, result: _Result, paths: OutputPaths,
+                sources: list[str]) -> None:
+    """Write the brain mask and, after a deformable registration, the log Jacobian, with their sidecars."""
+    derivs.write_image(paths.mask, _grid_image(result.mask.astype(np.uint8), template),
+                       {"Sources": sources, "Type": "Brain", "Space": template.space,
+                        "Resolution": template.res_description, "RawSources": [derivs.source_uri(t1w.path)]})
+    if result.logjacobian is not None:
+        derivs.write_image(paths.logjacobian, _grid_image(result.logjacobian, template), {
+            "Sources": [derivs.source_uri(paths.forward)], "SkullStripped": True, "Space": template.space,
+            "Resolution": template.res_description, "Units": "natural log of a volume ratio",
+            "Description": "log Jacobian determinant of the T1w-to-template deformation minus the log "
+                           "determinant of its global affine part, inside the template brain mask (0 outside): "
+                           "below 0 where the subject has less tissue than the template relative to its "
+                           "whole brain", **result.meta["LogJacobian"]})
+
+
+def _write_outputs(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Template, result: _Result,
+                   anat: AnatFiles | None, started: float, timing: dict) -> dict:
+    """Normalise intensities, score the registration and write every output, the preprocessed T1w last."""
+    template_data = np.asarray(template.t1w.dataobj, dtype=np.float32)
+    template_mask = template.mask_array()
+    score = qc.ncc(result.warped, template_data, template_mask)
+    overlap = qc.dice(result.mask, template_mask)
+    data = intensity.normalise(result.warped, result.mask, config.preprocessing.intensity_norm, template_data,
+                               template_mask)
+    backend = BACKENDS[config.preprocessing.registration]
+    paths = output_paths(derivs, t1w, template, backend.name)
+    figure = plotting.registration_svg(
+        result.warped, template_data, template_mask, f"{t1w.key}: registered T1w, template brain outline (red) and "
+        f"mid-intensity contour (yellow); NCC {score:.3f}, brain-mask Dice {overlap:.3f}")
+    sources = [derivs.source_uri(anat.image if anat else t1w.path)] + ([derivs.source_uri(anat.mask)] if anat else [])
+    transforms = _write_transforms(derivs, template, backend, result, paths, sources)
+    _write_maps(derivs, t1w, template, result, paths, sources)
+    write_text(paths.figure, figure)
+    seconds = time.perf_counter() - started
+    sidecar = {
+        "Sources": sources + [derivs.source_uri(paths.mask)], "SkullStripped": True,
+        **result.meta, "Transforms": transforms, "RegistrationNCC": round(score, 4),
+        "BrainMaskDice": round(overlap, 4),
+        "InputHash": input_hash(t1w, anat), **settings(config, template), "Template": template.describe(),
+        "Threads": int(os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "0")) or None,
+        "Software": software_versions(), "WallTimeSeconds": round(seconds, 2),
+        "StepSeconds": {k: round(v, 2) for k, v in timing.items()},
+        "QCFigure": derivs.source_uri(paths.figure),
+    }
+    derivs.write_image(paths.image, _grid_image(data, template), sidecar)
+    return {"key": t1w.key, "ncc": score, "dice": overlap, "seconds": seconds, "notes": result.meta["Notes"]}
+
+
 def process(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Template,
             anat: AnatFiles | None = None) -> dict:
     """Preprocess one input and write its outputs.
@@ -271,70 +384,9 @@ def process(config: RunConfig, derivs: Derivatives, t1w: T1wInput, template: Tem
     dict
         ``key``, ``ncc``, ``dice`` (brain-mask overlap), ``seconds`` and ``notes`` (messages for the log).
     """
-    start = time.perf_counter()
-    workdir = config.work_dir / "preprocess" / t1w.key
-    shutil.rmtree(workdir, ignore_errors=True)
-    tmp = workdir / "tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    saved = tempfile.tempdir, os.environ.get("TMPDIR")
-    tempfile.tempdir, os.environ["TMPDIR"] = str(tmp), str(tmp)
+    started = time.perf_counter()
     timing: dict[str, float] = {}
-    try:
+    with _job_folder(config, t1w) as workdir:
         result = (_reused(t1w, template, anat, timing) if anat else
                   _native(config, t1w, template, workdir, timing))
-        template_data = np.asarray(template.t1w.dataobj, dtype=np.float32)
-        template_mask = template.mask_array()
-        score = qc.ncc(result.warped, template_data, template_mask)
-        overlap = qc.dice(result.mask, template_mask)
-        data = intensity.normalise(result.warped, result.mask, config.preprocessing.intensity_norm, template_data,
-                                   template_mask)
-        paths = output_paths(derivs, t1w, template)
-        figure = plotting.registration_svg(
-            result.warped, template_data, template_mask, f"{t1w.key}: registered T1w, template brain outline (red) and "
-            f"mid-intensity contour (yellow); NCC {score:.3f}, brain-mask Dice {overlap:.3f}")
-        sources = [derivs.source_uri(anat.image if anat else t1w.path)] + \
-            ([derivs.source_uri(anat.mask)] if anat else [])
-        if result.registration is not None:
-            _copy(result.registration.forward, paths.forward)
-            _copy(result.registration.inverse, paths.inverse)
-            for path, direction in ((paths.forward, "T1w to template"), (paths.inverse, "template to T1w")):
-                write_json(sidecar_path(path), {
-                    "Sources": sources, "Type": "ANTs composite transform (HDF5)", "Direction": direction,
-                    "FromSpace": "T1w" if path == paths.forward else template.space,
-                    "ToSpace": template.space if path == paths.forward else "T1w",
-                    "Registration": result.meta["Registration"], "Software": software_versions()})
-            transforms = {"Forward": derivs.source_uri(paths.forward), "Inverse": derivs.source_uri(paths.inverse)}
-        else:
-            transforms = None
-        derivs.write_image(paths.mask, _grid_image(result.mask.astype(np.uint8), template),
-                           {"Sources": sources, "Type": "Brain", "Space": template.space,
-                            "Resolution": template.res_description, "RawSources": [derivs.source_uri(t1w.path)]})
-        write_text(paths.figure, figure)
-        if result.logjacobian is not None:
-            derivs.write_image(paths.logjacobian, _grid_image(result.logjacobian, template), {
-                "Sources": [derivs.source_uri(paths.forward)], "SkullStripped": True, "Space": template.space,
-                "Resolution": template.res_description, "Units": "natural log of a volume ratio",
-                "Description": "log Jacobian determinant of the T1w-to-template deformation minus the log "
-                               "determinant of its global affine part, inside the template brain mask (0 outside): "
-                               "below 0 where the subject has less tissue than the template relative to its "
-                               "whole brain", **result.meta["LogJacobian"]})
-        seconds = time.perf_counter() - start
-        sidecar = {
-            "Sources": sources + [derivs.source_uri(paths.mask)], "SkullStripped": True,
-            **result.meta, "Transforms": transforms, "RegistrationNCC": round(score, 4),
-            "BrainMaskDice": round(overlap, 4),
-            "InputHash": input_hash(t1w, anat), **settings(config, template), "Template": template.describe(),
-            "Threads": int(os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "0")) or None,
-            "Software": software_versions(), "WallTimeSeconds": round(seconds, 2),
-            "StepSeconds": {k: round(v, 2) for k, v in timing.items()},
-            "QCFigure": derivs.source_uri(paths.figure),
-        }
-        derivs.write_image(paths.image, _grid_image(data, template), sidecar)
-    finally:
-        tempfile.tempdir = saved[0]
-        if saved[1] is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = saved[1]
-        shutil.rmtree(workdir, ignore_errors=True)
-    return {"key": t1w.key, "ncc": score, "dice": overlap, "seconds": seconds, "notes": result.meta["Notes"]}
+        return _write_outputs(config, derivs, t1w, template, result, anat, started, timing)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from adheat_app.bids import Derivatives
 from adheat_app.io import read_json, write_tsv
-from adheat_app.layout import find_preproc
+from adheat_app.layout import PREPROC_QC, SIDECAR, find_preproc, group_table
 
 #: NCC below which a registration is always an outlier.
 MIN_NCC = 0.5
@@ -83,7 +83,7 @@ def write_qc_table(derivs: Derivatives) -> Path:
 def _write_qc_table(derivs: Derivatives) -> Path:
     """:func:`write_qc_table` without the lock."""
     rows = []
-    for side, name in find_preproc(derivs.root, extension=".json"):
+    for side, name in find_preproc(derivs.root, extension=SIDECAR):
         meta = read_json(side)
         if "RegistrationNCC" not in meta:
             continue
@@ -99,5 +99,5 @@ def _write_qc_table(derivs: Derivatives) -> Path:
     overlap = pd.to_numeric(table["brain_dice"], errors="coerce")
     table["outlier"] = (flag_outliers(table["ncc"]) | flag_outliers(overlap, MIN_DICE) | folded
                         ) if len(table) else pd.Series(dtype=bool)
-    return write_tsv(derivs.root / "group" / "preproc_qc.tsv", table)
+    return write_tsv(group_table(derivs.root, PREPROC_QC), table)
 

@@ -11,7 +11,8 @@ made from the same file content and settings are skipped unless
 scan in the output dataset.
 
 :func:`to_native` maps a template-space image back onto a subject's T1w grid
-through the saved inverse transform (``--native-space`` heatmaps).
+through the saved inverse transform (``--native-space`` heatmaps), with the
+registration backend that reads its format.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import sys
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -31,7 +31,9 @@ from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.io import is_storage_error, write_text
 from adheat_app.layout import transform_paths
-from adheat_app.preprocess import pipeline, qc, register, reuse
+from adheat_app.preprocess import pipeline, qc, reuse
+from adheat_app.preprocess.backends import BACKENDS
+from adheat_app.progress import tracked
 from adheat_app.templates import Template
 
 LOGGER = logging.getLogger(__name__)
@@ -140,16 +142,12 @@ def run_preprocessing(config: RunConfig, inputs: list[T1wInput], derivs: Derivat
 
 def _run_pool(config: RunConfig, derivs: Derivatives, todo: list[T1wInput], template: Template,
               anat: dict, workers: int, threads: int) -> list[str]:
-    from tqdm import tqdm
-
     failed = []
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=(threads, template)) as pool:
         futures = {pool.submit(_job, config, derivs, t, anat.get(t.key)): t for t in todo}
-        bar = tqdm(total=len(todo), desc="preprocessing", unit="scan", file=sys.stderr,
-                   disable=not sys.stderr.isatty())
-        for future in as_completed(futures):
+        for future in tracked(as_completed(futures), "preprocessing", "scan", total=len(futures)):
             t1w = futures[future]
             try:
                 result = future.result()
@@ -164,8 +162,6 @@ def _run_pool(config: RunConfig, derivs: Derivatives, todo: list[T1wInput], temp
                     LOGGER.info("%s", note)
                 LOGGER.info("%s: done in %.1f s, registration NCC %.3f, brain-mask Dice %.3f", t1w.key,
                             result["seconds"], result["ncc"], result["dice"])
-            bar.update(1)
-        bar.close()
     return sorted(failed)
 
 
@@ -190,9 +186,11 @@ def to_native(img: nib.Nifti1Image, derivs: Derivatives, t1w: T1wInput, interpol
         When the inverse transform does not exist (not preprocessed, or reused
         from ``--anat-derivatives``, which provides no transform).
     """
-    found = transform_paths(derivs.root, t1w)
+    extensions = tuple(sorted({backend.transform_extension for backend in BACKENDS.values()}))
+    found = transform_paths(derivs.root, t1w, extensions)
     if not found:
         folder = derivs.subject_path(t1w.subject, t1w.session, "xfm", ".h5").parent
         raise InputError(f"no template-to-T1w transform for {t1w.key} in {folder}: run the participant level "
                          "without --anat-derivatives to get native-space maps")
-    return register.apply_transform(img, nib.load(t1w.path), found[0], interpolation)
+    backend = next(backend for backend in BACKENDS.values() if backend.reads(found[0]))
+    return backend.apply(img, nib.load(t1w.path), found[0], interpolation)

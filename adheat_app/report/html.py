@@ -1,8 +1,11 @@
 """Self-contained HTML pages: layout, tables, embedded images, and a minimal Markdown renderer.
 
 Every page is one file with its style sheet inline and every image embedded
-as a ``data:`` URI, so a report can be mailed or opened offline. Pages hold no
-script.
+as a ``data:`` URI, so a report can be mailed or opened offline. Long content
+sits in collapsed ``<details>`` blocks (:func:`details`) whose summary line
+links the TSV file the table comes from, so a page reads in a few screens
+with every block closed. The only script is the interactive viewer's
+(:mod:`adheat_app.report.viewer`), inlined with its data.
 """
 
 from __future__ import annotations
@@ -19,9 +22,18 @@ from adheat_app.plotting import data_uri
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 0 1.5em 3em; color: #222; }
-nav { position: sticky; top: 0; background: #fff; border-bottom: 1px solid #ddd; padding: .5em 0; z-index: 1; }
-nav a { margin-right: 1em; font-size: .9em; }
-section { border-bottom: 1px solid #eee; padding: .5em 0 1.5em; }
+h1 { margin: .4em 0 .1em; font-size: 1.6em; }
+h2 { margin: .4em 0 .3em; font-size: 1.25em; }
+nav { position: sticky; top: 0; background: #fff; border-bottom: 1px solid #ddd; padding: .3em 0; z-index: 1; }
+nav a { margin-right: .9em; font-size: .85em; }
+section { border-bottom: 1px solid #eee; padding: .2em 0 .6em; }
+section > p { margin: .3em 0; }
+details > summary { cursor: pointer; color: #245; margin: .2em 0; }
+details[open] > summary { margin-bottom: .5em; }
+#answers { padding-left: 1.2em; margin: .4em 0; }
+#answers li { margin: .35em 0; line-height: 1.4; }
+li.warning { list-style-position: inside; }
+figure { margin: .5em 0; }
 table { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
 th, td { border: 1px solid #ccc; padding: .2em .5em; text-align: right; }
 th { background: #f3f3f3; }
@@ -56,6 +68,15 @@ def not_computed(what: str) -> str:
 def note(text: str) -> str:
     """A short explanatory paragraph."""
     return f'<p class="note">{esc(text)}</p>'
+
+
+def details(summary: str, body: str, tsv: str | None = None) -> str:
+    """A collapsed block: ``summary`` (escaped) and a link to the ``tsv`` file it shows, then ``body`` (HTML).
+
+    ``tsv`` is a path relative to the page (``group/overlap.tsv``).
+    """
+    link = f' (<a href="{esc(tsv)}">{esc(tsv)}</a>)' if tsv else ""
+    return f"<details><summary>{esc(summary)}{link}</summary>\n{body}\n</details>"
 
 
 def image(png: bytes, alt: str) -> str:

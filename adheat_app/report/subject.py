@@ -1,16 +1,20 @@
 """``sub-<label>.html``: one subject's preprocessing, prediction and heatmaps on one self-contained page.
 
-Sections (anchor ids): ``summary`` (diagnosis), ``preprocessing`` (per
+Sections (anchor ids): ``summary`` (diagnosis), ``viewer`` (log Jacobian and
+heatmaps over the preprocessed T1w in an interactive viewer,
+:mod:`adheat_app.report.viewer_layers`), ``preprocessing`` (per
 session: the registration QC figure and the numbers of the preprocessed
 T1w's sidecar), ``predictions`` (every model's out-of-fold probability and
-fold) and ``heatmaps`` (per session: every method's map over the subject's
-preprocessed T1w, and the heatmap sidecars' fold, probability and target).
-Works from whatever files exist for the subject.
+fold) and ``heatmaps`` (per session: the subject's log-Jacobian map, then
+every method's map, each a row of axial slices over the subject's preprocessed
+T1w with its colour bar, and the heatmap sidecars' fold, probability and
+target). Works from whatever files exist for the subject.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -22,9 +26,12 @@ from adheat_app.bids import Derivatives, normalize_label, read_participants
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.io import read_json, write_text
-from adheat_app.layout import PREDICTIONS, MapName, find_heatmaps, find_preproc, group_table, scan_figures, sidecar_path
-from adheat_app.report.group import read_tsv
+from adheat_app.layout import (
+    PREDICTIONS, MapName, find_heatmaps, find_preproc, logjacobian_path, scan_figures, sidecar_path,
+)
+from adheat_app.report.tables import read_group_table
 from adheat_app.report.html import Section, esc, image, not_computed, note, page, svg_image, table
+from adheat_app.report.viewer_layers import subject_viewer
 
 LOGGER = logging.getLogger(__name__)
 
@@ -37,31 +44,44 @@ def _scalars(sidecar: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["field", "value"])
 
 
-def _sessions(derivs: Derivatives, subject: str) -> list[tuple[str, Path, str, str]]:
-    """(key, preprocessed T1w, space, res) of every preprocessed session of a subject."""
-    return [(name.key, path, name.get("space"), name.get("res")) for path, name in find_preproc(derivs.root, subject)]
+@dataclass(frozen=True)
+class Session:
+    """One preprocessed session of a subject: its scan key, preprocessed T1w and grid."""
+
+    subject: str
+    session: str | None
+    key: str
+    path: Path
+    space: str
+    res: str
+
+
+def _sessions(derivs: Derivatives, subject: str) -> list[Session]:
+    """Every preprocessed session of a subject."""
+    return [Session(subject, name.get("ses"), name.key, path, name.get("space"), name.get("res"))
+            for path, name in find_preproc(derivs.root, subject)]
 
 
 def _preprocessing(derivs: Derivatives, subject: str, sessions: list) -> str:
     if not sessions:
         return not_computed(f"no preprocessed T1w for sub-{subject}")
     parts = []
-    for key, path, _, _ in sessions:
-        parts.append(f"<h3>{esc(key)}</h3>")
-        qc = scan_figures(derivs.root, subject, key)
+    for scan in sessions:
+        parts.append(f"<h3>{esc(scan.key)}</h3>")
+        qc = scan_figures(derivs.root, subject, scan.key)
         if qc:
             for figure in qc:
                 parts.append(svg_image(figure.read_bytes(), figure.name) if figure.suffix == ".svg"
                              else image(figure.read_bytes(), figure.name))
         else:
             parts.append(not_computed("no registration QC figure"))
-        side = sidecar_path(path)
+        side = sidecar_path(scan.path)
         parts.append(table(_scalars(read_json(side))) if side.is_file() else not_computed("no sidecar"))
     return "".join(parts)
 
 
 def _predictions(derivs: Derivatives, subject: str) -> str:
-    predictions = read_tsv(group_table(derivs.root, PREDICTIONS))
+    predictions = read_group_table(derivs.root, PREDICTIONS)
     if predictions is None:
         return not_computed("group/predictions.tsv is absent")
     rows = predictions[predictions["subject"] == subject]
@@ -70,30 +90,42 @@ def _predictions(derivs: Derivatives, subject: str) -> str:
     return note("Out-of-fold: each model predicted this subject from the fold that held it out.") + table(rows)
 
 
-def _heatmaps(derivs: Derivatives, subject: str, sessions: list) -> str:
+#: Row title of the subject's log-Jacobian map in the heatmap figure.
+LOG_JACOBIAN = "log Jacobian"
+
+
+def _heatmaps(derivs: Derivatives, sessions: list[Session]) -> str:
     parts = []
-    for key, path, space, res in sessions:
-        maps = [(heatmap, name.get("desc")) for heatmap, name in find_heatmaps(derivs.root, space, res, subject)
-                if name.key == key]
+    for scan in sessions:
+        maps = [(heatmap, name.get("desc")) for heatmap, name in find_heatmaps(derivs.root, scan.space, scan.res,
+                                                                              scan.subject)
+                if name.key == scan.key]
         methods = {method for _, method in maps}
         summed = [(heatmap, method) for heatmap, method in maps
                   if MapName.parse(method).channel is None or MapName.parse(method).summed.desc not in methods]
-        if not maps:
+        logjacobian = logjacobian_path(derivs.root, scan, scan.space, scan.res)
+        if not maps and not logjacobian.is_file():
             continue
+        parts.append(f"<h3>{esc(scan.key)}</h3>")
         if len(summed) < len(maps):
             parts.append(note("Two-channel model: each map is the sum over the input channels; the map of each "
                               "channel is in the file desc-<Method><channel>_heatmap beside it."))
-        maps = summed
         volumes, rows = {}, []
-        for heatmap, method in maps:
+        if logjacobian.is_file():
+            volumes[LOG_JACOBIAN] = np.asarray(nib.load(logjacobian).dataobj, dtype=np.float32)
+            parts.append(note("First row: the log Jacobian determinant of the registration beyond its affine part "
+                              "(below 0, blue: less tissue than the template). Then each heatmap, |relevance| from "
+                              f"{plotting.DISPLAY_THRESHOLD:g} of its 99.5th percentile up."))
+        for heatmap, method in summed:
             volumes[method] = np.asarray(nib.load(heatmap).dataobj, dtype=np.float32)
             side = sidecar_path(heatmap)
             sidecar = read_json(side) if side.is_file() else {}
             rows.append({k: sidecar.get(k) for k in HEATMAP_KEYS} | {"Method": method})
-        background = np.asarray(nib.load(path).dataobj, dtype=np.float32)
-        parts.append(f"<h3>{esc(key)}</h3>" + image(plotting.quick_mosaic(volumes, background), f"{key} heatmaps")
-                     + table(pd.DataFrame(rows)))
-    return "".join(parts) or not_computed("no heatmaps for this subject")
+        background = np.asarray(nib.load(scan.path).dataobj, dtype=np.float32)
+        parts.append(image(plotting.quick_mosaic(volumes, background, signed={LOG_JACOBIAN}), f"{scan.key} heatmaps"))
+        if rows:
+            parts.append(table(pd.DataFrame(rows)))
+    return "".join(parts) or not_computed("no heatmaps and no log-Jacobian map for this subject")
 
 
 def write_subject_report(config: RunConfig, derivs: Derivatives, subject: str) -> Path:
@@ -110,9 +142,11 @@ def write_subject_report(config: RunConfig, derivs: Derivatives, subject: str) -
                f"{len(sessions)} preprocessed session(s).</p>")
     sections = [
         Section("summary", "Subject", summary),
+        # Interactive viewer (report/viewer_layers.py): one section, one call.
+        Section("viewer", "Explore the maps", subject_viewer(derivs, subject)),
         Section("preprocessing", "Preprocessing", _preprocessing(derivs, subject, sessions)),
         Section("predictions", "Predictions", _predictions(derivs, subject)),
-        Section("heatmaps", "Heatmaps", _heatmaps(derivs, subject, sessions)),
+        Section("heatmaps", "Log Jacobian and heatmaps", _heatmaps(derivs, sessions)),
     ]
     path = write_text(derivs.root / f"sub-{subject}.html", page(f"adheat report: sub-{subject}", sections))
     LOGGER.info("wrote %s", path)

@@ -6,6 +6,14 @@ labelled scans of the whole cohort only, so training one fold alone
 (``--fold K``) gives exactly the split of a full run. Folds are stratified by
 diagnosis and grouped by subject: all sessions of a subject fall in one set,
 which :func:`check_no_leakage` asserts before any model sees the data.
+
+``--cv leave-site-out`` makes the sites of ``participants.tsv`` (column
+:data:`SITE_COLUMN`) the folds: fold ``k`` tests the ``k``-th site (sorted by
+name) and trains on the others (:func:`site_folds`, checked by
+:func:`check_cv`). ``--repeats R`` repeats the cross-validation with new
+splits and seeds: repeat ``r`` uses :func:`repeat_seed` (repeat 0 is the seed
+itself, so one repeat is exactly the plain run). :func:`cohort_folds` gives
+the folds of a run configuration and repeat.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from adheat_app.io import write_tsv
 from adheat_app.layout import SPLIT, participants_table
 
 SETS = ("train", "val", "test")
+#: ``participants.tsv`` column whose values are the folds of ``--cv leave-site-out``.
+SITE_COLUMN = "site"
 #: Subjects of each class every fold's training part needs: the CNN's validation split and the SVM's inner
 #: cross-validation each hold out one group of each class.
 MIN_TRAINING_PER_CLASS = 2
@@ -103,24 +113,148 @@ def make_folds(cohort: Cohort, n_folds: int, seed: int, val_fraction: float) -> 
         When a fold's training part keeps fewer than :data:`MIN_TRAINING_PER_CLASS`
         subjects of a class.
     """
-    scans = tuple(sorted(cohort.labelled, key=lambda s: (s.subject, s.session or "")))
+    scans = _sorted_labelled(cohort)
     targets, groups = cohort.targets(scans), cohort.groups(scans)
-    folds = []
-    for k, (rest, test) in enumerate(_split(targets, groups, n_folds, seed)):
-        per_class = min(len(set(groups[rest][targets[rest] == c])) for c in (0, 1))
-        if per_class < MIN_TRAINING_PER_CLASS:  # uneven sessions can unbalance a split beyond check_labels' bound
-            raise InputError(f"--folds {n_folds}: fold {k} leaves {per_class} subject(s) of a class for training, "
-                             f"{MIN_TRAINING_PER_CLASS} are needed; use fewer folds or add subjects")
-        if val_fraction > 0:
-            n_inner = max(2, min(round(1 / val_fraction), per_class))
-            train, val = _split(targets[rest], groups[rest], n_inner, seed + k)[0]
-        else:
-            train, val = np.arange(len(rest)), np.arange(0)
-        fold = Fold(k, tuple(scans[rest[i]] for i in train), tuple(scans[rest[i]] for i in val),
-                    tuple(scans[i] for i in test))
-        check_no_leakage(fold)
-        folds.append(fold)
-    return folds
+    return [_fold(k, scans, targets, groups, rest, test, seed, val_fraction, f"--folds {n_folds}")
+            for k, (rest, test) in enumerate(_split(targets, groups, n_folds, seed))]
+
+
+def _sorted_labelled(cohort: Cohort) -> tuple[Scan, ...]:
+    return tuple(sorted(cohort.labelled, key=lambda s: (s.subject, s.session or "")))
+
+
+def _fold(k: int, scans: tuple[Scan, ...], targets: np.ndarray, groups: np.ndarray, rest: np.ndarray,
+          test: np.ndarray, seed: int, val_fraction: float, option: str) -> Fold:
+    """Fold ``k`` from the indices of its training part and test set, with its grouped validation split."""
+    per_class = min(len(set(groups[rest][targets[rest] == c])) for c in (0, 1))
+    if per_class < MIN_TRAINING_PER_CLASS:  # uneven sessions can unbalance a split beyond check_labels' bound
+        raise InputError(f"{option}: fold {k} leaves {per_class} subject(s) of a class for training, "
+                         f"{MIN_TRAINING_PER_CLASS} are needed; use fewer folds or add subjects")
+    if val_fraction > 0:
+        n_inner = max(2, min(round(1 / val_fraction), per_class))
+        train, val = _split(targets[rest], groups[rest], n_inner, seed + k)[0]
+    else:
+        train, val = np.arange(len(rest)), np.arange(0)
+    fold = Fold(k, tuple(scans[rest[i]] for i in train), tuple(scans[rest[i]] for i in val),
+                tuple(scans[i] for i in test))
+    check_no_leakage(fold)
+    return fold
+
+
+def site_folds(cohort: Cohort, sites: dict[str, str], seed: int, val_fraction: float) -> list[Fold]:
+    """Leave-site-out folds: fold ``k`` tests every labelled scan of the ``k``-th site (sites sorted by name).
+
+    Parameters
+    ----------
+    cohort : Cohort
+        Its labelled scans are split.
+    sites : dict
+        Site of each subject (:func:`subject_sites`).
+    seed, val_fraction
+        As for :func:`make_folds` (the validation split inside each training part).
+
+    Raises
+    ------
+    InputError
+        When a labelled subject has no site, fewer than 2 sites remain, or a site lacks a class.
+    """
+    scans = _sorted_labelled(cohort)
+    targets, groups = cohort.targets(scans), cohort.groups(scans)
+    check_sites({s.subject: sites.get(s.subject) for s in scans}, {s.subject: s.target for s in scans})
+    site_of = np.array([sites[s.subject] for s in scans])
+    return [_fold(k, scans, targets, groups, np.flatnonzero(site_of != site), np.flatnonzero(site_of == site),
+                  seed, val_fraction, f"--cv leave-site-out (site {site})")
+            for k, site in enumerate(sorted(set(site_of)))]
+
+
+def subject_sites(bids_dir: Path) -> dict[str, str]:
+    """Site of each subject of ``participants.tsv`` (column :data:`SITE_COLUMN`; subjects without one left out).
+
+    Raises
+    ------
+    InputError
+        When ``participants.tsv`` has no such column.
+    """
+    table = read_participants(bids_dir)
+    if SITE_COLUMN not in table.columns:
+        raise InputError(f"--cv leave-site-out: {participants_table(bids_dir)} has no {SITE_COLUMN!r} column "
+                         f"(columns: {', '.join(table.columns)}); add one or use --cv kfold")
+    return {subject: str(site) for subject, site in table[SITE_COLUMN].dropna().items()}
+
+
+def check_sites(sites: dict[str, str | None], targets: dict[str, int]) -> list[str]:
+    """The sites of the labelled subjects, sorted; refuse what leave-site-out cannot cross-validate.
+
+    Parameters
+    ----------
+    sites : dict
+        Site of each labelled subject (None: none given).
+    targets : dict
+        Target (0/1) of each labelled subject.
+
+    Raises
+    ------
+    InputError
+        Naming ``participants.tsv``: a subject without a site, fewer than 2 sites, or a site without a
+        subject of each class (its test set could not be scored, or its training part would lack a class).
+    """
+    missing = sorted(subject for subject, site in sites.items() if site is None)
+    if missing:
+        raise InputError(f"--cv leave-site-out: participants.tsv gives no {SITE_COLUMN!r} for sub-{missing[0]}"
+                         f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}; fill the column")
+    names = sorted(set(sites.values()))
+    if len(names) < 2:
+        raise InputError(f"--cv leave-site-out: participants.tsv names {len(names)} site(s) in column "
+                         f"{SITE_COLUMN!r} among the labelled subjects, 2 are needed; use --cv kfold")
+    for site in names:
+        classes = {targets[subject] for subject, s in sites.items() if s == site}
+        if classes != {0, 1}:
+            raise InputError(f"--cv leave-site-out: site {site!r} of participants.tsv has subjects of one class only "
+                             "(a site's test set needs both); use --cv kfold or select other subjects")
+    return names
+
+
+def check_cv(config: RunConfig) -> None:
+    """Refuse ``--cv leave-site-out`` where ``participants.tsv`` cannot give its folds (before anything is written).
+
+    Only subjects with the positive or negative label (and of ``--participant-label``, if given) count.
+    """
+    tr = config.training
+    if tr.cv != "leave-site-out":
+        return
+    table = read_participants(config.bids_dir, tr.label_column)
+    sites = subject_sites(config.bids_dir)
+    labels = {tr.negative_label: 0, tr.positive_label: 1}
+    wanted = {label.removeprefix("sub-") for label in config.execution.participant_label}
+    targets = {subject: labels[diagnosis] for subject, diagnosis in table[tr.label_column].dropna().items()
+               if diagnosis in labels and (not wanted or subject in wanted)}
+    names = check_sites({subject: sites.get(subject) for subject in targets}, targets)
+    if tr.fold is not None and tr.fold >= len(names):
+        raise InputError(f"--fold {tr.fold}: --cv leave-site-out has {len(names)} folds (one per site of "
+                         f"participants.tsv), numbered 0 to {len(names) - 1}")
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The seed of repeat ``repeat`` of the cross-validation (repeat 0: ``seed`` itself)."""
+    return seed if repeat == 0 else int(np.random.SeedSequence([seed, repeat]).generate_state(1)[0] % 2**31)
+
+
+def cohort_folds(config: RunConfig, cohort: Cohort, repeat: int = 0) -> list[Fold]:
+    """The folds of repeat ``repeat`` of a run (``--cv``, ``--folds``, ``--val-fraction``, the repeat's seed)."""
+    tr = config.training
+    seed = repeat_seed(config.execution.seed, repeat)
+    if tr.cv == "leave-site-out":
+        return site_folds(cohort, subject_sites(config.bids_dir), seed, tr.val_fraction)
+    return make_folds(cohort, tr.folds, seed, tr.val_fraction)
+
+
+def with_cv(config: RunConfig, cohort: Cohort) -> RunConfig:
+    """``config`` with ``--folds`` set to the number of sites of the cohort for ``--cv leave-site-out``."""
+    if config.training.cv != "leave-site-out":
+        return config
+    sites = subject_sites(config.bids_dir)
+    n_sites = len({sites.get(s.subject) for s in cohort.labelled} - {None}) or config.training.folds
+    return config if n_sites == config.training.folds else config.replace("training", folds=n_sites)
 
 
 def min_subjects_per_class(folds: int) -> int:
@@ -162,6 +296,8 @@ def check_labels(config: RunConfig, cohort: Cohort) -> None:
         missing = next(label for label in options if label not in selected)
         raise InputError(f"no selected scan has {options[missing]} {missing!r} (one-class cohort); training "
                          "needs both classes: select subjects of both with --participant-label")
+    if tr.cv == "leave-site-out":  # the sites set the folds: site_folds checks each training part
+        return
     need = min_subjects_per_class(tr.folds)
     for label, target in ((tr.positive_label, 1), (tr.negative_label, 0)):
         n = len({s.subject for s in cohort.labelled if s.target == target})

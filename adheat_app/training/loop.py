@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +41,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from adheat_app.progress import tracked
 from adheat_app.training.checkpoint import load_checkpoint, save_checkpoint
 from adheat_app.training.device import epoch_seed, seed_everything
 
@@ -317,8 +316,7 @@ def train_fold(model: nn.Module, volumes: np.ndarray, train: ScanSet, val: ScanS
     state = _start_state(model, optimizer, scaler, checkpoint, key, device, label)
     start = time.perf_counter()
     epochs = range(state["epoch"], total_epochs)
-    progress = tqdm(epochs, desc=label, unit="epoch", disable=not sys.stderr.isatty(), leave=False)
-    for epoch in progress:
+    for epoch in tracked(epochs, label, "epoch"):
         if stopping and state["bad_epochs"] >= settings.patience:
             break
         tic = time.perf_counter()
@@ -338,8 +336,9 @@ def train_fold(model: nn.Module, volumes: np.ndarray, train: ScanSet, val: ScanS
         state.update(epoch=epoch + 1, model=model.state_dict(), optimizer=optimizer.state_dict(),
                      scaler=scaler.state_dict())
         save_checkpoint(checkpoint, state)
-        LOGGER.info("%s epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.3f%s", label, epoch + 1,
-                    total_epochs, train_loss, val_loss, val_accuracy, " (best)" if stopping and improved else "")
+        validation = f", val loss {val_loss:.4f}, val accuracy {val_accuracy:.3f}" if len(val) else ""
+        LOGGER.info("%s epoch %d/%d: train loss %.4f%s%s", label, epoch + 1, total_epochs, train_loss, validation,
+                    " (best)" if stopping and improved else "")
     _finish(model, volumes, train, settings, device, state["best_model"] if stopping else None, label)
     return FoldResult(history=state["history"], best_epoch=state["best_epoch"], epochs_run=state["epoch"],
                       early_stopped=state["epoch"] < total_epochs, class_weights=weights.tolist(),

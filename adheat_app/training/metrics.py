@@ -11,7 +11,17 @@ predictions together, with the verdict of :func:`chance_verdict` — a bootstrap
 95 % interval of the pooled ROC AUC over subjects (``roc_auc_ci_low``,
 ``roc_auc_ci_high``; chance is 0.5), the one-sided Mann-Whitney p-value of
 the positive subjects' scores being higher than the negative subjects'
-(``p_value``), and ``better_than_chance``: the interval lies above 0.5.
+(``p_value``), ``better_than_chance``: the interval lies above 0.5, and
+``below_chance``: the interval lies below 0.5 (a model reliably worse than
+guessing; in small cross-validated samples usually confounded folds, e.g. a
+site or age difference that reverses between training and test sets).
+
+With ``--repeats R`` > 1 the rows carry a ``repeat`` column: one row per
+repeat and fold, ``mean`` and ``sd`` over all of them, a ``repeat-<r>`` row
+with the pooled metrics of each repeat, ``sd-repeats`` (their SD across
+repeats), and the ``pooled`` row: the mean over repeats of the pooled
+metrics, whose interval resamples subjects and, in each resample, one repeat
+(:func:`chance_verdict`).
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import mannwhitneyu
+from scipy.stats import mannwhitneyu, rankdata
 from sklearn.metrics import roc_auc_score
 
 from adheat_app.cohort import Scan
@@ -29,9 +39,14 @@ from adheat_app.io import write_tsv
 
 METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
 #: Columns of the verdict against chance (``pooled`` row only).
-VERDICT = ("roc_auc_ci_low", "roc_auc_ci_high", "p_value", "better_than_chance")
+VERDICT = ("roc_auc_ci_low", "roc_auc_ci_high", "p_value", "better_than_chance", "below_chance")
 #: ROC AUC of a classifier that guesses.
 CHANCE_AUC = 0.5
+#: What a pooled ROC AUC interval entirely below chance means (the log's and the report's words).
+BELOW_CHANCE = ("its pooled out-of-fold ROC AUC is reliably BELOW chance (95 % interval entirely under 0.5): "
+                "a finding in itself; in small cross-validated samples it usually means confounded folds "
+                "(a site, age or sex difference between the classes that reverses between training and test "
+                "sets): check the covariate-only controls and try --cv leave-site-out")
 
 
 def classification_metrics(y_true, probability, threshold: float = 0.5) -> dict[str, float]:
@@ -68,14 +83,25 @@ def classification_metrics(y_true, probability, threshold: float = 0.5) -> dict[
     }
 
 
+def rank_auc(target: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC from ranks (Mann-Whitney U / (n1 n0), ties counted half): sklearn's value, without its input checks
+    (which dominate the bootstrap's time)."""
+    ranks = rankdata(score)
+    positive = target == 1
+    n1 = int(positive.sum())
+    n0 = len(target) - n1
+    return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
 def chance_verdict(predictions: pd.DataFrame, n_bootstrap: int, seed: int) -> dict[str, float | bool]:
-    """Whether pooled out-of-fold predictions separate the classes better than chance.
+    """Whether pooled out-of-fold predictions separate the classes better (or worse) than chance.
 
     Parameters
     ----------
     predictions : pandas.DataFrame
         Out-of-fold predictions with columns ``subject``, ``target`` and
-        ``probability`` (several rows per subject for several sessions).
+        ``probability`` (several rows per subject for several sessions), and
+        optionally ``repeat`` (``--repeats``: every scan once per repeat).
     n_bootstrap : int
         Bootstrap resamples of subjects for the interval.
     seed : int
@@ -87,30 +113,39 @@ def chance_verdict(predictions: pd.DataFrame, n_bootstrap: int, seed: int) -> di
         ``roc_auc_ci_low`` / ``roc_auc_ci_high``: percentile 95 % interval of
         the pooled ROC AUC over subjects resampled with replacement (a subject's
         sessions travel together; resamples holding one class are redrawn);
+        with several repeats each resample also draws one repeat at random
+        (its own generator, so one repeat resamples exactly as before) and
+        scores that repeat's predictions, so the interval holds the
+        repeat-to-repeat variation of training besides subject sampling;
         ``p_value``: one-sided Mann-Whitney U test of the positive subjects'
-        scores (mean probability over their sessions) exceeding the negative
-        subjects'; ``better_than_chance``: ``roc_auc_ci_low > 0.5``.
+        scores (mean probability over their sessions and repeats) exceeding
+        the negative subjects'; ``better_than_chance``: ``roc_auc_ci_low >
+        0.5``; ``below_chance``: ``roc_auc_ci_high < 0.5``.
     """
     subjects = predictions["subject"].astype(str).to_numpy()
     names, index = np.unique(subjects, return_inverse=True)
     rows_of = [np.flatnonzero(index == i) for i in range(len(names))]
     target = predictions["target"].to_numpy(int)
     probability = predictions["probability"].to_numpy(float)
+    repeat = predictions["repeat"].to_numpy(int) if "repeat" in predictions.columns else np.zeros(len(target), int)
     per_subject = pd.DataFrame({"s": index, "t": target, "p": probability}).groupby("s").mean()
     positive, negative = per_subject["p"][per_subject["t"] == 1], per_subject["p"][per_subject["t"] == 0]
     if len(positive) == 0 or len(negative) == 0:
         return {"roc_auc_ci_low": float("nan"), "roc_auc_ci_high": float("nan"), "p_value": float("nan"),
-                "better_than_chance": False}
+                "better_than_chance": False, "below_chance": False}
     p_value = float(mannwhitneyu(positive, negative, alternative="greater").pvalue)
-    rng = np.random.default_rng(seed)
+    rng, pick = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    n_repeats = int(repeat.max()) + 1
     aucs = []
     while len(aucs) < n_bootstrap:
         rows = np.concatenate([rows_of[i] for i in rng.integers(0, len(names), len(names))])
+        if n_repeats > 1:
+            rows = rows[repeat[rows] == pick.integers(n_repeats)]
         if 0 < target[rows].sum() < len(rows):
-            aucs.append(roc_auc_score(target[rows], probability[rows]))
+            aucs.append(rank_auc(target[rows], probability[rows]))
     low, high = np.percentile(aucs, [2.5, 97.5]) if aucs else (float("nan"), float("nan"))
     return {"roc_auc_ci_low": float(low), "roc_auc_ci_high": float(high), "p_value": p_value,
-            "better_than_chance": bool(low > CHANCE_AUC)}
+            "better_than_chance": bool(low > CHANCE_AUC), "below_chance": bool(high < CHANCE_AUC)}
 
 
 def summarize_folds(model: str, fold_rows: list[dict], predictions: pd.DataFrame, n_bootstrap: int,
@@ -122,10 +157,11 @@ def summarize_folds(model: str, fold_rows: list[dict], predictions: pd.DataFrame
     model : str
         Model name (first column).
     fold_rows : list of dict
-        Per fold: ``fold``, ``n_test`` and the metrics.
+        Per fold: ``fold``, ``n_test`` and the metrics (and ``repeat`` with ``--repeats``).
     predictions : pandas.DataFrame
         Every out-of-fold prediction of the model (``subject``, ``target``,
-        ``probability``): the ``pooled`` row and its :func:`chance_verdict`.
+        ``probability``, and ``repeat`` with several repeats): the ``pooled``
+        row and its :func:`chance_verdict`.
     n_bootstrap, seed : int
         Passed to :func:`chance_verdict`.
     """
@@ -133,14 +169,22 @@ def summarize_folds(model: str, fold_rows: list[dict], predictions: pd.DataFrame
     table.insert(0, "model", model)
     numeric = table[list(METRICS)].astype(float)
     n_test = int(table["n_test"].sum())
-    pooled = classification_metrics(predictions["target"], predictions["probability"])
+    by_repeat = (list(predictions.groupby("repeat", sort=True)) if "repeat" in predictions.columns
+                 else [(None, predictions)])
+    per_repeat = pd.DataFrame([{"model": model, "fold": f"repeat-{r}", "repeat": r, "n_test": len(rows),
+                                **classification_metrics(rows["target"], rows["probability"])}
+                               for r, rows in by_repeat])
+    repeat_metrics = per_repeat[list(METRICS)].astype(float)
     summary = pd.DataFrame([
         {"model": model, "fold": "mean", "n_test": n_test, **numeric.mean().to_dict()},
         {"model": model, "fold": "sd", "n_test": n_test, **numeric.std(ddof=1).to_dict()},
-        {"model": model, "fold": "pooled", "n_test": len(predictions), **pooled,
-         **chance_verdict(predictions, n_bootstrap, seed)},
+        *([{"model": model, "fold": "sd-repeats", "n_test": n_test, **repeat_metrics.std(ddof=1).to_dict()}]
+          if len(by_repeat) > 1 else []),
+        {"model": model, "fold": "pooled", "n_test": int(per_repeat["n_test"].iloc[0]),
+         **repeat_metrics.mean().to_dict(), **chance_verdict(predictions, n_bootstrap, seed)},
     ])
-    return pd.concat([table.astype({"fold": str}), summary], ignore_index=True)
+    blocks = [table.astype({"fold": str}), *([per_repeat] if len(by_repeat) > 1 else []), summary]
+    return pd.concat(blocks, ignore_index=True)
 
 
 def prediction_rows(model: str, fold: int, scans: Sequence[Scan], probability: Sequence[float]) -> list[dict]:
@@ -178,5 +222,7 @@ def update_table(path: Path, rows: pd.DataFrame, model: str) -> pd.DataFrame:
         table = pd.concat(blocks if model in set(old["model"]) else [*blocks, rows], ignore_index=True)
     else:
         table = rows
+    if "repeat" in table.columns:  # whole numbers, blank (n/a) for models without repeats
+        table = table.astype({"repeat": "Int64"})
     write_tsv(path, table)
     return table

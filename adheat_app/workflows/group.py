@@ -3,7 +3,8 @@
 After one participant pass this level gives the complete result: it trains the
 folds that are missing (or only ``--fold K``, for one scheduler job per fold),
 fits the linear SVM and the covariate-only control classifiers on the same
-folds, derives any heatmap the participant level
+folds (and tests whether the CNN adds to the covariates), runs the optional
+permutation test with retraining, derives any heatmap the participant level
 did not, averages and scores them, and writes ``group.html``.
 """
 
@@ -25,13 +26,16 @@ def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
     """Run the group level; return the number of failed items (0: failures raise)."""
     from adheat_app.attribution.runner import run_heatmaps
     from adheat_app.attribution.sanity import sanity_check
-    from adheat_app.baseline import run_covariates, run_svm
+    from adheat_app.baseline import run_covariates, run_nested_test, run_svm
     from adheat_app.evaluation import run_evaluation
     from adheat_app.report import write_group_report, write_subject_report
-    from adheat_app.training import make_folds, run_training
+    from adheat_app.training import run_training
+    from adheat_app.training.folds import cohort_folds, with_cv
+    from adheat_app.training.permutation import run_permutation_test
 
     cohort = load_cohort(config, derivs, inputs)
     log_input(config, cohort)
+    config = with_cv(config, cohort)
     resolution = parse_resolution(cohort.res_label)
     if resolution != config.execution.resolution:
         LOGGER.info("using the preprocessed grid of %s mm (not --resolution %s)", resolution,
@@ -45,11 +49,15 @@ def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
         LOGGER.info("fold %d done; run 'group' without --fold to collect all folds", config.training.fold)
         return 0
     LOGGER.info("%d fold model(s) available", len(completed))
-    tr = config.training
-    folds = make_folds(cohort, tr.folds, config.execution.seed, tr.val_fraction)
+    folds = cohort_folds(config, cohort)
     run_svm(config, derivs, cohort, folds)
     run_covariates(config, derivs, folds)
+    run_nested_test(config, derivs, folds)
+    if config.training.permutation_test:
+        run_permutation_test(config, derivs, cohort)
     run_heatmaps(config, derivs, cohort)
+    for repeat in range(1, config.training.repeats):  # each repeat's out-of-fold maps, beside its fold models
+        run_heatmaps(config, derivs, cohort, repeat)
     if config.heatmaps.sanity_check:
         sanity_check(config, derivs, cohort)
     run_evaluation(config, derivs, cohort, template)
