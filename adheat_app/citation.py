@@ -71,9 +71,14 @@ def _reference_text(config: RunConfig) -> str:
     elif ref:
         text = f"The reference map was the user-supplied `{Path(ref).name}`. "
     if config.evaluation.n_permutations > 0:
-        text += ("A cohort reference was computed as a voxel-wise two-sample t-test of the preprocessed images "
-                 f"(positive vs negative class), family-wise error controlled by max-t over "
-                 f"{config.evaluation.n_permutations} label permutations (Nilearn). ")
+        text += ("A cohort reference was computed for each input channel as a voxel-wise general linear model of "
+                 "the classifier's input (positive vs negative class, with the covariates "
+                 f"{', '.join(c for c in config.training.covariates if c.lower() != 'none') or 'none'} where "
+                 "present), family-wise error controlled by max-t over "
+                 f"{config.evaluation.n_permutations} permutations [@winkler2014permutation] (Nilearn); it comes "
+                 "from the same participants whose maps it scores, and a reference with fewer than 0.1 % of the "
+                 "brain voxels significant, or whose class was confounded with the covariates, was reported but "
+                 "not scored. ")
     return text + ("Scores against adheat's built-in region prior, an ALE-style map [@eickhoff2009ale; "
                    "@eickhoff2012ale] of anatomically defined foci (AAL3 centroids of the regions that VBM "
                    "meta-analyses report as atrophic in AD), are reported too; it is not a meta-analysis.")
@@ -246,7 +251,7 @@ def render_citation(config: RunConfig, steps: set[str], channels: tuple[str, ...
                              "blurred": f"the scan smoothed by a {BLUR_FWHM_MM:g} mm FWHM Gaussian"}[hm.ig_baseline],
         "occlusion_fill_text": {"template": "the mean image of the fold's training scans",
                                 "zero": "zero"}[hm.occlusion_fill],
-        "n_bootstrap": config.evaluation.n_bootstrap,
+        "n_bootstrap": config.evaluation.n_bootstrap, "n_surrogates": config.evaluation.n_surrogates,
         "reference_text": _reference_text(config),
     }
     text = (folder / "CITATION.md").read_text(encoding="utf-8")

@@ -262,6 +262,9 @@ class EvaluationOptions:
         1000, "Label permutations of the cohort reference (voxel-wise AD vs CN t-test, max-t FWE; 0 skips it) "
         "and Monte Carlo iterations of the cluster-level FWE of an ALE from --reference-map foci.",
         type=int)
+    n_surrogates: int = option(
+        100, "Smooth random maps per primary comparison: the spatial null of the answer (random maps as smooth as "
+        "the method's map, with its values; 0 skips it).", type=int)
 
 
 #: Training options of the published set-ups (``--preset``); explicit options override them.

@@ -59,7 +59,7 @@ PRIOR_DESCRIPTION = ("Region prior, not a meta-analysis: an ALE-style map of 20 
                      "parahippocampal gyrus, temporal cortex, posterior cingulate, precuneus, insula, thalamus). "
                      "No coordinate comes from a published study.")
 #: References in the order the answer puts first (the region prior is never the headline).
-HEADLINE_ORDER = ("simulation", "cohort", "meta", "custom", ANATOMICAL_PRIOR)
+HEADLINE_ORDER = ("simulation", "cohort", "cohortlogjacobian", "cohortintensity", "meta", "custom", ANATOMICAL_PRIOR)
 #: Spatial uncertainty of ALE (Eickhoff et al. 2009), as FWHM in mm.
 TEMPLATE_FWHM_MM = 5.7
 SUBJECT_FWHM_MM = 11.6
@@ -84,6 +84,8 @@ class Reference:
     mask : numpy.ndarray or None
         Binary reference given explicitly (e.g. the clusters surviving a
         cluster-level correction); None: ``values > threshold``.
+    uninformative : str
+        Why the reference is reported but not scored (empty: it is scored).
     """
 
     name: str
@@ -92,6 +94,7 @@ class Reference:
     description: str
     source: str
     mask: np.ndarray | None = None
+    uninformative: str = ""
 
     def binary(self) -> np.ndarray:
         """The binarised reference (bool, analysis grid)."""
@@ -100,7 +103,8 @@ class Reference:
     def describe(self) -> dict:
         """JSON-serialisable summary for sidecars."""
         return {"Name": self.name, "Source": self.source, "Threshold": self.threshold,
-                "Voxels": int(self.binary().sum()), "Description": self.description}
+                "Voxels": int(self.binary().sum()), "Description": self.description,
+                **({"Uninformative": self.uninformative} if self.uninformative else {})}
 
 
 def ale_fwhm(sample_size: float) -> float:

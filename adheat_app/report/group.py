@@ -60,7 +60,7 @@ def _references(config: RunConfig, derivs: Derivatives, cohort: Cohort, template
     except InputError as exc:
         return str(exc)
     extra = (meta_reference(config, derivs, cohort, template, compute=False),
-             cohort_reference(config, derivs, cohort, template, compute=False))
+             *cohort_reference(config, derivs, cohort, template, compute=False))
     return references + [ref for ref in extra if ref is not None]
 
 
