@@ -227,7 +227,7 @@ def render_citation(config: RunConfig, steps: set[str], channels: tuple[str, ...
                              "blurred": f"the scan smoothed by a {BLUR_FWHM_MM:g} mm FWHM Gaussian"}[hm.ig_baseline],
         "occlusion_fill_text": {"template": "the mean image of the fold's training scans",
                                 "zero": "zero"}[hm.occlusion_fill],
-        "n_bootstrap": config.evaluation.n_bootstrap,
+        "n_bootstrap": config.evaluation.n_bootstrap, "n_surrogates": config.evaluation.n_surrogates,
         "reference_text": reference_methods_text(config),
     }
     text = (folder / "CITATION.md").read_text(encoding="utf-8")

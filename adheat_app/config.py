@@ -206,12 +206,16 @@ class HeatmapOptions:
         "(zero: after per-brain z-scoring a flat brain at the subject's mean intensity, not black as in Wang et "
         "al.), or the scan blurred by a 12 mm FWHM Gaussian.", choices=("template", "zero", "blurred"))
     lrp_rule: str = option("alphabeta", "LRP rule on conv/linear layers (BatchNorm is folded first): "
-                           "alphabeta (alpha=1.5, beta=0.5, as Wang et al.), epsilon, or zplus.",
-                           choices=("alphabeta", "epsilon", "zplus"))
+                           "alphabeta (alpha=1.5, beta=0.5, as Wang et al.), epsilon, zplus, or the "
+                           "composite epsilonplusflat (flat rule at the input layer, z+ on convolutions, epsilon on "
+                           "dense layers; Kohlbrenner et al. 2020).",
+                           choices=("alphabeta", "epsilon", "zplus", "epsilonplusflat"))
     lrp_epsilon: float = option(1e-6, "LRP epsilon (epsilon rule, and stabiliser of the others).",
                                 type=float)
     occlusion_size: float = option(20.0, "Occlusion patch edge in mm (Rieke et al.: 40).", type=float)
-    occlusion_stride: float = option(10.0, "Occlusion stride in mm.", type=float)
+    occlusion_stride: float = option(
+        20.0, "Occlusion stride in mm (the patch edge: non-overlapping patches, 1,200 per channel on the MNI grid at "
+        "2 and 4 mm; 10 mm costs 7-12x more, docs/heatmaps.md).", type=float)
     occlusion_fill: str = option(
         "template", "Value occluded voxels get (Occlusion, AreaOcclusion): the fold's training mean image "
         "(template; Rieke et al.'s 0 was the population mean of voxel-wise z-scored images) or 0 (zero: the "
@@ -219,9 +223,15 @@ class HeatmapOptions:
     noise_lambda: float = option(1e-3, "NoiseImportance: weight of the noise-maximising term.",
                                  type=float)
     noise_steps: int = option(100, "NoiseImportance: optimisation steps per subject.", type=int)
+    smoothgrad_samples: int = option(25, "SmoothGrad: noisy copies of each scan (gradients averaged).", type=int)
+    smoothgrad_noise: float = option(
+        0.15, "SmoothGrad: noise standard deviation as a fraction of each input channel's range of values "
+        "(Smilkov et al.: 0.1-0.2).", type=float)
     native_space: bool = option(False, "Also write heatmaps mapped back to each subject's T1w grid.")
-    sanity_check: bool = option(False, "Adebayo et al. model-randomisation check of every method; also writes each "
-                                "method's maps of the fully randomised models (<Method>Random controls).")
+    sanity_check: bool = option(False, "Adebayo et al. randomisation checks of every method: the model-randomisation "
+                                "cascade, each method's maps of the fully randomised models (<Method>Random "
+                                "controls) and of fold models trained on permuted labels (<Method>PermutedLabels "
+                                "controls; trains every fold a second time).")
     heatmap_batch_size: int = option(
         0, "Volumes per forward/backward pass of the heatmap methods (scans, IG steps, occlusion "
         "patches); 0 = sized from --mem-gb (16 at most). Keep it equal between participant and group "
@@ -243,10 +253,18 @@ class EvaluationOptions:
     atlas: str = option("AAL3", "Atlas for the region table.", choices=("AAL3",))
     n_bootstrap: int = option(1000, "Bootstrap resamples (over subjects) for confidence intervals.",
                               type=int)
+    faithfulness: bool = option(
+        False, "Deletion and insertion curves (AOPC; Samek et al. 2017) of every method's and control's maps: AAL3 "
+        "regions and blocks of 5 percent of the voxels removed most relevant first, least relevant first and at "
+        "random, filled with the fold's training mean (group/faithfulness.tsv; 120 forward passes per scan and "
+        "map).")
     n_permutations: int = option(
         1000, "Label permutations of the cohort reference (voxel-wise AD vs CN t-test, max-t FWE; 0 skips it) "
         "and Monte Carlo iterations of the cluster-level FWE of an ALE from --reference-map foci.",
         type=int)
+    n_surrogates: int = option(
+        100, "Smooth random maps per primary comparison: the spatial null of the answer (random maps as smooth as "
+        "the method's map, with its values; 0 skips it).", type=int)
 
 
 #: Training options of the published set-ups (``--preset``); explicit options override them.

@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from adheat_app.layout import EXTENSIONS
+from adheat_app.layout import EXTENSIONS, sidecar_path
 
 
 #: ``errno`` values of a file system that takes no more writes (full, over quota, read-only): every job would fail.
@@ -192,6 +192,12 @@ def read_json(path: str | os.PathLike) -> dict:
 def write_tsv(path: str | os.PathLike, table: pd.DataFrame) -> Path:
     """Write a table as a BIDS-style TSV (tab separated, ``n/a`` for missing) atomically."""
     return write_text(path, table.to_csv(sep="\t", index=False, na_rep="n/a", lineterminator="\n"))
+
+
+def write_table(path: str | os.PathLike, table: pd.DataFrame, sidecar: dict) -> Path:
+    """Write a TSV table and its JSON sidecar (:func:`~adheat_app.layout.sidecar_path`), each atomically."""
+    write_json(sidecar_path(path), sidecar)
+    return write_tsv(path, table)
 
 
 def nifti_image(data: np.ndarray, affine: np.ndarray, code: int = 4, header: nib.Nifti1Header | None = None,

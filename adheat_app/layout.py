@@ -70,12 +70,15 @@ OVERLAP, OVERLAP_DIFFERENCES, ANSWER, REGIONS, DISTANCES = (
 #: Faithfulness tables (deletion curves, channel ablation; issue 26), rendered by the report where they exist.
 FAITHFULNESS, CHANNEL_ABLATION = "faithfulness", "channel_ablation"
 #: Controls a map's ``desc`` may name after its method (:class:`MapName`): ``Random``, the method's maps of a
-#: randomly initialised model (``--sanity-check``). A new control is one more entry here.
-CONTROLS: tuple[str, ...] = ("Random",)
+#: randomly initialised model, and ``PermutedLabels``, its maps of the models trained on permuted labels (both
+#: ``--sanity-check``). A new control is one more entry here.
+CONTROLS: tuple[str, ...] = ("Random", "PermutedLabels")
 #: Input channels a map's ``desc`` may end in (:class:`MapName`; the channels of ``--input``).
 CHANNELS: tuple[str, ...] = ("intensity", "logjacobian")
 #: Suffix of a method's name for its maps of a randomly initialised model (``desc-<Method>Random``).
 RANDOM_SUFFIX = CONTROLS[0]
+#: Suffix of a method's name for its maps of the models trained on permuted labels (``desc-<Method>PermutedLabels``).
+PERMUTED_LABELS_SUFFIX = CONTROLS[1]
 
 
 class ScanLike(Protocol):
@@ -418,6 +421,11 @@ def repeat_root(models_dir: Path, model: str, repeat: int) -> Path:
     """``models_dir/<model>/repeat-<r>``: repeat ``r`` > 0's fold models and its per-scan out-of-fold heatmaps
     (``sub-<s>/[ses-<x>/]anat/..._heatmap.nii.gz``, named as those of repeat 0 in the output folder)."""
     return Path(models_dir) / model / f"repeat-{repeat}"
+
+
+def permuted_labels_models_dir(models_dir: Path) -> Path:
+    """``models_dir/permutedlabels``: the fold models trained on permuted labels (``--sanity-check``)."""
+    return Path(models_dir) / "permutedlabels"
 
 
 def verdict_path(models_dir: Path, model: str) -> Path:

@@ -62,8 +62,8 @@ RULES: dict[str, dict[str, Range]] = {
                  "repeats": AT_LEAST_1, "repeat": NON_NEGATIVE, "permutation_test": NON_NEGATIVE},
     "heatmaps": {"ig_steps": AT_LEAST_1, "lrp_epsilon": POSITIVE, "occlusion_size": POSITIVE,
                  "occlusion_stride": POSITIVE, "noise_lambda": NON_NEGATIVE, "noise_steps": AT_LEAST_1,
-                 "heatmap_batch_size": NON_NEGATIVE},
-    "evaluation": {"n_bootstrap": NON_NEGATIVE},
+                 "smoothgrad_samples": AT_LEAST_1, "smoothgrad_noise": POSITIVE, "heatmap_batch_size": NON_NEGATIVE},
+    "evaluation": {"n_bootstrap": NON_NEGATIVE, "n_surrogates": NON_NEGATIVE},
 }
 
 

@@ -9,8 +9,9 @@ exists to compare), and prints, for every heatmap method, the SVM pattern and
 the controls, how well the group's ``all`` map recovers the planted truth
 (``derivatives/simulation``): ROC AUC and Dice of the top 5 % voxels, each with
 the group level's 95 % bootstrap interval over subjects, their chance levels,
-whether the map beats the ``InputMagnitude`` control (paired interval above 0;
-``group/answer.tsv``), and the relevance ratio (mean |relevance| per voxel
+whether the map beats its strongest control (paired interval above 0; the
+control's name; ``group/answer.tsv``), whether it finds the truth (the
+answer's verdict), and the relevance ratio (mean |relevance| per voxel
 inside the planted region over the rest of the brain, subjects' maps scaled to
 unit total; 1 = no preference) with a bootstrap interval over subjects. The
 CNN's and the SVM's cross-validated ROC AUC head the table.
@@ -109,7 +110,8 @@ def table(out: Path, bids: Path, seed: int) -> pd.DataFrame:
     overlap = overlap[(overlap["reference"] == "simulation") & (overlap["label"] == "all")
                       & (overlap["sign"] == "absolute")]
     answer = pd.read_csv(group / "answer.tsv", sep="\t").query("reference == 'simulation' and sign == 'absolute'")
-    beats = dict(zip(answer["method"], answer["above_control"]))
+    beats = {row.method: f"{row.above_control} ({row.control})" for row in answer.itertuples(index=False)}
+    finds = dict(zip(answer["method"], answer["finds_reference"]))
     truth_path = next((bids / "derivatives" / "simulation").glob("space-*_desc-atrophy_probseg.nii.gz"))
     mask_path = next(out.glob("sub-*/anat/*_desc-brain_mask.nii.gz"))
     grid = "_".join(part for part in mask_path.name.split("_") if part.startswith(("space-", "res-")))
@@ -137,7 +139,7 @@ def table(out: Path, bids: Path, seed: int) -> pd.DataFrame:
                      f"dice@{DICE_PERCENT:g}%": f"{dice['value']:.2f} [{dice['ci_low']:.2f}, {dice['ci_high']:.2f}]",
                      "dice_chance": round(float(dice["chance"]), 3),
                      "ratio": f"{ratio[0]:.2f} [{ratio[1]:.2f}, {ratio[2]:.2f}]",
-                     "beats_|input|": beats.get(method, "")})
+                     "beats_control": beats.get(method, ""), "finds": finds.get(method, "")})
     return pd.DataFrame(rows)
 
 

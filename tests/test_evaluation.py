@@ -14,7 +14,8 @@ from adheat_app.errors import InputError
 from adheat_app.evaluation import run_evaluation
 from adheat_app.evaluation.distances import distance_matrix, map_distances
 from adheat_app.evaluation.chance import chance_levels
-from adheat_app.evaluation.overlap import bootstrap, overlap_metrics, percentile_interval, resample_counts
+from adheat_app.evaluation.intervals import basic_interval
+from adheat_app.evaluation.overlap import bootstrap, overlap_metrics, resample_counts
 from adheat_app.evaluation.reference import ale_fwhm, ale_map, builtin_reference_path, load_map
 from conftest import make_preprocessed_cohort, shared_data_or_skip
 
@@ -63,33 +64,37 @@ def test_auc_ap_match_sklearn_with_ties_and_random_maps_score_half():
 def test_bootstrap_is_reproducible_and_degenerate_for_identical_subjects():
     rng = np.random.default_rng(1)
     maps = rng.random((6, V)).astype(np.float32)
-    counts = resample_counts(6, 40, seed=3)
+    subjects = [f"s{i}" for i in range(6)]
+    counts = resample_counts(subjects, 40, seed=3)
     assert counts.shape == (40, 6) and np.all(counts.sum(axis=1) == 6)
-    assert np.array_equal(counts, resample_counts(6, 40, seed=3))
+    assert np.array_equal(counts, resample_counts(subjects, 40, seed=3))
     first = bootstrap(maps, [REFERENCE], counts)[0]
     assert first["roc_auc"].shape == (40,) and first["dice"].shape == (40, 4)
     resample = counts[7] @ maps / 6  # the mean map of resample 7, scored directly
     assert first["roc_auc"][7] == pytest.approx(overlap_metrics(resample, REFERENCE, RANK)["roc_auc"], abs=1e-6)
-    same = bootstrap(np.repeat(maps[:1], 6, axis=0), [REFERENCE], resample_counts(6, 20, seed=0))[0]
-    low, high = percentile_interval(same["mass_inside"])
-    assert low == pytest.approx(high)
+    same = bootstrap(np.repeat(maps[:1], 6, axis=0), [REFERENCE], resample_counts(subjects, 20, seed=0))[0]
+    value = overlap_metrics(maps[0], REFERENCE, RANK)["mass_inside"]
+    estimate, low, high = basic_interval(value, same["mass_inside"])
+    assert low == pytest.approx(high) and estimate == pytest.approx(value)
 
 
 def test_chance_levels_hand_computed():
-    levels = chance_levels(0.026)  # the share of the built-in prior at 2 mm
+    levels = chance_levels(0.026, 100_000)  # the share of the built-in prior at 2 mm (K = kV exactly)
     # 2kp/(k+p): k = 0.01 -> 0.00052/0.036
     assert np.allclose(levels["dice"], [0.0144444, 0.0342105, 0.0412698, 0.0460177], atol=1e-6)
     assert np.allclose(levels["overlap_fraction"], 0.026)
     assert levels["average_precision"] == levels["mass_inside"] == 0.026
     assert levels["roc_auc"] == 0.5 and levels["spearman"] == 0.0
-    assert np.allclose(chance_levels(0.1, (10.0,))["dice"], [0.1])  # k = p: Dice = p
+    assert np.allclose(chance_levels(0.1, 1000, (10.0,))["dice"], [0.1])  # k = p: Dice = p
+    # the set actually used: 1 % of 150 voxels is 2 voxels (k = 2/150), not 1.5
+    assert chance_levels(0.1, 150, (1.0,))["dice"][0] == pytest.approx(2 * (2 / 150) * 0.1 / (2 / 150 + 0.1))
 
 
 def test_random_map_scores_chance_and_perfect_map_beats_it():
     rng = np.random.default_rng(7)
     n = 200_000
     reference = rng.permutation(n) < n // 20  # exactly 5 %
-    levels = chance_levels(reference.mean())
+    levels = chance_levels(reference.mean(), n)
     random = overlap_metrics(rng.random(n), reference, reference.astype(float))
     for metric in ("dice", "overlap_fraction", "average_precision", "mass_inside", "roc_auc"):
         assert np.allclose(random[metric], levels[metric], rtol=0.06, atol=0.004), metric
@@ -185,14 +190,44 @@ def write_synthetic_predictions(derivs, cohort, model):
                      "predicted": predicted})
     (derivs.root / "group").mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(derivs.root / "group" / "predictions.tsv", sep="\t", index=False)
+    pd.DataFrame([{"model": model, "fold": "pooled", "roc_auc": 0.9, "better_than_chance": True}]).to_csv(
+        derivs.root / "group" / "cv_metrics.tsv", sep="\t", index=False)
+
+
+def write_log_jacobians(derivs, cohort, truth, seed=0):
+    """Log-Jacobian maps beside the scans: a smooth pattern shared by every scan (how the template differs from
+    this population, SD 0.3), volume loss in the planted region of AD scans and noise: the cohort then has two
+    input channels (--input auto: both)."""
+    import dataclasses
+
+    from scipy.ndimage import gaussian_filter
+
+    from adheat_app.layout import logjacobian_path
+
+    rng = np.random.default_rng(seed)
+    mask = truth.template.mask_array()
+    shared = gaussian_filter(rng.standard_normal(truth.probseg.shape), 2.0)
+    shared *= 0.3 / shared[mask].std()
+    scans = []
+    for scan in cohort.scans:
+        data = (shared - 0.15 * truth.probseg * (scan.target == 1)
+                + rng.normal(0, 0.02, truth.probseg.shape)) * mask
+        path = logjacobian_path(derivs.root, scan, cohort.space, cohort.res_label)
+        derivs.write_image(path, nib.Nifti1Image(data.astype(np.float32), truth.template.affine),
+                           {"Description": "synthetic log Jacobian"})
+        scans.append(dataclasses.replace(scan, logjacobian=path))
+    return dataclasses.replace(cohort, scans=tuple(scans), channels=("intensity", "logjacobian"))
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
+    """Twelve subjects, two input channels, synthetic IG and Saliency maps (truth + noise), no trained folds."""
     root = tmp_path_factory.mktemp("evaluation")
-    config, derivs, cohort, truth = make_preprocessed_cohort(root, n_subjects=8, resolution=4.0, seed=1,
-                                                             evaluation__n_bootstrap=200,
-                                                             evaluation__n_permutations=100)
+    config, derivs, cohort, truth = make_preprocessed_cohort(root, n_subjects=12, resolution=4.0, seed=1,
+                                                             evaluation__n_bootstrap=300,  # Holm over 6 rows
+                                                             evaluation__n_permutations=100,
+                                                             evaluation__n_surrogates=50)
+    cohort = write_log_jacobians(derivs, cohort, truth)
     write_synthetic_heatmaps(derivs, cohort, truth)
     write_synthetic_predictions(derivs, cohort, config.training.model)
     run_evaluation(config, derivs, cohort, truth.template)
@@ -225,10 +260,20 @@ def test_group_maps_and_overlap(evaluated):
     sidecar = json.loads((group / "IG" / f"{grid}_label-ADincorrect_desc-IG_stat-mean_heatmap.json").read_text())
     assert sidecar["N"] == 1 and len(sidecar["Sources"]) == 1
     overlap = pd.read_csv(group / "overlap.tsv", sep="\t")
-    from adheat_app.evaluation.cohort_reference import cohort_paths
+    from adheat_app.evaluation.cohort_reference import cohort_paths, min_voxels
 
-    significant = np.asarray(nib.load(cohort_paths(derivs, cohort)["mask"]).dataobj).any()
-    assert set(overlap["reference"]) == {"anatomicalprior", "simulation"} | ({"cohort"} if significant else set())
+    mask = truth.template.mask_array()
+    scored = set()
+    for channel in ("intensity", "logjacobian"):  # one cohort reference per input channel
+        paths = cohort_paths(derivs, cohort, channel)
+        assert paths["t"].name == f"{grid}_desc-ADvsCN{channel}_stat-t_statmap.nii.gz" and paths["t"].is_file()
+        significant = int((np.asarray(nib.load(paths["mask"]).dataobj) > 0).sum())
+        scored |= {f"cohort{channel}"} if significant >= min_voxels(int(mask.sum())) else set()
+    assert "cohortlogjacobian" in scored  # the planted volume loss
+    assert set(overlap["reference"]) == {"anatomicalprior", "simulation"} | scored
+    references = json.loads((group / "overlap.json").read_text())["References"]
+    cohort_ref = next(r for r in references if r["Name"] == "cohortlogjacobian")
+    assert "same subjects" in cohort_ref["Description"] and "log Jacobian" in cohort_ref["Description"]
     assert "builtin" not in (group / "overlap.json").read_text()
     auc = overlap[(overlap["metric"] == "roc_auc") & (overlap["reference"] == "simulation")
                   & (overlap["label"] == "all") & (overlap["kind"] == "method")
@@ -248,13 +293,15 @@ def test_chance_column_controls_and_signs(evaluated):
     share = float((truth.probseg[mask] > 0.5).mean())
     sim = overlap[(overlap["reference"] == "simulation")]
     dice = sim[(sim["metric"] == "dice")].drop_duplicates("top_percent").set_index("top_percent")["chance"]
-    k = dice.index.to_numpy() / 100
+    k = np.ceil(dice.index.to_numpy() / 100 * mask.sum()) / mask.sum()  # the K voxels actually used
     assert np.allclose(dice.to_numpy(), 2 * k * share / (k + share))
     assert np.allclose(sim[sim["metric"] == "average_precision"]["chance"], share)
     controls = overlap[overlap["kind"] == "control"]
-    assert set(controls["method"]) == {"InputMagnitude", "GreyMatterPrior"}
+    # per channel and summed; no trained folds, so no fold baseline for BaselineDeviation
+    assert set(controls["method"]) == {"InputMagnitude", "InputMagnitudeintensity", "InputMagnitudelogjacobian",
+                                       "GreyMatterPrior"}
     assert set(controls["label"]) == {"AD", "CN", "all"}
-    assert (controls[controls["metric"] != "spearman"]["n_bootstrap"] == 200).all()  # like methods
+    assert (controls[controls["metric"] != "spearman"]["n_bootstrap"] == 300).all()  # like methods
     signs = overlap.groupby("method")["sign"].agg(set)
     assert signs["IG"] == {"absolute", "positive"} and signs["Saliency"] == {"absolute"}
 
@@ -267,13 +314,13 @@ def test_paired_differences_match_point_values(evaluated):
     assert {"method_a", "method_b", "reference", "metric", "top_percent", "difference", "ci_low",
             "ci_high"} <= set(differences.columns)
     keys = ["label", "reference", "metric", "top_percent"]
-    value = overlap.set_index(["method", "sign", *keys])["value"]
+    value = overlap.set_index(["method", "sign", *keys])["map_value"]
     for row in differences.sample(200, random_state=0).itertuples():
         key = (row.label, row.reference, row.metric, row.top_percent)
-        assert row.difference == pytest.approx(value[(row.method_a, row.sign_a, *key)]
+        assert row.map_difference == pytest.approx(value[(row.method_a, row.sign_a, *key)]
                                                - value[(row.method_b, row.sign_b, *key)], abs=1e-12)
     pairs = differences[(differences["label"] == "all") & (differences["metric"] == "roc_auc")]
-    assert len(pairs.drop_duplicates(["method_a", "sign_a", "method_b", "sign_b"])) == 10  # 5 maps, every pair
+    assert len(pairs.drop_duplicates(["method_a", "sign_a", "method_b", "sign_b"])) == 21  # 7 maps, every pair
     assert (pairs["ci_low"] <= pairs["ci_high"]).all() and pairs["ci_low"].notna().all()
 
 
@@ -281,37 +328,78 @@ def test_answer_table_needs_chance_and_control(evaluated):
     _, derivs, _, _ = evaluated
     answer = pd.read_csv(derivs.root / "group" / "answer.tsv", sep="\t")
     row = answer[(answer["reference"] == "simulation")].set_index(["method", "sign"])
-    assert row.loc[("IG", "absolute"), "finds_reference"]  # truth + noise beats chance and |input|
+    assert row.loc[("IG", "absolute"), "finds_reference"]  # truth + noise beats chance and every control
+    assert row.loc[("IG", "absolute"), "primary"] and not row.loc[("IG", "positive"), "primary"]
     assert set(answer["method"]) == {"IG", "Saliency"}
     assert (answer["above_chance"] == (answer["ci_low"] > answer["chance"])).all()
-    assert (answer["finds_reference"] == (answer["above_chance"] & answer["above_control"])).all()
+    assert answer["control"].isin(["InputMagnitude", "BaselineDeviation", "GreyMatterPrior"]).all()
+    assert (answer["above_control"] == (answer["vs_control_ci_low"] > 0)).all()
+    assert not (answer["finds_reference"] & ~(answer["above_chance"] & answer["above_control"])).any()
+    primary = answer[answer["primary"]]
+    assert primary["p_holm"].notna().all() and answer[~answer["primary"]]["p_holm"].isna().all()
+    assert (primary["p_holm"] >= primary[["p_control", "p_spatial"]].max(axis=1) - 1e-12).all()
     assert np.allclose(answer["effect_over_chance"], answer["value"] - answer["chance"])
 
 
-def test_answer_table_reads_paired_differences_in_either_order():
-    """By hand: IG - InputMagnitude stored forward, IGRandom - IG stored backward (its sign and bounds flip)."""
-    from adheat_app.evaluation.scoring import answer_table
+def test_every_reported_estimate_lies_inside_its_interval(evaluated):
+    _, derivs, _, _ = evaluated
+    group = derivs.root / "group"
+    for name, value in (("overlap.tsv", "value"), ("overlap_differences.tsv", "difference"),
+                        ("answer.tsv", "value"), ("answer.tsv", "vs_control")):
+        table = pd.read_csv(group / name, sep="\t", na_values=["n/a"])
+        low, high = ("ci_low", "ci_high") if value in ("value", "difference") else \
+            ("vs_control_ci_low", "vs_control_ci_high")
+        bounded = table.dropna(subset=[low, high])
+        assert len(bounded) > 0, name
+        assert ((bounded[low] <= bounded[value] + 1e-12) & (bounded[value] <= bounded[high] + 1e-12)).all(), name
 
+
+def _hand_tables(ig_random: float = 0.7):
+    """overlap / difference rows by hand: IG 0.8, Saliency 0.6, InputMagnitude 0.55, IGRandom ``ig_random``."""
     overlap = pd.DataFrame([
         {"method": m, "kind": k, "label": "all", "reference": "ref", "sign": "absolute", "metric": "roc_auc",
          "value": v, "ci_low": v - 0.05, "ci_high": v + 0.05, "chance": 0.5}
         for m, k, v in [("IG", "method", 0.8), ("Saliency", "method", 0.6), ("InputMagnitude", "control", 0.55),
-                        ("IGRandom", "control", 0.7)]])
+                        ("IGRandom", "control", ig_random)]])
     pair = {"label": "all", "reference": "ref", "sign_a": "absolute", "sign_b": "absolute", "metric": "roc_auc"}
     differences = pd.DataFrame([
-        {**pair, "method_a": "IG", "method_b": "InputMagnitude", "difference": 0.25, "ci_low": 0.2, "ci_high": 0.3},
-        {**pair, "method_a": "IGRandom", "method_b": "IG", "difference": -0.1, "ci_low": -0.15, "ci_high": 0.02},
+        {**pair, "method_a": "IG", "method_b": "InputMagnitude", "difference": 0.25, "ci_low": 0.2, "ci_high": 0.3,
+         "p_value": 0.002},
+        {**pair, "method_a": "IGRandom", "method_b": "IG", "difference": -0.1, "ci_low": -0.15, "ci_high": 0.02,
+         "p_value": 0.09},
         {**pair, "method_a": "InputMagnitude", "method_b": "Saliency", "difference": -0.05, "ci_low": -0.1,
-         "ci_high": 0.01}])
-    answer = answer_table(overlap, differences, "all").set_index("method")
+         "ci_high": 0.01, "p_value": 0.2}])
+    return overlap, differences
+
+
+def test_answer_table_reads_paired_differences_in_either_order_and_the_strongest_control_decides():
+    """By hand: IG - InputMagnitude stored forward, IGRandom - IG stored backward (its sign and bounds flip).
+    IGRandom (0.7) is IG's strongest control and IG does not beat it; Saliency's is InputMagnitude."""
+    from adheat_app.evaluation.answer import answer_table
+
+    overlap, differences = _hand_tables()
+    answer = answer_table(overlap, differences, "all", {"IG": True, "Saliency": True}, {"IG", "Saliency"})
+    answer = answer.set_index("method")
     assert list(answer.index) == ["IG", "Saliency"]
     assert answer.loc["IG", ["vs_random", "vs_random_ci_low", "vs_random_ci_high"]].tolist() == \
         pytest.approx([0.1, -0.02, 0.15])
-    assert answer.loc["IG", "above_random"] is False and answer.loc["IG", "finds_reference"]
-    assert answer.loc["Saliency", ["vs_input_magnitude", "vs_ci_low", "vs_ci_high"]].tolist() == \
+    assert answer.loc["IG", "control"] == "IGRandom" and answer.loc["Saliency", "control"] == "InputMagnitude"
+    assert answer.loc["IG", "above_random"] is False and not answer.loc["IG", "finds_reference"]
+    assert answer.loc["Saliency", ["vs_control", "vs_control_ci_low", "vs_control_ci_high"]].tolist() == \
         pytest.approx([0.05, -0.01, 0.1])
     assert not answer.loc["Saliency", "above_control"] and answer.loc["Saliency", "above_chance"]
-    assert np.isnan(answer.loc["Saliency", "vs_random"]) and answer.loc["Saliency", "above_random"] == ""
+    # a weaker random-model control: InputMagnitude is IG's strongest, which it beats (p 0.002, Holm over 2: 0.004)
+    overlap, differences = _hand_tables(ig_random=0.5)
+    answer = answer_table(overlap, differences, "all", {"IG": True, "Saliency": True}, {"IG", "Saliency"})
+    ig = answer.set_index("method").loc["IG"]
+    assert ig["control"] == "InputMagnitude" and ig["finds_reference"] and ig["p_holm"] == pytest.approx(0.004)
+    # a model not better than chance finds nothing
+    answer = answer_table(overlap, differences, "all", {"IG": False, "Saliency": True}, {"IG", "Saliency"})
+    assert not answer.set_index("method").loc["IG", "finds_reference"]
+    # the spatial null enters the primary p-value: a map no better than smooth random maps finds nothing
+    answer = answer_table(overlap, differences, "all", {"IG": True}, {"IG"}, {("IG", "ref"): (0.7, 0.08, 0.2)})
+    ig = answer.set_index("method").loc["IG"]
+    assert ig["p_holm"] == pytest.approx(0.2) and not ig["finds_reference"]
 
 
 def test_evaluation_rerun_skips(evaluated):
@@ -330,7 +418,7 @@ def test_cohort_reference_finds_planted_atrophy_and_nothing_in_a_null_cohort(tmp
                                                              effect_size=0.5, null=null,
                                                              evaluation__n_permutations=200,
                                                              execution__nprocs=0)  # the default: every CPU
-    ref = cohort_reference(config, derivs, cohort, truth.template)
+    [ref] = cohort_reference(config, derivs, cohort, truth.template)  # one input channel: one reference
     mask = truth.template.mask_array()
     found = ref.binary() & mask
     paths = cohort_paths(derivs, cohort)
@@ -412,3 +500,117 @@ def test_meta_reference_from_foci_fwe_cluster_at_the_consistent_focus(tmp_path, 
     ref = meta_reference(config.replace("evaluation", reference_map=str(one), reference_threshold=0.001), derivs,
                          cohort, truth.template)
     assert "1 experiment(s)" in caplog.text and "fewer than the 17" in ref.description
+
+
+def test_top_k_with_tied_zeros_uses_k_voxels_and_scores_chance():
+    """A map that is 0 on 90 % of the voxels: its top 20 % holds 20 % of the voxels, the tied zeros counting
+    at random (in expectation), so a map unrelated to the reference scores the chance level of that set."""
+    rng = np.random.default_rng(3)
+    n = 100_000
+    reference = rng.permutation(n) < n // 10
+    relevance = np.where(rng.random(n) < 0.1, rng.random(n), 0.0)
+    m = overlap_metrics(relevance, reference, reference.astype(float))
+    levels = chance_levels(reference.mean(), n)
+    assert np.allclose(m["overlap_fraction"], levels["overlap_fraction"], atol=0.01)
+    assert np.allclose(m["dice"], levels["dice"], rtol=0, atol=0.004)  # 1 %: 1000 voxels, binomial SD 0.0017
+    # by hand: 10 voxels, values 3, 2, then eight zeros; reference = the first and two of the zeros; top 50 % = 5
+    # voxels: 3, 2 and 3 of the 8 tied zeros, each inside with probability 2/8
+    tiny = overlap_metrics(np.array([3.0, 2, 0, 0, 0, 0, 0, 0, 0, 0]), np.array([1, 0, 1, 1, 0, 0, 0, 0, 0, 0], bool),
+                           np.zeros(10), percents=(50.0,))
+    assert tiny["overlap_fraction"][0] == pytest.approx((1 + 3 * 2 / 8) / 5)
+
+
+def test_two_sessions_of_a_subject_are_resampled_together():
+    """Hand-built: three subjects, two sessions each; every resample counts both sessions of a subject alike, and
+    the interval of a subject-level effect is wider than if the six scans were independent subjects."""
+    subjects = ["01", "01", "02", "02", "03", "03"]
+    counts = resample_counts(subjects, 500, seed=0)
+    assert np.array_equal(counts[:, 0], counts[:, 1]) and np.array_equal(counts[:, 4], counts[:, 5])
+    assert np.all(counts.sum(axis=1) == 6)  # three subject draws of two scans each
+    scans = resample_counts([f"{s}-{i}" for i, s in enumerate(subjects)], 500, seed=0)
+    assert not np.array_equal(scans[:, 0], scans[:, 1])
+    # subject 01's sessions map the reference, the others map its complement: the mean map's AUC hinges on
+    # how often subject 01 is drawn
+    maps = np.array([REFERENCE + 0.1 * RANK] * 2 + [~REFERENCE + 0.1 * RANK] * 4, dtype=np.float32)
+    spread = {name: np.nanstd(bootstrap(maps, [REFERENCE], c)[0]["mass_inside"])
+              for name, c in (("subjects", counts), ("scans", scans))}
+    assert spread["subjects"] > 1.2 * spread["scans"], spread
+
+
+def test_basic_interval_holds_its_estimate_when_every_resample_is_lower():
+    """Resamples all below the full-sample value (the noisier-resample bias of rank metrics): the percentile
+    interval would exclude the value; the basic interval holds the bias-corrected estimate, within [0, 1]."""
+    from adheat_app.evaluation.intervals import holm, two_sided_p
+
+    samples = np.linspace(0.6, 0.8, 101)[:, None]
+    estimate, low, high = basic_interval(np.array([0.85]), samples)
+    assert estimate[0] == pytest.approx(1.0)  # 2 * 0.85 - 0.7 = 1.0
+    assert low[0] <= estimate[0] <= high[0] and low[0] == pytest.approx(2 * 0.85 - 0.795)
+    assert basic_interval(0.5, np.full((10,), 0.5)) == (0.5, 0.5, 0.5)
+    assert np.isnan(basic_interval(0.5, np.empty((0,)))[1])
+    assert two_sided_p(0.2, np.linspace(0.1, 0.3, 99)) == pytest.approx(2 / 100)  # no resample reaches 0.4
+    assert two_sided_p(0.0, np.linspace(-0.1, 0.1, 99)) == pytest.approx(1.0)
+    assert np.allclose(holm([0.01, 0.04, 0.03, np.nan]), [0.03, 0.06, 0.06, np.nan], equal_nan=True)
+
+
+def test_spatial_null_measures_smoothness_and_spreads_wider_than_voxelwise_chance():
+    from scipy.ndimage import gaussian_filter
+
+    from adheat_app.evaluation.spatial_null import smoothness, spatial_null
+
+    rng = np.random.default_rng(0)
+    shape = (40, 40, 40)
+    mask = np.ones(shape, bool)
+    mask[:, :, :4] = False
+    field = gaussian_filter(rng.standard_normal(shape), 2.0, mode="wrap")  # FWHM 2 * 2.355 voxels
+    assert np.allclose(smoothness(field[mask], mask), 2 * 2.3548, rtol=0.1)
+    reference = np.zeros(shape, bool)
+    reference[10:18, 10:18, 10:18] = True
+    values = np.abs(field[mask])
+    smooth = spatial_null(values, mask, [reference[mask]], [0.5], "roc_auc", 60, seed=1)[0]
+    white = spatial_null(rng.random(int(mask.sum())), mask, [reference[mask]], [0.5], "roc_auc", 60, seed=1)[0]
+    assert abs(smooth.mean - 0.5) < 0.05 and smooth.sd > 3 * white.sd  # a smooth map's AUC strays far more
+    assert smooth.p > 0.5
+
+
+def test_cohort_test_with_covariates_does_not_call_a_site_effect_an_ad_effect():
+    """No disease effect; site 1 scans are brighter in one block; AD subjects mostly at site 1 (80 %). Without the
+    site covariate the block is an 'AD effect'; with it, nothing survives."""
+    from adheat_app.evaluation.cohort_reference import confound_r2, two_sample_test
+
+    rng = np.random.default_rng(4)
+    n, shape = 40, (8, 8, 8)
+    positive = np.arange(n) < n // 2
+    site = np.isin(np.arange(n), [*range(16), *range(20, 24)]).astype(float)  # 16 of 20 AD, 4 of 20 CN
+    images = 0.5 * rng.standard_normal((n, *shape)).astype(np.float32)
+    images[:, 2:5, 2:5, 2:5] += 2.0 * site[:, None, None, None]
+    mask = np.ones(shape, bool)
+    covariates = pd.DataFrame({"site_1": site})
+    assert 0 < confound_r2(np.where(positive, 1.0, -1.0), covariates) < 0.5
+    args = (images, positive, mask, np.eye(4), 200, 0)
+    _, naive = two_sample_test(*args)
+    _, adjusted = two_sample_test(*args, covariates=covariates)
+    significant = -np.log10(0.05)
+    assert (naive[2:5, 2:5, 2:5] > significant).sum() >= 5
+    assert not (adjusted > significant).any()
+    # perfectly confounded: the class is the site
+    assert confound_r2(np.where(positive, 1.0, -1.0), pd.DataFrame({"site_1": positive.astype(float)})) > 0.99
+
+
+def test_each_map_meets_the_controls_of_its_channel_and_its_own_model_free_maps():
+    from adheat_app.evaluation.controls import applicable_controls, input_controls, is_control
+
+    controls = ["InputMagnitude", "InputMagnitudeintensity", "InputMagnitudelogjacobian", "BaselineDeviation",
+                "BaselineDeviationlogjacobian", "GreyMatterPrior", "IGRandom", "IGRandomlogjacobian", "SaliencyRandom"]
+    assert all(is_control(c) for c in controls) and not any(is_control(m) for m in ("IG", "IGlogjacobian", "SVM"))
+    assert applicable_controls("IG", controls) == ["InputMagnitude", "BaselineDeviation", "GreyMatterPrior",
+                                                   "IGRandom"]
+    assert applicable_controls("IGlogjacobian", controls) == [
+        "InputMagnitudelogjacobian", "BaselineDeviationlogjacobian", "GreyMatterPrior", "IGRandomlogjacobian"]
+    assert applicable_controls("SVM", controls) == ["InputMagnitude", "BaselineDeviation", "GreyMatterPrior"]
+    values = np.abs(np.random.default_rng(0).standard_normal((3, 2, 50)))
+    maps = input_controls(values, ("intensity", "logjacobian"), "InputMagnitude")
+    assert set(maps) == {"InputMagnitude", "InputMagnitudeintensity", "InputMagnitudelogjacobian"}
+    assert np.allclose(maps["InputMagnitude"].sum(axis=1), 1) and np.allclose(
+        maps["InputMagnitude"], (maps["InputMagnitudeintensity"] + maps["InputMagnitudelogjacobian"]) / 2)
+    assert set(input_controls(values[:, :1], ("intensity",), "InputMagnitude")) == {"InputMagnitude"}

@@ -133,7 +133,7 @@ def test_answer_is_one_sentence_per_question_and_one_figure(full_run):
     assert "Not assessed: no covariate-only classifier" in sentences  # the fixture has no covariate rows
     findings = sentences.split("Which methods find which reference?", 1)[1]
     assert findings.index("<em>simulation</em>") < findings.index("<em>anatomicalprior (a region prior")
-    assert "the InputMagnitude control" in findings and "its maps are not counted" in findings
+    assert "the strongest applicable control" in findings and "its maps are not counted" in findings  # answer.tsv names it
     assert findings.count("<em>") == len(read_findings(derivs.root).references)
     figure = answer.split('<figure id="answer-figure">', 1)[1].split("</figure>", 1)[0]
     assert figure.count("data:image/png;base64,") == 1 and "Ordered by ROC AUC against simulation" in figure

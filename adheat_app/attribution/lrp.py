@@ -37,6 +37,26 @@ Rules (``--lrp-rule``), for a layer ``z_j = sum_i x_i w_ij + b_j``:
 - ``epsilon``: ``R_i = sum_j x_i w_ij / (z_j + eps sign z_j) R_j``; biases
   absorb relevance, so relevance is conserved only for bias-free layers.
 
+- ``epsilonplusflat``: a composite (Kohlbrenner et al. 2020; zennit's
+  ``EpsilonPlusFlat``, Anders et al. 2021), one rule per layer type:
+
+  * the first Conv3d/Linear the input passes through: the flat rule, ``R_i =
+    sum_j R_j / (n_j + eps)`` over the ``n_j`` input voxels ``i`` that feed ``j``
+    (weights set to 1, bias to 0, inputs to 1: relevance spread evenly over the
+    receptive field; the scans' values never enter, so the map is the upper
+    layers' relevance seen through that layer's footprint);
+  * every other Conv3d: z+ (alpha = 1, beta = 0) *with* the positive bias in
+    the denominator, ``R_i = sum_j ((x_i w_ij)^+ / (z_j^+ + b_j^+)) R_j``, as
+    zennit's ``ZPlus`` (negative inputs count through negative weights);
+  * Linear layers: epsilon (biases included in ``z``);
+  * average pools and residual sums: epsilon with ``eps`` only as a
+    stabiliser (zennit's ``Norm``); ReLU, Dropout, max-pooling and flatten
+    pass relevance by the gradient; BatchNorm is folded (zennit's
+    ``SequentialMergeBatchNorm``).
+
+  It equals zennit's ``EpsilonPlusFlat`` (epsilon = stabiliser =
+  ``--lrp-epsilon``) on every registered model (tested).
+
 Average pools use the epsilon rule (positive weights: every rule agrees).
 """
 
@@ -57,6 +77,11 @@ from adheat_app.attribution.inputconv import conv3d
 from adheat_app.attribution.output import difference_head
 
 ALPHA_BETA = {"alphabeta": (1.5, 0.5), "zplus": (1.0, 0.0)}
+#: The ``--lrp-rule`` that picks a rule per layer (module docstring) instead of one rule for all.
+COMPOSITE = "epsilonplusflat"
+#: The composite's rule per layer, as recorded in the sidecars.
+COMPOSITE_LAYERS = {"InputLayer": "flat", "Conv3d": "zplus (alpha 1, beta 0, positive bias)",
+                    "Linear": "epsilon", "AvgPool": "epsilon (stabiliser only)", "ResidualSum": "proportional"}
 #: Modules through which relevance flows by the plain gradient.
 PASS_THROUGH = (nn.ReLU, nn.Dropout, nn.MaxPool3d, nn.Identity, nn.Sequential, nn.ModuleList)
 POOLS = (nn.AvgPool3d, nn.AdaptiveAvgPool3d)
@@ -97,18 +122,29 @@ def epsilon_rule(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
     return x.detach() * grad
 
 
+def flat_rule(module: nn.Module, x: torch.Tensor, relevance: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Input relevance of a Conv3d/Linear by the flat rule: weights and inputs 1, no bias (module docstring)."""
+    ones = torch.ones_like(module.weight)
+    apply = _linear_map(module)
+    return epsilon_rule(lambda v: apply(v, ones), torch.ones_like(x), relevance, epsilon)
+
+
 def alpha_beta_rule(module: nn.Module, x: torch.Tensor, relevance: torch.Tensor, alpha: float, beta: float,
-                    epsilon: float) -> torch.Tensor:
-    """Input relevance of a Conv3d/Linear by the alpha-beta rule (biases ignored)."""
+                    epsilon: float, bias: bool = False) -> torch.Tensor:
+    """Input relevance of a Conv3d/Linear by the alpha-beta rule (``bias``: the bias's positive part joins
+    ``z^+`` and its negative part ``z^-``, as in zennit's rules; else biases are ignored)."""
     apply = _linear_map(module)
     x_pos = x.detach().clamp(min=0).requires_grad_(True)
     x_neg = x.detach().clamp(max=0).requires_grad_(True)
     w_pos, w_neg = module.weight.detach().clamp(min=0), module.weight.detach().clamp(max=0)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
     out = 0.0
     for weight, pair in ((alpha, (w_pos, w_neg)), (-beta, (w_neg, w_pos))):
         if weight == 0:
             continue
         z = apply(x_pos, pair[0]) + apply(x_neg, pair[1])
+        if bias and module.bias is not None:
+            z = z + module.bias.detach().clamp(**({"min": 0} if weight > 0 else {"max": 0})).view(shape)
         scaled = (relevance / (z.detach() + epsilon * (1 if weight > 0 else -1))).detach()
         g_pos, g_neg = torch.autograd.grad((z * scaled).sum(), (x_pos, x_neg))
         out = out + weight * (x_pos.detach() * g_pos + x_neg.detach() * g_neg)
@@ -173,12 +209,31 @@ def with_split_additions(model: nn.Module, epsilon: float) -> torch.fx.GraphModu
     return traced
 
 
-def lrp_rule(module: nn.Module, rule: str, epsilon: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The relevance map ``(x, R_out) -> R_in`` of one layer."""
+def lrp_rule(module: nn.Module, rule: str, epsilon: float, first: bool = False
+             ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The relevance map ``(x, R_out) -> R_in`` of one layer (``first``: the layer that reads the input)."""
+    if rule == COMPOSITE and not isinstance(module, POOLS):
+        if first:
+            return lambda x, r: flat_rule(module, x, r, epsilon)
+        if isinstance(module, nn.Conv3d):
+            return lambda x, r: alpha_beta_rule(module, x, r, 1.0, 0.0, epsilon, bias=True)
+        return lambda x, r: epsilon_rule(_functional(module), x, r, epsilon)
     if isinstance(module, POOLS) or rule == "epsilon":
         return lambda x, r: epsilon_rule(_functional(module), x, r, epsilon)
     alpha, beta = ALPHA_BETA[rule]
     return lambda x, r: alpha_beta_rule(module, x, r, alpha, beta, epsilon)
+
+
+def first_layer(model: nn.Module) -> nn.Module | None:
+    """The first Conv3d or Linear a :class:`Canonized` model calls (its traced graph's order), else None."""
+    if not isinstance(model, Canonized):
+        return None
+    for node in model.traced.graph.nodes:
+        if node.op == "call_module":
+            module = model.traced.get_submodule(node.target)
+            if isinstance(module, (nn.Conv3d, nn.Linear)):
+                return module
+    return None
 
 
 def attach_rules(model: nn.Module, rule: str, epsilon: float) -> list:
@@ -192,9 +247,10 @@ def attach_rules(model: nn.Module, rule: str, epsilon: float) -> list:
         For a module type LRP has no rule for (e.g. a BatchNorm that was not folded).
     """
     handles = []
+    first = first_layer(model)
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv3d, nn.Linear, *POOLS)):
-            fn = lrp_rule(module, rule, epsilon)
+            fn = lrp_rule(module, rule, epsilon, module is first)
             handles.append(module.register_forward_hook(
                 lambda mod, inputs, output, fn=fn: _RuleFunction.apply(inputs[0], output.detach(), fn)))
         elif module is not model and not isinstance(module, PASS_THROUGH) and not list(module.children()):
@@ -272,8 +328,9 @@ class LRP(GradientMethod):
     sets = ("wang2023",)
     source = "Wang 2023"
     summary = ("layer-wise relevance propagation from the explained output; BatchNorm folded into the preceding conv "
-               "first; `--lrp-rule alphabeta` (α=1.5, β=0.5, as Wang et al.), `epsilon` or `zplus`; signed")
-    default_note = "class-insensitive (below)"
+               "first; `--lrp-rule alphabeta` (α=1.5, β=0.5, as Wang et al.), `epsilon`, `zplus` or the composite "
+               "`epsilonplusflat` (flat at the input layer, z+ on convolutions, ε on dense layers); signed")
+    default_note = "alpha-beta missed planted atrophy on the default model; the composite is not measured there (below)"
 
     def parameters(self) -> dict:
         """Rule, its alpha/beta, epsilon and output explained."""
@@ -281,6 +338,8 @@ class LRP(GradientMethod):
                   "Canonization": "BatchNorm folded into Conv3d", "MaxPool": "winner-take-all"}
         if self.options.lrp_rule in ALPHA_BETA:
             params["Alpha"], params["Beta"] = ALPHA_BETA[self.options.lrp_rule]
+        if self.options.lrp_rule == COMPOSITE:
+            params["LayerRules"] = COMPOSITE_LAYERS
         return params
 
     def prepare(self, model: nn.Module, example: torch.Tensor) -> nn.Module:

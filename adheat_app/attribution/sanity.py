@@ -35,7 +35,9 @@ step) as ``desc-<Method>Random_heatmap.nii.gz``
 (:class:`RandomModelControl`). The group evaluation scores those maps as
 controls, exactly like the method's own maps, so a method's overlap with a
 reference can be compared with what the same method finds in a model that
-learned nothing.
+learned nothing. Last, the data randomisation (:mod:`.data_randomisation`)
+writes each method's maps of models trained on permuted labels
+(``<Method>PermutedLabels`` controls).
 """
 
 from __future__ import annotations
@@ -49,16 +51,16 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from adheat_app.attribution.base import Method
 from adheat_app.attribution.canonize import traced_forward
-from adheat_app.attribution.base import Attribution
+from adheat_app.attribution.control_maps import ControlMethod
+from adheat_app.attribution.data_randomisation import run_data_randomisation
 from adheat_app.attribution.fold_models import Assignment
 from adheat_app.attribution.runner import HeatmapRun, heatmap_run
 from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.io import read_json, write_json, write_tsv
-from adheat_app.layout import RANDOM_SUFFIX, SANITY_CHECK, MapName, group_table, sidecar_path
+from adheat_app.layout import RANDOM_SUFFIX, SANITY_CHECK, group_table, sidecar_path
 
 LOGGER = logging.getLogger(__name__)
 
@@ -94,56 +96,26 @@ def cascade(model: nn.Module, layers: list[str], steps: int, seed: int) -> nn.Mo
     return randomised.eval()
 
 
-class RandomModelControl(Method):
+class RandomModelControl(ControlMethod):
     """A method's maps of its model with every learned layer re-initialised (control ``<Method>Random``).
 
     Each fold model is randomised by :func:`cascade` over all of
     :func:`learned_layers` (seeded by the run seed, BatchNorm statistics kept)
     and then prepared and explained by the wrapped method unchanged.
-
-    Parameters
-    ----------
-    method : Method
-        The heatmap method of the trained model.
     """
 
-    def __init__(self, method: Method):
-        super().__init__(method.options, method.context)
-        self.method = method
-        self.name = MapName(method.name, RANDOM_SUFFIX).desc
-        self.signed = method.signed
-        self.all_zero_reason = method.all_zero_reason
+    suffix = RANDOM_SUFFIX
 
-    @property
-    def needs_template(self) -> bool:
-        """As the wrapped method."""
-        return self.method.needs_template
-
-    @property
-    def output(self) -> str:
-        """As the wrapped method."""
-        return self.method.output
-
-    def parameters(self) -> dict:
-        """The wrapped method's parameters and how the model was randomised."""
-        return {**self.method.parameters(), "Control": "randomised model",
+    def control(self) -> dict:
+        """How the model was randomised."""
+        return {"Control": "randomised model",
                 "RandomisedLayers": "all learned layers (Conv3d, Linear) re-initialised; BatchNorm statistics kept",
                 "RandomisationSeed": self.context.seed}
 
-    def prepare(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
-        """The fully randomised copy of ``model``, prepared by the wrapped method."""
+    def control_model(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
+        """The fully randomised copy of ``model``."""
         layers = learned_layers(model, example)
-        return self.method.prepare(cascade(model, layers, len(layers), self.context.seed), example)
-
-    def attribute(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str],
-                  template: torch.Tensor | None = None) -> torch.Tensor:
-        """The wrapped method's maps of the randomised model."""
-        return self.method.attribute(model, volumes, targets, keys, template)
-
-    def attribution(self, model: nn.Module, volumes: torch.Tensor, targets: torch.Tensor, keys: list[str],
-                    template: torch.Tensor | None = None) -> Attribution:
-        """The wrapped method's maps of the randomised model and its per-scan values."""
-        return self.method.attribution(model, volumes, targets, keys, template)
+        return cascade(model, layers, len(layers), self.context.seed)
 
 
 def summed(maps: np.ndarray) -> np.ndarray:
@@ -236,6 +208,11 @@ def run_sanity_check(run: HeatmapRun) -> pd.DataFrame:
 
 
 def sanity_check(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> pd.DataFrame:
-    """``--sanity-check`` at the group level: :func:`run_sanity_check` of the trained fold models of ``--model``."""
+    """``--sanity-check`` at the group level: :func:`run_sanity_check` of the trained fold models of ``--model``,
+    then the data randomisation (:func:`~.data_randomisation.run_data_randomisation`)."""
     with heatmap_run(config, derivs, cohort) as run:
-        return pd.DataFrame() if run is None else run_sanity_check(run)
+        if run is None:
+            return pd.DataFrame()
+        table = run_sanity_check(run)
+    run_data_randomisation(config, derivs, cohort)
+    return table

@@ -1,41 +1,87 @@
-"""Control maps scored exactly like the heatmap methods, and the SVM pattern's bootstrap.
+"""Control maps scored exactly like the heatmap methods, which one a map must beat, and the SVM pattern's bootstrap.
 
 A heatmap method "finds" a reference only if it beats maps that know nothing
 about the model:
 
-* ``InputMagnitude``: each scan's absolute preprocessed intensity (the CNN's
-  input) inside the brain mask, normalised to unit total like a heatmap and
-  averaged over the same groups of scans. Input-proportional methods
-  (Integrated Gradients with a zero baseline, LRP) inherit the input's
-  structure, so the input itself is the control they must beat.
+* ``InputMagnitude``: each scan's absolute input (the CNN's input channels)
+  inside the brain mask, normalised to unit total like a heatmap and averaged
+  over the same groups of scans. Input-proportional methods (Integrated
+  Gradients with a zero baseline, LRP) inherit the input's structure, so the
+  input itself is a control they must beat.
+* ``BaselineDeviation``: each scan's ``|x - b|`` with ``b`` the mean input of
+  the training scans of the fold that tested the scan (the ``template``
+  baseline of Integrated Gradients and fill of occlusion,
+  :func:`adheat_app.attribution.references.training_mean`). Integrated
+  Gradients multiplies its gradients by ``x - b``; where every AD scan departs
+  from the training mean (the log Jacobian in atrophy), ``|x - b|`` alone
+  points at the atrophy without any model.
 * ``GreyMatterPrior``: the template's grey-matter probability map
-  (:func:`grey_matter_prior`; one map, the same for every resample). Atrophy references lie in grey matter, so any
-  grey-matter-shaped map scores above chance.
+  (:func:`grey_matter_prior`; one map, the same for every resample). Atrophy
+  references lie in grey matter, so any grey-matter-shaped map scores above chance.
+* a method's maps of models that learned nothing (the control suffixes of
+  :data:`adheat_app.layout.CONTROLS`: ``<Method>Random`` from the sanity check),
+  when present: controls of their own method.
 
-The SVM activation pattern (Haufe et al. 2014) is one map per fold; its
-interval comes from :func:`svm_pattern_resamples`: the pattern
-``cov(Z) w / var(w'z)`` recomputed on each bootstrap resample of the scans,
-with the fold-mean weight vector ``w`` held fixed (the SVM is not refit) and
-the features ``Z`` z-scored per voxel once over all scans.
+With several input channels the two input controls exist summed over the
+channels (each channel's map normalised to unit total, summed, normalised
+again; as the methods' summed maps) and per channel (``InputMagnitudelogjacobian``).
+:func:`applicable_controls` says which controls a map is measured against:
+those of its channel, its own method's model-free maps and the grey-matter
+prior; the strongest of them (highest score) decides.
+
+The SVM activation pattern (Haufe et al. 2014) is scored as
+:func:`svm_pattern_resamples` computes it: the pattern ``cov(Z) w / var(w'z)``
+of the fold-mean weight vector ``w`` (the SVM is not refit) on the features
+``Z`` z-scored per voxel once over all scans, for all scans (the value) and
+for each bootstrap resample of subjects (the interval): one estimator for both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from adheat_app.cohort import Cohort
+from adheat_app.config import RunConfig
 from adheat_app.evaluation.overlap import BATCH
-from adheat_app.layout import MapName
+from adheat_app.layout import MapName, trained_folds
 from adheat_app.templates import Template, resample
 
 INPUT_MAGNITUDE = "InputMagnitude"
+BASELINE_DEVIATION = "BaselineDeviation"
 GREY_MATTER_PRIOR = "GreyMatterPrior"
-
-
+#: Controls computed from the inputs, per channel and summed over channels.
+INPUT_CONTROLS = (INPUT_MAGNITUDE, BASELINE_DEVIATION)
 def is_control(method: str) -> bool:
     """Whether ``method`` names a control map rather than an explanation of the trained model."""
-    return method in (INPUT_MAGNITUDE, GREY_MATTER_PRIOR) or MapName.parse(method).is_control
+    name = MapName.parse(method)
+    return method == GREY_MATTER_PRIOR or name.method in INPUT_CONTROLS or name.is_control
+
+
+def applicable_controls(method: str, controls: Iterable[str]) -> list[str]:
+    """The controls among ``controls`` that the map ``method`` is measured against (see the module docstring)."""
+    name = MapName.parse(method)
+    out = []
+    for control in controls:
+        other = MapName.parse(control)
+        same_channel = other.channel == name.channel
+        if control == GREY_MATTER_PRIOR or (same_channel and other.method in INPUT_CONTROLS and not other.is_control) \
+                or (same_channel and other.is_control and other.method == name.method):
+            out.append(control)
+    return out
+
+
+def input_controls(values: np.ndarray, channels: tuple[str, ...], name: str) -> dict[str, np.ndarray]:
+    """Per-scan maps ``(n, V)`` of one input control from per-channel magnitudes ``values`` ``(n, C, V)``.
+
+    Returns the channel sum under ``name`` and, with several channels, each channel under ``name<channel>``.
+    """
+    per_channel = [unit_total(values[:, c]) for c in range(len(channels))]
+    out = {name: unit_total(sum(per_channel))}
+    if len(channels) > 1:
+        out.update({MapName(name, channel=channel).desc: maps for channel, maps in zip(channels, per_channel)})
+    return out
 
 
 def unit_total(maps: np.ndarray) -> np.ndarray:
@@ -94,3 +140,38 @@ def svm_pattern_resamples(features: np.ndarray, weights: np.ndarray, counts: np.
         variance = np.sum(coefficients * centred, axis=1, keepdims=True)
         patterns = (coefficients.astype(np.float32) @ features) / np.where(variance > 0, variance, 1.0)
         yield unit_total(patterns.reshape(len(patterns), channels, -1).sum(axis=1))
+
+
+def fold_baselines(config: RunConfig, cohort: Cohort, inputs: np.ndarray, mask: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ``BaselineDeviation`` baseline of every scan: its testing fold's training mean, inside ``mask``.
+
+    Parameters
+    ----------
+    config : RunConfig
+        Run configuration (models folder, ``--model``).
+    cohort : Cohort
+        The scans, in the order of ``inputs``.
+    inputs : numpy.ndarray
+        ``(N, C, X, Y, Z)`` inputs of ``cohort`` (:func:`adheat_app.inputs.load_inputs`).
+    mask : numpy.ndarray
+        Brain mask (bool, image grid).
+
+    Returns
+    -------
+    tuple of numpy.ndarray or None
+        Baselines ``(F + 1, C, V)`` (one per trained fold, then their mean for scans in no test set) and each
+        scan's row in them; None before any fold is trained.
+    """
+    from adheat_app.attribution.references import training_mean
+    from adheat_app.attribution.fold_models import assign_folds
+    from adheat_app.training import fold_dir
+
+    folds = trained_folds(config.models_dir, config.training.model)
+    if not folds:
+        return None
+    means = np.stack([training_mean(fold_dir(config, k), cohort, inputs)[:, mask] for k in folds])
+    baselines = np.concatenate([means, means.mean(axis=0, keepdims=True)])
+    position = {k: i for i, k in enumerate(folds)}
+    rows = np.array([position.get(a.fold, len(folds)) for a in assign_folds(config, cohort, folds)])
+    return baselines.astype(np.float32), rows

@@ -4,9 +4,13 @@ For a relevance map ``m`` (non-negative, brain voxels only) and a binary
 reference ``R`` (plus its continuous values ``r``):
 
 * ``dice`` and ``overlap_fraction`` at the top ``k`` % of brain voxels
-  (:data:`TOP_PERCENT`): ``T`` = voxels whose relevance is at least the
-  ``ceil(k/100 * V)``-th largest value (ties included); Dice
-  ``2 |T & R| / (|T| + |R|)``, overlap fraction ``|T & R| / |T|``;
+  (:data:`TOP_PERCENT`): ``T`` = the ``K = ceil(k/100 * V)`` voxels of highest
+  relevance; Dice ``2 |T & R| / (K + |R|)``, overlap fraction ``|T & R| / K``.
+  Voxels tied at the ``K``-th largest value (maps with many exact zeros) are
+  broken at random, in expectation: the tied voxels fill the places left
+  above the tie, each counting ``|tied & R| / |tied|`` inside ``R``, so ``T``
+  always holds ``K`` voxels and the chance level of :mod:`.chance` is that of
+  the set actually used;
 * ``roc_auc``: probability that a reference voxel outranks a non-reference
   voxel (Mann-Whitney, ties counted half);
 * ``average_precision``: mean over reference voxels of the precision at their
@@ -15,18 +19,18 @@ reference ``R`` (plus its continuous values ``r``):
 * ``spearman``: rank correlation of ``m`` with the continuous ``r``.
 
 :func:`resample_counts` draws the bootstrap resamples of subjects (with
-replacement) once per group of scans; :func:`bootstrap` turns them into the
+replacement; the sessions of a subject are drawn together) once per group of scans; :func:`bootstrap` turns them into the
 mean map of each resample (one matrix product, weights x maps) and
 :func:`score_resamples` scores resample maps with one sort each, in batches.
 Every map scored on the same weights is scored on the same resamples, so
-differences between maps have paired intervals. The Spearman correlation needs
+differences between maps have paired intervals (:mod:`.intervals`). The Spearman correlation needs
 the rank of every voxel per resample and is reported without interval.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -37,7 +41,8 @@ BOOTSTRAPPED = ("dice", "overlap_fraction", "roc_auc", "average_precision", "mas
 BATCH = 32
 
 
-def _top_count(n_voxels: int, percent: float) -> int:
+def top_count(n_voxels: int, percent: float) -> int:
+    """Voxels ``K = ceil(k% V)`` (at least 1) in the top-``k`` % set of a map of ``n_voxels`` voxels."""
     return max(1, math.ceil(percent / 100.0 * n_voxels))
 
 
@@ -63,9 +68,13 @@ def sorted_metrics(maps: np.ndarray, references: list[np.ndarray],
     maps = np.atleast_2d(maps)
     n_rows, n_voxels = maps.shape
     ordered = np.sort(maps, axis=1)
-    counts = [_top_count(n_voxels, p) for p in percents]
+    counts = [top_count(n_voxels, p) for p in percents]
     thresholds = ordered[:, [n_voxels - c for c in counts]]
-    top = np.stack([n_voxels - np.searchsorted(ordered[i], thresholds[i], side="left") for i in range(n_rows)])
+    at_least = np.stack([n_voxels - np.searchsorted(ordered[i], thresholds[i], side="left") for i in range(n_rows)])
+    above = np.stack([n_voxels - np.searchsorted(ordered[i], thresholds[i], side="right") for i in range(n_rows)])
+    top = np.asarray(counts, dtype=np.float64)
+    # share of the tied voxels' places that fall inside the top K (random tie-breaking, in expectation)
+    fill = (top - above) / (at_least - above)
     total = maps.sum(axis=1)
     results = []
     for reference in references:
@@ -77,7 +86,9 @@ def sorted_metrics(maps: np.ndarray, references: list[np.ndarray],
         precision = np.full(n_rows, np.nan)
         for i in range(n_rows):
             positives = np.sort(maps[i, reference])
-            inside[i] = n_pos - np.searchsorted(positives, thresholds[i], side="left")
+            tied_in = (np.searchsorted(positives, thresholds[i], side="right")
+                       - np.searchsorted(positives, thresholds[i], side="left"))
+            inside[i] = n_pos - np.searchsorted(positives, thresholds[i], side="right") + fill[i] * tied_in
             if n_pos and n_neg:
                 left = np.searchsorted(ordered[i], positives, side="left")
                 right = np.searchsorted(ordered[i], positives, side="right")
@@ -111,24 +122,30 @@ def overlap_metrics(relevance: np.ndarray, reference: np.ndarray, reference_valu
     return out
 
 
-def resample_counts(n: int, n_resamples: int, seed: int) -> np.ndarray:
-    """Bootstrap resamples of ``n`` subjects as counts ``(n_resamples, n)`` (float64; each row sums to ``n``).
+def resample_counts(subjects: Sequence[str], n_resamples: int, seed: int) -> np.ndarray:
+    """Bootstrap resamples of subjects, as counts per scan ``(n_resamples, n_scans)`` (float64).
+
+    The subjects are drawn with replacement (as many draws as subjects); each
+    scan counts as often as its subject was drawn, so the sessions of one
+    subject enter or leave a resample together.
 
     Parameters
     ----------
-    n : int
-        Subjects (scans) in the group.
+    subjects : sequence of str
+        Subject of each scan of the group (repeated for several sessions).
     n_resamples : int
         Number of resamples (0: none).
     seed : int
         Seed of the resampling.
     """
+    names, index = np.unique(np.asarray(subjects, dtype=str), return_inverse=True)
     rng = np.random.default_rng(seed)
+    n = len(names)
     counts = np.zeros((n_resamples, n))
     if n_resamples and n:
         draws = rng.integers(0, n, size=(n_resamples, n))
         np.add.at(counts, (np.repeat(np.arange(n_resamples), n), draws.ravel()), 1.0)
-    return counts
+    return counts[:, index.ravel()]
 
 
 def score_resamples(batches: Iterable[np.ndarray], references: list[np.ndarray],
@@ -176,12 +193,3 @@ def bootstrap(maps: np.ndarray, references: list[np.ndarray], counts: np.ndarray
             for value in metrics.values():
                 value[empty] = np.nan
     return scored
-
-
-def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile confidence interval over the first axis (NaN when there are no samples)."""
-    if samples.shape[0] == 0:
-        shape = samples.shape[1:]
-        return np.full(shape, np.nan), np.full(shape, np.nan)
-    alpha = (1.0 - level) / 2.0
-    return np.nanquantile(samples, alpha, axis=0), np.nanquantile(samples, 1.0 - alpha, axis=0)

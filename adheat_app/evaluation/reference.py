@@ -57,6 +57,8 @@ class Reference:
     mask : numpy.ndarray or None
         Binary reference given explicitly (e.g. the clusters surviving a
         cluster-level correction); None: ``values > threshold``.
+    uninformative : str
+        Why the reference is reported but not scored (empty: it is scored).
     """
 
     name: str
@@ -65,6 +67,7 @@ class Reference:
     description: str
     source: str
     mask: np.ndarray | None = None
+    uninformative: str = ""
 
     def binary(self) -> np.ndarray:
         """The binarised reference (bool, analysis grid)."""
@@ -73,7 +76,8 @@ class Reference:
     def describe(self) -> dict:
         """JSON-serialisable summary for sidecars."""
         return {"Name": self.name, "Source": self.source, "Threshold": self.threshold,
-                "Voxels": int(self.binary().sum()), "Description": self.description}
+                "Voxels": int(self.binary().sum()), "Description": self.description,
+                **({"Uninformative": self.uninformative} if self.uninformative else {})}
 
 
 def ale_fwhm(sample_size: float) -> float:

@@ -5,9 +5,11 @@
 resamples; each map scored on it adds one :class:`~.scoring.Scores`. The
 scored maps are the heatmap methods (:func:`score_methods`, which also writes
 their group maps and overlap curve figures), the controls
-(:func:`score_controls`: input magnitude and the grey-matter prior; a method's
-``Random`` maps are scored as methods of kind ``control``) and the SVM pattern
-(:func:`score_svm`). A new kind of scored map is one more function here.
+(:func:`score_controls`: input magnitude and baseline deviation, summed and per
+channel, and the grey-matter prior; a method's ``Random`` maps are scored as
+methods of kind ``control``) and the SVM pattern (:func:`score_svm`: one
+estimator for value and resamples). The resamples are of subjects (a
+subject's sessions together). A new kind of scored map is one more function here.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.evaluation.chance import chance_levels
 from adheat_app.evaluation.controls import (
-    GREY_MATTER_PRIOR, INPUT_MAGNITUDE, grey_matter_prior, is_control, svm_pattern_resamples, unit_total,
+    BASELINE_DEVIATION, GREY_MATTER_PRIOR, INPUT_MAGNITUDE, fold_baselines, grey_matter_prior, input_controls,
+    is_control, svm_pattern_resamples,
 )
 from adheat_app.evaluation.group_maps import ALL, load_method, scan_groups, write_group_maps
+from adheat_app.evaluation.intervals import basic_interval
 from adheat_app.evaluation.overlap import (
-    TOP_PERCENT, bootstrap, overlap_metrics, percentile_interval, resample_counts, score_resamples, sorted_metrics,
+    TOP_PERCENT, bootstrap, overlap_metrics, resample_counts, score_resamples, sorted_metrics,
 )
 from adheat_app.evaluation.reference import Reference
 from adheat_app.evaluation.scoring import Scores, constant_samples
@@ -53,8 +57,9 @@ class Scorer:
         self.names = [ref.name for ref in references]
         self.binaries = [ref.binary()[mask] for ref in references]
         self.continuous = [ref.values[mask] for ref in references]
-        self.chances = [chance_levels(float(b.mean())) for b in self.binaries]
-        self.curve_chance = {ref.name: chance_levels(float(b.mean()), CURVE_PERCENT)
+        n_voxels = int(mask.sum())
+        self.chances = [chance_levels(float(b.mean()), n_voxels) for b in self.binaries]
+        self.curve_chance = {ref.name: chance_levels(float(b.mean()), n_voxels, CURVE_PERCENT)
                              for ref, b in zip(references, self.binaries)}
         positive, negative = cohort.positive_label, cohort.negative_label
         labels = [to_label(positive), to_label(negative), ALL]
@@ -62,7 +67,9 @@ class Scorer:
                      for label in labels}
         self.keys = {label: keys for label, keys in self.keys.items() if keys}
         n_bootstrap, seed = config.evaluation.n_bootstrap, config.execution.seed
-        self.counts = {label: resample_counts(len(keys), n_bootstrap if len(keys) > 1 else 0, seed + i)
+        subject = {s.key: s.subject for s in cohort.scans}
+        self.counts = {label: resample_counts([subject[k] for k in keys],
+                                              n_bootstrap if len({subject[k] for k in keys}) > 1 else 0, seed + i)
                        for i, (label, keys) in enumerate(self.keys.items())}
         self.columns = {label: {key: j for j, key in enumerate(keys)} for label, keys in self.keys.items()}
         self.scores: list[Scores] = []
@@ -140,33 +147,41 @@ def _method_curves(scorer: Scorer, derivs: Derivatives, method: str, mean: np.nd
     """The overlap curves of a method's label-``all`` mean map, with its bootstrap intervals at the top k."""
     scored = next(s for s in reversed(scorer.scores) if s.method == method and s.label == ALL
                   and s.sign == "absolute")
-    intervals = {name: {m: (TOP_PERCENT, *percentile_interval(scored.samples[r][m]))
+    intervals = {name: {m: (TOP_PERCENT, *basic_interval(scored.point[r][m], scored.samples[r][m])[1:])
                         for m in ("dice", "overlap_fraction")}
                  for r, name in enumerate(scorer.names) if len(scored.samples[r]["dice"])}
     save_png(overlap_curves(method, CURVE_PERCENT, scorer.curves(mean), intervals, scorer.curve_chance),
              overlap_figure(derivs.root, method))
 
 
-def score_controls(scorer: Scorer, cohort: Cohort, template: Template, inputs: np.ndarray) -> str:
-    """Score the controls of every label (input magnitude of the cohort's ``inputs``, the grey-matter prior);
-    return where the prior comes from."""
-    channels = len(cohort.channels)
+def score_controls(scorer: Scorer, config: RunConfig, cohort: Cohort, template: Template, inputs: np.ndarray) -> str:
+    """Score the controls of every label (input magnitude and, once folds are trained, baseline deviation of the
+    cohort's ``inputs``, summed and per channel; the grey-matter prior); return where the prior comes from."""
     index = {s.key: i for i, s in enumerate(cohort.scans)}
+    baselines = fold_baselines(config, cohort, inputs, scorer.mask)
     for label, keys in scorer.keys.items():
-        values = np.asarray(inputs[[index[k] for k in keys]][:, :, scorer.mask], dtype=np.float32)
-        magnitude = unit_total(sum(unit_total(values[:, c]) for c in range(channels)))
-        scorer.subjects(INPUT_MAGNITUDE, "control", label, "absolute", magnitude, keys)
+        rows = [index[k] for k in keys]
+        values = np.asarray(inputs[rows][:, :, scorer.mask], dtype=np.float32)
+        controls = input_controls(np.abs(values), cohort.channels, INPUT_MAGNITUDE)
+        if baselines is not None:
+            controls.update(input_controls(np.abs(values - baselines[0][baselines[1][rows]]), cohort.channels,
+                                           BASELINE_DEVIATION))
+        for name, maps in controls.items():
+            scorer.subjects(name, "control", label, "absolute", maps, keys)
+        del values, controls
     prior, prior_source = grey_matter_prior(template)
     for label in scorer.keys:
         scorer.constant(GREY_MATTER_PRIOR, "control", label, prior)
     return prior_source
 
 
-def _svm_samples(scorer: Scorer, inputs: np.ndarray, derivs: Derivatives, cohort: Cohort) -> list[dict] | None:
-    """Bootstrap scores of the SVM pattern on the label-``all`` resamples (None without a weight map).
+def _svm_pattern(scorer: Scorer, inputs: np.ndarray, derivs: Derivatives, cohort: Cohort
+                 ) -> tuple[np.ndarray, list[dict]] | None:
+    """The scored SVM pattern (all subjects) and its bootstrap scores on the label-``all`` resamples of subjects
+    (None without a weight map): one estimator for both.
 
     With several input channels the features are every channel's voxels and the weights are read from the
-    per-channel weight maps; each resampled pattern is the sum of its channels' patterns, as the written map.
+    per-channel weight maps; each pattern is the sum of its channels' patterns, as the written map.
     """
     channels, mask = cohort.channels, scorer.mask
     paths = [output_paths(derivs, cohort, name if len(channels) > 1 else None)[1] for name in channels]
@@ -179,8 +194,9 @@ def _svm_samples(scorer: Scorer, inputs: np.ndarray, derivs: Derivatives, cohort
     sd = features.std(axis=0)
     features /= np.where(sd > 0, sd, 1.0)
     weights = np.concatenate([np.asarray(nib.load(p).dataobj, dtype=np.float32)[mask] for p in paths])
-    return score_resamples(svm_pattern_resamples(features, weights, scorer.counts[ALL], len(channels)),
-                           scorer.binaries)
+    pattern = next(svm_pattern_resamples(features, weights, np.ones((1, len(rows))), len(channels)))[0]
+    return pattern, score_resamples(svm_pattern_resamples(features, weights, scorer.counts[ALL], len(channels)),
+                                    scorer.binaries)
 
 
 def score_svm(scorer: Scorer, scored: ScoredMaps, derivs: Derivatives, cohort: Cohort, inputs: np.ndarray) -> None:
@@ -189,9 +205,9 @@ def score_svm(scorer: Scorer, scored: ScoredMaps, derivs: Derivatives, cohort: C
     pattern = np.abs(np.asarray(nib.load(output_paths(derivs, cohort)[0]).dataobj, dtype=np.float64))[scorer.mask]
     total = pattern.sum()
     pattern = pattern / total if total > 0 else pattern
-    samples = _svm_samples(scorer, inputs, derivs, cohort)
+    estimated = _svm_pattern(scorer, inputs, derivs, cohort)
     if ALL in scorer.keys:
-        scorer.constant(SVM, "baseline", ALL, pattern, samples, len(scorer.keys[ALL]))
+        scorer.constant(SVM, "baseline", ALL, *(estimated or (pattern, None)), len(scorer.keys[ALL]))
     save_png(overlap_curves(f"{SVM} pattern", CURVE_PERCENT, scorer.curves(pattern), chance=scorer.curve_chance),
              overlap_figure(derivs.root, MapName(SVM).desc))
     for label in scored.label_maps or {ALL: {}}:

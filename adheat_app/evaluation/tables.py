@@ -14,23 +14,46 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+import logging
+
 from adheat_app.bids import Derivatives
-from adheat_app.evaluation.controls import GREY_MATTER_PRIOR, INPUT_MAGNITUDE
+from adheat_app.config import RunConfig
+from adheat_app.evaluation.answer import (
+    ANSWER_METRIC, answer_table, holm_reachable, model_verdicts, primary_maps,
+)
+from adheat_app.evaluation.controls import BASELINE_DEVIATION, GREY_MATTER_PRIOR, INPUT_MAGNITUDE
 from adheat_app.evaluation.distances import map_distances
 from adheat_app.evaluation.group_maps import ALL
 from adheat_app.evaluation.overlap import TOP_PERCENT
 from adheat_app.evaluation.regions import region_table
-from adheat_app.evaluation.scorer import Scorer, ScoredMaps
-from adheat_app.evaluation.scoring import ANSWER_METRIC, answer_table, overlap_rows, paired_differences
+from adheat_app.evaluation.scorer import SVM, Scorer, ScoredMaps
+from adheat_app.evaluation.scoring import overlap_rows, paired_differences
+from adheat_app.evaluation.spatial_null import spatial_nulls
 from adheat_app.io import write_json, write_tsv
 from adheat_app.layout import ANSWER, DISTANCES, OVERLAP, OVERLAP_DIFFERENCES, REGIONS, group_table, sidecar_path
 from adheat_app.templates import Template, get_atlas
 
+LOGGER = logging.getLogger(__name__)
+
 #: The tables of the evaluation step (``group/<table>.tsv``); a rerun skips when every one records the same inputs.
 TABLES = (OVERLAP, OVERLAP_DIFFERENCES, ANSWER, REGIONS, DISTANCES)
 DISTANCE_COLUMNS = ["label", "method_a", "method_b", "euclidean", "correlation_distance"]
-SVM_INTERVAL = ("activation pattern cov(Z) w / var(w'z) recomputed on each bootstrap resample of the scans with the "
-                "fold-mean SVM weight vector w held fixed (not refit) and Z z-scored per voxel over all scans")
+SVM_INTERVAL = ("activation pattern cov(Z) w / var(w'z) of the fold-mean SVM weight vector w (held fixed, not refit) "
+                "with Z z-scored per voxel over all scans, computed on all scans (the value) and on each bootstrap "
+                "resample of subjects (the interval): one estimator for both; the written desc-SVM_pattern map is "
+                "the mean of the folds' patterns over their training scans")
+INTERVAL = ("95 % basic bootstrap interval over subjects (a subject's sessions resampled together) around the "
+            "bias-corrected estimate 2 t - median(t*) (value; map_value: the metric of the mean map itself); every "
+            "map of a label is scored on the same resamples (paired)")
+ANSWER_DESCRIPTION = (
+    f"Does a map find the reference? Label all, metric {ANSWER_METRIC}. finds_reference needs the map's model to be "
+    "better than chance (pooled verdict of cv_metrics.tsv), the interval's lower end above the chance level "
+    "(above_chance) and the paired difference with the strongest applicable control (control: highest value among "
+    "InputMagnitude, BaselineDeviation, GreyMatterPrior of the map's channel and the method's own model-free maps) "
+    "above 0 (above_control); primary rows (each default method's summed map, absolute) also need Holm's adjusted p "
+    "(p_holm, over the primary rows, of the larger of p_control and p_spatial) below 0.05, p_spatial being the "
+    "two-sided normal p-value of the map against smooth random maps of its own smoothness and values "
+    "(spatial_null_mean, spatial_null_sd). Secondary rows (primary false) are uncorrected.")
 
 
 @dataclass
@@ -44,31 +67,61 @@ class EvaluationTables:
     distances: pd.DataFrame
     atlas_name: str
     atlas_citation: str
+    #: The answer's primary maps and the model whose verdict each answered map takes.
+    primary: list[str]
+    models: dict[str, str]
 
 
-def build_tables(scorer: Scorer, scored: ScoredMaps, template: Template, atlas: str) -> EvaluationTables:
+def _answer(scorer: Scorer, scored: ScoredMaps, config: RunConfig, derivs: Derivatives, overlap: pd.DataFrame,
+            differences: pd.DataFrame) -> tuple[pd.DataFrame, set[str], dict[str, str]]:
+    """The answer table (:mod:`.answer`): verdicts of the models, primary maps and their spatial nulls."""
+    verdicts = model_verdicts(derivs.root)
+    models = {name: SVM if name == SVM else config.training.model for name in overlap["method"].unique()}
+    means = scored.label_maps.get(ALL, {})
+    primary = primary_maps(means)
+    rows = overlap[(overlap["label"] == ALL) & (overlap["metric"] == ANSWER_METRIC) & (overlap["sign"] == "absolute")]
+    observed = {(row.method, row.reference): float(row.map_value) for row in rows.itertuples(index=False)}
+    spatial = spatial_nulls({m: means[m] for m in primary}, scorer.mask, scorer.binaries, scorer.names, observed,
+                            ANSWER_METRIC, config.evaluation.n_surrogates, config.execution.seed)
+    answer = answer_table(overlap, differences, ALL, {name: verdicts.get(model) for name, model in models.items()},
+                          primary, spatial)
+    n_primary = int(answer["primary"].sum())
+    if not holm_reachable(config.evaluation.n_bootstrap, n_primary):
+        LOGGER.warning("evaluation: with --n-bootstrap %d no p-value is below 0.05 / %d, so no primary comparison can "
+                       "pass Holm's correction; use at least %d resamples", config.evaluation.n_bootstrap, n_primary,
+                       40 * n_primary)
+    return answer, primary, models
+
+
+def build_tables(scorer: Scorer, scored: ScoredMaps, template: Template, config: RunConfig,
+                 derivs: Derivatives) -> EvaluationTables:
     """Overlap rows with chance levels, paired differences, the answer per method, region and distance tables."""
-    overlap = pd.DataFrame(overlap_rows(scorer.scores, scorer.names, scorer.chances))
+    overlap = overlap_rows(scorer.scores, scorer.names, scorer.chances)
     differences = paired_differences(scorer.scores, scorer.names)
-    regions_atlas = get_atlas(template.resolution, template.space, atlas)
+    answer, primary, models = _answer(scorer, scored, config, derivs, overlap, differences)
+    regions_atlas = get_atlas(template.resolution, template.space, config.evaluation.atlas)
     distances = [map_distances(maps).assign(label=label) for label, maps in scored.label_maps.items()
                  if len(maps) > 1]
     distance_table = pd.concat(distances, ignore_index=True)[DISTANCE_COLUMNS] if distances else \
         pd.DataFrame(columns=DISTANCE_COLUMNS)
-    return EvaluationTables(overlap, differences, answer_table(overlap, differences, ALL),
+    return EvaluationTables(overlap, differences, answer,
                             region_table(scored.region_maps, regions_atlas, scorer.mask), distance_table,
-                            regions_atlas.name, regions_atlas.citation)
+                            regions_atlas.name, regions_atlas.citation, sorted(primary), models)
 
 
-def write_tables(derivs: Derivatives, tables: EvaluationTables, common: dict, n_bootstrap: int,
+def write_tables(derivs: Derivatives, tables: EvaluationTables, common: dict, config: RunConfig,
                  prior_source: str) -> None:
     """Write every table of :data:`TABLES` with its sidecar (``common``: the values every sidecar records)."""
-    scheme = {"NBootstrap": n_bootstrap, "TopPercent": list(TOP_PERCENT),
-              "Interval": "95 % percentile bootstrap over scans; every map of a label is scored on the same "
-                          "resamples (paired)", "SVMInterval": SVM_INTERVAL,
+    scheme = {"NBootstrap": config.evaluation.n_bootstrap, "TopPercent": list(TOP_PERCENT),
+              "TopK": "the ceil(k% V) voxels of highest relevance, ties at the threshold broken at random (in "
+                      "expectation); chance computed for that set",
+              "Interval": INTERVAL, "SVMInterval": SVM_INTERVAL,
               "Controls": {INPUT_MAGNITUDE: "mean over the label's scans of the absolute CNN input (each input "
                                             "channel normalised to unit total inside the brain mask, then summed "
-                                            "and normalised again)",
+                                            "and normalised again; per channel: InputMagnitude<channel>)",
+                           BASELINE_DEVIATION: "as InputMagnitude, of |x - b| with b the mean input of the training "
+                                               "scans of the fold that tested the scan (the IG baseline and "
+                                               "occlusion fill 'template')",
                            GREY_MATTER_PRIOR: f"grey-matter probability map (one map): {prior_source}"}}
     paths = {name: group_table(derivs.root, name) for name in TABLES}
     for name in TABLES:
@@ -91,14 +144,15 @@ def write_tables(derivs: Derivatives, tables: EvaluationTables, common: dict, n_
                        "fraction, AP and mass p, Dice 2kp/(k+p), AUC 0.5, Spearman 0).",
         "Columns": {"kind": "method (CNN heatmap), baseline (SVM pattern) or control", "sign": "absolute or positive",
                     "top_percent": "k for top-k metrics", "n_subjects": "scans in the mean map",
-                    "chance": "value of a random map", "ci_low": "2.5th bootstrap percentile",
-                    "ci_high": "97.5th bootstrap percentile"}})
+                    "chance": "value of a random map (top-k: of the K voxels actually used)",
+                    "value": "bias-corrected estimate 2 t - median(t*)", "map_value": "t: the metric of the mean map",
+                    "ci_low": "2 t - 97.5th bootstrap percentile (basic interval)",
+                    "ci_high": "2 t - 2.5th bootstrap percentile (basic interval)"}})
     write_json(sidecar_path(paths[OVERLAP_DIFFERENCES]), {
         **common, **scheme,
         "Description": "Difference method_a - method_b of each bootstrapped metric between two maps of the same "
-                       "label, with the 95 % percentile interval of the differences over the shared resamples."})
+                       "label: bias-corrected estimate (difference; map_difference: of the two mean maps), 95 % basic "
+                       "interval and two-sided bootstrap p-value over the shared resamples."})
     write_json(sidecar_path(paths[ANSWER]), {
-        **common, **scheme, "Metric": ANSWER_METRIC,
-        "Description": f"Does a map find the reference? Label all, metric {ANSWER_METRIC}: above_chance when the "
-                       f"interval's lower end exceeds the chance level, above_control when the paired difference "
-                       f"with {INPUT_MAGNITUDE} has a lower end above 0; finds_reference when both."})
+        **common, **scheme, "Metric": ANSWER_METRIC, "Primary": tables.primary, "Models": tables.models,
+        "NSurrogates": config.evaluation.n_surrogates, "Description": ANSWER_DESCRIPTION})

@@ -10,20 +10,25 @@ It writes (all under ``group/``):
   ``baseline`` for the SVM pattern, ``control`` for :mod:`.controls`), label,
   reference, ``sign`` (``absolute``, or ``positive`` for the positive part of
   signed maps), metric and top-k % (``top_percent``, ``n/a`` for metrics
-  without k): the value of the group mean map, the ``chance`` level
-  (:mod:`.chance`), a 95 % percentile bootstrap interval over subjects
-  (``ci_low``, ``ci_high``; ``n/a`` for Spearman), ``n_subjects`` and
+  without k): the bias-corrected estimate (``value``) and the metric of the
+  group mean map itself (``map_value``), the ``chance`` level (:mod:`.chance`),
+  a 95 % basic bootstrap interval over subjects (``ci_low``, ``ci_high``;
+  :mod:`.intervals`; ``n/a`` for Spearman), ``n_subjects`` and
   ``n_bootstrap`` (:mod:`.overlap`). All maps of a label share the same
-  resamples;
+  resamples of subjects (the sessions of a subject together);
 * ``overlap_differences.tsv``: paired differences of every two maps of a label
   (:func:`.scoring.paired_differences`);
 * ``answer.tsv``: per method, reference and sign, whether the map finds the
-  reference (:func:`.scoring.answer_table`, label ``all``);
+  reference (:mod:`.answer`, label ``all``): the model's verdict, the strongest
+  control, the spatial null (:mod:`.spatial_null`) and Holm's correction of the
+  primary rows;
 * ``regions.tsv`` (:mod:`.regions`) and ``distances.tsv`` (:mod:`.distances`)
   for the labels ``<positive>``, ``<negative>`` and ``all``; the SVM pattern
   (class-independent) appears under every label;
-* the cohort reference (:mod:`.cohort_reference`), scored as reference ``cohort``,
-  and the ALE map of ``--reference-map`` foci (:mod:`.meta_analysis`), reference ``meta``;
+* the cohort reference of each input channel (:mod:`.cohort_reference`), scored
+  as reference ``cohort`` (``cohort<channel>`` with several channels) unless
+  uninformative, and the ALE map of ``--reference-map`` foci
+  (:mod:`.meta_analysis`), reference ``meta``;
 * ``figures/desc-<Method>_overlap.png``: overlap against top-k % curves, with chance levels.
 
 Each table has a JSON sidecar recording a hash of every input and parameter;
@@ -48,6 +53,7 @@ from adheat_app.baseline.svm import output_paths
 from adheat_app.bids import Derivatives, is_complete, software_versions
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
+from adheat_app.evaluation.answer import model_verdicts
 from adheat_app.evaluation.group_maps import method_digest, read_predictions
 from adheat_app.evaluation.overlap import TOP_PERCENT
 from adheat_app.evaluation.reference import Reference
@@ -72,16 +78,23 @@ def _evaluation_hash(config: RunConfig, derivs: Derivatives, cohort: Cohort, met
         digest.update(hashlib.sha256(np.ascontiguousarray(ref.values).tobytes()).digest())
         digest.update(hashlib.sha256(np.packbits(ref.binary())).digest())
     ev = config.evaluation
-    digest.update(f"{svm_sidecar}|{ev.n_bootstrap}|{ev.n_permutations}|{ev.atlas}|{config.execution.seed}|"
-                  f"{TOP_PERCENT}|".encode())
+    digest.update(f"{svm_sidecar}|{ev.n_bootstrap}|{ev.n_permutations}|{ev.n_surrogates}|{ev.atlas}|"
+                  f"{config.execution.seed}|{TOP_PERCENT}|{model_verdicts(derivs.root)}|".encode())
     digest.update(input_key(cohort.scans, cohort.channels).encode())
     return digest.hexdigest()[:16]
 
 
-def collect_references(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> list[Reference]:
-    """Every reference map of this run, from every registered reference kind (:mod:`.references`): the user's
-    map, the region prior, the simulated truth, the ALE of ``--reference-map`` foci, the cohort's own statistics."""
-    return all_references(Context(config, derivs, cohort, template))
+def collect_references(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template
+                       ) -> tuple[list[Reference], dict[str, str]]:
+    """Every reference map of this run to score, from every registered reference kind (:mod:`.references`: the
+    user's map, the region prior, the simulated truth, the ALE of ``--reference-map`` foci, the cohort's own
+    statistics per input channel); and the uninformative ones, which are reported (name: reason) instead of
+    scored."""
+    references = all_references(Context(config, derivs, cohort, template))
+    uninformative = {ref.name: ref.uninformative for ref in references if ref.uninformative}
+    for name, reason in uninformative.items():
+        LOGGER.info("reference %s is uninformative (%s); reported, not scored", name, reason)
+    return [ref for ref in references if not ref.uninformative], uninformative
 
 
 def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> None:
@@ -105,7 +118,7 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
     if not methods and not has_svm:
         LOGGER.warning("evaluation: no heatmaps and no SVM pattern in %s; nothing to evaluate", derivs.root)
         return
-    references = collect_references(config, derivs, cohort, template)
+    references, uninformative = collect_references(config, derivs, cohort, template)
     correct = read_predictions(derivs, config.training.model)
     svm_sidecar = sidecar_path(pattern_path).read_text() if has_svm else ""
     digest = _evaluation_hash(config, derivs, cohort, methods, correct, references, svm_sidecar)
@@ -116,13 +129,14 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
     scorer = Scorer(config, cohort, correct, references, template.mask_array())
     scored = score_methods(scorer, config, derivs, cohort, template, methods, correct)
     inputs = load_inputs(cohort.scans, cohort.channels, config.work_dir)
-    prior_source = score_controls(scorer, cohort, template, inputs)
+    prior_source = score_controls(scorer, config, cohort, template, inputs)
     if has_svm:
         score_svm(scorer, scored, derivs, cohort, inputs)
-    tables = build_tables(scorer, scored, template, config.evaluation.atlas)
+    tables = build_tables(scorer, scored, template, config, derivs)
     common = {"EvaluationHash": digest, "References": [ref.describe() for ref in references],
+              "UninformativeReferences": uninformative,
               "Methods": methods + ([SVM] if has_svm else []), "Subjects": scored.n_subjects,
               "Template": template.describe(), "Seed": config.execution.seed, "Software": software_versions()}
-    write_tables(derivs, tables, common, config.evaluation.n_bootstrap, prior_source)
+    write_tables(derivs, tables, common, config, prior_source)
     LOGGER.info("evaluation done in %.1f s: %d method(s), %d reference(s)", time.time() - start,
                 len(methods) + has_svm, len(references))

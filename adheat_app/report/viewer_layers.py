@@ -98,12 +98,13 @@ def _group_overlays(config: RunConfig, derivs: Derivatives, cohort: Cohort, temp
         overlays.append(Layer(f"reference: {ref.name}", nib.Nifti1Image(ref.values.astype(np.float32), template.affine),
                               colormap="green", threshold=ref.threshold,
                               description=f"{ref.description} Shown above its threshold {ref.threshold:.3g}."))
-    t_map = cohort_paths(derivs, cohort)["t"]
-    tested = cohort_reference(config, derivs, cohort, template, compute=False)
-    if t_map.is_file() and tested is not None:
-        overlays.append(Layer(f"reference: {COHORT} t", nib.load(t_map), signed=True, threshold=tested.threshold,
-                              description=f"Two-sample t, {cohort.positive_label} minus {cohort.negative_label}; "
-                                          f"shown where |t| \u2265 {tested.threshold:.3g} (FWE p < {ALPHA:g})."))
+    for tested in cohort_reference(config, derivs, cohort, template, compute=False):  # one per input channel
+        t_map = cohort_paths(derivs, cohort, tested.name.removeprefix(COHORT))["t"]
+        if t_map.is_file():
+            overlays.append(Layer(f"reference: {tested.name} t", nib.load(t_map), signed=True,
+                                  threshold=tested.threshold,
+                                  description=f"t of {cohort.positive_label} minus {cohort.negative_label}; shown "
+                                              f"where |t| \u2265 {tested.threshold:.3g} (FWE p < {ALPHA:g})."))
     return overlays
 
 

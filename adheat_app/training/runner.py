@@ -295,7 +295,8 @@ def write_group_results(config: RunConfig, derivs: Derivatives) -> pd.DataFrame:
     return table
 
 
-def run_training(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> list[int]:
+def run_training(config: RunConfig, derivs: Derivatives, cohort: Cohort, folds: list[Fold] | None = None,
+                 write_results: bool = True) -> list[int]:
     """Train the missing fold models (or only ``--fold K``) and, for a full run, write the group results.
 
     Parameters
@@ -307,6 +308,11 @@ def run_training(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> list
         The output dataset (group tables go to ``group/``).
     cohort : Cohort
         Scans with targets; only labelled scans are used.
+    folds : list of Fold, optional
+        The folds to train, as repeat 0 (default: :func:`~adheat_app.training.folds.cohort_folds` of every repeat); the
+        permuted-label control passes the real folds with its own labels.
+    write_results : bool
+        Write the group tables and the verdict (``group/cv_metrics.tsv``, ...) after a full run.
 
     Returns
     -------
@@ -331,7 +337,9 @@ def run_training(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> list
                 f" x {tr.repeats} repeats" if tr.repeats > 1 else "")
     data_hash = input_key(labelled, cohort.channels)
     repeats = [tr.repeat or 0] if tr.fold is not None else list(range(tr.repeats))
-    folds = {r: cohort_folds(config, cohort, r) for r in repeats}
+    if folds is not None:  # given folds: one set, trained as repeat 0
+        repeats = [0]
+    folds = {0: folds} if folds is not None else {r: cohort_folds(config, cohort, r) for r in repeats}
     wanted = [(r, k) for r in repeats for k in ([tr.fold] if tr.fold is not None else range(tr.folds))]
     keys = {(r, k): training_key(config, cohort.channels, folds[r][k], data_hash, r) for r, k in wanted}
     missing = [(r, k) for r, k in wanted if config.execution.overwrite
@@ -350,6 +358,6 @@ def run_training(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> list
             _train_one(config, cohort, folds[r][k], volumes, rows, data_hash, keys[r, k], device, r)
             LOGGER.info("%s fold %d%s took %.1f s", tr.model, k, f" of repeat {r}" if r else "",
                         time.perf_counter() - tic)
-    if tr.fold is None:
+    if tr.fold is None and write_results:
         write_group_results(config, derivs)
     return [k for r, k in wanted if r == repeats[0]]

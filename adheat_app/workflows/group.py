@@ -24,10 +24,12 @@ LOGGER = logging.getLogger(__name__)
 
 def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
     """Run the group level; return the number of failed items (0: failures raise)."""
+    from adheat_app.attribution.channel_ablation import run_channel_ablation
     from adheat_app.attribution.runner import run_heatmaps
     from adheat_app.attribution.sanity import sanity_check
     from adheat_app.baseline import run_covariates, run_nested_test, run_svm
     from adheat_app.evaluation import run_evaluation
+    from adheat_app.evaluation.faithfulness import run_faithfulness
     from adheat_app.report import write_group_report, write_subject_report
     from adheat_app.training import run_training
     from adheat_app.training.folds import cohort_folds, with_cv
@@ -58,8 +60,10 @@ def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
     run_heatmaps(config, derivs, cohort)
     for repeat in range(1, config.training.repeats):  # each repeat's out-of-fold maps, beside its fold models
         run_heatmaps(config, derivs, cohort, repeat)
+    run_channel_ablation(config, derivs, cohort)
     if config.heatmaps.sanity_check:
         sanity_check(config, derivs, cohort)
+    run_faithfulness(config, derivs, cohort)
     run_evaluation(config, derivs, cohort, template)
     for subject in sorted({s.subject for s in cohort.scans}):
         write_subject_report(config, derivs, subject)

@@ -5,8 +5,8 @@ instance with ``REFERENCES.register("name")(instance)``; the contract is checked
 then (:func:`~._contract.check_kind`). The evaluation, the report (the
 reference section, the answer's headline order and caveats) and the methods
 text read the kinds through :mod:`._catalog` (``all_references``,
-``headline_order``, ``kind_of``, ``methods_text``), so adding a kind is adding a file (``docs/architecture.md``, "Adding a
-reference kind").
+``headline_order``, ``kind_of``, ``methods_text``), so adding a kind is adding
+a file (``docs/architecture.md``, "Adding a reference kind").
 """
 
 from __future__ import annotations
