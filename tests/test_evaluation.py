@@ -614,3 +614,18 @@ def test_each_map_meets_the_controls_of_its_channel_and_its_own_model_free_maps(
     assert np.allclose(maps["InputMagnitude"].sum(axis=1), 1) and np.allclose(
         maps["InputMagnitude"], (maps["InputMagnitudeintensity"] + maps["InputMagnitudelogjacobian"]) / 2)
     assert set(input_controls(values[:, :1], ("intensity",), "InputMagnitude")) == {"InputMagnitude"}
+
+
+def test_correct_incorrect_groups_follow_repeat_0_like_the_maps(tmp_path):
+    """With --repeats the predictions table has a row per repeat; the maps' correct/incorrect split is repeat 0's."""
+    from types import SimpleNamespace
+
+    from adheat_app.evaluation.group_maps import read_predictions
+    from adheat_app.layout import PREDICTIONS, group_table
+
+    path = group_table(tmp_path, PREDICTIONS)
+    path.parent.mkdir(parents=True)
+    pd.DataFrame({"model": ["resnet3d"] * 4 + ["SVM"], "repeat": [0, 1, 0, 1, 0],
+                  "subject": ["01", "01", "02", "02", "01"], "session": ["n/a"] * 5,
+                  "target": [1, 1, 0, 0, 1], "predicted": [1, 0, 1, 0, 0]}).to_csv(path, sep="\t", index=False)
+    assert read_predictions(SimpleNamespace(root=tmp_path), "resnet3d") == {"sub-01": 1, "sub-02": 0}

@@ -61,12 +61,17 @@ SIGNED_NORMALISATION = ("each subject's signed map divided by the total of its a
 
 
 def read_predictions(derivs: Derivatives, model: str) -> dict[str, int]:
-    """Out-of-fold correctness (1 correct, 0 wrong) per scan key from ``group/predictions.tsv`` rows of ``model``."""
+    """Out-of-fold correctness (1 correct, 0 wrong) per scan key from ``group/predictions.tsv`` rows of ``model``.
+
+    With ``--repeats`` the table holds one row per repeat; the group maps are repeat 0's, so are these.
+    """
     path = group_table(derivs.root, PREDICTIONS)
     if not path.is_file():
         return {}
     table = pd.read_csv(path, sep="\t", dtype={"subject": str, "session": str, "fold": str})
     table = table[table["model"] == model]
+    if "repeat" in table.columns:
+        table = table[table["repeat"] == 0]
     out = {}
     for row in table.itertuples(index=False):
         session = row.session if isinstance(row.session, str) and row.session else None
