@@ -222,7 +222,9 @@ def load_parent(anatomy: str | os.PathLike, template: Template) -> Parent:
 
 def _prepare(path: Path, template: Template) -> dict[str, np.ndarray]:
     """Brain extraction, N4 and the two registrations of one file (module docstring)."""
-    from adheat_app.preprocess.register import apply_transform, n4, register
+    from adheat_app.config import ExecutionOptions, RunConfig
+    from adheat_app.preprocess.backends import BACKENDS
+    from adheat_app.preprocess.register import apply_transform, n4
 
     head = read_head(path)
     mask = brain_mask(head, path)
@@ -233,13 +235,14 @@ def _prepare(path: Path, template: Template) -> dict[str, np.ndarray]:
         fixed_template.t1w.dataobj, dtype=np.float32), 0), fixed_template.affine)
     grid = nib.Nifti1Image(np.zeros(template.shape, np.float32), template.affine)
     workdir = Path(tempfile.mkdtemp(prefix="adheat-parent-"))
+    config = RunConfig(workdir, workdir, ("participant",), execution=ExecutionOptions(seed=0))
     try:
-        affine = register(brain, fixed, "affine", 0, workdir / "affine")
+        affine = BACKENDS["affine"].register(brain, fixed, config, workdir / "affine")
         on_grid = np.asarray(apply_transform(brain, grid, affine.forward).dataobj, dtype=np.float32)
         grid_mask = np.asarray(apply_transform(nib.Nifti1Image(mask.astype(np.float32), head.affine), grid,
                                                affine.forward).dataobj) >= 0.5
         on_grid = np.where(grid_mask, np.clip(on_grid, 0, None), 0).astype(np.float32)
-        syn = register(nib.Nifti1Image(on_grid, template.affine), fixed, "syn", 0, workdir / "syn")
+        syn = BACKENDS["syn"].register(nib.Nifti1Image(on_grid, template.affine), fixed, config, workdir / "syn")
         atlas = get_atlas(template.resolution, template.space)
         labels = np.asarray(apply_transform(atlas.img, grid, syn.inverse, "label").dataobj).astype(np.int16)
         coordinates = affine_points(template.affine, template.shape).astype(np.float32)
