@@ -67,6 +67,8 @@ CV_METRICS, PREDICTIONS, PREPROC_QC, SANITY_CHECK = "cv_metrics", "predictions",
 NESTED_TEST, PERMUTATION_TEST = "covariates_nested_test", "permutation_test"
 OVERLAP, OVERLAP_DIFFERENCES, ANSWER, REGIONS, DISTANCES = (
     "overlap", "overlap_differences", "answer", "regions", "distances")
+#: Subject-level overlap: each subject's own map against its own truth (simulated cohorts only).
+SUBJECT_OVERLAP = "subject_overlap"
 #: Faithfulness tables (deletion curves, channel ablation; issue 26), rendered by the report where they exist.
 FAITHFULNESS, CHANNEL_ABLATION = "faithfulness", "channel_ablation"
 #: Controls a map's ``desc`` may name after its method (:class:`MapName`): ``Random``, the method's maps of a
