@@ -113,6 +113,10 @@ def test_group_report_has_every_section_with_content(full_run):
         else:
             assert "Not computed" not in body, section
     assert "SVM" in text and "simulation" in text and "Evaluation" in text
+    overlap, methods = (text.split(f'<section id="{name}">', 1)[1].split("</section>", 1)[0]
+                        for name in ("overlap", "methods"))
+    assert "Subject-level scores: each subject" in overlap and 'href="group/subject_overlap.tsv"' in overlap
+    assert "own out-of-fold heatmap" in methods  # the methods text's sentence on them
 
 
 def section(text: str, name: str) -> str:

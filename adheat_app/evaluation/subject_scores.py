@@ -34,7 +34,6 @@ metric and top-k:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,8 +46,6 @@ from adheat_app.evaluation.intervals import basic_interval, two_sided_p
 from adheat_app.evaluation.overlap import TOP_PERCENT, overlap_metrics, resample_counts
 from adheat_app.evaluation.reference import Reference
 from adheat_app.layout import to_label
-
-LOGGER = logging.getLogger(__name__)
 
 SUBJECT_COLUMNS = ["method", "kind", "label", "reference", "sign", "metric", "top_percent", "value", "subject_mean",
                    "chance", "ci_low", "ci_high", "control", "vs_control", "vs_control_ci_low", "vs_control_ci_high",
