@@ -16,14 +16,16 @@
 #   BIDS_DIR, OUTPUT_DIR   required (see slurm_adheat.sh)
 #   ADHEAT_SIF          the image, required unless ADHEAT_RUNTIME=none (an
 #                       installed adheat on PATH; see slurm_adheat.sh)
-#   ADHEAT_FOLDS        number of folds (default: --folds of ADHEAT OPTIONS, else 5;
+#   ADHEAT_FOLDS        number of folds (default: --folds of ADHEAT OPTIONS or of
+#                       their --config-file, else 5;
 #                       with --cv leave-site-out, on the command line or in
 #                       its --config-file: the number of sites, counted in the
 #                       site column of participants.tsv over the participants
 #                       whose --label-column holds --positive-label or
 #                       --negative-label, as adheat counts its folds)
 #   ADHEAT_REPEATS      repeats of the cross-validation (default: --repeats of
-#                       ADHEAT OPTIONS, else 1): the fold job gets folds x
+#                       ADHEAT OPTIONS or their --config-file, else 1): the
+#                       fold job gets folds x
 #                       repeats tasks, one per repeat and fold
 #   ADHEAT_PARTICIPANTS_TSV  subject list (default BIDS_DIR/participants.tsv)
 #   ADHEAT_SBATCH_OPTS  sbatch options of every job, e.g. "--account=abc"
@@ -93,6 +95,13 @@ agree() {
 }
 
 config_file="$(option --config-file "" "$@")"
+[ -z "$config_file" ] || [ -f "$config_file" ] || die "--config-file $config_file not found"
+# A whole-number setting $1 of the --config-file (TOML "key = N" or JSON "key": N), else nothing.
+config_value() {
+    [ -z "$config_file" ] || sed -n \
+        "s/.*\\(^\\|[^[:alnum:]_\"]\\)\"\\{0,1\\}$1\"\\{0,1\\}[[:space:]]*[=:][[:space:]]*\\([0-9][0-9]*\\).*/\\2/p" \
+        -- "$config_file" | tail -n 1
+}
 cv="$(option --cv "" "$@")"
 if [ -z "$cv" ] && [ -n "$config_file" ] && grep -q 'leave-site-out' -- "$config_file"; then
     cv=leave-site-out
@@ -105,11 +114,11 @@ if [ "$cv" = leave-site-out ]; then
     [ "$sites" -gt 0 ] || die "--cv leave-site-out: $tsv gives no site (column site) for any $positive or $negative participant (column $label_column)"
     folds="$(agree ADHEAT_FOLDS "${ADHEAT_FOLDS:-}" "$sites" "--cv leave-site-out (sites of $tsv)")"
 else
-    folds="$(agree ADHEAT_FOLDS "${ADHEAT_FOLDS:-}" "$(option --folds "" "$@")" --folds)"
+    folds="$(agree ADHEAT_FOLDS "${ADHEAT_FOLDS:-}" "$(option --folds "$(config_value folds)" "$@")" --folds)"
     folds="${folds:-5}"
 fi
 case "$folds" in '' | *[!0-9]* | 0) die "folds=$folds is not a whole number of at least 1" ;; esac
-repeats="$(agree ADHEAT_REPEATS "${ADHEAT_REPEATS:-}" "$(option --repeats "" "$@")" --repeats)"
+repeats="$(agree ADHEAT_REPEATS "${ADHEAT_REPEATS:-}" "$(option --repeats "$(config_value repeats)" "$@")" --repeats)"
 repeats="${repeats:-1}"
 case "$repeats" in '' | *[!0-9]* | 0) die "repeats=$repeats is not a whole number of at least 1" ;; esac
 jobs=$((folds * repeats))

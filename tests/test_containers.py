@@ -356,7 +356,7 @@ def test_slurm_fold_tasks_of_a_repeated_cross_validation_run_one_repeat_and_fold
 
 def test_submit_all_sizes_leave_site_out_by_the_sites_of_participants_tsv(slurm_env, tmp_path):
     """--cv leave-site-out: one fold per site of participants.tsv's AD/CN participants (an MCI-only site and a
-    missing site are no fold), times --repeats of the options; also from a config file; a conflicting
+    missing site are no fold), times --repeats of the options; also from a TOML or JSON config file; a conflicting
     ADHEAT_FOLDS is refused before anything is submitted."""
     bids = Path(slurm_env["BIDS_DIR"])
     (bids / "participants.tsv").write_text("participant_id\tdiagnosis\tsite\r\nsub-01\tAD\tA\r\nsub-02\tCN\tA\r\n"
@@ -378,9 +378,12 @@ def test_submit_all_sizes_leave_site_out_by_the_sites_of_participants_tsv(slurm_
     assert proc.returncode == 0, proc.stderr
     assert "--array=0-5" in calls[1] and "3 folds x 2 repeats" in proc.stdout
     config = tmp_path / "run.toml"
-    config.write_text('[training]\ncv = "leave-site-out"\n')
+    config.write_text('[training]\ncv = "leave-site-out"\nrepeats = 3\n')
     proc, calls = submit("--config-file", str(config))
-    assert proc.returncode == 0 and "--array=0-2" in calls[1]
+    assert proc.returncode == 0 and "--array=0-8" in calls[1]  # 3 sites x 3 repeats of the config file
+    config.write_text('{"training": {"folds": 4,\n "repeats": 2}}')
+    proc, calls = submit("--config-file", str(config), "--repeats", "1")
+    assert proc.returncode == 0 and "--array=0-3" in calls[1]  # the command line wins
     proc, calls = submit("--cv=leave-site-out", "--positive-label", "MCI", ADHEAT_REPEATS="2")
     assert proc.returncode == 0 and "--array=0-7" in calls[1]  # sites A, C (CN), D and E (MCI) x 2 repeats
     proc, calls = submit("--cv", "leave-site-out", ADHEAT_FOLDS="5")
