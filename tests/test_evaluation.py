@@ -678,6 +678,6 @@ def test_repeats_average_the_repeats_scores_and_widen_the_interval():
     paired = paired_differences(two.scores, ["truth"])  # same repeat draw on both sides of a difference
     assert ((paired["ci_low"] <= paired["difference"]) & (paired["difference"] <= paired["ci_high"])).all()
     two.subjects("Saliency", "method", "all", "absolute", maps[0], keys, 0)
-    two.discard("Saliency")  # a repeat without usable maps: nothing of the method is kept
+    assert two.discard("Saliency") == ["all"]  # a repeat without usable maps: nothing of the method is kept
     two.subjects("Saliency", "method", "all", "absolute", maps[1], keys, 1)
-    assert len(two.scores) == 2
+    assert len(two.scores) == 2 and two.discard("IG") == []

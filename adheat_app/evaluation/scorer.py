@@ -132,10 +132,12 @@ class Scorer:
                                       centres))
         return mean
 
-    def discard(self, method: str) -> None:
-        """Forget the repeats of ``method`` scored so far (a repeat without usable maps: scored on repeat 0 only)."""
-        for key in [key for key in self._repeats if key[0] == method]:
+    def discard(self, method: str) -> list[str]:
+        """Forget the repeats of ``method`` scored so far (a repeat without usable maps); return their labels."""
+        keys = [key for key in self._repeats if key[0] == method]
+        for key in keys:
             del self._repeats[key]
+        return sorted({key[2] for key in keys})
 
     def constant(self, method: str, kind: str, label: str, values: np.ndarray, samples: list[dict] | None = None,
                  n_subjects: int | None = None) -> None:
@@ -213,6 +215,10 @@ def score_methods(scorer: Scorer, config: RunConfig, derivs: Derivatives, cohort
                 break
             _score_repeat(scorer, other, kind, repeat)
             del other
+        incomplete = scorer.discard(method)
+        if incomplete:
+            LOGGER.warning("evaluation: %s has no usable map of some repeat in group(s) %s; those rows are left out",
+                           method, ", ".join(incomplete))
         if kind == "method":
             for label, mean in means.items():
                 scored.region_maps[(method, label)] = mean
