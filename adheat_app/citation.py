@@ -157,9 +157,9 @@ class Provenance:
         return {**software_versions(), **self.card.get("Software", {}), **self.preprocessing.get("Software", {})}
 
     def training(self, tr: TrainingOptions) -> TrainingOptions:
-        """``tr`` with the model, folds, preset and settings the model card records."""
+        """``tr`` with the model, folds, repeats, preset and settings the model card records."""
         recorded = {**self.card.get("Training", {}), "model": self.card.get("Model"), "folds": self.card.get("Folds"),
-                    "preset": self.card.get("Preset")}
+                    "preset": self.card.get("Preset"), "repeats": self.card.get("Repeats")}
         fields = {f.name for f in dataclasses.fields(tr)}
         return dataclasses.replace(tr, **{k: v for k, v in recorded.items() if k in fields and v is not None})
 
@@ -248,6 +248,11 @@ def render_citation(config: RunConfig, steps: set[str], channels: tuple[str, ...
         "occlusion_fill_text": {"template": "the mean image of the fold's training scans",
                                 "zero": "zero"}[hm.occlusion_fill],
         "n_bootstrap": config.evaluation.n_bootstrap, "n_surrogates": config.evaluation.n_surrogates,
+        "interval_repeats_text": (f"; each resample also drew one of the {tr.repeats} repeats of the "
+                                  "cross-validation at random, the same for every map, and scored that repeat's "
+                                  "maps, so that the intervals hold the repeat-to-repeat variation of training; "
+                                  "the point estimate averaged the scores of the repeats' group maps"
+                                  if tr.repeats > 1 else ""),
         "reference_text": reference_methods_text(config), "subject_text": subject_text(made.subject_scores),
     }
     text = (folder / "CITATION.md").read_text(encoding="utf-8")

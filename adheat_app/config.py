@@ -142,8 +142,9 @@ class TrainingOptions:
                      "tested by models trained on the other sites; --folds is ignored).",
                      choices=("kfold", "leave-site-out"))
     repeats: int = option(1, "Repeats of the cross-validation with new fold splits and seeds (repeat 0 is the "
-                          "plain run); the verdict's interval then adds repeat-to-repeat variation to subject "
-                          "resampling (docs/training.md). Costs R times the training.", type=int)
+                          "plain run); the verdict's and the overlap scores' intervals then add repeat-to-repeat "
+                          "variation to subject resampling (docs/training.md, docs/evaluation.md). Costs R times the "
+                          "training.", type=int)
     repeat: int | None = option(None, "With --fold: train that fold of this repeat (0-based), e.g. one scheduler "
                                 "job per repeat and fold.", type=int)
     permutation_test: int = option(

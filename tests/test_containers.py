@@ -354,6 +354,44 @@ def test_slurm_fold_tasks_of_a_repeated_cross_validation_run_one_repeat_and_fold
     assert "--array=0-5" in calls.read_text().splitlines()[1]
 
 
+def test_submit_all_sizes_leave_site_out_by_the_sites_of_participants_tsv(slurm_env, tmp_path):
+    """--cv leave-site-out: one fold per site of participants.tsv's AD/CN participants (an MCI-only site and a
+    missing site are no fold), times --repeats of the options; also from a TOML or JSON config file; a conflicting
+    ADHEAT_FOLDS is refused before anything is submitted."""
+    bids = Path(slurm_env["BIDS_DIR"])
+    (bids / "participants.tsv").write_text("participant_id\tdiagnosis\tsite\r\nsub-01\tAD\tA\r\nsub-02\tCN\tA\r\n"
+                                           "sub-03\tAD\tB\r\nsub-04\tCN\tC\r\nsub-05\tMCI\tD\r\nsub-06\tCN\tn/a\r\n"
+                                           "sub-07\tMCI\tE\r\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/bash\nprintf "%s\\n" "$*" >> "$SBATCH_LOG"\necho 7\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {**slurm_env, "PATH": f"{bin_dir}:{slurm_env['PATH']}"}
+
+    def submit(*args: str, **extra: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+        calls = tmp_path / f"sbatch-{len(list(tmp_path.glob('sbatch-*')))}.log"
+        proc = subprocess.run(["bash", str(REPO / "scripts" / "submit_all.sh"), *args], capture_output=True,
+                              text=True, env={**env, "SBATCH_LOG": str(calls), **extra}, timeout=60)
+        return proc, calls.read_text().splitlines() if calls.is_file() else []
+
+    proc, calls = submit("--cv", "leave-site-out", "--repeats", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "--array=0-5" in calls[1] and "3 folds x 2 repeats" in proc.stdout
+    config = tmp_path / "run.toml"
+    config.write_text('[training]\ncv = "leave-site-out"\nrepeats = 3\n')
+    proc, calls = submit("--config-file", str(config))
+    assert proc.returncode == 0 and "--array=0-8" in calls[1]  # 3 sites x 3 repeats of the config file
+    config.write_text('{"training": {"folds": 4,\n "repeats": 2}}')
+    proc, calls = submit("--config-file", str(config), "--repeats", "1")
+    assert proc.returncode == 0 and "--array=0-3" in calls[1]  # the command line wins
+    proc, calls = submit("--cv=leave-site-out", "--positive-label", "MCI", ADHEAT_REPEATS="2")
+    assert proc.returncode == 0 and "--array=0-7" in calls[1]  # sites A, C (CN), D and E (MCI) x 2 repeats
+    proc, calls = submit("--cv", "leave-site-out", ADHEAT_FOLDS="5")
+    assert proc.returncode == 2 and "ADHEAT_FOLDS=5 but --cv leave-site-out" in proc.stderr and not calls
+    proc, calls = submit("--folds", "4", "--repeats", "3")
+    assert proc.returncode == 0 and "--array=0-11" in calls[1]
+
+
 def test_slurm_bare_metal_runtime_runs_the_installed_adheat(slurm_env, tmp_path):
     """ADHEAT_RUNTIME=none: no image needed, the adheat on PATH gets the real paths."""
     bin_dir = tmp_path / "bin"

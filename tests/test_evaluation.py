@@ -706,3 +706,55 @@ def test_correct_incorrect_groups_follow_repeat_0_like_the_maps(tmp_path):
                   "subject": ["01", "01", "02", "02", "01"], "session": ["n/a"] * 5,
                   "target": [1, 1, 0, 0, 1], "predicted": [1, 0, 1, 0, 0]}).to_csv(path, sep="\t", index=False)
     assert read_predictions(SimpleNamespace(root=tmp_path), "resnet3d") == {"sub-01": 1, "sub-02": 0}
+
+
+def _toy_scorer(n_repeats: int):
+    """A :class:`Scorer` of 10 subjects (AD and CN) on the toy voxels of :data:`REFERENCE`, 300 resamples."""
+    from types import SimpleNamespace
+
+    from adheat_app.cohort import Cohort, Scan
+    from adheat_app.evaluation.reference import Reference
+    from adheat_app.evaluation.scorer import Scorer
+
+    scans = tuple(Scan(f"{i:02d}", None, None, None, "AD" if i % 2 else "CN", i % 2, None) for i in range(10))
+    cohort = Cohort(scans, "MNI", "4", "AD", "CN", ("intensity",))
+    config = SimpleNamespace(evaluation=SimpleNamespace(n_bootstrap=300), execution=SimpleNamespace(seed=4))
+    reference = Reference("truth", REFERENCE.astype(np.float32), 0.5, "toy", "toy")
+    return Scorer(config, cohort, {}, [reference], np.ones(V, bool), n_repeats=n_repeats), [s.key for s in scans]
+
+
+def test_repeats_average_the_repeats_scores_and_widen_the_interval():
+    """Two repeats whose maps differ (one finds the reference, one much less): the value is the mean of the two
+    repeats' scores, each resample scores one repeat (its subjects drawn as with one repeat, shared by every map of
+    the label), so the interval spans both and is wider than one repeat's; every value lies in its interval."""
+    from adheat_app.evaluation.scoring import overlap_rows, paired_differences
+
+    rng = np.random.default_rng(0)
+    noise = rng.random((2, 10, V)).astype(np.float32)
+    maps = [noise[0] + 0.12 * REFERENCE, noise[1] + 0.03 * REFERENCE]  # repeat 0 finds it, repeat 1 barely
+    one, keys = _toy_scorer(1)
+    one.subjects("IG", "method", "all", "absolute", maps[0], keys, repeat=0)
+    two, _ = _toy_scorer(2)
+    assert np.array_equal(two.counts["all"], one.counts["all"]) and set(two.draws["all"]) == {0, 1}
+    for repeat in (0, 1):
+        two.subjects("IG", "method", "all", "absolute", maps[repeat], keys, repeat)
+        two.subjects("Control", "control", "all", "absolute", np.abs(maps[repeat] - 1), keys, repeat)
+    assert len(one.scores) == 1 and [s.n_repeats for s in two.scores] == [2, 2]
+    drawn = two.draws["all"] == 0
+    assert np.array_equal(two.scores[0].samples[0]["roc_auc"][drawn], one.scores[0].samples[0]["roc_auc"][drawn])
+    single = [overlap_metrics(m.mean(axis=0), REFERENCE, REFERENCE.astype(float))["roc_auc"] for m in maps]
+    assert two.scores[0].point[0]["roc_auc"] == pytest.approx(np.mean(single)) and single[0] - single[1] > 0.15
+    rows = {n: overlap_rows(s.scores, ["truth"], one.chances, repeats=n == 2) for n, s in ((1, one), (2, two))}
+    auc = {n: r[(r["metric"] == "roc_auc") & (r["method"] == "IG")].iloc[0] for n, r in rows.items()}
+    assert auc[2]["ci_high"] - auc[2]["ci_low"] > 1.3 * (auc[1]["ci_high"] - auc[1]["ci_low"])
+    assert auc[2]["ci_low"] < single[1] + 0.05 and auc[2]["ci_high"] > single[0] - 0.05
+    assert "n_repeats" not in rows[1] and set(rows[2]["n_repeats"]) == {2}
+    for table in rows.values():
+        bounded = table.dropna(subset=["ci_low"])
+        assert ((bounded["ci_low"] <= bounded["value"]) & (bounded["value"] <= bounded["ci_high"])).all()
+    paired = paired_differences(two.scores, ["truth"])  # same repeat draw on both sides of a difference
+    assert ((paired["ci_low"] <= paired["difference"]) & (paired["difference"] <= paired["ci_high"])).all()
+    two.subjects("Saliency", "method", "all", "absolute", maps[0], keys, 0)
+    assert two.discard("Saliency") == ["all"]  # a repeat without usable maps: nothing of the method is kept
+    two.subjects("Saliency", "method", "all", "absolute", maps[1], keys, 1)
+    assert len(two.scores) == 2 and two.discard("IG") == []

@@ -551,6 +551,8 @@ def test_leave_site_out_folds_test_one_site_each(tmp_path):
         assert site not in {site_of[s.subject] for s in (*fold.train, *fold.val)} and fold.val
         check_no_leakage(fold)
     assert cohort_folds(config, cohort, 1)[0].test == folds[0].test  # repeats keep the sites, change the seeds
+    with pytest.raises(InputError, match="folds are numbered 0 to 2"):  # a --fold job past the last site
+        with_cv(config.replace("training", fold=3), cohort)
 
 
 @pytest.mark.parametrize(("sites", "message"), [
@@ -595,7 +597,8 @@ def test_leave_site_out_with_repeats_and_a_permutation_test_end_to_end(tmp_path,
     (each fold tests one site), --repeats 2 (a second repeat's fold models and out-of-fold maps, its spread in
     cv_metrics.tsv) and
     --permutation-test 2 (p from the permuted AUCs, recorded in verdict.json; a rerun trains nothing); the nested
-    test of the CNN beyond the covariates and the methods text follow. About a minute on 2 cores."""
+    test of the CNN beyond the covariates and the methods text follow; the overlap scores read both repeats' maps
+    (n_repeats 2, every value inside its interval). About a minute on 2 cores."""
     from adheat_app.cli.run import main
     from adheat_app.training import permutation
 
@@ -627,6 +630,17 @@ def test_leave_site_out_with_repeats_and_a_permutation_test_end_to_end(tmp_path,
     assert card["Repeat"] == 1 and card["Fold"] in (0, 1)
     citation = (config.output_dir / "logs" / "CITATION.md").read_text()
     assert "leave-site-out cross-validation" in citation and "permutations of the diagnoses" in citation
+    assert "one of the 2 repeats of the cross-validation at random, the same for every map" in citation
+    overlap = pd.read_csv(group / "overlap.tsv", sep="\t")  # every repeat's maps in the scores and intervals
+    repeats = overlap.groupby("method")["n_repeats"].max()
+    assert repeats["Saliency"] == repeats["BaselineDeviation"] == 2
+    assert repeats["InputMagnitude"] == repeats["GreyMatterPrior"] == 1
+    assert read_json(group / "overlap.json")["Repeats"] == 2
+    assert "With 2 repeats of the cross-validation" in (config.output_dir / "group.html").read_text()
+    answer = pd.read_csv(group / "answer.tsv", sep="\t")
+    for table in (overlap, answer):
+        bounded = table.dropna(subset=["ci_low"])
+        assert len(bounded) and ((bounded["ci_low"] <= bounded["value"]) & (bounded["value"] <= bounded["ci_high"])).all()
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished permutation was trained again")

@@ -14,7 +14,8 @@ about the model:
   :func:`adheat_app.attribution.references.training_mean`). Integrated
   Gradients multiplies its gradients by ``x - b``; where every AD scan departs
   from the training mean (the log Jacobian in atrophy), ``|x - b|`` alone
-  points at the atrophy without any model.
+  points at the atrophy without any model. With ``--repeats`` each repeat has
+  its own folds, so its own baselines (``fold_baselines(..., repeat)``).
 * ``GreyMatterPrior``: the template's grey-matter probability map
   (:func:`grey_matter_prior`; one map, the same for every resample). Atrophy
   references lie in grey matter, so any grey-matter-shaped map scores above chance.
@@ -142,7 +143,7 @@ def svm_pattern_resamples(features: np.ndarray, weights: np.ndarray, counts: np.
         yield unit_total(patterns.reshape(len(patterns), channels, -1).sum(axis=1))
 
 
-def fold_baselines(config: RunConfig, cohort: Cohort, inputs: np.ndarray, mask: np.ndarray
+def fold_baselines(config: RunConfig, cohort: Cohort, inputs: np.ndarray, mask: np.ndarray, repeat: int = 0
                    ) -> tuple[np.ndarray, np.ndarray] | None:
     """The ``BaselineDeviation`` baseline of every scan: its testing fold's training mean, inside ``mask``.
 
@@ -156,22 +157,24 @@ def fold_baselines(config: RunConfig, cohort: Cohort, inputs: np.ndarray, mask: 
         ``(N, C, X, Y, Z)`` inputs of ``cohort`` (:func:`adheat_app.inputs.load_inputs`).
     mask : numpy.ndarray
         Brain mask (bool, image grid).
+    repeat : int
+        The repeat of ``--repeats`` whose folds these are.
 
     Returns
     -------
     tuple of numpy.ndarray or None
         Baselines ``(F + 1, C, V)`` (one per trained fold, then their mean for scans in no test set) and each
-        scan's row in them; None before any fold is trained.
+        scan's row in them; None before any fold (of that repeat) is trained.
     """
     from adheat_app.attribution.references import training_mean
     from adheat_app.attribution.fold_models import assign_folds
     from adheat_app.training import fold_dir
 
-    folds = trained_folds(config.models_dir, config.training.model)
+    folds = trained_folds(config.models_dir, config.training.model, repeat)
     if not folds:
         return None
-    means = np.stack([training_mean(fold_dir(config, k), cohort, inputs)[:, mask] for k in folds])
+    means = np.stack([training_mean(fold_dir(config, k, repeat), cohort, inputs)[:, mask] for k in folds])
     baselines = np.concatenate([means, means.mean(axis=0, keepdims=True)])
     position = {k: i for i, k in enumerate(folds)}
-    rows = np.array([position.get(a.fold, len(folds)) for a in assign_folds(config, cohort, folds)])
+    rows = np.array([position.get(a.fold, len(folds)) for a in assign_folds(config, cohort, folds, repeat)])
     return baselines.astype(np.float32), rows

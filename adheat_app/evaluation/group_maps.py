@@ -63,7 +63,8 @@ SIGNED_NORMALISATION = ("each subject's signed map divided by the total of its a
 def read_predictions(derivs: Derivatives, model: str) -> dict[str, int]:
     """Out-of-fold correctness (1 correct, 0 wrong) per scan key from ``group/predictions.tsv`` rows of ``model``.
 
-    With ``--repeats`` the table holds one row per repeat; the group maps are repeat 0's, so are these.
+    With ``--repeats`` the table holds one row per repeat; the written group maps are repeat 0's, so are these
+    (the scored labels, the diagnoses and ``all``, are the same in every repeat).
     """
     path = group_table(derivs.root, PREDICTIONS)
     if not path.is_file():
@@ -89,15 +90,17 @@ def scan_groups(scan: Scan, correct: dict[str, int], positive: str, negative: st
     return groups
 
 
-def method_digest(derivs: Derivatives, cohort: Cohort, method: str, correct: dict[str, int]) -> str:
+def method_digest(derivs: Derivatives, cohort: Cohort, method: str, correct: dict[str, int],
+                  root: Path | None = None) -> str:
     """Hash of a method's inputs: heatmap file names, their sidecars and each scan's groups.
 
     A recomputed heatmap gets a new sidecar (its wall time and parameters), so
-    this changes whenever a group map would; it reads no image.
+    this changes whenever a group map would; it reads no image. ``root``: where the per-scan maps lie (default
+    the output dataset; a repeat's folder for ``--repeats``).
     """
     digest = hashlib.sha256()
     for scan in cohort.scans:
-        path = heatmap_path(derivs.root, scan, cohort.space, cohort.res_label, method)
+        path = heatmap_path(root or derivs.root, scan, cohort.space, cohort.res_label, method)
         if path.is_file():
             side = sidecar_path(path)
             groups = scan_groups(scan, correct, cohort.positive_label, cohort.negative_label)
@@ -162,14 +165,15 @@ class MethodMaps:
 
 
 def load_method(derivs: Derivatives, cohort: Cohort, template: Template, method: str,
-                correct: dict[str, int]) -> MethodMaps | None:
-    """Read and normalise every scan's heatmap of ``method`` (None when no usable map exists)."""
+                correct: dict[str, int], root: Path | None = None) -> MethodMaps | None:
+    """Read and normalise every scan's heatmap of ``method`` (None when no usable map exists); ``root``: where
+    the per-scan maps lie (default the output dataset; :func:`adheat_app.layout.repeat_root` for a repeat's)."""
     mask = template.mask_array()
     scans, files, rows, positives, signed_flags, targets = [], [], [], [], [], []
     groups: dict[str, list[int]] = {}
     signed_sums: dict[str, np.ndarray] = {}
     for scan in cohort.scans:
-        path = heatmap_path(derivs.root, scan, cohort.space, cohort.res_label, method)
+        path = heatmap_path(root or derivs.root, scan, cohort.space, cohort.res_label, method)
         if not path.is_file():
             continue
         data = np.asarray(nib.load(path).dataobj, dtype=np.float32)[mask]
@@ -199,7 +203,7 @@ def load_method(derivs: Derivatives, cohort: Cohort, template: Template, method:
     LOGGER.info("%s: %d heatmap(s); groups %s", method, len(rows),
                 ", ".join(f"{k}={len(v)}" for k, v in sorted(groups.items())))
     maps = MethodMaps(method, signed, scans, files, np.stack(rows), groups, signed_means,
-                      np.stack(positives) if signed else None, method_digest(derivs, cohort, method, correct),
+                      np.stack(positives) if signed else None, method_digest(derivs, cohort, method, correct, root),
                       targets)
     for label in sorted(groups):
         if len(maps.target_classes(label)) > 1:

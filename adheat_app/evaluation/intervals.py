@@ -17,7 +17,20 @@ The estimate always lies inside the interval (the median lies between the
 two quantiles), for the maps, their paired differences and the SVM pattern
 alike. Estimates and bounds are clipped to the metric's range. A map that
 does not depend on the resample (the grey-matter prior) gets its value and a
-zero-width interval. :func:`two_sided_p` is the p-value that agrees with the
+zero-width interval.
+
+With ``--repeats`` each resample scores one repeat's maps (:mod:`.scoring`):
+``t`` is the mean of the repeats' values ``t_r`` and a resample departs from
+``t`` by its subjects' deviation ``t* - t_r`` plus its repeat's ``t_r - t``.
+The interval is the basic one of those departures, as above; the repeat term
+has mean 0 over the repeats and is no bias, so the estimate corrects ``t``
+by the median of the subjects' deviations only (``centres``: the ``t_r`` of
+each resample's repeat), ``t - median(t* - t_r)``. The median of a mixture of
+a few repeats' resamples (``2 t - median(t*)``) would jump to whichever repeat
+holds the middle resample. That estimate lies inside the interval whenever at
+least 2.5 % of the resamples fall on either side of it, which at least half of a
+repeat's resamples do for fewer than 20 repeats; it is clipped into the interval
+otherwise. :func:`two_sided_p` is the p-value that agrees with the
 interval (``p < 1 - level`` when the interval excludes 0), and :func:`holm`
 adjusts a family of p-values (Holm 1979).
 """
@@ -30,8 +43,8 @@ import numpy as np
 LEVEL = 0.95
 
 
-def basic_interval(point, samples: np.ndarray, bounds: tuple[float, float] = (0.0, 1.0), level: float = LEVEL
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def basic_interval(point, samples: np.ndarray, bounds: tuple[float, float] = (0.0, 1.0), level: float = LEVEL,
+                   centres: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bias-corrected estimate and basic bootstrap interval (see the module docstring).
 
     Parameters
@@ -44,6 +57,9 @@ def basic_interval(point, samples: np.ndarray, bounds: tuple[float, float] = (0.
         Range of the statistic (``(-1, 1)`` for differences of metrics in [0, 1]).
     level : float
         Coverage of the interval.
+    centres : numpy.ndarray, optional
+        With several repeats: the value ``t_r`` of the repeat each resample scored, shaped as ``samples``; the
+        estimate is then ``t - median(t* - t_r)``, kept inside the interval (see the module docstring).
 
     Returns
     -------
@@ -59,8 +75,11 @@ def basic_interval(point, samples: np.ndarray, bounds: tuple[float, float] = (0.
     alpha = (1.0 - level) / 2.0
     median, q_low, q_high = np.nanquantile(samples, [0.5, alpha, 1.0 - alpha], axis=0)
     low, high = bounds
-    return (np.clip(2 * point - median, low, high), np.clip(2 * point - q_high, low, high),
-            np.clip(2 * point - q_low, low, high))
+    lower, upper = np.clip(2 * point - q_high, low, high), np.clip(2 * point - q_low, low, high)
+    if centres is None:
+        return np.clip(2 * point - median, low, high), lower, upper
+    bias = np.nanmedian(samples - np.asarray(centres, dtype=np.float64), axis=0)
+    return np.clip(np.clip(point - bias, low, high), lower, upper), lower, upper
 
 
 def two_sided_p(point, samples: np.ndarray) -> np.ndarray:

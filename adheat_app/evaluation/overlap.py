@@ -19,7 +19,8 @@ reference ``R`` (plus its continuous values ``r``):
 * ``spearman``: rank correlation of ``m`` with the continuous ``r``.
 
 :func:`resample_counts` draws the bootstrap resamples of subjects (with
-replacement; the sessions of a subject are drawn together) once per group of scans; :func:`bootstrap` turns them into the
+replacement; the sessions of a subject are drawn together) once per group of scans, and :func:`repeat_draws`
+the repeat of ``--repeats`` each resample scores; :func:`bootstrap` turns them into the
 mean map of each resample (one matrix product, weights x maps) and
 :func:`score_resamples` scores resample maps with one sort each, in batches.
 Every map scored on the same weights is scored on the same resamples, so
@@ -146,6 +147,18 @@ def resample_counts(subjects: Sequence[str], n_resamples: int, seed: int) -> np.
         draws = rng.integers(0, n, size=(n_resamples, n))
         np.add.at(counts, (np.repeat(np.arange(n_resamples), n), draws.ravel()), 1.0)
     return counts[:, index.ravel()]
+
+
+def repeat_draws(n_resamples: int, n_repeats: int, seed: int) -> np.ndarray:
+    """The repeat of the cross-validation (``--repeats``) each of ``n_resamples`` resamples scores, ``(n_resamples,)``.
+
+    Drawn uniformly by a generator of its own (``[seed, 1]``, as the verdict's
+    :func:`adheat_app.training.metrics.chance_verdict`), so the resamples of subjects drawn with ``seed`` stay
+    those of a single repeat; all 0 with one repeat.
+    """
+    if n_repeats <= 1:
+        return np.zeros(n_resamples, dtype=int)
+    return np.random.default_rng([seed, 1]).integers(n_repeats, size=n_resamples)
 
 
 def score_resamples(batches: Iterable[np.ndarray], references: list[np.ndarray],

@@ -11,14 +11,24 @@ methods of kind ``control``) and the SVM pattern (:func:`score_svm`: one
 estimator for value and resamples). The resamples are of subjects (a
 subject's sessions together). Where subjects have truths of their own, the
 same per-scan maps (methods and controls) are also scored each against its own
-subject's truth (:attr:`Scorer.per_subject`, :mod:`.subject_scores`). A new kind
-of scored map is one more function here.
+subject's truth (:attr:`Scorer.per_subject`, :mod:`.subject_scores`; repeat 0's
+maps). A new kind of scored map is one more function here.
+
+With ``--repeats R`` > 1 each resample of a label also draws one repeat
+(:func:`~adheat_app.evaluation.overlap.repeat_draws`, shared by every map of
+the label): a map made by the trained models is scored once per repeat
+(:meth:`Scorer.subjects` with ``repeat``), its value the mean over repeats of
+its repeat's mean-map metrics and each resample the metric of the resampled
+mean map of the repeat drawn (:mod:`.scoring`). The methods' maps of repeat
+``r`` > 0 are read from :func:`~adheat_app.layout.repeat_root`; the written
+group maps, curves, region and distance tables and spatial nulls use repeat 0's.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -32,15 +42,16 @@ from adheat_app.evaluation.controls import (
     BASELINE_DEVIATION, GREY_MATTER_PRIOR, INPUT_MAGNITUDE, fold_baselines, grey_matter_prior, input_controls,
     is_control, svm_pattern_resamples,
 )
-from adheat_app.evaluation.group_maps import ALL, load_method, scan_groups, write_group_maps
+from adheat_app.evaluation.group_maps import ALL, MethodMaps, load_method, scan_groups, write_group_maps
 from adheat_app.evaluation.intervals import basic_interval
 from adheat_app.evaluation.overlap import (
-    TOP_PERCENT, bootstrap, overlap_metrics, resample_counts, score_resamples, sorted_metrics,
+    BOOTSTRAPPED, TOP_PERCENT, bootstrap, overlap_metrics, repeat_draws, resample_counts, score_resamples,
+    sorted_metrics,
 )
 from adheat_app.evaluation.reference import Reference
 from adheat_app.evaluation.scoring import Scores, constant_samples
 from adheat_app.evaluation.subject_scores import SubjectScorer
-from adheat_app.layout import MapName, overlap_figure, to_label
+from adheat_app.layout import MapName, heatmap_methods, overlap_figure, repeat_root, to_label
 from adheat_app.plotting import overlap_curves, save_png
 from adheat_app.templates import Template
 
@@ -52,14 +63,16 @@ CURVE_PERCENT: tuple[float, ...] = (0.5, 1, 2, 3, 5, 7.5, 10, 12.5, 15, 20, 25, 
 
 
 class Scorer:
-    """Scores maps of each label on that label's shared bootstrap resamples.
+    """Scores maps of each label on that label's shared bootstrap resamples (of subjects, and of repeats with
+    ``n_repeats`` > 1).
 
     ``subject_truths`` (reference name -> subject -> map; empty without per-subject truths) makes
-    :attr:`per_subject`, which scores each scan's own map against its subject's truth.
+    :attr:`per_subject`, which scores each scan's own map (repeat 0's) against its subject's truth.
     """
 
     def __init__(self, config: RunConfig, cohort: Cohort, correct: dict[str, int], references: list[Reference],
-                 mask: np.ndarray, subject_truths: dict[str, dict[str, Reference]] | None = None):
+                 mask: np.ndarray, subject_truths: dict[str, dict[str, Reference]] | None = None, *,
+                 n_repeats: int = 1):
         self.references = references
         self.mask = mask
         self.names = [ref.name for ref in references]
@@ -80,21 +93,61 @@ class Scorer:
                                               n_bootstrap if len({subject[k] for k in keys}) > 1 else 0, seed + i)
                        for i, (label, keys) in enumerate(self.keys.items())}
         self.columns = {label: {key: j for j, key in enumerate(keys)} for label, keys in self.keys.items()}
+        self.n_repeats = n_repeats
+        #: The repeat each resample of a label scores.
+        self.draws = {label: repeat_draws(len(counts), n_repeats, seed + i)
+                      for i, (label, counts) in enumerate(self.counts.items())}
         self.scores: list[Scores] = []
         self.per_subject = SubjectScorer(subject_truths, cohort, mask) if subject_truths else None
+        #: Maps scored on some of their repeats so far: their repeats' points, samples, centres and scans.
+        self._repeats: dict[tuple[str, str, str, str], tuple[list[list[dict]], list[dict], list[dict], int]] = {}
 
     def points(self, mean: np.ndarray) -> list[dict]:
         """Metrics of one map against every reference."""
         return [overlap_metrics(mean, b, c) for b, c in zip(self.binaries, self.continuous)]
 
-    def subjects(self, method: str, kind: str, label: str, sign: str, maps: np.ndarray,
-                 keys: list[str]) -> np.ndarray:
-        """Score the mean of per-scan ``maps`` (rows: scans ``keys`` of ``label``); return the mean."""
+    def subjects(self, method: str, kind: str, label: str, sign: str, maps: np.ndarray, keys: list[str],
+                 repeat: int | None = None) -> np.ndarray:
+        """Score the mean of per-scan ``maps`` (rows: scans ``keys`` of ``label``); return the mean.
+
+        ``repeat``: the repeat of ``--repeats`` the maps come from, for a map made once per repeat (None: the
+        same in every repeat). Such a map is scored on the resamples that draw its repeat, and its
+        :class:`~.scoring.Scores` added once all :attr:`n_repeats` repeats are in (see the module docstring).
+        """
         mean = maps.mean(axis=0)
         counts = self.counts[label][:, [self.columns[label][k] for k in keys]]
-        samples = bootstrap(maps, self.binaries, counts)
-        self.scores.append(Scores(method, kind, label, sign, len(keys), self.points(mean), samples))
+        if repeat is None or self.n_repeats == 1:
+            samples = bootstrap(maps, self.binaries, counts)
+            self.scores.append(Scores(method, kind, label, sign, len(keys), self.points(mean), samples))
+            return mean
+        point = self.points(mean)
+
+        def empty() -> list[dict]:
+            return [{m: np.full((len(counts), *np.shape(p[m])), np.nan) for m in BOOTSTRAPPED} for p in point]
+
+        points, samples, centres, n_subjects = self._repeats.setdefault((method, kind, label, sign),
+                                                                        ([], empty(), empty(), len(keys)))
+        points.append(point)
+        drawn = self.draws[label] == repeat
+        if drawn.any():
+            for r, scored in enumerate(bootstrap(maps, self.binaries, counts[drawn])):
+                for metric, values in scored.items():
+                    samples[r][metric][drawn] = values
+                    centres[r][metric][drawn] = point[r][metric]
+        if len(points) == self.n_repeats:
+            del self._repeats[(method, kind, label, sign)]
+            mean_point = [{m: np.mean([p[r][m] for p in points], axis=0) for m in point[r]}
+                          for r in range(len(point))]
+            self.scores.append(Scores(method, kind, label, sign, n_subjects, mean_point, samples, self.n_repeats,
+                                      centres))
         return mean
+
+    def discard(self, method: str) -> list[str]:
+        """Forget the repeats of ``method`` scored so far (a repeat without usable maps); return their labels."""
+        keys = [key for key in self._repeats if key[0] == method]
+        for key in keys:
+            del self._repeats[key]
+        return sorted({key[2] for key in keys})
 
     def constant(self, method: str, kind: str, label: str, values: np.ndarray, samples: list[dict] | None = None,
                  n_subjects: int | None = None) -> None:
@@ -122,13 +175,35 @@ class ScoredMaps:
     n_subjects: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
+def repeat_roots(config: RunConfig, n_repeats: int) -> list[Path]:
+    """Folders of the per-scan maps of repeats 1 to ``n_repeats - 1`` (:func:`~adheat_app.layout.repeat_root`)."""
+    return [repeat_root(config.models_dir, config.training.model, r) for r in range(1, n_repeats)]
+
+
+def _score_repeat(scorer: Scorer, maps: MethodMaps, kind: str, repeat: int | None) -> dict[str, np.ndarray]:
+    """Score one repeat's maps of a method per label and sign (``repeat`` as :meth:`Scorer.subjects`); return the
+    absolute mean map of each label."""
+    means = {}
+    for label in (label for label in scorer.keys if label in maps.groups):
+        rows = maps.groups[label]
+        keys = [maps.scans[i].key for i in rows]
+        means[label] = scorer.subjects(maps.method, kind, label, "absolute", maps.values[rows], keys, repeat)
+        if maps.positive is not None:
+            scorer.subjects(maps.method, kind, label, "positive", maps.positive[rows], keys, repeat)
+    return means
+
+
 def score_methods(scorer: Scorer, config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template,
                   methods: list[str], correct: dict[str, int]) -> ScoredMaps:
     """Write each method's group maps, score its mean maps per label and sign, draw its overlap curves.
 
-    ``correct``: whether the CNN classified each scan correctly (:func:`.group_maps.read_predictions`).
+    ``correct``: whether the CNN classified each scan correctly (:func:`.group_maps.read_predictions`). With
+    several repeats a method with maps in every repeat is scored on each (one repeat's maps in memory at a time);
+    one with maps of repeat 0 only (e.g. the sanity check's) as a map the same in every repeat.
     """
     scored = ScoredMaps()
+    roots = repeat_roots(config, scorer.n_repeats)
+    found = [set(heatmap_methods(root, template.space, template.res_label)) for root in roots]
     for method in methods:
         maps = load_method(derivs, cohort, template, method, correct)
         if maps is None:
@@ -141,19 +216,32 @@ def score_methods(scorer: Scorer, config: RunConfig, derivs: Derivatives, cohort
             scorer.per_subject.score(method, kind, "absolute", keys, maps.values)
             if maps.positive is not None:
                 scorer.per_subject.score(method, kind, "positive", keys, maps.positive)
-        for label in (label for label in scorer.keys if label in maps.groups):
-            rows = maps.groups[label]
-            keys = [maps.scans[i].key for i in rows]
-            mean = scorer.subjects(method, kind, label, "absolute", maps.values[rows], keys)
-            if maps.positive is not None:
-                scorer.subjects(method, kind, label, "positive", maps.positive[rows], keys)
-            if kind == "method":
+        repeated = bool(roots) and all(method in names for names in found)
+        means = _score_repeat(scorer, maps, kind, 0 if repeated else None)
+        n_scans = len(maps.scans)
+        del maps
+        for repeat, root in enumerate(roots if repeated else [], start=1):
+            other = load_method(derivs, cohort, template, method, correct, root)
+            if other is None:
+                LOGGER.warning("evaluation: %s has no usable map of repeat %d in %s; scored on repeat 0 only",
+                               method, repeat, root)
+                scorer.discard(method)
+                _score_repeat(scorer, load_method(derivs, cohort, template, method, correct), kind, None)
+                break
+            _score_repeat(scorer, other, kind, repeat)
+            del other
+        incomplete = scorer.discard(method)
+        if incomplete:
+            LOGGER.warning("evaluation: %s has no usable map of some repeat in group(s) %s; those rows are left out",
+                           method, ", ".join(incomplete))
+        if kind == "method":
+            for label, mean in means.items():
                 scored.region_maps[(method, label)] = mean
                 scored.label_maps.setdefault(label, {})[method] = mean
-        if ALL in maps.groups:
-            _method_curves(scorer, derivs, method, maps.mean(ALL))
-        LOGGER.info("evaluation: %s done (%d subjects)", method, len(maps.scans))
-        del maps
+        if ALL in means:
+            _method_curves(scorer, derivs, method, means[ALL])
+        LOGGER.info("evaluation: %s done (%d subjects%s)", method, n_scans,
+                    f", {scorer.n_repeats} repeats" if repeated else "")
     return scored
 
 
@@ -182,21 +270,34 @@ def _input_control_maps(inputs: np.ndarray, rows: list[int], mask: np.ndarray, c
 def score_controls(scorer: Scorer, config: RunConfig, cohort: Cohort, template: Template, inputs: np.ndarray) -> str:
     """Score the controls of every label (input magnitude and, once folds are trained, baseline deviation of the
     cohort's ``inputs``, summed and per channel; the grey-matter prior), and of every scan against its own
-    subject's truth where there is one; return where the prior comes from."""
+    subject's truth where there is one (repeat 0's baselines); return where the prior comes from.
+
+    With several repeats the baseline deviation, whose baselines are the fold models' training means, is scored
+    once per repeat (on the resamples drawing it), as the methods' maps.
+    """
     index = {s.key: i for i, s in enumerate(cohort.scans)}
-    baselines = fold_baselines(config, cohort, inputs, scorer.mask)
+    baselines = [fold_baselines(config, cohort, inputs, scorer.mask, repeat) for repeat in range(scorer.n_repeats)]
+    if any(b is None for b in baselines[1:]):
+        baselines = baselines[:1]
+    repeated = len(baselines) > 1
     for label, keys in scorer.keys.items():
-        controls = _input_control_maps(inputs, [index[k] for k in keys], scorer.mask, cohort.channels, baselines)
-        for name, maps in controls.items():
+        rows = [index[k] for k in keys]
+        values = np.asarray(inputs[rows][:, :, scorer.mask], dtype=np.float32)
+        for name, maps in input_controls(np.abs(values), cohort.channels, INPUT_MAGNITUDE).items():
             scorer.subjects(name, "control", label, "absolute", maps, keys)
-        del controls
+        for repeat, (means, position) in enumerate(b for b in baselines if b is not None):
+            deviation = input_controls(np.abs(values - means[position[rows]]), cohort.channels, BASELINE_DEVIATION)
+            for name, maps in deviation.items():
+                scorer.subjects(name, "control", label, "absolute", maps, keys, repeat if repeated else None)
+            del deviation
+        del values
     prior, prior_source = grey_matter_prior(template)
     for label in scorer.keys:
         scorer.constant(GREY_MATTER_PRIOR, "control", label, prior)
     per_subject = scorer.per_subject
     if per_subject is not None:
         keys = per_subject.keys
-        controls = _input_control_maps(inputs, [index[k] for k in keys], scorer.mask, cohort.channels, baselines)
+        controls = _input_control_maps(inputs, [index[k] for k in keys], scorer.mask, cohort.channels, baselines[0])
         for name, maps in controls.items():
             per_subject.score(name, "control", "absolute", keys, maps)
         per_subject.constant(GREY_MATTER_PRIOR, "control", prior)

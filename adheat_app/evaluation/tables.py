@@ -28,7 +28,7 @@ from adheat_app.evaluation.group_maps import ALL
 from adheat_app.evaluation.overlap import TOP_PERCENT
 from adheat_app.evaluation.regions import region_table
 from adheat_app.evaluation.scorer import SVM, Scorer, ScoredMaps
-from adheat_app.evaluation.scoring import overlap_rows, paired_differences
+from adheat_app.evaluation.scoring import REPEATS_COLUMN, overlap_rows, paired_differences
 from adheat_app.evaluation.spatial_null import spatial_nulls
 from adheat_app.io import write_json, write_tsv
 from adheat_app.evaluation.subject_scores import SIGNED_METRICS
@@ -49,6 +49,11 @@ SVM_INTERVAL = ("activation pattern cov(Z) w / var(w'z) of the fold-mean SVM wei
 INTERVAL = ("95 % basic bootstrap interval over subjects (a subject's sessions resampled together) around the "
             "bias-corrected estimate 2 t - median(t*) (value; map_value: the metric of the mean map itself); every "
             "map of a label is scored on the same resamples (paired)")
+REPEATS_INTERVAL = ("With --repeats {n} each resample also draws one of the {n} repeats of the cross-validation "
+                    "(the same draw for every map of a label): a map made by the trained models (n_repeats {n}: the "
+                    "methods' maps, BaselineDeviation) scores the resampled mean map of the repeat drawn, and its t "
+                    "(map_value) is the mean over repeats of each repeat's mean-map metric, so the interval holds "
+                    "the repeat-to-repeat variation of training; maps the same in every repeat have n_repeats 1")
 ANSWER_DESCRIPTION = (
     f"Does a map find the reference? Label all, metric {ANSWER_METRIC}. finds_reference needs the map's model to be "
     "better than chance (pooled verdict of cv_metrics.tsv), the interval's lower end above the chance level "
@@ -113,7 +118,7 @@ def _answer(scorer: Scorer, scored: ScoredMaps, config: RunConfig, derivs: Deriv
 def build_tables(scorer: Scorer, scored: ScoredMaps, template: Template, config: RunConfig,
                  derivs: Derivatives) -> EvaluationTables:
     """Overlap rows with chance levels, paired differences, the answer per method, region and distance tables."""
-    overlap = overlap_rows(scorer.scores, scorer.names, scorer.chances)
+    overlap = overlap_rows(scorer.scores, scorer.names, scorer.chances, scorer.n_repeats > 1)
     differences = paired_differences(scorer.scores, scorer.names)
     answer, primary, models = _answer(scorer, scored, config, derivs, overlap, differences)
     regions_atlas = get_atlas(template.resolution, template.space, config.evaluation.atlas)
@@ -135,6 +140,9 @@ def write_tables(derivs: Derivatives, tables: EvaluationTables, common: dict, co
               "TopK": "the ceil(k% V) voxels of highest relevance, ties at the threshold broken at random (in "
                       "expectation); chance computed for that set",
               "Interval": INTERVAL, "SVMInterval": SVM_INTERVAL,
+              **({"Repeats": config.training.repeats,
+                  "RepeatsInterval": REPEATS_INTERVAL.format(n=config.training.repeats)}
+                 if config.training.repeats > 1 else {}),
               "Controls": {INPUT_MAGNITUDE: "mean over the label's scans of the absolute CNN input (each input "
                                             "channel normalised to unit total inside the brain mask, then summed "
                                             "and normalised again; per channel: InputMagnitude<channel>)",
@@ -167,7 +175,9 @@ def write_tables(derivs: Derivatives, tables: EvaluationTables, common: dict, co
                     "chance": "value of a random map (top-k: of the K voxels actually used)",
                     "value": "bias-corrected estimate 2 t - median(t*)", "map_value": "t: the metric of the mean map",
                     "ci_low": "2 t - 97.5th bootstrap percentile (basic interval)",
-                    "ci_high": "2 t - 2.5th bootstrap percentile (basic interval)"}})
+                    "ci_high": "2 t - 2.5th bootstrap percentile (basic interval)",
+                    **({REPEATS_COLUMN: "repeats of the cross-validation the map's t and resamples come from "
+                                        "(RepeatsInterval)"} if config.training.repeats > 1 else {})}})
     write_json(sidecar_path(paths[OVERLAP_DIFFERENCES]), {
         **common, **scheme,
         "Description": "Difference method_a - method_b of each bootstrapped metric between two maps of the same "

@@ -15,7 +15,10 @@ It writes (all under ``group/``):
   a 95 % basic bootstrap interval over subjects (``ci_low``, ``ci_high``;
   :mod:`.intervals`; ``n/a`` for Spearman), ``n_subjects`` and
   ``n_bootstrap`` (:mod:`.overlap`). All maps of a label share the same
-  resamples of subjects (the sessions of a subject together);
+  resamples of subjects (the sessions of a subject together); with
+  ``--repeats R`` > 1 every resample also draws one repeat, the maps of the
+  trained models are read from every repeat and ``n_repeats`` says which maps
+  vary across repeats (:mod:`.scorer`, :mod:`.scoring`);
 * ``overlap_differences.tsv``: paired differences of every two maps of a label
   (:func:`.scoring.paired_differences`);
 * ``answer.tsv``: per method, reference and sign, whether the map finds the
@@ -62,7 +65,7 @@ from adheat_app.evaluation.overlap import TOP_PERCENT
 from adheat_app.evaluation.reference import Reference
 from adheat_app.evaluation.references import Context
 from adheat_app.evaluation.references._catalog import all_references, subject_references
-from adheat_app.evaluation.scorer import SVM, Scorer, score_controls, score_methods, score_svm
+from adheat_app.evaluation.scorer import SVM, Scorer, repeat_roots, score_controls, score_methods, score_svm
 from adheat_app.evaluation.tables import build_tables, table_names, write_tables
 from adheat_app.inputs import input_key, load_inputs
 from adheat_app.layout import group_table, heatmap_methods, sidecar_path
@@ -74,8 +77,11 @@ LOGGER = logging.getLogger(__name__)
 def _evaluation_hash(config: RunConfig, derivs: Derivatives, cohort: Cohort, methods: list[str],
                      correct: dict[str, int], references: list[Reference], svm_sidecar: str) -> str:
     digest = hashlib.sha256()
+    roots = repeat_roots(config, config.training.repeats)
     for method in methods:
         digest.update(f"{method}:{method_digest(derivs, cohort, method, correct)}\n".encode())
+        for root in roots:  # --repeats: every repeat's maps (nothing added with one repeat)
+            digest.update(f"{root.name}:{method_digest(derivs, cohort, method, correct, root)}\n".encode())
     for ref in references:
         digest.update(f"{ref.name}|{ref.source}|{ref.threshold}|".encode())
         digest.update(hashlib.sha256(np.ascontiguousarray(ref.values).tobytes()).digest())
@@ -132,7 +138,8 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
                                               for name in table_names(bool(subject_truths))):
         LOGGER.info("evaluation: outputs complete for these inputs, skipping (--overwrite recomputes)")
         return
-    scorer = Scorer(config, cohort, correct, references, template.mask_array(), subject_truths)
+    scorer = Scorer(config, cohort, correct, references, template.mask_array(), subject_truths,
+                    n_repeats=config.training.repeats)
     scored = score_methods(scorer, config, derivs, cohort, template, methods, correct)
     inputs = load_inputs(cohort.scans, cohort.channels, config.work_dir)
     prior_source = score_controls(scorer, config, cohort, template, inputs)

@@ -34,6 +34,7 @@ from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.evaluation.overlap import TOP_PERCENT
 from adheat_app.evaluation.reference import Reference
+from adheat_app.evaluation.scoring import REPEATS_COLUMN
 from adheat_app.io import write_text
 from adheat_app.layout import (
     ANSWER, CV_METRICS, DISTANCES, OVERLAP, PREDICTIONS, PREPROC_QC, REGIONS, SANITY_CHECK, SUBJECT_OVERLAP, MapName,
@@ -246,6 +247,15 @@ def overlap_summary(overlap: pd.DataFrame, label: str) -> pd.DataFrame:
     return wide
 
 
+def _repeats_note(overlap: pd.DataFrame) -> str:
+    """The sentence on repeated cross-validation when ``overlap.tsv`` has its ``n_repeats`` column, else ""."""
+    if REPEATS_COLUMN not in overlap.columns:
+        return ""
+    return (f" With {int(overlap[REPEATS_COLUMN].max())} repeats of the cross-validation, the maps of the trained "
+            f"models (column {REPEATS_COLUMN}) score the mean over repeats, and each resample also draws one repeat, "
+            "so their intervals hold the repeat-to-repeat variation of training.")
+
+
 def _overlap(root: Path, cohort: Cohort) -> str:
     overlap = read_group_table(root, OVERLAP)
     if overlap is None or overlap.empty:
@@ -257,7 +267,7 @@ def _overlap(root: Path, cohort: Cohort) -> str:
                   "each resample with the fold-mean weights fixed; Spearman has no interval. A resample's mean map "
                   "averages fewer distinct "
                   "subjects and is noisier than the full mean, so for metrics that reward sharp maps the interval "
-                  "can lie below the value.")]
+                  "can lie below the value." + _repeats_note(overlap))]
     for label in ("all", to_label(cohort.positive_label)):
         wide = overlap_summary(overlap, label)
         if not wide.empty:

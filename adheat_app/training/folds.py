@@ -249,11 +249,21 @@ def cohort_folds(config: RunConfig, cohort: Cohort, repeat: int = 0) -> list[Fol
 
 
 def with_cv(config: RunConfig, cohort: Cohort) -> RunConfig:
-    """``config`` with ``--folds`` set to the number of sites of the cohort for ``--cv leave-site-out``."""
+    """``config`` with ``--folds`` set to the number of sites of the cohort for ``--cv leave-site-out``.
+
+    Raises
+    ------
+    InputError
+        When ``--fold`` names a fold past the last site.
+    """
     if config.training.cv != "leave-site-out":
         return config
     sites = subject_sites(config.bids_dir)
     n_sites = len({sites.get(s.subject) for s in cohort.labelled} - {None}) or config.training.folds
+    fold = config.training.fold
+    if fold is not None and not 0 <= fold < n_sites:
+        raise InputError(f"--fold {fold}: --cv leave-site-out makes one fold per site and participants.tsv names "
+                         f"{n_sites} site(s) of labelled participants, so folds are numbered 0 to {n_sites - 1}")
     return config if n_sites == config.training.folds else config.replace("training", folds=n_sites)
 
 
