@@ -6,9 +6,10 @@ and MCI scan, the same scan without its planted atrophy
 scan was (:func:`preprocess_twins`: the registration backend, brain
 extraction, intensity normalisation and seed the scan's sidecar records, into
 :func:`~adheat_app.layout.twins_root`; done twins are skipped on reruns) and
-read by the fold model that held the subject out. The difference of the
-model's output ``f`` between scan and twin is what the disease does to the
-model. ``f`` is the log-odds of the positive class, ``z_positive -
+read by the fold model that held the subject out (scans in no test fold, such
+as MCI scans, which every fold model explains together, are left out). The
+difference of the model's output ``f`` between scan and twin is what the
+disease does to the model. ``f`` is the log-odds of the positive class, ``z_positive -
 z_negative``, whatever ``--target`` and ``--explain-output`` say: additive and
 never saturating, so a share of it means the same for a confident and an
 unsure subject.
