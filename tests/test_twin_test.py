@@ -54,7 +54,7 @@ def test_random_regions_are_compact_seeded_grey_matter_regions_of_the_size():
     assert all(np.array_equal(a, b) for a, b in zip(regions, again))
 
 
-def test_share_table_compares_each_map_with_random_regions_and_the_ceiling():
+def test_share_table_compares_each_map_with_random_regions_and_the_true_region():
     rng = np.random.default_rng(1)
     rows = []
     for subject in range(8):
@@ -70,7 +70,7 @@ def test_share_table_compares_each_map_with_random_regions_and_the_ceiling():
     assert (table["n_subjects"] == 8).all() and (table["n_undefined"] == 1).all()
     assert table.loc["good", "above_random"] and not table.loc["bad", "above_random"]
     assert table.loc["good", "share_ci_low"] < table.loc["good", "share"] < table.loc["good", "share_ci_high"]
-    np.testing.assert_allclose(table["ceiling_share"], 1.0)
+    np.testing.assert_allclose(table["truth_share"], 1.0)
     np.testing.assert_allclose(table["region_percent"], 1.5)
     np.testing.assert_allclose(table["disease_effect"], 2.0)
 
@@ -102,7 +102,7 @@ def test_twin_test_table_end_to_end_on_a_simulated_cohort_with_twins(tmp_path):
     assert list(table["method"]) == ["Saliency"]
     row = table.iloc[0]
     assert row["n_subjects"] + row["n_undefined"] == len(carriers) and row["n_subjects"] > 0
-    assert np.isfinite(row[["share", "random_share", "ceiling_share", "share_vs_random"]].astype(float)).all()
+    assert np.isfinite(row[["share", "random_share", "truth_share", "share_vs_random"]].astype(float)).all()
     assert 0 < row["region_percent"] < 20
     path = group_table(derivs.root, TWIN_TEST)
     assert "Saliency" in _twin_test(derivs.root) and "## Twin test" in dataset_citation(config, derivs)[0]
@@ -128,14 +128,14 @@ def test_report_shows_the_twin_test_and_the_methods_text_only_when_its_table_exi
     assert "twintest" not in steps_present(derivs, "resnet3d")
     rows = [{"method": name, "n_subjects": 6, "n_undefined": 1, "share": share, "share_ci_low": share - 0.1,
              "share_ci_high": share + 0.1, "random_share": 0.05, "random_share_ci_low": 0.0,
-             "random_share_ci_high": 0.1, "ceiling_share": 0.9, "ceiling_share_ci_low": 0.8,
-             "ceiling_share_ci_high": 1.0, "above_random": share > 0.3}
+             "random_share_ci_high": 0.1, "truth_share": 0.9, "truth_share_ci_low": 0.8,
+             "truth_share_ci_high": 1.0, "above_random": share > 0.3}
             for name, share in (("IG", 0.6), ("Saliency", 0.1), ("IGRandom", 0.0))]
     (tmp_path / "group").mkdir()
     pd.DataFrame(rows).to_csv(tmp_path / "group" / "twin_test.tsv", sep="\t", index=False)
     shown = _twin_test(tmp_path)
     assert "IG 0.600 [0.500, 0.700]; Saliency 0.100 [0.000, 0.200]." in shown and "IGRandom 0" not in shown
-    assert "(ceiling): 0.900 [0.800, 1.000]; 6 subjects (1 with" in shown and 'href="group/twin_test.tsv"' in shown
+    assert "the true region itself: 0.900 [0.800, 1.000]; 6 subjects (1 with" in shown and 'href="group/twin_test.tsv"' in shown
     assert _faithfulness(tmp_path) == ""  # not shown twice
     assert "above random in group/twin_test.tsv: IG; not: IGRandom, Saliency" in answer_sentences(config, tmp_path,
                                                                                                    None)

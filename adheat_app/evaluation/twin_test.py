@@ -22,8 +22,10 @@ volume ``n`` of the subject's true region, so the three kinds compare:
 
 - ``truth``: the subject's own atrophied region (its template-space region
   map above :data:`~adheat_app.evaluation.references.simulation.THRESHOLD`,
-  inside the scan's brain mask): the ceiling, what a map could recover at
-  that volume;
+  inside the scan's brain mask): what the planted region itself recovers at
+  that volume, meant as the ceiling; it is not an upper bound, since
+  preprocessing spreads the disease's trace beyond the region (registration
+  responds to it, and the log Jacobian channel carries that response);
 - each map's top region: its ``n`` voxels of highest absolute relevance inside
   the brain mask (:func:`top_region`);
 - ``random``: :data:`RANDOM_DRAWS` seeded random grey-matter regions, each the
@@ -35,7 +37,7 @@ A scan whose disease effect ``|f(twin) - f(scan)|`` is below
 :data:`MIN_EFFECT` has no share (the ratio would divide by about 0); the table
 counts the subjects left out so. Sessions of a subject are averaged, and
 :func:`share_table` gives per map the mean share over subjects with a basic
-bootstrap interval over subjects, the random regions' and the ceiling's on the
+bootstrap interval over subjects, the random regions' and the true region's on the
 same subjects and resamples, the paired difference to random and
 ``above_random`` (that difference's interval lies above 0). The group level
 writes ``group/twin_test.tsv`` (:func:`run_twin_test`) when the input dataset
@@ -79,7 +81,7 @@ LOGGER = logging.getLogger(__name__)
 RANDOM_DRAWS = 10
 #: Smallest disease effect ``|f(twin) - f(scan)|`` (log-odds) with a defined share.
 MIN_EFFECT = 0.1
-#: The region names of the table's controls: the true region (the ceiling) and the random regions.
+#: The region names of the table's controls: the true region and the random regions.
 TRUTH, RANDOM = "truth", "random"
 
 
@@ -143,7 +145,7 @@ def region_shares(model: nn.Module, scan: torch.Tensor, twin: torch.Tensor, regi
 
 
 def share_table(rows: pd.DataFrame, n_bootstrap: int, seed: int) -> pd.DataFrame:
-    """Per map: the mean share over subjects, the random regions' and the ceiling's, with bootstrap intervals.
+    """Per map: the mean share over subjects, the random regions' and the true region's, with bootstrap intervals.
 
     Parameters
     ----------
@@ -161,7 +163,7 @@ def share_table(rows: pd.DataFrame, n_bootstrap: int, seed: int) -> pd.DataFrame
     pandas.DataFrame
         One row per map: ``n_subjects`` (with a defined share), ``n_undefined`` (disease effect below
         :data:`MIN_EFFECT` in every scan), ``region_percent``, ``disease_effect``, then ``share``,
-        ``random_share``, ``ceiling_share`` and ``share_vs_random`` (paired), each with ``_ci_low`` and
+        ``random_share``, ``truth_share`` and ``share_vs_random`` (paired), each with ``_ci_low`` and
         ``_ci_high``, and ``above_random``.
     """
     shares = rows.groupby(["subject", "region"], sort=False)["share"].mean().unstack("region")
@@ -176,7 +178,7 @@ def share_table(rows: pd.DataFrame, n_bootstrap: int, seed: int) -> pd.DataFrame
         row = {"method": name, "n_subjects": n, "n_undefined": undefined,
                "region_percent": float(subject_means.loc[data.index, "percent"].mean()) if n else np.nan,
                "disease_effect": float(subject_means.loc[data.index, "effect"].mean()) if n else np.nan}
-        columns = {"share": data[name], "random_share": data[RANDOM], "ceiling_share": data[TRUTH],
+        columns = {"share": data[name], "random_share": data[RANDOM], "truth_share": data[TRUTH],
                    "share_vs_random": data[name] - data[RANDOM]}
         for key, series in columns.items():
             values = series.to_numpy()
@@ -338,7 +340,7 @@ def run_twin_test(config: RunConfig, derivs: Derivatives, cohort: Cohort, templa
                 "Description": "twin test: share of the disease's effect on the model (log-odds of the positive "
                                "class, scan minus its simulated twin without atrophy) recovered by putting the "
                                "twin's voxels into each map's top region of the scan, against random grey-matter "
-                               "regions and the subject's true atrophied region (the ceiling), all of the true "
+                               "regions and the subject's true atrophied region, all of the true "
                                "region's volume; fold model that held the subject out; mean over subjects",
                 "Output": "log-odds of the positive class (z_positive - z_negative)",
                 "TruthThreshold": THRESHOLD, "RandomRegions": "the n grey-matter voxels (template probability "

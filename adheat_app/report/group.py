@@ -317,7 +317,7 @@ def _twin_test(root: Path) -> str:
     lines = "; ".join(f"{row['method']} {share(row, 'share')}" for _, row in methods.iterrows())
     summary = (f"Share of the disease's effect on the model (scan minus its simulated twin) recovered by each map's "
                f"top region of the true region's volume: {lines}. Random grey-matter regions: "
-               f"{share(first, 'random_share')}; the true region (ceiling): {share(first, 'ceiling_share')}; "
+               f"{share(first, 'random_share')}; the true region itself: {share(first, 'truth_share')}; "
                f"{int(first['n_subjects'])} subjects ({int(first['n_undefined'])} with too small an effect left "
                "out)")
     return note(summary) + details(f"twin_test ({len(frame)} rows)", table(frame), table_link(root, TWIN_TEST))
