@@ -7,7 +7,8 @@ contains that step's outputs, and its ``${placeholders}`` are filled from
 what ran: the template (the ``space`` entity of the preprocessed scans and the
 ``Template`` record of their sidecars: TemplateFlow or nilearn's offline
 copy), the preprocessing options and software versions of those sidecars, and
-the training set-up and versions of the first fold's model card; the run
+the training set-up and versions of the first fold's model card, and the
+subject-level scores' sidecar where a simulated cohort has them; the run
 configuration fills in what no output records. Citations are written
 ``[@key]``; ``CITATION.bib`` receives exactly the entries the kept text cites.
 """
@@ -28,7 +29,8 @@ from adheat_app.evaluation.twin_test import MIN_EFFECT, RANDOM_DRAWS
 from adheat_app.inputs import card_channels
 from adheat_app.io import read_json, write_text
 from adheat_app.layout import (
-    MODEL_CARD, OVERLAP, TWIN_TEST, find_preproc, fold_dir, group_table, has_heatmaps, sidecar_path, trained_folds,
+    MODEL_CARD, OVERLAP, SUBJECT_OVERLAP, TWIN_TEST, find_preproc, fold_dir, group_table, has_heatmaps,
+    sidecar_path, trained_folds,
 )
 from adheat_app.preprocess.backends import BACKENDS
 from adheat_app.templates import DEFAULT_SPACE
@@ -143,12 +145,15 @@ class Provenance:
         The first preprocessed scan's sidecar.
     card : dict
         The first trained fold's model card.
+    subject_scores : dict
+        The sidecar of ``group/subject_overlap.tsv`` (empty: no subject-level scores).
     """
 
     space: str | None = None
     template_source: str | None = None
     preprocessing: dict = dataclasses.field(default_factory=dict)
     card: dict = dataclasses.field(default_factory=dict)
+    subject_scores: dict = dataclasses.field(default_factory=dict)
 
     def versions(self) -> dict[str, str]:
         """Software versions: this installation's, replaced by the model card's and then the scans' records."""
@@ -169,9 +174,24 @@ def provenance(derivs: Derivatives, model: str) -> Provenance:
     preprocessing = read_json(side) if side is not None and side.is_file() else {}
     folds = trained_folds(derivs.root / "models", model)
     card = read_json(fold_dir(derivs.root / "models", model, folds[0]) / MODEL_CARD) if folds else {}
+    subject_side = sidecar_path(group_table(derivs.root, SUBJECT_OVERLAP))
     return Provenance(space=found[0][1].get("space") if found else None,
                       template_source=preprocessing.get("Template", {}).get("TemplateSource"),
-                      preprocessing=preprocessing, card=card)
+                      preprocessing=preprocessing, card=card,
+                      subject_scores=read_json(subject_side) if subject_side.is_file() else {})
+
+
+def subject_text(sidecar: dict) -> str:
+    """The methods text's sentences on the subject-level scores, from their sidecar (empty without them)."""
+    if not sidecar:
+        return ""
+    subjects = sorted({s for ref in sidecar.get("SubjectReferences", {}).values() for s in ref.get("Subjects", [])})
+    return (f"Where participants had a reference of their own (the simulated atrophy of each of {len(subjects)} "
+            "participants), each participant's own out-of-fold heatmap and control maps were also scored against "
+            "that participant's own reference with the same metrics; these subject-level scores were summarised "
+            "per diagnosis as the mean over participants, with a basic bootstrap interval over participants "
+            f"({sidecar.get('NBootstrap', 0)} resamples), the mean of the participants' chance levels and the "
+            "paired difference with the strongest applicable control. ")
 
 
 def template_text(space: str, source: str | None, versions: dict[str, str]) -> str:
@@ -231,7 +251,7 @@ def render_citation(config: RunConfig, steps: set[str], channels: tuple[str, ...
         "occlusion_fill_text": {"template": "the mean image of the fold's training scans",
                                 "zero": "zero"}[hm.occlusion_fill],
         "n_bootstrap": config.evaluation.n_bootstrap, "n_surrogates": config.evaluation.n_surrogates,
-        "reference_text": reference_methods_text(config),
+        "reference_text": reference_methods_text(config), "subject_text": subject_text(made.subject_scores),
         "twin_draws": RANDOM_DRAWS, "twin_min_effect": f"{MIN_EFFECT:g}",
     }
     text = (folder / "CITATION.md").read_text(encoding="utf-8")

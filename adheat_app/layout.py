@@ -68,6 +68,8 @@ CV_METRICS, PREDICTIONS, PREPROC_QC, SANITY_CHECK = "cv_metrics", "predictions",
 NESTED_TEST, PERMUTATION_TEST = "covariates_nested_test", "permutation_test"
 OVERLAP, OVERLAP_DIFFERENCES, ANSWER, REGIONS, DISTANCES = (
     "overlap", "overlap_differences", "answer", "regions", "distances")
+#: Subject-level overlap: each subject's own map against its own truth (simulated cohorts only).
+SUBJECT_OVERLAP = "subject_overlap"
 #: Faithfulness tables (deletion curves, channel ablation; issue 26), rendered by the report where they exist.
 FAITHFULNESS, CHANNEL_ABLATION = "faithfulness", "channel_ablation"
 #: The twin test (issue 26): the share of the disease's effect on the model that a map's top region carries.

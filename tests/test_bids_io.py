@@ -198,6 +198,7 @@ def test_citation_names_the_steps_present(tiny_bids, tmp_path):
     assert all(name in own for name in ("Integrated Gradients", "layer-wise relevance", "occlusion", "Grad-CAM"))
     assert "the positive class (AD) for every scan" in full and "difference of the two logits" in full
     assert "The network read the preprocessed T1w images." in full
+    assert "subject-level" not in full  # no group/subject_overlap.tsv: no sentence on it
     both, _ = render_citation(config, {"always", "training"}, ("intensity", "logjacobian"))
     assert "two channels: the preprocessed T1w image and the log Jacobian determinant" in both
     assert "5-fold cross-validation stratified by diagnosis" in full and "bootstrap interval over subjects" in full

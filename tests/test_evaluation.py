@@ -345,13 +345,90 @@ def test_every_reported_estimate_lies_inside_its_interval(evaluated):
     _, derivs, _, _ = evaluated
     group = derivs.root / "group"
     for name, value in (("overlap.tsv", "value"), ("overlap_differences.tsv", "difference"),
-                        ("answer.tsv", "value"), ("answer.tsv", "vs_control")):
+                        ("answer.tsv", "value"), ("answer.tsv", "vs_control"),
+                        ("subject_overlap.tsv", "value"), ("subject_overlap.tsv", "vs_control")):
         table = pd.read_csv(group / name, sep="\t", na_values=["n/a"])
         low, high = ("ci_low", "ci_high") if value in ("value", "difference") else \
             ("vs_control_ci_low", "vs_control_ci_high")
         bounded = table.dropna(subset=[low, high])
         assert len(bounded) > 0, name
         assert ((bounded[low] <= bounded[value] + 1e-12) & (bounded[value] <= bounded[high] + 1e-12)).all(), name
+
+
+def test_subject_level_scores_of_the_simulated_cohort(evaluated):
+    """Each AD subject's own map against its own planted atrophy: methods and controls, chance, the control."""
+    from adheat_app.layout import simulation_root, simulation_subject_map
+
+    config, derivs, cohort, _ = evaluated
+    group = derivs.root / "group"
+    table = pd.read_csv(group / "subject_overlap.tsv", sep="\t", na_values=["n/a"])
+    carriers = [s.subject for s in cohort.scans if s.diagnosis == "AD" and (np.asarray(nib.load(
+        simulation_subject_map(simulation_root(config.bids_dir), s.subject, cohort.space, cohort.res_label,
+                               "probseg")).dataobj) > 0.5).any()]
+    assert len(carriers) >= 4 and set(table["label"]) == {"AD"} and set(table["reference"]) == {"simulation"}
+    assert set(table["method"]) == {"IG", "Saliency", "InputMagnitude", "InputMagnitudeintensity",
+                                    "InputMagnitudelogjacobian", "GreyMatterPrior"}
+    auc = table[(table["metric"] == "roc_auc") & (table["sign"] == "absolute")].set_index("method")
+    assert (auc["n_subjects"] == len(carriers)).all() and (auc["chance"] == 0.5).all()
+    assert (auc["n_bootstrap"] == config.evaluation.n_bootstrap).all()
+    assert auc.loc["IG", "ci_low"] > 0.5  # truth + noise finds each subject's own atrophy
+    assert auc.loc["IG", "control"] in ("InputMagnitude", "GreyMatterPrior")
+    assert pd.isna(auc.loc["GreyMatterPrior", "vs_control"]) and not isinstance(auc.loc["GreyMatterPrior", "control"],
+                                                                               str)
+    side = json.loads((group / "subject_overlap.json").read_text())
+    assert sorted(side["SubjectReferences"]["simulation"]["Subjects"]) == sorted(carriers)
+    from adheat_app.citation import dataset_citation
+
+    text, _ = dataset_citation(config, derivs)
+    assert f"the simulated atrophy of each of {len(carriers)} participants" in text and "subject-level" in text
+
+
+def _scan(subject: str, diagnosis: str, session: str | None = None):
+    from pathlib import Path
+
+    from adheat_app.cohort import Scan
+
+    return Scan(subject, session, Path("unused"), Path("unused"), diagnosis, 1 if diagnosis == "AD" else None)
+
+
+def test_a_map_equal_to_its_own_subjects_truth_scores_one_and_another_subjects_truth_lower():
+    """Six subjects with disjoint truths (four AD, two MCI): a map equal to its subject's own truth scores ROC AUC 1,
+    the next subject's truth scores below chance, and beats it as a control; the labels are reported apart and a
+    subject's two sessions count once."""
+    from types import SimpleNamespace
+
+    from adheat_app.evaluation.reference import Reference
+    from adheat_app.evaluation.subject_scores import SubjectScorer
+
+    mask = np.ones(V, dtype=bool)
+    blocks = [(np.arange(V) >= 20 * i) & (np.arange(V) < 20 * (i + 1)) for i in range(6)]
+    truths = {f"{i:02d}": Reference("simulation", b.astype(np.float32), 0.5, "block", "hand") for i, b in
+              enumerate(blocks)}
+    scans = [_scan(f"{i:02d}", "AD" if i < 4 else "MCI") for i in range(6)] + [_scan("07", "CN")]
+    scans[0] = _scan("00", "AD", "1")
+    scans.insert(1, _scan("00", "AD", "2"))
+    scorer = SubjectScorer({"simulation": truths}, SimpleNamespace(scans=tuple(scans)), mask)
+    assert len(scorer.keys) == 7  # the CN subject has no truth
+    keys = [s.key for s in scans]
+    subject = [int(s.subject) for s in scans]
+    own = np.stack([blocks[i % 6] + RANK for i in subject])  # the CN subject's row is not scored
+    other = np.stack([blocks[(i + 1) % 6] + RANK for i in subject])
+    scorer.score("Own", "method", "absolute", keys, own)
+    scorer.score("Other", "method", "absolute", keys, other)
+    scorer.score("InputMagnitude", "control", "absolute", keys, other)
+    table = scorer.table(200, 0)
+    auc = table[table["metric"] == "roc_auc"].set_index(["method", "label"])
+    assert auc.loc[("Own", "AD"), "value"] == pytest.approx(1.0) and auc.loc[("Own", "MCI"), "value"] == 1.0
+    assert auc.loc[("Own", "AD"), "n_subjects"] == 4 and auc.loc[("Own", "MCI"), "n_subjects"] == 2
+    assert auc.loc[("Other", "AD"), "ci_high"] < 0.5 == auc.loc[("Other", "AD"), "chance"]
+    assert auc.loc[("Own", "AD"), "control"] == "InputMagnitude"
+    assert auc.loc[("Own", "AD"), "vs_control_ci_low"] > 0 and auc.loc[("Own", "AD"), "p_control"] < 0.05
+    paired = 1.0 - auc.loc[("Other", "AD"), "subject_mean"]  # the mean over subjects of Own - InputMagnitude
+    assert auc.loc[("Own", "AD"), "vs_control_ci_low"] <= paired <= auc.loc[("Own", "AD"), "vs_control_ci_high"]
+    share = table[(table["metric"] == "average_precision")]["chance"]
+    assert np.allclose(share, 0.1)  # each truth covers 20 of the 200 voxels
+    bounded = table.dropna(subset=["ci_low", "ci_high"])
+    assert ((bounded["ci_low"] <= bounded["value"]) & (bounded["value"] <= bounded["ci_high"])).all()
 
 
 def _hand_tables(ig_random: float = 0.7):

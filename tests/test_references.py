@@ -11,7 +11,9 @@ from conftest import make_preprocessed_cohort
 from adheat_app.bids import Derivatives
 from adheat_app.evaluation.reference import Reference
 from adheat_app.evaluation.references import REFERENCES, Context, ReferenceKind
-from adheat_app.evaluation.references._catalog import all_references, headline_order, kind_of, methods_text
+from adheat_app.evaluation.references._catalog import (
+    all_references, headline_order, kind_of, methods_text, subject_references,
+)
 from adheat_app.evaluation.references._contract import check_kind
 
 
@@ -71,6 +73,23 @@ def test_reading_only_computes_nothing(contexts, tmp_path):
     reading = Context(context.config, empty, context.cohort, context.template, compute=False)
     assert {ref.name for ref in all_references(reading)} == {"anatomicalprior", "simulation"}
     assert not any(tmp_path.rglob("*.nii.gz"))
+
+
+def test_each_subjects_own_truth_comes_from_the_simulation_and_only_where_it_exists(contexts, tmp_path):
+    """Per-subject maps: the simulated AD subjects' region maps, on the analysis grid, none without a simulation."""
+    import dataclasses
+
+    context = contexts[0]
+    template, cohort = context.template, context.cohort
+    subjects = subject_references(context)
+    assert list(subjects) == ["simulation"]
+    assert subjects["simulation"] and set(subjects["simulation"]) <= {s.subject for s in cohort.scans
+                                                                      if s.diagnosis == "AD"}
+    for ref in subjects["simulation"].values():
+        assert ref.values.shape == template.shape and ref.binary().any() and ref.name == "simulation"
+        assert not ref.values[~template.mask_array()].any()
+    elsewhere = Context(dataclasses.replace(context.config, bids_dir=tmp_path), context.derivs, cohort, template)
+    assert subject_references(elsewhere) == {}
 
 
 def test_a_kind_breaking_the_contract_is_refused():

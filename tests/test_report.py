@@ -113,6 +113,10 @@ def test_group_report_has_every_section_with_content(full_run):
         else:
             assert "Not computed" not in body, section
     assert "SVM" in text and "simulation" in text and "Evaluation" in text
+    overlap, methods = (text.split(f'<section id="{name}">', 1)[1].split("</section>", 1)[0]
+                        for name in ("overlap", "methods"))
+    assert "Subject-level scores: each subject" in overlap and 'href="group/subject_overlap.tsv"' in overlap
+    assert "own out-of-fold heatmap" in methods  # the methods text's sentence on them
 
 
 def section(text: str, name: str) -> str:
@@ -191,6 +195,28 @@ def test_faithfulness_is_answered_and_shown_only_when_its_tables_exist(tmp_path)
            "group/channel_ablation.tsv: 2 rows (below)." in text
     shown = _faithfulness(tmp_path)
     assert shown.count("<details>") == 2 and 'href="group/channel_ablation.tsv"' in shown
+
+
+def test_subject_level_scores_are_shown_only_when_their_table_exists(tmp_path):
+    """The subject-level table (simulated cohorts) adds one collapsed block below the overlap scores; none without."""
+    from adheat_app.evaluation.subject_scores import SUBJECT_COLUMNS
+    from adheat_app.report.group import _subject_overlap
+
+    assert _subject_overlap(tmp_path) == ""
+    rows = [{"method": method, "kind": kind, "label": label, "reference": "simulation", "sign": "absolute",
+             "metric": "roc_auc", "top_percent": None, "value": value, "subject_mean": value, "chance": 0.5,
+             "ci_low": value - 0.05, "ci_high": value + 0.05, "control": "GreyMatterPrior" if kind == "method" else "",
+             "vs_control": value - 0.7 if kind == "method" else None, "vs_control_ci_low": 0.1,
+             "vs_control_ci_high": 0.2, "p_control": 0.01, "n_subjects": n, "n_bootstrap": 100}
+            for label, n in (("AD", 6), ("MCI", 3))
+            for method, kind, value in (("IG", "method", 0.9), ("GreyMatterPrior", "control", 0.7))]
+    (tmp_path / "group").mkdir()
+    pd.DataFrame(rows, columns=SUBJECT_COLUMNS).to_csv(tmp_path / "group" / "subject_overlap.tsv", sep="\t",
+                                                       index=False, na_rep="n/a")
+    shown = _subject_overlap(tmp_path)
+    assert shown.count("<details>") == 1 and 'href="group/subject_overlap.tsv"' in shown
+    assert "(subjects: AD 6, MCI 3)" in shown and "label: MCI" in shown
+    assert "0.900 [0.850, 0.950]" in shown and "0.200 [0.100, 0.200]" in shown
 
 
 @pytest.mark.slow

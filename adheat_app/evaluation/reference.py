@@ -4,7 +4,8 @@ Where the maps come from is the reference kinds' business
 (:mod:`adheat_app.evaluation.references`: the simulated truth, the cohort's own
 test, an ALE of foci, the user's NIfTI, the built-in region prior). This module
 holds what they share: :class:`Reference`, :func:`load_map` (a NIfTI in MNI
-space onto the analysis grid, with its threshold, and its coverage logged),
+space onto the analysis grid, with its threshold, and its coverage logged;
+:func:`read_map` without the log),
 the built-in map's path and :func:`ale_map`, which placed the built-in prior's
 foci (``adheat_app/data/make_reference_map.py``).
 
@@ -144,6 +145,13 @@ def load_map(path: Path, template: Template, name: str, threshold: float | None,
     InputError
         When the file is missing, not a NIfTI image or not 3D.
     """
+    reference = read_map(path, template, name, threshold, option)
+    check_coverage(reference, int(template.mask_array().sum()))
+    return reference
+
+
+def read_map(path: Path, template: Template, name: str, threshold: float | None, option: str) -> Reference:
+    """:func:`load_map` without logging the coverage (for many maps at once, such as each subject's truth)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{option} {path}: file not found; pass a NIfTI map in MNI space")
@@ -163,9 +171,7 @@ def load_map(path: Path, template: Template, name: str, threshold: float | None,
     if threshold is None:
         threshold = float(sidecar.get("Threshold", 0.0))
     description = str(sidecar.get("Description", f"user-supplied map {path.name}"))
-    reference = Reference(name, values, float(threshold), description, str(path))
-    check_coverage(reference, int(template.mask_array().sum()))
-    return reference
+    return Reference(name, values, float(threshold), description, str(path))
 
 
 def check_coverage(ref: Reference, brain: int) -> None:

@@ -9,7 +9,10 @@ their group maps and overlap curve figures), the controls
 channel, and the grey-matter prior; a method's ``Random`` maps are scored as
 methods of kind ``control``) and the SVM pattern (:func:`score_svm`: one
 estimator for value and resamples). The resamples are of subjects (a
-subject's sessions together). A new kind of scored map is one more function here.
+subject's sessions together). Where subjects have truths of their own, the
+same per-scan maps (methods and controls) are also scored each against its own
+subject's truth (:attr:`Scorer.per_subject`, :mod:`.subject_scores`). A new kind
+of scored map is one more function here.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from adheat_app.evaluation.overlap import (
 )
 from adheat_app.evaluation.reference import Reference
 from adheat_app.evaluation.scoring import Scores, constant_samples
+from adheat_app.evaluation.subject_scores import SubjectScorer
 from adheat_app.layout import MapName, overlap_figure, to_label
 from adheat_app.plotting import overlap_curves, save_png
 from adheat_app.templates import Template
@@ -48,10 +52,14 @@ CURVE_PERCENT: tuple[float, ...] = (0.5, 1, 2, 3, 5, 7.5, 10, 12.5, 15, 20, 25, 
 
 
 class Scorer:
-    """Scores maps of each label on that label's shared bootstrap resamples."""
+    """Scores maps of each label on that label's shared bootstrap resamples.
+
+    ``subject_truths`` (reference name -> subject -> map; empty without per-subject truths) makes
+    :attr:`per_subject`, which scores each scan's own map against its subject's truth.
+    """
 
     def __init__(self, config: RunConfig, cohort: Cohort, correct: dict[str, int], references: list[Reference],
-                 mask: np.ndarray):
+                 mask: np.ndarray, subject_truths: dict[str, dict[str, Reference]] | None = None):
         self.references = references
         self.mask = mask
         self.names = [ref.name for ref in references]
@@ -73,6 +81,7 @@ class Scorer:
                        for i, (label, keys) in enumerate(self.keys.items())}
         self.columns = {label: {key: j for j, key in enumerate(keys)} for label, keys in self.keys.items()}
         self.scores: list[Scores] = []
+        self.per_subject = SubjectScorer(subject_truths, cohort, mask) if subject_truths else None
 
     def points(self, mean: np.ndarray) -> list[dict]:
         """Metrics of one map against every reference."""
@@ -127,6 +136,11 @@ def score_methods(scorer: Scorer, config: RunConfig, derivs: Derivatives, cohort
         write_group_maps(derivs, template, maps, config.execution.overwrite)
         scored.n_subjects[method] = {label: len(rows) for label, rows in maps.groups.items()}
         kind = "control" if is_control(method) else "method"
+        if scorer.per_subject is not None:
+            keys = [scan.key for scan in maps.scans]
+            scorer.per_subject.score(method, kind, "absolute", keys, maps.values)
+            if maps.positive is not None:
+                scorer.per_subject.score(method, kind, "positive", keys, maps.positive)
         for label in (label for label in scorer.keys if label in maps.groups):
             rows = maps.groups[label]
             keys = [maps.scans[i].key for i in rows]
@@ -154,24 +168,38 @@ def _method_curves(scorer: Scorer, derivs: Derivatives, method: str, mean: np.nd
              overlap_figure(derivs.root, method))
 
 
+def _input_control_maps(inputs: np.ndarray, rows: list[int], mask: np.ndarray, channels: tuple[str, ...],
+                        baselines: tuple[np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """The per-scan maps of the input controls of the scans ``rows`` of ``inputs`` (name -> ``(n, V)``)."""
+    values = np.asarray(inputs[rows][:, :, mask], dtype=np.float32)
+    controls = input_controls(np.abs(values), channels, INPUT_MAGNITUDE)
+    if baselines is not None:
+        controls.update(input_controls(np.abs(values - baselines[0][baselines[1][rows]]), channels,
+                                       BASELINE_DEVIATION))
+    return controls
+
+
 def score_controls(scorer: Scorer, config: RunConfig, cohort: Cohort, template: Template, inputs: np.ndarray) -> str:
     """Score the controls of every label (input magnitude and, once folds are trained, baseline deviation of the
-    cohort's ``inputs``, summed and per channel; the grey-matter prior); return where the prior comes from."""
+    cohort's ``inputs``, summed and per channel; the grey-matter prior), and of every scan against its own
+    subject's truth where there is one; return where the prior comes from."""
     index = {s.key: i for i, s in enumerate(cohort.scans)}
     baselines = fold_baselines(config, cohort, inputs, scorer.mask)
     for label, keys in scorer.keys.items():
-        rows = [index[k] for k in keys]
-        values = np.asarray(inputs[rows][:, :, scorer.mask], dtype=np.float32)
-        controls = input_controls(np.abs(values), cohort.channels, INPUT_MAGNITUDE)
-        if baselines is not None:
-            controls.update(input_controls(np.abs(values - baselines[0][baselines[1][rows]]), cohort.channels,
-                                           BASELINE_DEVIATION))
+        controls = _input_control_maps(inputs, [index[k] for k in keys], scorer.mask, cohort.channels, baselines)
         for name, maps in controls.items():
             scorer.subjects(name, "control", label, "absolute", maps, keys)
-        del values, controls
+        del controls
     prior, prior_source = grey_matter_prior(template)
     for label in scorer.keys:
         scorer.constant(GREY_MATTER_PRIOR, "control", label, prior)
+    per_subject = scorer.per_subject
+    if per_subject is not None:
+        keys = per_subject.keys
+        controls = _input_control_maps(inputs, [index[k] for k in keys], scorer.mask, cohort.channels, baselines)
+        for name, maps in controls.items():
+            per_subject.score(name, "control", "absolute", keys, maps)
+        per_subject.constant(GREY_MATTER_PRIOR, "control", prior)
     return prior_source
 
 

@@ -4,17 +4,18 @@
 ``overlap_differences``, ``answer``, ``regions`` and ``distances``
 (:data:`TABLES`); :func:`write_tables` writes each as ``group/<table>.tsv``
 with a JSON sidecar describing its columns, the references, the controls and
-the interval scheme. A new table is one more field of :class:`EvaluationTables`,
+the interval scheme; where subjects have truths of their own, also
+``subject_overlap`` (:mod:`.subject_scores`; :func:`table_names`). A new table
+is one more field of :class:`EvaluationTables`,
 one more line in :func:`build_tables` and its sidecar in :func:`write_tables`.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import pandas as pd
-
-import logging
 
 from adheat_app.bids import Derivatives
 from adheat_app.config import RunConfig
@@ -30,7 +31,10 @@ from adheat_app.evaluation.scorer import SVM, Scorer, ScoredMaps
 from adheat_app.evaluation.scoring import overlap_rows, paired_differences
 from adheat_app.evaluation.spatial_null import spatial_nulls
 from adheat_app.io import write_json, write_tsv
-from adheat_app.layout import ANSWER, DISTANCES, OVERLAP, OVERLAP_DIFFERENCES, REGIONS, group_table, sidecar_path
+from adheat_app.evaluation.subject_scores import SIGNED_METRICS
+from adheat_app.layout import (
+    ANSWER, DISTANCES, OVERLAP, OVERLAP_DIFFERENCES, REGIONS, SUBJECT_OVERLAP, group_table, sidecar_path,
+)
 from adheat_app.templates import Template, get_atlas
 
 LOGGER = logging.getLogger(__name__)
@@ -54,6 +58,12 @@ ANSWER_DESCRIPTION = (
     "(p_holm, over the primary rows, of the larger of p_control and p_spatial) below 0.05, p_spatial being the "
     "two-sided normal p-value of the map against smooth random maps of its own smoothness and values "
     "(spatial_null_mean, spatial_null_sd). Secondary rows (primary false) are uncorrected.")
+SUBJECT_DESCRIPTION = (
+    "Subject-level overlap: each subject's own out-of-fold map (absolute, or the positive part of signed maps; "
+    "a subject's sessions averaged) scored against that subject's own truth with the metrics of overlap.tsv, "
+    "summarised per map, label (the subjects' diagnosis), reference, metric and top-k over the subjects with a "
+    "truth. Controls are scored per subject the same way (their own scans' inputs; the grey-matter prior); the SVM "
+    "pattern, one map of the cohort, is not.")
 
 
 @dataclass
@@ -70,6 +80,13 @@ class EvaluationTables:
     #: The answer's primary maps and the model whose verdict each answered map takes.
     primary: list[str]
     models: dict[str, str]
+    #: Each subject's map against its own truth (:mod:`.subject_scores`); None without per-subject truths.
+    subject_overlap: pd.DataFrame | None = None
+
+
+def table_names(per_subject: bool) -> tuple[str, ...]:
+    """The tables a run writes: :data:`TABLES`, and ``subject_overlap`` where subjects have their own truths."""
+    return TABLES + ((SUBJECT_OVERLAP,) if per_subject else ())
 
 
 def _answer(scorer: Scorer, scored: ScoredMaps, config: RunConfig, derivs: Derivatives, overlap: pd.DataFrame,
@@ -106,7 +123,9 @@ def build_tables(scorer: Scorer, scored: ScoredMaps, template: Template, config:
         pd.DataFrame(columns=DISTANCE_COLUMNS)
     return EvaluationTables(overlap, differences, answer,
                             region_table(scored.region_maps, regions_atlas, scorer.mask), distance_table,
-                            regions_atlas.name, regions_atlas.citation, sorted(primary), models)
+                            regions_atlas.name, regions_atlas.citation, sorted(primary), models,
+                            scorer.per_subject.table(config.evaluation.n_bootstrap, config.execution.seed)
+                            if scorer.per_subject is not None else None)
 
 
 def write_tables(derivs: Derivatives, tables: EvaluationTables, common: dict, config: RunConfig,
@@ -123,8 +142,9 @@ def write_tables(derivs: Derivatives, tables: EvaluationTables, common: dict, co
                                                "scans of the fold that tested the scan (the IG baseline and "
                                                "occlusion fill 'template')",
                            GREY_MATTER_PRIOR: f"grey-matter probability map (one map): {prior_source}"}}
-    paths = {name: group_table(derivs.root, name) for name in TABLES}
-    for name in TABLES:
+    names = table_names(tables.subject_overlap is not None)
+    paths = {name: group_table(derivs.root, name) for name in names}
+    for name in names:
         write_tsv(paths[name], getattr(tables, name))
     write_json(sidecar_path(paths[REGIONS]), {
         **common, "Atlas": tables.atlas_name, "AtlasCitation": tables.atlas_citation,
@@ -153,6 +173,21 @@ def write_tables(derivs: Derivatives, tables: EvaluationTables, common: dict, co
         "Description": "Difference method_a - method_b of each bootstrapped metric between two maps of the same "
                        "label: bias-corrected estimate (difference; map_difference: of the two mean maps), 95 % basic "
                        "interval and two-sided bootstrap p-value over the shared resamples."})
+    if tables.subject_overlap is not None:
+        write_json(sidecar_path(paths[SUBJECT_OVERLAP]), {
+            **common, **scheme, "Description": SUBJECT_DESCRIPTION,
+            "Interval": "95 % basic bootstrap interval over subjects (the resampling unit; a subject's sessions "
+                        "averaged first) around the bias-corrected estimate 2 t - median(t*) of the mean over "
+                        "subjects t; every map of a label drawn on the same resamples (paired)",
+            "Columns": {"label": "diagnosis of the subjects summarised (each reported apart)",
+                        "subject_mean": "t: the mean over subjects of each subject's metric",
+                        "value": "bias-corrected estimate 2 t - median(t*)",
+                        "chance": "mean over the same subjects of each truth's chance level",
+                        "control": "strongest applicable control (highest value; heatmap rows only)",
+                        "vs_control": "mean over subjects of the map's metric minus the control's (paired per "
+                                      "subject), bias-corrected, with its basic interval and two-sided p_control",
+                        "n_subjects": "subjects with a value", "n_bootstrap": "resamples of subjects"},
+            "Bounds": {"default": [0, 1], **{metric: [-1, 1] for metric in SIGNED_METRICS}}})
     write_json(sidecar_path(paths[ANSWER]), {
         **common, **scheme, "Metric": ANSWER_METRIC, "Primary": tables.primary, "Models": tables.models,
         "NSurrogates": config.evaluation.n_surrogates, "Description": ANSWER_DESCRIPTION})

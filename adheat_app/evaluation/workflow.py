@@ -29,6 +29,9 @@ It writes (all under ``group/``):
   as reference ``cohort`` (``cohort<channel>`` with several channels) unless
   uninformative, and the ALE map of ``--reference-map`` foci
   (:mod:`.meta_analysis`), reference ``meta``;
+* ``subject_overlap.tsv``, only where subjects have truths of their own (a
+  simulated cohort): each subject's own map against its own truth, summarised
+  over subjects per map, diagnosis and metric (:mod:`.subject_scores`);
 * ``figures/desc-<Method>_overlap.png``: overlap against top-k % curves, with chance levels.
 
 Each table has a JSON sidecar recording a hash of every input and parameter;
@@ -36,7 +39,7 @@ a rerun with the same hash skips the step.
 
 :func:`run_evaluation` is four steps, each a seam for what comes next:
 :func:`collect_references` (the reference maps of every reference kind:
-:mod:`.references`), scoring (:mod:`.scorer`: every map,
+:mod:`.references`, and each subject's own where a kind has them), scoring (:mod:`.scorer`: every map,
 control and the SVM pattern on shared resamples), :func:`.tables.build_tables`
 and :func:`.tables.write_tables` (the tables and their sidecars).
 """
@@ -58,9 +61,9 @@ from adheat_app.evaluation.group_maps import method_digest, read_predictions
 from adheat_app.evaluation.overlap import TOP_PERCENT
 from adheat_app.evaluation.reference import Reference
 from adheat_app.evaluation.references import Context
-from adheat_app.evaluation.references._catalog import all_references
+from adheat_app.evaluation.references._catalog import all_references, subject_references
 from adheat_app.evaluation.scorer import SVM, Scorer, score_controls, score_methods, score_svm
-from adheat_app.evaluation.tables import TABLES, build_tables, write_tables
+from adheat_app.evaluation.tables import build_tables, table_names, write_tables
 from adheat_app.inputs import input_key, load_inputs
 from adheat_app.layout import group_table, heatmap_methods, sidecar_path
 from adheat_app.templates import Template
@@ -85,16 +88,18 @@ def _evaluation_hash(config: RunConfig, derivs: Derivatives, cohort: Cohort, met
 
 
 def collect_references(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template
-                       ) -> tuple[list[Reference], dict[str, str]]:
+                       ) -> tuple[list[Reference], dict[str, str], dict[str, dict[str, Reference]]]:
     """Every reference map of this run to score, from every registered reference kind (:mod:`.references`: the
     user's map, the region prior, the simulated truth, the ALE of ``--reference-map`` foci, the cohort's own
-    statistics per input channel); and the uninformative ones, which are reported (name: reason) instead of
-    scored."""
-    references = all_references(Context(config, derivs, cohort, template))
+    statistics per input channel); the uninformative ones, which are reported (name: reason) instead of
+    scored; and each subject's own maps (reference name -> subject -> map; empty unless a kind has them: the
+    simulated truth)."""
+    context = Context(config, derivs, cohort, template)
+    references = all_references(context)
     uninformative = {ref.name: ref.uninformative for ref in references if ref.uninformative}
     for name, reason in uninformative.items():
         LOGGER.info("reference %s is uninformative (%s); reported, not scored", name, reason)
-    return [ref for ref in references if not ref.uninformative], uninformative
+    return [ref for ref in references if not ref.uninformative], uninformative, subject_references(context)
 
 
 def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> None:
@@ -118,15 +123,16 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
     if not methods and not has_svm:
         LOGGER.warning("evaluation: no heatmaps and no SVM pattern in %s; nothing to evaluate", derivs.root)
         return
-    references, uninformative = collect_references(config, derivs, cohort, template)
+    references, uninformative, subject_truths = collect_references(config, derivs, cohort, template)
     correct = read_predictions(derivs, config.training.model)
     svm_sidecar = sidecar_path(pattern_path).read_text() if has_svm else ""
-    digest = _evaluation_hash(config, derivs, cohort, methods, correct, references, svm_sidecar)
+    per_subject = [ref for maps in subject_truths.values() for ref in maps.values()]
+    digest = _evaluation_hash(config, derivs, cohort, methods, correct, references + per_subject, svm_sidecar)
     if not config.execution.overwrite and all(is_complete(group_table(derivs.root, name), EvaluationHash=digest)
-                                              for name in TABLES):
+                                              for name in table_names(bool(subject_truths))):
         LOGGER.info("evaluation: outputs complete for these inputs, skipping (--overwrite recomputes)")
         return
-    scorer = Scorer(config, cohort, correct, references, template.mask_array())
+    scorer = Scorer(config, cohort, correct, references, template.mask_array(), subject_truths)
     scored = score_methods(scorer, config, derivs, cohort, template, methods, correct)
     inputs = load_inputs(cohort.scans, cohort.channels, config.work_dir)
     prior_source = score_controls(scorer, config, cohort, template, inputs)
@@ -137,6 +143,11 @@ def run_evaluation(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
               "UninformativeReferences": uninformative,
               "Methods": methods + ([SVM] if has_svm else []), "Subjects": scored.n_subjects,
               "Template": template.describe(), "Seed": config.execution.seed, "Software": software_versions()}
+    if subject_truths:
+        first = {name: next(iter(maps.values())) for name, maps in subject_truths.items()}
+        common["SubjectReferences"] = {name: {"Subjects": sorted(maps), "Threshold": first[name].threshold,
+                                              "Description": first[name].description}
+                                       for name, maps in subject_truths.items()}
     write_tables(derivs, tables, common, config, prior_source)
     LOGGER.info("evaluation done in %.1f s: %d method(s), %d reference(s)", time.time() - start,
                 len(methods) + has_svm, len(references))

@@ -7,7 +7,8 @@ Sections (anchor ids): ``answer`` (one sentence per question and one figure,
 ``roc``, ``training``, ``heatmaps`` (mean map per method and class at the
 overlap scores' top-k % threshold with the references' outlines and a colour
 bar), ``svm`` (activation pattern and weights), ``reference`` (the reference
-maps scored against), ``overlap`` (table and curves), ``regions``,
+maps scored against), ``overlap`` (table and curves; where subjects have truths
+of their own, the subject-level scores collapsed below it), ``regions``,
 ``distances``, ``faithfulness`` and ``twin-test`` (only where their tables exist), ``sanity``,
 ``preproc-qc`` and ``methods`` (the text of ``logs/CITATION.md`` for the steps
 present). Each section shows one line and keeps its long content in a
@@ -35,7 +36,8 @@ from adheat_app.evaluation.overlap import TOP_PERCENT
 from adheat_app.evaluation.reference import Reference
 from adheat_app.io import write_text
 from adheat_app.layout import (
-    ANSWER, CV_METRICS, DISTANCES, OVERLAP, PREDICTIONS, PREPROC_QC, REGIONS, SANITY_CHECK, TWIN_TEST, MapName,
+    ANSWER, CV_METRICS, DISTANCES, OVERLAP, PREDICTIONS, PREPROC_QC, REGIONS, SANITY_CHECK, SUBJECT_OVERLAP,
+    TWIN_TEST, MapName,
     group_map_methods, group_map_path, overlap_figures, to_label,
 )
 from adheat_app.report.answer import (FAITHFULNESS_TABLES, SVM, Findings, answer_figure, answer_sentences,
@@ -264,7 +266,31 @@ def _overlap(root: Path, cohort: Cohort) -> str:
     for path in overlap_figures(root):
         parts.append(image(path.read_bytes(), path.stem))
     return details(f"Overlap scores of every map, metric and top-k % ({len(overlap)} rows) and overlap curves",
-                   "".join(parts), table_link(root, OVERLAP))
+                   "".join(parts), table_link(root, OVERLAP)) + _subject_overlap(root)
+
+
+def _subject_overlap(root: Path) -> str:
+    """The subject-level scores collapsed (each subject's own map against its own truth); empty without them."""
+    scores = read_group_table(root, SUBJECT_OVERLAP)
+    if scores is None or scores.empty:
+        return ""
+    parts = [note("Each subject's own out-of-fold map scored against that subject's own planted atrophy, then "
+                  "the mean over subjects [95 % basic bootstrap interval, the subject resampled]; rows 'chance': "
+                  "the mean of each truth's chance level. The group-map scores above score one mean map against "
+                  "the cohort map; these ask whether single subjects' maps find their own atrophy. Last table: "
+                  "ROC AUC minus the strongest control's, paired per subject.")]
+    for label in scores["label"].unique():
+        parts.append(f"<h3>label: {esc(label)}</h3>" + table(overlap_summary(scores, label)))
+    auc = scores[(scores["metric"] == "roc_auc") & (scores["kind"] != "control")].copy()
+    if not auc.empty:
+        auc["vs_control"] = [interval(*values) for values in
+                             auc[["vs_control", "vs_control_ci_low", "vs_control_ci_high"]].to_numpy(float)]
+        parts.append("<h3>ROC AUC against the strongest control</h3>"
+                     + table(auc[["label", "reference", "method", "sign", "control", "vs_control", "p_control",
+                                  "n_subjects"]]))
+    counts = ", ".join(f"{label} {n}" for label, n in scores.groupby("label", sort=False)["n_subjects"].max().items())
+    return details(f"Subject-level scores: each subject's map against its own truth (subjects: {counts})",
+                   "".join(parts), table_link(root, SUBJECT_OVERLAP))
 
 
 def _regions(root: Path, cohort: Cohort) -> str:

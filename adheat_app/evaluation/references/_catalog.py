@@ -1,4 +1,5 @@
-"""The registered reference kinds read as one: every map of a run, the headline order, the methods text."""
+"""The registered reference kinds read as one: every map of a run, each subject's own maps, the headline order, the
+methods text."""
 
 from __future__ import annotations
 
@@ -19,6 +20,16 @@ def _by_headline() -> list[ReferenceKind]:
 def all_references(context: Context) -> list[Reference]:
     """Every reference map of this run, kind by kind in table order (:attr:`ReferenceKind.order`)."""
     return [ref for kind in _by_order() for ref in kind.load(context)]
+
+
+def subject_references(context: Context) -> dict[str, dict[str, Reference]]:
+    """Each subject's own reference maps of this run: reference name -> subject label -> map (kinds in table order;
+    only kinds that have per-subject maps, :meth:`ReferenceKind.load_subjects`)."""
+    out: dict[str, dict[str, Reference]] = {}
+    for kind in _by_order():
+        for subject, ref in kind.load_subjects(context).items():
+            out.setdefault(ref.name, {})[subject] = ref
+    return out
 
 
 def headline_order() -> tuple[str, ...]:

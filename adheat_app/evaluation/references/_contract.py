@@ -6,7 +6,10 @@ the names its maps carry in the tables, its position in the tables
 (``order``) and as the answer's headline (``headline``; None: never the
 headline), a caveat the answer prints beside its name, the sentences of the
 methods text, and one loader, ``load(context)``, returning its maps on the
-analysis grid (none when it does not apply to this run).
+analysis grid (none when it does not apply to this run). A kind that knows each
+subject's own truth (the simulator's) also returns it from
+``load_subjects(context)``, which the subject-level scores read
+(:mod:`adheat_app.evaluation.subject_scores`); other kinds have none.
 """
 
 from __future__ import annotations
@@ -75,6 +78,11 @@ class ReferenceKind:
     def methods_text(self, config: RunConfig) -> str:
         """Its sentences of the methods text for this run (empty when it does not apply), ending in a space."""
         raise NotImplementedError
+
+    def load_subjects(self, context: Context) -> dict[str, Reference]:
+        """Each subject's own reference map on the analysis grid, by subject label (empty: the kind has none,
+        as a map of a group of subjects has no per-subject version)."""
+        return {}
 
 
 REQUIRED_METHODS = ("load", "methods_text")
