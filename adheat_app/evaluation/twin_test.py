@@ -298,17 +298,16 @@ def run_twin_test(config: RunConfig, derivs: Derivatives, cohort: Cohort, templa
 
     if not config.evaluation.twin_test or not twin_inputs(config, cohort.scans):
         return None
-    twins = preprocess_twins(config, derivs, cohort, template)
-    truth_root = simulation_root(config.bids_dir)
+    truths = {scan.key: simulation_subject_map(simulation_root(config.bids_dir), scan.subject, cohort.space,
+                                               cohort.res_label, "probseg") for scan in cohort.scans}
+    with_truth = tuple(scan for scan in cohort.scans if truths[scan.key].is_file())  # no truth: no twin needed
+    twins = preprocess_twins(config, derivs, dataclasses.replace(cohort, scans=with_truth), template)
     seed = config.execution.seed
     with heatmap_run(config, derivs, cohort) as run:
         if run is None:
             return None
         models = run.fold_models
-        truths = {a.scan.key: simulation_subject_map(truth_root, a.scan.subject, cohort.space, cohort.res_label,
-                                                     "probseg") for a in models.assignments}
-        tested = [a for a in models.assignments
-                  if a.fold is not None and a.scan.key in twins and truths[a.scan.key].is_file()]
+        tested = [a for a in models.assignments if a.fold is not None and a.scan.key in twins]
         names = map_names(selected_methods(config.heatmaps.methods),
                           lambda name: bool(tested) and run.writer.heatmap(tested[0], name).is_file())
         if not tested or not names:
