@@ -25,11 +25,12 @@ from adheat_app.attribution.references import BLUR_FWHM_MM
 from adheat_app.bids import Derivatives, software_versions
 from adheat_app.config import RunConfig, TrainingOptions
 from adheat_app.evaluation.references._catalog import methods_text as reference_methods_text
+from adheat_app.evaluation.twin_test import MIN_EFFECT, RANDOM_DRAWS
 from adheat_app.inputs import card_channels
 from adheat_app.io import read_json, write_text
 from adheat_app.layout import (
-    MODEL_CARD, OVERLAP, SUBJECT_OVERLAP, find_preproc, fold_dir, group_table, has_heatmaps, sidecar_path,
-    trained_folds,
+    MODEL_CARD, OVERLAP, SUBJECT_OVERLAP, TWIN_TEST, find_preproc, fold_dir, group_table, has_heatmaps,
+    sidecar_path, trained_folds,
 )
 from adheat_app.preprocess.backends import BACKENDS
 from adheat_app.templates import DEFAULT_SPACE
@@ -59,6 +60,8 @@ def steps_present(derivs: Derivatives, model: str) -> set[str]:
         steps.add("heatmaps")
     if group_table(root, OVERLAP).is_file():
         steps.add("evaluation")
+    if group_table(root, TWIN_TEST).is_file():
+        steps.add("twintest")
     return steps
 
 
@@ -254,6 +257,7 @@ def render_citation(config: RunConfig, steps: set[str], channels: tuple[str, ...
                                   "the point estimate averaged the scores of the repeats' group maps"
                                   if tr.repeats > 1 else ""),
         "reference_text": reference_methods_text(config), "subject_text": subject_text(made.subject_scores),
+        "twin_draws": RANDOM_DRAWS, "twin_min_effect": f"{MIN_EFFECT:g}",
     }
     text = (folder / "CITATION.md").read_text(encoding="utf-8")
     kept = _SECTION_RE.sub(lambda m: m["body"] if m["step"] in steps else "", text)

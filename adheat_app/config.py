@@ -259,6 +259,11 @@ class EvaluationOptions:
         "regions and blocks of 5 percent of the voxels removed most relevant first, least relevant first and at "
         "random, filled with the fold's training mean (group/faithfulness.tsv; 120 forward passes per scan and "
         "map).")
+    twin_test: bool = option(
+        True, "The twin test, when the input dataset is a simulated cohort with twins (adheat-simulate --twins): each "
+        "twin preprocessed as its scan, and the share of the model's output difference between scan and twin that "
+        "each map's top region recovers when it is taken from the twin, against random grey-matter regions and "
+        "the true atrophied region (group/twin_test.tsv); --no-twin-test skips it.")
     n_permutations: int = option(
         1000, "Label permutations of the cohort reference (voxel-wise AD vs CN t-test, max-t FWE; 0 skips it) "
         "and Monte Carlo iterations of the cluster-level FWE of an ALE from --reference-map foci.",

@@ -24,6 +24,7 @@ Layout of an output folder::
     models/<model>/fold-<k>/model.pt + model.json, split.tsv, ...              trained fold models
     models/<model>/repeat-<r>/fold-<k>/, sub-<s>/anat/*_heatmap.nii.gz         repeat r > 0 of --repeats
     models/<model>/verdict.json                                               the model's verdict against chance
+    twins/sub-<s>/[ses-<x>/]anat/...                                          simulated twins, preprocessed (twin test)
 
 A map's ``desc`` value packs the method, an optional control and an optional
 input channel (``IG``, ``IGlogjacobian``, ``IGRandom``,
@@ -43,7 +44,7 @@ from typing import Protocol
 ENTITY_ORDER = ("sub", "ses", "from", "to", "mode", "space", "res", "label", "desc", "stat")
 #: Folders and suffixes adheat writes that the BIDS specification does not define. Folders are named without a
 #: trailing slash: bids-validator-deno 3 does not apply ``name/`` patterns to folders (measured).
-BIDSIGNORE = ("work", "logs", "models", "group", "figures", "*.html", "*_heatmap.*", "*_xfm.h5", "*_xfm.json",
+BIDSIGNORE = ("work", "logs", "models", "group", "twins", "figures", "*.html", "*_heatmap.*", "*_xfm.h5", "*_xfm.json",
               "*_qc.*")
 #: Extensions :func:`parse_name` and :func:`sidecar_path` recognise (longest first).
 EXTENSIONS = (".nii.gz", ".nii", ".h5", ".tsv", ".json", ".png", ".svg", ".html")
@@ -71,6 +72,8 @@ OVERLAP, OVERLAP_DIFFERENCES, ANSWER, REGIONS, DISTANCES = (
 SUBJECT_OVERLAP = "subject_overlap"
 #: Faithfulness tables (deletion curves, channel ablation; issue 26), rendered by the report where they exist.
 FAITHFULNESS, CHANNEL_ABLATION = "faithfulness", "channel_ablation"
+#: The twin test (issue 26): the share of the disease's effect on the model that a map's top region carries.
+TWIN_TEST = "twin_test"
 #: Controls a map's ``desc`` may name after its method (:class:`MapName`): ``Random``, the method's maps of a
 #: randomly initialised model, and ``PermutedLabels``, its maps of the models trained on permuted labels (both
 #: ``--sanity-check``). A new control is one more entry here.
@@ -508,6 +511,12 @@ def simulation_sites(root: Path) -> Path:
 def simulation_twin(root: Path, scan: ScanLike) -> Path:
     """The scan without its planted atrophy (``--twins``), on the raw scan's grid."""
     return subject_path(root, scan.subject, scan.session, "T1w", desc="twin")
+
+
+def twins_root(root: Path) -> Path:
+    """``root/twins``: the simulated twins (:func:`simulation_twin`) preprocessed as their scans were, under the same
+    per-scan names as the output folder's scans (a derivatives dataset of its own, read by the twin test)."""
+    return Path(root) / "twins"
 
 
 #: Files of the built-in parent heads inside the packages that ship them: name -> (package, path in it).

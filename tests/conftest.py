@@ -135,7 +135,7 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
                              effect_size: float = 0.3, null: bool = False, sessions: int = 1, n_mci: int = 0,
                              atrophy_model: str = "darkening", sites: int = 1, site_imbalance: float | None = None,
                              anatomy: tuple[str, ...] = ("template",), regions: tuple[str, ...] = CALIBRATED_REGIONS,
-                             **options):
+                             twins: bool = False, **options):
     """A simulated cohort whose *preprocessed* derivatives are written directly, without registration.
 
     The raw BIDS dataset and its ground truth come from :func:`adheat_app.simulate.simulate_cohort`;
@@ -157,6 +157,8 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
     regions : tuple of str
         The planted set: by default the medial and inferior temporal set these tests were calibrated on (the
         simulator's default set is larger since it plants region-specific rates).
+    twins : bool
+        Also write each AD and MCI scan's raw twin without atrophy (``adheat-simulate --twins``).
     options
         ``section__field=value`` overrides of the run configuration (e.g. ``training__folds=3``).
 
@@ -173,7 +175,7 @@ def make_preprocessed_cohort(root: Path, n_subjects: int = 12, resolution: float
     bids_dir = simulate.simulate_cohort(root / "bids", n_subjects=n_subjects, resolution=resolution, seed=seed,
                                         effect_size=effect_size, null=null, sessions=sessions, n_mci=n_mci,
                                         atrophy_model=atrophy_model, sites=sites, site_imbalance=site_imbalance,
-                                        anatomy=anatomy, regions=regions)
+                                        anatomy=anatomy, regions=regions, twins=twins)
     truth = simulate.build_ground_truth(resolution, regions, anatomy=anatomy[0])
     sections: dict[str, dict] = {"execution": {"resolution": resolution, "seed": seed, "nprocs": 1,
                                                "omp_nthreads": 1}}

@@ -46,7 +46,7 @@ from adheat_app.config import RunConfig
 from adheat_app.evaluation.overlap import TOP_PERCENT
 from adheat_app.evaluation.reference import Reference
 from adheat_app.evaluation.references._catalog import headline_order, kind_of
-from adheat_app.layout import ANSWER, CHANNEL_ABLATION, FAITHFULNESS, MapName
+from adheat_app.layout import ANSWER, CHANNEL_ABLATION, FAITHFULNESS, TWIN_TEST, MapName
 from adheat_app.report.html import esc, image, note
 from adheat_app.report.tables import interval, model_verdicts, read_group_table, table_link, truthy, verdict_details
 from adheat_app.templates import Template
@@ -57,7 +57,7 @@ SVM = "SVM"
 #: The control ``finds_reference`` is judged against when ``answer.tsv`` names none.
 DEFAULT_CONTROL = "InputMagnitude"
 #: Tables the faithfulness answer reads, under ``group/``.
-FAITHFULNESS_TABLES = (FAITHFULNESS, CHANNEL_ABLATION)
+FAITHFULNESS_TABLES = (FAITHFULNESS, CHANNEL_ABLATION, TWIN_TEST)
 #: Boolean columns of a faithfulness table that say a method passes (the first present is read).
 FAITHFUL_COLUMNS = ("faithful", "above_random", "better_than_random")
 

@@ -9,7 +9,7 @@ overlap scores' top-k % threshold with the references' outlines and a colour
 bar), ``svm`` (activation pattern and weights), ``reference`` (the reference
 maps scored against), ``overlap`` (table and curves; where subjects have truths
 of their own, the subject-level scores collapsed below it), ``regions``,
-``distances``, ``faithfulness`` (only where its tables exist), ``sanity``,
+``distances``, ``faithfulness`` and ``twin-test`` (only where their tables exist), ``sanity``,
 ``preproc-qc`` and ``methods`` (the text of ``logs/CITATION.md`` for the steps
 present). Each section shows one line and keeps its long content in a
 collapsed block linking its TSV file. Every section renders from the files
@@ -37,7 +37,8 @@ from adheat_app.evaluation.reference import Reference
 from adheat_app.evaluation.scoring import REPEATS_COLUMN
 from adheat_app.io import write_text
 from adheat_app.layout import (
-    ANSWER, CV_METRICS, DISTANCES, OVERLAP, PREDICTIONS, PREPROC_QC, REGIONS, SANITY_CHECK, SUBJECT_OVERLAP, MapName,
+    ANSWER, CV_METRICS, DISTANCES, OVERLAP, PREDICTIONS, PREPROC_QC, REGIONS, SANITY_CHECK, SUBJECT_OVERLAP,
+    TWIN_TEST, MapName,
     group_map_methods, group_map_path, overlap_figures, to_label,
 )
 from adheat_app.report.answer import (FAITHFULNESS_TABLES, SVM, Findings, answer_figure, answer_sentences,
@@ -329,13 +330,33 @@ def _distances(root: Path) -> str:
 
 
 def _faithfulness(root: Path) -> str:
-    """The faithfulness tables that exist, collapsed (empty when none does)."""
+    """The faithfulness tables that exist but the twin test's (its own section), collapsed (empty when none does)."""
     parts = []
-    for name in FAITHFULNESS_TABLES:
+    for name in (t for t in FAITHFULNESS_TABLES if t != TWIN_TEST):
         frame = read_group_table(root, name)
         if frame is not None and not frame.empty:
             parts.append(details(f"{name} ({len(frame)} rows)", table(frame), table_link(root, name)))
     return "".join(parts)
+
+
+def _twin_test(root: Path) -> str:
+    """The twin test: one line per method (not its controls), the table collapsed (empty when it is absent)."""
+    frame = read_group_table(root, TWIN_TEST)
+    if frame is None or frame.empty:
+        return ""
+    methods = frame[[not MapName.parse(name).is_control for name in frame["method"]]]
+    first = frame.iloc[0]
+
+    def share(row: pd.Series, key: str) -> str:
+        return interval(row[key], row[f"{key}_ci_low"], row[f"{key}_ci_high"])
+
+    lines = "; ".join(f"{row['method']} {share(row, 'share')}" for _, row in methods.iterrows())
+    summary = (f"Share of the disease's effect on the model (scan minus its simulated twin) recovered by each map's "
+               f"top region of the true region's volume: {lines}. Random grey-matter regions: "
+               f"{share(first, 'random_share')}; the true region itself: {share(first, 'truth_share')}; "
+               f"{int(first['n_subjects'])} subjects ({int(first['n_undefined'])} with too small an effect left "
+               "out)")
+    return note(summary) + details(f"twin_test ({len(frame)} rows)", table(frame), table_link(root, TWIN_TEST))
 
 
 def _sanity(root: Path) -> str:
@@ -379,7 +400,7 @@ def write_group_report(config: RunConfig, derivs: Derivatives, cohort: Cohort, t
     findings = read_findings(root)
     references = _references(config, derivs, cohort, template)
     scoring = _scoring(findings, references, template)
-    faithfulness = _faithfulness(root)
+    faithfulness, twin_test = _faithfulness(root), _twin_test(root)
     sections = [
         Section("answer", "The answer", _answer(config, derivs, cohort, template, findings,
                                                 [] if isinstance(references, str) else references)),
@@ -397,6 +418,7 @@ def write_group_report(config: RunConfig, derivs: Derivatives, cohort: Cohort, t
         Section("regions", "Relevance per region", _regions(root, cohort)),
         Section("distances", "Distances between methods", _distances(root)),
         *([Section("faithfulness", "Faithfulness", faithfulness)] if faithfulness else []),
+        *([Section("twin-test", "Twin test (simulated scans without their atrophy)", twin_test)] if twin_test else []),
         Section("sanity", "Sanity checks (model randomisation)", _sanity(root)),
         Section("preproc-qc", "Preprocessing quality", _preproc_qc(root)),
         Section("methods", "Methods", _methods(config, derivs, template)),

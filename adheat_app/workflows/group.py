@@ -30,6 +30,7 @@ def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
     from adheat_app.baseline import run_covariates, run_nested_test, run_svm
     from adheat_app.evaluation import run_evaluation
     from adheat_app.evaluation.faithfulness import run_faithfulness
+    from adheat_app.evaluation.twin_test import run_twin_test
     from adheat_app.report import write_group_report, write_subject_report
     from adheat_app.training import run_training
     from adheat_app.training.folds import cohort_folds, with_cv
@@ -64,6 +65,7 @@ def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
     if config.heatmaps.sanity_check:
         sanity_check(config, derivs, cohort)
     run_faithfulness(config, derivs, cohort)
+    run_twin_test(config, derivs, cohort, template)
     run_evaluation(config, derivs, cohort, template)
     for subject in sorted({s.subject for s in cohort.scans}):
         write_subject_report(config, derivs, subject)
