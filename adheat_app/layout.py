@@ -70,9 +70,9 @@ OVERLAP, OVERLAP_DIFFERENCES, ANSWER, REGIONS, DISTANCES = (
     "overlap", "overlap_differences", "answer", "regions", "distances")
 #: Subject-level overlap: each subject's own map against its own truth (simulated cohorts only).
 SUBJECT_OVERLAP = "subject_overlap"
-#: Faithfulness tables (deletion curves, channel ablation; issue 26), rendered by the report where they exist.
+#: Faithfulness tables (deletion curves, channel ablation), rendered by the report where they exist.
 FAITHFULNESS, CHANNEL_ABLATION = "faithfulness", "channel_ablation"
-#: The twin test (issue 26): the share of the disease's effect on the model that a map's top region carries.
+#: The twin test: the share of the disease's effect on the model that a map's top region carries.
 TWIN_TEST = "twin_test"
 #: Controls a map's ``desc`` may name after its method (:class:`MapName`): ``Random``, the method's maps of a
 #: randomly initialised model, and ``PermutedLabels``, its maps of the models trained on permuted labels (both

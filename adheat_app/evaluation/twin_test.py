@@ -1,4 +1,4 @@
-"""The twin test: how much of what the disease does to the model lies in a map's top region (issue 26).
+"""The twin test: how much of what the disease does to the model lies in a map's top region.
 
 A simulated cohort made with ``adheat-simulate --twins`` holds, for every AD
 and MCI scan, the same scan without its planted atrophy
