@@ -130,15 +130,17 @@ def table(out: Path, bids: Path, seed: int) -> pd.DataFrame:
         elif paths:
             maps = unit_total(np.stack([np.asarray(nib.load(p).dataobj, np.float32)[brain] for p in paths]))
             ratio = ratio_with_interval(maps, region, seed)
-        else:  # one map (the SVM pattern, the grey-matter prior): no interval over subjects
+        elif method in ("SVM", "GreyMatterPrior"):  # one map: no interval over subjects
             single = (np.asarray(nib.load(next(group.glob(f"{grid}_desc-SVM_pattern.nii.gz"))).dataobj)[brain]
                       if method == "SVM" else grey_matter_prior(template)[0])
             ratio = (ratio_with_interval(unit_total(single[None]), region, seed)[0], np.nan, np.nan)
+        else:  # the per-channel input controls and the baseline deviation: no ratio computed here
+            ratio = None
         rows.append({"map": method, "kind": kind,
                      "roc_auc": f"{auc['value']:.2f} [{auc['ci_low']:.2f}, {auc['ci_high']:.2f}]",
                      f"dice@{DICE_PERCENT:g}%": f"{dice['value']:.2f} [{dice['ci_low']:.2f}, {dice['ci_high']:.2f}]",
                      "dice_chance": round(float(dice["chance"]), 3),
-                     "ratio": f"{ratio[0]:.2f} [{ratio[1]:.2f}, {ratio[2]:.2f}]",
+                     "ratio": "–" if ratio is None else f"{ratio[0]:.2f} [{ratio[1]:.2f}, {ratio[2]:.2f}]",
                      "beats_control": beats.get(method, ""), "finds": finds.get(method, "")})
     return pd.DataFrame(rows)
 
