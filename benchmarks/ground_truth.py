@@ -216,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             print(recovery.to_string(index=False), flush=True)
     print("\nroc_auc and dice: the group level's values with 95 % bootstrap intervals over subjects (label all, "
           "absolute maps) against the planted truth (probability > 0.5); ratio: mean |relevance| per voxel inside "
-          "the planted region over the rest of the brain, 1 = no preference; beats_|input|: paired ROC AUC "
-          "difference with InputMagnitude above 0")
+          "the planted region over the rest of the brain, 1 = no preference; beats_control: paired ROC AUC "
+          "difference with the strongest applicable control (named) above 0; finds: the answer's verdict")
     return 0
 
 
