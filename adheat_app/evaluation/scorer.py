@@ -256,14 +256,20 @@ def _method_curves(scorer: Scorer, derivs: Derivatives, method: str, mean: np.nd
              overlap_figure(derivs.root, method))
 
 
+def _deviation_maps(values: np.ndarray, rows: list[int], channels: tuple[str, ...],
+                    baselines: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    """The baseline-deviation maps (name -> ``(n, V)``) of the scans ``rows`` whose masked inputs are ``values``."""
+    means, position = baselines
+    return input_controls(np.abs(values - means[position[rows]]), channels, BASELINE_DEVIATION)
+
+
 def _input_control_maps(inputs: np.ndarray, rows: list[int], mask: np.ndarray, channels: tuple[str, ...],
                         baselines: tuple[np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray]:
     """The per-scan maps of the input controls of the scans ``rows`` of ``inputs`` (name -> ``(n, V)``)."""
     values = np.asarray(inputs[rows][:, :, mask], dtype=np.float32)
     controls = input_controls(np.abs(values), channels, INPUT_MAGNITUDE)
     if baselines is not None:
-        controls.update(input_controls(np.abs(values - baselines[0][baselines[1][rows]]), channels,
-                                       BASELINE_DEVIATION))
+        controls.update(_deviation_maps(values, rows, channels, baselines))
     return controls
 
 
@@ -285,8 +291,8 @@ def score_controls(scorer: Scorer, config: RunConfig, cohort: Cohort, template: 
         values = np.asarray(inputs[rows][:, :, scorer.mask], dtype=np.float32)
         for name, maps in input_controls(np.abs(values), cohort.channels, INPUT_MAGNITUDE).items():
             scorer.subjects(name, "control", label, "absolute", maps, keys)
-        for repeat, (means, position) in enumerate(b for b in baselines if b is not None):
-            deviation = input_controls(np.abs(values - means[position[rows]]), cohort.channels, BASELINE_DEVIATION)
+        for repeat, baseline in enumerate(b for b in baselines if b is not None):
+            deviation = _deviation_maps(values, rows, cohort.channels, baseline)
             for name, maps in deviation.items():
                 scorer.subjects(name, "control", label, "absolute", maps, keys, repeat if repeated else None)
             del deviation
