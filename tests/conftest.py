@@ -127,6 +127,30 @@ def pytest_report_header(config):
             f"TEMPLATEFLOW_HOME (before session fixture): {os.environ.get('TEMPLATEFLOW_HOME', 'unset')}"]
 
 
+#: Test modules whose module-scoped fixture runs a cohort through the product. Under pytest-xdist their tests go to
+#: one worker, so the fixture is built once instead of once per worker (the end-to-end cohort alone takes 6-8
+#: minutes on 2 cores). xdist's own ``--dist loadgroup`` cannot do this under pytest 9: it renames node ids
+#: through an attribute pytest 9 no longer reads.
+SHARED_FIXTURE_MODULES = frozenset({"tests/test_end_to_end.py", "tests/test_report.py", "tests/test_evaluation.py",
+                                    "tests/test_attribution.py", "tests/test_training.py", "tests/test_preprocess.py"})
+
+try:
+    from xdist.scheduler import LoadGroupScheduling
+except ImportError:  # plain pytest: every test runs in this process anyway
+    LoadGroupScheduling = None
+
+if LoadGroupScheduling is not None:
+    class _SharedFixtureScheduling(LoadGroupScheduling):
+        """xdist's load scheduling, but every test of a :data:`SHARED_FIXTURE_MODULES` module goes to one worker."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in SHARED_FIXTURE_MODULES else nodeid
+
+    def pytest_xdist_make_scheduler(config, log):
+        return _SharedFixtureScheduling(config, log)
+
+
 #: The planted set the training, heatmap and evaluation tests were calibrated on.
 CALIBRATED_REGIONS = ("Hippocampus", "Amygdala", "ParaHippocampal", "Temporal_Inf")
 
