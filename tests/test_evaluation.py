@@ -42,6 +42,18 @@ def test_no_overlap():
     assert m["average_precision"] == pytest.approx(0.1)  # every voxel ties or outranks the reference
 
 
+def test_rank_accuracy_of_the_truth_its_complement_and_ties():
+    truth = REFERENCE.astype(float)
+    assert overlap_metrics(truth, REFERENCE, truth)["rank_accuracy"] == 1.0  # the truth's own top |R| voxels
+    assert overlap_metrics(1.0 - truth, REFERENCE, truth)["rank_accuracy"] == 0.0  # its complement
+    # 10 of the 20 reference voxels on top; the other 10 top places go to the 190 voxels tied at 1.0 (10 of them
+    # in the reference): each fills 10/190 of a place -> 10 + 10 * 10 / 190 reference voxels among the top 20
+    tied = np.where(np.arange(V) < 10, 2.0, 1.0)
+    m = overlap_metrics(tied, REFERENCE, truth)
+    assert m["rank_accuracy"] == pytest.approx((10 + 10 * 10 / 190) / 20)
+    assert m["rank_accuracy"] == pytest.approx(m["overlap_fraction"][2])  # top 10 % holds |R| = 20 voxels too
+
+
 def test_half_overlap():
     inside_top = np.arange(V) < 10
     outside_top = (np.arange(V) >= 100) & (np.arange(V) < 110)
@@ -83,7 +95,7 @@ def test_chance_levels_hand_computed():
     # 2kp/(k+p): k = 0.01 -> 0.00052/0.036
     assert np.allclose(levels["dice"], [0.0144444, 0.0342105, 0.0412698, 0.0460177], atol=1e-6)
     assert np.allclose(levels["overlap_fraction"], 0.026)
-    assert levels["average_precision"] == levels["mass_inside"] == 0.026
+    assert levels["average_precision"] == levels["mass_inside"] == levels["rank_accuracy"] == 0.026
     assert levels["roc_auc"] == 0.5 and levels["spearman"] == 0.0
     assert np.allclose(chance_levels(0.1, 1000, (10.0,))["dice"], [0.1])  # k = p: Dice = p
     # the set actually used: 1 % of 150 voxels is 2 voxels (k = 2/150), not 1.5
@@ -96,7 +108,7 @@ def test_random_map_scores_chance_and_perfect_map_beats_it():
     reference = rng.permutation(n) < n // 20  # exactly 5 %
     levels = chance_levels(reference.mean(), n)
     random = overlap_metrics(rng.random(n), reference, reference.astype(float))
-    for metric in ("dice", "overlap_fraction", "average_precision", "mass_inside", "roc_auc"):
+    for metric in ("dice", "overlap_fraction", "average_precision", "mass_inside", "rank_accuracy", "roc_auc"):
         assert np.allclose(random[metric], levels[metric], rtol=0.06, atol=0.004), metric
     assert abs(random["spearman"]) < 0.01
     perfect = overlap_metrics(reference + 0.01 * rng.random(n), reference, reference.astype(float))

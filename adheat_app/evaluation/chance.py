@@ -13,6 +13,7 @@ expected values are (exact in expectation for a random ranking of the voxels):
 * ``roc_auc``: 0.5;
 * ``average_precision``: ``p`` (precision is ``p`` at every threshold);
 * ``mass_inside``: ``p`` (relevance spread independently of the reference);
+* ``rank_accuracy``: ``p`` (the top ``|R|`` voxels are a random sample of the brain);
 * ``spearman``: 0.
 """
 
@@ -44,4 +45,4 @@ def chance_levels(share: float, n_voxels: int, percents=TOP_PERCENT) -> dict[str
     p = float(share)
     dice = np.divide(2.0 * k * p, k + p, out=np.zeros_like(k), where=(k + p) > 0)
     return {"dice": dice, "overlap_fraction": np.full(k.shape, p), "roc_auc": 0.5, "average_precision": p,
-            "mass_inside": p, "spearman": 0.0}
+            "mass_inside": p, "rank_accuracy": p, "spearman": 0.0}

@@ -15,7 +15,10 @@ reference ``R`` (plus its continuous values ``r``):
   voxel (Mann-Whitney, ties counted half);
 * ``average_precision``: mean over reference voxels of the precision at their
   relevance (tied values share one threshold, as in scikit-learn);
-* ``mass_inside``: fraction of the total relevance inside ``R``;
+* ``mass_inside``: fraction of the total relevance inside ``R`` (relevance mass accuracy, Arras et al. 2022);
+* ``rank_accuracy``: relevance rank accuracy (Arras et al. 2022): the share of
+  the ``K = |R|`` voxels of highest relevance that lie in ``R`` (ties at the
+  ``K``-th value broken at random in expectation, as for the top-``k`` sets);
 * ``spearman``: rank correlation of ``m`` with the continuous ``r``.
 
 :func:`resample_counts` draws the bootstrap resamples of subjects (with
@@ -38,7 +41,7 @@ from scipy import stats
 
 TOP_PERCENT: tuple[float, ...] = (1.0, 5.0, 10.0, 20.0)
 #: Metrics with a confidence interval from :func:`bootstrap`.
-BOOTSTRAPPED = ("dice", "overlap_fraction", "roc_auc", "average_precision", "mass_inside")
+BOOTSTRAPPED = ("dice", "overlap_fraction", "roc_auc", "average_precision", "mass_inside", "rank_accuracy")
 BATCH = 32
 
 
@@ -64,7 +67,7 @@ def sorted_metrics(maps: np.ndarray, references: list[np.ndarray],
     -------
     list of dict
         Per reference: ``dice`` and ``overlap_fraction`` of shape ``(b, len(percents))``;
-        ``roc_auc``, ``average_precision`` and ``mass_inside`` of shape ``(b,)``.
+        ``roc_auc``, ``average_precision``, ``mass_inside`` and ``rank_accuracy`` of shape ``(b,)``.
     """
     maps = np.atleast_2d(maps)
     n_rows, n_voxels = maps.shape
@@ -85,6 +88,7 @@ def sorted_metrics(maps: np.ndarray, references: list[np.ndarray],
         inside = np.empty((n_rows, len(percents)))
         auc = np.full(n_rows, np.nan)
         precision = np.full(n_rows, np.nan)
+        rank = np.full(n_rows, np.nan)
         for i in range(n_rows):
             positives = np.sort(maps[i, reference])
             tied_in = (np.searchsorted(positives, thresholds[i], side="right")
@@ -97,10 +101,26 @@ def sorted_metrics(maps: np.ndarray, references: list[np.ndarray],
                 auc[i] = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
                 at_least_pos = n_pos - np.searchsorted(positives, positives, side="left")
                 precision[i] = float(np.mean(at_least_pos / (n_voxels - left)))
+            if n_pos:
+                rank[i] = _top_inside(ordered[i], positives, n_pos) / n_pos
         mass = np.where(total > 0, maps[:, reference].sum(axis=1) / np.where(total > 0, total, 1), np.nan)
         results.append({"dice": 2.0 * inside / (top + n_pos), "overlap_fraction": inside / top, "roc_auc": auc,
-                        "average_precision": precision, "mass_inside": mass})
+                        "average_precision": precision, "mass_inside": mass, "rank_accuracy": rank})
     return results
+
+
+def _top_inside(ordered: np.ndarray, positives: np.ndarray, count: int) -> float:
+    """Expected reference voxels among the ``count`` highest values of a map (ties at the cut broken at random).
+
+    ``ordered``: the map's values sorted ascending; ``positives``: its values in the reference, sorted ascending.
+    """
+    n_voxels = len(ordered)
+    threshold = ordered[n_voxels - count]
+    above = n_voxels - np.searchsorted(ordered, threshold, side="right")
+    tied = n_voxels - np.searchsorted(ordered, threshold, side="left") - above
+    above_in = len(positives) - np.searchsorted(positives, threshold, side="right")
+    tied_in = len(positives) - np.searchsorted(positives, threshold, side="left") - above_in
+    return float(above_in + (count - above) / tied * tied_in)
 
 
 def overlap_metrics(relevance: np.ndarray, reference: np.ndarray, reference_values: np.ndarray,
