@@ -58,7 +58,7 @@ from adheat_app.templates import get_template
 #: parent never used to choose anything; README's headline numbers come from these only).
 COHORTS = {
     "development": {"seeds": (3, 5, 11), "anatomy": ("template", "MNI152NLin6Asym")},
-    "report": {"seeds": (101, 202), "anatomy": ("MNI152NLin2009aSym",)},
+    "report": {"seeds": (101, 202, 303, 404, 505), "anatomy": ("MNI152NLin2009aSym",)},
 }
 #: Top-k (%) of the Dice column.
 DICE_PERCENT = 5.0
@@ -145,16 +145,20 @@ def table(out: Path, bids: Path, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run(root: Path, args: argparse.Namespace, null: bool, sites: int, imbalance: float | None
-        ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Simulate, run both levels; return the cross-validation rows and the recovery table."""
+def run(root: Path, args: argparse.Namespace, null: bool, sites: int, imbalance: float | None,
+        simulate_extra: tuple[str, ...] = (), group_extra: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Simulate, run both levels; return the cross-validation rows and the recovery table.
+
+    ``simulate_extra`` and ``group_extra``: further options of ``adheat-simulate`` and of the group level (the
+    ranking benchmark's ``--twins``, ``--faithfulness``, ...).
+    """
     bids, out = root / "bids", root / "out"
     simulate = [bids, "--n-subjects", args.subjects, "--resolution", args.resolution,
                 "--seed", args.seed, "--anatomy", *args.anatomy, "--atrophy-model", args.atrophy_model,
                 "--sites", sites,
                 *(["--site-imbalance", imbalance] if imbalance is not None else []), "--nprocs", args.nprocs]
     if not (bids / "participants.tsv").is_file():  # a kept folder: same cohort, other --input or --methods
-        _command(SIMULATE, *simulate, *(["--null"] if null else []))
+        _command(SIMULATE, *simulate, *(["--null"] if null else []), *simulate_extra)
     common = ["--resolution", args.resolution, "--seed", args.seed, "--nprocs", args.nprocs, "--omp-nthreads", 1,
               "--skip-bids-validation"]
     tic = time.perf_counter()
@@ -162,7 +166,7 @@ def run(root: Path, args: argparse.Namespace, null: bool, sites: int, imbalance:
     participant = time.perf_counter() - tic
     tic = time.perf_counter()
     _command(ADHEAT, bids, out, "group", *common, "--input", args.input,
-             *(["--methods", *args.methods] if args.methods else []))
+             *(["--methods", *args.methods] if args.methods else []), *group_extra)
     print(f"participant {participant:.0f} s, group {time.perf_counter() - tic:.0f} s", flush=True)
     metrics = pd.read_csv(out / "group" / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
     pooled = metrics[metrics["fold"] == "pooled"][["model", "roc_auc", "roc_auc_ci_low", "roc_auc_ci_high",
