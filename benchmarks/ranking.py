@@ -3,7 +3,8 @@
 For each seed of a cohort of ``ground_truth.COHORTS`` (``report``: five seeds on a parent never used to choose
 anything; ``development``: the seeds the defaults may be tuned on) the folder ``ROOT/<cohort>-<seed>`` holds
 ``bids`` (``adheat-simulate`` with ``--twins``) and ``out`` (``adheat participant``, then ``adheat group``
-with ``--methods all --lrp-rule epsilonplusflat --faithfulness --sanity-check``): ``--run`` makes the missing
+with ``--methods all --lrp-rule epsilonplusflat --occlusion-size 40 --occlusion-stride 40 --faithfulness
+--sanity-check``): ``--run`` makes the missing
 ones through ``ground_truth.run`` (40 subjects, 4 mm, 2 processes); a folder whose group level has written
 ``group/overlap.tsv`` is reused. Every heatmap method the runs wrote (channel-summed maps, controls aside) is
 scored on nine criteria:
@@ -71,14 +72,16 @@ from adheat_app.inputs import load_inputs
 from adheat_app.io import read_json
 from adheat_app.layout import (
     ANSWER, CONTROLS, CV_METRICS, FAITHFULNESS, OVERLAP, TWIN_TEST, MapName, find_preproc, group_table, heatmap_methods,
-    simulation_root, trained_models,
+    simulation_root, to_label, trained_models,
 )
 from adheat_app.templates import get_template, parse_resolution
 
 #: The commands of one seed beyond ``ground_truth.run``'s: twins in the cohort, every method, the LRP composite,
-#: the faithfulness curves and the randomisation controls.
+#: 40 mm occlusion patches at a 40 mm stride (150 patch positions per channel instead of 1,200: occlusion and its
+#: randomisation controls stay within a seed's time), the faithfulness curves and the randomisation controls.
 SIMULATE_EXTRA = ("--twins",)
-GROUP_EXTRA = ("--lrp-rule", "epsilonplusflat", "--faithfulness", "--sanity-check")
+GROUP_EXTRA = ("--lrp-rule", "epsilonplusflat", "--occlusion-size", "40", "--occlusion-stride", "40",
+               "--faithfulness", "--sanity-check")
 SUBJECTS, RESOLUTION, NPROCS = 40, 4.0, 2
 #: Criteria in table order: name -> (family, lower is better).
 CRITERIA = {"group AUC": ("localisation", False), "subject AUC": ("localisation", False),
@@ -191,7 +194,7 @@ def subject_localisation(run: Run, n_bootstrap: int, seed: int) -> list[dict]:
         scorer.score(name, "control", "absolute", scorer.keys, maps)
     scorer.constant(GREY_MATTER_PRIOR, "control", grey_matter_prior(run.template)[0])
     table = scorer.table(n_bootstrap, seed)
-    table = table[(table["label"] == "AD") & (table["sign"] == "absolute")]
+    table = table[(table["label"] == to_label(run.cohort.positive_label)) & (table["sign"] == "absolute")]
     out = []
     for criterion, metric in SUBJECT_METRICS.items():
         rows_of = table[table["metric"] == metric].set_index("method")
