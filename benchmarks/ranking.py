@@ -300,8 +300,7 @@ def markdown(table: pd.DataFrame) -> str:
 
 def seed_table(criteria: pd.DataFrame, ranks: pd.DataFrame) -> pd.DataFrame:
     """One seed's Markdown-ready table: each criterion's value [interval] (``*``: beats its competitor), the
-    answer's verdict, the overall rank, then the competitors' rows (chance; the strongest control's value, range
-    over the methods)."""
+    answer's verdict, the overall rank, then :func:`reference_rows`."""
     cells = {}
     for row in criteria.itertuples(index=False):
         mark = "*" if row.beats is True else ""
@@ -311,21 +310,27 @@ def seed_table(criteria: pd.DataFrame, ranks: pd.DataFrame) -> pd.DataFrame:
     methods = ranks.sort_values("overall").index
     table = pd.DataFrame([[cells.get((m, c), "–") for c in columns] + [_cell(ranks.loc[m, "overall"], digits=1)]
                           for m in methods], index=methods, columns=[*columns, "overall rank"])
-    chance = wide(criteria, "chance").mean()
-    competitor = wide(criteria, "competitor_value").agg(["min", "max"])
-    extra = {"chance": [_cell(chance.get(c, np.nan)) for c in CRITERIA] + ["", ""],
-             "competitor (range over methods)": [
-                 f"{competitor.loc['min', c]:.2f}–{competitor.loc['max', c]:.2f}"
-                 if np.isfinite(competitor.loc["min", c]) else "–" for c in CRITERIA] + ["", ""]}
-    table = pd.concat([table, pd.DataFrame(extra, index=[*columns, "overall rank"]).T])
+    table = pd.concat([table, reference_rows(criteria, table.columns)])
     table.index.name = "method"
     return table
+
+
+def reference_rows(criteria: pd.DataFrame, columns: pd.Index) -> pd.DataFrame:
+    """The rows under a table: each criterion's chance level (mean) and its competitors' values (the strongest
+    control, random order or random regions of each method; range over the methods, and seeds) of long rows."""
+    chance = criteria.groupby("criterion")["chance"].mean()
+    competitor = criteria.groupby("criterion")["competitor_value"].agg(["min", "max"])
+    rows = {"chance": {c: _cell(chance.get(c, np.nan)) for c in CRITERIA},
+            "competitor (range)": {c: f"{competitor.loc[c, 'min']:.2f}–{competitor.loc[c, 'max']:.2f}"
+                                   if c in competitor.index and np.isfinite(competitor.loc[c, "min"]) else "–"
+                                   for c in CRITERIA}}
+    return pd.DataFrame(rows).T.reindex(columns=columns).fillna("")
 
 
 def summary_table(per_seed: dict[int, pd.DataFrame], ranks: dict[int, pd.DataFrame]) -> pd.DataFrame:
     """Per method over seeds: each criterion's mean [range of per-seed values] and the seeds where it beats its
     competitor, the seeds where the answer says it finds the truth, then the mean overall rank [range]; sorted by
-    the mean overall rank."""
+    the mean overall rank; then :func:`reference_rows` over every seed."""
     n = len(per_seed)
     overall = over_seeds({seed: r["overall"] for seed, r in ranks.items()}).sort_values("mean")
     table = pd.DataFrame(index=overall.index, columns=[*CRITERIA, FINDS, "overall rank"], dtype=object)
@@ -347,6 +352,7 @@ def summary_table(per_seed: dict[int, pd.DataFrame], ranks: dict[int, pd.DataFra
     for method in table.index:
         s = overall.loc[method]
         table.loc[method, "overall rank"] = _cell(s["mean"], s["low"], s["high"], digits=1)
+    table = pd.concat([table, reference_rows(pd.concat(per_seed.values()), table.columns)])
     table.index.name = "method"
     return table
 
