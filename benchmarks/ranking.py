@@ -24,8 +24,9 @@ scored on nine criteria:
   (``group/twin_test.tsv``; competitor: random grey-matter regions of the same size);
 - randomisation (lower is better, Adebayo et al. 2018): ``sim. random model`` and ``sim. permuted labels``,
   the Spearman correlation of each subject's absolute map with the same method's map of the fully randomised
-  model (``<Method>Random``) and of the permuted-label models (``<Method>PermutedLabels``), mean over every
-  subject with a 95 % basic bootstrap interval over subjects.
+  model (``<Method>Random``) and of the permuted-label models (``<Method>PermutedLabels``), mean over the
+  subjects of the two classes (the held-out scans; MCI scans are left out, as by the faithfulness tables) with a
+  95 % basic bootstrap interval over subjects.
 
 Per seed and criterion the methods are ranked (``ranking_maths``: 1 = best, ties share their mean rank, a
 method without the criterion is left out of it), the overall rank is the mean of a method's criterion ranks,
@@ -235,7 +236,7 @@ def twin_share(run: Run) -> list[dict]:
 
 
 def randomisation(run: Run, n_bootstrap: int, seed: int) -> list[dict]:
-    """Spearman similarity of each subject's map with its randomised-model and permuted-label maps."""
+    """Spearman similarity of each labelled subject's map with its randomised-model and permuted-label maps."""
     out = []
     for method in run.methods:
         trained = run.maps(method)
@@ -247,7 +248,7 @@ def randomisation(run: Run, n_bootstrap: int, seed: int) -> list[dict]:
             if maps is None:
                 continue
             pairs = [(s.subject, rank_correlation(own[s.key], row, np.ones(len(row), bool)))
-                     for s, row in zip(maps.scans, maps.values) if s.key in own]
+                     for s, row in zip(maps.scans, maps.values) if s.key in own and s.target is not None]
             subjects = sorted({subject for subject, _ in pairs})
             per_subject = np.array([np.mean([v for s, v in pairs if s == subject]) for subject in subjects])
             counts = resample_counts(subjects, n_bootstrap, seed)
