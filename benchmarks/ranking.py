@@ -3,7 +3,7 @@
 For each seed of a cohort of ``ground_truth.COHORTS`` (``report``: five seeds on a parent never used to choose
 anything; ``development``: the seeds the defaults may be tuned on) the folder ``ROOT/<cohort>-<seed>`` holds
 ``bids`` (``adheat-simulate`` with ``--twins``) and ``out`` (``adheat participant``, then ``adheat group``
-with ``--methods all --lrp-rule epsilonplusflat --occlusion-size 40 --occlusion-stride 40 --faithfulness
+with ``--methods IG Saliency SmoothGrad LRP GGC GuidedBackprop --lrp-rule epsilonplusflat --faithfulness
 --sanity-check``): ``--run`` makes the missing
 ones through ``ground_truth.run`` (40 subjects, 4 mm, 2 processes); a folder whose group level has written
 ``group/overlap.tsv`` is reused. Every heatmap method the runs wrote (channel-summed maps, controls aside) is
@@ -39,7 +39,8 @@ the summary counts the seeds that have it. Not a test: numbers depend on the coh
 
 Usage::
 
-    python benchmarks/ranking.py --root ROOT [--cohort report development] [--run] [--n-bootstrap 1000]
+    python benchmarks/ranking.py --root ROOT [--cohort report development] [--seeds 101 202] [--run]
+        [--n-bootstrap 1000]
 """
 
 from __future__ import annotations
@@ -77,12 +78,12 @@ from adheat_app.layout import (
 )
 from adheat_app.templates import get_template, parse_resolution
 
-#: The commands of one seed beyond ``ground_truth.run``'s: twins in the cohort, every method, the LRP composite,
-#: 40 mm occlusion patches at a 40 mm stride (150 patch positions per channel instead of 1,200: occlusion and its
-#: randomisation controls stay within a seed's time), the faithfulness curves and the randomisation controls.
+#: The commands of one seed beyond ``ground_truth.run``'s: twins in the cohort, the methods ranked (those of the
+#: measured runs: Occlusion, AreaOcclusion and NoiseImportance are left out), the LRP composite, the faithfulness
+#: curves and the randomisation controls.
 SIMULATE_EXTRA = ("--twins",)
-GROUP_EXTRA = ("--lrp-rule", "epsilonplusflat", "--occlusion-size", "40", "--occlusion-stride", "40",
-               "--faithfulness", "--sanity-check")
+METHODS = ("IG", "Saliency", "SmoothGrad", "LRP", "GGC", "GuidedBackprop")
+GROUP_EXTRA = ("--lrp-rule", "epsilonplusflat", "--faithfulness", "--sanity-check")
 SUBJECTS, RESOLUTION, NPROCS = 40, 4.0, 2
 #: Criteria in table order: name -> (family, lower is better).
 CRITERIA = {"group AUC": ("localisation", False), "subject AUC": ("localisation", False),
@@ -111,7 +112,7 @@ def run_seed(run: Path, cohort: str, seed: int) -> None:
     """Simulate and run both levels of one seed through ``ground_truth.run`` with this benchmark's options."""
     args = argparse.Namespace(subjects=SUBJECTS, resolution=RESOLUTION, seed=seed,
                               anatomy=list(ground_truth.COHORTS[cohort]["anatomy"]), atrophy_model="tissue-loss",
-                              nprocs=NPROCS, registration="syn", input="auto", methods=["all"])
+                              nprocs=NPROCS, registration="syn", input="auto", methods=list(METHODS))
     ground_truth.run(run, args, False, 1, None, SIMULATE_EXTRA, GROUP_EXTRA)
 
 
@@ -377,10 +378,10 @@ def tau_table(ranks: dict[int, pd.DataFrame]) -> pd.DataFrame:
     return table
 
 
-def report_cohort(root: Path, cohort: str, n_bootstrap: int) -> None:
-    """Print one cohort's per-seed tables, its summary over seeds and Kendall's tau."""
+def report_cohort(root: Path, cohort: str, seeds: list[int], n_bootstrap: int) -> None:
+    """Print the per-seed tables of one cohort's ``seeds``, their summary and Kendall's tau."""
     per_seed, ranks = {}, {}
-    for seed in ground_truth.COHORTS[cohort]["seeds"]:
+    for seed in seeds:
         run = folder(root, cohort, seed)
         if not finished(run):
             print(f"\n{cohort} seed {seed}: {run} not finished, left out", flush=True)
@@ -407,16 +408,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, required=True, help="folder of the <cohort>-<seed> runs")
     parser.add_argument("--cohort", nargs="+", choices=tuple(ground_truth.COHORTS), default=["report", "development"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="only these seeds of the cohorts (default: every seed whose folder is finished)")
     parser.add_argument("--run", action="store_true", help="simulate and run the seeds that are not finished")
     parser.add_argument("--n-bootstrap", type=int, default=1000)
     args = parser.parse_args(argv)
-    for cohort in args.cohort:
-        for seed in ground_truth.COHORTS[cohort]["seeds"]:
+    seeds = {cohort: [s for s in ground_truth.COHORTS[cohort]["seeds"] if args.seeds is None or s in args.seeds]
+             for cohort in args.cohort}
+    for cohort, chosen in seeds.items():
+        for seed in chosen:
             run = folder(args.root, cohort, seed)
             if args.run and not finished(run):
                 run_seed(run, cohort, seed)
-    for cohort in args.cohort:
-        report_cohort(args.root, cohort, args.n_bootstrap)
+    for cohort, chosen in seeds.items():
+        report_cohort(args.root, cohort, chosen, args.n_bootstrap)
     print("\nValues: localisation against the planted truth (absolute maps; group AUC: the label-all group map, "
           "subject criteria: each AD subject's out-of-fold map against its own truth, mean over subjects); AOPC: "
           "most-relevant-first deletion AOPC minus the random order's; twin share: share of the disease's effect "
