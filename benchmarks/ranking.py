@@ -28,8 +28,9 @@ scored on nine criteria:
   subjects of the two classes (the held-out scans; MCI scans are left out, as by the faithfulness tables) with a
   95 % basic bootstrap interval over subjects.
 
-Per seed and criterion the methods are ranked (``ranking_maths``: 1 = best, ties share their mean rank, a
-method without the criterion is left out of it), the overall rank is the mean of a method's criterion ranks,
+Per seed and criterion the methods are ranked (``ranking_maths``: 1 = best, ties share their mean rank; only
+the methods that have every criterion the seed has are ranked, a map left over from another run with other
+``--methods`` is shown "not ranked"), the overall rank is the mean of a method's criterion ranks,
 and Kendall's tau-b compares every pair of seeds' overall (and per-criterion) rankings. Printed as Markdown:
 each seed's table (value [95 % interval], a ``*`` where the map beats its competitor: the paired interval
 above 0), then per cohort the mean over seeds of each criterion with the range of the per-seed values, the
@@ -55,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 import ground_truth
-from ranking_maths import criterion_ranks, kendall_pairs, over_seeds, overall_ranks
+from ranking_maths import comparable, criterion_ranks, kendall_pairs, over_seeds, overall_ranks
 from adheat_app.attribution.sanity import rank_correlation
 from adheat_app.bids import Derivatives, T1wInput
 from adheat_app.cohort import load_cohort
@@ -94,6 +95,7 @@ CRITERIA = {"group AUC": ("localisation", False), "subject AUC": ("localisation"
 SUBJECT_METRICS = {"subject AUC": "roc_auc", "mass accuracy": "mass_inside", "rank accuracy": "rank_accuracy"}
 #: The answer's verdict on the group map (``finds_reference``): shown beside the criteria, not ranked.
 FINDS = "finds (answer)"
+NOT_RANKED = "not ranked"
 RANDOMISATION = {"sim. random model": CONTROLS[0], "sim. permuted labels": CONTROLS[1]}
 COLUMNS = ["method", "criterion", "value", "ci_low", "ci_high", "beats", "competitor", "competitor_value"]
 
@@ -280,9 +282,11 @@ def wide(criteria: pd.DataFrame, column: str = "value") -> pd.DataFrame:
 
 
 def ranks_of(criteria: pd.DataFrame) -> pd.DataFrame:
-    """The criterion ranks and the overall rank (column ``overall``) of one seed."""
-    ranks = criterion_ranks(wide(criteria), [c for c, (_, lower) in CRITERIA.items() if lower])
-    return ranks.assign(overall=overall_ranks(ranks))
+    """The criterion ranks and the overall rank (column ``overall``) of one seed's :func:`comparable` methods
+    (every method of the seed is a row; those not comparable have no ranks)."""
+    values = wide(criteria)
+    ranks = criterion_ranks(comparable(values), [c for c, (_, lower) in CRITERIA.items() if lower])
+    return ranks.assign(overall=overall_ranks(ranks)).reindex(index=values.index, columns=[*CRITERIA, "overall"])
 
 
 def _cell(value: float, low: float = np.nan, high: float = np.nan, digits: int = 2) -> str:
@@ -310,7 +314,8 @@ def seed_table(criteria: pd.DataFrame, ranks: pd.DataFrame) -> pd.DataFrame:
                                               else _cell(row.value, row.ci_low, row.ci_high) + mark)
     columns = [*CRITERIA, FINDS]
     methods = ranks.sort_values("overall").index
-    table = pd.DataFrame([[cells.get((m, c), "–") for c in columns] + [_cell(ranks.loc[m, "overall"], digits=1)]
+    table = pd.DataFrame([[cells.get((m, c), "–") for c in columns]
+                          + [_cell(ranks.loc[m, "overall"], digits=1).replace("–", NOT_RANKED)]
                           for m in methods], index=methods, columns=[*columns, "overall rank"])
     table = pd.concat([table, reference_rows(criteria, table.columns)])
     table.index.name = "method"
@@ -326,7 +331,7 @@ def reference_rows(criteria: pd.DataFrame, columns: pd.Index) -> pd.DataFrame:
             "competitor (range)": {c: f"{competitor.loc[c, 'min']:.2f}–{competitor.loc[c, 'max']:.2f}"
                                    if c in competitor.index and np.isfinite(competitor.loc[c, "min"]) else "–"
                                    for c in CRITERIA}}
-    return pd.DataFrame(rows).T.reindex(columns=columns).fillna("")
+    return pd.DataFrame(rows, dtype=object).T.reindex(columns=columns, fill_value="")
 
 
 def summary_table(per_seed: dict[int, pd.DataFrame], ranks: dict[int, pd.DataFrame]) -> pd.DataFrame:
@@ -353,7 +358,9 @@ def summary_table(per_seed: dict[int, pd.DataFrame], ranks: dict[int, pd.DataFra
                     f"({int(s['n_seeds'])} of {n} seeds)" if s["n_seeds"] < n else "")))
     for method in table.index:
         s = overall.loc[method]
-        table.loc[method, "overall rank"] = _cell(s["mean"], s["low"], s["high"], digits=1)
+        table.loc[method, "overall rank"] = (_cell(s["mean"], s["low"], s["high"], digits=1)
+                                             + (f" ({int(s['n_seeds'])} of {n} seeds)" if 0 < s["n_seeds"] < n
+                                                else "")).replace("–", NOT_RANKED)
     table = pd.concat([table, reference_rows(pd.concat(per_seed.values()), table.columns)])
     table.index.name = "method"
     return table

@@ -3,6 +3,9 @@
 Pure functions on tables of criterion values (rows: methods, columns: criteria), so they are tested without a
 cohort (``tests/test_benchmark_ranking.py``).
 
+* :func:`comparable`: the part of a seed's table that can be ranked: the criteria some method has, and the
+  methods that have all of them (a method left over from another run, without the seed's faithfulness or
+  randomisation maps, is not ranked on the criteria it happens to have);
 * :func:`criterion_ranks`: per criterion, 1 = best (highest value, or lowest for the criteria named
   lower-is-better); tied values share the mean of the ranks they span (``scipy.stats.rankdata``, ``average``);
   a method without a value for a criterion has no rank there.
@@ -20,6 +23,12 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+
+def comparable(values: pd.DataFrame) -> pd.DataFrame:
+    """The criteria (columns) with a value for some method, and the methods (rows) with a value for each of them."""
+    present = values.loc[:, values.notna().any(axis=0)]
+    return present[present.notna().all(axis=1)]
 
 
 def criterion_ranks(values: pd.DataFrame, lower_is_better: Iterable[str] = ()) -> pd.DataFrame:

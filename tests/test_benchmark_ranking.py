@@ -45,3 +45,9 @@ def test_kendall_uses_the_methods_both_seeds_rank():
 def test_over_seeds_mean_and_range():
     table = ranking_maths.over_seeds({1: pd.Series({"A": 1.0, "B": 2.0}), 2: pd.Series({"A": 3.0, "B": np.nan})})
     assert table.loc["A"].tolist() == [2.0, 1.0, 3.0, 2] and table.loc["B", "n_seeds"] == 1
+
+
+def test_comparable_keeps_the_criteria_some_method_has_and_the_methods_that_have_them_all():
+    values = CRITERIA.assign(missing=np.nan)
+    table = ranking_maths.comparable(values)
+    assert list(table.columns) == ["auc", "similarity"] and list(table.index) == ["A", "B", "C"]
