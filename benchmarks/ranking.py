@@ -24,7 +24,8 @@ scored on nine criteria:
   (``group/twin_test.tsv``; competitor: random grey-matter regions of the same size);
 - randomisation (lower is better, Adebayo et al. 2018): ``sim. random model`` and ``sim. permuted labels``,
   the Spearman correlation of each subject's absolute map with the same method's map of the fully randomised
-  model (``<Method>Random``) and of the permuted-label models (``<Method>PermutedLabels``), mean over the
+  model (``<Method>Random``) and of the permuted-label models (``<Method>PermutedLabels``) inside the scan's
+  brain mask (the sanity check's similarity), mean over the
   subjects of the two classes (the held-out scans; MCI scans are left out, as by the faithfulness tables) with a
   95 % basic bootstrap interval over subjects.
 
@@ -52,6 +53,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -75,7 +77,7 @@ from adheat_app.inputs import load_inputs
 from adheat_app.io import read_json
 from adheat_app.layout import (
     ANSWER, CONTROLS, CV_METRICS, FAITHFULNESS, OVERLAP, TWIN_TEST, MapName, find_preproc, group_table, heatmap_methods,
-    simulation_root, to_label, trained_models,
+    heatmap_path, simulation_root, to_label, trained_models,
 )
 from adheat_app.templates import get_template, parse_resolution
 
@@ -239,23 +241,30 @@ def twin_share(run: Run) -> list[dict]:
 
 
 def randomisation(run: Run, n_bootstrap: int, seed: int) -> list[dict]:
-    """Spearman similarity of each labelled subject's map with its randomised-model and permuted-label maps."""
+    """Spearman similarity of each labelled subject's map with its randomised-model and permuted-label maps, inside
+    the scan's own brain mask (:func:`~adheat_app.attribution.sanity.rank_correlation`, as the sanity check)."""
+    scans = [s for s in run.cohort.scans if s.target is not None]
+    masks: dict[str, np.ndarray] = {}
+
+    def read(scan, name: str) -> np.ndarray | None:
+        path = heatmap_path(run.derivs.root, scan, run.cohort.space, run.cohort.res_label, name)
+        return np.asarray(nib.load(path).dataobj, np.float32) if path.is_file() else None
+
     out = []
     for method in run.methods:
-        trained = run.maps(method)
-        if trained is None:
-            continue
-        own = {s.key: row for s, row in zip(trained.scans, trained.values)}
         for criterion, control in RANDOMISATION.items():
-            maps = run.maps(MapName(method, control).desc)
-            if maps is None:
+            pairs = []
+            for scan in scans:
+                trained, randomised = read(scan, method), read(scan, MapName(method, control).desc)
+                if trained is not None and randomised is not None:
+                    if scan.key not in masks:
+                        masks[scan.key] = np.asarray(nib.load(scan.mask).dataobj) > 0
+                    pairs.append((scan.subject, rank_correlation(trained, randomised, masks[scan.key])))
+            if not pairs:
                 continue
-            pairs = [(s.subject, rank_correlation(own[s.key], row, np.ones(len(row), bool)))
-                     for s, row in zip(maps.scans, maps.values) if s.key in own and s.target is not None]
             subjects = sorted({subject for subject, _ in pairs})
             per_subject = np.array([np.mean([v for s, v in pairs if s == subject]) for subject in subjects])
-            counts = resample_counts(subjects, n_bootstrap, seed)
-            mean, _, low, high, _ = summarise(per_subject, counts, (-1.0, 1.0))
+            mean, _, low, high, _ = summarise(per_subject, resample_counts(subjects, n_bootstrap, seed), (-1.0, 1.0))
             out.append({"method": method, "criterion": criterion, "value": float(mean), "ci_low": float(low),
                         "ci_high": float(high), "competitor": "", "competitor_value": np.nan})
     return out
