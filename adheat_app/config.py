@@ -263,7 +263,8 @@ class EvaluationOptions:
         "mean", "What removed voxels of the faithfulness curves become: mean (the fold's training mean image; "
         "cheap) or noisy-linear (ROAD, Rong et al. 2022: each removed voxel the weighted mean of its neighbours, "
         "kept voxels fixed, plus 1 percent noise, so the removed shape leaves no outline for the model to read; "
-        "114 sparse solves per scan and map, FILL_COST).", choices=("mean", "noisy-linear"))
+        "114 sparse solves per scan and map: measured at 4 mm, 3.4 s against the mean fill's 0.5 s per scan and "
+        "map, docs/heatmaps.md).", choices=("mean", "noisy-linear"))
     twin_test: bool = option(
         True, "The twin test, when the input dataset is a simulated cohort with twins (adheat-simulate --twins): each "
         "twin preprocessed as its scan, and the share of the model's output difference between scan and twin that "

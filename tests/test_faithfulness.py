@@ -110,21 +110,28 @@ def ramp(shape: tuple[int, int, int]) -> np.ndarray:
     return np.stack([1.0 * x + 2 * y - 0.5 * z, 3.0 - x + 0.25 * z]).astype(np.float32)
 
 
+def box(shape: tuple[int, int, int], low: tuple[int, int, int], high: tuple[int, int, int]) -> np.ndarray:
+    """A boolean mask of ``shape``, True from ``low`` to ``high`` (exclusive) on each axis."""
+    mask = np.zeros(shape, bool)
+    mask[tuple(slice(a, b) for a, b in zip(low, high))] = True
+    return mask
+
+
+def impute(image: np.ndarray, removed: np.ndarray, domain: np.ndarray, seed: int = 0, noise: float = NOISE
+           ) -> np.ndarray:
+    """:func:`noisy_linear_fill` with a fallback of 99 (far outside every ramp's values here)."""
+    return noisy_linear_fill(image, removed, domain, np.full_like(image, 99.0), np.random.default_rng(seed), noise)
+
+
 def test_noisy_linear_imputation_is_exact_on_a_ramp_and_its_noise_is_seeded():
     """Without noise the imputation of a linear function is exact inside a removed block; with ROAD's noise the
     imputed voxels scatter by NOISE x the channel's standard deviation, the same for the same seed; voxels not
     removed are never touched."""
     shape = (14, 16, 14)
-    image = ramp(shape)
-    removed = np.zeros(shape, bool)
-    removed[3:11, 4:12, 3:10] = True
-    domain = np.ones(shape, bool)
-    fallback = np.full_like(image, 99.0)
-    exact = noisy_linear_fill(image, removed, domain, fallback, np.random.default_rng(0), noise=0.0)
+    image, removed, domain = ramp(shape), box(shape, (3, 4, 3), (11, 12, 10)), np.ones(shape, bool)
+    exact = impute(image, removed, domain, noise=0.0)
     np.testing.assert_allclose(exact, image, atol=1e-4)
-    noisy = noisy_linear_fill(image, removed, domain, fallback, np.random.default_rng(1))
-    again = noisy_linear_fill(image, removed, domain, fallback, np.random.default_rng(1))
-    other = noisy_linear_fill(image, removed, domain, fallback, np.random.default_rng(2))
+    noisy, again, other = (impute(image, removed, domain, seed) for seed in (1, 1, 2))
     np.testing.assert_array_equal(noisy, again)
     assert not np.array_equal(noisy, other)
     np.testing.assert_array_equal(noisy[:, ~removed], image[:, ~removed])
@@ -139,27 +146,21 @@ def test_noisy_linear_imputation_stays_in_the_domain_and_falls_back_where_nothin
     domain's edge is interpolated from its kept neighbours (within their range); a removed group with no kept
     neighbour takes the fallback."""
     shape = (12, 12, 12)
-    image = ramp(shape)
-    domain = np.zeros(shape, bool)
-    domain[1:11, 1:11, 1:11] = True
-    removed = np.zeros(shape, bool)
-    removed[1:6, 1:6, 1:6] = True  # a corner of the domain: half its neighbours lie outside
-    fallback = np.full_like(image, 99.0)
-    filled = noisy_linear_fill(image, removed, domain, fallback, np.random.default_rng(0), noise=0.0)
+    image, domain = ramp(shape), box(shape, (1, 1, 1), (11, 11, 11))
+    removed = box(shape, (1, 1, 1), (6, 6, 6))  # a corner of the domain: half its neighbours lie outside
+    filled = impute(image, removed, domain, noise=0.0)
     shifted = image.copy()
     shifted[:, ~domain] = 1000.0
-    np.testing.assert_allclose(noisy_linear_fill(shifted, removed, domain, fallback, np.random.default_rng(0),
-                                                 noise=0.0)[:, domain], filled[:, domain], atol=1e-5)
+    np.testing.assert_allclose(impute(shifted, removed, domain, noise=0.0)[:, domain], filled[:, domain], atol=1e-5)
     np.testing.assert_array_equal(filled[:, ~removed], image[:, ~removed])
     kept = domain & ~removed
     for channel in range(2):
         values = filled[channel][removed]
         assert image[channel][kept].min() - 1e-4 <= values.min() and values.max() <= image[channel][kept].max() + 1e-4
-    everything = noisy_linear_fill(image, domain, domain, fallback, np.random.default_rng(0))
-    np.testing.assert_array_equal(everything[:, domain], fallback[:, domain])  # no kept voxel: the fallback
+    everything = impute(image, domain, domain)
+    assert (everything[:, domain] == 99.0).all()  # no kept voxel: the fallback
     np.testing.assert_array_equal(everything[:, ~domain], image[:, ~domain])
-    np.testing.assert_array_equal(noisy_linear_fill(image, ~domain, domain, fallback, np.random.default_rng(0)),
-                                  image)  # voxels outside the domain are not removed
+    np.testing.assert_array_equal(impute(image, ~domain, domain), image)  # voxels outside the domain: not removed
 
 
 def test_noisy_linear_curves_rank_the_true_region_first_and_end_at_the_scan():

@@ -284,10 +284,8 @@ def curve_table(curves: pd.DataFrame, n_bootstrap: int, seed: int) -> pd.DataFra
     ----------
     curves : pandas.DataFrame
         :func:`scan_curves` rows with ``method`` (the map's name) and ``subject`` added.
-    n_bootstrap : int
-        Resamples of subjects (0: no intervals).
-    seed : int
-        Seed of the resampling.
+    n_bootstrap, seed : int
+        Resamples of subjects (0: no intervals) and their seed.
 
     Returns
     -------

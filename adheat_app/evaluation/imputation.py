@@ -86,30 +86,26 @@ def harmonic_fill(image: np.ndarray, removed: np.ndarray, domain: np.ndarray) ->
     numpy.ndarray
         ``(C, n)`` float64 values of the ``n`` removed voxels in C order (``image[:, removed]``'s order).
     """
-    shape = removed.shape
-    index = np.flatnonzero(removed)
-    unknown = np.full(removed.size, -1, np.int64)
+    padded = np.array(removed.shape) + 2  # a border of never-counted voxels: every neighbour index is valid
+    strides = np.array([padded[1] * padded[2], padded[2], 1])
+    flat_removed, flat_domain = (np.pad(mask, 1).ravel() for mask in (removed, domain))
+    flat_image = np.pad(image.astype(np.float64), ((0, 0), (1, 1), (1, 1), (1, 1))).reshape(len(image), -1)
+    index = np.flatnonzero(flat_removed)
+    unknown = np.full(flat_removed.size, -1, np.int64)
     unknown[index] = np.arange(len(index))
-    coords = np.stack(np.unravel_index(index, shape))
-    flat_image = image.reshape(len(image), -1).astype(np.float64)
-    flat_domain, rows, cols, values = domain.ravel(), [], [], []
     diagonal = np.zeros(len(index))
     rhs = np.zeros((len(image), len(index)))
+    rows, cols, values = [], [], []
     for offset, weight in NEIGHBOURS:
-        moved = coords + np.asarray(offset)[:, None]
-        inside = np.all((moved >= 0) & (moved < np.asarray(shape)[:, None]), axis=0)
-        source = np.flatnonzero(inside)
-        target = np.ravel_multi_index(tuple(moved[:, inside]), shape)
+        target = index + int(np.dot(offset, strides))
         counted = flat_domain[target]
-        source, target = source[counted], target[counted]
-        diagonal[source] += weight
+        diagonal += weight * counted
         variable = unknown[target]
-        free = variable >= 0
-        rows.append(source[free])
+        free = counted & (variable >= 0)
+        rows.append(np.flatnonzero(free))
         cols.append(variable[free])
-        values.append(np.full(int(free.sum()), -weight))
-        for channel, values_c in enumerate(flat_image[:, target[~free]]):
-            rhs[channel] += np.bincount(source[~free], weight * values_c, minlength=len(index))
+        values.append(np.full(len(rows[-1]), -weight))
+        rhs += weight * np.where(counted & ~free, flat_image[:, target], 0.0)
     rows.append(np.arange(len(index)))
     cols.append(np.arange(len(index)))
     values.append(diagonal)
