@@ -174,3 +174,31 @@ def test_noisy_linear_curves_rank_the_true_region_first_and_end_at_the_scan():
     for row in curves.itertuples():
         np.testing.assert_allclose(row.insertion[-1], row.clean, rtol=1e-5)
         np.testing.assert_allclose(row.insertion[0], row.deletion[-1], rtol=1e-5)
+
+
+def test_methods_text_says_which_fill_the_faithfulness_table_records(tmp_path):
+    """The faithfulness section of the methods text appears with group/faithfulness.tsv and names the fill its
+    sidecar records (not the configuration's), citing ROAD only for the imputation."""
+    from adheat_app.bids import Derivatives
+    from adheat_app.citation import provenance, render_citation, steps_present
+    from adheat_app.config import build_config
+    from adheat_app.io import write_table
+    from adheat_app.layout import FAITHFULNESS, group_table
+
+    config = build_config(tmp_path / "bids", tmp_path / "out", ("group",), {}, {})
+    derivs = Derivatives(tmp_path / "out", tmp_path / "bids")
+    assert "faithfulness" not in steps_present(derivs, "resnet3d")
+    text, _ = render_citation(config, {"always"}, made=provenance(derivs, "resnet3d"))
+    assert "Faithfulness" not in text
+    write_table(group_table(derivs.root, FAITHFULNESS), pd.DataFrame({"method": ["IG"]}),
+                {"Fill": "noisy-linear", "NBootstrap": 321})
+    steps = steps_present(derivs, "resnet3d")
+    assert "faithfulness" in steps
+    text, bib = render_citation(config, steps, made=provenance(derivs, "resnet3d"))
+    assert "## Faithfulness" in text and "noisy linear imputation [@rong2022consistent]" in text
+    assert "face neighbours 1/12, edge neighbours 1/24" in text and "321 resamples" in text and "${" not in text
+    assert "@inproceedings{rong2022consistent," in bib and "@article{samek2017evaluating," in bib
+    write_table(group_table(derivs.root, FAITHFULNESS), pd.DataFrame({"method": ["IG"]}), {"NBootstrap": 5})
+    text, bib = render_citation(config.replace("evaluation", faithfulness_fill="noisy-linear"), steps,
+                                made=provenance(derivs, "resnet3d"))  # a table from before the fill was recorded
+    assert "replaced by the mean image of the fold's training scans" in text and "rong2022consistent" not in bib
