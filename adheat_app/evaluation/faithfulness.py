@@ -218,7 +218,8 @@ def scan_curves(model: nn.Module, scan: torch.Tensor, fill: torch.Tensor, releva
                      else np.array([m.sum() for m in masks]) / max(1, brain.sum()))
             rows.append({"units": kind, "order": order, "deletion_aopc": float(np.mean(clean - deleted)),
                          "insertion_area": float(np.mean(inserted - empty)), "clean": clean, "fill": empty,
-                         "deletion": np.concatenate([[clean], deleted]), "insertion": np.concatenate([[empty], inserted]),
+                         "deletion": np.concatenate([[clean], deleted]),
+                         "insertion": np.concatenate([[empty], inserted]),
                          "removed": np.concatenate([[0.0], share])})
     return rows
 

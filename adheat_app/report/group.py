@@ -11,10 +11,11 @@ maps scored against), ``overlap`` (table and curves; where subjects have truths
 of their own, the subject-level scores collapsed below it), ``regions``,
 ``distances``, ``faithfulness`` (its tables and the curves' figure) and
 ``twin-test`` (only where their tables exist), ``sanity``, ``preproc-qc`` and
-``methods`` (the text of ``logs/CITATION.md`` for the steps present). Each section shows one line and keeps its long content in a
-collapsed block linking its TSV file. Every section renders from the files
-that exist and says "Not computed" for what is absent, so the page can be
-written after any subset of the group level.
+``methods`` (the text of ``logs/CITATION.md`` for the steps present). Each
+section shows one line and keeps its long content in a collapsed block
+linking its TSV file. Every section renders from the files that exist and
+says "Not computed" for what is absent, so the page can be written after any
+subset of the group level.
 """
 
 from __future__ import annotations
