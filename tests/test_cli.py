@@ -201,7 +201,15 @@ def test_usage_errors_exit_2(capsys, tiny_bids, tmp_path):
 
 
 def test_faithfulness_fill_parses_and_a_bad_value_exits_2(capsys, tiny_bids, tmp_path):
-    """--faithfulness-fill: mean by default, noisy-linear on request; another value exits 2 and writes nothing."""
+    """--faithfulness-fill: mean by default, noisy-linear on request (the fills the curves know); another value exits
+    2 and writes nothing."""
+    import dataclasses
+
+    from adheat_app.config import EvaluationOptions, option_choices
+    from adheat_app.evaluation.faithfulness import FILLS
+
+    assert option_choices(next(f for f in dataclasses.fields(EvaluationOptions) if f.name == "faithfulness_fill")) \
+        == FILLS
     config = prepare([str(tiny_bids), str(tmp_path / "out"), "group", "--faithfulness", "--faithfulness-fill",
                       "noisy-linear", "--skip-bids-validation"])
     assert config.evaluation.faithfulness and config.evaluation.faithfulness_fill == "noisy-linear"
