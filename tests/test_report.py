@@ -14,7 +14,7 @@ from adheat_app.baseline import run_svm
 from adheat_app.bids import Derivatives
 from adheat_app.evaluation import run_evaluation
 from adheat_app.layout import logjacobian_path
-from adheat_app.report import write_group_report, write_subject_report
+from adheat_app.report import write_group_report, write_subject_report, write_subject_reports
 from adheat_app.report.answer import read_findings
 from adheat_app.report.html import markdown
 from conftest import make_preprocessed_cohort
@@ -98,6 +98,18 @@ def full_run(tmp_path_factory):
     group_html = write_group_report(config, derivs, cohort, truth.template)
     subject_html = write_subject_report(config, derivs, "sub-01")
     return config, derivs, cohort, truth, group_html, subject_html
+
+
+@pytest.mark.slow
+def test_subject_reports_in_two_processes_are_the_pages_written_one_by_one(full_run, caplog):
+    config, derivs, cohort, *_ = full_run
+    subjects = ["02", "03", "01"]
+    serial = {path.name: path.read_bytes() for path in write_subject_reports(config, derivs, subjects)}
+    with caplog.at_level("INFO", logger="adheat_app.report.subject"):
+        paths = write_subject_reports(config.replace("execution", nprocs=2), derivs, subjects)
+    assert [p.name for p in paths] == ["sub-01.html", "sub-02.html", "sub-03.html"]  # subject order
+    assert {path.name: path.read_bytes() for path in paths} == serial
+    assert sum("wrote" in r.getMessage() for r in caplog.records) == 3  # the parent logs each page
 
 
 @pytest.mark.slow
