@@ -8,7 +8,8 @@ what ran: the template (the ``space`` entity of the preprocessed scans and the
 ``Template`` record of their sidecars: TemplateFlow or nilearn's offline
 copy), the preprocessing options and software versions of those sidecars, and
 the training set-up and versions of the first fold's model card, and the
-subject-level scores' sidecar where a simulated cohort has them; the run
+subject-level scores' sidecar where a simulated cohort has them, and the fill the
+faithfulness table's sidecar records; the run
 configuration fills in what no output records. Citations are written
 ``[@key]``; ``CITATION.bib`` receives exactly the entries the kept text cites.
 """
@@ -25,11 +26,12 @@ from adheat_app.attribution.references import BLUR_FWHM_MM
 from adheat_app.bids import Derivatives, software_versions
 from adheat_app.config import RunConfig, TrainingOptions
 from adheat_app.evaluation.references._catalog import methods_text as reference_methods_text
+from adheat_app.evaluation.imputation import NEIGHBOURS, NOISE
 from adheat_app.evaluation.twin_test import MIN_EFFECT, RANDOM_DRAWS
 from adheat_app.inputs import card_channels
 from adheat_app.io import read_json, write_text
 from adheat_app.layout import (
-    MODEL_CARD, OVERLAP, SUBJECT_OVERLAP, TWIN_TEST, find_preproc, fold_dir, group_table, has_heatmaps,
+    FAITHFULNESS, MODEL_CARD, OVERLAP, SUBJECT_OVERLAP, TWIN_TEST, find_preproc, fold_dir, group_table, has_heatmaps,
     sidecar_path, trained_folds,
 )
 from adheat_app.preprocess.backends import BACKENDS
@@ -62,6 +64,8 @@ def steps_present(derivs: Derivatives, model: str) -> set[str]:
         steps.add("evaluation")
     if group_table(root, TWIN_TEST).is_file():
         steps.add("twintest")
+    if group_table(root, FAITHFULNESS).is_file():
+        steps.add("faithfulness")
     return steps
 
 
@@ -154,6 +158,7 @@ class Provenance:
     preprocessing: dict = dataclasses.field(default_factory=dict)
     card: dict = dataclasses.field(default_factory=dict)
     subject_scores: dict = dataclasses.field(default_factory=dict)
+    faithfulness: dict = dataclasses.field(default_factory=dict)
 
     def versions(self) -> dict[str, str]:
         """Software versions: this installation's, replaced by the model card's and then the scans' records."""
@@ -174,11 +179,13 @@ def provenance(derivs: Derivatives, model: str) -> Provenance:
     preprocessing = read_json(side) if side is not None and side.is_file() else {}
     folds = trained_folds(derivs.root / "models", model)
     card = read_json(fold_dir(derivs.root / "models", model, folds[0]) / MODEL_CARD) if folds else {}
-    subject_side = sidecar_path(group_table(derivs.root, SUBJECT_OVERLAP))
+    subject_side, faithfulness_side = (sidecar_path(group_table(derivs.root, table))
+                                       for table in (SUBJECT_OVERLAP, FAITHFULNESS))
     return Provenance(space=found[0][1].get("space") if found else None,
                       template_source=preprocessing.get("Template", {}).get("TemplateSource"),
                       preprocessing=preprocessing, card=card,
-                      subject_scores=read_json(subject_side) if subject_side.is_file() else {})
+                      subject_scores=read_json(subject_side) if subject_side.is_file() else {},
+                      faithfulness=read_json(faithfulness_side) if faithfulness_side.is_file() else {})
 
 
 def subject_text(sidecar: dict) -> str:
@@ -192,6 +199,19 @@ def subject_text(sidecar: dict) -> str:
             "per diagnosis as the mean over participants, with a basic bootstrap interval over participants "
             f"({sidecar.get('NBootstrap', 0)} resamples), the mean of the participants' chance levels and the "
             "paired difference with the strongest applicable control. ")
+
+
+def faithfulness_fill_text(fill: str) -> str:
+    """The methods text's clause on what removed voxels of the faithfulness curves became (``--faithfulness-fill``)."""
+    if fill == "mean":
+        return "the removed voxels being replaced by the mean image of the fold's training scans"
+    faces, edges = (round(1 / next(w for o, w in NEIGHBOURS if sum(map(abs, o)) == n)) for n in (1, 2))
+    return ("the removed voxels being replaced by noisy linear imputation [@rong2022consistent], so that the "
+            "removed shape left no outline the model could read: each removed voxel was set to the weighted mean of "
+            f"its neighbours inside the brain (face neighbours 1/{faces}, edge neighbours 1/{edges}, renormalised), "
+            f"the kept voxels fixed, plus Gaussian noise of {NOISE:g} times the channel's standard deviation; "
+            "insertion started from the scan with every unit of the curve imputed and imputed the units not yet put "
+            "back anew at every step")
 
 
 def template_text(space: str, source: str | None, versions: dict[str, str]) -> str:
@@ -258,6 +278,9 @@ def render_citation(config: RunConfig, steps: set[str], channels: tuple[str, ...
                                   if tr.repeats > 1 else ""),
         "reference_text": reference_methods_text(config), "subject_text": subject_text(made.subject_scores),
         "twin_draws": RANDOM_DRAWS, "twin_min_effect": f"{MIN_EFFECT:g}",
+        "faithfulness_fill_text": faithfulness_fill_text(
+            made.faithfulness.get("Fill", "mean") if made.faithfulness else config.evaluation.faithfulness_fill),
+        "faithfulness_bootstrap": made.faithfulness.get("NBootstrap", config.evaluation.n_bootstrap),
     }
     text = (folder / "CITATION.md").read_text(encoding="utf-8")
     kept = _SECTION_RE.sub(lambda m: m["body"] if m["step"] in steps else "", text)

@@ -21,6 +21,7 @@ Layout of an output folder::
     group/*.tsv, group/figures/                                               group tables and figures
     group/<table>.tsv (+ .json)  cv_metrics, predictions, overlap, answer, ...  group tables (:func:`group_table`)
     group/figures/desc-<Map>_overlap.png                                      overlap curves
+    group/figures/desc-curves_faithfulness.png (+ .json)                      deletion and insertion curves
     models/<model>/fold-<k>/model.pt + model.json, split.tsv, ...              trained fold models
     models/<model>/repeat-<r>/fold-<k>/, sub-<s>/anat/*_heatmap.nii.gz         repeat r > 0 of --repeats
     models/<model>/verdict.json                                               the model's verdict against chance
@@ -72,6 +73,8 @@ OVERLAP, OVERLAP_DIFFERENCES, ANSWER, REGIONS, DISTANCES = (
 SUBJECT_OVERLAP = "subject_overlap"
 #: Faithfulness tables (deletion curves, channel ablation), rendered by the report where they exist.
 FAITHFULNESS, CHANNEL_ABLATION = "faithfulness", "channel_ablation"
+#: The deletion and insertion curves behind :data:`FAITHFULNESS` (every step), drawn by :func:`faithfulness_figure`.
+FAITHFULNESS_CURVES = "faithfulness_curves"
 #: The twin test: the share of the disease's effect on the model that a map's top region carries.
 TWIN_TEST = "twin_test"
 #: Controls a map's ``desc`` may name after its method (:class:`MapName`): ``Random``, the method's maps of a
@@ -388,6 +391,11 @@ def overlap_figures(root: Path) -> list[Path]:
     """Every figure of :func:`overlap_figure` that exists, sorted."""
     return sorted(path for path in (group_dir(root) / "figures").glob("desc-*_overlap.png")
                   if _matches(parse_name(path.name), "overlap", (".png",)))
+
+
+def faithfulness_figure(root: Path) -> Path:
+    """The deletion and insertion curves of every map: ``group/figures/desc-curves_faithfulness.png``."""
+    return group_dir(root) / "figures" / filename("faithfulness", ".png", desc="curves")
 
 
 def group_map_path(root: Path, space: str, res: str, method: str, label: str, stat: str = "mean") -> Path:

@@ -1,5 +1,5 @@
-"""Every figure adheat draws: training curves, ROC curves, registration QC, overlap curves, distance matrices,
-brain mosaics and glass brains.
+"""Every figure adheat draws: training curves, ROC curves, registration QC, overlap curves, faithfulness curves,
+distance matrices, brain mosaics and glass brains.
 
 The one plotting module, below the steps that make figures (training,
 preprocessing QC, evaluation) and the reports that show them. Figures are
@@ -36,6 +36,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from adheat_app.io import atomic_path  # noqa: E402
+from adheat_app.layout import MapName  # noqa: E402
 
 DPI = 90
 #: Map values below this fraction of the display maximum (99.5th percentile of |map|) are not drawn, unless a
@@ -105,6 +106,64 @@ def overlap_curves(method: str, percents: Sequence[float], curves: Mapping[str, 
     axes[0].legend(title="reference", fontsize=8)
     fig.suptitle(f"{method}: overlap with the reference maps (95 % bootstrap intervals)")
     return figure_png(fig)
+
+
+#: Line styles of the faithfulness curves' orders (most relevant first, least relevant first, random).
+ORDER_STYLES = {"morf": "-", "lerf": "--", "random": ":"}
+
+
+def faithfulness_curves(curves: pd.DataFrame, fill: str) -> bytes:
+    """Deletion (top row) and insertion (bottom row) curves, one column per unit kind, one colour per method.
+
+    Parameters
+    ----------
+    curves : pandas.DataFrame
+        ``group/faithfulness_curves.tsv`` (:func:`adheat_app.evaluation.faithfulness.curve_table`): columns
+        ``method``, ``kind``, ``units``, ``order``, ``direction``, ``removed``, ``output``, ``ci_low``, ``ci_high``.
+    fill : str
+        The fill the curves used (title).
+
+    Each method's map is drawn in every order (:data:`ORDER_STYLES`), the most-relevant-first curve with its
+    interval band; a control map (``kind`` control) only most relevant first, thin and dash-dotted, in its
+    method's colour.
+    """
+    units = list(dict.fromkeys(curves["units"]))
+    methods = list(dict.fromkeys(MapName.parse(name).method for name in curves["method"]))
+    colours = {method: f"C{i % 10}" for i, method in enumerate(methods)}
+    fig = plt.figure(figsize=(4.2 * len(units), 6.4))
+    axes = np.atleast_2d(fig.subplots(2, len(units), squeeze=False))
+    for (name, kind, unit, order, direction), rows in curves.groupby(
+            ["method", "kind", "units", "order", "direction"], sort=False):
+        control = kind == "control"
+        if control and order != "morf":
+            continue
+        ax = axes[0 if direction == "deletion" else 1, units.index(unit)]
+        colour = colours[MapName.parse(name).method]
+        ax.plot(rows["removed"], rows["output"], "-." if control else ORDER_STYLES[order], color=colour,
+                alpha=0.7 if control else 1.0, linewidth=0.9 if control else 1.6, label=f"{name} {order}")
+        if order == "morf" and not control:
+            ax.fill_between(rows["removed"], rows["ci_low"], rows["ci_high"], color=colour, alpha=0.15, linewidth=0)
+    for (row, column), ax in np.ndenumerate(axes):
+        direction = ("deletion", "insertion")[row]
+        ax.set_title(f"{direction}: {units[column]}", fontsize=10)
+        ax.set_xlabel(f"share {'removed' if row == 0 else 'put back'}"
+                      + (" (of the brain's voxels)" if units[column] == "blocks" else " (of the regions)"))
+        ax.set_ylabel("explained output")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Faithfulness curves (fill: {fill}): mean over subjects, 95 % bootstrap band\n"
+                 "solid most relevant first, dashed least, dotted random order, dash-dot control maps", fontsize=10)
+    fig.tight_layout()
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return figure_png(fig)
+
+
+def faithfulness_description(how: str) -> str:
+    """What the curves' figure shows (its sidecar's description and the report's alternative text)."""
+    return (f"Deletion (top) and insertion (bottom) curves per unit kind (AAL3 regions, 5 % voxel blocks), fill "
+            f"{how}: each map's mean explained output over subjects against the share removed or put back, most "
+            "relevant first (solid, 95 % bootstrap band), least relevant first (dashed) and in random order "
+            "(dotted, the map-free control); control maps (Random, PermutedLabels) most relevant first, thin and "
+            "dash-dotted")
 
 
 def roc_curves(predictions: pd.DataFrame, by: str = "model", title: str = "Out-of-fold ROC curves",

@@ -982,9 +982,10 @@ def test_sanity_check_draws_scans_from_every_fold_and_compares_with_the_input(tr
 
 @pytest.mark.slow
 def test_faithfulness_table_of_the_out_of_fold_maps(trained):
-    """--faithfulness: every order and unit kind of the Saliency maps, each scan perturbed by its own fold model."""
-    from adheat_app.evaluation.faithfulness import run_faithfulness
-    from adheat_app.layout import FAITHFULNESS, group_table
+    """--faithfulness: every order and unit kind of the Saliency maps, each scan perturbed by its own fold model;
+    every step of the curves in their own table, drawn, the fill recorded."""
+    from adheat_app.evaluation.faithfulness import CURVE_COLUMNS, STEPS, run_faithfulness
+    from adheat_app.layout import FAITHFULNESS, FAITHFULNESS_CURVES, faithfulness_figure, group_table
 
     config, derivs, cohort = trained
     config = config.replace("heatmaps", methods=("Saliency",)).replace("evaluation", faithfulness=True,
@@ -994,7 +995,21 @@ def test_faithfulness_table_of_the_out_of_fold_maps(trained):
     assert (table["n_subjects"] == 10).all() and table["deletion_aopc_ci_low"].notna().all()
     written = pd.read_csv(group_table(derivs.root, FAITHFULNESS), sep="\t")
     assert set(written["order"]) == {"morf", "lerf", "random"}
-    assert read_json(sidecar_path(group_table(derivs.root, FAITHFULNESS)))["NScans"] == 10
+    sidecar = read_json(sidecar_path(group_table(derivs.root, FAITHFULNESS)))
+    assert sidecar["NScans"] == 10 and sidecar["Fill"] == "mean"
+    curves = pd.read_csv(group_table(derivs.root, FAITHFULNESS_CURVES), sep="\t")
+    assert list(curves.columns) == list(CURVE_COLUMNS) and len(curves) == 6 * 2 * (STEPS + 1)
+    assert curves["ci_low"].notna().all() and curves.loc[curves["step"] == 0, "removed"].eq(0).all()
+    first = curves[(curves["direction"] == "deletion") & (curves["step"] == 0)]["output"]
+    np.testing.assert_allclose(first, first.iloc[0])  # every order starts at the clean scans
+    assert read_json(sidecar_path(group_table(derivs.root, FAITHFULNESS_CURVES)))["Fill"] == "mean"
+    assert faithfulness_figure(derivs.root).read_bytes()[:4] == b"\x89PNG"
+    assert read_json(sidecar_path(faithfulness_figure(derivs.root)))["Fill"] == "mean"
+    few = dataclasses.replace(cohort, scans=cohort.scans[:3])  # the imputation costs ~3 s per scan and map
+    road = run_faithfulness(config.replace("evaluation", faithfulness_fill="noisy-linear"), derivs, few)
+    assert len(road) == 6 and read_json(sidecar_path(group_table(derivs.root, FAITHFULNESS)))["Fill"] == \
+        "noisy-linear"
+    assert read_json(sidecar_path(faithfulness_figure(derivs.root)))["Fill"] == "noisy-linear"
 
 
 @pytest.mark.slow

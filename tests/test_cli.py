@@ -200,6 +200,27 @@ def test_usage_errors_exit_2(capsys, tiny_bids, tmp_path):
     assert code == 2 and "analysis levels" in err
 
 
+def test_faithfulness_fill_parses_and_a_bad_value_exits_2(capsys, tiny_bids, tmp_path):
+    """--faithfulness-fill: mean by default, noisy-linear on request (the fills the curves know); another value exits
+    2 and writes nothing."""
+    import dataclasses
+
+    from adheat_app.config import EvaluationOptions, option_choices
+    from adheat_app.evaluation.faithfulness import FILLS
+
+    assert option_choices(next(f for f in dataclasses.fields(EvaluationOptions) if f.name == "faithfulness_fill")) \
+        == FILLS
+    config = prepare([str(tiny_bids), str(tmp_path / "out"), "group", "--faithfulness", "--faithfulness-fill",
+                      "noisy-linear", "--skip-bids-validation"])
+    assert config.evaluation.faithfulness and config.evaluation.faithfulness_fill == "noisy-linear"
+    assert prepare([str(tiny_bids), str(tmp_path / "out"), "group",
+                    "--skip-bids-validation"]).evaluation.faithfulness_fill == "mean"
+    with pytest.raises(SystemExit) as exc:
+        main([str(tiny_bids), str(tmp_path / "bad"), "group", "--faithfulness-fill", "zero"])
+    assert exc.value.code == 2 and "invalid choice: 'zero'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_output_under_bids_derivatives_is_allowed(tiny_bids):
     config = prepare([str(tiny_bids), str(tiny_bids / "derivatives" / "adheat"), "participant",
                       "--skip-bids-validation"])

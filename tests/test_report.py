@@ -14,7 +14,7 @@ from adheat_app.baseline import run_svm
 from adheat_app.bids import Derivatives
 from adheat_app.evaluation import run_evaluation
 from adheat_app.layout import logjacobian_path
-from adheat_app.report import write_group_report, write_subject_report
+from adheat_app.report import write_group_report, write_subject_report, write_subject_reports
 from adheat_app.report.answer import read_findings
 from adheat_app.report.html import markdown
 from conftest import make_preprocessed_cohort
@@ -101,6 +101,18 @@ def full_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_subject_reports_in_two_processes_are_the_pages_written_one_by_one(full_run, caplog):
+    config, derivs, cohort, *_ = full_run
+    subjects = ["02", "03", "01"]
+    serial = {path.name: path.read_bytes() for path in write_subject_reports(config, derivs, subjects)}
+    with caplog.at_level("INFO", logger="adheat_app.report.subject"):
+        paths = write_subject_reports(config.replace("execution", nprocs=2), derivs, subjects)
+    assert [p.name for p in paths] == ["sub-01.html", "sub-02.html", "sub-03.html"]  # subject order
+    assert {path.name: path.read_bytes() for path in paths} == serial
+    assert sum("wrote" in r.getMessage() for r in caplog.records) == 3  # the parent logs each page
+
+
+@pytest.mark.slow
 def test_group_report_has_every_section_with_content(full_run):
     *_, group_html, _ = full_run
     text = group_html.read_text()
@@ -179,6 +191,10 @@ def test_answer_reads_the_control_and_primary_columns_when_present(tmp_path):
 
 def test_faithfulness_is_answered_and_shown_only_when_its_tables_exist(tmp_path):
     from adheat_app.config import build_config
+    from adheat_app.evaluation.faithfulness import CURVE_COLUMNS
+    from adheat_app.io import write_table
+    from adheat_app.layout import FAITHFULNESS_CURVES, faithfulness_figure, group_table
+    from adheat_app.plotting import data_uri, save_png
     from adheat_app.report.answer import answer_sentences
     from adheat_app.report.group import _faithfulness
 
@@ -190,11 +206,24 @@ def test_faithfulness_is_answered_and_shown_only_when_its_tables_exist(tmp_path)
                   "faithful": [True, True, False]}).to_csv(group / "faithfulness.tsv", sep="\t", index=False)
     pd.DataFrame({"channel": ["intensity", "logjacobian"], "drop": [0.01, 0.4]}).to_csv(
         group / "channel_ablation.tsv", sep="\t", index=False)
+    shown = _faithfulness(tmp_path)
+    assert shown.count("<details>") == 2 and 'href="group/channel_ablation.tsv"' in shown and "<img" not in shown
+    curves = pd.DataFrame([
+        {"method": method, "kind": "control" if method.endswith("Random") else "method", "units": units,
+         "order": order, "direction": direction, "step": step, "removed": step / 10, "output": 2.0 - step / 10,
+         "ci_low": 1.8 - step / 10, "ci_high": 2.2 - step / 10, "n_subjects": 6}
+        for method in ("IG", "IGRandom") for units in ("regions", "blocks") for order in ("morf", "lerf", "random")
+        for direction in ("deletion", "insertion") for step in range(11)], columns=CURVE_COLUMNS)
+    write_table(group_table(tmp_path, FAITHFULNESS_CURVES), curves, {"Fill": "noisy-linear"})
     text = answer_sentences(config, tmp_path, None)
     assert "<strong>Are the maps faithful?</strong> faithful in group/faithfulness.tsv: IG; not: Saliency; " \
-           "group/channel_ablation.tsv: 2 rows (below)." in text
+           "group/channel_ablation.tsv: 2 rows (below)." in text  # the curves are no table of the answer
     shown = _faithfulness(tmp_path)
-    assert shown.count("<details>") == 2 and 'href="group/channel_ablation.tsv"' in shown
+    assert shown.count("<details>") == 3 and 'href="group/faithfulness_curves.tsv"' in shown
+    assert "Deletion and insertion curves (fill: noisy-linear; 2 maps)" in shown
+    assert shown.count("<img") == 1 and 'alt="Deletion (top) and insertion (bottom) curves' in shown
+    save_png(b"\x89PNG written by the faithfulness step", faithfulness_figure(tmp_path))
+    assert data_uri(b"\x89PNG written by the faithfulness step") in _faithfulness(tmp_path)  # the file, not redrawn
 
 
 def test_subject_level_scores_are_shown_only_when_their_table_exists(tmp_path):

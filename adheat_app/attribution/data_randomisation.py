@@ -27,6 +27,7 @@ from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.layout import PERMUTED_LABELS_SUFFIX, permuted_labels_models_dir
+from adheat_app.training.permutation import permuted_cohort as permute_labels
 
 LOGGER = logging.getLogger(__name__)
 
@@ -37,22 +38,14 @@ PERMUTATION_STREAM = 7919
 def permuted_cohort(cohort: Cohort, seed: int) -> tuple[Cohort, float]:
     """``cohort`` with its labelled subjects' diagnoses permuted across subjects, and the share left unchanged.
 
-    Unlabelled scans are kept as they are; a subject's scans share its new
-    label (the label of its first labelled scan, permuted).
+    The permutation of the permutation test (:func:`adheat_app.training.permutation.permuted_cohort`: a subject's
+    sessions share one label, unlabelled scans are kept), drawn from its own stream of ``seed``.
     """
-    labelled = sorted(cohort.labelled, key=lambda s: s.key)
-    first: dict[str, int] = {}
-    for scan in labelled:
-        first.setdefault(scan.subject, int(scan.target))
-    subjects = sorted(first)
-    rng = np.random.default_rng(seed + PERMUTATION_STREAM)
-    drawn = dict(zip(subjects, rng.permutation([first[s] for s in subjects]).tolist()))
-    names = {1: cohort.positive_label, 0: cohort.negative_label}
-    scans = tuple(scan if scan.target is None else
-                  dataclasses.replace(scan, target=drawn[scan.subject], diagnosis=names[drawn[scan.subject]])
-                  for scan in cohort.scans)
-    unchanged = float(np.mean([drawn[s] == first[s] for s in subjects])) if subjects else float("nan")
-    return dataclasses.replace(cohort, scans=scans), unchanged
+    permuted = permute_labels(cohort, seed + PERMUTATION_STREAM)
+    before = {scan.subject: scan.target for scan in cohort.labelled}
+    after = {scan.subject: scan.target for scan in permuted.labelled}
+    unchanged = float(np.mean([after[s] == label for s, label in before.items()])) if before else float("nan")
+    return permuted, unchanged
 
 
 class PermutedLabelsControl(ControlMethod):

@@ -1,9 +1,16 @@
 """Faithfulness: does the model's output depend on what a map ranks highest? Deletion and insertion curves (AOPC).
 
 Region perturbation (Samek et al. 2017): the voxels of a scan are removed in
-steps, in the order a map ranks them, by replacing them with the fold's
-training mean image (the fill of occlusion, :mod:`adheat_app.attribution.references`),
-and the explained output (``--explain-output``) is recorded after every step.
+steps, in the order a map ranks them, and the explained output
+(``--explain-output``) is recorded after every step. What removed voxels
+become is ``--faithfulness-fill`` (:data:`FILLS`, :func:`perturbed_scans`):
+
+- ``mean``: the fold's training mean image (the fill of occlusion,
+  :mod:`adheat_app.attribution.references`);
+- ``noisy-linear``: ROAD's noisy linear imputation (Rong et al. 2022,
+  :mod:`adheat_app.evaluation.imputation`) from the kept brain voxels, seeded.
+  A constant fill draws the removed shape into the scan, and the model can
+  read the class from that outline; the imputation leaves none.
 
 Units removed per step (:func:`unit_orders`):
 
@@ -16,20 +23,30 @@ Orders: ``morf`` (most relevant first), ``lerf`` (least relevant first) and
 ``random`` (a seeded permutation of the units: the map-free control). Per scan
 and order, AOPC (area over the perturbation curve) is the mean over the steps
 of ``f(x) - f(x_k)`` (deletion: large when removing the top units hurts at
-once), and insertion's area is the mean of ``f(x_k^ins) - f(fill)`` when the
-units are put back into the fill image in the same order (large when the top
-units restore the output at once). A faithful map has ``morf`` deletion AOPC
-above ``random`` and ``lerf``.
+once), and insertion's area is the mean of ``f(x_k^ins) - f(x_0^ins)`` when the
+units are put back in the same order (large when the top units restore the
+output at once). With the ``mean`` fill, ``x_k^ins`` is the training mean image
+with the first ``k`` steps' units taken from the scan (``x_0^ins``: the mean
+image). With ``noisy-linear``, there is no image without a boundary to impute
+from, so insertion starts from the scan with every unit of the curve removed
+and imputed (the last deletion step) and ``x_k^ins`` is the scan with the units
+not yet put back imputed anew from the kept voxels, those put back included
+(``x_STEPS^ins``: the scan). A faithful map has ``morf`` deletion AOPC above
+``random`` and ``lerf``.
 
 Every (scan, step) is one row of padded forward passes
 (:func:`~adheat_app.attribution.base.class_logits`): ``2 x 3 x STEPS`` rows per
-scan, unit kind and map. :func:`aopc_table` averages per subject and adds 95 %
-percentile bootstrap intervals over subjects, with the paired difference to the
-random order, and ``faithful`` (on every row of a map and unit kind): the
-interval of the most-relevant-first deletion AOPC minus the random order's lies
-above 0. With ``--faithfulness`` the group level writes
-``group/faithfulness.tsv`` (:func:`run_faithfulness`) for every method and its
-control maps.
+scan, unit kind and map; the ``noisy-linear`` fill adds ``2 x STEPS - 1``
+sparse solves per unit kind and order. :func:`aopc_table` averages per subject
+and adds 95 % percentile bootstrap intervals over subjects, with the paired
+difference to the random order, and ``faithful`` (on every row of a map and
+unit kind): the interval of the most-relevant-first deletion AOPC minus the
+random order's lies above 0. :func:`curve_table` keeps every step: the mean
+explained output over subjects with its interval. With ``--faithfulness`` the
+group level writes ``group/faithfulness.tsv`` and
+``group/faithfulness_curves.tsv`` (:func:`run_faithfulness`) for every method
+and its control maps, and draws the curves
+(:func:`~adheat_app.plotting.faithfulness_curves`, group.html).
 """
 
 from __future__ import annotations
@@ -47,8 +64,10 @@ from adheat_app.attribution.output import explained
 from adheat_app.bids import Derivatives
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
-from adheat_app.io import write_table
-from adheat_app.layout import CONTROLS, FAITHFULNESS, MapName, group_table
+from adheat_app.evaluation.imputation import NEIGHBOURS, NOISE, noisy_linear_fill
+from adheat_app.io import write_json, write_table
+from adheat_app.layout import (CONTROLS, FAITHFULNESS, FAITHFULNESS_CURVES, MapName, faithfulness_figure,
+                               group_table, sidecar_path)
 from adheat_app.templates import get_atlas
 
 #: Perturbation steps per curve.
@@ -56,8 +75,18 @@ STEPS = 10
 #: Share of the brain (%) removed per step of the ``blocks`` curves.
 BLOCK_PERCENT = 5.0
 ORDERS = ("morf", "lerf", "random")
+#: Values of ``--faithfulness-fill``: what removed voxels become.
+FILLS = ("mean", "noisy-linear")
 #: Interval coverage.
 LEVEL = 0.95
+#: Columns of ``group/faithfulness_curves.tsv`` (:func:`curve_table`).
+CURVE_COLUMNS = ("method", "kind", "units", "order", "direction", "step", "removed", "output", "ci_low", "ci_high",
+                 "n_subjects")
+
+
+def unit_counts(n_units: int) -> np.ndarray:
+    """Units removed up to each of the :data:`STEPS` steps (a tenth of ``n_units`` more per step, rounded up)."""
+    return np.ceil(np.linspace(n_units / STEPS, n_units, STEPS)).astype(int)
 
 
 def unit_orders(relevance: np.ndarray, units: np.ndarray, seed: int) -> dict[str, list[np.ndarray]]:
@@ -81,7 +110,7 @@ def unit_orders(relevance: np.ndarray, units: np.ndarray, seed: int) -> dict[str
     score = np.array([np.abs(relevance[units == label]).mean() for label in labels])
     ranked = {"morf": labels[np.argsort(-score, kind="stable")], "lerf": labels[np.argsort(score, kind="stable")],
               "random": np.random.default_rng(seed).permutation(labels)}
-    counts = np.ceil(np.linspace(len(labels) / STEPS, len(labels), STEPS)).astype(int)
+    counts = unit_counts(len(labels))
     return {order: [np.isin(units, ranked[order][:count]) for count in counts] for order in ORDERS}
 
 
@@ -100,45 +129,113 @@ def voxel_blocks(relevance: np.ndarray, brain: np.ndarray) -> np.ndarray:
     return labels.reshape(brain.shape)
 
 
-def perturbation_outputs(model: nn.Module, scan: torch.Tensor, fill: torch.Tensor, masks: list[np.ndarray],
-                         target: int, context: MethodContext, output: str
-                         ) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Explained outputs after each deletion step and each insertion step of one scan.
+def perturbed_scans(scan: torch.Tensor, fill: torch.Tensor, masks: list[np.ndarray], brain: np.ndarray,
+                    how: str, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The deletion and insertion images of one scan's curve, with the fill ``how`` (:data:`FILLS`).
 
     Parameters
     ----------
     scan, fill : torch.Tensor
         ``(C, X, Y, Z)`` the scan and the fold's training mean image.
     masks : list of numpy.ndarray
-        Cumulative boolean masks of the removed voxels (every channel), one per step.
+        Cumulative boolean masks of the removed voxels (every channel), one per step; inside ``brain``.
+    brain : numpy.ndarray
+        ``(X, Y, Z)`` boolean brain mask: the voxels the ``noisy-linear`` imputation interpolates from.
+    how : str
+        ``mean`` or ``noisy-linear`` (module docstring).
+    rng : numpy.random.Generator
+        Source of the ``noisy-linear`` noise.
+
+    Returns
+    -------
+    deleted, inserted : torch.Tensor
+        ``(steps, C, X, Y, Z)``: the scan with each step's units removed / put back.
+    start : torch.Tensor
+        ``(C, X, Y, Z)``: the insertion curve's first image (nothing put back yet).
+    """
+    if how == "mean":
+        stack = torch.from_numpy(np.stack(masks)).to(scan.device)[:, None]
+        return torch.where(stack, fill, scan), torch.where(stack, scan, fill), fill
+    if how != "noisy-linear":
+        raise ValueError(f"unknown faithfulness fill {how!r}; choose one of {FILLS}")
+    image, mean = scan.cpu().numpy(), fill.cpu().numpy()
+
+    def impute(removed: np.ndarray) -> np.ndarray:
+        return noisy_linear_fill(image, removed, brain, mean, rng)
+
+    deleted = np.stack([impute(mask) for mask in masks])
+    inserted = np.stack([*(impute(masks[-1] & ~mask) for mask in masks[:-1]), image])
+    return (torch.from_numpy(deleted).to(scan.device), torch.from_numpy(inserted).to(scan.device),
+            torch.from_numpy(deleted[-1]).to(scan.device))
+
+
+def perturbation_outputs(model: nn.Module, scan: torch.Tensor, images: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                         target: int, context: MethodContext, output: str
+                         ) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Explained outputs after each deletion step and each insertion step of one scan.
+
+    Parameters
+    ----------
+    scan : torch.Tensor
+        ``(C, X, Y, Z)`` the scan.
+    images : tuple of torch.Tensor
+        :func:`perturbed_scans`' deletion images, insertion images and first insertion image.
 
     Returns
     -------
     deleted, inserted : numpy.ndarray
-        ``(steps,)`` outputs with the masked voxels replaced by the fill / only the masked voxels kept.
+        ``(steps,)`` outputs of the deletion and the insertion images.
     clean, empty : float
-        Outputs of the scan and of the fill image.
+        Outputs of the scan and of the first insertion image.
     """
-    stack = torch.from_numpy(np.stack(masks)).to(scan.device)[:, None]
-    deleted = torch.where(stack, fill, scan)
-    inserted = torch.where(stack, scan, fill)
-    rows = torch.cat([scan[None], fill[None], deleted, inserted])
+    deleted, inserted, start = images
+    rows = torch.cat([scan[None], start[None], deleted, inserted])
     targets = torch.full((len(rows),), target, dtype=torch.int64, device=scan.device)
     values = explained(class_logits(model, rows, context), targets, output).cpu().numpy().astype(np.float64)
-    steps = len(masks)
+    steps = len(deleted)
     return values[2:2 + steps], values[2 + steps:], float(values[0]), float(values[1])
 
 
 def scan_curves(model: nn.Module, scan: torch.Tensor, fill: torch.Tensor, relevance: np.ndarray, regions: np.ndarray,
-                brain: np.ndarray, target: int, context: MethodContext, output: str, seed: int) -> list[dict]:
-    """Deletion AOPC and insertion area of one scan's map, for both unit kinds and every order (one row each)."""
+                brain: np.ndarray, target: int, context: MethodContext, output: str, seed: int,
+                how: str = "mean") -> list[dict]:
+    """Deletion and insertion curves of one scan's map, for both unit kinds and every order (one row each).
+
+    Each row holds the areas (``deletion_aopc``, ``insertion_area``), the outputs of the scan and the first
+    insertion image (``clean``, ``fill``) and the curves themselves: ``deletion`` and ``insertion`` (``STEPS + 1``
+    outputs, step 0 the scan / the first insertion image) and ``removed`` (the share removed at each step: of the
+    regions for ``regions``, of the brain's voxels for ``blocks``). ``how`` is the fill (:data:`FILLS`); the
+    ``noisy-linear`` noise is seeded by ``seed``.
+    """
     rows = []
+    rng = np.random.default_rng(seed)
     for kind, units in (("regions", regions), ("blocks", voxel_blocks(relevance, brain))):
+        n_units = len(np.unique(units[units > 0]))
         for order, masks in unit_orders(relevance, units, seed).items():
-            deleted, inserted, clean, empty = perturbation_outputs(model, scan, fill, masks, target, context, output)
+            images = perturbed_scans(scan, fill, masks, brain, how, rng)
+            deleted, inserted, clean, empty = perturbation_outputs(model, scan, images, target, context, output)
+            share = (unit_counts(n_units) / max(1, n_units) if kind == "regions"
+                     else np.array([m.sum() for m in masks]) / max(1, brain.sum()))
             rows.append({"units": kind, "order": order, "deletion_aopc": float(np.mean(clean - deleted)),
-                         "insertion_area": float(np.mean(inserted - empty)), "clean": clean, "fill": empty})
+                         "insertion_area": float(np.mean(inserted - empty)), "clean": clean, "fill": empty,
+                         "deletion": np.concatenate([[clean], deleted]),
+                         "insertion": np.concatenate([[empty], inserted]),
+                         "removed": np.concatenate([[0.0], share])})
     return rows
+
+
+def _intervals(values: np.ndarray, draws: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """:data:`LEVEL` percentile bootstrap interval of the mean over subjects (axis 0) of ``values`` (NaN: no draws)."""
+    if draws is None:
+        missing = np.full(values.shape[1:], np.nan)
+        return missing, missing
+    low, high = np.percentile(values[draws].mean(axis=1), [50 * (1 - LEVEL), 50 * (1 + LEVEL)], axis=0)
+    return low, high
+
+
+def _draws(rng: np.random.Generator, n_bootstrap: int, subjects: int) -> np.ndarray | None:
+    """``(n_bootstrap, subjects)`` subject indices of the resamples (None: no resampling)."""
+    return rng.integers(0, subjects, size=(n_bootstrap, subjects)) if n_bootstrap and subjects else None
 
 
 def aopc_table(curves: pd.DataFrame, n_bootstrap: int, seed: int) -> pd.DataFrame:
@@ -163,7 +260,7 @@ def aopc_table(curves: pd.DataFrame, n_bootstrap: int, seed: int) -> pd.DataFram
         wide = {metric: group.pivot(index="subject", columns="order", values=metric)
                 for metric in ("deletion_aopc", "insertion_area")}
         subjects = len(wide["deletion_aopc"])
-        draws = rng.integers(0, subjects, size=(n_bootstrap, subjects)) if n_bootstrap and subjects else None
+        draws = _draws(rng, n_bootstrap, subjects)
         for order in ORDERS:
             row = {"method": name, "units": units, "order": order, "n_subjects": subjects}
             for metric, table in wide.items():
@@ -172,8 +269,7 @@ def aopc_table(curves: pd.DataFrame, n_bootstrap: int, seed: int) -> pd.DataFram
                 row[metric] = float(values.mean())
                 row[f"{metric}_vs_random"] = float(gap.mean())
                 for key, data in ((metric, values), (f"{metric}_vs_random", gap)):
-                    low, high = (np.percentile(data[draws].mean(axis=1), [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
-                                 if draws is not None else (np.nan, np.nan))
+                    low, high = _intervals(data, draws)
                     row[f"{key}_ci_low"], row[f"{key}_ci_high"] = float(low), float(high)
             rows.append(row)
     table = pd.DataFrame(rows)
@@ -182,18 +278,96 @@ def aopc_table(curves: pd.DataFrame, n_bootstrap: int, seed: int) -> pd.DataFram
     return table
 
 
+def curve_table(curves: pd.DataFrame, n_bootstrap: int, seed: int) -> pd.DataFrame:
+    """Every step of the curves: per map, unit kind, order and direction, the mean output over subjects.
+
+    Parameters
+    ----------
+    curves : pandas.DataFrame
+        :func:`scan_curves` rows with ``method`` (the map's name) and ``subject`` added.
+    n_bootstrap, seed : int
+        Resamples of subjects (0: no intervals) and their seed.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`CURVE_COLUMNS`: ``kind`` (``method`` or ``control``: a map of a
+        :data:`~adheat_app.layout.CONTROLS` model), ``direction`` (``deletion``, ``insertion``), ``step`` (0: the
+        scan / the first insertion image), ``removed`` (mean over scans of the share removed or put back: of the
+        regions, or of the brain's voxels for ``blocks``), ``output`` (the explained output averaged per subject,
+        then over subjects) and its :data:`LEVEL` percentile bootstrap interval over subjects.
+    """
+    rows = []
+    rng = np.random.default_rng(seed)
+    for (name, units, order), group in curves.groupby(["method", "units", "order"], sort=False):
+        subjects = group["subject"].unique()
+        draws = _draws(rng, n_bootstrap, len(subjects))
+        removed = np.stack(group["removed"].to_numpy()).mean(axis=0)
+        for direction in ("deletion", "insertion"):
+            per_scan = pd.DataFrame(np.stack(group[direction].to_numpy()), index=group["subject"].to_numpy())
+            values = per_scan.groupby(level=0).mean().loc[subjects].to_numpy()
+            low, high = _intervals(values, draws)
+            for step, mean in enumerate(values.mean(axis=0)):
+                rows.append({"method": name, "kind": "control" if MapName.parse(name).is_control else "method",
+                             "units": units, "order": order, "direction": direction, "step": step,
+                             "removed": float(removed[step]), "output": float(mean), "ci_low": float(low[step]),
+                             "ci_high": float(high[step]), "n_subjects": len(subjects)})
+    return pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
+
+
 def map_names(methods: list[str], found: Callable[[str], bool]) -> list[str]:
     """Each method and its control maps (:data:`~adheat_app.layout.CONTROLS`) that ``found`` says exist."""
     return [name for method in methods for name in (method, *(MapName(method, c).desc for c in CONTROLS))
             if found(name)]
 
 
+def fill_description(how: str) -> str:
+    """One sentence on what removed voxels become with the fill ``how`` (:data:`FILLS`), for sidecars and text."""
+    if how == "mean":
+        return "the fold's training mean image"
+    faces, edges = (next(w for o, w in NEIGHBOURS if sum(map(abs, o)) == n) for n in (1, 2))
+    return (f"ROAD's noisy linear imputation (Rong et al. 2022): each removed voxel the weighted mean of its brain "
+            f"neighbours (6 face neighbours {faces:.4f}, 12 edge neighbours {edges:.4f}, renormalised over those in "
+            f"the brain), kept voxels fixed, plus Gaussian noise of {NOISE} times the channel's standard deviation "
+            "over the kept brain voxels; removed groups touching no kept voxel take the training mean")
+
+
+def write_faithfulness(derivs: Derivatives, config: RunConfig, curves: pd.DataFrame, n_scans: int) -> pd.DataFrame:
+    """Write ``group/faithfulness.tsv``, ``group/faithfulness_curves.tsv`` (with sidecars) and the curves' figure."""
+    from adheat_app.plotting import faithfulness_curves, faithfulness_description, save_png
+
+    seed, n_bootstrap, how = config.execution.seed, config.evaluation.n_bootstrap, config.evaluation.faithfulness_fill
+    table, steps = aopc_table(curves, n_bootstrap, seed), curve_table(curves, n_bootstrap, seed)
+    common = {"Steps": STEPS, "BlockPercent": BLOCK_PERCENT, "Orders": list(ORDERS), "Units": ["regions", "blocks"],
+              "Atlas": "AAL3", "ExplainedOutput": config.heatmaps.explain_output, "Seed": seed,
+              "Fill": how, "FillDescription": fill_description(how),
+              "Interval": f"{LEVEL:.0%} percentile bootstrap over subjects", "NBootstrap": n_bootstrap,
+              "NScans": n_scans}
+    if how == "noisy-linear":
+        common["FillNoise"] = NOISE
+    figure = faithfulness_figure(derivs.root)
+    with derivs.lock():
+        write_table(group_table(derivs.root, FAITHFULNESS), table, {
+            "Description": "deletion (AOPC) and insertion curves of every map: units removed in the map's order and "
+                           "filled (Fill); explained output by the fold model that held the scan out; mean over "
+                           "subjects", **common})
+        write_table(group_table(derivs.root, FAITHFULNESS_CURVES), steps, {
+            "Description": "every step of the deletion and insertion curves of every map: the explained output "
+                           "averaged per subject, then over subjects; step 0 is the scan (deletion) or the first "
+                           "insertion image; removed is the share of the regions (units regions) or of the brain's "
+                           "voxels (units blocks) removed or put back", **common})
+        save_png(faithfulness_curves(steps, how), figure)
+        write_json(sidecar_path(figure), {"Description": faithfulness_description(how), "Sources": [
+            str(group_table(derivs.root, FAITHFULNESS_CURVES).relative_to(derivs.root))], "Fill": how})
+    return table
+
+
 def run_faithfulness(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> pd.DataFrame | None:
-    """``--faithfulness``: curves of every method's and control's per-scan maps; writes ``group/faithfulness.tsv``.
+    """``--faithfulness``: curves of every method's and control's per-scan maps (:func:`write_faithfulness`).
 
     Each scan is perturbed and explained by the fold model that held it out (its maps' model), with that fold's
-    training mean as the fill; scans in no test fold are left out. Returns None when the option is off or no map
-    exists.
+    training mean as the fill (or as the fallback of ``noisy-linear``); scans in no test fold are left out. Returns
+    the AOPC table, or None when the option is off or no map exists.
     """
     from adheat_app.attribution.catalog import selected_methods
     from adheat_app.attribution.runner import heatmap_run
@@ -222,18 +396,8 @@ def run_faithfulness(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> 
                 relevance = np.asarray(nib.load(path).dataobj, np.float32)
                 for row in scan_curves(models.models[a.fold], x, models.templates[a.fold], relevance,
                                        np.where(brain, atlas, 0), brain, models.target(a), models.context,
-                                       config.heatmaps.explain_output, seed):
+                                       config.heatmaps.explain_output, seed, config.evaluation.faithfulness_fill):
                     rows.append({**row, "method": name, "subject": a.scan.subject})
         if not rows:
             return None
-        table = aopc_table(pd.DataFrame(rows), config.evaluation.n_bootstrap, seed)
-        with derivs.lock():
-            write_table(group_table(derivs.root, FAITHFULNESS), table, {
-                "Description": "deletion (AOPC) and insertion curves of every map: units removed in the map's order "
-                               "and replaced by the fold's training mean; explained output by the fold model that "
-                               "held the scan out; mean over subjects",
-                "Steps": STEPS, "BlockPercent": BLOCK_PERCENT, "Orders": list(ORDERS), "Units": ["regions", "blocks"],
-                "Atlas": "AAL3", "ExplainedOutput": config.heatmaps.explain_output, "Seed": seed,
-                "Interval": f"{LEVEL:.0%} percentile bootstrap over subjects",
-                "NBootstrap": config.evaluation.n_bootstrap, "NScans": len(scans)})
-        return table
+        return write_faithfulness(derivs, config, pd.DataFrame(rows), len(scans))

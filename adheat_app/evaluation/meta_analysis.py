@@ -79,6 +79,14 @@ def _tsv_dataset(path: Path) -> dict:
     return source
 
 
+def existing_foci_file(path: str | Path) -> Path:
+    """``path`` as a Path, or an :class:`InputError` naming it when it is not a file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{OPTION} {path}: file not found; pass a NIfTI map, a Sleuth .txt or a foci .tsv")
+    return path
+
+
 def read_foci(path: Path):
     """The experiments of a Sleuth ``.txt`` or foci ``.tsv`` file as a NiMARE ``Dataset``.
 
@@ -90,9 +98,7 @@ def read_foci(path: Path):
     from nimare.dataset import Dataset
     from nimare.io import convert_sleuth_to_dataset
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{OPTION} {path}: file not found; pass a NIfTI map, a Sleuth .txt or a foci .tsv")
+    path = existing_foci_file(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if is_foci_table(path):
@@ -164,9 +170,7 @@ def meta_reference(config: RunConfig, derivs: Derivatives, cohort: Cohort, templ
     ev = config.evaluation
     if not ev.reference_map or not is_foci_file(ev.reference_map):
         return None
-    path = Path(ev.reference_map)
-    if not path.is_file():
-        raise InputError(f"{OPTION} {path}: file not found; pass a NIfTI map, a Sleuth .txt or a foci .tsv")
+    path = existing_foci_file(ev.reference_map)
     seed, n_iters = config.execution.seed, ev.n_permutations
     if ev.reference_threshold is None and n_iters <= 0:
         raise InputError(f"{OPTION} {path}: the ALE's cluster-level FWE correction needs Monte Carlo iterations; "

@@ -9,12 +9,13 @@ overlap scores' top-k % threshold with the references' outlines and a colour
 bar), ``svm`` (activation pattern and weights), ``reference`` (the reference
 maps scored against), ``overlap`` (table and curves; where subjects have truths
 of their own, the subject-level scores collapsed below it), ``regions``,
-``distances``, ``faithfulness`` and ``twin-test`` (only where their tables exist), ``sanity``,
-``preproc-qc`` and ``methods`` (the text of ``logs/CITATION.md`` for the steps
-present). Each section shows one line and keeps its long content in a
-collapsed block linking its TSV file. Every section renders from the files
-that exist and says "Not computed" for what is absent, so the page can be
-written after any subset of the group level.
+``distances``, ``faithfulness`` (its tables and the curves' figure) and
+``twin-test`` (only where their tables exist), ``sanity``, ``preproc-qc`` and
+``methods`` (the text of ``logs/CITATION.md`` for the steps present). Each
+section shows one line and keeps its long content in a collapsed block
+linking its TSV file. Every section renders from the files that exist and
+says "Not computed" for what is absent, so the page can be written after any
+subset of the group level.
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ from adheat_app.errors import InputError
 from adheat_app.evaluation.overlap import TOP_PERCENT
 from adheat_app.evaluation.reference import Reference
 from adheat_app.evaluation.scoring import REPEATS_COLUMN
-from adheat_app.io import write_text
+from adheat_app.io import read_json, write_text
 from adheat_app.layout import (
-    ANSWER, CV_METRICS, DISTANCES, OVERLAP, PREDICTIONS, PREPROC_QC, REGIONS, SANITY_CHECK, SUBJECT_OVERLAP,
-    TWIN_TEST, MapName,
-    group_map_methods, group_map_path, overlap_figures, to_label,
+    ANSWER, CV_METRICS, DISTANCES, FAITHFULNESS_CURVES, OVERLAP, PREDICTIONS, PREPROC_QC, REGIONS, SANITY_CHECK,
+    SUBJECT_OVERLAP, TWIN_TEST, MapName,
+    faithfulness_figure, group_map_methods, group_map_path, group_table, overlap_figures, sidecar_path, to_label,
 )
 from adheat_app.report.answer import (FAITHFULNESS_TABLES, SVM, Findings, answer_figure, answer_sentences,
                                       display_percent, read_findings)
@@ -330,13 +331,29 @@ def _distances(root: Path) -> str:
 
 
 def _faithfulness(root: Path) -> str:
-    """The faithfulness tables that exist but the twin test's (its own section), collapsed (empty when none does)."""
+    """The faithfulness tables that exist but the twin test's (its own section), collapsed, and the deletion and
+    insertion curves' figure where their table exists (empty when none does)."""
     parts = []
     for name in (t for t in FAITHFULNESS_TABLES if t != TWIN_TEST):
         frame = read_group_table(root, name)
         if frame is not None and not frame.empty:
             parts.append(details(f"{name} ({len(frame)} rows)", table(frame), table_link(root, name)))
-    return "".join(parts)
+    return "".join(parts) + _faithfulness_curves(root)
+
+
+def _faithfulness_curves(root: Path) -> str:
+    """The curves' figure collapsed: ``group/figures/desc-curves_faithfulness.png``, drawn from
+    ``faithfulness_curves.tsv`` when the file is absent (empty without the table)."""
+    curves = read_group_table(root, FAITHFULNESS_CURVES)
+    if curves is None or curves.empty:
+        return ""
+    side = sidecar_path(group_table(root, FAITHFULNESS_CURVES))
+    fill = read_json(side).get("Fill", "not recorded") if side.is_file() else "not recorded"
+    figure = faithfulness_figure(root)
+    png = figure.read_bytes() if figure.is_file() else plotting.faithfulness_curves(curves, fill)
+    description = plotting.faithfulness_description(fill)
+    return details(f"Deletion and insertion curves (fill: {fill}; {curves['method'].nunique()} maps)",
+                   note(description + ".") + image(png, description), table_link(root, FAITHFULNESS_CURVES))
 
 
 def _twin_test(root: Path) -> str:

@@ -9,12 +9,18 @@ fold) and ``heatmaps`` (per session: the subject's log-Jacobian map, then
 every method's map, each a row of axial slices over the subject's preprocessed
 T1w with its colour bar, and the heatmap sidecars' fold, probability and
 target). Works from whatever files exist for the subject.
+:func:`write_subject_reports` writes several subjects' pages in ``--nprocs``
+processes.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 import nibabel as nib
@@ -26,6 +32,7 @@ from adheat_app.bids import Derivatives, normalize_label, read_participants
 from adheat_app.config import RunConfig
 from adheat_app.errors import InputError
 from adheat_app.io import read_json, write_text
+from adheat_app.progress import tracked
 from adheat_app.layout import (
     PREDICTIONS, MapName, find_heatmaps, find_preproc, logjacobian_path, scan_figures, sidecar_path,
 )
@@ -128,7 +135,7 @@ def _heatmaps(derivs: Derivatives, sessions: list[Session]) -> str:
     return "".join(parts) or not_computed("no heatmaps and no log-Jacobian map for this subject")
 
 
-def write_subject_report(config: RunConfig, derivs: Derivatives, subject: str) -> Path:
+def _subject_page(config: RunConfig, derivs: Derivatives, subject: str) -> Path:
     """Write ``output_dir/sub-<label>.html`` from the subject's files that exist; return its path."""
     subject = normalize_label(subject, "sub")
     sessions = _sessions(derivs, subject)
@@ -148,6 +155,29 @@ def write_subject_report(config: RunConfig, derivs: Derivatives, subject: str) -
         Section("predictions", "Predictions", _predictions(derivs, subject)),
         Section("heatmaps", "Log Jacobian and heatmaps", _heatmaps(derivs, sessions)),
     ]
-    path = write_text(derivs.root / f"sub-{subject}.html", page(f"adheat report: sub-{subject}", sections))
+    return write_text(derivs.root / f"sub-{subject}.html", page(f"adheat report: sub-{subject}", sections))
+
+
+def write_subject_report(config: RunConfig, derivs: Derivatives, subject: str) -> Path:
+    """Write ``output_dir/sub-<label>.html`` from the subject's files that exist; return its path."""
+    path = _subject_page(config, derivs, subject)
     LOGGER.info("wrote %s", path)
     return path
+
+
+def write_subject_reports(config: RunConfig, derivs: Derivatives, subjects: Iterable[str]) -> list[Path]:
+    """Write every subject's report, in up to ``--nprocs`` processes (one page takes 1-2 s of figures).
+
+    The pages are the same as :func:`write_subject_report` writes one by one; the paths come back in subject order.
+    """
+    subjects = sorted(set(subjects))
+    workers = min(config.execution.nprocs, len(subjects))
+    if workers <= 1:
+        return [write_subject_report(config, derivs, subject) for subject in subjects]
+    paths = []
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pages = pool.map(_subject_page, repeat(config), repeat(derivs), subjects)
+        for path in tracked(pages, "reports", "subject", total=len(subjects)):
+            LOGGER.info("wrote %s", path)
+            paths.append(path)
+    return paths

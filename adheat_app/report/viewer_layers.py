@@ -74,7 +74,7 @@ def _atlas_on(image: nib.Nifti1Image, space: str, resolution: float) -> Atlas | 
 
 def _group_overlays(config: RunConfig, derivs: Derivatives, cohort: Cohort, template: Template) -> list[Layer]:
     from adheat_app.baseline.svm import output_paths
-    from adheat_app.evaluation.cohort_reference import ALPHA, NAME as COHORT, cohort_paths, cohort_reference
+    from adheat_app.evaluation.cohort_reference import ALPHA, NAME as COHORT, cohort_paths
     from adheat_app.evaluation.references import REFERENCES, Context
     from adheat_app.evaluation.references._catalog import all_references
 
@@ -92,19 +92,19 @@ def _group_overlays(config: RunConfig, derivs: Derivatives, cohort: Cohort, temp
     except InputError as exc:
         LOGGER.warning("viewer: no reference maps (%s)", exc)
         references = []
-    # the cohort's maps are shown as its signed t map below
-    references = [ref for ref in references if ref.name not in REFERENCES[COHORT].names]
-    for ref in references:
+    # the cohort's maps (one per input channel) are shown as their signed t maps below
+    tested = [ref for ref in references if ref.name in REFERENCES[COHORT].names]
+    for ref in (ref for ref in references if ref.name not in REFERENCES[COHORT].names):
         overlays.append(Layer(f"reference: {ref.name}", nib.Nifti1Image(ref.values.astype(np.float32), template.affine),
                               colormap="green", threshold=ref.threshold,
                               description=f"{ref.description} Shown above its threshold {ref.threshold:.3g}."))
-    for tested in cohort_reference(config, derivs, cohort, template, compute=False):  # one per input channel
-        t_map = cohort_paths(derivs, cohort, tested.name.removeprefix(COHORT))["t"]
+    for ref in tested:
+        t_map = cohort_paths(derivs, cohort, ref.name.removeprefix(COHORT))["t"]
         if t_map.is_file():
-            overlays.append(Layer(f"reference: {tested.name} t", nib.load(t_map), signed=True,
-                                  threshold=tested.threshold,
+            overlays.append(Layer(f"reference: {ref.name} t", nib.load(t_map), signed=True,
+                                  threshold=ref.threshold,
                                   description=f"t of {cohort.positive_label} minus {cohort.negative_label}; shown "
-                                              f"where |t| \u2265 {tested.threshold:.3g} (FWE p < {ALPHA:g})."))
+                                              f"where |t| \u2265 {ref.threshold:.3g} (FWE p < {ALPHA:g})."))
     return overlays
 
 

@@ -31,7 +31,7 @@ def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
     from adheat_app.evaluation import run_evaluation
     from adheat_app.evaluation.faithfulness import run_faithfulness
     from adheat_app.evaluation.twin_test import run_twin_test
-    from adheat_app.report import write_group_report, write_subject_report
+    from adheat_app.report import write_group_report, write_subject_reports
     from adheat_app.training import run_training
     from adheat_app.training.folds import cohort_folds, with_cv
     from adheat_app.training.permutation import run_permutation_test
@@ -67,7 +67,6 @@ def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
     run_faithfulness(config, derivs, cohort)
     run_twin_test(config, derivs, cohort, template)
     run_evaluation(config, derivs, cohort, template)
-    for subject in sorted({s.subject for s in cohort.scans}):
-        write_subject_report(config, derivs, subject)
+    write_subject_reports(config, derivs, (s.subject for s in cohort.scans))
     write_group_report(config, derivs, cohort, template)
     return 0

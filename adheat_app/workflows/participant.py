@@ -26,7 +26,7 @@ def trained_folds_exist(config: RunConfig) -> bool:
 def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
     """Run the participant level; return the number of inputs that failed."""
     from adheat_app.preprocess import run_preprocessing
-    from adheat_app.report import write_subject_report
+    from adheat_app.report import write_subject_reports
 
     template = get_template(config.execution.resolution)
     failed = set(run_preprocessing(config, inputs, derivs, template))
@@ -37,6 +37,5 @@ def run(config: RunConfig, derivs: Derivatives, inputs: list[T1wInput]) -> int:
 
         LOGGER.info("trained %s models found in %s: deriving heatmaps", config.training.model, config.models_dir)
         run_heatmaps(config, derivs, load_cohort(config, derivs, done))
-    for subject in sorted({t.subject for t in done}):
-        write_subject_report(config, derivs, subject)
+    write_subject_reports(config, derivs, (t.subject for t in done))
     return len(failed)
