@@ -63,7 +63,7 @@ from adheat_app.attribution.sanity import rank_correlation
 from adheat_app.bids import Derivatives, T1wInput
 from adheat_app.cohort import load_cohort
 from adheat_app.config import build_config
-from adheat_app.evaluation.answer import strongest_control
+from adheat_app.evaluation.answer import holm_reachable, strongest_control
 from adheat_app.evaluation.controls import (
     BASELINE_DEVIATION, GREY_MATTER_PRIOR, INPUT_MAGNITUDE, fold_baselines, grey_matter_prior, input_controls,
     is_control,
@@ -153,12 +153,14 @@ class Run:
 
 def group_auc(run: Run) -> list[dict]:
     """The group map's ROC AUC against the cohort's truth, its strongest control and the answer's verdict
-    (``group/overlap.tsv``, ``group/answer.tsv``; a ``finds`` row per method, not ranked)."""
+    (``group/overlap.tsv``, ``group/answer.tsv``; a ``finds`` row per method, not ranked, None for a primary row
+    when the run's resamples cannot pass Holm's correction, :func:`holm_reachable`)."""
     table = pd.read_csv(group_table(run.derivs.root, OVERLAP), sep="\t", na_values=["n/a"])
     rows = table[(table["reference"] == "simulation") & (table["label"] == "all") & (table["sign"] == "absolute")
                  & (table["metric"] == "roc_auc")]
     value = rows.set_index("method")["value"]
     answer = pd.read_csv(group_table(run.derivs.root, ANSWER), sep="\t", na_values=["n/a"])
+    reachable = holm_reachable(int(rows["n_bootstrap"].max()), int(answer["primary"].astype(bool).sum()))
     answer = answer[(answer["reference"] == "simulation") & (answer["sign"] == "absolute")].set_index("method")
     out = []
     for row in rows[rows["method"].isin(run.methods)].itertuples(index=False):
@@ -167,8 +169,10 @@ def group_auc(run: Run) -> list[dict]:
         out.append({"method": row.method, "criterion": "group AUC", "value": row.value, "ci_low": row.ci_low,
                     "ci_high": row.ci_high, "competitor": control, "competitor_value": value.get(control, np.nan),
                     "chance": row.chance, "beats": None if verdict is None else bool(verdict["above_control"])})
-        if verdict is not None:
-            out.append({"method": row.method, "criterion": FINDS, "beats": bool(verdict["finds_reference"])})
+        if verdict is not None:  # a primary row cannot pass Holm's step with too few resamples: no verdict
+            known = reachable or not bool(verdict["primary"])
+            out.append({"method": row.method, "criterion": FINDS,
+                        "beats": bool(verdict["finds_reference"]) if known else None})
     return out
 
 
@@ -279,7 +283,8 @@ def seed_criteria(run_dir: Path, seed: int, n_bootstrap: int) -> tuple[pd.DataFr
     metrics = pd.read_csv(group_table(run.derivs.root, CV_METRICS), sep="\t", dtype={"fold": str})
     cnn = metrics[(metrics["fold"] == "pooled") & (metrics["model"] == run.config.training.model)].iloc[0]
     simulation = read_json(simulation_root(run.derivs.bids_dir) / "dataset_description.json")["Simulation"]
-    facts = {"parents": " ".join(simulation["anatomy"]), "scans": len(run.cohort.scans),
+    resamples = int(pd.read_csv(group_table(run.derivs.root, OVERLAP), sep="\t", usecols=["n_bootstrap"]).max().iloc[0])
+    facts = {"parents": " ".join(simulation["anatomy"]), "scans": len(run.cohort.scans), "resamples": resamples,
              "cnn": f"{cnn['roc_auc']:.2f} [{cnn['roc_auc_ci_low']:.2f}, {cnn['roc_auc_ci_high']:.2f}]"}
     return pd.DataFrame(rows).reindex(columns=[*COLUMNS, "chance"]), facts
 
@@ -319,7 +324,8 @@ def seed_table(criteria: pd.DataFrame, ranks: pd.DataFrame) -> pd.DataFrame:
     cells = {}
     for row in criteria.itertuples(index=False):
         mark = "*" if row.beats is True else ""
-        cells[(row.method, row.criterion)] = ({True: "yes", False: "no"}[row.beats] if row.criterion == FINDS
+        cells[(row.method, row.criterion)] = ({True: "yes", False: "no"}.get(row.beats, "n/a (Holm)")
+                                              if row.criterion == FINDS
                                               else _cell(row.value, row.ci_low, row.ci_high) + mark)
     columns = [*CRITERIA, FINDS]
     methods = ranks.sort_values("overall").index
@@ -406,7 +412,8 @@ def report_cohort(root: Path, cohort: str, seeds: list[int], n_bootstrap: int) -
         per_seed[seed], ranks[seed] = criteria, ranks_of(criteria)
         missing = [c for c in CRITERIA if c not in set(criteria["criterion"])]
         print(f"\n### {cohort} cohort, seed {seed}: parents {facts['parents']}, {facts['scans']} scans, "
-              f"{RESOLUTION:g} mm; CNN pooled ROC AUC {facts['cnn']}\n")
+              f"{RESOLUTION:g} mm; CNN pooled ROC AUC {facts['cnn']}; the group level's tables with "
+              f"{facts['resamples']} bootstrap resamples, this benchmark's subject criteria with {n_bootstrap}\n")
         print(markdown(seed_table(criteria, ranks[seed])))
         if missing:
             print(f"\nmissing criteria (this run lacks their tables or maps): {', '.join(missing)}")
