@@ -451,7 +451,9 @@ def main(argv: list[str] | None = None) -> int:
           "in the map's top region; sim.: Spearman similarity with the randomised-model / permuted-label maps "
           "(lower is better). Per seed: [95 % bootstrap interval over subjects]; * = beats its competitor (paired "
           "interval above 0: the strongest applicable control, the random order, random regions). Over seeds: "
-          "mean [range of the per-seed values], k/n = seeds where it beat its competitor. Ranks: 1 = best per "
+          "mean [range of the per-seed values], k/n = seeds where it beat its competitor. finds (answer): the "
+          "group answer's verdict (n/a (Holm): a default method's map, which no run with too few resamples can "
+          "pass Holm's step with; over seeds: of the seeds with a verdict). Ranks: 1 = best per "
           "criterion, ties share their mean rank; overall = mean of the criterion ranks a method has; "
           "tau: Kendall's tau-b between pairs of seeds.")
     return 0
