@@ -981,9 +981,10 @@ def test_sanity_check_draws_scans_from_every_fold_and_compares_with_the_input(tr
 
 
 @pytest.mark.slow
-def test_faithfulness_table_of_the_out_of_fold_maps(trained):
+def test_faithfulness_table_of_the_out_of_fold_maps(trained, caplog):
     """--faithfulness: every order and unit kind of the Saliency maps, each scan perturbed by its own fold model;
-    every step of the curves in their own table, drawn, the fill recorded."""
+    every step of the curves in their own table, drawn, the fill recorded; a rerun with the same inputs skips,
+    another fill recomputes."""
     from adheat_app.evaluation.faithfulness import CURVE_COLUMNS, STEPS, run_faithfulness
     from adheat_app.layout import FAITHFULNESS, FAITHFULNESS_CURVES, faithfulness_figure, group_table
 
@@ -1005,6 +1006,11 @@ def test_faithfulness_table_of_the_out_of_fold_maps(trained):
     assert read_json(sidecar_path(group_table(derivs.root, FAITHFULNESS_CURVES)))["Fill"] == "mean"
     assert faithfulness_figure(derivs.root).read_bytes()[:4] == b"\x89PNG"
     assert read_json(sidecar_path(faithfulness_figure(derivs.root)))["Fill"] == "mean"
+    before = group_table(derivs.root, FAITHFULNESS).stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="adheat_app.evaluation.faithfulness"):
+        again = run_faithfulness(config, derivs, cohort)
+    assert "is up to date" in caplog.text and group_table(derivs.root, FAITHFULNESS).stat().st_mtime_ns == before
+    pd.testing.assert_frame_equal(again, written)
     few = dataclasses.replace(cohort, scans=cohort.scans[:3])  # the imputation costs ~3 s per scan and map
     road = run_faithfulness(config.replace("evaluation", faithfulness_fill="noisy-linear"), derivs, few)
     assert len(road) == 6 and read_json(sidecar_path(group_table(derivs.root, FAITHFULNESS)))["Fill"] == \

@@ -47,10 +47,14 @@ group level writes ``group/faithfulness.tsv`` and
 ``group/faithfulness_curves.tsv`` (:func:`run_faithfulness`) for every method
 and its control maps, and draws the curves
 (:func:`~adheat_app.plotting.faithfulness_curves`, group.html).
+Both sidecars record a content hash of the fold models, scans, masks and maps
+with the settings (:func:`recorded_settings`); a rerun that matches them skips
+the step.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import nibabel as nib
@@ -61,14 +65,18 @@ from torch import nn
 
 from adheat_app.attribution.base import MethodContext, class_logits
 from adheat_app.attribution.output import explained
-from adheat_app.bids import Derivatives
+from adheat_app.bids import Derivatives, is_complete
 from adheat_app.cohort import Cohort
 from adheat_app.config import RunConfig
 from adheat_app.evaluation.imputation import NEIGHBOURS, NOISE, noisy_linear_fill
+from adheat_app.inputs import channel_paths
 from adheat_app.io import write_json, write_table
 from adheat_app.layout import (CONTROLS, FAITHFULNESS, FAITHFULNESS_CURVES, MapName, faithfulness_figure,
                                group_table, sidecar_path)
 from adheat_app.templates import get_atlas
+from adheat_app.volumes import cache_key
+
+LOGGER = logging.getLogger(__name__)
 
 #: Perturbation steps per curve.
 STEPS = 10
@@ -332,17 +340,27 @@ def fill_description(how: str) -> str:
             "over the kept brain voxels; removed groups touching no kept voxel take the training mean")
 
 
-def write_faithfulness(derivs: Derivatives, config: RunConfig, curves: pd.DataFrame, n_scans: int) -> pd.DataFrame:
-    """Write ``group/faithfulness.tsv``, ``group/faithfulness_curves.tsv`` (with sidecars) and the curves' figure."""
+def recorded_settings(config: RunConfig, inputs_hash: str) -> dict:
+    """What the faithfulness tables' sidecars record of their inputs and settings (a rerun that matches skips)."""
+    return {"InputsHash": inputs_hash, "Steps": STEPS, "BlockPercent": BLOCK_PERCENT,
+            "ExplainedOutput": config.heatmaps.explain_output, "Seed": config.execution.seed,
+            "Fill": config.evaluation.faithfulness_fill, "NBootstrap": config.evaluation.n_bootstrap}
+
+
+def write_faithfulness(derivs: Derivatives, config: RunConfig, curves: pd.DataFrame, n_scans: int,
+                       inputs_hash: str) -> pd.DataFrame:
+    """Write ``group/faithfulness.tsv``, ``group/faithfulness_curves.tsv`` (with sidecars) and the curves' figure.
+
+    ``inputs_hash`` (the content hash of the fold models, scans, masks and maps) goes into both sidecars with the
+    settings (:func:`recorded_settings`).
+    """
     from adheat_app.plotting import faithfulness_curves, faithfulness_description, save_png
 
     seed, n_bootstrap, how = config.execution.seed, config.evaluation.n_bootstrap, config.evaluation.faithfulness_fill
     table, steps = aopc_table(curves, n_bootstrap, seed), curve_table(curves, n_bootstrap, seed)
-    common = {"Steps": STEPS, "BlockPercent": BLOCK_PERCENT, "Orders": list(ORDERS), "Units": ["regions", "blocks"],
-              "Atlas": "AAL3", "ExplainedOutput": config.heatmaps.explain_output, "Seed": seed,
-              "Fill": how, "FillDescription": fill_description(how),
-              "Interval": f"{LEVEL:.0%} percentile bootstrap over subjects", "NBootstrap": n_bootstrap,
-              "NScans": n_scans}
+    common = {**recorded_settings(config, inputs_hash), "Orders": list(ORDERS), "Units": ["regions", "blocks"],
+              "Atlas": "AAL3", "FillDescription": fill_description(how),
+              "Interval": f"{LEVEL:.0%} percentile bootstrap over subjects", "NScans": n_scans}
     if how == "noisy-linear":
         common["FillNoise"] = NOISE
     figure = faithfulness_figure(derivs.root)
@@ -366,8 +384,9 @@ def run_faithfulness(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> 
     """``--faithfulness``: curves of every method's and control's per-scan maps (:func:`write_faithfulness`).
 
     Each scan is perturbed and explained by the fold model that held it out (its maps' model), with that fold's
-    training mean as the fill (or as the fallback of ``noisy-linear``); scans in no test fold are left out. Returns
-    the AOPC table, or None when the option is off or no map exists.
+    training mean as the fill (or as the fallback of ``noisy-linear``); scans in no test fold are left out. A rerun
+    whose fold models, scans, masks, maps and settings match the tables' sidecars reads the table instead
+    (``--overwrite`` recomputes). Returns the AOPC table, or None when the option is off or no map exists.
     """
     from adheat_app.attribution.catalog import selected_methods
     from adheat_app.attribution.runner import heatmap_run
@@ -384,6 +403,18 @@ def run_faithfulness(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> 
         scans = [a for a in models.assignments if a.fold is not None and a.fold in models.templates]
         names = map_names(selected_methods(config.heatmaps.methods),
                           lambda name: bool(scans) and run.writer.heatmap(scans[0], name).is_file())
+        files = [*models.files.values()]
+        for a in scans:
+            files += [*channel_paths(a.scan, models.channels), a.scan.mask,
+                      *(p for n in names if (p := run.writer.heatmap(a, n)).is_file())]
+        inputs_hash = cache_key(files)
+        outputs = (group_table(derivs.root, FAITHFULNESS), group_table(derivs.root, FAITHFULNESS_CURVES),
+                   faithfulness_figure(derivs.root))
+        recorded = recorded_settings(config, inputs_hash)
+        if (names and not config.execution.overwrite and all(is_complete(p, **recorded) for p in outputs[:2])
+                and outputs[2].is_file()):
+            LOGGER.info("faithfulness: %s is up to date (--overwrite recomputes)", outputs[0].name)
+            return pd.read_csv(outputs[0], sep="\t")
         atlas = get_atlas(models.context.resolution, cohort.space).array().astype(np.int32)
         rows = []
         for a in scans:
@@ -400,4 +431,4 @@ def run_faithfulness(config: RunConfig, derivs: Derivatives, cohort: Cohort) -> 
                     rows.append({**row, "method": name, "subject": a.scan.subject})
         if not rows:
             return None
-        return write_faithfulness(derivs, config, pd.DataFrame(rows), len(scans))
+        return write_faithfulness(derivs, config, pd.DataFrame(rows), len(scans), inputs_hash)
