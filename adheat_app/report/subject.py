@@ -39,6 +39,7 @@ from adheat_app.layout import (
 from adheat_app.report.tables import read_group_table
 from adheat_app.report.html import Section, esc, image, not_computed, note, page, svg_image, table
 from adheat_app.report.viewer_layers import subject_viewer
+from adheat_app.worker_logs import call_logged, parent_level, replay
 
 LOGGER = logging.getLogger(__name__)
 
@@ -169,6 +170,7 @@ def write_subject_reports(config: RunConfig, derivs: Derivatives, subjects: Iter
     """Write every subject's report, in up to ``--nprocs`` processes (one page takes 1-2 s of figures).
 
     The pages are the same as :func:`write_subject_report` writes one by one; the paths come back in subject order.
+    What the workers log is written by this process's handlers (:mod:`adheat_app.worker_logs`).
     """
     subjects = sorted(set(subjects))
     workers = min(config.execution.nprocs, len(subjects))
@@ -176,8 +178,10 @@ def write_subject_reports(config: RunConfig, derivs: Derivatives, subjects: Iter
         return [write_subject_report(config, derivs, subject) for subject in subjects]
     paths = []
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pages = pool.map(_subject_page, repeat(config), repeat(derivs), subjects)
-        for path in tracked(pages, "reports", "subject", total=len(subjects)):
+        pages = pool.map(call_logged, repeat(parent_level()), repeat(_subject_page), repeat(config), repeat(derivs),
+                         subjects)
+        for path, records in tracked(pages, "reports", "subject", total=len(subjects)):
+            replay(records)
             LOGGER.info("wrote %s", path)
             paths.append(path)
     return paths
