@@ -187,9 +187,9 @@ class HeatmapOptions:
 
     methods: tuple[str, ...] = option(
         (DEFAULT_METHODS,),
-        "Heatmap methods. Default: the fast methods that found planted atrophy on simulated cohorts (docs/"
-        "training.md). 'wang2023' selects IG LRP GGC, 'rieke2018' Saliency GuidedBackprop Occlusion "
-        "AreaOcclusion, 'all' every method.", metavar="METHOD", type=str)
+        "Heatmap methods. Default: the methods chosen on the development cohorts of benchmarks/ranking.py "
+        "(README, 'The default --methods'). 'wang2023' selects IG LRP GGC, 'rieke2018' Saliency "
+        "GuidedBackprop Occlusion AreaOcclusion, 'all' every method.", metavar="METHOD", type=str)
     models: str | None = option(None, "Folder of trained models (default: OUTPUT_DIR/models).",
                                 metavar="DIR", type=str)
     target: str = option("positive", "Class explained: always the positive class (every map, and so every "

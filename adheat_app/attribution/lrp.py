@@ -330,8 +330,8 @@ class LRP(GradientMethod):
     summary = ("layer-wise relevance propagation from the explained output; BatchNorm folded into the preceding conv "
                "first; `--lrp-rule alphabeta` (α=1.5, β=0.5, as Wang et al.), `epsilon`, `zplus` or the composite "
                "`epsilonplusflat` (flat at the input layer, z+ on convolutions, ε on dense layers); signed")
-    default_note = ("the composite finds planted atrophy on the default model's maps, but the ranking has not chosen a "
-                    "default yet (below)")
+    default_note = ("the composite ranks second on the development seeds, but fails the intensity development cohort "
+                    "(below)")
 
     def parameters(self) -> dict:
         """Rule, its alpha/beta, epsilon and output explained."""

@@ -23,8 +23,8 @@ class Saliency(GradientMethod):
     name = "Saliency"
     signed = False
     order = 4
-    default = True
     sets = ("rieke2018",)
+    default_note = "SmoothGrad, its noise-averaged form, ranks above it on every development seed (below)"
     source = "Rieke 2018"
     summary = "sensitivity analysis, \\|∂f / ∂x\\| of the explained output f"
 

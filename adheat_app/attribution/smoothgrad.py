@@ -46,10 +46,10 @@ class SmoothGrad(GradientMethod):
     signed = True
     uses = ("smoothgrad_samples", "smoothgrad_noise")
     order = 9
+    default = True
     source = "Smilkov 2017"
     summary = ("gradient of the explained output averaged over `--smoothgrad-samples` copies of the scan with "
                "Gaussian noise of `--smoothgrad-noise` × each channel's range; signed")
-    default_note = "first on the one development seed ranked, which does not choose a default yet (below)"
 
     def parameters(self) -> dict:
         """Samples, relative noise level, output explained and how the noise is drawn."""
