@@ -105,6 +105,7 @@ def test_subject_reports_in_two_processes_are_the_pages_written_one_by_one(full_
     config, derivs, cohort, *_ = full_run
     subjects = ["02", "03", "01"]
     serial = {path.name: path.read_bytes() for path in write_subject_reports(config, derivs, subjects)}
+    caplog.clear()  # the serial run's records are captured too when an earlier test left the level at INFO
     with caplog.at_level("INFO", logger="adheat_app.report.subject"):
         paths = write_subject_reports(config.replace("execution", nprocs=2), derivs, subjects)
     assert [p.name for p in paths] == ["sub-01.html", "sub-02.html", "sub-03.html"]  # subject order
