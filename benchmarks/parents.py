@@ -8,12 +8,16 @@ inside a far control region (template brain farther than 30 mm from every plante
 planted: d there is what a pipeline shows without a disease), each with a bootstrap 95 % interval over subjects,
 and the correlation over AD subjects between the log Jacobian read by SyN and the planted one (both in template
 space, inside the truth map). A parent that is the registration target lets SyN undo its smooth warps almost
-exactly; another head keeps its own folding, so its numbers are the honest ones. Not a test: numbers depend on
+exactly; another head keeps its own folding, so its numbers are the honest ones. With ``--keep`` the cohorts
+and outputs stay in ``KEEP/parent-<k>/{bids,out}`` and a rerun reuses them; the participant level runs with
+``--seed`` as ``ground_truth.py`` runs it, so a ``ground_truth.py --keep`` cohort of the same seed (its
+``planted`` folder linked as ``parent-0``) is measured without registering again. Not a test: numbers depend on
 the draw and the machine.
 
 Usage::
 
     python benchmarks/parents.py [--anatomy template MNI152NLin6Asym FILE ...] [--subjects 12] [--resolution 4]
+        [--seed 11] [--keep KEEP]
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ def one_parent(work: Path, anatomy: str, args: argparse.Namespace) -> dict:
     simulate = ["-m", "adheat_app.simulate", bids, "--anatomy", anatomy, "--n-subjects", args.subjects,
                 "--resolution", args.resolution, "--seed", args.seed, "--nprocs", args.nprocs]
     for command in ([] if (bids / "participants.tsv").is_file() else simulate,
-                    ["-m", "adheat_app", bids, out, "participant", "--resolution", args.resolution,
+                    ["-m", "adheat_app", bids, out, "participant", "--resolution", args.resolution, "--seed", args.seed,
                      "--nprocs", args.nprocs, "--omp-nthreads", "1", "--skip-bids-validation"]):
         if not command:
             continue
