@@ -23,8 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from ground_truth import ADHEAT, SIMULATE, _command
 from adheat_app.layout import simulation_root, simulation_subject_map, simulation_truth_path
 from adheat_app.simulate.parents import DEFAULT_ANATOMY, TEMPLATE_PARENT
 
@@ -57,16 +56,11 @@ def one_parent(work: Path, anatomy: str, args: argparse.Namespace) -> dict:
     """Simulate, register and measure one parent's cohort."""
     bids, out = work / "bids", work / "out"
     tic = time.perf_counter()
-    simulate = ["-m", "adheat_app.simulate", bids, "--anatomy", anatomy, "--n-subjects", args.subjects,
-                "--resolution", args.resolution, "--seed", args.seed, "--nprocs", args.nprocs]
-    for command in ([] if (bids / "participants.tsv").is_file() else simulate,
-                    ["-m", "adheat_app", bids, out, "participant", "--resolution", args.resolution, "--seed", args.seed,
-                     "--nprocs", args.nprocs, "--omp-nthreads", "1", "--skip-bids-validation"]):
-        if not command:
-            continue
-        proc = subprocess.run([sys.executable, *map(str, command)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"{' '.join(map(str, command[:3]))} failed:\n{proc.stderr[-3000:]}")
+    if not (bids / "participants.tsv").is_file():
+        _command(SIMULATE, bids, "--anatomy", anatomy, "--n-subjects", args.subjects, "--resolution", args.resolution,
+                 "--seed", args.seed, "--nprocs", args.nprocs)
+    _command(ADHEAT, bids, out, "participant", "--resolution", args.resolution, "--seed", args.seed,
+             "--nprocs", args.nprocs, "--omp-nthreads", 1, "--skip-bids-validation")
     seconds = time.perf_counter() - tic
     table = pd.read_csv(bids / "participants.tsv", sep="\t")
     maps = {pid: np.asarray(nib.load(next((out / pid / "anat").glob("*_desc-logjacobian_T1w.nii.gz"))).dataobj)
